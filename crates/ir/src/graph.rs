@@ -1,0 +1,181 @@
+//! The graph: a topologically ordered list of nodes, grown only through checked additions.
+
+use crate::{Error, Op, Result, Tensor, TensorType, infer};
+use smallvec::SmallVec;
+use std::fmt;
+
+/// Index of a node in its graph. Printed as `%3`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct NodeId(pub(crate) usize);
+
+impl NodeId {
+    /// The node's position in the graph's node list.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+/// Which part of a training step a node belongs to: dumps group and colour nodes by it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Role {
+    /// The model and its loss.
+    Forward,
+    /// Gradient ops appended by reverse mode.
+    Backward,
+    /// Parameter and running-statistics updates.
+    Update,
+}
+
+/// One node: an op applied to earlier nodes, producing one typed tensor.
+#[derive(Clone, PartialEq, Debug)]
+pub struct Node {
+    /// The operation and its attributes.
+    pub op: Op,
+    /// The nodes it reads, in the op's input order; each precedes this node.
+    pub inputs: SmallVec<[NodeId; 4]>,
+    /// The output's dtype and shape.
+    pub ty: TensorType,
+    /// The part of the step the node belongs to.
+    pub role: Role,
+}
+
+/// A computation graph; node ids index [`Graph::nodes`], which is in topological order.
+#[derive(Clone, PartialEq, Debug, Default)]
+pub struct Graph {
+    nodes: Vec<Node>,
+    constants: Vec<Tensor>,
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// All nodes in topological order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True when the graph has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The node with this id, or an error if the id belongs to no node of this graph.
+    pub fn node(&self, id: NodeId) -> Result<&Node> {
+        self.nodes.get(id.0).ok_or(Error::UnknownNode { node: id.0, len: self.nodes.len() })
+    }
+
+    /// Ids of all nodes, in order.
+    pub fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        (0..self.nodes.len()).map(NodeId)
+    }
+
+    /// The tensor behind an [`Op::Constant`] index.
+    pub fn constant(&self, index: usize) -> Option<&Tensor> {
+        self.constants.get(index)
+    }
+
+    /// The node of the input or parameter with this name.
+    pub fn find_source(&self, name: &str) -> Option<NodeId> {
+        self.nodes.iter().position(|n| source_name(&n.op) == Some(name)).map(NodeId)
+    }
+
+    /// Ids and names of all parameters, in order.
+    pub fn parameters(&self) -> impl Iterator<Item = (NodeId, &str)> + '_ {
+        self.nodes.iter().enumerate().filter_map(|(i, n)| match &n.op {
+            Op::Parameter { name } => Some((NodeId(i), name.as_str())),
+            _ => None,
+        })
+    }
+
+    /// Adds an input, parameter or fill node of the given type. Names must be unique.
+    pub fn add_source(&mut self, op: Op, ty: TensorType, role: Role) -> Result<NodeId> {
+        match &op {
+            Op::Input { name } | Op::Parameter { name } => {
+                if let Some(existing) = self.find_source(name) {
+                    let kind = if matches!(op, Op::Input { .. }) { "input" } else { "parameter" };
+                    return Err(Error::DuplicateName { kind, name: name.clone(), existing: existing.0 });
+                }
+            }
+            Op::Fill { .. } => {}
+            _ => {
+                return Err(Error::Shape {
+                    op: op.to_string(),
+                    message: "not a source op: add it with Graph::add_node".into(),
+                });
+            }
+        }
+        Ok(self.push(Node { op, inputs: SmallVec::new(), ty, role }))
+    }
+
+    /// Adds a constant holding `value`.
+    pub fn add_constant(&mut self, value: Tensor, role: Role) -> NodeId {
+        let ty = TensorType { dtype: value.dtype(), shape: value.shape().clone() };
+        let op = Op::Constant { index: self.constants.len() };
+        self.constants.push(value);
+        self.push(Node { op, inputs: SmallVec::new(), ty, role })
+    }
+
+    /// Adds `op` applied to `inputs` after inferring and checking its output type.
+    pub fn add_node(&mut self, op: Op, inputs: &[NodeId], role: Role) -> Result<NodeId> {
+        let ty = self.check_node(&op, inputs)?;
+        Ok(self.push(Node { op, inputs: SmallVec::from_slice(inputs), ty, role }))
+    }
+
+    /// The output type `op` would have on `inputs`, or why it cannot be added; adds nothing.
+    pub fn check_node(&self, op: &Op, inputs: &[NodeId]) -> Result<TensorType> {
+        let mut types = SmallVec::<[&TensorType; 5]>::new();
+        for &i in inputs {
+            types.push(&self.node(i)?.ty);
+        }
+        let ty = infer(op, &types)?;
+        if let Op::BatchNorm { training: true, .. } | Op::BatchNormGradInput { training: true, .. } = op {
+            self.check_batch_statistics(op, inputs)?;
+        }
+        Ok(ty)
+    }
+
+    /// Training-mode batch norm is defined only on its own input's batch statistics.
+    fn check_batch_statistics(&self, op: &Op, inputs: &[NodeId]) -> Result<()> {
+        let is_stat = |id: NodeId, want: &Op| {
+            self.nodes[id.0].op == *want && self.nodes[id.0].inputs.as_slice() == [inputs[0]]
+        };
+        if is_stat(inputs[1], &Op::BatchMean) && is_stat(inputs[2], &Op::BatchVar) {
+            return Ok(());
+        }
+        Err(Error::Shape {
+            op: op.to_string(),
+            message: format!(
+                "in training mode mean and variance must be batch_mean({x}) and batch_var({x}), got {} and {}",
+                inputs[1],
+                inputs[2],
+                x = inputs[0]
+            ),
+        })
+    }
+
+    fn push(&mut self, node: Node) -> NodeId {
+        self.nodes.push(node);
+        NodeId(self.nodes.len() - 1)
+    }
+}
+
+fn source_name(op: &Op) -> Option<&str> {
+    match op {
+        Op::Input { name } | Op::Parameter { name } => Some(name),
+        _ => None,
+    }
+}

@@ -1,0 +1,260 @@
+//! The op table: every operation a graph can hold, with its attributes and its printed form.
+//!
+//! Adding an op starts here (see CONTRIBUTING.md): a variant, its name in [`Op::name`] and its
+//! attributes in [`Op::fmt_attrs`]; then the compiler points at every exhaustive `match` that needs a
+//! rule (shape in `infer.rs`, value in the reference interpreter, gradient in autodiff).
+
+use crate::Shape;
+use smallvec::SmallVec;
+use std::fmt;
+
+/// A list of axis indices.
+pub type Axes = SmallVec<[usize; 4]>;
+
+/// Stride and zero padding of a 2-d convolution, per spatial axis (height, width).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Conv2dAttrs {
+    /// Step between output pixels, in input pixels.
+    pub stride: [usize; 2],
+    /// Zeros added on each side of the input.
+    pub pad: [usize; 2],
+}
+
+impl Conv2dAttrs {
+    /// The same stride and padding on both axes.
+    pub fn square(stride: usize, pad: usize) -> Self {
+        Conv2dAttrs { stride: [stride; 2], pad: [pad; 2] }
+    }
+}
+
+/// Window, stride and padding of a 2-d max pool (padding acts as negative infinity).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct PoolAttrs {
+    /// Window size (height, width).
+    pub kernel: [usize; 2],
+    /// Step between windows.
+    pub stride: [usize; 2],
+    /// Padding on each side.
+    pub pad: [usize; 2],
+}
+
+/// The paper's option-A shortcut: keep every `stride`-th pixel, then add zero channels.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct ShortcutAttrs {
+    /// Spatial subsampling step (2 in the paper).
+    pub stride: usize,
+    /// Zero channels placed before the input's channels.
+    pub pad_before: usize,
+    /// Zero channels placed after the input's channels.
+    pub pad_after: usize,
+}
+
+/// An operation. Inputs are listed in the order given on each variant.
+#[derive(Clone, PartialEq, Debug)]
+pub enum Op {
+    // ---- sources -------------------------------------------------------------------------
+    /// A value fed at run time (images, labels), looked up by name.
+    Input { name: String },
+    /// A trainable value fed at run time, looked up by its hierarchical name.
+    Parameter { name: String },
+    /// A tensor stored in the graph (`Graph::constant`).
+    Constant { index: usize },
+    /// A tensor of one repeated value; its shape is the node's.
+    Fill { value: f64 },
+
+    // ---- convolution ---------------------------------------------------------------------
+    /// `(x[N,C,H,W], w[K,C,R,S]) -> y[N,K,OH,OW]`, cross-correlation without bias.
+    Conv2d(Conv2dAttrs),
+    /// Gradient of conv2d with respect to its input: `(dy[N,K,OH,OW], w[K,C,R,S]) -> dx[N,C,H,W]`.
+    Conv2dGradInput { conv: Conv2dAttrs, input_hw: [usize; 2] },
+    /// Gradient of conv2d with respect to its weight: `(x[N,C,H,W], dy[N,K,OH,OW]) -> dw[K,C,R,S]`.
+    Conv2dGradWeight { conv: Conv2dAttrs, kernel_hw: [usize; 2] },
+    /// `(x[N,C,...], b[C]) -> x + b` broadcast along axis 1 (channels or features).
+    BiasAdd,
+
+    // ---- batch normalisation -------------------------------------------------------------
+    /// Per-channel mean over every axis but 1: `x[N,C,...] -> [C]`.
+    BatchMean,
+    /// Per-channel biased variance over every axis but 1: `x[N,C,...] -> [C]`.
+    BatchVar,
+    /// `(x, mean[C], var[C], gamma[C], beta[C]) -> (x - mean) / sqrt(var + eps) * gamma + beta`.
+    /// With `training`, mean and var must be `batch_mean(x)` and `batch_var(x)`, and the gradient
+    /// flows through them (the batch-statistics rule); otherwise they are constants (running stats).
+    BatchNorm { eps: f64, training: bool },
+    /// `(x, mean, var, gamma, dy) -> dx` of [`Op::BatchNorm`] with the same attributes.
+    BatchNormGradInput { eps: f64, training: bool },
+    /// `(x, mean, var, dy) -> dgamma[C] = sum(dy * (x - mean) / sqrt(var + eps))` per channel.
+    BatchNormGradGamma { eps: f64 },
+
+    // ---- elementwise ---------------------------------------------------------------------
+    /// `max(x, 0)`.
+    Relu,
+    /// `(x, dy) -> dy * (x > 0)`.
+    ReluGrad,
+    /// `a + b`, same shapes.
+    Add,
+    /// `a - b`, same shapes.
+    Sub,
+    /// `a * b`, same shapes.
+    Mul,
+    /// `x * c`.
+    Scale { c: f64 },
+    /// `x + c`.
+    AddScalar { c: f64 },
+    /// Identity whose gradient is zero (`detach`).
+    StopGradient,
+
+    // ---- residual shortcut and pooling ---------------------------------------------------
+    /// Option-A shortcut: `x[N,C,H,W] -> [N, before+C+after, ceil(H/s), ceil(W/s)]`.
+    ShortcutA(ShortcutAttrs),
+    /// Gradient of the option-A shortcut: `dy -> dx[N,C,H,W]`.
+    ShortcutAGrad { shortcut: ShortcutAttrs, input_hw: [usize; 2] },
+    /// Max over windows: `x[N,C,H,W] -> [N,C,OH,OW]`.
+    MaxPool(PoolAttrs),
+    /// `(x, dy) -> dx`: each window's gradient goes to its first maximum.
+    MaxPoolGrad(PoolAttrs),
+
+    // ---- linear algebra, shapes, reductions ----------------------------------------------
+    /// `(a, b) -> op(a) @ op(b)` for 2-d operands, `op` transposing when asked.
+    MatMul { transpose_a: bool, transpose_b: bool },
+    /// Same elements, new shape.
+    Reshape { shape: Shape },
+    /// Sum over the listed axes, which are removed.
+    ReduceSum { axes: Axes },
+    /// Copy along new axes: the output has `shape`; the input is `shape` without `axes`.
+    Broadcast { axes: Axes, shape: Shape },
+
+    // ---- classification ------------------------------------------------------------------
+    /// Row-wise softmax of `x[N,K]`.
+    Softmax,
+    /// `(logits[N,K], labels[N]) -> []`: mean over rows of `logsumexp(z) - z[label]`.
+    /// Labels are class indices stored as floats.
+    SoftmaxCrossEntropy,
+    /// `(logits, labels, dloss[]) -> dlogits = (softmax(z) - onehot(label)) * dloss / N`.
+    SoftmaxCrossEntropyGrad,
+    /// Index of each row's first maximum: `x[N,K] -> [N]` (as floats).
+    ArgMax,
+    /// `1` where `a == b`, else `0`.
+    Equal,
+
+    // ---- research extensions -------------------------------------------------------------
+    /// A user-defined op: the value is input 0 (the op's composed forward); inputs 1.. are the
+    /// op's arguments, and the gradient comes from the rule registered on the tape as `rule`.
+    Custom { name: String, rule: usize },
+}
+
+impl Op {
+    /// The op's name as printed in dumps and errors (snake_case).
+    pub fn name(&self) -> &str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Parameter { .. } => "parameter",
+            Op::Constant { .. } => "constant",
+            Op::Fill { .. } => "fill",
+            Op::Conv2d(_) => "conv2d",
+            Op::Conv2dGradInput { .. } => "conv2d_grad_input",
+            Op::Conv2dGradWeight { .. } => "conv2d_grad_weight",
+            Op::BiasAdd => "bias_add",
+            Op::BatchMean => "batch_mean",
+            Op::BatchVar => "batch_var",
+            Op::BatchNorm { .. } => "batch_norm",
+            Op::BatchNormGradInput { .. } => "batch_norm_grad_input",
+            Op::BatchNormGradGamma { .. } => "batch_norm_grad_gamma",
+            Op::Relu => "relu",
+            Op::ReluGrad => "relu_grad",
+            Op::Add => "add",
+            Op::Sub => "sub",
+            Op::Mul => "mul",
+            Op::Scale { .. } => "scale",
+            Op::AddScalar { .. } => "add_scalar",
+            Op::StopGradient => "stop_gradient",
+            Op::ShortcutA(_) => "shortcut_a",
+            Op::ShortcutAGrad { .. } => "shortcut_a_grad",
+            Op::MaxPool(_) => "max_pool",
+            Op::MaxPoolGrad(_) => "max_pool_grad",
+            Op::MatMul { .. } => "matmul",
+            Op::Reshape { .. } => "reshape",
+            Op::ReduceSum { .. } => "reduce_sum",
+            Op::Broadcast { .. } => "broadcast",
+            Op::Softmax => "softmax",
+            Op::SoftmaxCrossEntropy => "softmax_cross_entropy",
+            Op::SoftmaxCrossEntropyGrad => "softmax_cross_entropy_grad",
+            Op::ArgMax => "argmax",
+            Op::Equal => "equal",
+            Op::Custom { name, .. } => name,
+        }
+    }
+
+    /// True for ops that read no other node (inputs, parameters, constants, fills).
+    pub fn is_source(&self) -> bool {
+        matches!(self, Op::Input { .. } | Op::Parameter { .. } | Op::Constant { .. } | Op::Fill { .. })
+    }
+
+    /// Writes the attributes as `k=v, k=v` (nothing for attribute-free ops).
+    pub fn fmt_attrs(&self, f: &mut impl fmt::Write) -> fmt::Result {
+        let pair = |a: [usize; 2]| {
+            if a[0] == a[1] { format!("{}", a[0]) } else { format!("({},{})", a[0], a[1]) }
+        };
+        let axes = |a: &Axes| a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
+        let conv = |c: &Conv2dAttrs| format!("stride={}, pad={}", pair(c.stride), pair(c.pad));
+        let pool = |p: &PoolAttrs| {
+            format!("kernel={}, stride={}, pad={}", pair(p.kernel), pair(p.stride), pair(p.pad))
+        };
+        let shortcut = |s: &ShortcutAttrs| {
+            format!("stride={}, pad_channels=({},{})", s.stride, s.pad_before, s.pad_after)
+        };
+        match self {
+            Op::Input { name } | Op::Parameter { name } => write!(f, "name={name:?}"),
+            Op::Constant { index } => write!(f, "index={index}"),
+            Op::Fill { value } | Op::Scale { c: value } | Op::AddScalar { c: value } => {
+                write!(f, "{}={value}", if matches!(self, Op::Fill { .. }) { "value" } else { "c" })
+            }
+            Op::Conv2d(c) => write!(f, "{}", conv(c)),
+            Op::Conv2dGradInput { conv: c, input_hw } => {
+                write!(f, "{}, input_hw={}x{}", conv(c), input_hw[0], input_hw[1])
+            }
+            Op::Conv2dGradWeight { conv: c, kernel_hw } => {
+                write!(f, "{}, kernel={}x{}", conv(c), kernel_hw[0], kernel_hw[1])
+            }
+            Op::BatchNorm { eps, training } | Op::BatchNormGradInput { eps, training } => {
+                write!(f, "eps={eps}, {}", if *training { "training" } else { "eval" })
+            }
+            Op::BatchNormGradGamma { eps } => write!(f, "eps={eps}"),
+            Op::ShortcutA(s) => write!(f, "{}", shortcut(s)),
+            Op::ShortcutAGrad { shortcut: s, input_hw } => {
+                write!(f, "{}, input_hw={}x{}", shortcut(s), input_hw[0], input_hw[1])
+            }
+            Op::MaxPool(p) | Op::MaxPoolGrad(p) => write!(f, "{}", pool(p)),
+            Op::MatMul { transpose_a, transpose_b } => {
+                write!(f, "transpose_a={transpose_a}, transpose_b={transpose_b}")
+            }
+            Op::Reshape { shape } => write!(f, "shape={shape}"),
+            Op::ReduceSum { axes: a } => write!(f, "axes={}", axes(a)),
+            Op::Broadcast { axes: a, shape } => write!(f, "axes={}, shape={shape}", axes(a)),
+            Op::Custom { rule, .. } => write!(f, "custom_rule={rule}"),
+            Op::BiasAdd
+            | Op::BatchMean
+            | Op::BatchVar
+            | Op::Relu
+            | Op::ReluGrad
+            | Op::Add
+            | Op::Sub
+            | Op::Mul
+            | Op::StopGradient
+            | Op::Softmax
+            | Op::SoftmaxCrossEntropy
+            | Op::SoftmaxCrossEntropyGrad
+            | Op::ArgMax
+            | Op::Equal => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    /// Prints the op as `name[attrs]`, e.g. `conv2d[stride=2, pad=1]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut attrs = String::new();
+        self.fmt_attrs(&mut attrs)?;
+        if attrs.is_empty() { write!(f, "{}", self.name()) } else { write!(f, "{}[{attrs}]", self.name()) }
+    }
+}

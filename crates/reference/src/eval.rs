@@ -1,0 +1,112 @@
+//! Evaluating graphs: whole graphs from named feeds, or one node from its input values.
+
+use crate::ops::{Element, compute};
+use crate::{Error, Result};
+use skipgrad_ir::{DType, Data, Graph, NodeId, Op, Tensor, TensorType};
+use std::collections::HashMap;
+
+/// Values for a graph's inputs and parameters, by name.
+pub type Feeds = HashMap<String, Tensor>;
+
+/// Evaluates `graph` on `feeds` and returns the values of `outputs`, in order.
+///
+/// Only nodes that some output depends on are computed; each intermediate value is dropped after
+/// its last use.
+pub fn evaluate(graph: &Graph, feeds: &Feeds, outputs: &[NodeId]) -> Result<Vec<Tensor>> {
+    let nodes = graph.nodes();
+    let mut uses = vec![0usize; nodes.len()];
+    let mut needed = vec![false; nodes.len()];
+    for &o in outputs {
+        graph.node(o)?;
+        needed[o.index()] = true;
+        uses[o.index()] += 1; // outputs are never dropped
+    }
+    for i in (0..nodes.len()).rev() {
+        if needed[i] {
+            for &inp in &nodes[i].inputs {
+                needed[inp.index()] = true;
+                uses[inp.index()] += 1;
+            }
+        }
+    }
+    let mut values: Vec<Option<Tensor>> = vec![None; nodes.len()];
+    for (i, id) in graph.ids().enumerate() {
+        if !needed[i] {
+            continue;
+        }
+        let node = &nodes[i];
+        let value = match &node.op {
+            Op::Input { name } | Op::Parameter { name } => {
+                let kind = if matches!(node.op, Op::Input { .. }) { "input" } else { "parameter" };
+                let fed = feeds
+                    .get(name)
+                    .ok_or_else(|| Error::MissingFeed { kind, name: name.clone(), node: i })?;
+                let got = TensorType { dtype: fed.dtype(), shape: fed.shape().clone() };
+                if got != node.ty {
+                    return Err(Error::FeedType { name: name.clone(), expected: node.ty.clone(), got });
+                }
+                fed.clone()
+            }
+            _ => {
+                let inputs: Vec<&Tensor> =
+                    node.inputs.iter().map(|j| values[j.index()].as_ref().expect("topological order")).collect();
+                eval_node(graph, id, &inputs)?
+            }
+        };
+        for &inp in &node.inputs {
+            uses[inp.index()] -= 1;
+            if uses[inp.index()] == 0 {
+                values[inp.index()] = None;
+            }
+        }
+        values[i] = Some(value);
+    }
+    Ok(outputs.iter().map(|o| values[o.index()].clone().expect("computed")).collect())
+}
+
+/// Evaluates node `id` of `graph` given the values of its inputs (in the node's input order).
+/// Inputs and parameters have no rule: their values come from feeds.
+pub fn eval_node(graph: &Graph, id: NodeId, inputs: &[&Tensor]) -> Result<Tensor> {
+    let node = graph.node(id)?;
+    match &node.op {
+        Op::Input { name } | Op::Parameter { name } => {
+            let kind = if matches!(node.op, Op::Input { .. }) { "input" } else { "parameter" };
+            Err(Error::MissingFeed { kind, name: name.clone(), node: id.index() })
+        }
+        Op::Constant { index } => graph
+            .constant(*index)
+            .cloned()
+            .ok_or(Error::Graph(skipgrad_ir::Error::UnknownNode { node: id.index(), len: graph.len() })),
+        Op::Fill { value } => Ok(Tensor::full(node.ty.shape.clone(), node.ty.dtype, *value)),
+        op => eval_op(op, &node.ty, inputs, id.index()),
+    }
+}
+
+/// Evaluates a non-source `op` whose output type is `ty` on input values; `id` names the node in
+/// errors (the index it has or will have). Input values are checked against the types the op's shape rule accepts.
+pub fn eval_op(op: &Op, ty: &TensorType, inputs: &[&Tensor], node: usize) -> Result<Tensor> {
+    let types: Vec<TensorType> =
+        inputs.iter().map(|t| TensorType { dtype: t.dtype(), shape: t.shape().clone() }).collect();
+    let refs: Vec<&TensorType> = types.iter().collect();
+    let inferred = skipgrad_ir::infer(op, &refs)?;
+    if &inferred != ty {
+        return Err(Error::FeedType { name: format!("output of {op}"), expected: ty.clone(), got: inferred });
+    }
+    let shapes: Vec<&skipgrad_ir::Shape> = inputs.iter().map(|t| t.shape()).collect();
+    let data = match ty.dtype {
+        DType::F32 => Data::F32(run::<f32>(op, node, inputs, &shapes, ty)?),
+        DType::F64 => Data::F64(run::<f64>(op, node, inputs, &shapes, ty)?),
+    };
+    Ok(Tensor::new(ty.shape.clone(), data)?)
+}
+
+fn run<T: Element>(
+    op: &Op,
+    node: usize,
+    inputs: &[&Tensor],
+    shapes: &[&skipgrad_ir::Shape],
+    ty: &TensorType,
+) -> Result<Vec<T>> {
+    let slices: Vec<&[T]> = inputs.iter().map(|t| T::slice(t.data()).expect("dtypes checked by infer")).collect();
+    compute(op, node, &slices, shapes, &ty.shape)
+}

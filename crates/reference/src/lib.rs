@@ -1,0 +1,17 @@
+//! The reference interpreter: every op of the IR in f32 and f64, as plain loops.
+//!
+//! This is skipgrad's oracle. Compiled kernels, fused graphs and gradient rules are all checked
+//! against it, so it is written to be obviously correct rather than fast: no tiling, no layouts,
+//! no clever identities. Accumulation happens in the tensor's own dtype.
+
+mod error;
+mod eval;
+mod ops;
+
+pub use error::Error;
+pub use eval::{Feeds, eval_node, eval_op, evaluate};
+pub use ops::kink_distance;
+pub use ops::Element;
+
+/// Result type of the reference interpreter.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,37 @@
+//! skipgrad: tape-based autodiff and a compiler toolkit for residual-network research.
+//!
+//! Research code starts with `use skipgrad::prelude::*;`:
+//!
+//! ```
+//! use skipgrad::prelude::*;
+//!
+//! # fn main() -> Result<(), skipgrad::Error> {
+//! let tape = Tape::eager(DType::F32);
+//! let x = tape.input("x", Tensor::full([2, 3, 8, 8], DType::F32, 0.5))?;
+//! let w = tape.parameter("conv.weight", Tensor::full([4, 3, 3, 3], DType::F32, 0.1))?;
+//! let loss = x.conv2d(&w, 1, 1)?.relu().mean()?;
+//! let [dw] = grad(&loss, &[&w])?.try_into().unwrap();
+//! println!("{}", tape.dump());
+//! assert_eq!(dw.shape().dims(), &[4, 3, 3, 3]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The crates behind the facade, one job each: [`ir`] (the graph), [`reference`] (the oracle
+//! interpreter), [`autodiff`] (the tape, gradients, custom ops, gradcheck).
+
+pub use skipgrad_autodiff as autodiff;
+pub use skipgrad_ir as ir;
+pub use skipgrad_reference as reference;
+
+pub use skipgrad_autodiff::{Error, Result};
+
+/// Everything research code usually needs.
+pub mod prelude {
+    pub use skipgrad_autodiff::{
+        BatchNorm, CustomOp, Error, GradcheckOptions, GradcheckReport, Mode, Result, Tape, Var, grad, gradcheck,
+        vjp,
+    };
+    pub use skipgrad_ir::{Conv2dAttrs, DType, Graph, NodeId, Op, Role, Shape, ShortcutAttrs, Tensor};
+    pub use skipgrad_reference::{Feeds, evaluate};
+}
