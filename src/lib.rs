@@ -7,8 +7,8 @@
 //!
 //! # fn main() -> Result<(), skipgrad::Error> {
 //! let tape = Tape::eager(DType::F32);
-//! let x = tape.input("x", Tensor::full([2, 3, 8, 8], DType::F32, 0.5))?;
-//! let w = tape.parameter("conv.weight", Tensor::full([4, 3, 3, 3], DType::F32, 0.1))?;
+//! let x = tape.input("x", Tensor::full([2, 3, 8, 8], DType::F32, 0.5)?)?;
+//! let w = tape.parameter("conv.weight", Tensor::full([4, 3, 3, 3], DType::F32, 0.1)?)?;
 //! let loss = x.conv2d(&w, 1, 1)?.relu().mean()?;
 //! let [dw] = grad(&loss, &[&w])?.try_into().unwrap();
 //! println!("{}", tape.dump());
@@ -29,8 +29,7 @@ pub use skipgrad_autodiff::{Error, Result};
 /// Everything research code usually needs.
 pub mod prelude {
     pub use skipgrad_autodiff::{
-        BatchNorm, CustomOp, Error, GradcheckOptions, GradcheckReport, Mode, Result, Tape, Var, grad, gradcheck,
-        vjp,
+        BatchNorm, CustomOp, Error, GradcheckOptions, GradcheckReport, Mode, Result, Tape, Var, grad, gradcheck, vjp,
     };
     pub use skipgrad_ir::{Conv2dAttrs, DType, Graph, NodeId, Op, Role, Shape, ShortcutAttrs, Tensor};
     pub use skipgrad_reference::{Feeds, evaluate};

@@ -10,12 +10,24 @@ use skipgrad::prelude::*;
 
 fn conv_case() -> impl Strategy<Value = (usize, usize, usize, usize, usize, usize, usize, usize, u64)> {
     // (n, c, k, h, w, kernel, stride, pad, seed); kernels 1, 3 and 7 as in the paper's nets.
-    (1..3usize, 1..4usize, 1..4usize, 1..9usize, 1..9usize, prop::sample::select(vec![1usize, 3, 7]), 1..3usize, 0..4usize, any::<u64>())
-        .prop_filter("kernel must fit the padded input", |&(_, _, _, h, w, r, _, p, _)| h + 2 * p >= r && w + 2 * p >= r)
+    (
+        1..3usize,
+        1..4usize,
+        1..4usize,
+        1..9usize,
+        1..9usize,
+        prop::sample::select(vec![1usize, 3, 7]),
+        1..3usize,
+        0..4usize,
+        any::<u64>(),
+    )
+        .prop_filter("kernel must fit the padded input", |&(_, _, _, h, w, r, _, p, _)| {
+            h + 2 * p >= r && w + 2 * p >= r
+        })
 }
 
 proptest! {
-    #![proptest_config(config(16))]
+    #![proptest_config(config(256))]
 
     #[test]
     fn conv2d((n, c, k, h, w, r, stride, pad, seed) in conv_case()) {

@@ -20,7 +20,7 @@ fn block_loss(v: &[Var], stride: usize, y: &Tensor) -> skipgrad::Result<Var> {
 }
 
 proptest! {
-    #![proptest_config(config(8))]
+    #![proptest_config(config(64))]
 
     #[test]
     fn basic_block_with_cross_entropy(n in 2..4usize, c in 1..4usize, hw in 2..6usize, downsample: bool, seed: u64) {

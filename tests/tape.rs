@@ -18,6 +18,7 @@ fn gradients_accumulate_over_every_use() {
     let y = (&(&x * &x).unwrap() + &x.scale(2.0)).unwrap().sum().unwrap(); // sum(x^2 + 2x)
     let dx = grad(&y, &[&x]).unwrap().remove(0);
     assert_eq!(values(&dx), vec![4.0, -2.0, 8.0]);
+    assert!(dx.to_string().ends_with("= f64[3] [4.000000, -2.000000, 8.000000]"), "{dx}");
     assert!(tape.dump().contains("# backward"), "{}", tape.dump());
 }
 
@@ -31,7 +32,8 @@ fn trace_mode_records_the_same_graph_and_the_reference_evaluates_it() {
     };
     let (xv, wv) = (uniform(1, &[2, 3, 6, 6]), uniform(2, &[4, 3, 3, 3]));
     let eager = Tape::eager(DType::F64);
-    let (el, edw) = build(&eager, eager.input("x", xv.clone()).unwrap(), eager.parameter("w", wv.clone()).unwrap()).unwrap();
+    let (el, edw) =
+        build(&eager, eager.input("x", xv.clone()).unwrap(), eager.parameter("w", wv.clone()).unwrap()).unwrap();
 
     let trace = Tape::trace(DType::F64);
     let x = trace.input_spec("x", DType::F64, &[2, 3, 6, 6]).unwrap();
@@ -86,7 +88,8 @@ impl CustomOp for Cube {
 fn custom_ops_behave_like_builtins_in_grad_dumps_and_checks() {
     let cube: Rc<dyn CustomOp> = Rc::new(Cube { slope: 3.0 });
     let x = uniform(5, &[2, 3]);
-    let report = gradcheck(|v| Var::custom(&cube, &[&v[0]]), std::slice::from_ref(&x), &GradcheckOptions::default()).unwrap();
+    let report =
+        gradcheck(|v| Var::custom(&cube, &[&v[0]]), std::slice::from_ref(&x), &GradcheckOptions::default()).unwrap();
     assert!(report.jacobian_entries > 0);
 
     // Second order through the custom rule: d/dx sum(grad(sum(cube(x)))) = 6x.
@@ -141,8 +144,8 @@ fn batch_norm_layer_records_pytorch_running_statistics() {
 #[test]
 fn shape_errors_name_the_op_and_the_shapes() {
     let tape = Tape::eager(DType::F32);
-    let x = tape.input("x", Tensor::full([1, 16, 8, 8], DType::F32, 1.0)).unwrap();
-    let w = tape.parameter("w", Tensor::full([8, 32, 3, 3], DType::F32, 1.0)).unwrap();
+    let x = tape.input("x", Tensor::full([1, 16, 8, 8], DType::F32, 1.0).unwrap()).unwrap();
+    let w = tape.parameter("w", Tensor::full([8, 32, 3, 3], DType::F32, 1.0).unwrap()).unwrap();
     let err = x.conv2d(&w, 1, 1).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -177,6 +180,15 @@ fn misuse_returns_typed_errors() {
     assert!(err.to_string().contains("does not fit"), "{err}");
     assert!(img.max_pool(3, 0, 1).is_err(), "zero stride");
     assert!(img.shortcut_a(0).is_err());
+    let huge = tape.input_spec("huge", DType::F64, &[usize::MAX, 2]);
+    assert!(matches!(huge, Err(Error::Argument { .. })), "eager tapes need values");
+    let trace = Tape::trace(DType::F32);
+    let err = trace.input_spec("huge", DType::F32, &[usize::MAX, 2]).unwrap_err();
+    assert!(err.to_string().contains("too many elements"), "{err}");
+    assert!(Tensor::full([usize::MAX, 2], DType::F32, 0.0).is_err());
+    assert!(tape.fill(0.0, &[usize::MAX, 3]).is_err());
+    let big = trace.input_spec("big", DType::F32, &[1 << 40, 1]).unwrap();
+    assert!(big.reshape(&[1 << 40, 1 << 40]).is_err());
     let empty = tape.input("empty", Tensor::f64([0, 1, 2, 2], vec![]).unwrap()).unwrap();
     assert!(empty.batch_mean().is_err(), "no elements per channel");
     assert!(empty.global_avg_pool().is_ok(), "zero-sized batches are fine where nothing divides by them");

@@ -12,7 +12,7 @@ pub fn grad(loss: &Var, wrt: &[&Var]) -> Result<Vec<Var>> {
     if loss.shape().rank() != 0 {
         return Err(Error::NotScalar { ty: loss.ty() });
     }
-    let seed = loss.tape.fill_typed(1.0, loss.ty());
+    let seed = loss.tape.fill_typed(1.0, loss.ty())?;
     vjp(loss, &seed, wrt)
 }
 
@@ -64,14 +64,11 @@ pub fn vjp(output: &Var, cotangent: &Var, wrt: &[&Var]) -> Result<Vec<Var>> {
                 });
             }
         }
-        Ok(wrt
-            .iter()
-            .map(|v| match v.id.index() <= end {
-                true => cotangents[v.id.index()].clone(),
-                false => None,
+        wrt.iter()
+            .map(|v| match cotangents.get(v.id.index()).cloned().flatten() {
+                Some(g) => Ok(g),
+                None => tape.fill_typed(0.0, v.ty()),
             })
-            .zip(wrt)
-            .map(|(g, v)| g.unwrap_or_else(|| tape.fill_typed(0.0, v.ty())))
-            .collect())
+            .collect()
     })
 }

@@ -113,17 +113,13 @@ where
                 vjp(&y, &e, &refs)?.iter().map(|g| g.value().map(|t| t.to_f64_vec())).collect::<Result<_>>()?;
             rows.push(row);
         }
-        for (i, xi) in x.iter().enumerate() {
-            for j in 0..xi.len() {
-                let unit = unit_vector(&x, i, j);
-                let column = central_vec(opts.eps, |s| eval(&shift(&x, &unit, s)))?;
-                for (o, &n) in column.iter().enumerate() {
-                    let where_ = || format!("d y{} / d x{i}{}", index(&y.shape(), o), index(&shapes[i], j));
-                    checker
-                        .compare(rows[o][i][j], n, where_)
-                        .map_err(|f| Error::Gradcheck(Box::new(f)))?;
-                    entries += 1;
-                }
+        for (i, j) in elements(&x) {
+            let unit = unit_vector(&x, i, j);
+            let column = central_vec(opts.eps, |s| eval(&shift(&x, &unit, s)))?;
+            for (o, &n) in column.iter().enumerate() {
+                let where_ = || format!("d y{} / d x{i}{}", index(&y.shape(), o), index(&shapes[i], j));
+                checker.compare(rows[o][i][j], n, where_).map_err(|f| Error::Gradcheck(Box::new(f)))?;
+                entries += 1;
             }
         }
     }
@@ -168,15 +164,13 @@ fn worst_element(
         return Ok(None);
     }
     let mut worst: Option<(f64, String)> = None;
-    for (i, xi) in x.iter().enumerate() {
-        for j in 0..xi.len() {
-            let n = central(checker.opts.eps, |s| scalar(&shift(x, &unit_vector(x, i, j), s)))?;
-            let a = analytic[i][j];
-            let err = (a - n).abs() / (checker.opts.atol + checker.opts.rtol * a.abs().max(n.abs()));
-            if worst.as_ref().is_none_or(|(w, _)| err > *w) {
-                let text = format!("x{i}{}: analytic {a:.10e}, numeric {n:.10e}", index(&shapes[i], j));
-                worst = Some((err, text));
-            }
+    for (i, j) in elements(x) {
+        let n = central(checker.opts.eps, |s| scalar(&shift(x, &unit_vector(x, i, j), s)))?;
+        let a = analytic[i][j];
+        let err = (a - n).abs() / (checker.opts.atol + checker.opts.rtol * a.abs().max(n.abs()));
+        if worst.as_ref().is_none_or(|(w, _)| err > *w) {
+            let text = format!("x{i}{}: analytic {a:.10e}, numeric {n:.10e}", index(&shapes[i], j));
+            worst = Some((err, text));
         }
     }
     Ok(worst.map(|(_, t)| t))
@@ -209,6 +203,11 @@ fn central_vec(eps: f64, f: impl Fn(f64) -> Result<Vec<f64>>) -> Result<Vec<f64>
     Ok(plus.iter().zip(&minus).map(|(p, m)| (p - m) / (2.0 * eps)).collect())
 }
 
+/// Every (input, element) pair, input by input.
+fn elements(x: &[Vec<f64>]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    x.iter().enumerate().flat_map(|(i, xi)| (0..xi.len()).map(move |j| (i, j)))
+}
+
 fn shift(x: &[Vec<f64>], u: &[Vec<f64>], s: f64) -> Vec<Vec<f64>> {
     x.iter().zip(u).map(|(xi, ui)| xi.iter().zip(ui).map(|(a, b)| a + s * b).collect()).collect()
 }
@@ -239,4 +238,3 @@ fn index(shape: &Shape, mut flat: usize) -> String {
     }
     format!("{coords:?}")
 }
-

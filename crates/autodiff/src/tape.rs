@@ -100,13 +100,12 @@ impl Tape {
         self.var(id)
     }
     /// A tensor of one value in the tape's dtype.
-    pub fn fill(&self, value: f64, shape: &[usize]) -> Var {
-        let dtype = self.dtype();
-        self.fill_typed(value, TensorType::new(dtype, shape))
+    pub fn fill(&self, value: f64, shape: &[usize]) -> Result<Var> {
+        self.fill_typed(value, TensorType::new(self.dtype(), shape))
     }
     /// A scalar in the tape's dtype.
     pub fn scalar(&self, value: f64) -> Var {
-        self.fill(value, &[])
+        self.fill(value, &[]).expect("a scalar always fits")
     }
 
     /// Runs `body` without recording gradients: nodes made inside are constants to reverse mode.
@@ -133,7 +132,10 @@ impl Tape {
         if !source || t != n {
             return Err(Error::Argument {
                 op: "record_update".into(),
-                message: format!("target {} ({t}) must be an input or parameter of the new value's type {n}", target.id),
+                message: format!(
+                    "target {} ({t}) must be an input or parameter of the new value's type {n}",
+                    target.id
+                ),
             });
         }
         self.0.borrow_mut().updates.push((target.id, new.id));
@@ -167,14 +169,17 @@ impl Tape {
         Ok(self.var(id))
     }
 
-    pub(crate) fn fill_typed(&self, value: f64, ty: TensorType) -> Var {
+    pub(crate) fn fill_typed(&self, value: f64, ty: TensorType) -> Result<Var> {
         let mut s = self.0.borrow_mut();
         let role = s.role;
-        let eager = (s.mode == Mode::Eager).then(|| Tensor::full(ty.shape.clone(), ty.dtype, value));
-        let id = s.graph.add_source(Op::Fill { value }, ty, role).expect("fill is a source op");
+        let id = s.graph.add_source(Op::Fill { value }, ty.clone(), role)?;
+        let eager = match s.mode {
+            Mode::Eager => Some(Tensor::full(ty.shape, ty.dtype, value)?),
+            Mode::Trace => None,
+        };
         s.finish(id, false, eager);
         drop(s);
-        self.var(id)
+        Ok(self.var(id))
     }
 
     pub(crate) fn value_of(&self, id: NodeId) -> Result<Tensor> {

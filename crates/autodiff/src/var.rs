@@ -19,6 +19,16 @@ impl std::fmt::Debug for Var {
     }
 }
 
+impl std::fmt::Display for Var {
+    /// Prints `%id = value` on eager tapes and `%id: type` on tracing tapes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.value() {
+            Ok(v) => write!(f, "{} = {v}", self.id),
+            Err(_) => write!(f, "{}: {}", self.id, self.ty()),
+        }
+    }
+}
+
 /// The parameters and running statistics of one batch-norm layer.
 #[derive(Clone, Debug)]
 pub struct BatchNorm {

@@ -97,9 +97,9 @@ pub(crate) fn vjp(node: &Node, x: &[Var], y: &Var, g: &Var, want: &[bool]) -> Re
         Op::AddScalar { .. } => smallvec![Some(g.clone())],
         Op::StopGradient | Op::ArgMax => smallvec![None],
         Op::Equal => smallvec![None, None],
-        Op::ShortcutA(a) => smallvec![when(0, &|| {
-            Var::apply(Op::ShortcutAGrad { shortcut: *a, input_hw: hw(&x[0]) }, &[g])
-        })?],
+        Op::ShortcutA(a) => {
+            smallvec![when(0, &|| { Var::apply(Op::ShortcutAGrad { shortcut: *a, input_hw: hw(&x[0]) }, &[g]) })?]
+        }
         Op::ShortcutAGrad { shortcut, .. } => smallvec![when(0, &|| g.shortcut_a_with(*shortcut))?],
         Op::MaxPool(p) => smallvec![when(0, &|| Var::apply(Op::MaxPoolGrad(*p), &[&x[0], g]))?],
         Op::MaxPoolGrad(_) => {
@@ -132,7 +132,7 @@ pub(crate) fn vjp(node: &Node, x: &[Var], y: &Var, g: &Var, want: &[bool]) -> Re
                 softmax_vjp(&x[0].softmax()?, g)?.mul(&scale)
             };
             let d_loss = || {
-                let unit = y.tape.fill_typed(1.0, x[2].ty());
+                let unit = y.tape.fill_typed(1.0, x[2].ty())?;
                 Var::apply(Op::SoftmaxCrossEntropyGrad, &[&x[0], &x[1], &unit])?.mul(g)?.sum()
             };
             smallvec![when(0, &d_logits)?, labels_have_no_gradient(want, &not_differentiable)?, when(2, &d_loss)?]

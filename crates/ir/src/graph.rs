@@ -118,6 +118,7 @@ impl Graph {
                 });
             }
         }
+        check_size(&op, &ty)?;
         Ok(self.push(Node { op, inputs: SmallVec::new(), ty, role }))
     }
 
@@ -142,6 +143,7 @@ impl Graph {
             types.push(&self.node(i)?.ty);
         }
         let ty = infer(op, &types)?;
+        check_size(op, &ty)?;
         if let Op::BatchNorm { training: true, .. } | Op::BatchNormGradInput { training: true, .. } = op {
             self.check_batch_statistics(op, inputs)?;
         }
@@ -150,9 +152,8 @@ impl Graph {
 
     /// Training-mode batch norm is defined only on its own input's batch statistics.
     fn check_batch_statistics(&self, op: &Op, inputs: &[NodeId]) -> Result<()> {
-        let is_stat = |id: NodeId, want: &Op| {
-            self.nodes[id.0].op == *want && self.nodes[id.0].inputs.as_slice() == [inputs[0]]
-        };
+        let is_stat =
+            |id: NodeId, want: &Op| self.nodes[id.0].op == *want && self.nodes[id.0].inputs.as_slice() == [inputs[0]];
         if is_stat(inputs[1], &Op::BatchMean) && is_stat(inputs[2], &Op::BatchVar) {
             return Ok(());
         }
@@ -170,6 +171,16 @@ impl Graph {
     fn push(&mut self, node: Node) -> NodeId {
         self.nodes.push(node);
         NodeId(self.nodes.len() - 1)
+    }
+}
+
+/// Every shape in a graph has an element count that fits in `usize`.
+fn check_size(op: &Op, ty: &TensorType) -> Result<()> {
+    match ty.shape.checked_numel() {
+        Some(_) => Ok(()),
+        None => {
+            Err(Error::Shape { op: op.to_string(), message: format!("output {ty} has too many elements to address") })
+        }
     }
 }
 

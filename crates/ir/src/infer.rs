@@ -198,10 +198,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             let (x, dy) = (dims(0), dims(1));
             let o = pool_out(&fail, [x[2], x[3]], p)?;
             if [x[0], x[1], o[0], o[1]] != dy {
-                return Err(fail(format!(
-                    "output gradient {} does not match pooling input {}",
-                    inputs[1], inputs[0]
-                )));
+                return Err(fail(format!("output gradient {} does not match pooling input {}", inputs[1], inputs[0])));
             }
             out(x)
         }
@@ -222,12 +219,12 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
         }
         Op::Reshape { shape } => {
             arity(1)?;
-            if shape.numel() != inputs[0].shape.numel() {
+            if shape.checked_numel() != Some(inputs[0].shape.numel()) {
+                let target = shape.checked_numel().map_or("too many".into(), |n| n.to_string());
                 return Err(fail(format!(
-                    "cannot reshape {} ({} elements) to {shape} ({} elements)",
+                    "cannot reshape {} ({} elements) to {shape} ({target} elements)",
                     inputs[0],
                     inputs[0].shape.numel(),
-                    shape.numel()
                 )));
             }
             out(shape.dims())
@@ -245,10 +242,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             let kept: SmallVec<[usize; 4]> =
                 shape.dims().iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
             if kept.as_slice() != dims(0) {
-                return Err(fail(format!(
-                    "input {} is not {shape} without axes {axes:?}",
-                    inputs[0]
-                )));
+                return Err(fail(format!("input {} is not {shape} without axes {axes:?}", inputs[0])));
             }
             out(shape.dims())
         }
@@ -291,11 +285,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
 }
 
 fn check_eps(fail: &impl Fn(String) -> Error, eps: f64) -> Result<()> {
-    if eps > 0.0 && eps.is_finite() {
-        Ok(())
-    } else {
-        Err(fail(format!("eps must be positive and finite, got {eps}")))
-    }
+    if eps > 0.0 && eps.is_finite() { Ok(()) } else { Err(fail(format!("eps must be positive and finite, got {eps}"))) }
 }
 
 fn check_axes(fail: &impl Fn(String) -> Error, axes: &[usize], rank: usize) -> Result<()> {
@@ -336,4 +326,3 @@ fn pool_out(fail: &impl Fn(String) -> Error, input: [usize; 2], p: &crate::PoolA
     }
     window_out(fail, input, p.kernel, p.stride, p.pad)
 }
-

@@ -197,12 +197,9 @@ impl Op {
         };
         let axes = |a: &Axes| a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
         let conv = |c: &Conv2dAttrs| format!("stride={}, pad={}", pair(c.stride), pair(c.pad));
-        let pool = |p: &PoolAttrs| {
-            format!("kernel={}, stride={}, pad={}", pair(p.kernel), pair(p.stride), pair(p.pad))
-        };
-        let shortcut = |s: &ShortcutAttrs| {
-            format!("stride={}, pad_channels=({},{})", s.stride, s.pad_before, s.pad_after)
-        };
+        let pool = |p: &PoolAttrs| format!("kernel={}, stride={}, pad={}", pair(p.kernel), pair(p.stride), pair(p.pad));
+        let shortcut =
+            |s: &ShortcutAttrs| format!("stride={}, pad_channels=({},{})", s.stride, s.pad_before, s.pad_after);
         match self {
             Op::Input { name } | Op::Parameter { name } => write!(f, "name={name:?}"),
             Op::Constant { index } => write!(f, "index={index}"),

@@ -20,9 +20,13 @@ impl Shape {
     pub fn rank(&self) -> usize {
         self.0.len()
     }
-    /// Number of elements (1 for a scalar).
+    /// Number of elements (1 for a scalar). Shapes in a graph always fit; see [`Shape::checked_numel`].
     pub fn numel(&self) -> usize {
         self.0.iter().product()
+    }
+    /// Number of elements, or `None` when the count does not fit in `usize`.
+    pub fn checked_numel(&self) -> Option<usize> {
+        self.0.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
     }
     /// Axis sizes as a slice.
     pub fn dims(&self) -> &[usize] {

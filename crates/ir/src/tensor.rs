@@ -26,8 +26,8 @@ impl Tensor {
             Data::F32(v) => v.len(),
             Data::F64(v) => v.len(),
         };
-        if len != shape.numel() {
-            let expected = shape.numel();
+        if shape.checked_numel() != Some(len) {
+            let expected = shape.checked_numel().unwrap_or(usize::MAX);
             return Err(Error::DataLength { shape, expected, got: len });
         }
         Ok(Tensor { shape, data })
@@ -40,19 +40,24 @@ impl Tensor {
     pub fn f64(shape: impl Into<Shape>, values: Vec<f64>) -> Result<Self> {
         Self::new(shape, Data::F64(values))
     }
-    /// A tensor of one repeated value.
-    pub fn full(shape: impl Into<Shape>, dtype: DType, value: f64) -> Self {
+    /// A tensor of one repeated value; errors when the shape's element count overflows.
+    pub fn full(shape: impl Into<Shape>, dtype: DType, value: f64) -> Result<Self> {
         let shape = shape.into();
-        let n = shape.numel();
+        let n =
+            shape.checked_numel().ok_or(Error::DataLength { shape: shape.clone(), expected: usize::MAX, got: 0 })?;
         let data = match dtype {
             DType::F32 => Data::F32(vec![value as f32; n]),
             DType::F64 => Data::F64(vec![value; n]),
         };
-        Tensor { shape, data }
+        Ok(Tensor { shape, data })
     }
     /// A scalar (rank-0) tensor.
     pub fn scalar(dtype: DType, value: f64) -> Self {
-        Self::full(Shape::scalar(), dtype, value)
+        let data = match dtype {
+            DType::F32 => Data::F32(vec![value as f32]),
+            DType::F64 => Data::F64(vec![value]),
+        };
+        Tensor { shape: Shape::scalar(), data }
     }
     /// A tensor of the given dtype from f64 values (rounded when the dtype is f32).
     pub fn from_f64(shape: impl Into<Shape>, dtype: DType, values: &[f64]) -> Result<Self> {

@@ -12,7 +12,11 @@ fn dump_prints_one_line_per_node_with_roles() {
     let mut g = Graph::new();
     let x = input(&mut g, "x", &[2, 3, 8, 8]);
     let w = g
-        .add_source(Op::Parameter { name: "conv1.weight".into() }, TensorType::new(DType::F32, [16, 3, 3, 3]), Role::Forward)
+        .add_source(
+            Op::Parameter { name: "conv1.weight".into() },
+            TensorType::new(DType::F32, [16, 3, 3, 3]),
+            Role::Forward,
+        )
         .unwrap();
     let y = g.add_node(Op::Conv2d(Conv2dAttrs::square(2, 1)), &[x, w], Role::Forward).unwrap();
     let r = g.add_node(Op::Relu, &[y], Role::Forward).unwrap();
@@ -39,9 +43,7 @@ fn rejected_nodes_leave_the_graph_unchanged() {
         "matmul[transpose_a=false, transpose_b=false]: left operand f32[2,3] has inner size 3, right operand f32[4,5] has 4"
     );
     assert!(matches!(g.add_node(Op::Add, &[a], Role::Forward), Err(Error::Arity { .. })));
-    let c = g
-        .add_source(Op::Input { name: "c".into() }, TensorType::new(DType::F64, [2, 3]), Role::Forward)
-        .unwrap();
+    let c = g.add_source(Op::Input { name: "c".into() }, TensorType::new(DType::F64, [2, 3]), Role::Forward).unwrap();
     let err = g.add_node(Op::Add, &[a, c], Role::Forward).unwrap_err();
     assert_eq!(err.to_string(), "add: inputs must share one dtype, got f32[2,3], f64[2,3]");
     assert_eq!(g.len(), 3);

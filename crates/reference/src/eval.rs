@@ -38,9 +38,7 @@ pub fn evaluate(graph: &Graph, feeds: &Feeds, outputs: &[NodeId]) -> Result<Vec<
         let value = match &node.op {
             Op::Input { name } | Op::Parameter { name } => {
                 let kind = if matches!(node.op, Op::Input { .. }) { "input" } else { "parameter" };
-                let fed = feeds
-                    .get(name)
-                    .ok_or_else(|| Error::MissingFeed { kind, name: name.clone(), node: i })?;
+                let fed = feeds.get(name).ok_or_else(|| Error::MissingFeed { kind, name: name.clone(), node: i })?;
                 let got = TensorType { dtype: fed.dtype(), shape: fed.shape().clone() };
                 if got != node.ty {
                     return Err(Error::FeedType { name: name.clone(), expected: node.ty.clone(), got });
@@ -77,7 +75,7 @@ pub fn eval_node(graph: &Graph, id: NodeId, inputs: &[&Tensor]) -> Result<Tensor
             .constant(*index)
             .cloned()
             .ok_or(Error::Graph(skipgrad_ir::Error::UnknownNode { node: id.index(), len: graph.len() })),
-        Op::Fill { value } => Ok(Tensor::full(node.ty.shape.clone(), node.ty.dtype, *value)),
+        Op::Fill { value } => Ok(Tensor::full(node.ty.shape.clone(), node.ty.dtype, *value)?),
         op => eval_op(op, &node.ty, inputs, id.index()),
     }
 }

@@ -10,8 +10,8 @@ mod ops;
 
 pub use error::Error;
 pub use eval::{Feeds, eval_node, eval_op, evaluate};
-pub use ops::kink_distance;
 pub use ops::Element;
+pub use ops::kink_distance;
 
 /// Result type of the reference interpreter.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

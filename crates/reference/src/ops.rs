@@ -67,11 +67,12 @@ pub(crate) fn compute<T: Element>(op: &Op, node: usize, x: &[&[T]], s: &[&Shape]
         Op::BatchNorm { eps, .. } => {
             let (ch, istd) = (Channels::of(d(0)), inv_std(x[2], *eps));
             let (mean, gamma, beta) = (x[1], x[3], x[4]);
-            (0..n_out).map(|i| {
-                let c = ch.channel(i);
-                (x[0][i] - mean[c]) * istd[c] * gamma[c] + beta[c]
-            })
-            .collect()
+            (0..n_out)
+                .map(|i| {
+                    let c = ch.channel(i);
+                    (x[0][i] - mean[c]) * istd[c] * gamma[c] + beta[c]
+                })
+                .collect()
         }
         Op::BatchNormGradInput { eps, training } => {
             let (ch, istd) = (Channels::of(d(0)), inv_std(x[2], *eps));
@@ -81,10 +82,10 @@ pub(crate) fn compute<T: Element>(op: &Op, node: usize, x: &[&[T]], s: &[&Shape]
                 return Ok((0..n_out).map(|i| dy[i] * gamma[ch.channel(i)] * istd[ch.channel(i)]).collect());
             }
             let (mut sum_dy, mut sum_dy_xhat) = (vec![T::zero(); ch.c], vec![T::zero(); ch.c]);
-            for i in 0..n_out {
+            for (i, &d) in dy.iter().enumerate() {
                 let c = ch.channel(i);
-                sum_dy[c] = sum_dy[c] + dy[i];
-                sum_dy_xhat[c] = sum_dy_xhat[c] + dy[i] * xhat(i);
+                sum_dy[c] = sum_dy[c] + d;
+                sum_dy_xhat[c] = sum_dy_xhat[c] + d * xhat(i);
             }
             let m = T::of(ch.per_channel() as f64);
             (0..n_out)

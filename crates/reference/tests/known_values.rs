@@ -93,14 +93,16 @@ fn cross_entropy_and_its_gradient() {
 #[test]
 fn matmul_transposes_reductions_and_broadcasts() {
     let a = t(&[2, 3], &[1., 2., 3., 4., 5., 6.]);
-    let mm = |ta, tb, x: &Tensor, y: &Tensor| run(Op::MatMul { transpose_a: ta, transpose_b: tb }, &[x.clone(), y.clone()]);
+    let mm =
+        |ta, tb, x: &Tensor, y: &Tensor| run(Op::MatMul { transpose_a: ta, transpose_b: tb }, &[x.clone(), y.clone()]);
     assert_eq!(mm(false, true, &a, &a), vec![14., 32., 32., 77.]);
     assert_eq!(mm(true, false, &a, &a), vec![17., 22., 27., 22., 29., 36., 27., 36., 45.]);
     let sum = |axes: &[usize]| run(Op::ReduceSum { axes: axes.into() }, std::slice::from_ref(&a));
     assert_eq!(sum(&[0]), vec![5., 7., 9.]);
     assert_eq!(sum(&[1]), vec![6., 15.]);
     assert_eq!(sum(&[0, 1]), vec![21.]);
-    let b = run(Op::Broadcast { axes: skipgrad_ir::Axes::from_slice(&[0]), shape: [2, 2].into() }, &[t(&[2], &[7., 8.])]);
+    let b =
+        run(Op::Broadcast { axes: skipgrad_ir::Axes::from_slice(&[0]), shape: [2, 2].into() }, &[t(&[2], &[7., 8.])]);
     assert_eq!(b, vec![7., 8., 7., 8.]);
     let argmax = run(Op::ArgMax, &[t(&[2, 3], &[0., 5., 5., 9., 1., 2.])]);
     assert_eq!(argmax, vec![1., 0.], "first maximum wins ties");
@@ -122,7 +124,7 @@ fn evaluate_reports_missing_and_mistyped_feeds() {
     let y = g.add_node(Op::Relu, &[x], Role::Forward).unwrap();
     let err = evaluate(&g, &Feeds::new(), &[y]).unwrap_err();
     assert_eq!(err.to_string(), "no value was fed for input \"x\" (node %0)");
-    let feeds = Feeds::from([("x".to_string(), Tensor::full([3], DType::F32, 1.0))]);
+    let feeds = Feeds::from([("x".to_string(), Tensor::full([3], DType::F32, 1.0).unwrap())]);
     let err = evaluate(&g, &feeds, &[y]).unwrap_err();
     assert_eq!(err.to_string(), "the value fed for \"x\" is f32[3], the graph expects f32[2]");
 }

@@ -1,0 +1,24 @@
+//! The examples are real programs: `cargo test` builds them, and this test runs them.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The example binary cargo built beside this test (`target/<profile>/examples/<name>`).
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
+    let path = profile_dir.join("examples").join(name);
+    assert!(path.exists(), "{} is missing: run through `cargo test`, which builds the examples", path.display());
+    path
+}
+
+#[test]
+fn residual_block_example_runs_and_its_gradients_check() {
+    let out = Command::new(example("residual_block")).output().expect("example starts");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "example failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("# backward"), "the dump shows the appended gradient ops");
+    assert!(stdout.contains("conv2d_grad_weight[stride=2, pad=1, kernel=3x3]"));
+    assert_eq!(stdout.matches(": ok, 8 directions").count(), 2, "{stdout}");
+    assert!(stdout.contains("input f32[4,16,8,8] has 16 channels, weight f32[8,32,3,3] expects 32"));
+}
