@@ -26,6 +26,11 @@ pub use skipgrad_reference as reference;
 
 pub use skipgrad_autodiff::{Error, Result};
 
+/// The README's code blocks, compiled and run as doctests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// Everything research code usually needs.
 pub mod prelude {
     pub use skipgrad_autodiff::{
