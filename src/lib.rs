@@ -18,10 +18,12 @@
 //! ```
 //!
 //! The crates behind the facade, one job each: [`ir`] (the graph), [`reference`] (the oracle
-//! interpreter), [`autodiff`] (the tape, gradients, custom ops, gradcheck).
+//! interpreter), [`autodiff`] (the tape, gradients, custom ops, gradcheck), [`jit`] (Cranelift
+//! kernels and the compiled executor).
 
 pub use skipgrad_autodiff as autodiff;
 pub use skipgrad_ir as ir;
+pub use skipgrad_jit as jit;
 pub use skipgrad_reference as reference;
 
 pub use skipgrad_autodiff::{Error, Result};

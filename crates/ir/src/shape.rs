@@ -39,6 +39,11 @@ impl From<&[usize]> for Shape {
         Shape::new(d)
     }
 }
+impl From<Vec<usize>> for Shape {
+    fn from(d: Vec<usize>) -> Self {
+        Shape::new(&d)
+    }
+}
 impl<const N: usize> From<[usize; N]> for Shape {
     fn from(d: [usize; N]) -> Self {
         Shape::new(&d)

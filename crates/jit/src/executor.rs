@@ -1,0 +1,196 @@
+//! `CompiledGraph`: a graph lowered to kernels, with its buffers allocated once and a thread
+//! pool, replayed by `run` without allocating.
+
+use crate::compiler::{Code, Compiler};
+use crate::lower::{Lowered, lower};
+use crate::{CompileStats, Error, KernelCode, Result, Target, ThreadPool};
+use skipgrad_ir::{Graph, NodeId, Op, Tensor, TensorType};
+use std::collections::HashMap;
+
+/// How to compile a graph.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// Threads kernels run on (the caller's included).
+    pub threads: usize,
+    /// The code-generation target; `None` for the host with its preferred multiply-add.
+    pub target: Option<Target>,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        CompileOptions { threads, target: None }
+    }
+}
+
+/// One kernel call of the replay.
+struct Step {
+    node: NodeId,
+    kernel: usize,
+    /// Operand pointers then the output pointer, into `CompiledGraph::buffers`.
+    args: Vec<*mut f32>,
+    groups: u64,
+}
+
+/// A graph compiled to kernels. Feed its inputs, [`run`](CompiledGraph::run) it, read its outputs.
+pub struct CompiledGraph {
+    /// One buffer per node that the outputs depend on (empty for the others). Never resized, so
+    /// the pointers in `steps` stay valid.
+    buffers: Vec<Vec<f32>>,
+    types: Vec<TensorType>,
+    steps: Vec<Step>,
+    /// Inputs and parameters the outputs read; `None` for those of the graph they do not.
+    feeds: HashMap<String, Option<NodeId>>,
+    outputs: Vec<NodeId>,
+    kernel_of: HashMap<NodeId, usize>,
+    codes: Vec<KernelCode>,
+    stats: CompileStats,
+    pool: ThreadPool,
+    // Dropped last among the fields that matter: steps hold pointers to its functions.
+    code: Code,
+}
+
+/// Compiles the part of `graph` that `outputs` depend on.
+pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> Result<CompiledGraph> {
+    let target = match &options.target {
+        Some(t) => t.clone(),
+        None => Target::host()?,
+    };
+    let nodes = graph.nodes();
+    let mut needed = vec![false; nodes.len()];
+    for &o in outputs {
+        graph.node(o)?;
+        needed[o.index()] = true;
+    }
+    for i in (0..nodes.len()).rev() {
+        if needed[i] {
+            for j in &nodes[i].inputs {
+                needed[j.index()] = true;
+            }
+        }
+    }
+    let mut compiler = Compiler::new(target);
+    let mut buffers: Vec<Vec<f32>> = vec![Vec::new(); nodes.len()];
+    let mut feeds = HashMap::new();
+    let mut planned = Vec::new();
+    let mut kernel_of = HashMap::new();
+    for (i, id) in graph.ids().enumerate() {
+        if let Op::Input { name } | Op::Parameter { name } = &nodes[i].op {
+            feeds.insert(name.clone(), needed[i].then_some(id));
+        }
+        if !needed[i] {
+            continue;
+        }
+        buffers[i] = vec![0.0; nodes[i].ty.shape.numel()];
+        match lower(graph, id)? {
+            Lowered::Feed => {}
+            Lowered::Constant(values) => buffers[i] = values,
+            Lowered::Kernel { label, spec, operands } => {
+                let kernel = compiler.kernel(&label, &spec)?;
+                kernel_of.insert(id, kernel);
+                planned.push((id, kernel, operands, spec.nest.groups as u64));
+            }
+        }
+    }
+    let (code, codes, stats) = compiler.finish()?;
+    let steps = planned
+        .into_iter()
+        .map(|(node, kernel, operands, groups)| {
+            let mut args: Vec<*mut f32> = operands.iter().map(|o| buffers[o.index()].as_mut_ptr()).collect();
+            args.push(buffers[node.index()].as_mut_ptr());
+            Step { node, kernel, args, groups }
+        })
+        .collect();
+    Ok(CompiledGraph {
+        buffers,
+        types: nodes.iter().map(|n| n.ty.clone()).collect(),
+        steps,
+        feeds,
+        outputs: outputs.to_vec(),
+        kernel_of,
+        codes,
+        stats,
+        pool: ThreadPool::new(options.threads),
+        code,
+    })
+}
+
+impl CompiledGraph {
+    /// Copies `values` into the input or parameter called `name` (ignored when the outputs do not
+    /// depend on it).
+    pub fn set_input(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        let fed =
+            self.feeds.get(name).ok_or_else(|| Error::Feed(format!("the graph has no input or parameter {name:?}")))?;
+        let Some(id) = *fed else { return Ok(()) };
+        let buffer = &mut self.buffers[id.index()];
+        if buffer.len() != values.len() {
+            return Err(Error::Feed(format!("{name:?} is {}, got {} values", self.types[id.index()], values.len())));
+        }
+        buffer.copy_from_slice(values);
+        Ok(())
+    }
+
+    /// Runs every kernel once, in order, on the current inputs.
+    pub fn run(&mut self) {
+        for step in &self.steps {
+            // SAFETY: `args` point into `self.buffers`, which are sized for the node's type and
+            // never resized; each kernel reads only its operands and writes only its output, within
+            // the extents its spec was generated for (checked by the guard-page tests); `&mut self`
+            // keeps every other access out until the pool returns.
+            unsafe { self.pool.run(self.code.fns[step.kernel], step.args.as_ptr(), step.groups) };
+        }
+    }
+
+    /// Feeds named tensors, runs, and returns the outputs as tensors (allocates the results).
+    pub fn run_tensors(&mut self, feeds: &HashMap<String, Tensor>) -> Result<Vec<Tensor>> {
+        for (name, t) in feeds {
+            let values: Vec<f32> = t.to_f64_vec().into_iter().map(|v| v as f32).collect();
+            self.set_input(name, &values)?;
+        }
+        self.run();
+        self.outputs
+            .iter()
+            .map(|o| Ok(Tensor::f32(self.types[o.index()].shape.clone(), self.buffers[o.index()].clone())?))
+            .collect()
+    }
+
+    /// The current value of output `k` (in the order given to [`compile`]).
+    pub fn output(&self, k: usize) -> Option<&[f32]> {
+        self.outputs.get(k).map(|o| self.buffers[o.index()].as_slice())
+    }
+
+    /// The current value of any computed node.
+    pub fn value(&self, node: NodeId) -> Option<&[f32]> {
+        self.buffers.get(node.index()).map(Vec::as_slice)
+    }
+
+    /// Compile-time report: kernels generated, reused, and time taken.
+    pub fn stats(&self) -> &CompileStats {
+        &self.stats
+    }
+
+    /// Every distinct kernel, with its IR and generated code.
+    pub fn kernels(&self) -> &[KernelCode] {
+        &self.codes
+    }
+
+    /// The kernel computing `node`, if a kernel does.
+    pub fn kernel_for(&self, node: NodeId) -> Option<&KernelCode> {
+        self.kernel_of.get(&node).map(|&k| &self.codes[k])
+    }
+
+    /// Number of kernel calls per run.
+    pub fn steps(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Threads the kernels run on.
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// Nodes in execution order, with the kernel each calls.
+    pub fn schedule(&self) -> impl Iterator<Item = (NodeId, &KernelCode)> + '_ {
+        self.steps.iter().map(|s| (s.node, &self.codes[s.kernel]))
+    }
+}

@@ -1,0 +1,34 @@
+//! skipgrad's JIT: compiles a graph of the IR into Cranelift-generated f32x4 kernels and runs it.
+//!
+//! A kernel is a main loop nest plus an epilogue [`Expr`] applied to values while they are in
+//! registers ([`KernelSpec`]). The loop nest walks an outer space of *groups* (what the thread pool
+//! splits) made of strided contiguous *segments*. Per group it runs a sequence of [`Pass`]es, each
+//! either a reduction to a per-group local (per-channel statistics, bias gradients) or a map that
+//! writes an output. Elementwise maps, per-channel maps and batch norm forward and backward are all
+//! instances of this. Convolution and matrix multiply are other main loops that will feed the same
+//! epilogue language.
+//!
+//! [`compile`] lowers each node of a graph to a kernel through one table of rules (`lower.rs`),
+//! compiles each distinct kernel once (a cache keyed by the spec and the target's ISA flags), and
+//! returns a [`CompiledGraph`] that owns its buffers and a thread pool and replays the graph with
+//! `run` without allocating.
+
+mod compiler;
+mod error;
+mod executor;
+mod expr;
+mod lower;
+mod nest;
+mod pool;
+mod target;
+
+pub use compiler::{CompileStats, Kernel, KernelCode};
+pub use error::Error;
+pub use executor::{CompileOptions, CompiledGraph, compile};
+pub use expr::{Cond, Expr};
+pub use nest::{KernelSpec, Nest, Operand, Pass};
+pub use pool::ThreadPool;
+pub use target::{MulAdd, Target};
+
+/// Result type of the JIT.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,255 @@
+//! The table of rules from IR ops to kernels: each node becomes a feed, a constant, or a
+//! [`KernelSpec`] over the node's inputs (operands) writing the node's buffer (output 0).
+
+use crate::expr::{Cond, Expr};
+use crate::nest::{KernelSpec, Nest, Operand, Pass};
+use crate::{Error, Result};
+use skipgrad_ir::{DType, Graph, NodeId, Op};
+
+/// What a node becomes.
+pub(crate) enum Lowered {
+    /// Filled from the feeds at run time (inputs and parameters).
+    Feed,
+    /// Filled once at compile time.
+    Constant(Vec<f32>),
+    /// Computed by a kernel reading `operands` (node ids, in operand order).
+    Kernel { label: String, spec: KernelSpec, operands: Vec<NodeId> },
+}
+
+/// Lowers node `id` of `graph`.
+pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
+    let node = graph.node(id)?;
+    let unsupported =
+        |reason: &str| Error::Unsupported { op: node.op.to_string(), node: id.index(), reason: reason.into() };
+    if node.ty.dtype != DType::F32 {
+        return Err(unsupported("the JIT computes in f32 only (f64 graphs run on the reference interpreter)"));
+    }
+    let dims = |i: usize| graph.node(node.inputs[i]).map(|n| n.ty.shape.dims().to_vec());
+    let x = |k: usize| Expr::load(k);
+    let total = node.ty.shape.numel();
+    let inputs = node.inputs.to_vec();
+    let label = || node.op.name().to_string();
+    // An elementwise map of the node's inputs, all of the node's shape.
+    let flat = |expr: Expr| Lowered::Kernel {
+        label: label(),
+        spec: KernelSpec {
+            nest: Nest::flat(total),
+            operands: vec![Operand::Full; inputs.len()],
+            outputs: 1,
+            passes: vec![Pass::Map { expr, output: 0 }],
+        },
+        operands: inputs.clone(),
+    };
+    let zero = || Expr::c(0.0);
+
+    Ok(match &node.op {
+        Op::Input { .. } | Op::Parameter { .. } => Lowered::Feed,
+        Op::Constant { index } => {
+            let t = graph.constant(*index).ok_or_else(|| unsupported("missing constant"))?;
+            Lowered::Constant(t.to_f64_vec().into_iter().map(|v| v as f32).collect())
+        }
+        Op::Fill { value } => flat(Expr::c(*value)),
+        Op::Relu => flat(Expr::select(Cond::Greater, x(0), zero(), x(0), zero())),
+        Op::ReluGrad => flat(Expr::select(Cond::Greater, x(0), zero(), x(1), zero())),
+        Op::Add => flat(x(0).add(x(1))),
+        Op::Sub => flat(x(0).sub(x(1))),
+        Op::Mul => flat(x(0).mul(x(1))),
+        Op::Equal => flat(Expr::select(Cond::Equal, x(0), x(1), Expr::c(1.0), zero())),
+        Op::Scale { c } => flat(x(0).mul(Expr::c(*c))),
+        Op::AddScalar { c } => flat(x(0).add(Expr::c(*c))),
+        Op::StopGradient | Op::Reshape { .. } => flat(x(0)),
+        Op::Custom { .. } => {
+            let spec = KernelSpec {
+                nest: Nest::flat(total),
+                operands: vec![Operand::Full],
+                outputs: 1,
+                passes: vec![Pass::Map { expr: x(0), output: 0 }],
+            };
+            Lowered::Kernel { label: label(), spec, operands: vec![inputs[0]] }
+        }
+        Op::BiasAdd => per_channel_map(label(), &dims(0)?, x(0).add(x(1)), &[Operand::Full, Operand::Channel], inputs),
+        Op::BatchNorm { eps, .. } => {
+            // (x - mean) * (1 / sqrt(var + eps)) * gamma + beta; the per-channel factors are
+            // group invariants, computed once per channel.
+            let istd = Expr::c(1.0).div(x(2).add(Expr::c(*eps)).sqrt());
+            let expr = x(0).sub(x(1)).mul(istd.mul(x(3))).add(x(4));
+            let modes = [Operand::Full, Operand::Channel, Operand::Channel, Operand::Channel, Operand::Channel];
+            per_channel_map(label(), &dims(0)?, expr, &modes, inputs)
+        }
+        Op::BatchNormGradInput { eps, training: false } => {
+            // (x, mean, var, gamma, dy) -> dy * gamma / sqrt(var + eps); x and mean are not read.
+            let expr = x(4).mul(x(3).div(x(2).add(Expr::c(*eps)).sqrt()));
+            let modes = [Operand::Full, Operand::Channel, Operand::Channel, Operand::Channel, Operand::Full];
+            per_channel_map(label(), &dims(0)?, expr, &modes, inputs)
+        }
+        Op::BatchNormGradInput { eps, training: true } => {
+            let d = dims(0)?;
+            let m = Expr::c((d.iter().product::<usize>() / d[1]) as f64);
+            let istd = Expr::c(1.0).div(x(2).add(Expr::c(*eps)).sqrt());
+            let xhat = x(0).sub(x(1)).mul(istd.clone());
+            let passes = vec![
+                Pass::Reduce { expr: x(4), finish: Expr::Acc },
+                Pass::Reduce { expr: x(4).mul(xhat.clone()), finish: Expr::Acc },
+                Pass::Map {
+                    expr: x(3)
+                        .mul(istd)
+                        .div(m.clone())
+                        .mul(m.mul(x(4)).sub(Expr::Local(0)).sub(xhat.mul(Expr::Local(1)))),
+                    output: 0,
+                },
+            ];
+            let modes = vec![Operand::Full, Operand::Channel, Operand::Channel, Operand::Channel, Operand::Full];
+            channel_kernel(label(), &d, modes, passes, inputs)
+        }
+        Op::BatchNormGradGamma { eps } => {
+            let istd = Expr::c(1.0).div(x(2).add(Expr::c(*eps)).sqrt());
+            let passes = vec![
+                Pass::Reduce { expr: x(3).mul(x(0).sub(x(1))).mul(istd), finish: Expr::Acc },
+                Pass::Store { expr: Expr::Local(0), output: 0 },
+            ];
+            let modes = vec![Operand::Full, Operand::Channel, Operand::Channel, Operand::Full];
+            channel_kernel(label(), &dims(0)?, modes, passes, inputs)
+        }
+        Op::BatchMean | Op::BatchVar => {
+            let d = dims(0)?;
+            let inv_m = Expr::c(1.0 / (d.iter().product::<usize>() / d[1]) as f64);
+            let mut passes = vec![Pass::Reduce { expr: x(0), finish: Expr::Acc.mul(inv_m.clone()) }];
+            if matches!(node.op, Op::BatchVar) {
+                // Two passes (mean, then squared deviations): no cancellation when |mean| >> std.
+                let dev = x(0).sub(Expr::Local(0));
+                passes.push(Pass::Reduce { expr: dev.clone().mul(dev), finish: Expr::Acc.mul(inv_m) });
+            }
+            passes.push(Pass::Store { expr: Expr::Local(passes.len() - 1), output: 0 });
+            channel_kernel(label(), &d, vec![Operand::Full], passes, inputs)
+        }
+        Op::ReduceSum { axes } => {
+            let (outer, kept, inner) = split_middle(&dims(0)?, axes)
+                .ok_or_else(|| unsupported("reduced axes must surround one block of kept axes"))?;
+            let spec = KernelSpec {
+                nest: Nest {
+                    groups: kept,
+                    group_stride: inner,
+                    segments: outer,
+                    segment_stride: kept * inner,
+                    inner,
+                    total: outer * kept * inner,
+                    channels: 1,
+                },
+                operands: vec![Operand::Full],
+                outputs: 1,
+                passes: vec![
+                    Pass::Reduce { expr: x(0), finish: Expr::Acc },
+                    Pass::Store { expr: Expr::Local(0), output: 0 },
+                ],
+            };
+            Lowered::Kernel { label: label(), spec, operands: inputs }
+        }
+        Op::Broadcast { axes, shape } => {
+            let (outer, kept, inner) = split_middle(shape.dims(), axes)
+                .ok_or_else(|| unsupported("broadcast axes must surround one block of kept axes"))?;
+            let (nest, mode) = if inner > 1 || kept == 1 {
+                (
+                    Nest {
+                        groups: outer * kept,
+                        group_stride: inner,
+                        segments: 1,
+                        segment_stride: 0,
+                        inner,
+                        total,
+                        channels: kept,
+                    },
+                    Operand::Channel,
+                )
+            } else {
+                (
+                    Nest {
+                        groups: outer,
+                        group_stride: kept,
+                        segments: 1,
+                        segment_stride: 0,
+                        inner: kept,
+                        total,
+                        channels: 1,
+                    },
+                    Operand::Inner,
+                )
+            };
+            let spec = KernelSpec {
+                nest,
+                operands: vec![mode],
+                outputs: 1,
+                passes: vec![Pass::Map { expr: x(0), output: 0 }],
+            };
+            Lowered::Kernel { label: label(), spec, operands: inputs }
+        }
+        Op::Conv2d(_)
+        | Op::Conv2dGradInput { .. }
+        | Op::Conv2dGradWeight { .. }
+        | Op::ShortcutA(_)
+        | Op::ShortcutAGrad { .. }
+        | Op::MaxPool(_)
+        | Op::MaxPoolGrad(_)
+        | Op::MatMul { .. }
+        | Op::Softmax
+        | Op::SoftmaxCrossEntropy
+        | Op::SoftmaxCrossEntropyGrad
+        | Op::ArgMax => return Err(unsupported("its generator is the next step of the JIT issue")),
+    })
+}
+
+/// A map over `x[N,C,...]` where some operands are per channel: for rank 3 and up one group per
+/// (n, c) plane with channel operands splatted; for `[N,F]` one group per row with per-feature
+/// operands read along the row.
+fn per_channel_map(label: String, d: &[usize], expr: Expr, modes: &[Operand], inputs: Vec<NodeId>) -> Lowered {
+    let (n, c) = (d[0], d[1]);
+    let inner: usize = d[2..].iter().product();
+    let total = n * c * inner;
+    let (nest, channel_mode) = if d.len() > 2 {
+        (
+            Nest { groups: n * c, group_stride: inner, segments: 1, segment_stride: 0, inner, total, channels: c },
+            Operand::Channel,
+        )
+    } else {
+        (
+            Nest { groups: n, group_stride: c, segments: 1, segment_stride: 0, inner: c, total, channels: 1 },
+            Operand::Inner,
+        )
+    };
+    let operands = modes.iter().map(|&m| if m == Operand::Channel { channel_mode } else { m }).collect();
+    let spec = KernelSpec { nest, operands, outputs: 1, passes: vec![Pass::Map { expr, output: 0 }] };
+    Lowered::Kernel { label, spec, operands: inputs }
+}
+
+/// One group per channel of `x[N,C,...]`, visiting its N segments of spatial elements.
+fn channel_kernel(
+    label: String,
+    d: &[usize],
+    operands: Vec<Operand>,
+    passes: Vec<Pass>,
+    inputs: Vec<NodeId>,
+) -> Lowered {
+    let (n, c) = (d[0], d[1]);
+    let inner: usize = d[2..].iter().product();
+    let nest = Nest {
+        groups: c,
+        group_stride: inner,
+        segments: n,
+        segment_stride: c * inner,
+        inner,
+        total: n * c * inner,
+        channels: c,
+    };
+    Lowered::Kernel { label, spec: KernelSpec { nest, operands, outputs: 1, passes }, operands: inputs }
+}
+
+/// Splits `dims` into (product of the leading axes in `axes`, product of the kept middle block,
+/// product of the trailing axes in `axes`), when `axes` are exactly a prefix and a suffix.
+fn split_middle(dims: &[usize], axes: &[usize]) -> Option<(usize, usize, usize)> {
+    let prefix = (0..dims.len()).take_while(|a| axes.contains(a)).count();
+    let suffix = (0..dims.len()).rev().take_while(|a| axes.contains(a) && *a >= prefix).count();
+    if prefix + suffix != axes.len() {
+        return None;
+    }
+    let product = |r: std::ops::Range<usize>| dims[r].iter().product::<usize>();
+    Some((product(0..prefix), product(prefix..dims.len() - suffix), product(dims.len() - suffix..dims.len())))
+}

@@ -1,0 +1,392 @@
+//! A kernel as data: a loop nest over groups and segments, operands with their indexing, and the
+//! passes run per group. [`KernelSpec::build`] turns a spec into Cranelift IR.
+//!
+//! The generated function is `extern "C" fn(args: *const *mut f32, begin: u64, end: u64)`: `args`
+//! holds the operand pointers then the output pointers, and the function runs groups
+//! `begin..end`, so a thread pool can split the outer loop.
+
+use crate::MulAdd;
+use crate::expr::{Env, Expr, Width};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{BlockArg, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_frontend::FunctionBuilder;
+use std::collections::HashMap;
+
+/// How an operand is indexed at an element.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Operand {
+    /// The element at the same flat index as the element being computed.
+    Full,
+    /// One value per group: index `group % channels` (per-channel parameters and statistics).
+    Channel,
+    /// The element at the same position within the segment (per-feature vectors of `[N,F]` tensors).
+    Inner,
+    /// Element 0.
+    Scalar,
+}
+
+/// The iteration space. Group `g` covers `segments` runs of `inner` contiguous elements starting
+/// at flat indices `g * group_stride + s * segment_stride`; elements at flat index `total` or
+/// beyond are skipped (a partial last group).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct Nest {
+    /// Number of groups: the outer loop, split across threads.
+    pub groups: usize,
+    /// Flat distance between groups.
+    pub group_stride: usize,
+    /// Segments per group.
+    pub segments: usize,
+    /// Flat distance between a group's segments.
+    pub segment_stride: usize,
+    /// Contiguous elements per segment.
+    pub inner: usize,
+    /// One past the last flat index.
+    pub total: usize,
+    /// Channel operands read element `group % channels`.
+    pub channels: usize,
+}
+
+impl Nest {
+    /// An elementwise walk over `total` contiguous elements in groups of 1024.
+    pub fn flat(total: usize) -> Nest {
+        const BLOCK: usize = 1024;
+        Nest {
+            groups: total.div_ceil(BLOCK),
+            group_stride: BLOCK,
+            segments: 1,
+            segment_stride: 0,
+            inner: BLOCK,
+            total,
+            channels: 1,
+        }
+    }
+}
+
+/// One step of a group's work.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum Pass {
+    /// Sums `expr` over the group's elements; `finish` (which reads the sum as [`Expr::Acc`])
+    /// becomes the next local.
+    Reduce { expr: Expr, finish: Expr },
+    /// Writes `expr` at every element of the group to output `output`.
+    Map { expr: Expr, output: usize },
+    /// Writes the group-invariant `expr` to element `group` of output `output`.
+    Store { expr: Expr, output: usize },
+}
+
+/// A whole kernel: what is iterated, what is read, and what is computed.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct KernelSpec {
+    /// The loop nest.
+    pub nest: Nest,
+    /// How each operand is indexed; `args[k]` is operand `k`.
+    pub operands: Vec<Operand>,
+    /// Number of outputs; `args[operands.len() + j]` is output `j`.
+    pub outputs: usize,
+    /// The passes, in order.
+    pub passes: Vec<Pass>,
+}
+
+impl KernelSpec {
+    /// Emits the kernel's body into `b`, whose function has the signature described above.
+    pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
+        let entry = b.create_block();
+        b.append_block_params_for_function_params(entry);
+        b.switch_to_block(entry);
+        let [args, begin, end] = [0, 1, 2].map(|i| b.block_params(entry)[i]);
+        let flags = MemFlagsData::new().with_notrap();
+        let pointers: Vec<Value> = (0..self.operands.len() + self.outputs)
+            .map(|k| b.ins().load(ptr, flags.with_readonly(), args, (k * 8) as i32))
+            .collect();
+        let (operands, outputs) = pointers.split_at(self.operands.len());
+        let n = &self.nest;
+        let partial = n.groups * n.group_stride > n.total && n.segments == 1;
+
+        for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
+            let group_base = imul(b, g, n.group_stride);
+            let channel = if n.channels > 1 { b.ins().urem_imm_u(g, n.channels as i64) } else { iconst(b, 0) };
+            // Per-group scalars of channel and scalar operands.
+            let group_values: Vec<Option<Value>> = self
+                .operands
+                .iter()
+                .zip(operands)
+                .map(|(mode, &p)| match mode {
+                    Operand::Channel => Some(load_at(b, types::F32, p, channel)),
+                    Operand::Scalar => Some(b.ins().load(types::F32, flags, p, 0)),
+                    Operand::Full | Operand::Inner => None,
+                })
+                .collect();
+            let mut locals: Vec<(Value, Value)> = Vec::new();
+            for pass in &self.passes {
+                let exprs: Vec<&Expr> = match pass {
+                    Pass::Reduce { expr, finish } => vec![expr, finish],
+                    Pass::Map { expr, .. } | Pass::Store { expr, .. } => vec![expr],
+                };
+                let invariants = self.hoist(b, &exprs, &group_values, &locals, mul_add);
+                let scalars: Vec<Value> = locals.iter().map(|l| l.0).collect();
+                let vectors: Vec<Value> = locals.iter().map(|l| l.1).collect();
+                match pass {
+                    Pass::Reduce { expr, finish } => {
+                        let zero_s = b.ins().f32const(0.0);
+                        let zero_v = b.ins().splat(types::F32X4, zero_s);
+                        let acc = self.segments(b, group_base, partial, &[zero_v, zero_s], &mut |b, w, at, acc| {
+                            let mut load = |b: &mut FunctionBuilder, k: usize| self.load(b, w, operands, at, k);
+                            let mut env = element_env(w, mul_add, &mut load, &invariants, &scalars, &vectors);
+                            let v = expr.emit(b, &mut env);
+                            let i = if w == Width::Vector { 0 } else { 1 };
+                            let mut acc = acc.to_vec();
+                            acc[i] = b.ins().fadd(acc[i], v);
+                            acc
+                        });
+                        let mut sum = acc[1];
+                        for lane in 0..4 {
+                            let l = b.ins().extractlane(acc[0], lane);
+                            sum = b.ins().fadd(sum, l);
+                        }
+                        let mut none =
+                            |_: &mut FunctionBuilder, _: usize| -> Value { unreachable!("finish reads no operands") };
+                        let mut env = Env {
+                            width: Width::Scalar,
+                            mul_add,
+                            load: &mut none,
+                            invariants: &invariants.0,
+                            locals: &scalars,
+                            acc: Some(sum),
+                            loaded: HashMap::new(),
+                        };
+                        let local = finish.emit(b, &mut env);
+                        let splat = b.ins().splat(types::F32X4, local);
+                        locals.push((local, splat));
+                    }
+                    Pass::Map { expr, output } => {
+                        let out = outputs[*output];
+                        self.segments(b, group_base, partial, &[], &mut |b, w, at, _| {
+                            let mut load = |b: &mut FunctionBuilder, k: usize| self.load(b, w, operands, at, k);
+                            let mut env = element_env(w, mul_add, &mut load, &invariants, &scalars, &vectors);
+                            let v = expr.emit(b, &mut env);
+                            let addr = address(b, out, at.flat);
+                            b.ins().store(flags, v, addr, 0);
+                            vec![]
+                        });
+                    }
+                    Pass::Store { expr, output } => {
+                        let v = invariants.0.get(expr).copied().unwrap_or_else(|| {
+                            let mut none = |_: &mut FunctionBuilder, _: usize| -> Value { unreachable!("invariant") };
+                            let mut env = Env {
+                                width: Width::Scalar,
+                                mul_add,
+                                load: &mut none,
+                                invariants: &invariants.0,
+                                locals: &scalars,
+                                acc: None,
+                                loaded: HashMap::new(),
+                            };
+                            expr.emit(b, &mut env)
+                        });
+                        let addr = address(b, outputs[*output], g);
+                        b.ins().store(flags, v, addr, 0);
+                    }
+                }
+            }
+            vec![]
+        });
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+    }
+
+    /// Computes the group-invariant sub-expressions of `exprs` once: (scalar, vector) maps.
+    fn hoist(
+        &self,
+        b: &mut FunctionBuilder,
+        exprs: &[&Expr],
+        group_values: &[Option<Value>],
+        locals: &[(Value, Value)],
+        mul_add: MulAdd,
+    ) -> (HashMap<Expr, Value>, HashMap<Expr, Value>) {
+        let per_element = |k: usize| group_values.get(k).is_none_or(|v| v.is_none());
+        let mut found = Vec::new();
+        for e in exprs {
+            collect_invariants(e, &per_element, &mut found);
+        }
+        let scalars: Vec<Value> = locals.iter().map(|l| l.0).collect();
+        let (mut s_map, mut v_map) = (HashMap::new(), HashMap::new());
+        for e in found {
+            if s_map.contains_key(&e) {
+                continue;
+            }
+            let mut load = |_: &mut FunctionBuilder, k: usize| group_values[k].expect("invariant loads are per group");
+            let empty = HashMap::new();
+            let mut env = Env {
+                width: Width::Scalar,
+                mul_add,
+                load: &mut load,
+                invariants: &empty,
+                locals: &scalars,
+                acc: None,
+                loaded: HashMap::new(),
+            };
+            let s = e.emit(b, &mut env);
+            let v = b.ins().splat(types::F32X4, s);
+            s_map.insert(e.clone(), s);
+            v_map.insert(e, v);
+        }
+        (s_map, v_map)
+    }
+
+    /// Loads operand `k` at element `at`, `width` lanes wide.
+    fn load(&self, b: &mut FunctionBuilder, width: Width, operands: &[Value], at: At, k: usize) -> Value {
+        let index = match self.operands[k] {
+            Operand::Full => at.flat,
+            Operand::Inner => at.inner,
+            Operand::Channel | Operand::Scalar => unreachable!("per-group operands are hoisted as invariants"),
+        };
+        load_at(b, width.ty(), operands[k], index)
+    }
+
+    /// Loops over the group's segments and their elements: a vector loop, then a scalar tail.
+    /// `body(b, width, at, carried)` returns the new carried values; carried[0] is updated by the
+    /// vector loop and carried[1] by the scalar loop (for reductions).
+    fn segments(
+        &self,
+        b: &mut FunctionBuilder,
+        group_base: Value,
+        partial: bool,
+        carried: &[Value],
+        body: &mut ElementBody,
+    ) -> Vec<Value> {
+        let n = &self.nest;
+        let zero = iconst(b, 0);
+        let segs = iconst(b, n.segments as i64);
+        let (_, out) = for_loop(b, zero, segs, 1, carried, &mut |b, s, carried| {
+            let offset = imul(b, s, n.segment_stride);
+            let base = b.ins().iadd(group_base, offset);
+            let len = if partial {
+                let total = iconst(b, n.total as i64);
+                let left = b.ins().isub(total, base);
+                let inner = iconst(b, n.inner as i64);
+                b.ins().umin(left, inner)
+            } else {
+                iconst(b, n.inner as i64)
+            };
+            let zero = iconst(b, 0);
+            let (tail_start, carried) = for_loop(b, zero, len, 4, carried, &mut |b, i, c| {
+                let at = At { flat: b.ins().iadd(base, i), inner: i };
+                body(b, Width::Vector, at, c)
+            });
+            let (_, carried) = for_loop(b, tail_start, len, 1, &carried, &mut |b, i, c| {
+                let at = At { flat: b.ins().iadd(base, i), inner: i };
+                body(b, Width::Scalar, at, c)
+            });
+            carried
+        });
+        out
+    }
+}
+
+/// The environment of an expression emitted at one element, `width` lanes wide.
+fn element_env<'a>(
+    width: Width,
+    mul_add: MulAdd,
+    load: &'a mut dyn FnMut(&mut FunctionBuilder, usize) -> Value,
+    invariants: &'a (HashMap<Expr, Value>, HashMap<Expr, Value>),
+    scalars: &'a [Value],
+    vectors: &'a [Value],
+) -> Env<'a> {
+    let vector = width == Width::Vector;
+    Env {
+        width,
+        mul_add,
+        load,
+        invariants: if vector { &invariants.1 } else { &invariants.0 },
+        locals: if vector { vectors } else { scalars },
+        acc: None,
+        loaded: HashMap::new(),
+    }
+}
+
+/// The body of a counted loop: (builder, index, carried values) -> new carried values.
+type LoopBody<'a> = dyn FnMut(&mut FunctionBuilder, Value, &[Value]) -> Vec<Value> + 'a;
+
+/// The body run at each element: (builder, width, position, carried values) -> new carried values.
+type ElementBody<'a> = dyn FnMut(&mut FunctionBuilder, Width, At, &[Value]) -> Vec<Value> + 'a;
+
+/// Where an element is: its flat index and its position within the segment.
+#[derive(Clone, Copy)]
+struct At {
+    flat: Value,
+    inner: Value,
+}
+
+fn collect_invariants(e: &Expr, per_element: &dyn Fn(usize) -> bool, out: &mut Vec<Expr>) {
+    if e.is_invariant(per_element) {
+        out.push(e.clone());
+        return;
+    }
+    match e {
+        Expr::Add(a, b) | Expr::Sub(a, b) | Expr::Mul(a, b) | Expr::Div(a, b) => {
+            collect_invariants(a, per_element, out);
+            collect_invariants(b, per_element, out);
+        }
+        Expr::Sqrt(a) => collect_invariants(a, per_element, out),
+        Expr::Select { a, b, then, otherwise, .. } => {
+            for x in [a, b, then, otherwise] {
+                collect_invariants(x, per_element, out);
+            }
+        }
+        Expr::Load(_) | Expr::Local(_) | Expr::Const(_) | Expr::Acc => {}
+    }
+}
+
+/// A counted loop `for i in (lo..).step_by(step) while i + step <= hi`, test at the top, carrying
+/// `carried` through `body`. Returns the first `i` not run and the final carried values.
+pub(crate) fn for_loop(
+    b: &mut FunctionBuilder,
+    lo: Value,
+    hi: Value,
+    step: i64,
+    carried: &[Value],
+    body: &mut LoopBody,
+) -> (Value, Vec<Value>) {
+    let types: Vec<Type> = carried.iter().map(|&v| b.func.dfg.value_type(v)).collect();
+    let (head, body_block, exit) = (b.create_block(), b.create_block(), b.create_block());
+    for blk in [head, exit] {
+        b.append_block_param(blk, types::I64);
+        for &t in &types {
+            b.append_block_param(blk, t);
+        }
+    }
+    let args = |first: Value, rest: &[Value]| -> Vec<BlockArg> {
+        std::iter::once(first).chain(rest.iter().copied()).map(BlockArg::Value).collect()
+    };
+    b.ins().jump(head, &args(lo, carried));
+    b.switch_to_block(head);
+    let params = b.block_params(head).to_vec();
+    let next = b.ins().iadd_imm_s(params[0], step);
+    let fits = b.ins().icmp(IntCC::UnsignedLessThanOrEqual, next, hi);
+    b.ins().brif(fits, body_block, &[], exit, &args(params[0], &params[1..]));
+    b.switch_to_block(body_block);
+    let new = body(b, params[0], &params[1..]);
+    b.ins().jump(head, &args(next, &new));
+    b.switch_to_block(exit);
+    let out = b.block_params(exit).to_vec();
+    (out[0], out[1..].to_vec())
+}
+
+fn iconst(b: &mut FunctionBuilder, v: i64) -> Value {
+    b.ins().iconst(types::I64, v)
+}
+
+fn imul(b: &mut FunctionBuilder, v: Value, c: usize) -> Value {
+    let c = iconst(b, c as i64);
+    b.ins().imul(v, c)
+}
+
+fn address(b: &mut FunctionBuilder, base: Value, index: Value) -> Value {
+    let bytes = b.ins().ishl_imm_u(index, 2);
+    b.ins().iadd(base, bytes)
+}
+
+fn load_at(b: &mut FunctionBuilder, ty: Type, base: Value, index: Value) -> Value {
+    let addr = address(b, base, index);
+    b.ins().load(ty, MemFlagsData::new().with_notrap(), addr, 0)
+}

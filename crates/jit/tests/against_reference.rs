@@ -1,0 +1,164 @@
+//! Every op with a kernel, on random shapes and values: the JIT's output matches the reference
+//! interpreter (f32) within a relative error of 1e-4, on 1 and 2 threads and with both
+//! multiply-add forms the CPU supports.
+
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use skipgrad_ir::{Axes, DType, Graph, NodeId, Op, Role, Shape, Tensor, TensorType};
+use skipgrad_jit::{CompileOptions, MulAdd, Target, compile};
+use skipgrad_reference::{Feeds, evaluate};
+
+fn config(cases: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
+    ProptestConfig { cases, ..ProptestConfig::default() }
+}
+
+fn random(seed: u64, dims: &[usize], lo: f32, hi: f32) -> Tensor {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = dims.iter().product();
+    Tensor::f32(dims, (0..n).map(|_| rng.random_range(lo..hi)).collect()).unwrap()
+}
+
+/// The targets to test on this machine: both multiply-add forms where the CPU has FMA.
+fn targets() -> Vec<Target> {
+    let mut t = vec![Target::host_with(MulAdd::Separate).unwrap()];
+    if let Ok(fused) = Target::host_with(MulAdd::Fused) {
+        t.push(fused);
+    }
+    t
+}
+
+/// Builds `build(graph, inputs)` over inputs with the given values, then checks the JIT against
+/// the reference on every target and thread count.
+fn check(values: &[Tensor], build: impl Fn(&mut Graph, &[NodeId]) -> NodeId) -> Result<(), TestCaseError> {
+    let mut g = Graph::new();
+    let mut feeds = Feeds::new();
+    let ids: Vec<NodeId> = values
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let name = format!("x{i}");
+            feeds.insert(name.clone(), t.clone());
+            g.add_source(Op::Input { name }, TensorType::new(DType::F32, t.shape().clone()), Role::Forward).unwrap()
+        })
+        .collect();
+    let out = build(&mut g, &ids);
+    let expected = evaluate(&g, &feeds, &[out]).unwrap().remove(0).to_f64_vec();
+    for target in targets() {
+        for threads in [1, 2] {
+            let options = CompileOptions { threads, target: Some(target.clone()) };
+            let mut compiled = compile(&g, &[out], &options).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let got = compiled.run_tensors(&feeds).unwrap().remove(0).to_f64_vec();
+            prop_assert_eq!(got.len(), expected.len());
+            for (k, (a, b)) in got.iter().zip(&expected).enumerate() {
+                prop_assert!(
+                    (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                    "element {} of {}: jit {} vs reference {} ({:?}, {} threads)\n{}",
+                    k,
+                    g.node(out).unwrap().op,
+                    a,
+                    b,
+                    target.mul_add(),
+                    threads,
+                    g.dump()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn add(g: &mut Graph, op: Op, inputs: &[NodeId]) -> NodeId {
+    g.add_node(op, inputs, Role::Forward).unwrap()
+}
+
+/// Shapes from scalars to 4-d, with sizes that are not multiples of the vector width.
+fn any_dims() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1..7usize, 0..5)
+}
+
+proptest! {
+    #![proptest_config(config(48))]
+
+    #[test]
+    fn elementwise(dims in any_dims(), c in -2.0..2.0f64, seed: u64) {
+        let v = [random(seed, &dims, -1.0, 1.0), random(seed ^ 1, &dims, -1.0, 1.0)];
+        check(&v, |g, x| add(g, Op::Add, x))?;
+        check(&v, |g, x| add(g, Op::Sub, x))?;
+        check(&v, |g, x| add(g, Op::Mul, x))?;
+        check(&v, |g, x| add(g, Op::ReluGrad, x))?;
+        check(&v[..1], |g, x| add(g, Op::Relu, x))?;
+        check(&v[..1], |g, x| add(g, Op::Scale { c }, x))?;
+        check(&v[..1], |g, x| add(g, Op::AddScalar { c }, x))?;
+        check(&v[..1], |g, x| add(g, Op::StopGradient, x))?;
+        let n = dims.iter().product::<usize>();
+        check(&v[..1], |g, x| add(g, Op::Reshape { shape: Shape::new(&[n]) }, x))?;
+        let same = [v[0].clone(), v[0].clone()];
+        check(&same, |g, x| add(g, Op::Equal, x))?;
+        check(&v[..1], |g, x| {
+            let f = g.add_source(Op::Fill { value: c }, TensorType::new(DType::F32, dims.clone()), Role::Forward).unwrap();
+            add(g, Op::Add, &[x[0], f])
+        })?;
+    }
+
+    #[test]
+    fn large_flat_maps(n in 1000..5000usize, seed: u64) {
+        let v = [random(seed, &[n], -1.0, 1.0), random(seed ^ 1, &[n], -1.0, 1.0)];
+        check(&v, |g, x| add(g, Op::Mul, x))?;
+    }
+
+    #[test]
+    fn bias_add(dims in prop::collection::vec(1..7usize, 2..5), seed: u64) {
+        let v = [random(seed, &dims, -1.0, 1.0), random(seed ^ 1, &[dims[1]], -1.0, 1.0)];
+        check(&v, |g, x| add(g, Op::BiasAdd, x))?;
+    }
+
+    #[test]
+    fn batch_norm(dims in prop::collection::vec(1..7usize, 2..5), training: bool, seed: u64) {
+        let c = dims[1];
+        let v = [
+            random(seed, &dims, -2.0, 3.0),
+            random(seed ^ 1, &[c], -1.0, 1.0),
+            random(seed ^ 2, &[c], 0.1, 2.0),
+            random(seed ^ 3, &[c], -1.0, 1.0),
+            random(seed ^ 4, &[c], -1.0, 1.0),
+            random(seed ^ 5, &dims, -1.0, 1.0),
+        ];
+        let eps = 1e-5;
+        // mean and variance: batch statistics in training mode, given (running) ones in eval.
+        let stats = |g: &mut Graph, x: &[NodeId]| {
+            if training { (add(g, Op::BatchMean, &[x[0]]), add(g, Op::BatchVar, &[x[0]])) } else { (x[1], x[2]) }
+        };
+        check(&v, |g, x| { let (m, s) = stats(g, x); add(g, Op::BatchNorm { eps, training }, &[x[0], m, s, x[3], x[4]]) })?;
+        check(&v, |g, x| { let (m, s) = stats(g, x); add(g, Op::BatchNormGradInput { eps, training }, &[x[0], m, s, x[3], x[5]]) })?;
+        check(&v, |g, x| { let (m, s) = stats(g, x); add(g, Op::BatchNormGradGamma { eps }, &[x[0], m, s, x[5]]) })?;
+        check(&v[..1], |g, x| add(g, Op::BatchMean, x))?;
+        check(&v[..1], |g, x| add(g, Op::BatchVar, x))?;
+    }
+
+    #[test]
+    fn reductions_and_broadcasts(dims in prop::collection::vec(1..6usize, 1..5), prefix in 0..5usize, suffix in 0..5usize, seed: u64) {
+        let rank = dims.len();
+        let (prefix, suffix) = (prefix.min(rank), suffix.min(rank - prefix.min(rank)));
+        let axes: Axes = (0..prefix).chain(rank - suffix..rank).collect();
+        let x = random(seed, &dims, -1.0, 1.0);
+        check(std::slice::from_ref(&x), |g, i| add(g, Op::ReduceSum { axes: axes.clone() }, i))?;
+        let kept: Vec<usize> = (prefix..rank - suffix).map(|a| dims[a]).collect();
+        let small = random(seed ^ 1, &kept, -1.0, 1.0);
+        check(&[small], |g, i| add(g, Op::Broadcast { axes: axes.clone(), shape: Shape::new(&dims) }, i))?;
+    }
+}
+
+#[test]
+fn unsupported_ops_are_typed_errors() {
+    let mut g = Graph::new();
+    let x = g.add_source(Op::Input { name: "x".into() }, TensorType::new(DType::F32, [2, 3]), Role::Forward).unwrap();
+    let y = add(&mut g, Op::Softmax, &[x]);
+    let err = compile(&g, &[y], &CompileOptions::default()).err().expect("softmax has no kernel yet");
+    assert!(err.to_string().contains("no kernel for softmax"), "{err}");
+    let mut g64 = Graph::new();
+    let x = g64.add_source(Op::Input { name: "x".into() }, TensorType::new(DType::F64, [2]), Role::Forward).unwrap();
+    let y = add(&mut g64, Op::Relu, &[x]);
+    assert!(compile(&g64, &[y], &CompileOptions::default()).is_err());
+}
