@@ -174,11 +174,7 @@ impl Kernel {
     /// `args` must hold one pointer per operand then per output, each valid for every element the
     /// spec's nest and operand modes address in those groups.
     pub unsafe fn run(&self, args: &[*mut f32], begin: usize, end: usize) {
-        assert_eq!(
-            args.len(),
-            self.info.spec.operands.len() + self.info.spec.outputs,
-            "one pointer per operand and output"
-        );
+        assert_eq!(args.len(), self.info.spec.arity(), "one pointer per input and output");
         // SAFETY: upheld by the caller.
         unsafe { (self.code.fns[0])(args.as_ptr(), begin as u64, end as u64) }
     }

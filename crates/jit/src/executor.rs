@@ -1,8 +1,9 @@
 //! `CompiledGraph`: a graph lowered to kernels, with its buffers allocated once and a thread
 //! pool, replayed by `run` without allocating.
 
+use crate::buffer::{Buffer, Guard};
 use crate::compiler::{Code, Compiler};
-use crate::lower::{Lowered, lower};
+use crate::lower::{Buf, Lowered, lower};
 use crate::{CompileStats, Error, KernelCode, Result, Target, ThreadPool};
 use skipgrad_ir::{Graph, NodeId, Op, Tensor, TensorType};
 use std::collections::HashMap;
@@ -14,13 +15,21 @@ pub struct CompileOptions {
     pub threads: usize,
     /// The code-generation target; `None` for the host with its preferred multiply-add.
     pub target: Option<Target>,
+    /// Place every buffer against an inaccessible page (for tests of generated code).
+    pub guard: Guard,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        CompileOptions { threads, target: None }
+        CompileOptions { threads, target: None, guard: Guard::None }
     }
+}
+
+/// Where a step's pointer points while planning.
+enum Slot {
+    Node(usize),
+    Scratch(usize),
 }
 
 /// One kernel call of the replay.
@@ -36,7 +45,10 @@ struct Step {
 pub struct CompiledGraph {
     /// One buffer per node that the outputs depend on (empty for the others). Never resized, so
     /// the pointers in `steps` stay valid.
-    buffers: Vec<Vec<f32>>,
+    buffers: Vec<Buffer>,
+    /// Kernels' private buffers (packed convolution inputs), never resized either.
+    #[allow(dead_code)]
+    scratch: Vec<Buffer>,
     types: Vec<TensorType>,
     steps: Vec<Step>,
     /// Inputs and parameters the outputs read; `None` for those of the graph they do not.
@@ -70,9 +82,10 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
         }
     }
     let mut compiler = Compiler::new(target);
-    let mut buffers: Vec<Vec<f32>> = vec![Vec::new(); nodes.len()];
+    let mut buffers: Vec<Buffer> = (0..nodes.len()).map(|_| Buffer::zeroed(0, Guard::None)).collect();
     let mut feeds = HashMap::new();
     let mut planned = Vec::new();
+    let mut scratch: Vec<Buffer> = Vec::new();
     let mut kernel_of = HashMap::new();
     for (i, id) in graph.ids().enumerate() {
         if let Op::Input { name } | Op::Parameter { name } = &nodes[i].op {
@@ -81,28 +94,44 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
         if !needed[i] {
             continue;
         }
-        buffers[i] = vec![0.0; nodes[i].ty.shape.numel()];
+        buffers[i] = Buffer::zeroed(nodes[i].ty.shape.numel(), options.guard);
         match lower(graph, id)? {
             Lowered::Feed => {}
-            Lowered::Constant(values) => buffers[i] = values,
-            Lowered::Kernel { label, spec, operands } => {
-                let kernel = compiler.kernel(&label, &spec)?;
-                kernel_of.insert(id, kernel);
-                planned.push((id, kernel, operands, spec.nest.groups as u64));
+            Lowered::Constant(values) => buffers[i].as_mut_slice().copy_from_slice(&values),
+            Lowered::Steps { scratch: lengths, steps } => {
+                let first_scratch = scratch.len();
+                scratch.extend(lengths.iter().map(|&len| Buffer::zeroed(len, options.guard)));
+                for step in steps {
+                    let kernel = compiler.kernel(&step.label, &step.spec)?;
+                    kernel_of.insert(id, kernel);
+                    let at = |b: Buf| match b {
+                        Buf::Node(n) => Slot::Node(n.index()),
+                        Buf::Scratch(k) => Slot::Scratch(first_scratch + k),
+                    };
+                    let mut args: Vec<Slot> = step.inputs.into_iter().map(at).collect();
+                    args.push(at(step.output));
+                    planned.push((id, kernel, args, step.spec.groups() as u64));
+                }
             }
         }
     }
     let (code, codes, stats) = compiler.finish()?;
     let steps = planned
         .into_iter()
-        .map(|(node, kernel, operands, groups)| {
-            let mut args: Vec<*mut f32> = operands.iter().map(|o| buffers[o.index()].as_mut_ptr()).collect();
-            args.push(buffers[node.index()].as_mut_ptr());
+        .map(|(node, kernel, slots, groups)| {
+            let args = slots
+                .into_iter()
+                .map(|slot| match slot {
+                    Slot::Node(i) => buffers[i].as_ptr(),
+                    Slot::Scratch(k) => scratch[k].as_ptr(),
+                })
+                .collect();
             Step { node, kernel, args, groups }
         })
         .collect();
     Ok(CompiledGraph {
         buffers,
+        scratch,
         types: nodes.iter().map(|n| n.ty.clone()).collect(),
         steps,
         feeds,
@@ -122,7 +151,7 @@ impl CompiledGraph {
         let fed =
             self.feeds.get(name).ok_or_else(|| Error::Feed(format!("the graph has no input or parameter {name:?}")))?;
         let Some(id) = *fed else { return Ok(()) };
-        let buffer = &mut self.buffers[id.index()];
+        let buffer = self.buffers[id.index()].as_mut_slice();
         if buffer.len() != values.len() {
             return Err(Error::Feed(format!("{name:?} is {}, got {} values", self.types[id.index()], values.len())));
         }
@@ -150,7 +179,7 @@ impl CompiledGraph {
         self.run();
         self.outputs
             .iter()
-            .map(|o| Ok(Tensor::f32(self.types[o.index()].shape.clone(), self.buffers[o.index()].clone())?))
+            .map(|o| Ok(Tensor::f32(self.types[o.index()].shape.clone(), self.buffers[o.index()].as_slice().to_vec())?))
             .collect()
     }
 
@@ -161,7 +190,7 @@ impl CompiledGraph {
 
     /// The current value of any computed node.
     pub fn value(&self, node: NodeId) -> Option<&[f32]> {
-        self.buffers.get(node.index()).map(Vec::as_slice)
+        self.buffers.get(node.index()).map(Buffer::as_slice)
     }
 
     /// Compile-time report: kernels generated, reused, and time taken.

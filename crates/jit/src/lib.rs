@@ -1,7 +1,7 @@
 //! skipgrad's JIT: compiles a graph of the IR into Cranelift-generated f32x4 kernels and runs it.
 //!
 //! A kernel is a main loop nest plus an epilogue [`Expr`] applied to values while they are in
-//! registers ([`KernelSpec`]). The loop nest walks an outer space of *groups* (what the thread pool
+//! registers ([`NestSpec`]; convolutions have their own main loops in [`KernelSpec`]). The loop nest walks an outer space of *groups* (what the thread pool
 //! splits) made of strided contiguous *segments*. Per group it runs a sequence of [`Pass`]es, each
 //! either a reduction to a per-group local (per-channel statistics, bias gradients) or a map that
 //! writes an output. Elementwise maps, per-channel maps and batch norm forward and backward are all
@@ -13,20 +13,26 @@
 //! returns a [`CompiledGraph`] that owns its buffers and a thread pool and replays the graph with
 //! `run` without allocating.
 
+mod buffer;
 mod compiler;
+mod conv;
 mod error;
 mod executor;
 mod expr;
 mod lower;
 mod nest;
 mod pool;
+mod spec;
 mod target;
 
+pub use buffer::Guard;
 pub use compiler::{CompileStats, Kernel, KernelCode};
 pub use error::Error;
 pub use executor::{CompileOptions, CompiledGraph, compile};
 pub use expr::{Cond, Expr};
-pub use nest::{KernelSpec, Nest, Operand, Pass};
+pub use conv::{ConvSpec, PackSpec, WeightGradSpec, WeightLayout};
+pub use nest::{Nest, NestSpec, Operand, Pass};
+pub use spec::KernelSpec;
 pub use pool::ThreadPool;
 pub use target::{MulAdd, Target};
 

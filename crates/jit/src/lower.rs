@@ -1,10 +1,29 @@
 //! The table of rules from IR ops to kernels: each node becomes a feed, a constant, or a
-//! [`KernelSpec`] over the node's inputs (operands) writing the node's buffer (output 0).
+//! [`NestSpec`] over the node's inputs (operands) writing the node's buffer (output 0).
 
 use crate::expr::{Cond, Expr};
-use crate::nest::{KernelSpec, Nest, Operand, Pass};
+use crate::conv::{ConvSpec, PackSpec, WeightGradSpec, WeightLayout};
+use crate::nest::{Nest, NestSpec, Operand, Pass};
+use crate::spec::KernelSpec;
 use crate::{Error, Result};
 use skipgrad_ir::{DType, Graph, NodeId, Op};
+
+/// A buffer a step reads or writes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Buf {
+    /// The value of a node (the node being lowered, or one of its inputs).
+    Node(NodeId),
+    /// Scratch buffer `k` of the node being lowered (zeroed once, then owned by its steps).
+    Scratch(usize),
+}
+
+/// One kernel call: reads `inputs`, writes `output`.
+pub(crate) struct Planned {
+    pub label: String,
+    pub spec: KernelSpec,
+    pub inputs: Vec<Buf>,
+    pub output: Buf,
+}
 
 /// What a node becomes.
 pub(crate) enum Lowered {
@@ -12,8 +31,17 @@ pub(crate) enum Lowered {
     Feed,
     /// Filled once at compile time.
     Constant(Vec<f32>),
-    /// Computed by a kernel reading `operands` (node ids, in operand order).
-    Kernel { label: String, spec: KernelSpec, operands: Vec<NodeId> },
+    /// Computed by kernel calls, in order, with scratch buffers of the given lengths.
+    Steps { scratch: Vec<usize>, steps: Vec<Planned> },
+}
+
+impl Lowered {
+    /// One nest kernel reading `operands` and writing node `out`.
+    fn nest(label: String, spec: NestSpec, operands: Vec<NodeId>, out: NodeId) -> Lowered {
+        let inputs = operands.into_iter().map(Buf::Node).collect();
+        let step = Planned { label, spec: KernelSpec::Nest(spec), inputs, output: Buf::Node(out) };
+        Lowered::Steps { scratch: vec![], steps: vec![step] }
+    }
 }
 
 /// Lowers node `id` of `graph`.
@@ -30,15 +58,14 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
     let inputs = node.inputs.to_vec();
     let label = || node.op.name().to_string();
     // An elementwise map of the node's inputs, all of the node's shape.
-    let flat = |expr: Expr| Lowered::Kernel {
-        label: label(),
-        spec: KernelSpec {
+    let flat = |expr: Expr| {
+        let spec = NestSpec {
             nest: Nest::flat(total),
             operands: vec![Operand::Full; inputs.len()],
             outputs: 1,
             passes: vec![Pass::Map { expr, output: 0 }],
-        },
-        operands: inputs.clone(),
+        };
+        Lowered::nest(label(), spec, inputs.clone(), id)
     };
     let zero = || Expr::c(0.0);
 
@@ -59,28 +86,28 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
         Op::AddScalar { c } => flat(x(0).add(Expr::c(*c))),
         Op::StopGradient | Op::Reshape { .. } => flat(x(0)),
         Op::Custom { .. } => {
-            let spec = KernelSpec {
+            let spec = NestSpec {
                 nest: Nest::flat(total),
                 operands: vec![Operand::Full],
                 outputs: 1,
                 passes: vec![Pass::Map { expr: x(0), output: 0 }],
             };
-            Lowered::Kernel { label: label(), spec, operands: vec![inputs[0]] }
+            Lowered::nest(label(), spec, vec![inputs[0]], id)
         }
-        Op::BiasAdd => per_channel_map(label(), &dims(0)?, x(0).add(x(1)), &[Operand::Full, Operand::Channel], inputs),
+        Op::BiasAdd => per_channel_map(label(), id, &dims(0)?, x(0).add(x(1)), &[Operand::Full, Operand::Channel], inputs),
         Op::BatchNorm { eps, .. } => {
             // (x - mean) * (1 / sqrt(var + eps)) * gamma + beta; the per-channel factors are
             // group invariants, computed once per channel.
             let istd = Expr::c(1.0).div(x(2).add(Expr::c(*eps)).sqrt());
             let expr = x(0).sub(x(1)).mul(istd.mul(x(3))).add(x(4));
             let modes = [Operand::Full, Operand::Channel, Operand::Channel, Operand::Channel, Operand::Channel];
-            per_channel_map(label(), &dims(0)?, expr, &modes, inputs)
+            per_channel_map(label(), id, &dims(0)?, expr, &modes, inputs)
         }
         Op::BatchNormGradInput { eps, training: false } => {
             // (x, mean, var, gamma, dy) -> dy * gamma / sqrt(var + eps); x and mean are not read.
             let expr = x(4).mul(x(3).div(x(2).add(Expr::c(*eps)).sqrt()));
             let modes = [Operand::Full, Operand::Channel, Operand::Channel, Operand::Channel, Operand::Full];
-            per_channel_map(label(), &dims(0)?, expr, &modes, inputs)
+            per_channel_map(label(), id, &dims(0)?, expr, &modes, inputs)
         }
         Op::BatchNormGradInput { eps, training: true } => {
             let d = dims(0)?;
@@ -99,7 +126,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                 },
             ];
             let modes = vec![Operand::Full, Operand::Channel, Operand::Channel, Operand::Channel, Operand::Full];
-            channel_kernel(label(), &d, modes, passes, inputs)
+            channel_kernel(label(), id, &d, modes, passes, inputs)
         }
         Op::BatchNormGradGamma { eps } => {
             let istd = Expr::c(1.0).div(x(2).add(Expr::c(*eps)).sqrt());
@@ -108,7 +135,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                 Pass::Store { expr: Expr::Local(0), output: 0 },
             ];
             let modes = vec![Operand::Full, Operand::Channel, Operand::Channel, Operand::Full];
-            channel_kernel(label(), &dims(0)?, modes, passes, inputs)
+            channel_kernel(label(), id, &dims(0)?, modes, passes, inputs)
         }
         Op::BatchMean | Op::BatchVar => {
             let d = dims(0)?;
@@ -120,12 +147,12 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                 passes.push(Pass::Reduce { expr: dev.clone().mul(dev), finish: Expr::Acc.mul(inv_m) });
             }
             passes.push(Pass::Store { expr: Expr::Local(passes.len() - 1), output: 0 });
-            channel_kernel(label(), &d, vec![Operand::Full], passes, inputs)
+            channel_kernel(label(), id, &d, vec![Operand::Full], passes, inputs)
         }
         Op::ReduceSum { axes } => {
             let (outer, kept, inner) = split_middle(&dims(0)?, axes)
                 .ok_or_else(|| unsupported("reduced axes must surround one block of kept axes"))?;
-            let spec = KernelSpec {
+            let spec = NestSpec {
                 nest: Nest {
                     groups: kept,
                     group_stride: inner,
@@ -142,7 +169,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                     Pass::Store { expr: Expr::Local(0), output: 0 },
                 ],
             };
-            Lowered::Kernel { label: label(), spec, operands: inputs }
+            Lowered::nest(label(), spec, inputs, id)
         }
         Op::Broadcast { axes, shape } => {
             let (outer, kept, inner) = split_middle(shape.dims(), axes)
@@ -174,18 +201,51 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                     Operand::Inner,
                 )
             };
-            let spec = KernelSpec {
+            let spec = NestSpec {
                 nest,
                 operands: vec![mode],
                 outputs: 1,
                 passes: vec![Pass::Map { expr: x(0), output: 0 }],
             };
-            Lowered::Kernel { label: label(), spec, operands: inputs }
+            Lowered::nest(label(), spec, inputs, id)
         }
-        Op::Conv2d(_)
-        | Op::Conv2dGradInput { .. }
-        | Op::Conv2dGradWeight { .. }
-        | Op::ShortcutA(_)
+        Op::Conv2d(a) => {
+            let (x, w) = (dims(0)?, dims(1)?);
+            let (r, s) = (w[2], w[3]);
+            let out_hw = [node.ty.shape.dims()[2], node.ty.shape.dims()[3]];
+            let pad = [a.pad[0] as isize, a.pad[1] as isize];
+            conv(id, inputs[0], inputs[1], [x[0], x[1], w[0]], [x[2], x[3]], [r, s], a.stride, [1, 1], pad, out_hw, WeightLayout::kcrs(x[1], r, s))
+        }
+        Op::Conv2dGradInput { conv: a, input_hw } => {
+            // dx = a stride-1 convolution of dy dilated by the stride and padded by R-1-P, with
+            // the weights transposed and flipped.
+            let (dy, w) = (dims(0)?, dims(1)?);
+            let (r, s) = (w[2], w[3]);
+            let pad = [r as isize - 1 - a.pad[0] as isize, s as isize - 1 - a.pad[1] as isize];
+            let layout = WeightLayout::transposed_flipped(w[1], r, s);
+            conv(id, inputs[0], inputs[1], [dy[0], dy[1], w[1]], [dy[2], dy[3]], [r, s], [1, 1], a.stride, pad, *input_hw, layout)
+        }
+        Op::Conv2dGradWeight { conv: a, kernel_hw } => {
+            let (x, dy) = (dims(0)?, dims(1)?);
+            let kb = [4usize, 3, 2, 1].into_iter().find(|&d| dy[1] % d == 0 && d * kernel_hw[1] <= 12).unwrap_or(1);
+            let pack = conv_pack(x[0] * x[1], [x[2], x[3]], [1, 1], [a.pad[0] as isize, a.pad[1] as isize], kernel_hw[0], a.stride, [dy[2], dy[3]], 1, kernel_hw[1]);
+            let spec = WeightGradSpec {
+                batch: x[0],
+                in_channels: x[1],
+                out_channels: dy[1],
+                packed: [pack.rows, pack.phases, pack.row_len],
+                kernel: *kernel_hw,
+                stride: a.stride,
+                out_hw: [dy[2], dy[3]],
+                kb,
+            };
+            let steps = vec![
+                Planned { label: "pack".into(), spec: KernelSpec::Pack(pack.clone()), inputs: vec![Buf::Node(inputs[0])], output: Buf::Scratch(0) },
+                Planned { label: label(), spec: KernelSpec::WeightGrad(spec), inputs: vec![Buf::Scratch(0), Buf::Node(inputs[1])], output: Buf::Node(id) },
+            ];
+            Lowered::Steps { scratch: vec![pack.len()], steps }
+        }
+        Op::ShortcutA(_)
         | Op::ShortcutAGrad { .. }
         | Op::MaxPool(_)
         | Op::MaxPoolGrad(_)
@@ -197,10 +257,69 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
     })
 }
 
+/// The packing of an `[planes, in_hw]` input for a convolution with this kernel, stride, output
+/// size and register tile width `vb`.
+#[allow(clippy::too_many_arguments)]
+fn conv_pack(
+    planes: usize,
+    in_hw: [usize; 2],
+    dilation: [usize; 2],
+    pad_before: [isize; 2],
+    kernel_h: usize,
+    stride: [usize; 2],
+    out_hw: [usize; 2],
+    vb: usize,
+    kernel_w: usize,
+) -> PackSpec {
+    let rows = (out_hw[0] - 1) * stride[0] + kernel_h;
+    let padded_w = (out_hw[1] - 1) * stride[1] + kernel_w;
+    let row_len = padded_w.div_ceil(stride[1]).max(ConvSpec::min_row_len(out_hw[1], vb, kernel_w, stride[1]));
+    PackSpec { planes, in_hw, dilation, pad_before, rows, phases: stride[1], row_len }
+}
+
+/// A convolution step pair: pack `x` (with `dilation` and `pad`), then the direct convolution.
+/// `[n, c, k]` is (batch, input channels, output channels).
+#[allow(clippy::too_many_arguments)]
+fn conv(
+    id: NodeId,
+    x: NodeId,
+    w: NodeId,
+    [n, c, k]: [usize; 3],
+    in_hw: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    pad: [isize; 2],
+    out_hw: [usize; 2],
+    weights: WeightLayout,
+) -> Lowered {
+    // Register tile: kb output channels by vb vectors of 4 pixels, at most 12 accumulators.
+    let kb = [4usize, 3, 2, 1].into_iter().find(|&d| k % d == 0).unwrap_or(1);
+    let vb = (12 / kb).min(out_hw[1].div_ceil(4)).max(1);
+    let pack = conv_pack(n * c, in_hw, dilation, pad, kernel[0], stride, out_hw, vb, kernel[1]);
+    let spec = ConvSpec {
+        batch: n,
+        in_channels: c,
+        out_channels: k,
+        packed: [pack.rows, pack.phases, pack.row_len],
+        kernel,
+        stride,
+        out_hw,
+        weights,
+        kb,
+        vb,
+    };
+    let steps = vec![
+        Planned { label: "pack".into(), spec: KernelSpec::Pack(pack.clone()), inputs: vec![Buf::Node(x)], output: Buf::Scratch(0) },
+        Planned { label: "conv2d".into(), spec: KernelSpec::Conv(spec), inputs: vec![Buf::Scratch(0), Buf::Node(w)], output: Buf::Node(id) },
+    ];
+    Lowered::Steps { scratch: vec![pack.len()], steps }
+}
+
 /// A map over `x[N,C,...]` where some operands are per channel: for rank 3 and up one group per
 /// (n, c) plane with channel operands splatted; for `[N,F]` one group per row with per-feature
 /// operands read along the row.
-fn per_channel_map(label: String, d: &[usize], expr: Expr, modes: &[Operand], inputs: Vec<NodeId>) -> Lowered {
+fn per_channel_map(label: String, out: NodeId, d: &[usize], expr: Expr, modes: &[Operand], inputs: Vec<NodeId>) -> Lowered {
     let (n, c) = (d[0], d[1]);
     let inner: usize = d[2..].iter().product();
     let total = n * c * inner;
@@ -216,13 +335,14 @@ fn per_channel_map(label: String, d: &[usize], expr: Expr, modes: &[Operand], in
         )
     };
     let operands = modes.iter().map(|&m| if m == Operand::Channel { channel_mode } else { m }).collect();
-    let spec = KernelSpec { nest, operands, outputs: 1, passes: vec![Pass::Map { expr, output: 0 }] };
-    Lowered::Kernel { label, spec, operands: inputs }
+    let spec = NestSpec { nest, operands, outputs: 1, passes: vec![Pass::Map { expr, output: 0 }] };
+    Lowered::nest(label, spec, inputs, out)
 }
 
 /// One group per channel of `x[N,C,...]`, visiting its N segments of spatial elements.
 fn channel_kernel(
     label: String,
+    out: NodeId,
     d: &[usize],
     operands: Vec<Operand>,
     passes: Vec<Pass>,
@@ -239,7 +359,7 @@ fn channel_kernel(
         total: n * c * inner,
         channels: c,
     };
-    Lowered::Kernel { label, spec: KernelSpec { nest, operands, outputs: 1, passes }, operands: inputs }
+    Lowered::nest(label, NestSpec { nest, operands, outputs: 1, passes }, inputs, out)
 }
 
 /// Splits `dims` into (product of the leading axes in `axes`, product of the kept middle block,

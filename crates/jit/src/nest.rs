@@ -1,5 +1,5 @@
 //! A kernel as data: a loop nest over groups and segments, operands with their indexing, and the
-//! passes run per group. [`KernelSpec::build`] turns a spec into Cranelift IR.
+//! passes run per group. [`NestSpec::build`] turns a spec into Cranelift IR.
 //!
 //! The generated function is `extern "C" fn(args: *const *mut f32, begin: u64, end: u64)`: `args`
 //! holds the operand pointers then the output pointers, and the function runs groups
@@ -76,7 +76,7 @@ pub enum Pass {
 
 /// A whole kernel: what is iterated, what is read, and what is computed.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
-pub struct KernelSpec {
+pub struct NestSpec {
     /// The loop nest.
     pub nest: Nest,
     /// How each operand is indexed; `args[k]` is operand `k`.
@@ -87,7 +87,7 @@ pub struct KernelSpec {
     pub passes: Vec<Pass>,
 }
 
-impl KernelSpec {
+impl NestSpec {
     /// Emits the kernel's body into `b`, whose function has the signature described above.
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
         let entry = b.create_block();

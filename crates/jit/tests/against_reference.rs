@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use skipgrad_ir::{Axes, DType, Graph, NodeId, Op, Role, Shape, Tensor, TensorType};
+use skipgrad_ir::{Axes, Conv2dAttrs, DType, Graph, NodeId, Op, Role, Shape, Tensor, TensorType};
 use skipgrad_jit::{CompileOptions, MulAdd, Target, compile};
 use skipgrad_reference::{Feeds, evaluate};
 
@@ -47,7 +47,7 @@ fn check(values: &[Tensor], build: impl Fn(&mut Graph, &[NodeId]) -> NodeId) -> 
     let expected = evaluate(&g, &feeds, &[out]).unwrap().remove(0).to_f64_vec();
     for target in targets() {
         for threads in [1, 2] {
-            let options = CompileOptions { threads, target: Some(target.clone()) };
+            let options = CompileOptions { threads, target: Some(target.clone()), ..CompileOptions::default() };
             let mut compiled = compile(&g, &[out], &options).map_err(|e| TestCaseError::fail(e.to_string()))?;
             let got = compiled.run_tensors(&feeds).unwrap().remove(0).to_f64_vec();
             prop_assert_eq!(got.len(), expected.len());
@@ -147,6 +147,28 @@ proptest! {
         let kept: Vec<usize> = (prefix..rank - suffix).map(|a| dims[a]).collect();
         let small = random(seed ^ 1, &kept, -1.0, 1.0);
         check(&[small], |g, i| add(g, Op::Broadcast { axes: axes.clone(), shape: Shape::new(&dims) }, i))?;
+    }
+}
+
+fn conv_case() -> impl Strategy<Value = (usize, usize, usize, usize, usize, usize, usize, usize, u64)> {
+    // (n, c, k, h, w, kernel, stride, pad)
+    (1..3usize, 1..6usize, 1..10usize, 1..12usize, 1..14usize, prop::sample::select(vec![1usize, 3, 7]), 1..3usize, 0..4usize, any::<u64>())
+        .prop_filter("kernel must fit", |&(_, _, _, h, w, r, _, p, _)| h + 2 * p >= r && w + 2 * p >= r)
+}
+
+proptest! {
+    #![proptest_config(config(32))]
+
+    #[test]
+    fn convolutions((n, c, k, h, w, r, s, p, seed) in conv_case()) {
+        let a = Conv2dAttrs::square(s, p);
+        let [oh, ow] = [(h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1];
+        let x = random(seed, &[n, c, h, w], -1.0, 1.0);
+        let wt = random(seed ^ 1, &[k, c, r, r], -1.0, 1.0);
+        let dy = random(seed ^ 2, &[n, k, oh, ow], -1.0, 1.0);
+        check(&[x.clone(), wt.clone()], |g, i| add(g, Op::Conv2d(a), i))?;
+        check(&[dy.clone(), wt], |g, i| add(g, Op::Conv2dGradInput { conv: a, input_hw: [h, w] }, i))?;
+        check(&[x, dy], |g, i| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [r, r] }, i))?;
     }
 }
 

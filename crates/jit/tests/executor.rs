@@ -52,7 +52,7 @@ fn results_are_independent_of_threads_and_repeat_bit_for_bit() {
     let (g, out) = deep_graph();
     let mut results = vec![];
     for threads in [1, 2, 3] {
-        let mut c = compile(&g, &[out], &CompileOptions { threads, target: None }).unwrap();
+        let mut c = compile(&g, &[out], &CompileOptions { threads, ..CompileOptions::default() }).unwrap();
         assert_eq!(c.threads(), threads);
         feed(&mut c);
         c.run();

@@ -1,0 +1,81 @@
+//! Buffers the executor owns: plain heap memory, or (for tests) memory flush against an
+//! inaccessible page so that any access outside the buffer faults at once.
+
+/// Where buffers sit relative to a PROT_NONE guard page.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Guard {
+    /// Ordinary heap memory.
+    #[default]
+    None,
+    /// Each buffer ends exactly where an inaccessible page begins (catches overruns).
+    After,
+    /// Each buffer starts exactly where an inaccessible page ends (catches underruns).
+    Before,
+}
+
+/// A zero-initialised f32 buffer that never moves or resizes.
+pub(crate) struct Buffer {
+    ptr: *mut f32,
+    len: usize,
+    storage: Storage,
+}
+
+enum Storage {
+    Heap(#[allow(dead_code)] Vec<f32>),
+    Mapped { base: *mut libc::c_void, size: usize },
+}
+
+const PAGE: usize = 4096;
+
+impl Buffer {
+    /// `len` zeros, placed as `guard` asks.
+    pub(crate) fn zeroed(len: usize, guard: Guard) -> Buffer {
+        if guard == Guard::None {
+            let mut v = vec![0.0f32; len];
+            return Buffer { ptr: v.as_mut_ptr(), len, storage: Storage::Heap(v) };
+        }
+        let bytes = len * 4;
+        let size = (bytes.div_ceil(PAGE) + 2) * PAGE;
+        // SAFETY: a fresh anonymous mapping (zero-filled by the kernel); the pointer arithmetic
+        // stays inside it and the guard pages are the first and last page.
+        unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert!(base != libc::MAP_FAILED, "mmap of a guarded buffer failed");
+            let bytes_ptr = base as *mut u8;
+            assert_eq!(libc::mprotect(base, PAGE, libc::PROT_NONE), 0);
+            assert_eq!(libc::mprotect(bytes_ptr.add(size - PAGE) as *mut libc::c_void, PAGE, libc::PROT_NONE), 0);
+            let start = if guard == Guard::After { size - PAGE - bytes } else { PAGE };
+            Buffer { ptr: bytes_ptr.add(start) as *mut f32, len, storage: Storage::Mapped { base, size } }
+        }
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut f32 {
+        self.ptr
+    }
+
+    pub(crate) fn as_slice(&self) -> &[f32] {
+        // SAFETY: `ptr` is valid for `len` initialised f32s for the buffer's lifetime.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
+        // SAFETY: as above, and `&mut self` makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        if let Storage::Mapped { base, size } = self.storage {
+            // SAFETY: unmapping the region this buffer mapped.
+            unsafe { libc::munmap(base, size) };
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The kinds of kernel the JIT generates, as data: what the cache keys on and what dumps show.
+
+use crate::MulAdd;
+use crate::conv::{ConvSpec, PackSpec, WeightGradSpec};
+use crate::nest::NestSpec;
+use cranelift_codegen::ir::Type;
+use cranelift_frontend::FunctionBuilder;
+
+/// A kernel: one of the main loop nests, with its shapes as compile-time constants.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum KernelSpec {
+    /// Elementwise maps and per-group reductions with an epilogue expression.
+    Nest(NestSpec),
+    /// Scatter into a convolution's padded, phase-split input layout.
+    Pack(PackSpec),
+    /// Direct convolution (forward, or backward-data on a dilated input).
+    Conv(ConvSpec),
+    /// Convolution weight gradient.
+    WeightGrad(WeightGradSpec),
+}
+
+impl KernelSpec {
+    /// Size of the outer loop that threads split.
+    pub fn groups(&self) -> usize {
+        match self {
+            KernelSpec::Nest(s) => s.nest.groups,
+            KernelSpec::Pack(s) => s.planes,
+            KernelSpec::Conv(s) => s.groups(),
+            KernelSpec::WeightGrad(s) => s.groups(),
+        }
+    }
+    /// Pointers the kernel takes (inputs then outputs).
+    pub fn arity(&self) -> usize {
+        match self {
+            KernelSpec::Nest(s) => s.operands.len() + s.outputs,
+            KernelSpec::Pack(_) => 2,
+            KernelSpec::Conv(_) | KernelSpec::WeightGrad(_) => 3,
+        }
+    }
+    /// Floating-point operations per run, for compute-bound kernels.
+    pub fn flops(&self) -> Option<f64> {
+        match self {
+            KernelSpec::Conv(s) => Some(s.flops()),
+            KernelSpec::WeightGrad(s) => Some(s.flops()),
+            KernelSpec::Nest(_) | KernelSpec::Pack(_) => None,
+        }
+    }
+    pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
+        match self {
+            KernelSpec::Nest(s) => s.build(b, ptr, mul_add),
+            KernelSpec::Pack(s) => s.build(b, ptr),
+            KernelSpec::Conv(s) => s.build(b, ptr, mul_add),
+            KernelSpec::WeightGrad(s) => s.build(b, ptr, mul_add),
+        }
+    }
+}
