@@ -21,6 +21,7 @@ mod executor;
 mod expr;
 mod lower;
 mod nest;
+mod peak;
 mod pool;
 mod spec;
 mod target;
@@ -33,6 +34,7 @@ pub use expr::{Cond, Expr};
 pub use conv::{ConvSpec, PackSpec, WeightGradSpec, WeightLayout};
 pub use nest::{Nest, NestSpec, Operand, Pass};
 pub use spec::KernelSpec;
+pub use peak::PeakSpec;
 pub use pool::ThreadPool;
 pub use target::{MulAdd, Target};
 

@@ -3,6 +3,7 @@
 use crate::MulAdd;
 use crate::conv::{ConvSpec, PackSpec, WeightGradSpec};
 use crate::nest::NestSpec;
+use crate::peak::PeakSpec;
 use cranelift_codegen::ir::Type;
 use cranelift_frontend::FunctionBuilder;
 
@@ -17,6 +18,8 @@ pub enum KernelSpec {
     Conv(ConvSpec),
     /// Convolution weight gradient.
     WeightGrad(WeightGradSpec),
+    /// The benchmark's calibration loop (args: one f32x4 output).
+    Peak(PeakSpec),
 }
 
 impl KernelSpec {
@@ -27,6 +30,7 @@ impl KernelSpec {
             KernelSpec::Pack(s) => s.planes,
             KernelSpec::Conv(s) => s.groups(),
             KernelSpec::WeightGrad(s) => s.groups(),
+            KernelSpec::Peak(_) => 1,
         }
     }
     /// Pointers the kernel takes (inputs then outputs).
@@ -35,6 +39,7 @@ impl KernelSpec {
             KernelSpec::Nest(s) => s.operands.len() + s.outputs,
             KernelSpec::Pack(_) => 2,
             KernelSpec::Conv(_) | KernelSpec::WeightGrad(_) => 3,
+            KernelSpec::Peak(_) => 1,
         }
     }
     /// Floating-point operations per run, for compute-bound kernels.
@@ -42,6 +47,7 @@ impl KernelSpec {
         match self {
             KernelSpec::Conv(s) => Some(s.flops()),
             KernelSpec::WeightGrad(s) => Some(s.flops()),
+            KernelSpec::Peak(s) => Some(s.flops_per_group()),
             KernelSpec::Nest(_) | KernelSpec::Pack(_) => None,
         }
     }
@@ -51,6 +57,7 @@ impl KernelSpec {
             KernelSpec::Pack(s) => s.build(b, ptr),
             KernelSpec::Conv(s) => s.build(b, ptr, mul_add),
             KernelSpec::WeightGrad(s) => s.build(b, ptr, mul_add),
+            KernelSpec::Peak(s) => s.build(b, ptr, mul_add),
         }
     }
 }

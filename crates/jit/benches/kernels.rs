@@ -1,0 +1,185 @@
+//! Kernel benchmarks against this machine's measured ceiling.
+//!
+//! `cargo bench -p skipgrad-jit --bench kernels` prints markdown tables:
+//! 1. the f32x4 multiply-add ceiling, from a JIT-emitted loop of independent multiply-adds;
+//! 2. the copy bandwidth, from the JIT's own copy kernel on 64 MiB;
+//! 3. every distinct convolution of CIFAR ResNet-20 and ResNet-56 at batch 128, forward,
+//!    backward-data and backward-weight, on 1 and 2 threads, as GFLOP/s and fraction of ceiling;
+//! 4. memory-bound kernels (batch norm, ReLU, add) as GB/s and fraction of copy bandwidth.
+//!
+//! Times are medians of repeated runs (wall clock); the machine is shared, so compare ratios
+//! measured in one run. `BENCH_QUICK=1` runs fewer repetitions.
+
+use skipgrad_ir::{Conv2dAttrs, DType, Graph, NodeId, Op, Role, TensorType};
+use skipgrad_jit::{CompileOptions, Kernel, KernelSpec, MulAdd, PeakSpec, Target, compile};
+use std::time::Instant;
+
+fn median_seconds(mut run: impl FnMut(), min_reps: usize, budget: f64) -> f64 {
+    run(); // warm up: page in buffers, fill caches
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < min_reps || (start.elapsed().as_secs_f64() < budget && times.len() < 50) {
+        let t = Instant::now();
+        run();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[times.len() / 2]
+}
+
+fn reps() -> (usize, f64) {
+    if std::env::var("BENCH_QUICK").is_ok() { (3, 0.2) } else { (5, 1.0) }
+}
+
+/// GFLOP/s of the calibration loop on one thread.
+fn ceiling(target: &Target) -> f64 {
+    let spec = PeakSpec { accumulators: 12, iterations: 2_000_000 };
+    let kernel = Kernel::compile(&KernelSpec::Peak(spec.clone()), target).expect("peak kernel");
+    let mut out = [0f32; 4];
+    let args = [out.as_mut_ptr()];
+    let (min, budget) = reps();
+    // SAFETY: the peak kernel writes one f32x4 to args[0].
+    let t = median_seconds(|| unsafe { kernel.run(&args, 0, 1) }, min, budget);
+    spec.flops_per_group() / t / 1e9
+}
+
+fn input(g: &mut Graph, name: &str, dims: &[usize]) -> NodeId {
+    g.add_source(Op::Input { name: name.into() }, TensorType::new(DType::F32, dims), Role::Forward).unwrap()
+}
+
+/// Seconds per run of `g`'s `out` on `threads`, with every input filled with small values.
+fn time_graph(g: &Graph, out: NodeId, threads: usize, target: &Target) -> f64 {
+    let options = CompileOptions { threads, target: Some(target.clone()), ..CompileOptions::default() };
+    let mut c = compile(g, &[out], &options).expect("compiles");
+    for id in g.ids() {
+        let node = g.node(id).unwrap();
+        if let Op::Input { name } = &node.op {
+            let n = node.ty.shape.numel();
+            let values: Vec<f32> = (0..n).map(|i| ((i * 7919 % 1013) as f32) / 1013.0 + 0.1).collect();
+            c.set_input(name, &values).unwrap();
+        }
+    }
+    let (min, budget) = reps();
+    median_seconds(|| c.run(), min, budget)
+}
+
+struct ConvCase {
+    name: &'static str,
+    c: usize,
+    k: usize,
+    hw: usize,
+    stride: usize,
+}
+
+fn main() {
+    let target = Target::host().expect("host target");
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    println!("# skipgrad-jit kernel benchmark\n");
+    println!("machine: {cpu}, {} threads available; target: {target}\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+
+    // 1. Ceiling.
+    println!("## f32x4 multiply-add ceiling (JIT-emitted, 12 independent accumulators, 1 thread)\n");
+    println!("| form | GFLOP/s |\n|---|---|");
+    let mut ceilings = vec![];
+    for form in [MulAdd::Fused, MulAdd::Separate] {
+        if let Ok(t) = Target::host_with(form) {
+            let g = ceiling(&t);
+            println!("| {form:?} | {g:.1} |");
+            ceilings.push((form, g));
+        }
+    }
+    let peak = ceilings.iter().find(|(f, _)| *f == target.mul_add()).map(|c| c.1).unwrap_or(1.0);
+    println!("\nceiling used below: {peak:.1} GFLOP/s per core ({:?}, the host's default form)\n", target.mul_add());
+
+    // 2. Copy bandwidth.
+    let n = 16 << 20;
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[n]);
+    let y = g.add_node(Op::StopGradient, &[x], Role::Forward).unwrap();
+    println!("## copy bandwidth (64 MiB read + 64 MiB written)\n\n| threads | GB/s |\n|---|---|");
+    let mut copy = [0.0; 3];
+    for threads in [1, 2] {
+        copy[threads] = (8 * n) as f64 / time_graph(&g, y, threads, &target) / 1e9;
+        println!("| {threads} | {:.1} |", copy[threads]);
+    }
+
+    // 3. Convolutions of ResNet-20/56 (option A: no 1x1 projections), batch 128.
+    let cases = [
+        ConvCase { name: "stem 3->16 32x32", c: 3, k: 16, hw: 32, stride: 1 },
+        ConvCase { name: "16->16 32x32", c: 16, k: 16, hw: 32, stride: 1 },
+        ConvCase { name: "16->32 32x32 s2", c: 16, k: 32, hw: 32, stride: 2 },
+        ConvCase { name: "32->32 16x16", c: 32, k: 32, hw: 16, stride: 1 },
+        ConvCase { name: "32->64 16x16 s2", c: 32, k: 64, hw: 16, stride: 2 },
+        ConvCase { name: "64->64 8x8", c: 64, k: 64, hw: 8, stride: 1 },
+    ];
+    let batch = 128;
+    println!("\n## 3x3 convolutions, batch {batch} (GFLOP/s; % of the 1-thread ceiling, or of twice it on 2 threads)\n");
+    println!("| conv | pass | 1 thread | % ceiling | 2 threads | % 2x ceiling | 2T / 1T |\n|---|---|---|---|---|---|---|");
+    for case in &cases {
+        let a = Conv2dAttrs::square(case.stride, 1);
+        let out_hw = (case.hw + 2 - 3) / case.stride + 1;
+        let flops = 2.0 * (batch * case.k * out_hw * out_hw * case.c * 9) as f64;
+        for pass in ["forward", "backward-data", "backward-weight"] {
+            let mut g = Graph::new();
+            let out = match pass {
+                "forward" => {
+                    let x = input(&mut g, "x", &[batch, case.c, case.hw, case.hw]);
+                    let w = input(&mut g, "w", &[case.k, case.c, 3, 3]);
+                    g.add_node(Op::Conv2d(a), &[x, w], Role::Forward).unwrap()
+                }
+                "backward-data" => {
+                    let dy = input(&mut g, "dy", &[batch, case.k, out_hw, out_hw]);
+                    let w = input(&mut g, "w", &[case.k, case.c, 3, 3]);
+                    g.add_node(Op::Conv2dGradInput { conv: a, input_hw: [case.hw, case.hw] }, &[dy, w], Role::Backward).unwrap()
+                }
+                _ => {
+                    let x = input(&mut g, "x", &[batch, case.c, case.hw, case.hw]);
+                    let dy = input(&mut g, "dy", &[batch, case.k, out_hw, out_hw]);
+                    g.add_node(Op::Conv2dGradWeight { conv: a, kernel_hw: [3, 3] }, &[x, dy], Role::Backward).unwrap()
+                }
+            };
+            let t1 = time_graph(&g, out, 1, &target);
+            let t2 = time_graph(&g, out, 2, &target);
+            let (g1, g2) = (flops / t1 / 1e9, flops / t2 / 1e9);
+            println!(
+                "| {} | {pass} | {g1:.1} | {:.0}% | {g2:.1} | {:.0}% | {:.2} |",
+                case.name,
+                100.0 * g1 / peak,
+                100.0 * g2 / (2.0 * peak),
+                t1 / t2
+            );
+        }
+    }
+
+    // 4. Memory-bound kernels on a ResNet-20 stage-1 activation.
+    let dims = [batch, 16, 32, 32];
+    let numel: usize = dims.iter().product();
+    println!("\n## memory-bound kernels on f32{dims:?} (GB/s of tensor traffic; % of copy bandwidth)\n");
+    println!("| kernel | tensors moved | 1 thread | % copy | 2 threads | % copy |\n|---|---|---|---|---|---|");
+    type Build = fn(&mut Graph, &[NodeId; 2], &[NodeId; 4]) -> NodeId;
+    let kernels: [(&str, usize, Build); 5] = [
+        ("relu", 2, |g, x, _| g.add_node(Op::Relu, &[x[0]], Role::Forward).unwrap()),
+        ("add", 3, |g, x, _| g.add_node(Op::Add, &[x[0], x[1]], Role::Forward).unwrap()),
+        ("relu_grad", 3, |g, x, _| g.add_node(Op::ReluGrad, &[x[0], x[1]], Role::Forward).unwrap()),
+        ("batch_norm apply", 2, |g, x, p| g.add_node(Op::BatchNorm { eps: 1e-5, training: false }, &[x[0], p[0], p[1], p[2], p[3]], Role::Forward).unwrap()),
+        ("batch_norm_grad_input (training: 2 reductions + map)", 5, |g, x, p| {
+            let m = g.add_node(Op::BatchMean, &[x[0]], Role::Forward).unwrap();
+            let v = g.add_node(Op::BatchVar, &[x[0]], Role::Forward).unwrap();
+            let _ = p;
+            g.add_node(Op::BatchNormGradInput { eps: 1e-5, training: true }, &[x[0], m, v, p[2], x[1]], Role::Backward).unwrap()
+        }),
+    ];
+    for (name, tensors, build) in kernels {
+        let mut g = Graph::new();
+        let x = [input(&mut g, "x", &dims), input(&mut g, "y", &dims)];
+        let p = [0, 1, 2, 3].map(|i| input(&mut g, ["p0", "p1", "p2", "p3"][i], &[16]));
+        let out = build(&mut g, &x, &p);
+        let bytes = (tensors * numel * 4) as f64;
+        let (b1, b2) = (bytes / time_graph(&g, out, 1, &target) / 1e9, bytes / time_graph(&g, out, 2, &target) / 1e9);
+        println!("| {name} | {tensors} | {b1:.1} | {:.0}% | {b2:.1} | {:.0}% |", 100.0 * b1 / copy[1], 100.0 * b2 / copy[2]);
+    }
+    println!("\n(the batch_norm_grad_input row times batch_mean and batch_var too: they are part of the graph)");
+}
