@@ -334,11 +334,9 @@ impl WeightGradSpec {
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
         let (args, begin, end) = entry(b);
         let [xp, dy, dw] = [0, 1, 2].map(|k| load_arg(b, ptr, args, k));
-        let [rows, phases, row_len] = self.packed;
         let [kh, kw] = self.kernel;
-        let [oh_n, ow_n] = self.out_hw;
+        let ow_n = self.out_hw[1];
         let c_n = self.in_channels;
-        let flags = MemFlagsData::new().with_notrap().with_readonly();
         let accs = self.kb * kw;
         for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
             let r = b.ins().urem_imm_u(g, kh as i64);
@@ -348,58 +346,12 @@ impl WeightGradSpec {
             let k0 = mul(b, kb, self.kb);
             let zero_s = b.ins().f32const(0.0);
             let zero_v = b.ins().splat(types::F32X4, zero_s);
-            let mut carried = vec![zero_v; accs];
-            carried.extend(vec![zero_s; accs]);
-            let (n_lo, n_hi) = (iconst(b, 0), iconst(b, self.batch as i64));
-            let (_, acc) = for_loop(b, n_lo, n_hi, 1, &carried, &mut |b, n, acc| {
-                let (h_lo, h_hi) = (iconst(b, 0), iconst(b, oh_n as i64));
-                let (_, acc) = for_loop(b, h_lo, h_hi, 1, acc, &mut |b, oh, acc| {
-                    // x row: image n, channel c, padded row oh * stride + r.
-                    let x_row = {
-                        let nc = mul(b, n, c_n);
-                        let nc = b.ins().iadd(nc, c);
-                        let plane = mul(b, nc, rows);
-                        let r0 = mul(b, oh, self.stride[0]);
-                        let row = b.ins().iadd(plane, r0);
-                        let row = b.ins().iadd(row, r);
-                        let e = mul(b, row, phases * row_len);
-                        elem_addr(b, xp, e)
-                    };
-                    let dy_row = {
-                        let nk = mul(b, n, self.out_channels);
-                        let nk = b.ins().iadd(nk, k0);
-                        let plane = mul(b, nk, oh_n);
-                        let row = b.ins().iadd(plane, oh);
-                        let e = mul(b, row, ow_n);
-                        elem_addr(b, dy, e)
-                    };
-                    let (w_lo, w_hi) = (iconst(b, 0), iconst(b, ow_n as i64));
-                    let body = |b: &mut FunctionBuilder, ow: Value, acc: &[Value], ty: Type| -> Vec<Value> {
-                        let mut acc = acc.to_vec();
-                        let bytes = b.ins().ishl_imm_u(ow, 2);
-                        let (xa, da) = (b.ins().iadd(x_row, bytes), b.ins().iadd(dy_row, bytes));
-                        let xs: Vec<Value> = (0..kw)
-                            .map(|s| {
-                                let (phase, q) = (s % self.stride[1], s / self.stride[1]);
-                                b.ins().load(ty, flags, xa, ((phase * row_len + q) * 4) as i32)
-                            })
-                            .collect();
-                        let slot = if ty == types::F32X4 { 0 } else { accs };
-                        for k in 0..self.kb {
-                            let d = b.ins().load(ty, flags, da, (k * oh_n * ow_n * 4) as i32);
-                            for (s, &x) in xs.iter().enumerate() {
-                                let a = &mut acc[slot + k * kw + s];
-                                *a = mul_add_emit(b, mul_add, d, x, *a);
-                            }
-                        }
-                        acc
-                    };
-                    let (tail, acc) = for_loop(b, w_lo, w_hi, 4, acc, &mut |b, ow, acc| body(b, ow, acc, types::F32X4));
-                    let (_, acc) = for_loop(b, tail, w_hi, 1, &acc, &mut |b, ow, acc| body(b, ow, acc, types::F32));
-                    acc
-                });
-                acc
-            });
+            let vector_end = ow_n / 4 * 4;
+            // Vector loops over whole f32x4 columns carry only vector accumulators (no spills);
+            // the scalar tail columns get a loop nest of their own.
+            let vector = self.accumulate(b, mul_add, [xp, dy], [c, r, k0], types::F32X4, 0, vector_end, zero_v);
+            let scalar = self.accumulate(b, mul_add, [xp, dy], [c, r, k0], types::F32, vector_end, ow_n, zero_s);
+            let acc: Vec<Value> = vector.into_iter().chain(scalar).collect();
             // dw[k0 + k][c][r][s] = hsum(vector acc) + scalar acc.
             let out = {
                 let kc = mul(b, k0, c_n);
@@ -426,6 +378,104 @@ impl WeightGradSpec {
         b.ins().return_(&[]);
         b.seal_all_blocks();
     }
+}
+
+
+impl WeightGradSpec {
+    /// Sums `dy[n][k0 + k][oh][ow] * x[n][c][oh * stride + r][tap s][ow]` over images, output rows
+    /// and output columns `cols_lo..cols_hi`, in lanes of `ty`; returns `kb * kernel_w`
+    /// accumulators (all `zero` when the column range is empty).
+    #[allow(clippy::too_many_arguments)]
+    fn accumulate(
+        &self,
+        b: &mut FunctionBuilder,
+        mul_add: MulAdd,
+        [xp, dy]: [Value; 2],
+        [c, r, k0]: [Value; 3],
+        ty: Type,
+        cols_lo: usize,
+        cols_hi: usize,
+        zero: Value,
+    ) -> Vec<Value> {
+        let [rows, phases, row_len] = self.packed;
+        let kw = self.kernel[1];
+        let [oh_n, ow_n] = self.out_hw;
+        let accs = vec![zero; self.kb * kw];
+        if cols_lo >= cols_hi {
+            return accs;
+        }
+        let step = if ty == types::F32X4 { 4 } else { 1 };
+        let flags = MemFlagsData::new().with_notrap().with_readonly();
+        let (n_lo, n_hi) = (iconst(b, 0), iconst(b, self.batch as i64));
+        let (_, acc) = for_loop(b, n_lo, n_hi, 1, &accs, &mut |b, n, acc| {
+            let (h_lo, h_hi) = (iconst(b, 0), iconst(b, oh_n as i64));
+            let (_, acc) = for_loop(b, h_lo, h_hi, 1, acc, &mut |b, oh, acc| {
+                // x row: image n, channel c, padded row oh * stride + r; dy row: image n, channel k0.
+                let x_row = {
+                    let nc = mul(b, n, self.in_channels);
+                    let nc = b.ins().iadd(nc, c);
+                    let plane = mul(b, nc, rows);
+                    let r0 = mul(b, oh, self.stride[0]);
+                    let row = b.ins().iadd(plane, r0);
+                    let row = b.ins().iadd(row, r);
+                    let e = mul(b, row, phases * row_len);
+                    elem_addr(b, xp, e)
+                };
+                let dy_row = {
+                    let nk = mul(b, n, self.out_channels);
+                    let nk = b.ins().iadd(nk, k0);
+                    let plane = mul(b, nk, oh_n);
+                    let row = b.ins().iadd(plane, oh);
+                    let e = mul(b, row, ow_n);
+                    elem_addr(b, dy, e)
+                };
+                let (w_lo, w_hi) = (iconst(b, cols_lo as i64), iconst(b, cols_hi as i64));
+                let (_, acc) = for_loop(b, w_lo, w_hi, step, acc, &mut |b, ow, acc| {
+                    let mut acc = acc.to_vec();
+                    let bytes = b.ins().ishl_imm_u(ow, 2);
+                    let (xa, da) = (b.ins().iadd(x_row, bytes), b.ins().iadd(dy_row, bytes));
+                    let xs: Vec<Value> = (0..kw)
+                        .map(|s| {
+                            let (phase, q) = (s % self.stride[1], s / self.stride[1]);
+                            b.ins().load(ty, flags, xa, ((phase * row_len + q) * 4) as i32)
+                        })
+                        .collect();
+                    for k in 0..self.kb {
+                        let d = b.ins().load(ty, flags, da, (k * oh_n * ow_n * 4) as i32);
+                        for (s, &x) in xs.iter().enumerate() {
+                            let a = &mut acc[k * kw + s];
+                            *a = mul_add_emit(b, mul_add, d, x, *a);
+                        }
+                    }
+                    acc
+                });
+                acc
+            });
+            acc
+        });
+        acc
+    }
+}
+
+/// Register-tile sizes within the 16 xmm registers: `accumulators + live inputs + 1 broadcast <=
+/// 12`, leaving room for the temporaries of the x64 multiply-add lowering (13 registers already
+/// spilled; the code-quality test guards this), maximising the accumulators (enough of them hide the multiply-add latency), for a tile
+/// of `kb` (a divisor of `channels`, at most 6) by `n`, where `n` is at most `max_n` and the tile
+/// holds `n` (or `fixed_n` when given) live input vectors.
+pub(crate) fn register_tile(channels: usize, max_n: usize, fixed_n: Option<usize>) -> (usize, usize) {
+    let mut best = (1, 1);
+    for kb in (1..=6).filter(|d| channels % d == 0) {
+        let n = match fixed_n {
+            Some(n) => n,
+            None => (11 / (kb + 1)).min(max_n).max(1),
+        };
+        let regs = |(k, n): (usize, usize)| k * n + n + 1;
+        let better = kb * n > best.0 * best.1 || (kb * n == best.0 * best.1 && regs((kb, n)) < regs(best));
+        if regs((kb, n)) <= 12 && better {
+            best = (kb, n);
+        }
+    }
+    best
 }
 
 /// `a * b + c` in the target's preferred form.

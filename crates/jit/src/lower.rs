@@ -2,7 +2,7 @@
 //! [`NestSpec`] over the node's inputs (operands) writing the node's buffer (output 0).
 
 use crate::expr::{Cond, Expr};
-use crate::conv::{ConvSpec, PackSpec, WeightGradSpec, WeightLayout};
+use crate::conv::{ConvSpec, PackSpec, WeightGradSpec, WeightLayout, register_tile};
 use crate::nest::{Nest, NestSpec, Operand, Pass};
 use crate::spec::KernelSpec;
 use crate::{Error, Result};
@@ -227,7 +227,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
         }
         Op::Conv2dGradWeight { conv: a, kernel_hw } => {
             let (x, dy) = (dims(0)?, dims(1)?);
-            let kb = [4usize, 3, 2, 1].into_iter().find(|&d| dy[1] % d == 0 && d * kernel_hw[1] <= 12).unwrap_or(1);
+            let (kb, _) = register_tile(dy[1], kernel_hw[1], Some(kernel_hw[1]));
             let pack = conv_pack(x[0] * x[1], [x[2], x[3]], [1, 1], [a.pad[0] as isize, a.pad[1] as isize], kernel_hw[0], a.stride, [dy[2], dy[3]], 1, kernel_hw[1]);
             let spec = WeightGradSpec {
                 batch: x[0],
@@ -293,9 +293,8 @@ fn conv(
     out_hw: [usize; 2],
     weights: WeightLayout,
 ) -> Lowered {
-    // Register tile: kb output channels by vb vectors of 4 pixels, at most 12 accumulators.
-    let kb = [4usize, 3, 2, 1].into_iter().find(|&d| k % d == 0).unwrap_or(1);
-    let vb = (12 / kb).min(out_hw[1].div_ceil(4)).max(1);
+    // Register tile: kb output channels by vb vectors of 4 pixels.
+    let (kb, vb) = register_tile(k, out_hw[1].div_ceil(4), None);
     let pack = conv_pack(n * c, in_hw, dilation, pad, kernel[0], stride, out_hw, vb, kernel[1]);
     let spec = ConvSpec {
         batch: n,
