@@ -75,10 +75,17 @@ fn main() {
     let target = Target::host().expect("host target");
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     println!("# skipgrad-jit kernel benchmark\n");
-    println!("machine: {cpu}, {} threads available; target: {target}\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "machine: {cpu}, {} threads available; target: {target}\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
 
     // 1. Ceiling.
     println!("## f32x4 multiply-add ceiling (JIT-emitted, 12 independent accumulators, 1 thread)\n");
@@ -104,7 +111,10 @@ fn main() {
         let mut g = Graph::new();
         let x = input(&mut g, "x", &[n]);
         let y = g.add_node(Op::StopGradient, &[x], Role::Forward).unwrap();
-        let (c1, c2) = ((8 * n) as f64 / time_graph(&g, y, 1, &target) / 1e9, (8 * n) as f64 / time_graph(&g, y, 2, &target) / 1e9);
+        let (c1, c2) = (
+            (8 * n) as f64 / time_graph(&g, y, 1, &target) / 1e9,
+            (8 * n) as f64 / time_graph(&g, y, 2, &target) / 1e9,
+        );
         println!("| {label} | {c1:.1} | {c2:.1} |");
         copy = [0.0, c1, c2]; // the last row (activation size) is the reference below
     }
@@ -118,8 +128,12 @@ fn main() {
         ConvCase { name: "32->64 16x16 s2", c: 32, k: 64, hw: 16, stride: 2 },
         ConvCase { name: "64->64 8x8", c: 64, k: 64, hw: 8, stride: 1 },
     ];
-    println!("\n## 3x3 convolutions, batch {batch} (GFLOP/s; % of the 1-thread ceiling, or of twice it on 2 threads)\n");
-    println!("| conv | pass | 1 thread | % ceiling | 2 threads | % 2x ceiling | 2T / 1T |\n|---|---|---|---|---|---|---|");
+    println!(
+        "\n## 3x3 convolutions, batch {batch} (GFLOP/s; % of the 1-thread ceiling, or of twice it on 2 threads)\n"
+    );
+    println!(
+        "| conv | pass | 1 thread | % ceiling | 2 threads | % 2x ceiling | 2T / 1T |\n|---|---|---|---|---|---|---|"
+    );
     for case in &cases {
         let a = Conv2dAttrs::square(case.stride, 1);
         let out_hw = (case.hw + 2 - 3) / case.stride + 1;
@@ -135,7 +149,8 @@ fn main() {
                 "backward-data" => {
                     let dy = input(&mut g, "dy", &[batch, case.k, out_hw, out_hw]);
                     let w = input(&mut g, "w", &[case.k, case.c, 3, 3]);
-                    g.add_node(Op::Conv2dGradInput { conv: a, input_hw: [case.hw, case.hw] }, &[dy, w], Role::Backward).unwrap()
+                    g.add_node(Op::Conv2dGradInput { conv: a, input_hw: [case.hw, case.hw] }, &[dy, w], Role::Backward)
+                        .unwrap()
                 }
                 _ => {
                     let x = input(&mut g, "x", &[batch, case.c, case.hw, case.hw]);
@@ -166,12 +181,16 @@ fn main() {
         ("relu", 2, |g, x, _| g.add_node(Op::Relu, &[x[0]], Role::Forward).unwrap()),
         ("add", 3, |g, x, _| g.add_node(Op::Add, &[x[0], x[1]], Role::Forward).unwrap()),
         ("relu_grad", 3, |g, x, _| g.add_node(Op::ReluGrad, &[x[0], x[1]], Role::Forward).unwrap()),
-        ("batch_norm apply", 2, |g, x, p| g.add_node(Op::BatchNorm { eps: 1e-5, training: false }, &[x[0], p[0], p[1], p[2], p[3]], Role::Forward).unwrap()),
+        ("batch_norm apply", 2, |g, x, p| {
+            g.add_node(Op::BatchNorm { eps: 1e-5, training: false }, &[x[0], p[0], p[1], p[2], p[3]], Role::Forward)
+                .unwrap()
+        }),
         ("batch_norm_grad_input (training: 2 reductions + map)", 5, |g, x, p| {
             let m = g.add_node(Op::BatchMean, &[x[0]], Role::Forward).unwrap();
             let v = g.add_node(Op::BatchVar, &[x[0]], Role::Forward).unwrap();
             let _ = p;
-            g.add_node(Op::BatchNormGradInput { eps: 1e-5, training: true }, &[x[0], m, v, p[2], x[1]], Role::Backward).unwrap()
+            g.add_node(Op::BatchNormGradInput { eps: 1e-5, training: true }, &[x[0], m, v, p[2], x[1]], Role::Backward)
+                .unwrap()
         }),
     ];
     for (name, tensors, build) in kernels {
@@ -181,7 +200,11 @@ fn main() {
         let out = build(&mut g, &x, &p);
         let bytes = (tensors * numel * 4) as f64;
         let (b1, b2) = (bytes / time_graph(&g, out, 1, &target) / 1e9, bytes / time_graph(&g, out, 2, &target) / 1e9);
-        println!("| {name} | {tensors} | {b1:.1} | {:.0}% | {b2:.1} | {:.0}% |", 100.0 * b1 / copy[1], 100.0 * b2 / copy[2]);
+        println!(
+            "| {name} | {tensors} | {b1:.1} | {:.0}% | {b2:.1} | {:.0}% |",
+            100.0 * b1 / copy[1],
+            100.0 * b2 / copy[2]
+        );
     }
     println!("\n(the batch_norm_grad_input row times batch_mean and batch_var too: they are part of the graph)");
 }

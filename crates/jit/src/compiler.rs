@@ -1,8 +1,9 @@
 //! Turns kernel specs into machine code in one Cranelift JIT module, compiling each distinct spec
 //! once, and keeps each kernel's IR text and register-allocated code for dumps.
 
+use crate::misc::{Imports, skipgrad_expf, skipgrad_logf};
 use crate::{Error, KernelSpec, MulAdd, Result, Target};
-use cranelift_codegen::ir::{AbiParam, types};
+use cranelift_codegen::ir::{AbiParam, Signature, types};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
@@ -53,7 +54,10 @@ pub(crate) struct Compiler {
 
 impl Compiler {
     pub(crate) fn new(target: Target) -> Self {
-        let module = JITModule::new(JITBuilder::with_isa(target.isa.clone(), default_libcall_names()));
+        let mut builder = JITBuilder::with_isa(target.isa.clone(), default_libcall_names());
+        builder.symbol("skipgrad_expf", skipgrad_expf as *const u8);
+        builder.symbol("skipgrad_logf", skipgrad_logf as *const u8);
+        let module = JITModule::new(builder);
         Compiler {
             module,
             target,
@@ -79,13 +83,22 @@ impl Compiler {
         let mut ctx = self.module.make_context();
         ctx.func.signature.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(types::I64)]);
         ctx.set_disasm(true);
+        let codegen = |message: String| Error::Codegen { kernel: name.clone(), message };
+        let mut unary = Signature::new(self.module.isa().default_call_conv());
+        unary.params.push(AbiParam::new(types::F32));
+        unary.returns.push(AbiParam::new(types::F32));
+        let mut import = |symbol: &str| -> Result<_> {
+            let id =
+                self.module.declare_function(symbol, Linkage::Import, &unary).map_err(|e| codegen(e.to_string()))?;
+            Ok(self.module.declare_func_in_func(id, &mut ctx.func))
+        };
+        let imports = Imports { exp: import("skipgrad_expf")?, ln: import("skipgrad_logf")? };
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, &mut self.builder_context);
-            spec.build(&mut b, ptr, self.target.mul_add());
+            spec.build(&mut b, ptr, self.target.mul_add(), &imports);
             b.finalize(self.module.target_config());
         }
         let ir = ctx.func.display().to_string();
-        let codegen = |message: String| Error::Codegen { kernel: name.clone(), message };
         let id = self
             .module
             .declare_function(&name, Linkage::Local, &ctx.func.signature)

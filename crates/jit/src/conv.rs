@@ -13,7 +13,7 @@
 //! pixels for `kb` output channels by every tap of one kernel row.
 
 use crate::MulAdd;
-use crate::nest::for_loop;
+use crate::codegen::{elem_addr, entry, for_loop, iconst, load_arg};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
@@ -66,7 +66,12 @@ impl PackSpec {
             for h in rows.clone() {
                 let u = (h * self.dilation[0]) as isize + self.pad_before[0];
                 let src_row = plane_offset(b, plane, h_in * w_in, h * w_in);
-                let dst_row = plane_offset(b, plane, self.rows * self.phases * self.row_len, u as usize * self.phases * self.row_len);
+                let dst_row = plane_offset(
+                    b,
+                    plane,
+                    self.rows * self.phases * self.row_len,
+                    u as usize * self.phases * self.row_len,
+                );
                 if self.phases == 1 && self.dilation[1] == 1 {
                     // Contiguous: copy the row with vectors, then a scalar tail.
                     let start = (cols.start as isize + self.pad_before[1]) as usize;
@@ -168,7 +173,13 @@ impl ConvSpec {
     }
     /// Floating-point operations per run (2 per multiply-add).
     pub fn flops(&self) -> f64 {
-        2.0 * (self.batch * self.out_channels * self.out_hw[0] * self.out_hw[1] * self.in_channels * self.kernel[0] * self.kernel[1]) as f64
+        2.0 * (self.batch
+            * self.out_channels
+            * self.out_hw[0]
+            * self.out_hw[1]
+            * self.in_channels
+            * self.kernel[0]
+            * self.kernel[1]) as f64
     }
 
     /// Kernel body: args are packed input, weights, output.
@@ -327,7 +338,13 @@ impl WeightGradSpec {
     }
     /// Floating-point operations per run.
     pub fn flops(&self) -> f64 {
-        2.0 * (self.batch * self.out_channels * self.out_hw[0] * self.out_hw[1] * self.in_channels * self.kernel[0] * self.kernel[1]) as f64
+        2.0 * (self.batch
+            * self.out_channels
+            * self.out_hw[0]
+            * self.out_hw[1]
+            * self.in_channels
+            * self.kernel[0]
+            * self.kernel[1]) as f64
     }
 
     /// Kernel body: args are packed input, dy, dw.
@@ -379,7 +396,6 @@ impl WeightGradSpec {
         b.seal_all_blocks();
     }
 }
-
 
 impl WeightGradSpec {
     /// Sums `dy[n][k0 + k][oh][ow] * x[n][c][oh * stride + r][tap s][ow]` over images, output rows
@@ -489,22 +505,6 @@ fn mul_add_emit(b: &mut FunctionBuilder, mul_add: MulAdd, x: Value, y: Value, ac
     }
 }
 
-fn entry(b: &mut FunctionBuilder) -> (Value, Value, Value) {
-    let entry = b.create_block();
-    b.append_block_params_for_function_params(entry);
-    b.switch_to_block(entry);
-    let p = b.block_params(entry);
-    (p[0], p[1], p[2])
-}
-
-fn load_arg(b: &mut FunctionBuilder, ptr: Type, args: Value, k: usize) -> Value {
-    b.ins().load(ptr, MemFlagsData::new().with_notrap().with_readonly(), args, (k * 8) as i32)
-}
-
-fn iconst(b: &mut FunctionBuilder, v: i64) -> Value {
-    b.ins().iconst(types::I64, v)
-}
-
 fn mul(b: &mut FunctionBuilder, v: Value, c: usize) -> Value {
     b.ins().imul_imm_s(v, c as i64)
 }
@@ -513,11 +513,6 @@ fn mul(b: &mut FunctionBuilder, v: Value, c: usize) -> Value {
 fn plane_offset(b: &mut FunctionBuilder, plane: Value, plane_len: usize, offset: usize) -> Value {
     let p = mul(b, plane, plane_len);
     b.ins().iadd_imm_s(p, offset as i64)
-}
-
-fn elem_addr(b: &mut FunctionBuilder, base: Value, element: Value) -> Value {
-    let bytes = b.ins().ishl_imm_u(element, 2);
-    b.ins().iadd(base, bytes)
 }
 
 /// `dst[d0 + i] = src[s0 + i]` with `ty` (f32 or f32x4).

@@ -54,6 +54,8 @@ pub struct CompiledGraph {
     /// Inputs and parameters the outputs read; `None` for those of the graph they do not.
     feeds: HashMap<String, Option<NodeId>>,
     outputs: Vec<NodeId>,
+    /// Inputs that feed cross-entropy labels, with their class count: checked when fed.
+    labels: HashMap<NodeId, usize>,
     kernel_of: HashMap<NodeId, usize>,
     codes: Vec<KernelCode>,
     stats: CompileStats,
@@ -116,6 +118,16 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
         }
     }
     let (code, codes, stats) = compiler.finish()?;
+    // Kernels clamp labels to stay in bounds; the executor rejects bad labels when they are fed.
+    let labels = graph
+        .nodes()
+        .iter()
+        .filter(|n| matches!(n.op, Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad))
+        .filter_map(|n| {
+            let (z, y) = (n.inputs[0].index(), n.inputs[1]);
+            (needed[y.index()] && nodes[y.index()].op.is_source()).then(|| (y, nodes[z].ty.shape.dims()[1]))
+        })
+        .collect();
     let steps = planned
         .into_iter()
         .map(|(node, kernel, slots, groups)| {
@@ -136,6 +148,7 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
         steps,
         feeds,
         outputs: outputs.to_vec(),
+        labels,
         kernel_of,
         codes,
         stats,
@@ -154,6 +167,12 @@ impl CompiledGraph {
         let buffer = self.buffers[id.index()].as_mut_slice();
         if buffer.len() != values.len() {
             return Err(Error::Feed(format!("{name:?} is {}, got {} values", self.types[id.index()], values.len())));
+        }
+        if let Some(&classes) = self.labels.get(&id)
+            && let Some((row, v)) =
+                values.iter().enumerate().find(|(_, v)| !(v.fract() == 0.0 && **v >= 0.0 && (**v as usize) < classes))
+        {
+            return Err(Error::Feed(format!("{name:?}: label {v} in row {row} is not a class index in 0..{classes}")));
         }
         buffer.copy_from_slice(values);
         Ok(())

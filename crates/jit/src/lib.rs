@@ -14,12 +14,14 @@
 //! `run` without allocating.
 
 mod buffer;
+mod codegen;
 mod compiler;
 mod conv;
 mod error;
 mod executor;
 mod expr;
 mod lower;
+mod misc;
 mod nest;
 mod peak;
 mod pool;
@@ -28,14 +30,15 @@ mod target;
 
 pub use buffer::Guard;
 pub use compiler::{CompileStats, Kernel, KernelCode};
+pub use conv::{ConvSpec, PackSpec, WeightGradSpec, WeightLayout};
 pub use error::Error;
 pub use executor::{CompileOptions, CompiledGraph, compile};
 pub use expr::{Cond, Expr};
-pub use conv::{ConvSpec, PackSpec, WeightGradSpec, WeightLayout};
+pub use misc::{CopySpec, MatMulSpec, RowOp, RowSpec};
 pub use nest::{Nest, NestSpec, Operand, Pass};
-pub use spec::KernelSpec;
 pub use peak::PeakSpec;
 pub use pool::ThreadPool;
+pub use spec::KernelSpec;
 pub use target::{MulAdd, Target};
 
 /// Result type of the JIT.

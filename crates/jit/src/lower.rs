@@ -1,8 +1,9 @@
 //! The table of rules from IR ops to kernels: each node becomes a feed, a constant, or a
 //! [`NestSpec`] over the node's inputs (operands) writing the node's buffer (output 0).
 
-use crate::expr::{Cond, Expr};
 use crate::conv::{ConvSpec, PackSpec, WeightGradSpec, WeightLayout, register_tile};
+use crate::expr::{Cond, Expr};
+use crate::misc::{CopySpec, MatMulSpec, RowOp, RowSpec};
 use crate::nest::{Nest, NestSpec, Operand, Pass};
 use crate::spec::KernelSpec;
 use crate::{Error, Result};
@@ -35,12 +36,16 @@ pub(crate) enum Lowered {
     Steps { scratch: Vec<usize>, steps: Vec<Planned> },
 }
 
+/// One kernel reading `operands` and writing node `out`.
+fn single(label: String, spec: KernelSpec, operands: Vec<NodeId>, out: NodeId) -> Lowered {
+    let inputs = operands.into_iter().map(Buf::Node).collect();
+    Lowered::Steps { scratch: vec![], steps: vec![Planned { label, spec, inputs, output: Buf::Node(out) }] }
+}
+
 impl Lowered {
     /// One nest kernel reading `operands` and writing node `out`.
     fn nest(label: String, spec: NestSpec, operands: Vec<NodeId>, out: NodeId) -> Lowered {
-        let inputs = operands.into_iter().map(Buf::Node).collect();
-        let step = Planned { label, spec: KernelSpec::Nest(spec), inputs, output: Buf::Node(out) };
-        Lowered::Steps { scratch: vec![], steps: vec![step] }
+        single(label, KernelSpec::Nest(spec), operands, out)
     }
 }
 
@@ -94,7 +99,9 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
             };
             Lowered::nest(label(), spec, vec![inputs[0]], id)
         }
-        Op::BiasAdd => per_channel_map(label(), id, &dims(0)?, x(0).add(x(1)), &[Operand::Full, Operand::Channel], inputs),
+        Op::BiasAdd => {
+            per_channel_map(label(), id, &dims(0)?, x(0).add(x(1)), &[Operand::Full, Operand::Channel], inputs)
+        }
         Op::BatchNorm { eps, .. } => {
             // (x - mean) * (1 / sqrt(var + eps)) * gamma + beta; the per-channel factors are
             // group invariants, computed once per channel.
@@ -201,12 +208,8 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                     Operand::Inner,
                 )
             };
-            let spec = NestSpec {
-                nest,
-                operands: vec![mode],
-                outputs: 1,
-                passes: vec![Pass::Map { expr: x(0), output: 0 }],
-            };
+            let spec =
+                NestSpec { nest, operands: vec![mode], outputs: 1, passes: vec![Pass::Map { expr: x(0), output: 0 }] };
             Lowered::nest(label(), spec, inputs, id)
         }
         Op::Conv2d(a) => {
@@ -214,7 +217,19 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
             let (r, s) = (w[2], w[3]);
             let out_hw = [node.ty.shape.dims()[2], node.ty.shape.dims()[3]];
             let pad = [a.pad[0] as isize, a.pad[1] as isize];
-            conv(id, inputs[0], inputs[1], [x[0], x[1], w[0]], [x[2], x[3]], [r, s], a.stride, [1, 1], pad, out_hw, WeightLayout::kcrs(x[1], r, s))
+            conv(
+                id,
+                inputs[0],
+                inputs[1],
+                [x[0], x[1], w[0]],
+                [x[2], x[3]],
+                [r, s],
+                a.stride,
+                [1, 1],
+                pad,
+                out_hw,
+                WeightLayout::kcrs(x[1], r, s),
+            )
         }
         Op::Conv2dGradInput { conv: a, input_hw } => {
             // dx = a stride-1 convolution of dy dilated by the stride and padded by R-1-P, with
@@ -223,12 +238,34 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
             let (r, s) = (w[2], w[3]);
             let pad = [r as isize - 1 - a.pad[0] as isize, s as isize - 1 - a.pad[1] as isize];
             let layout = WeightLayout::transposed_flipped(w[1], r, s);
-            conv(id, inputs[0], inputs[1], [dy[0], dy[1], w[1]], [dy[2], dy[3]], [r, s], [1, 1], a.stride, pad, *input_hw, layout)
+            conv(
+                id,
+                inputs[0],
+                inputs[1],
+                [dy[0], dy[1], w[1]],
+                [dy[2], dy[3]],
+                [r, s],
+                [1, 1],
+                a.stride,
+                pad,
+                *input_hw,
+                layout,
+            )
         }
         Op::Conv2dGradWeight { conv: a, kernel_hw } => {
             let (x, dy) = (dims(0)?, dims(1)?);
             let (kb, _) = register_tile(dy[1], kernel_hw[1], Some(kernel_hw[1]));
-            let pack = conv_pack(x[0] * x[1], [x[2], x[3]], [1, 1], [a.pad[0] as isize, a.pad[1] as isize], kernel_hw[0], a.stride, [dy[2], dy[3]], 1, kernel_hw[1]);
+            let pack = conv_pack(
+                x[0] * x[1],
+                [x[2], x[3]],
+                [1, 1],
+                [a.pad[0] as isize, a.pad[1] as isize],
+                kernel_hw[0],
+                a.stride,
+                [dy[2], dy[3]],
+                1,
+                kernel_hw[1],
+            );
             let spec = WeightGradSpec {
                 batch: x[0],
                 in_channels: x[1],
@@ -240,20 +277,63 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                 kb,
             };
             let steps = vec![
-                Planned { label: "pack".into(), spec: KernelSpec::Pack(pack.clone()), inputs: vec![Buf::Node(inputs[0])], output: Buf::Scratch(0) },
-                Planned { label: label(), spec: KernelSpec::WeightGrad(spec), inputs: vec![Buf::Scratch(0), Buf::Node(inputs[1])], output: Buf::Node(id) },
+                Planned {
+                    label: "pack".into(),
+                    spec: KernelSpec::Pack(pack.clone()),
+                    inputs: vec![Buf::Node(inputs[0])],
+                    output: Buf::Scratch(0),
+                },
+                Planned {
+                    label: label(),
+                    spec: KernelSpec::WeightGrad(spec),
+                    inputs: vec![Buf::Scratch(0), Buf::Node(inputs[1])],
+                    output: Buf::Node(id),
+                },
             ];
             Lowered::Steps { scratch: vec![pack.len()], steps }
         }
-        Op::ShortcutA(_)
-        | Op::ShortcutAGrad { .. }
-        | Op::MaxPool(_)
-        | Op::MaxPoolGrad(_)
-        | Op::MatMul { .. }
-        | Op::Softmax
-        | Op::SoftmaxCrossEntropy
-        | Op::SoftmaxCrossEntropyGrad
-        | Op::ArgMax => return Err(unsupported("its generator is the next step of the JIT issue")),
+        Op::ShortcutA(a) => {
+            let (x, y) = (dims(0)?, node.ty.shape.dims().to_vec());
+            let spec = CopySpec {
+                batch: x[0],
+                channels: x[1],
+                src: ([x[1], x[2], x[3]], 0, a.stride),
+                dst: ([y[1], y[2], y[3]], a.pad_before, 1),
+                extent: [y[2], y[3]],
+            };
+            single(label(), KernelSpec::Copy(spec), inputs, id)
+        }
+        Op::ShortcutAGrad { shortcut: a, .. } => {
+            let (dy, dx) = (dims(0)?, node.ty.shape.dims().to_vec());
+            let spec = CopySpec {
+                batch: dy[0],
+                channels: dx[1],
+                src: ([dy[1], dy[2], dy[3]], a.pad_before, 1),
+                dst: ([dx[1], dx[2], dx[3]], 0, a.stride),
+                extent: [dy[2], dy[3]],
+            };
+            single(label(), KernelSpec::Copy(spec), inputs, id)
+        }
+        Op::MatMul { transpose_a, transpose_b } => {
+            let a = dims(0)?;
+            let [m, n] = [node.ty.shape.dims()[0], node.ty.shape.dims()[1]];
+            let k = if *transpose_a { a[0] } else { a[1] };
+            let spec = MatMulSpec { m, n, k, transpose_a: *transpose_a, transpose_b: *transpose_b };
+            single(label(), KernelSpec::MatMul(spec), inputs, id)
+        }
+        Op::Softmax | Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad | Op::ArgMax => {
+            let z = dims(0)?;
+            let op = match node.op {
+                Op::Softmax => RowOp::Softmax,
+                Op::SoftmaxCrossEntropy => RowOp::CrossEntropy,
+                Op::SoftmaxCrossEntropyGrad => RowOp::CrossEntropyGrad,
+                _ => RowOp::ArgMax,
+            };
+            single(label(), KernelSpec::Rows(RowSpec { op, rows: z[0], classes: z[1] }), inputs, id)
+        }
+        Op::MaxPool(_) | Op::MaxPoolGrad(_) => {
+            return Err(unsupported("max pooling (the ImageNet stem) is the next kernel of the JIT issue"));
+        }
     })
 }
 
@@ -309,8 +389,18 @@ fn conv(
         vb,
     };
     let steps = vec![
-        Planned { label: "pack".into(), spec: KernelSpec::Pack(pack.clone()), inputs: vec![Buf::Node(x)], output: Buf::Scratch(0) },
-        Planned { label: "conv2d".into(), spec: KernelSpec::Conv(spec), inputs: vec![Buf::Scratch(0), Buf::Node(w)], output: Buf::Node(id) },
+        Planned {
+            label: "pack".into(),
+            spec: KernelSpec::Pack(pack.clone()),
+            inputs: vec![Buf::Node(x)],
+            output: Buf::Scratch(0),
+        },
+        Planned {
+            label: "conv2d".into(),
+            spec: KernelSpec::Conv(spec),
+            inputs: vec![Buf::Scratch(0), Buf::Node(w)],
+            output: Buf::Node(id),
+        },
     ];
     Lowered::Steps { scratch: vec![pack.len()], steps }
 }
@@ -318,7 +408,14 @@ fn conv(
 /// A map over `x[N,C,...]` where some operands are per channel: for rank 3 and up one group per
 /// (n, c) plane with channel operands splatted; for `[N,F]` one group per row with per-feature
 /// operands read along the row.
-fn per_channel_map(label: String, out: NodeId, d: &[usize], expr: Expr, modes: &[Operand], inputs: Vec<NodeId>) -> Lowered {
+fn per_channel_map(
+    label: String,
+    out: NodeId,
+    d: &[usize],
+    expr: Expr,
+    modes: &[Operand],
+    inputs: Vec<NodeId>,
+) -> Lowered {
     let (n, c) = (d[0], d[1]);
     let inner: usize = d[2..].iter().product();
     let total = n * c * inner;

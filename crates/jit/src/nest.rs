@@ -6,9 +6,9 @@
 //! `begin..end`, so a thread pool can split the outer loop.
 
 use crate::MulAdd;
+use crate::codegen::{elem_addr, for_loop, iconst};
 use crate::expr::{Env, Expr, Width};
-use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{BlockArg, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 use std::collections::HashMap;
 
@@ -164,7 +164,7 @@ impl NestSpec {
                             let mut load = |b: &mut FunctionBuilder, k: usize| self.load(b, w, operands, at, k);
                             let mut env = element_env(w, mul_add, &mut load, &invariants, &scalars, &vectors);
                             let v = expr.emit(b, &mut env);
-                            let addr = address(b, out, at.flat);
+                            let addr = elem_addr(b, out, at.flat);
                             b.ins().store(flags, v, addr, 0);
                             vec![]
                         });
@@ -183,7 +183,7 @@ impl NestSpec {
                             };
                             expr.emit(b, &mut env)
                         });
-                        let addr = address(b, outputs[*output], g);
+                        let addr = elem_addr(b, outputs[*output], g);
                         b.ins().store(flags, v, addr, 0);
                     }
                 }
@@ -304,9 +304,6 @@ fn element_env<'a>(
     }
 }
 
-/// The body of a counted loop: (builder, index, carried values) -> new carried values.
-type LoopBody<'a> = dyn FnMut(&mut FunctionBuilder, Value, &[Value]) -> Vec<Value> + 'a;
-
 /// The body run at each element: (builder, width, position, carried values) -> new carried values.
 type ElementBody<'a> = dyn FnMut(&mut FunctionBuilder, Width, At, &[Value]) -> Vec<Value> + 'a;
 
@@ -337,56 +334,12 @@ fn collect_invariants(e: &Expr, per_element: &dyn Fn(usize) -> bool, out: &mut V
     }
 }
 
-/// A counted loop `for i in (lo..).step_by(step) while i + step <= hi`, test at the top, carrying
-/// `carried` through `body`. Returns the first `i` not run and the final carried values.
-pub(crate) fn for_loop(
-    b: &mut FunctionBuilder,
-    lo: Value,
-    hi: Value,
-    step: i64,
-    carried: &[Value],
-    body: &mut LoopBody,
-) -> (Value, Vec<Value>) {
-    let types: Vec<Type> = carried.iter().map(|&v| b.func.dfg.value_type(v)).collect();
-    let (head, body_block, exit) = (b.create_block(), b.create_block(), b.create_block());
-    for blk in [head, exit] {
-        b.append_block_param(blk, types::I64);
-        for &t in &types {
-            b.append_block_param(blk, t);
-        }
-    }
-    let args = |first: Value, rest: &[Value]| -> Vec<BlockArg> {
-        std::iter::once(first).chain(rest.iter().copied()).map(BlockArg::Value).collect()
-    };
-    b.ins().jump(head, &args(lo, carried));
-    b.switch_to_block(head);
-    let params = b.block_params(head).to_vec();
-    let next = b.ins().iadd_imm_s(params[0], step);
-    let fits = b.ins().icmp(IntCC::UnsignedLessThanOrEqual, next, hi);
-    b.ins().brif(fits, body_block, &[], exit, &args(params[0], &params[1..]));
-    b.switch_to_block(body_block);
-    let new = body(b, params[0], &params[1..]);
-    b.ins().jump(head, &args(next, &new));
-    b.switch_to_block(exit);
-    let out = b.block_params(exit).to_vec();
-    (out[0], out[1..].to_vec())
-}
-
-fn iconst(b: &mut FunctionBuilder, v: i64) -> Value {
-    b.ins().iconst(types::I64, v)
-}
-
 fn imul(b: &mut FunctionBuilder, v: Value, c: usize) -> Value {
     let c = iconst(b, c as i64);
     b.ins().imul(v, c)
 }
 
-fn address(b: &mut FunctionBuilder, base: Value, index: Value) -> Value {
-    let bytes = b.ins().ishl_imm_u(index, 2);
-    b.ins().iadd(base, bytes)
-}
-
 fn load_at(b: &mut FunctionBuilder, ty: Type, base: Value, index: Value) -> Value {
-    let addr = address(b, base, index);
+    let addr = elem_addr(b, base, index);
     b.ins().load(ty, MemFlagsData::new().with_notrap(), addr, 0)
 }

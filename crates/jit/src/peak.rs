@@ -2,7 +2,7 @@
 //! with no memory traffic. Its throughput is the ceiling the benchmark reports kernels against.
 
 use crate::MulAdd;
-use crate::nest::for_loop;
+use crate::codegen::for_loop;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, types};
 use cranelift_frontend::FunctionBuilder;
 

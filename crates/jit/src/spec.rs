@@ -2,6 +2,7 @@
 
 use crate::MulAdd;
 use crate::conv::{ConvSpec, PackSpec, WeightGradSpec};
+use crate::misc::{CopySpec, Imports, MatMulSpec, RowOp, RowSpec};
 use crate::nest::NestSpec;
 use crate::peak::PeakSpec;
 use cranelift_codegen::ir::Type;
@@ -18,6 +19,12 @@ pub enum KernelSpec {
     Conv(ConvSpec),
     /// Convolution weight gradient.
     WeightGrad(WeightGradSpec),
+    /// Strided, channel-offset copies (the option-A shortcut and its gradient).
+    Copy(CopySpec),
+    /// Matrix multiply.
+    MatMul(MatMulSpec),
+    /// Row-wise classifier ops (softmax, cross-entropy, argmax).
+    Rows(RowSpec),
     /// The benchmark's calibration loop (args: one f32x4 output).
     Peak(PeakSpec),
 }
@@ -30,6 +37,9 @@ impl KernelSpec {
             KernelSpec::Pack(s) => s.planes,
             KernelSpec::Conv(s) => s.groups(),
             KernelSpec::WeightGrad(s) => s.groups(),
+            KernelSpec::Copy(s) => s.batch,
+            KernelSpec::MatMul(s) => s.m,
+            KernelSpec::Rows(s) => s.groups(),
             KernelSpec::Peak(_) => 1,
         }
     }
@@ -37,7 +47,13 @@ impl KernelSpec {
     pub fn arity(&self) -> usize {
         match self {
             KernelSpec::Nest(s) => s.operands.len() + s.outputs,
-            KernelSpec::Pack(_) => 2,
+            KernelSpec::Pack(_) | KernelSpec::Copy(_) => 2,
+            KernelSpec::MatMul(_) => 3,
+            KernelSpec::Rows(s) => match s.op {
+                RowOp::Softmax | RowOp::ArgMax => 2,
+                RowOp::CrossEntropy => 3,
+                RowOp::CrossEntropyGrad => 4,
+            },
             KernelSpec::Conv(_) | KernelSpec::WeightGrad(_) => 3,
             KernelSpec::Peak(_) => 1,
         }
@@ -48,15 +64,19 @@ impl KernelSpec {
             KernelSpec::Conv(s) => Some(s.flops()),
             KernelSpec::WeightGrad(s) => Some(s.flops()),
             KernelSpec::Peak(s) => Some(s.flops_per_group()),
-            KernelSpec::Nest(_) | KernelSpec::Pack(_) => None,
+            KernelSpec::MatMul(s) => Some(2.0 * (s.m * s.n * s.k) as f64),
+            KernelSpec::Nest(_) | KernelSpec::Pack(_) | KernelSpec::Copy(_) | KernelSpec::Rows(_) => None,
         }
     }
-    pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
+    pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd, imports: &Imports) {
         match self {
             KernelSpec::Nest(s) => s.build(b, ptr, mul_add),
             KernelSpec::Pack(s) => s.build(b, ptr),
             KernelSpec::Conv(s) => s.build(b, ptr, mul_add),
             KernelSpec::WeightGrad(s) => s.build(b, ptr, mul_add),
+            KernelSpec::Copy(s) => s.build(b, ptr),
+            KernelSpec::MatMul(s) => s.build(b, ptr, mul_add),
+            KernelSpec::Rows(s) => s.build(b, ptr, imports),
             KernelSpec::Peak(s) => s.build(b, ptr, mul_add),
         }
     }

@@ -5,7 +5,7 @@
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use skipgrad_ir::{Axes, Conv2dAttrs, DType, Graph, NodeId, Op, Role, Shape, Tensor, TensorType};
+use skipgrad_ir::{Axes, Conv2dAttrs, DType, Graph, NodeId, Op, Role, Shape, ShortcutAttrs, Tensor, TensorType};
 use skipgrad_jit::{CompileOptions, MulAdd, Target, compile};
 use skipgrad_reference::{Feeds, evaluate};
 
@@ -152,7 +152,17 @@ proptest! {
 
 fn conv_case() -> impl Strategy<Value = (usize, usize, usize, usize, usize, usize, usize, usize, u64)> {
     // (n, c, k, h, w, kernel, stride, pad)
-    (1..3usize, 1..6usize, 1..10usize, 1..12usize, 1..14usize, prop::sample::select(vec![1usize, 3, 7]), 1..3usize, 0..4usize, any::<u64>())
+    (
+        1..3usize,
+        1..6usize,
+        1..10usize,
+        1..12usize,
+        1..14usize,
+        prop::sample::select(vec![1usize, 3, 7]),
+        1..3usize,
+        0..4usize,
+        any::<u64>(),
+    )
         .prop_filter("kernel must fit", |&(_, _, _, h, w, r, _, p, _)| h + 2 * p >= r && w + 2 * p >= r)
 }
 
@@ -172,13 +182,60 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config(48))]
+
+    #[test]
+    fn shortcut_a(n in 1..3usize, c in 1..5usize, before in 0..4usize, after in 0..4usize, h in 1..8usize, w in 1..8usize, seed: u64) {
+        let a = ShortcutAttrs { stride: 2, pad_before: before, pad_after: after };
+        check(&[random(seed, &[n, c, h, w], -1.0, 1.0)], |g, i| add(g, Op::ShortcutA(a), i))?;
+        let dy = random(seed ^ 1, &[n, before + c + after, h.div_ceil(2), w.div_ceil(2)], -1.0, 1.0);
+        check(&[dy], |g, i| add(g, Op::ShortcutAGrad { shortcut: a, input_hw: [h, w] }, i))?;
+    }
+
+    #[test]
+    fn matmul(m in 1..9usize, k in 1..9usize, n in 1..9usize, ta: bool, tb: bool, seed: u64) {
+        let a = random(seed, &if ta { [k, m] } else { [m, k] }, -1.0, 1.0);
+        let b = random(seed ^ 1, &if tb { [n, k] } else { [k, n] }, -1.0, 1.0);
+        check(&[a, b], |g, i| add(g, Op::MatMul { transpose_a: ta, transpose_b: tb }, i))?;
+    }
+
+    #[test]
+    fn classifier_rows(n in 1..9usize, k in 1..12usize, seed: u64) {
+        let z = random(seed, &[n, k], -5.0, 5.0);
+        let mut rng = StdRng::seed_from_u64(seed ^ 7);
+        let labels = Tensor::f32([n], (0..n).map(|_| rng.random_range(0..k) as f32).collect()).unwrap();
+        check(std::slice::from_ref(&z), |g, i| add(g, Op::Softmax, i))?;
+        check(std::slice::from_ref(&z), |g, i| add(g, Op::ArgMax, i))?;
+        check(&[z.clone(), labels.clone()], |g, i| add(g, Op::SoftmaxCrossEntropy, i))?;
+        check(&[z, labels, random(seed ^ 3, &[], 0.5, 2.0)], |g, i| add(g, Op::SoftmaxCrossEntropyGrad, i))?;
+    }
+}
+
+#[test]
+fn bad_labels_are_rejected_when_fed() {
+    let mut g = Graph::new();
+    let z = g.add_source(Op::Input { name: "z".into() }, TensorType::new(DType::F32, [2, 3]), Role::Forward).unwrap();
+    let y = g.add_source(Op::Input { name: "y".into() }, TensorType::new(DType::F32, [2]), Role::Forward).unwrap();
+    let loss = add(&mut g, Op::SoftmaxCrossEntropy, &[z, y]);
+    let mut c = compile(&g, &[loss], &CompileOptions::default()).unwrap();
+    assert_eq!(
+        c.set_input("y", &[0.0, 3.0]).unwrap_err().to_string(),
+        "jit run: \"y\": label 3 in row 1 is not a class index in 0..3"
+    );
+    assert!(c.set_input("y", &[0.5, 1.0]).is_err());
+    assert!(c.set_input("y", &[2.0, 1.0]).is_ok());
+}
+
 #[test]
 fn unsupported_ops_are_typed_errors() {
     let mut g = Graph::new();
-    let x = g.add_source(Op::Input { name: "x".into() }, TensorType::new(DType::F32, [2, 3]), Role::Forward).unwrap();
-    let y = add(&mut g, Op::Softmax, &[x]);
-    let err = compile(&g, &[y], &CompileOptions::default()).err().expect("softmax has no kernel yet");
-    assert!(err.to_string().contains("no kernel for softmax"), "{err}");
+    let x =
+        g.add_source(Op::Input { name: "x".into() }, TensorType::new(DType::F32, [1, 1, 4, 4]), Role::Forward).unwrap();
+    let pool = skipgrad_ir::PoolAttrs { kernel: [3, 3], stride: [2, 2], pad: [1, 1] };
+    let y = add(&mut g, Op::MaxPool(pool), &[x]);
+    let err = compile(&g, &[y], &CompileOptions::default()).err().expect("max pooling has no kernel yet");
+    assert!(err.to_string().contains("no kernel for max_pool"), "{err}");
     let mut g64 = Graph::new();
     let x = g64.add_source(Op::Input { name: "x".into() }, TensorType::new(DType::F64, [2]), Role::Forward).unwrap();
     let y = add(&mut g64, Op::Relu, &[x]);

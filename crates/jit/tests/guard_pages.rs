@@ -29,7 +29,16 @@ fn run_guarded(g: &Graph, inputs: &[(&str, usize)]) {
 
 #[test]
 fn elementwise_reduction_and_batch_norm_kernels_stay_inside_their_buffers() {
-    for dims in [vec![1usize], vec![7], vec![1030], vec![3, 5], vec![2, 3, 5], vec![3, 5, 3, 3], vec![2, 4, 2, 2], vec![2, 3, 1, 1]] {
+    for dims in [
+        vec![1usize],
+        vec![7],
+        vec![1030],
+        vec![3, 5],
+        vec![2, 3, 5],
+        vec![3, 5, 3, 3],
+        vec![2, 4, 2, 2],
+        vec![2, 3, 1, 1],
+    ] {
         let mut g = Graph::new();
         let a = input(&mut g, "a", &dims);
         let b = input(&mut g, "b", &dims);

@@ -1,0 +1,69 @@
+//! Small Cranelift emission helpers shared by every kernel generator: the counted loop, entry
+//! block, argument loads and element addressing.
+
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{BlockArg, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_frontend::FunctionBuilder;
+
+/// The body of a counted loop: (builder, index, carried values) -> new carried values.
+pub(crate) type LoopBody<'a> = dyn FnMut(&mut FunctionBuilder, Value, &[Value]) -> Vec<Value> + 'a;
+
+/// A counted loop `for i in (lo..).step_by(step) while i + step <= hi`, test at the top, carrying
+/// `carried` through `body`. Returns the first `i` not run and the final carried values.
+pub(crate) fn for_loop(
+    b: &mut FunctionBuilder,
+    lo: Value,
+    hi: Value,
+    step: i64,
+    carried: &[Value],
+    body: &mut LoopBody,
+) -> (Value, Vec<Value>) {
+    let types: Vec<Type> = carried.iter().map(|&v| b.func.dfg.value_type(v)).collect();
+    let (head, body_block, exit) = (b.create_block(), b.create_block(), b.create_block());
+    for blk in [head, exit] {
+        b.append_block_param(blk, types::I64);
+        for &t in &types {
+            b.append_block_param(blk, t);
+        }
+    }
+    let args = |first: Value, rest: &[Value]| -> Vec<BlockArg> {
+        std::iter::once(first).chain(rest.iter().copied()).map(BlockArg::Value).collect()
+    };
+    b.ins().jump(head, &args(lo, carried));
+    b.switch_to_block(head);
+    let params = b.block_params(head).to_vec();
+    let next = b.ins().iadd_imm_s(params[0], step);
+    let fits = b.ins().icmp(IntCC::UnsignedLessThanOrEqual, next, hi);
+    b.ins().brif(fits, body_block, &[], exit, &args(params[0], &params[1..]));
+    b.switch_to_block(body_block);
+    let new = body(b, params[0], &params[1..]);
+    b.ins().jump(head, &args(next, &new));
+    b.switch_to_block(exit);
+    let out = b.block_params(exit).to_vec();
+    (out[0], out[1..].to_vec())
+}
+
+/// The kernel's entry block: returns (args pointer, first group, end group).
+pub(crate) fn entry(b: &mut FunctionBuilder) -> (Value, Value, Value) {
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let p = b.block_params(entry);
+    (p[0], p[1], p[2])
+}
+
+/// Pointer `k` of the kernel's argument array.
+pub(crate) fn load_arg(b: &mut FunctionBuilder, ptr: Type, args: Value, k: usize) -> Value {
+    b.ins().load(ptr, MemFlagsData::new().with_notrap().with_readonly(), args, (k * 8) as i32)
+}
+
+/// An i64 constant.
+pub(crate) fn iconst(b: &mut FunctionBuilder, v: i64) -> Value {
+    b.ins().iconst(types::I64, v)
+}
+
+/// The address of f32 element `element` of the buffer at `base`.
+pub(crate) fn elem_addr(b: &mut FunctionBuilder, base: Value, element: Value) -> Value {
+    let bytes = b.ins().ishl_imm_u(element, 2);
+    b.ins().iadd(base, bytes)
+}
