@@ -189,6 +189,27 @@ impl CompiledGraph {
         }
     }
 
+    /// Runs once like [`run`](CompiledGraph::run), timing every kernel call: returns, per distinct
+    /// kernel, its name, calls and total seconds, slowest first.
+    pub fn profile(&mut self) -> Vec<(String, usize, f64)> {
+        let mut totals: Vec<(usize, f64)> = vec![(0, 0.0); self.codes.len()];
+        for step in &self.steps {
+            let start = std::time::Instant::now();
+            // SAFETY: as in `run`.
+            unsafe { self.pool.run(self.code.fns[step.kernel], step.args.as_ptr(), step.groups) };
+            totals[step.kernel].0 += 1;
+            totals[step.kernel].1 += start.elapsed().as_secs_f64();
+        }
+        let mut rows: Vec<(String, usize, f64)> = totals
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (calls, _))| *calls > 0)
+            .map(|(k, (calls, secs))| (self.codes[k].name.clone(), calls, secs))
+            .collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        rows
+    }
+
     /// Feeds named tensors, runs, and returns the outputs as tensors (allocates the results).
     pub fn run_tensors(&mut self, feeds: &HashMap<String, Tensor>) -> Result<Vec<Tensor>> {
         for (name, t) in feeds {
