@@ -13,7 +13,7 @@ use std::time::Instant;
 
 struct Builder {
     tape: Tape,
-    params: Vec<(String, Vec<usize>)>,
+    params: ParamList,
     trainable: Vec<Var>,
 }
 
@@ -41,8 +41,11 @@ impl Builder {
     }
 }
 
+/// Parameter names and shapes, in recording order.
+type ParamList = Vec<(String, Vec<usize>)>;
+
 /// The CIFAR ResNet of depth 6n+2 (option A shortcuts), its loss and all gradients.
-fn resnet(n: usize, batch: usize) -> (Tape, Vec<Var>, Vec<(String, Vec<usize>)>) {
+fn resnet(n: usize, batch: usize) -> (Tape, Vec<Var>, ParamList) {
     let mut b = Builder { tape: Tape::trace(DType::F32), params: vec![], trainable: vec![] };
     let x = b.tape.input_spec("images", DType::F32, &[batch, 3, 32, 32]).unwrap();
     let labels = b.tape.input_spec("labels", DType::F32, &[batch]).unwrap();

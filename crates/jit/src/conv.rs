@@ -480,7 +480,7 @@ impl WeightGradSpec {
 /// holds `n` (or `fixed_n` when given) live input vectors.
 pub(crate) fn register_tile(channels: usize, max_n: usize, fixed_n: Option<usize>) -> (usize, usize) {
     let mut best = (1, 1);
-    for kb in (1..=6).filter(|d| channels % d == 0) {
+    for kb in (1..=6).filter(|d| channels.is_multiple_of(*d)) {
         let n = match fixed_n {
             Some(n) => n,
             None => (11 / (kb + 1)).min(max_n).max(1),
