@@ -7,28 +7,38 @@
 //!    backward-data and backward-weight, on 1 and 2 threads, as GFLOP/s and fraction of ceiling;
 //! 4. memory-bound kernels (batch norm, ReLU, add) as GB/s and fraction of copy bandwidth.
 //!
-//! Times are medians of repeated runs (wall clock); the machine is shared, so compare ratios
-//! measured in one run. `BENCH_QUICK=1` runs fewer repetitions.
+//! Times are medians of repeated runs: this thread's CPU time for 1-thread runs (robust to the
+//! shared machine preempting us), wall time for 2 threads. Compare ratios measured in one run. `BENCH_QUICK=1` runs fewer repetitions.
 
 use skipgrad_ir::{Conv2dAttrs, DType, Graph, NodeId, Op, Role, TensorType};
 use skipgrad_jit::{CompileOptions, Kernel, KernelSpec, MulAdd, PeakSpec, Target, compile};
 use std::time::Instant;
 
-fn median_seconds(mut run: impl FnMut(), min_reps: usize, budget: f64) -> f64 {
+/// Seconds of this thread's CPU time: unlike wall time, not inflated when the shared machine
+/// preempts the benchmark (used for 1-thread runs, where all work happens on this thread).
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Median seconds per run: thread CPU time on 1 thread, wall time otherwise.
+fn median_seconds(mut run: impl FnMut(), min_reps: usize, budget: f64, threads: usize) -> f64 {
     run(); // warm up: page in buffers, fill caches
     let mut times = Vec::new();
     let start = Instant::now();
     while times.len() < min_reps || (start.elapsed().as_secs_f64() < budget && times.len() < 50) {
-        let t = Instant::now();
+        let (wall, cpu) = (Instant::now(), thread_cpu_seconds());
         run();
-        times.push(t.elapsed().as_secs_f64());
+        times.push(if threads == 1 { thread_cpu_seconds() - cpu } else { wall.elapsed().as_secs_f64() });
     }
     times.sort_by(|a, b| a.total_cmp(b));
     times[times.len() / 2]
 }
 
 fn reps() -> (usize, f64) {
-    if std::env::var("BENCH_QUICK").is_ok() { (3, 0.2) } else { (5, 1.0) }
+    if std::env::var("BENCH_QUICK").is_ok() { (3, 0.2) } else { (9, 2.0) }
 }
 
 /// GFLOP/s of the calibration loop on one thread.
@@ -39,7 +49,7 @@ fn ceiling(target: &Target) -> f64 {
     let args = [out.as_mut_ptr()];
     let (min, budget) = reps();
     // SAFETY: the peak kernel writes one f32x4 to args[0].
-    let t = median_seconds(|| unsafe { kernel.run(&args, 0, 1) }, min, budget);
+    let t = median_seconds(|| unsafe { kernel.run(&args, 0, 1) }, min, budget, 1);
     spec.flops_per_group() / t / 1e9
 }
 
@@ -60,7 +70,7 @@ fn time_graph(g: &Graph, out: NodeId, threads: usize, target: &Target) -> f64 {
         }
     }
     let (min, budget) = reps();
-    median_seconds(|| c.run(), min, budget)
+    median_seconds(|| c.run(), min, budget, threads)
 }
 
 struct ConvCase {
