@@ -473,6 +473,114 @@ impl WeightGradSpec {
     }
 }
 
+/// The stride-1 weight gradient over flat grids: with x packed in rows of length `grid` and dy
+/// packed into the same row length (zeros past its width), input element `x[oh + r][ow + s]` is
+/// at flat offset `p + r * grid + s` from dy's `p = oh * grid + ow`. So the whole output plane is
+/// one contiguous vector loop: no per-row set-up, and the zero columns add nothing.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct GridWeightGradSpec {
+    /// Batch size.
+    pub batch: usize,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Packed x rows per plane (output rows + kernel rows - 1).
+    pub rows: usize,
+    /// Output rows.
+    pub out_rows: usize,
+    /// Row length of both packed grids.
+    pub grid: usize,
+    /// Vector positions per plane: `(out_rows - 1) * grid + out_w` rounded up to 4 (`grid` is a
+    /// multiple of 4 of at least `ceil4(out_w) + kernel_w - 1`, so taps never read past the plane).
+    pub span: usize,
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Output channels per tile (each with all taps).
+    pub kb: usize,
+}
+
+impl GridWeightGradSpec {
+    /// Groups: one per (block of output channels, input channel).
+    pub fn groups(&self) -> usize {
+        (self.out_channels / self.kb) * self.in_channels
+    }
+
+    /// Kernel body: args are packed x, packed dy, dw.
+    pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
+        let (args, begin, end) = entry(b);
+        let [xp, dyp, dw] = [0, 1, 2].map(|k| load_arg(b, ptr, args, k));
+        let [kh, kw] = self.kernel;
+        let taps = kh * kw;
+        let (c_n, k_n) = (self.in_channels, self.out_channels);
+        let flags = MemFlagsData::new().with_notrap().with_readonly();
+        for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
+            let c = b.ins().urem_imm_u(g, c_n as i64);
+            let kb = b.ins().udiv_imm_u(g, c_n as i64);
+            let k0 = mul(b, kb, self.kb);
+            let zero_s = b.ins().f32const(0.0);
+            let zero = b.ins().splat(types::F32X4, zero_s);
+            let (n_lo, n_hi) = (iconst(b, 0), iconst(b, self.batch as i64));
+            let init = vec![zero; self.kb * taps];
+            let (_, acc) = for_loop(b, n_lo, n_hi, 1, &init, &mut |b, n, acc| {
+                let x_plane = {
+                    let nc = mul(b, n, c_n);
+                    let nc = b.ins().iadd(nc, c);
+                    let e = mul(b, nc, self.rows * self.grid);
+                    elem_addr(b, xp, e)
+                };
+                let dy_plane = {
+                    let nk = mul(b, n, k_n);
+                    let nk = b.ins().iadd(nk, k0);
+                    let e = mul(b, nk, self.out_rows * self.grid);
+                    elem_addr(b, dyp, e)
+                };
+                let (p_lo, p_hi) = (iconst(b, 0), iconst(b, self.span as i64));
+                let (_, acc) = for_loop(b, p_lo, p_hi, 4, acc, &mut |b, p, acc| {
+                    let mut acc = acc.to_vec();
+                    let bytes = b.ins().ishl_imm_u(p, 2);
+                    let (xa, da) = (b.ins().iadd(x_plane, bytes), b.ins().iadd(dy_plane, bytes));
+                    let dys: Vec<Value> = (0..self.kb)
+                        .map(|k| b.ins().load(types::F32X4, flags, da, (k * self.out_rows * self.grid * 4) as i32))
+                        .collect();
+                    for r in 0..kh {
+                        for s in 0..kw {
+                            let x = b.ins().load(types::F32X4, flags, xa, ((r * self.grid + s) * 4) as i32);
+                            for (k, &d) in dys.iter().enumerate() {
+                                let a = &mut acc[k * taps + r * kw + s];
+                                *a = mul_add_emit(b, mul_add, d, x, *a);
+                            }
+                        }
+                    }
+                    acc
+                });
+                acc
+            });
+            // dw[k0 + k][c][r][s] = horizontal sum of its accumulator.
+            let out = {
+                let kc = mul(b, k0, c_n);
+                let kc = b.ins().iadd(kc, c);
+                let e = mul(b, kc, taps);
+                elem_addr(b, dw, e)
+            };
+            for k in 0..self.kb {
+                for t in 0..taps {
+                    let v = acc[k * taps + t];
+                    let mut sum = b.ins().extractlane(v, 0);
+                    for lane in 1..4 {
+                        let l = b.ins().extractlane(v, lane);
+                        sum = b.ins().fadd(sum, l);
+                    }
+                    b.ins().store(MemFlagsData::new().with_notrap(), sum, out, ((k * c_n * taps + t) * 4) as i32);
+                }
+            }
+            vec![]
+        });
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+    }
+}
+
 /// Register-tile sizes within the 16 xmm registers: `accumulators + live inputs + 1 broadcast <=
 /// 12`, leaving room for the temporaries of the x64 multiply-add lowering (13 registers already
 /// spilled; the code-quality test guards this), maximising the accumulators (enough of them hide the multiply-add latency), for a tile

@@ -1,7 +1,7 @@
 //! The table of rules from IR ops to kernels: each node becomes a feed, a constant, or a
 //! [`NestSpec`] over the node's inputs (operands) writing the node's buffer (output 0).
 
-use crate::conv::{ConvSpec, PackSpec, WeightGradSpec, WeightLayout, register_tile};
+use crate::conv::{ConvSpec, GridWeightGradSpec, PackSpec, WeightGradSpec, WeightLayout, register_tile};
 use crate::expr::{Cond, Expr};
 use crate::misc::{CopySpec, MatMulSpec, RowOp, RowSpec};
 use crate::nest::{Nest, NestSpec, Operand, Pass};
@@ -254,43 +254,48 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
         }
         Op::Conv2dGradWeight { conv: a, kernel_hw } => {
             let (x, dy) = (dims(0)?, dims(1)?);
-            let (kb, _) = register_tile(dy[1], kernel_hw[1], Some(kernel_hw[1]));
-            let pack = conv_pack(
-                x[0] * x[1],
-                [x[2], x[3]],
-                [1, 1],
-                [a.pad[0] as isize, a.pad[1] as isize],
-                kernel_hw[0],
-                a.stride,
-                [dy[2], dy[3]],
-                1,
-                kernel_hw[1],
-            );
-            let spec = WeightGradSpec {
-                batch: x[0],
-                in_channels: x[1],
-                out_channels: dy[1],
-                packed: [pack.rows, pack.phases, pack.row_len],
-                kernel: *kernel_hw,
-                stride: a.stride,
-                out_hw: [dy[2], dy[3]],
-                kb,
-            };
-            let steps = vec![
-                Planned {
-                    label: "pack".into(),
-                    spec: KernelSpec::Pack(pack.clone()),
-                    inputs: vec![Buf::Node(inputs[0])],
-                    output: Buf::Scratch(0),
-                },
-                Planned {
-                    label: label(),
-                    spec: KernelSpec::WeightGrad(spec),
-                    inputs: vec![Buf::Scratch(0), Buf::Node(inputs[1])],
-                    output: Buf::Node(id),
-                },
-            ];
-            Lowered::Steps { scratch: vec![pack.len()], steps }
+            let pad = [a.pad[0] as isize, a.pad[1] as isize];
+            if a.stride == [1, 1] {
+                grid_weight_grad(label(), id, inputs[0], inputs[1], &x, &dy, *kernel_hw, pad)
+            } else {
+                let (kb, _) = register_tile(dy[1], kernel_hw[1], Some(kernel_hw[1]));
+                let pack = conv_pack(
+                    x[0] * x[1],
+                    [x[2], x[3]],
+                    [1, 1],
+                    pad,
+                    kernel_hw[0],
+                    a.stride,
+                    [dy[2], dy[3]],
+                    1,
+                    kernel_hw[1],
+                );
+                let spec = WeightGradSpec {
+                    batch: x[0],
+                    in_channels: x[1],
+                    out_channels: dy[1],
+                    packed: [pack.rows, pack.phases, pack.row_len],
+                    kernel: *kernel_hw,
+                    stride: a.stride,
+                    out_hw: [dy[2], dy[3]],
+                    kb,
+                };
+                let steps = vec![
+                    Planned {
+                        label: "pack".into(),
+                        spec: KernelSpec::Pack(pack.clone()),
+                        inputs: vec![Buf::Node(inputs[0])],
+                        output: Buf::Scratch(0),
+                    },
+                    Planned {
+                        label: label(),
+                        spec: KernelSpec::WeightGrad(spec),
+                        inputs: vec![Buf::Scratch(0), Buf::Node(inputs[1])],
+                        output: Buf::Node(id),
+                    },
+                ];
+                Lowered::Steps { scratch: vec![pack.len()], steps }
+            }
         }
         Op::ShortcutA(a) => {
             let (x, y) = (dims(0)?, node.ty.shape.dims().to_vec());
@@ -403,6 +408,81 @@ fn conv(
         },
     ];
     Lowered::Steps { scratch: vec![pack.len()], steps }
+}
+
+/// The stride-1 weight gradient over flat grids: pack x and dy into rows of one length, then
+/// one contiguous vector loop per plane (see [`GridWeightGradSpec`]).
+#[allow(clippy::too_many_arguments)]
+fn grid_weight_grad(
+    label: String,
+    id: NodeId,
+    x_id: NodeId,
+    dy_id: NodeId,
+    x: &[usize],
+    dy: &[usize],
+    kernel: [usize; 2],
+    pad: [isize; 2],
+) -> Lowered {
+    let [oh, ow] = [dy[2], dy[3]];
+    let rows = oh + kernel[0] - 1;
+    let grid = (x[3] as isize + 2 * pad[1]).max(0) as usize;
+    // A multiple of 4, so every row starts a vector: the last vector of the plane then ends at
+    // (oh - 1) * grid + ceil4(ow), and the taps' reads stay inside the packed x plane.
+    let grid = grid.max(ow.div_ceil(4) * 4 + kernel[1] - 1).div_ceil(4) * 4;
+    let span = (oh - 1) * grid + ow.div_ceil(4) * 4;
+    // All taps per tile: kb * taps accumulators + kb dy vectors + 1 x vector within 12 registers.
+    let taps = kernel[0] * kernel[1];
+    let kb = (1..=6).rev().find(|&d| dy[1] % d == 0 && d * taps + d + 1 <= 12).unwrap_or(1);
+    let x_pack = PackSpec {
+        planes: x[0] * x[1],
+        in_hw: [x[2], x[3]],
+        dilation: [1, 1],
+        pad_before: pad,
+        rows,
+        phases: 1,
+        row_len: grid,
+    };
+    let dy_pack = PackSpec {
+        planes: dy[0] * dy[1],
+        in_hw: [oh, ow],
+        dilation: [1, 1],
+        pad_before: [0, 0],
+        rows: oh,
+        phases: 1,
+        row_len: grid,
+    };
+    let spec = GridWeightGradSpec {
+        batch: x[0],
+        in_channels: x[1],
+        out_channels: dy[1],
+        rows,
+        out_rows: oh,
+        grid,
+        span,
+        kernel,
+        kb,
+    };
+    let steps = vec![
+        Planned {
+            label: "pack".into(),
+            spec: KernelSpec::Pack(x_pack.clone()),
+            inputs: vec![Buf::Node(x_id)],
+            output: Buf::Scratch(0),
+        },
+        Planned {
+            label: "pack".into(),
+            spec: KernelSpec::Pack(dy_pack.clone()),
+            inputs: vec![Buf::Node(dy_id)],
+            output: Buf::Scratch(1),
+        },
+        Planned {
+            label,
+            spec: KernelSpec::GridWeightGrad(spec),
+            inputs: vec![Buf::Scratch(0), Buf::Scratch(1)],
+            output: Buf::Node(id),
+        },
+    ];
+    Lowered::Steps { scratch: vec![x_pack.len(), dy_pack.len()], steps }
 }
 
 /// A map over `x[N,C,...]` where some operands are per channel: for rank 3 and up one group per

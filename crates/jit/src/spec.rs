@@ -1,7 +1,7 @@
 //! The kinds of kernel the JIT generates, as data: what the cache keys on and what dumps show.
 
 use crate::MulAdd;
-use crate::conv::{ConvSpec, PackSpec, WeightGradSpec};
+use crate::conv::{ConvSpec, GridWeightGradSpec, PackSpec, WeightGradSpec};
 use crate::misc::{CopySpec, Imports, MatMulSpec, RowOp, RowSpec};
 use crate::nest::NestSpec;
 use crate::peak::PeakSpec;
@@ -17,8 +17,10 @@ pub enum KernelSpec {
     Pack(PackSpec),
     /// Direct convolution (forward, or backward-data on a dilated input).
     Conv(ConvSpec),
-    /// Convolution weight gradient.
+    /// Convolution weight gradient (any stride, row by row).
     WeightGrad(WeightGradSpec),
+    /// Stride-1 convolution weight gradient over flat grids.
+    GridWeightGrad(GridWeightGradSpec),
     /// Strided, channel-offset copies (the option-A shortcut and its gradient).
     Copy(CopySpec),
     /// Matrix multiply.
@@ -37,6 +39,7 @@ impl KernelSpec {
             KernelSpec::Pack(s) => s.planes,
             KernelSpec::Conv(s) => s.groups(),
             KernelSpec::WeightGrad(s) => s.groups(),
+            KernelSpec::GridWeightGrad(s) => s.groups(),
             KernelSpec::Copy(s) => s.batch,
             KernelSpec::MatMul(s) => s.m,
             KernelSpec::Rows(s) => s.groups(),
@@ -54,7 +57,7 @@ impl KernelSpec {
                 RowOp::CrossEntropy => 3,
                 RowOp::CrossEntropyGrad => 4,
             },
-            KernelSpec::Conv(_) | KernelSpec::WeightGrad(_) => 3,
+            KernelSpec::Conv(_) | KernelSpec::WeightGrad(_) | KernelSpec::GridWeightGrad(_) => 3,
             KernelSpec::Peak(_) => 1,
         }
     }
@@ -63,6 +66,7 @@ impl KernelSpec {
         match self {
             KernelSpec::Conv(s) => Some(s.flops()),
             KernelSpec::WeightGrad(s) => Some(s.flops()),
+            KernelSpec::GridWeightGrad(_) => None,
             KernelSpec::Peak(s) => Some(s.flops_per_group()),
             KernelSpec::MatMul(s) => Some(2.0 * (s.m * s.n * s.k) as f64),
             KernelSpec::Nest(_) | KernelSpec::Pack(_) | KernelSpec::Copy(_) | KernelSpec::Rows(_) => None,
@@ -74,6 +78,7 @@ impl KernelSpec {
             KernelSpec::Pack(s) => s.build(b, ptr),
             KernelSpec::Conv(s) => s.build(b, ptr, mul_add),
             KernelSpec::WeightGrad(s) => s.build(b, ptr, mul_add),
+            KernelSpec::GridWeightGrad(s) => s.build(b, ptr, mul_add),
             KernelSpec::Copy(s) => s.build(b, ptr),
             KernelSpec::MatMul(s) => s.build(b, ptr, mul_add),
             KernelSpec::Rows(s) => s.build(b, ptr, imports),
