@@ -14,7 +14,7 @@
 
 use crate::MulAdd;
 use crate::codegen::{elem_addr, entry, for_loop, iconst, load_arg};
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
 /// Scatter of an NCHW tensor into the packed, padded, phase-split layout (optionally dilated).
@@ -496,84 +496,103 @@ pub struct GridWeightGradSpec {
     pub span: usize,
     /// Kernel height and width.
     pub kernel: [usize; 2],
-    /// Output channels per tile (each with all taps).
-    pub kb: usize,
 }
 
 impl GridWeightGradSpec {
-    /// Groups: one per (block of output channels, input channel).
+    /// Groups: one per input channel.
     pub fn groups(&self) -> usize {
-        (self.out_channels / self.kb) * self.in_channels
+        self.in_channels
     }
 
-    /// Kernel body: args are packed x, packed dy, dw.
+    /// Kernel body: args are packed x, packed dy, dw. One group per input channel `c`; for each
+    /// image and output channel, the tile's `taps` accumulators come from a stack buffer, run the
+    /// whole plane, and go back. So the x plane of (image, c) stays in L1 across all output channels
+    /// and one image's dy planes stay in L2, instead of streaming both from memory per tile.
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
         let (args, begin, end) = entry(b);
         let [xp, dyp, dw] = [0, 1, 2].map(|k| load_arg(b, ptr, args, k));
         let [kh, kw] = self.kernel;
         let taps = kh * kw;
         let (c_n, k_n) = (self.in_channels, self.out_channels);
-        let flags = MemFlagsData::new().with_notrap().with_readonly();
-        for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
-            let c = b.ins().urem_imm_u(g, c_n as i64);
-            let kb = b.ins().udiv_imm_u(g, c_n as i64);
-            let k0 = mul(b, kb, self.kb);
+        let flags = MemFlagsData::new().with_notrap();
+        let slot_bytes = (k_n * taps * 16) as u32;
+        let slot = b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, slot_bytes, 4));
+        for_loop(b, begin, end, 1, &[], &mut |b, c, _| {
+            let buffer = b.ins().stack_addr(ptr, slot, 0);
             let zero_s = b.ins().f32const(0.0);
             let zero = b.ins().splat(types::F32X4, zero_s);
+            let (lo, hi) = (iconst(b, 0), iconst(b, (k_n * taps) as i64));
+            for_loop(b, lo, hi, 1, &[], &mut |b, i, _| {
+                let a = b.ins().imul_imm_s(i, 16);
+                let a = b.ins().iadd(buffer, a);
+                b.ins().store(flags, zero, a, 0);
+                vec![]
+            });
             let (n_lo, n_hi) = (iconst(b, 0), iconst(b, self.batch as i64));
-            let init = vec![zero; self.kb * taps];
-            let (_, acc) = for_loop(b, n_lo, n_hi, 1, &init, &mut |b, n, acc| {
+            for_loop(b, n_lo, n_hi, 1, &[], &mut |b, n, _| {
                 let x_plane = {
                     let nc = mul(b, n, c_n);
                     let nc = b.ins().iadd(nc, c);
                     let e = mul(b, nc, self.rows * self.grid);
                     elem_addr(b, xp, e)
                 };
-                let dy_plane = {
-                    let nk = mul(b, n, k_n);
-                    let nk = b.ins().iadd(nk, k0);
-                    let e = mul(b, nk, self.out_rows * self.grid);
-                    elem_addr(b, dyp, e)
-                };
-                let (p_lo, p_hi) = (iconst(b, 0), iconst(b, self.span as i64));
-                let (_, acc) = for_loop(b, p_lo, p_hi, 4, acc, &mut |b, p, acc| {
-                    let mut acc = acc.to_vec();
-                    let bytes = b.ins().ishl_imm_u(p, 2);
-                    let (xa, da) = (b.ins().iadd(x_plane, bytes), b.ins().iadd(dy_plane, bytes));
-                    let dys: Vec<Value> = (0..self.kb)
-                        .map(|k| b.ins().load(types::F32X4, flags, da, (k * self.out_rows * self.grid * 4) as i32))
-                        .collect();
-                    for r in 0..kh {
-                        for s in 0..kw {
-                            let x = b.ins().load(types::F32X4, flags, xa, ((r * self.grid + s) * 4) as i32);
-                            for (k, &d) in dys.iter().enumerate() {
-                                let a = &mut acc[k * taps + r * kw + s];
+                let (k_lo, k_hi) = (iconst(b, 0), iconst(b, k_n as i64));
+                for_loop(b, k_lo, k_hi, 1, &[], &mut |b, k, _| {
+                    let dy_plane = {
+                        let nk = mul(b, n, k_n);
+                        let nk = b.ins().iadd(nk, k);
+                        let e = mul(b, nk, self.out_rows * self.grid);
+                        elem_addr(b, dyp, e)
+                    };
+                    let tile = b.ins().imul_imm_s(k, (taps * 16) as i64);
+                    let tile = b.ins().iadd(buffer, tile);
+                    let init: Vec<Value> =
+                        (0..taps).map(|t| b.ins().load(types::F32X4, flags, tile, (t * 16) as i32)).collect();
+                    let (p_lo, p_hi) = (iconst(b, 0), iconst(b, self.span as i64));
+                    let (_, acc) = for_loop(b, p_lo, p_hi, 4, &init, &mut |b, p, acc| {
+                        let mut acc = acc.to_vec();
+                        let bytes = b.ins().ishl_imm_u(p, 2);
+                        let (xa, da) = (b.ins().iadd(x_plane, bytes), b.ins().iadd(dy_plane, bytes));
+                        let d = b.ins().load(types::F32X4, flags.with_readonly(), da, 0);
+                        for r in 0..kh {
+                            for s in 0..kw {
+                                let offset = ((r * self.grid + s) * 4) as i32;
+                                let x = b.ins().load(types::F32X4, flags.with_readonly(), xa, offset);
+                                let a = &mut acc[r * kw + s];
                                 *a = mul_add_emit(b, mul_add, d, x, *a);
                             }
                         }
+                        acc
+                    });
+                    for (t, &a) in acc.iter().enumerate() {
+                        b.ins().store(flags, a, tile, (t * 16) as i32);
                     }
-                    acc
+                    vec![]
                 });
-                acc
+                vec![]
             });
-            // dw[k0 + k][c][r][s] = horizontal sum of its accumulator.
-            let out = {
-                let kc = mul(b, k0, c_n);
-                let kc = b.ins().iadd(kc, c);
-                let e = mul(b, kc, taps);
-                elem_addr(b, dw, e)
-            };
-            for k in 0..self.kb {
+            // dw[k][c][t] = horizontal sum of buffer[k][t].
+            let (k_lo, k_hi) = (iconst(b, 0), iconst(b, k_n as i64));
+            for_loop(b, k_lo, k_hi, 1, &[], &mut |b, k, _| {
+                let tile = b.ins().imul_imm_s(k, (taps * 16) as i64);
+                let tile = b.ins().iadd(buffer, tile);
+                let out = {
+                    let kc = mul(b, k, c_n);
+                    let kc = b.ins().iadd(kc, c);
+                    let e = mul(b, kc, taps);
+                    elem_addr(b, dw, e)
+                };
                 for t in 0..taps {
-                    let v = acc[k * taps + t];
+                    let v = b.ins().load(types::F32X4, flags, tile, (t * 16) as i32);
                     let mut sum = b.ins().extractlane(v, 0);
                     for lane in 1..4 {
                         let l = b.ins().extractlane(v, lane);
                         sum = b.ins().fadd(sum, l);
                     }
-                    b.ins().store(MemFlagsData::new().with_notrap(), sum, out, ((k * c_n * taps + t) * 4) as i32);
+                    b.ins().store(flags, sum, out, (t * 4) as i32);
                 }
-            }
+                vec![]
+            });
             vec![]
         });
         b.ins().return_(&[]);

@@ -430,9 +430,6 @@ fn grid_weight_grad(
     // (oh - 1) * grid + ceil4(ow), and the taps' reads stay inside the packed x plane.
     let grid = grid.max(ow.div_ceil(4) * 4 + kernel[1] - 1).div_ceil(4) * 4;
     let span = (oh - 1) * grid + ow.div_ceil(4) * 4;
-    // All taps per tile: kb * taps accumulators + kb dy vectors + 1 x vector within 12 registers.
-    let taps = kernel[0] * kernel[1];
-    let kb = (1..=6).rev().find(|&d| dy[1] % d == 0 && d * taps + d + 1 <= 12).unwrap_or(1);
     let x_pack = PackSpec {
         planes: x[0] * x[1],
         in_hw: [x[2], x[3]],
@@ -460,7 +457,6 @@ fn grid_weight_grad(
         grid,
         span,
         kernel,
-        kb,
     };
     let steps = vec![
         Planned {
