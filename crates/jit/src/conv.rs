@@ -548,22 +548,30 @@ impl GridWeightGradSpec {
                     let tile = b.ins().iadd(buffer, tile);
                     let init: Vec<Value> =
                         (0..taps).map(|t| b.ins().load(types::F32X4, flags, tile, (t * 16) as i32)).collect();
-                    let (p_lo, p_hi) = (iconst(b, 0), iconst(b, self.span as i64));
-                    let (_, acc) = for_loop(b, p_lo, p_hi, 4, &init, &mut |b, p, acc| {
+                    // Cranelift's x64 FMA ties the destination to a multiplicand, so each
+                    // iteration ends by moving every accumulator back to its loop register: unroll
+                    // four vectors per iteration to pay those moves once per 16 pixels.
+                    const UNROLL: usize = 4;
+                    let body = |b: &mut FunctionBuilder, p: Value, acc: &[Value], vectors: usize| -> Vec<Value> {
                         let mut acc = acc.to_vec();
                         let bytes = b.ins().ishl_imm_u(p, 2);
                         let (xa, da) = (b.ins().iadd(x_plane, bytes), b.ins().iadd(dy_plane, bytes));
-                        let d = b.ins().load(types::F32X4, flags.with_readonly(), da, 0);
-                        for r in 0..kh {
-                            for s in 0..kw {
-                                let offset = ((r * self.grid + s) * 4) as i32;
-                                let x = b.ins().load(types::F32X4, flags.with_readonly(), xa, offset);
-                                let a = &mut acc[r * kw + s];
-                                *a = mul_add_emit(b, mul_add, d, x, *a);
+                        for u in 0..vectors {
+                            let d = b.ins().load(types::F32X4, flags.with_readonly(), da, (16 * u) as i32);
+                            for r in 0..kh {
+                                for s in 0..kw {
+                                    let offset = ((r * self.grid + s) * 4 + 16 * u) as i32;
+                                    let x = b.ins().load(types::F32X4, flags.with_readonly(), xa, offset);
+                                    let a = &mut acc[r * kw + s];
+                                    *a = mul_add_emit(b, mul_add, d, x, *a);
+                                }
                             }
                         }
                         acc
-                    });
+                    };
+                    let (p_lo, p_hi) = (iconst(b, 0), iconst(b, self.span as i64));
+                    let (rest, acc) = for_loop(b, p_lo, p_hi, 4 * UNROLL as i64, &init, &mut |b, p, acc| body(b, p, acc, UNROLL));
+                    let (_, acc) = for_loop(b, rest, p_hi, 4, &acc, &mut |b, p, acc| body(b, p, acc, 1));
                     for (t, &a) in acc.iter().enumerate() {
                         b.ins().store(flags, a, tile, (t * 16) as i32);
                     }
