@@ -570,7 +570,8 @@ impl GridWeightGradSpec {
                         acc
                     };
                     let (p_lo, p_hi) = (iconst(b, 0), iconst(b, self.span as i64));
-                    let (rest, acc) = for_loop(b, p_lo, p_hi, 4 * UNROLL as i64, &init, &mut |b, p, acc| body(b, p, acc, UNROLL));
+                    let (rest, acc) =
+                        for_loop(b, p_lo, p_hi, 4 * UNROLL as i64, &init, &mut |b, p, acc| body(b, p, acc, UNROLL));
                     let (_, acc) = for_loop(b, rest, p_hi, 4, &acc, &mut |b, p, acc| body(b, p, acc, 1));
                     for (t, &a) in acc.iter().enumerate() {
                         b.ins().store(flags, a, tile, (t * 16) as i32);
