@@ -34,7 +34,7 @@ pub use conv::{ConvSpec, GridWeightGradSpec, PackSpec, WeightGradSpec, WeightLay
 pub use error::Error;
 pub use executor::{CompileOptions, CompiledGraph, compile};
 pub use expr::{Cond, Expr};
-pub use misc::{CopySpec, MatMulSpec, RowOp, RowSpec};
+pub use misc::{CopySpec, MatMulSpec, PoolSpec, RowOp, RowSpec};
 pub use nest::{Nest, NestSpec, Operand, Pass};
 pub use peak::PeakSpec;
 pub use pool::ThreadPool;

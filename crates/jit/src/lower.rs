@@ -3,7 +3,7 @@
 
 use crate::conv::{ConvSpec, GridWeightGradSpec, PackSpec, WeightGradSpec, WeightLayout, register_tile};
 use crate::expr::{Cond, Expr};
-use crate::misc::{CopySpec, MatMulSpec, RowOp, RowSpec};
+use crate::misc::{CopySpec, MatMulSpec, PoolSpec, RowOp, RowSpec};
 use crate::nest::{Nest, NestSpec, Operand, Pass};
 use crate::spec::KernelSpec;
 use crate::{Error, Result};
@@ -336,8 +336,13 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
             };
             single(label(), KernelSpec::Rows(RowSpec { op, rows: z[0], classes: z[1] }), inputs, id)
         }
-        Op::MaxPool(_) | Op::MaxPoolGrad(_) => {
-            return Err(unsupported("max pooling (the ImageNet stem) is the next kernel of the JIT issue"));
+        Op::MaxPool(a) | Op::MaxPoolGrad(a) => {
+            let x = dims(0)?;
+            let grad = matches!(node.op, Op::MaxPoolGrad(_));
+            let out_hw = if grad { dims(1)? } else { node.ty.shape.dims().to_vec() };
+            let spec =
+                PoolSpec { planes: x[0] * x[1], in_hw: [x[2], x[3]], out_hw: [out_hw[2], out_hw[3]], attrs: *a, grad };
+            single(label(), KernelSpec::Pool(spec), inputs, id)
         }
     })
 }

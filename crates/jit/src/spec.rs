@@ -2,7 +2,7 @@
 
 use crate::MulAdd;
 use crate::conv::{ConvSpec, GridWeightGradSpec, PackSpec, WeightGradSpec};
-use crate::misc::{CopySpec, Imports, MatMulSpec, RowOp, RowSpec};
+use crate::misc::{CopySpec, Imports, MatMulSpec, PoolSpec, RowOp, RowSpec};
 use crate::nest::NestSpec;
 use crate::peak::PeakSpec;
 use cranelift_codegen::ir::Type;
@@ -27,6 +27,8 @@ pub enum KernelSpec {
     MatMul(MatMulSpec),
     /// Row-wise classifier ops (softmax, cross-entropy, argmax).
     Rows(RowSpec),
+    /// Max pooling and its gradient.
+    Pool(PoolSpec),
     /// The benchmark's calibration loop (args: one f32x4 output).
     Peak(PeakSpec),
 }
@@ -43,6 +45,7 @@ impl KernelSpec {
             KernelSpec::Copy(s) => s.batch,
             KernelSpec::MatMul(s) => s.m,
             KernelSpec::Rows(s) => s.groups(),
+            KernelSpec::Pool(s) => s.planes,
             KernelSpec::Peak(_) => 1,
         }
     }
@@ -52,6 +55,7 @@ impl KernelSpec {
             KernelSpec::Nest(s) => s.operands.len() + s.outputs,
             KernelSpec::Pack(_) | KernelSpec::Copy(_) => 2,
             KernelSpec::MatMul(_) => 3,
+            KernelSpec::Pool(s) => 2 + s.grad as usize,
             KernelSpec::Rows(s) => match s.op {
                 RowOp::Softmax | RowOp::ArgMax => 2,
                 RowOp::CrossEntropy => 3,
@@ -69,7 +73,11 @@ impl KernelSpec {
             KernelSpec::GridWeightGrad(_) => None,
             KernelSpec::Peak(s) => Some(s.flops_per_group()),
             KernelSpec::MatMul(s) => Some(2.0 * (s.m * s.n * s.k) as f64),
-            KernelSpec::Nest(_) | KernelSpec::Pack(_) | KernelSpec::Copy(_) | KernelSpec::Rows(_) => None,
+            KernelSpec::Nest(_)
+            | KernelSpec::Pack(_)
+            | KernelSpec::Copy(_)
+            | KernelSpec::Rows(_)
+            | KernelSpec::Pool(_) => None,
         }
     }
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd, imports: &Imports) {
@@ -82,6 +90,7 @@ impl KernelSpec {
             KernelSpec::Copy(s) => s.build(b, ptr),
             KernelSpec::MatMul(s) => s.build(b, ptr, mul_add),
             KernelSpec::Rows(s) => s.build(b, ptr, imports),
+            KernelSpec::Pool(s) => s.build(b, ptr),
             KernelSpec::Peak(s) => s.build(b, ptr, mul_add),
         }
     }

@@ -212,6 +212,21 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config(48))]
+
+    #[test]
+    fn max_pool(n in 1..3usize, c in 1..4usize, h in 1..10usize, w in 1..10usize, kernel in 1..4usize, stride in 1..3usize, pad_frac in 0..2usize, seed: u64) {
+        let pad = (kernel / 2).min(pad_frac);
+        prop_assume!(h + 2 * pad >= kernel && w + 2 * pad >= kernel);
+        let a = skipgrad_ir::PoolAttrs { kernel: [kernel; 2], stride: [stride; 2], pad: [pad; 2] };
+        let [oh, ow] = [(h + 2 * pad - kernel) / stride + 1, (w + 2 * pad - kernel) / stride + 1];
+        let x = random(seed, &[n, c, h, w], -1.0, 1.0);
+        check(std::slice::from_ref(&x), |g, i| add(g, Op::MaxPool(a), i))?;
+        check(&[x, random(seed ^ 1, &[n, c, oh, ow], -1.0, 1.0)], |g, i| add(g, Op::MaxPoolGrad(a), i))?;
+    }
+}
+
 #[test]
 fn bad_labels_are_rejected_when_fed() {
     let mut g = Graph::new();
@@ -231,11 +246,10 @@ fn bad_labels_are_rejected_when_fed() {
 fn unsupported_ops_are_typed_errors() {
     let mut g = Graph::new();
     let x =
-        g.add_source(Op::Input { name: "x".into() }, TensorType::new(DType::F32, [1, 1, 4, 4]), Role::Forward).unwrap();
-    let pool = skipgrad_ir::PoolAttrs { kernel: [3, 3], stride: [2, 2], pad: [1, 1] };
-    let y = add(&mut g, Op::MaxPool(pool), &[x]);
-    let err = compile(&g, &[y], &CompileOptions::default()).err().expect("max pooling has no kernel yet");
-    assert!(err.to_string().contains("no kernel for max_pool"), "{err}");
+        g.add_source(Op::Input { name: "x".into() }, TensorType::new(DType::F32, [2, 3, 4, 5]), Role::Forward).unwrap();
+    let y = add(&mut g, Op::ReduceSum { axes: [1, 3].as_slice().into() }, &[x]);
+    let err = compile(&g, &[y], &CompileOptions::default()).err().expect("non-adjacent reductions have no kernel");
+    assert!(err.to_string().contains("no kernel for reduce_sum[axes=1,3]"), "{err}");
     let mut g64 = Graph::new();
     let x = g64.add_source(Op::Input { name: "x".into() }, TensorType::new(DType::F64, [2]), Role::Forward).unwrap();
     let y = add(&mut g64, Op::Relu, &[x]);

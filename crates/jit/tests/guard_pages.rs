@@ -58,6 +58,11 @@ fn elementwise_reduction_and_batch_norm_kernels_stay_inside_their_buffers() {
         }
         let n: usize = dims.iter().product();
         let mut feeds = vec![("a", n), ("b", n)];
+        if rank == 4 {
+            let pool = skipgrad_ir::PoolAttrs { kernel: [3, 3], stride: [2, 2], pad: [1, 1] };
+            let y = g.add_node(Op::MaxPool(pool), &[a], Role::Forward).unwrap();
+            g.add_node(Op::MaxPoolGrad(pool), &[a, y], Role::Backward).unwrap();
+        }
         if rank >= 2 {
             let c = dims[1];
             let p: Vec<NodeId> = (0..4).map(|i| input(&mut g, ["p0", "p1", "p2", "p3"][i], &[c])).collect();
