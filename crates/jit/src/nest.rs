@@ -62,6 +62,25 @@ impl Nest {
     }
 }
 
+impl NestSpec {
+    /// SGD with momentum and weight decay over `len` parameters, PyTorch's rule, in one pass:
+    /// `v' = momentum * v + (g + weight_decay * p)` and `p' = p - lr * v'`.
+    /// Operands: parameters, gradients, velocities; outputs: new parameters, new velocities.
+    pub fn sgd_momentum(len: usize, lr: f64, momentum: f64, weight_decay: f64) -> NestSpec {
+        let (p, g, v) = (Expr::load(0), Expr::load(1), Expr::load(2));
+        let velocity = v.mul(Expr::c(momentum)).add(g.add(p.clone().mul(Expr::c(weight_decay))));
+        NestSpec {
+            nest: Nest::flat(len),
+            operands: vec![Operand::Full; 3],
+            outputs: 2,
+            passes: vec![
+                Pass::Map { expr: p.sub(velocity.clone().mul(Expr::c(lr))), output: 0 },
+                Pass::Map { expr: velocity, output: 1 },
+            ],
+        }
+    }
+}
+
 /// One step of a group's work.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum Pass {

@@ -75,3 +75,44 @@ fn bad_feeds_are_typed_errors() {
     let err = c.set_input("x", &[1.0; 3]).unwrap_err();
     assert_eq!(err.to_string(), "jit run: \"x\" is f32[4,8,9,9], got 3 values");
 }
+
+#[test]
+fn profile_and_schedule_account_for_every_kernel_call() {
+    let (g, out) = deep_graph();
+    let mut c = compile(&g, &[out], &CompileOptions::default()).unwrap();
+    feed(&mut c);
+    let profile = c.profile();
+    assert_eq!(profile.iter().map(|r| r.1).sum::<usize>(), c.steps());
+    assert!(profile.windows(2).all(|w| w[0].2 >= w[1].2), "slowest first");
+    assert_eq!(c.schedule().count(), c.steps());
+    let first = c.schedule().next().unwrap().1;
+    assert!(first.name.starts_with("k0_batch_mean"), "{}", first.name);
+}
+
+#[test]
+fn sgd_momentum_updates_parameters_and_velocities_in_one_kernel() {
+    use skipgrad_jit::{Kernel, KernelSpec, NestSpec, Target};
+    let (lr, momentum, wd) = (0.1, 0.9, 1e-4);
+    let n = 1031; // not a multiple of the vector width or the group size
+    let p: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+    let g: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+    let v: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.01).collect();
+    let (mut new_p, mut new_v) = (vec![0f32; n], vec![0f32; n]);
+    let spec = KernelSpec::Nest(NestSpec::sgd_momentum(n, lr, momentum, wd));
+    let kernel = Kernel::compile(&spec, &Target::host().unwrap()).unwrap();
+    let args = [
+        p.as_ptr() as *mut f32,
+        g.as_ptr() as *mut f32,
+        v.as_ptr() as *mut f32,
+        new_p.as_mut_ptr(),
+        new_v.as_mut_ptr(),
+    ];
+    // SAFETY: five buffers of n elements, as the spec's flat nest addresses.
+    unsafe { kernel.run(&args, 0, spec.groups()) };
+    for i in 0..n {
+        let (lr, m, wd) = (lr as f32, momentum as f32, wd as f32);
+        let vel = m * v[i] + (g[i] + wd * p[i]);
+        assert!((new_v[i] - vel).abs() <= 1e-6 * vel.abs().max(1.0), "velocity {i}");
+        assert!((new_p[i] - (p[i] - lr * vel)).abs() <= 1e-6, "parameter {i}");
+    }
+}
