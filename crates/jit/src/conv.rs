@@ -137,12 +137,13 @@ impl WeightLayout {
     }
 }
 
-/// A direct convolution from a packed input to an NCHW output.
+/// The geometry of a convolution over a packed input: what the forward, backward-data and
+/// row-wise weight-gradient kernels share.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
-pub struct ConvSpec {
+pub struct ConvShape {
     /// Batch size.
     pub batch: usize,
-    /// Input channels (summed over).
+    /// Input channels (summed over by the forward pass).
     pub in_channels: usize,
     /// Output channels.
     pub out_channels: usize,
@@ -154,6 +155,21 @@ pub struct ConvSpec {
     pub stride: [usize; 2],
     /// Output height and width.
     pub out_hw: [usize; 2],
+}
+
+impl ConvShape {
+    /// Floating-point operations of one pass (2 per multiply-add).
+    pub fn flops(&self) -> f64 {
+        let [oh, ow] = self.out_hw;
+        2.0 * (self.batch * self.out_channels * oh * ow * self.in_channels * self.kernel[0] * self.kernel[1]) as f64
+    }
+}
+
+/// A direct convolution from a packed input to an NCHW output.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct ConvSpec {
+    /// Sizes, kernel, stride.
+    pub shape: ConvShape,
     /// Where the weights are.
     pub weights: WeightLayout,
     /// Output channels per register tile.
@@ -165,30 +181,20 @@ pub struct ConvSpec {
 impl ConvSpec {
     /// Groups: one per (image, block of `kb` output channels, output row).
     pub fn groups(&self) -> usize {
-        self.batch * (self.out_channels / self.kb) * self.out_hw[0]
+        self.shape.batch * (self.shape.out_channels / self.kb) * self.shape.out_hw[0]
     }
     /// Packed row length this spec needs so that every tile's loads stay in the row.
     pub fn min_row_len(out_w: usize, vb: usize, kernel_w: usize, stride_w: usize) -> usize {
         out_w.div_ceil(4 * vb) * 4 * vb + (kernel_w - 1) / stride_w
-    }
-    /// Floating-point operations per run (2 per multiply-add).
-    pub fn flops(&self) -> f64 {
-        2.0 * (self.batch
-            * self.out_channels
-            * self.out_hw[0]
-            * self.out_hw[1]
-            * self.in_channels
-            * self.kernel[0]
-            * self.kernel[1]) as f64
     }
 
     /// Kernel body: args are packed input, weights, output.
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
         let (args, begin, end) = entry(b);
         let [xp, w, y] = [0, 1, 2].map(|k| load_arg(b, ptr, args, k));
-        let [rows, phases, row_len] = self.packed;
-        let [oh_n, ow_n] = self.out_hw;
-        let kblocks = self.out_channels / self.kb;
+        let [rows, phases, row_len] = self.shape.packed;
+        let [oh_n, ow_n] = self.shape.out_hw;
+        let kblocks = self.shape.out_channels / self.kb;
         let tile_w = 4 * self.vb;
         let full_tiles = ow_n / tile_w;
         let last = ow_n % tile_w; // pixels in a final partial tile
@@ -201,8 +207,8 @@ impl ConvSpec {
             // Element offsets: the first input row of image n, channel 0, for this output row;
             // the first weight of this channel block; the output row of channel kb * self.kb.
             let x_row = {
-                let plane = mul(b, n, self.in_channels * rows);
-                let r0 = mul(b, oh, self.stride[0]);
+                let plane = mul(b, n, self.shape.in_channels * rows);
+                let r0 = mul(b, oh, self.shape.stride[0]);
                 let row = b.ins().iadd(plane, r0);
                 mul(b, row, phases * row_len)
             };
@@ -212,7 +218,7 @@ impl ConvSpec {
                 b.ins().iadd_imm_s(scaled, self.weights.base as i64)
             };
             let y_row = {
-                let nk = mul(b, n, self.out_channels);
+                let nk = mul(b, n, self.shape.out_channels);
                 let plane = b.ins().iadd(nk, k0);
                 let plane = mul(b, plane, oh_n);
                 let row = b.ins().iadd(plane, oh);
@@ -248,13 +254,13 @@ impl ConvSpec {
         vb: usize,
         valid: Option<usize>,
     ) {
-        let [rows, phases, row_len] = self.packed;
-        let [kh, kw] = self.kernel;
+        let [rows, phases, row_len] = self.shape.packed;
+        let [kh, kw] = self.shape.kernel;
         let flags = MemFlagsData::new().with_notrap().with_readonly();
         let zero_s = b.ins().f32const(0.0);
         let zero = b.ins().splat(types::F32X4, zero_s);
         let acc0 = vec![zero; self.kb * vb];
-        let (c_lo, c_hi) = (iconst(b, 0), iconst(b, self.in_channels as i64));
+        let (c_lo, c_hi) = (iconst(b, 0), iconst(b, self.shape.in_channels as i64));
         let x_col = b.ins().iadd(x_row, col);
         let (_, acc) = for_loop(b, c_lo, c_hi, 1, &acc0, &mut |b, c, acc| {
             let x_c = {
@@ -270,7 +276,7 @@ impl ConvSpec {
             let mut acc = acc.to_vec();
             for r in 0..kh {
                 for s in 0..kw {
-                    let (phase, q) = (s % self.stride[1], s / self.stride[1]);
+                    let (phase, q) = (s % self.shape.stride[1], s / self.shape.stride[1]);
                     let base = ((r * phases + phase) * row_len + q) as i32 * 4;
                     let xs: Vec<Value> =
                         (0..vb).map(|j| b.ins().load(types::F32X4, flags, x_c, base + 16 * j as i32)).collect();
@@ -290,7 +296,7 @@ impl ConvSpec {
         let out_flags = MemFlagsData::new().with_notrap();
         let y_col = b.ins().iadd(y_row, col);
         let y_base = elem_addr(b, y, y_col);
-        let plane = (self.out_hw[0] * self.out_hw[1]) as i32 * 4;
+        let plane = (self.shape.out_hw[0] * self.shape.out_hw[1]) as i32 * 4;
         for k in 0..self.kb {
             for j in 0..vb {
                 let v = acc[k * vb + j];
@@ -310,23 +316,11 @@ impl ConvSpec {
 }
 
 /// The weight gradient of a convolution: `dw[k][c][r][s] = sum x_packed * dy` over images and
-/// output pixels, from the packed input and the NCHW output gradient.
+/// output pixels, from the packed input and the NCHW output gradient, row by row (any stride).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct WeightGradSpec {
-    /// Batch size.
-    pub batch: usize,
-    /// Input channels.
-    pub in_channels: usize,
-    /// Output channels.
-    pub out_channels: usize,
-    /// The packed input's rows, phases and row length.
-    pub packed: [usize; 3],
-    /// Kernel height and width.
-    pub kernel: [usize; 2],
-    /// Stride.
-    pub stride: [usize; 2],
-    /// Output (dy) height and width.
-    pub out_hw: [usize; 2],
+    /// Sizes, kernel, stride; `out_hw` is dy's.
+    pub shape: ConvShape,
     /// Output channels per tile (times the kernel width accumulators).
     pub kb: usize,
 }
@@ -334,26 +328,16 @@ pub struct WeightGradSpec {
 impl WeightGradSpec {
     /// Groups: one per (block of output channels, input channel, kernel row).
     pub fn groups(&self) -> usize {
-        (self.out_channels / self.kb) * self.in_channels * self.kernel[0]
-    }
-    /// Floating-point operations per run.
-    pub fn flops(&self) -> f64 {
-        2.0 * (self.batch
-            * self.out_channels
-            * self.out_hw[0]
-            * self.out_hw[1]
-            * self.in_channels
-            * self.kernel[0]
-            * self.kernel[1]) as f64
+        (self.shape.out_channels / self.kb) * self.shape.in_channels * self.shape.kernel[0]
     }
 
     /// Kernel body: args are packed input, dy, dw.
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
         let (args, begin, end) = entry(b);
         let [xp, dy, dw] = [0, 1, 2].map(|k| load_arg(b, ptr, args, k));
-        let [kh, kw] = self.kernel;
-        let ow_n = self.out_hw[1];
-        let c_n = self.in_channels;
+        let [kh, kw] = self.shape.kernel;
+        let ow_n = self.shape.out_hw[1];
+        let c_n = self.shape.in_channels;
         let accs = self.kb * kw;
         for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
             let r = b.ins().urem_imm_u(g, kh as i64);
@@ -413,32 +397,32 @@ impl WeightGradSpec {
         cols_hi: usize,
         zero: Value,
     ) -> Vec<Value> {
-        let [rows, phases, row_len] = self.packed;
-        let kw = self.kernel[1];
-        let [oh_n, ow_n] = self.out_hw;
+        let [rows, phases, row_len] = self.shape.packed;
+        let kw = self.shape.kernel[1];
+        let [oh_n, ow_n] = self.shape.out_hw;
         let accs = vec![zero; self.kb * kw];
         if cols_lo >= cols_hi {
             return accs;
         }
         let step = if ty == types::F32X4 { 4 } else { 1 };
         let flags = MemFlagsData::new().with_notrap().with_readonly();
-        let (n_lo, n_hi) = (iconst(b, 0), iconst(b, self.batch as i64));
+        let (n_lo, n_hi) = (iconst(b, 0), iconst(b, self.shape.batch as i64));
         let (_, acc) = for_loop(b, n_lo, n_hi, 1, &accs, &mut |b, n, acc| {
             let (h_lo, h_hi) = (iconst(b, 0), iconst(b, oh_n as i64));
             let (_, acc) = for_loop(b, h_lo, h_hi, 1, acc, &mut |b, oh, acc| {
                 // x row: image n, channel c, padded row oh * stride + r; dy row: image n, channel k0.
                 let x_row = {
-                    let nc = mul(b, n, self.in_channels);
+                    let nc = mul(b, n, self.shape.in_channels);
                     let nc = b.ins().iadd(nc, c);
                     let plane = mul(b, nc, rows);
-                    let r0 = mul(b, oh, self.stride[0]);
+                    let r0 = mul(b, oh, self.shape.stride[0]);
                     let row = b.ins().iadd(plane, r0);
                     let row = b.ins().iadd(row, r);
                     let e = mul(b, row, phases * row_len);
                     elem_addr(b, xp, e)
                 };
                 let dy_row = {
-                    let nk = mul(b, n, self.out_channels);
+                    let nk = mul(b, n, self.shape.out_channels);
                     let nk = b.ins().iadd(nk, k0);
                     let plane = mul(b, nk, oh_n);
                     let row = b.ins().iadd(plane, oh);
@@ -452,7 +436,7 @@ impl WeightGradSpec {
                     let (xa, da) = (b.ins().iadd(x_row, bytes), b.ins().iadd(dy_row, bytes));
                     let xs: Vec<Value> = (0..kw)
                         .map(|s| {
-                            let (phase, q) = (s % self.stride[1], s / self.stride[1]);
+                            let (phase, q) = (s % self.shape.stride[1], s / self.shape.stride[1]);
                             b.ins().load(ty, flags, xa, ((phase * row_len + q) * 4) as i32)
                         })
                         .collect();

@@ -30,7 +30,7 @@ mod target;
 
 pub use buffer::Guard;
 pub use compiler::{CompileStats, Kernel, KernelCode};
-pub use conv::{ConvSpec, GridWeightGradSpec, PackSpec, WeightGradSpec, WeightLayout};
+pub use conv::{ConvShape, ConvSpec, GridWeightGradSpec, PackSpec, WeightGradSpec, WeightLayout};
 pub use error::Error;
 pub use executor::{CompileOptions, CompiledGraph, compile};
 pub use expr::{Cond, Expr};

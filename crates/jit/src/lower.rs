@@ -1,7 +1,7 @@
 //! The table of rules from IR ops to kernels: each node becomes a feed, a constant, or a
 //! [`NestSpec`] over the node's inputs (operands) writing the node's buffer (output 0).
 
-use crate::conv::{ConvSpec, GridWeightGradSpec, PackSpec, WeightGradSpec, WeightLayout, register_tile};
+use crate::conv::{ConvShape, ConvSpec, GridWeightGradSpec, PackSpec, WeightGradSpec, WeightLayout, register_tile};
 use crate::expr::{Cond, Expr};
 use crate::misc::{CopySpec, MatMulSpec, PoolSpec, RowOp, RowSpec};
 use crate::nest::{Nest, NestSpec, Operand, Pass};
@@ -270,7 +270,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                     1,
                     kernel_hw[1],
                 );
-                let spec = WeightGradSpec {
+                let shape = ConvShape {
                     batch: x[0],
                     in_channels: x[1],
                     out_channels: dy[1],
@@ -278,8 +278,8 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                     kernel: *kernel_hw,
                     stride: a.stride,
                     out_hw: [dy[2], dy[3]],
-                    kb,
                 };
+                let spec = WeightGradSpec { shape, kb };
                 let steps = vec![
                     Planned {
                         label: "pack".into(),
@@ -386,7 +386,7 @@ fn conv(
     // Register tile: kb output channels by vb vectors of 4 pixels.
     let (kb, vb) = register_tile(k, out_hw[1].div_ceil(4), None);
     let pack = conv_pack(n * c, in_hw, dilation, pad, kernel[0], stride, out_hw, vb, kernel[1]);
-    let spec = ConvSpec {
+    let shape = ConvShape {
         batch: n,
         in_channels: c,
         out_channels: k,
@@ -394,10 +394,8 @@ fn conv(
         kernel,
         stride,
         out_hw,
-        weights,
-        kb,
-        vb,
     };
+    let spec = ConvSpec { shape, weights, kb, vb };
     let steps = vec![
         Planned {
             label: "pack".into(),

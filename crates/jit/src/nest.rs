@@ -162,18 +162,7 @@ impl NestSpec {
                             let l = b.ins().extractlane(acc[0], lane);
                             sum = b.ins().fadd(sum, l);
                         }
-                        let mut none =
-                            |_: &mut FunctionBuilder, _: usize| -> Value { unreachable!("finish reads no operands") };
-                        let mut env = Env {
-                            width: Width::Scalar,
-                            mul_add,
-                            load: &mut none,
-                            invariants: &invariants.0,
-                            locals: &scalars,
-                            acc: Some(sum),
-                            loaded: HashMap::new(),
-                        };
-                        let local = finish.emit(b, &mut env);
+                        let local = group_scalar(b, finish, mul_add, &invariants.0, &scalars, Some(sum));
                         let splat = b.ins().splat(types::F32X4, local);
                         locals.push((local, splat));
                     }
@@ -189,19 +178,7 @@ impl NestSpec {
                         });
                     }
                     Pass::Store { expr, output } => {
-                        let v = invariants.0.get(expr).copied().unwrap_or_else(|| {
-                            let mut none = |_: &mut FunctionBuilder, _: usize| -> Value { unreachable!("invariant") };
-                            let mut env = Env {
-                                width: Width::Scalar,
-                                mul_add,
-                                load: &mut none,
-                                invariants: &invariants.0,
-                                locals: &scalars,
-                                acc: None,
-                                loaded: HashMap::new(),
-                            };
-                            expr.emit(b, &mut env)
-                        });
+                        let v = group_scalar(b, expr, mul_add, &invariants.0, &scalars, None);
                         let addr = elem_addr(b, outputs[*output], g);
                         b.ins().store(flags, v, addr, 0);
                     }
@@ -300,6 +277,23 @@ impl NestSpec {
         });
         out
     }
+}
+
+/// Emits a group-invariant expression (a reduction's `finish`, a store) as one scalar; it reads
+/// no operand at an element, only hoisted invariants, locals and the accumulator `acc`.
+fn group_scalar(
+    b: &mut FunctionBuilder,
+    expr: &Expr,
+    mul_add: MulAdd,
+    invariants: &HashMap<Expr, Value>,
+    locals: &[Value],
+    acc: Option<Value>,
+) -> Value {
+    let mut no_loads =
+        |_: &mut FunctionBuilder, _: usize| -> Value { unreachable!("group-invariant expressions read no element") };
+    let mut env =
+        Env { width: Width::Scalar, mul_add, load: &mut no_loads, invariants, locals, acc, loaded: HashMap::new() };
+    expr.emit(b, &mut env)
 }
 
 /// The environment of an expression emitted at one element, `width` lanes wide.

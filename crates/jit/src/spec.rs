@@ -68,8 +68,8 @@ impl KernelSpec {
     /// Floating-point operations per run, for compute-bound kernels.
     pub fn flops(&self) -> Option<f64> {
         match self {
-            KernelSpec::Conv(s) => Some(s.flops()),
-            KernelSpec::WeightGrad(s) => Some(s.flops()),
+            KernelSpec::Conv(s) => Some(s.shape.flops()),
+            KernelSpec::WeightGrad(s) => Some(s.shape.flops()),
             KernelSpec::GridWeightGrad(_) => None,
             KernelSpec::Peak(s) => Some(s.flops_per_group()),
             KernelSpec::MatMul(s) => Some(2.0 * (s.m * s.n * s.k) as f64),
