@@ -170,6 +170,8 @@ impl ConvShape {
 pub struct ConvSpec {
     /// Sizes, kernel, stride.
     pub shape: ConvShape,
+    /// Offset (rows, packed columns) of output (0, 0)'s window in the packed input.
+    pub origin: [usize; 2],
     /// Where the weights are.
     pub weights: WeightLayout,
     /// Output channels per register tile.
@@ -210,7 +212,9 @@ impl ConvSpec {
                 let plane = mul(b, n, self.shape.in_channels * rows);
                 let r0 = mul(b, oh, self.shape.stride[0]);
                 let row = b.ins().iadd(plane, r0);
-                mul(b, row, phases * row_len)
+                let row = b.ins().iadd_imm_s(row, self.origin[0] as i64);
+                let e = mul(b, row, phases * row_len);
+                b.ins().iadd_imm_s(e, self.origin[1] as i64)
             };
             let k0 = mul(b, kb, self.kb);
             let w0 = {

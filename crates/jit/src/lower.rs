@@ -232,10 +232,13 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
             )
         }
         Op::Conv2dGradInput { conv: a, input_hw } => {
-            // dx = a stride-1 convolution of dy dilated by the stride and padded by R-1-P, with
-            // the weights transposed and flipped.
             let (dy, w) = (dims(0)?, dims(1)?);
             let (r, s) = (w[2], w[3]);
+            if a.stride != [1, 1] && a.stride[0] == a.stride[1] {
+                return Ok(sub_pixel_grad_input(id, inputs[0], inputs[1], &dy, &w, a.stride[0], a.pad, *input_hw));
+            }
+            // Stride 1 (or unequal strides): dx is the stride-1 convolution of dy, dilated by the
+            // stride and padded by R-1-P, with the weights transposed and flipped.
             let pad = [r as isize - 1 - a.pad[0] as isize, s as isize - 1 - a.pad[1] as isize];
             let layout = WeightLayout::transposed_flipped(w[1], r, s);
             conv(
@@ -305,6 +308,8 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                 src: ([x[1], x[2], x[3]], 0, a.stride),
                 dst: ([y[1], y[2], y[3]], a.pad_before, 1),
                 extent: [y[2], y[3]],
+                dst_offset: [0, 0],
+                zero_first: true,
             };
             single(label(), KernelSpec::Copy(spec), inputs, id)
         }
@@ -316,6 +321,8 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                 src: ([dy[1], dy[2], dy[3]], a.pad_before, 1),
                 dst: ([dx[1], dx[2], dx[3]], 0, a.stride),
                 extent: [dy[2], dy[3]],
+                dst_offset: [0, 0],
+                zero_first: true,
             };
             single(label(), KernelSpec::Copy(spec), inputs, id)
         }
@@ -395,7 +402,7 @@ fn conv(
         stride,
         out_hw,
     };
-    let spec = ConvSpec { shape, weights, kb, vb };
+    let spec = ConvSpec { shape, origin: [0, 0], weights, kb, vb };
     let steps = vec![
         Planned {
             label: "pack".into(),
@@ -411,6 +418,117 @@ fn conv(
         },
     ];
     Lowered::Steps { scratch: vec![pack.len()], steps }
+}
+
+/// The input gradient of a strided convolution as one small stride-1 convolution per output
+/// phase (sub-pixel decomposition): output rows `h = S i + p` receive only the taps
+/// `r = r0 + S t` with `r0 = (p + P) mod S`, from dy rows `i + a - t`, `a = (p + P - r0) / S`.
+/// Each phase convolves the (undilated) packed dy with its sub-kernel, read through weight strides,
+/// into a scratch plane; strided copies then interleave the phases into dx (the first zero-fills,
+/// covering positions no window reaches).
+#[allow(clippy::too_many_arguments)]
+fn sub_pixel_grad_input(
+    id: NodeId,
+    dy_id: NodeId,
+    w_id: NodeId,
+    dy: &[usize],
+    w: &[usize],
+    stride: usize,
+    pad: [usize; 2],
+    input_hw: [usize; 2],
+) -> Lowered {
+    let (n, k, c) = (dy[0], dy[1], w[1]);
+    let kernel = [w[2], w[3]];
+    // Per axis and phase: (first tap r0, taps T, dy offset a, outputs in this phase).
+    let phase = |axis: usize, p: usize| {
+        let r0 = (p + pad[axis]) % stride;
+        let taps = if r0 < kernel[axis] { (kernel[axis] - r0).div_ceil(stride) } else { 0 };
+        let a = (p + pad[axis] - r0) / stride;
+        let outputs = input_hw[axis].saturating_sub(p).div_ceil(stride);
+        (r0, taps, a, outputs)
+    };
+    // (output phase (h mod S, w mod S), its per-axis parameters), for phases that receive taps.
+    type Axis = (usize, usize, usize, usize);
+    let with_taps: Vec<([usize; 2], [Axis; 2])> = (0..stride)
+        .flat_map(|ph| (0..stride).map(move |pw| ([ph, pw], [phase(0, ph), phase(1, pw)])))
+        .filter(|(_, [h, w])| h.1 > 0 && w.1 > 0 && h.3 > 0 && w.3 > 0)
+        .collect();
+    let phases: Vec<[Axis; 2]> = with_taps.iter().map(|p| p.1).collect();
+    // One packed dy serves every phase: pad so that each phase's first window starts inside it.
+    let before = |axis: usize| phases.iter().map(|p| (p[axis].1 - 1).saturating_sub(p[axis].2)).max().unwrap_or(0);
+    let pad_before = [before(0), before(1)];
+    let origin = |p: &[Axis; 2], axis: usize| p[axis].2 + pad_before[axis] + 1 - p[axis].1;
+    let tiles: Vec<(usize, usize)> = phases.iter().map(|p| register_tile(c, p[1].3.div_ceil(4), None)).collect();
+    let rows = phases.iter().map(|p| origin(p, 0) + p[0].3 + p[0].1 - 1).max().unwrap_or(1);
+    let row_len = phases
+        .iter()
+        .zip(&tiles)
+        .map(|(p, t)| origin(p, 1) + ConvSpec::min_row_len(p[1].3, t.1, p[1].1, 1))
+        .max()
+        .unwrap_or(1);
+    let pack = PackSpec {
+        planes: n * k,
+        in_hw: [dy[2], dy[3]],
+        dilation: [1, 1],
+        pad_before: [pad_before[0] as isize, pad_before[1] as isize],
+        rows,
+        phases: 1,
+        row_len,
+    };
+    let mut scratch = vec![pack.len()];
+    let mut steps = vec![Planned {
+        label: "pack".into(),
+        spec: KernelSpec::Pack(pack),
+        inputs: vec![Buf::Node(dy_id)],
+        output: Buf::Scratch(0),
+    }];
+    let (kh, kw) = (kernel[0], kernel[1]);
+    for (i, ((p, &(kb, vb)), (at, _))) in phases.iter().zip(&tiles).zip(&with_taps).enumerate() {
+        let [(r0h, th, _, oh), (r0w, tw, _, ow)] = *p;
+        // The sub-kernel tap (t'h, t'w) is w[k][c][r0h + S (Th-1-t'h)][r0w + S (Tw-1-t'w)]; output
+        // channels are c, input channels k.
+        let weights = WeightLayout {
+            base: ((r0h + stride * (th - 1)) * kw + r0w + stride * (tw - 1)) as isize,
+            o: (kh * kw) as isize,
+            i: (c * kh * kw) as isize,
+            r: -((stride * kw) as isize),
+            s: -(stride as isize),
+        };
+        let shape = ConvShape {
+            batch: n,
+            in_channels: k,
+            out_channels: c,
+            packed: [rows, 1, row_len],
+            kernel: [th, tw],
+            stride: [1, 1],
+            out_hw: [oh, ow],
+        };
+        let spec = ConvSpec { shape, origin: [origin(p, 0), origin(p, 1)], weights, kb, vb };
+        let plane = scratch.len();
+        scratch.push(n * c * oh * ow);
+        steps.push(Planned {
+            label: "conv2d_grad_input_phase".into(),
+            spec: KernelSpec::Conv(spec),
+            inputs: vec![Buf::Scratch(0), Buf::Node(w_id)],
+            output: Buf::Scratch(plane),
+        });
+        let copy = CopySpec {
+            batch: n,
+            channels: c,
+            src: ([c, oh, ow], 0, 1),
+            dst: ([c, input_hw[0], input_hw[1]], 0, stride),
+            extent: [oh, ow],
+            dst_offset: *at,
+            zero_first: i == 0,
+        };
+        steps.push(Planned {
+            label: "interleave".into(),
+            spec: KernelSpec::Copy(copy),
+            inputs: vec![Buf::Scratch(plane)],
+            output: Buf::Node(id),
+        });
+    }
+    Lowered::Steps { scratch, steps }
 }
 
 /// The stride-1 weight gradient over flat grids: pack x and dy into rows of one length, then

@@ -124,7 +124,13 @@ fn zero_sized_batches_compile_and_run() {
     let w = input(&mut g, "w", &[4, 3, 3, 3]);
     let y = g.add_node(Op::Conv2d(skipgrad_ir::Conv2dAttrs::square(2, 1)), &[x, w], Role::Forward).unwrap();
     let r = g.add_node(Op::Relu, &[y], Role::Forward).unwrap();
-    let s = g.add_node(Op::ShortcutA(skipgrad_ir::ShortcutAttrs { stride: 2, pad_before: 0, pad_after: 1 }), &[x], Role::Forward).unwrap();
+    let s = g
+        .add_node(
+            Op::ShortcutA(skipgrad_ir::ShortcutAttrs { stride: 2, pad_before: 0, pad_after: 1 }),
+            &[x],
+            Role::Forward,
+        )
+        .unwrap();
     let flat = g.add_node(Op::Reshape { shape: [0, 64].into() }, &[r], Role::Forward).unwrap();
     let fc = input(&mut g, "fc", &[5, 64]);
     let z = g.add_node(Op::MatMul { transpose_a: false, transpose_b: true }, &[flat, fc], Role::Forward).unwrap();
