@@ -210,3 +210,42 @@ fn gradients_in_f32_match_f64() {
         assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
     }
 }
+
+/// A custom op whose rule returns a gradient of the wrong shape.
+struct Broken;
+
+impl CustomOp for Broken {
+    fn name(&self) -> &str {
+        "broken"
+    }
+    fn forward(&self, args: &[Var]) -> skipgrad::Result<Var> {
+        Ok(args[0].scale(2.0))
+    }
+    fn vjp(&self, _args: &[Var], _output: &Var, grad: &Var) -> skipgrad::Result<Vec<Option<Var>>> {
+        Ok(vec![Some(grad.sum()?)])
+    }
+}
+
+#[test]
+fn custom_rules_are_checked_not_trusted() {
+    let tape = Tape::eager(DType::F64);
+    let x = tape.input("x", uniform(1, &[2, 3])).unwrap();
+    let broken: Rc<dyn CustomOp> = Rc::new(Broken);
+    let y = Var::custom(&broken, &[&x]).unwrap().sum().unwrap();
+    let err = grad(&y, &[&x]).unwrap_err();
+    assert!(err.to_string().contains("returned a f64[] gradient for argument 0 of type f64[2,3]"), "{err}");
+
+    // A custom node built by hand with a rule index the tape does not have.
+    let z = Var::apply(Op::Custom { name: "ghost".into(), rule: 7 }, &[&x, &x]).unwrap().sum().unwrap();
+    assert!(matches!(grad(&z, &[&x]), Err(Error::NotDifferentiable { .. })));
+}
+
+#[test]
+fn kink_distance_rejects_what_the_op_would() {
+    use skipgrad::reference::kink_distance;
+    let pool = Op::MaxPool(skipgrad::ir::PoolAttrs { kernel: [3, 3], stride: [2, 2], pad: [1, 1] });
+    let flat = Tensor::f64([4], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+    assert_eq!(kink_distance(&pool, &[&flat]), None);
+    assert_eq!(kink_distance(&Op::ArgMax, &[&flat]), None);
+    assert_eq!(kink_distance(&Op::Relu, &[&flat]), Some(1.0));
+}

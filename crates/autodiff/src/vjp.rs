@@ -138,13 +138,29 @@ pub(crate) fn vjp(node: &Node, x: &[Var], y: &Var, g: &Var, want: &[bool]) -> Re
             smallvec![when(0, &d_logits)?, labels_have_no_gradient(want, &not_differentiable)?, when(2, &d_loss)?]
         }
         Op::Custom { rule, .. } => {
-            let op = y.tape.0.borrow().rules[*rule].clone();
+            let op = y.tape.0.borrow().rules.get(*rule).cloned().ok_or_else(|| {
+                not_differentiable(0, "no gradient rule is registered for this custom op on this tape")
+            })?;
             let grads = op.vjp(&x[1..], y, g)?;
             if grads.len() != x.len() - 1 {
                 return Err(Error::Argument {
                     op: node.op.to_string(),
                     message: format!("custom vjp returned {} gradients for {} arguments", grads.len(), x.len() - 1),
                 });
+            }
+            for (i, (grad, arg)) in grads.iter().zip(&x[1..]).enumerate() {
+                if let Some(grad) = grad
+                    && grad.ty() != arg.ty()
+                {
+                    return Err(Error::Argument {
+                        op: node.op.to_string(),
+                        message: format!(
+                            "custom vjp returned a {} gradient for argument {i} of type {}",
+                            grad.ty(),
+                            arg.ty()
+                        ),
+                    });
+                }
             }
             std::iter::once(None).chain(grads).collect()
         }

@@ -202,6 +202,7 @@ pub(crate) fn compute<T: Element>(op: &Op, node: usize, x: &[&[T]], s: &[&Shape]
 /// `|x|` at a ReLU, or the smallest gap between a max-pool window's (or an argmax row's) two
 /// largest values. `None` for ops that are smooth everywhere. Gradient checks skip samples that
 /// come closer than their margin, since finite differences across a kink are meaningless.
+/// Inputs the op would reject give `None`.
 pub fn kink_distance(op: &Op, inputs: &[&Tensor]) -> Option<f64> {
     let values = |i: usize| inputs.get(i).map(|t| t.to_f64_vec()).unwrap_or_default();
     let min_gap = |v: &[f64], windows: &mut dyn Iterator<Item = Vec<usize>>| {
@@ -222,12 +223,18 @@ pub fn kink_distance(op: &Op, inputs: &[&Tensor]) -> Option<f64> {
     match op {
         Op::Relu | Op::ReluGrad => Some(values(0).iter().fold(f64::INFINITY, |m, v| m.min(v.abs()))),
         Op::MaxPool(p) | Op::MaxPoolGrad(p) => {
+            let dims = inputs.first()?.shape().dims();
+            skipgrad_ir::infer(op, &[&skipgrad_ir::TensorType::new(inputs[0].dtype(), dims)]).ok()?;
             let (v, mut windows) = (values(0), Vec::new());
-            pool_windows(inputs.first()?.shape().dims(), p, |_, w| windows.push(w));
+            pool_windows(dims, p, |_, w| windows.push(w));
             Some(min_gap(&v, &mut windows.into_iter()))
         }
         Op::ArgMax => {
-            let (v, k) = (values(0), inputs.first()?.shape().dims()[1]);
+            let dims = inputs.first()?.shape().dims();
+            if dims.len() != 2 || dims[1] == 0 {
+                return None;
+            }
+            let (v, k) = (values(0), dims[1]);
             Some(min_gap(&v, &mut (0..v.len() / k.max(1)).map(|r| (r * k..(r + 1) * k).collect())))
         }
         _ => None,
