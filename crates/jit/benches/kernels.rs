@@ -240,7 +240,6 @@ fn main() {
         ("batch_norm_grad_input (training: 2 reductions + map)", 5, |g, x, p| {
             let m = g.add_node(Op::BatchMean, &[x[0]], Role::Forward).unwrap();
             let v = g.add_node(Op::BatchVar, &[x[0]], Role::Forward).unwrap();
-            let _ = p;
             g.add_node(Op::BatchNormGradInput { eps: 1e-5, training: true }, &[x[0], m, v, p[2], x[1]], Role::Backward)
                 .unwrap()
         }),

@@ -46,7 +46,8 @@ pub struct CompiledGraph {
     /// One buffer per node that the outputs depend on (empty for the others). Never resized, so
     /// the pointers in `steps` stay valid.
     buffers: Vec<Buffer>,
-    /// Kernels' private buffers (packed convolution inputs), never resized either.
+    /// Kernels' private buffers (packed convolution inputs), never resized either. Only the steps'
+    /// raw pointers read them; the field owns them for the graph's lifetime.
     #[allow(dead_code)]
     scratch: Vec<Buffer>,
     types: Vec<TensorType>,
