@@ -17,7 +17,7 @@
 //! # }
 //! ```
 //!
-//! The crates behind the facade, one job each: [`ir`] (the graph), [`reference`] (the oracle
+//! The crates behind the facade, one job each: [`ir`] (the graph), [`reference`](mod@reference) (the oracle
 //! interpreter), [`autodiff`] (the tape, gradients, custom ops, gradcheck), [`jit`] (Cranelift
 //! kernels and the compiled executor).
 

@@ -1,7 +1,7 @@
 //! Turns kernel specs into machine code in one Cranelift JIT module, compiling each distinct spec
 //! once, and keeps each kernel's IR text and register-allocated code for dumps.
 
-use crate::misc::{Imports, skipgrad_expf, skipgrad_logf};
+use crate::rows::{Imports, skipgrad_expf, skipgrad_logf};
 use crate::{Error, KernelSpec, MulAdd, Result, Target};
 use cranelift_codegen::ir::{AbiParam, Signature, types};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};

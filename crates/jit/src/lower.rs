@@ -1,11 +1,16 @@
 //! The table of rules from IR ops to kernels: each node becomes a feed, a constant, or a
 //! [`NestSpec`] over the node's inputs (operands) writing the node's buffer (output 0).
 
-use crate::conv::{ConvShape, ConvSpec, GridWeightGradSpec, PackSpec, WeightGradSpec, WeightLayout, register_tile};
+use crate::conv::{ConvShape, ConvSpec, WeightLayout, register_tile};
+use crate::copy::CopySpec;
 use crate::expr::{Cond, Expr};
-use crate::misc::{CopySpec, MatMulSpec, PoolSpec, RowOp, RowSpec};
+use crate::matmul::MatMulSpec;
+use crate::maxpool::PoolSpec;
 use crate::nest::{Nest, NestSpec, Operand, Pass};
+use crate::pack::PackSpec;
+use crate::rows::{RowOp, RowSpec};
 use crate::spec::KernelSpec;
+use crate::weight_grad::{GridWeightGradSpec, WeightGradSpec};
 use crate::{Error, Result};
 use skipgrad_ir::{DType, Graph, NodeId, Op};
 

@@ -1,10 +1,15 @@
 //! The kinds of kernel the JIT generates, as data: what the cache keys on and what dumps show.
 
 use crate::MulAdd;
-use crate::conv::{ConvSpec, GridWeightGradSpec, PackSpec, WeightGradSpec};
-use crate::misc::{CopySpec, Imports, MatMulSpec, PoolSpec, RowOp, RowSpec};
+use crate::conv::ConvSpec;
+use crate::copy::CopySpec;
+use crate::matmul::MatMulSpec;
+use crate::maxpool::PoolSpec;
 use crate::nest::NestSpec;
+use crate::pack::PackSpec;
 use crate::peak::PeakSpec;
+use crate::rows::{Imports, RowOp, RowSpec};
+use crate::weight_grad::{GridWeightGradSpec, WeightGradSpec};
 use cranelift_codegen::ir::Type;
 use cranelift_frontend::FunctionBuilder;
 

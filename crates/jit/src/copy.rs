@@ -1,0 +1,96 @@
+//! Strided, channel-offset copies between NCHW tensors: the option-A shortcut, its gradient, and the
+//! interleaving of sub-pixel convolution phases.
+
+use crate::codegen::{elem_addr, entry, for_loop, iconst, load_arg};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, types};
+use cranelift_frontend::FunctionBuilder;
+
+/// A copy between NCHW tensors with channel offsets, spatial steps and a destination offset,
+/// optionally zeroing the destination first:
+/// `dst[n][dst_c0 + c][i * dst_step + off_h][j * dst_step + off_w] = src[n][src_c0 + c][i * src_step][j * src_step]`
+/// for `i, j` over `extent`. The option-A shortcut (src_step 2, dst channel offset), its gradient
+/// (dst_step 2, src channel offset) and the interleaving of sub-pixel convolution phases are all
+/// this.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct CopySpec {
+    /// Batch size.
+    pub batch: usize,
+    /// Channels copied.
+    pub channels: usize,
+    /// Source (channels, height, width), first channel read, spatial step.
+    pub src: ([usize; 3], usize, usize),
+    /// Destination (channels, height, width), first channel written, spatial step.
+    pub dst: ([usize; 3], usize, usize),
+    /// Copied rows and columns.
+    pub extent: [usize; 2],
+    /// Destination position of source (0, 0), in destination pixels.
+    pub dst_offset: [usize; 2],
+    /// Zero the whole destination first (the first of several copies into one tensor).
+    pub zero_first: bool,
+}
+
+impl CopySpec {
+    /// Kernel body: one group per image; args are source, destination.
+    pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type) {
+        let (args, begin, end) = entry(b);
+        let [src, dst] = [0, 1].map(|k| load_arg(b, ptr, args, k));
+        let (([sc, sh, sw], s0, ss), ([dc, dh, dw], d0, ds)) = (self.src, self.dst);
+        let flags = MemFlagsData::new().with_notrap();
+        for_loop(b, begin, end, 1, &[], &mut |b, n, _| {
+            let image = dc * dh * dw;
+            let dst_image = b.ins().imul_imm_s(n, image as i64);
+            // Zero the destination image, four lanes at a time, then the tail.
+            let zero_s = b.ins().f32const(0.0);
+            let image = if self.zero_first { image } else { 0 };
+            let zero_v = b.ins().splat(types::F32X4, zero_s);
+            let (lo, hi) = (iconst(b, 0), iconst(b, image as i64));
+            let (tail, _) = for_loop(b, lo, hi, 4, &[], &mut |b, i, _| {
+                let e = b.ins().iadd(dst_image, i);
+                let a = elem_addr(b, dst, e);
+                b.ins().store(flags, zero_v, a, 0);
+                vec![]
+            });
+            for_loop(b, tail, hi, 1, &[], &mut |b, i, _| {
+                let e = b.ins().iadd(dst_image, i);
+                let a = elem_addr(b, dst, e);
+                b.ins().store(flags, zero_s, a, 0);
+                vec![]
+            });
+            let (c_lo, c_hi) = (iconst(b, 0), iconst(b, self.channels as i64));
+            for_loop(b, c_lo, c_hi, 1, &[], &mut |b, c, _| {
+                let plane = |b: &mut FunctionBuilder, channels: usize, first: usize, hw: usize| {
+                    let nc = b.ins().imul_imm_s(n, channels as i64);
+                    let nc = b.ins().iadd(nc, c);
+                    let nc = b.ins().iadd_imm_s(nc, first as i64);
+                    b.ins().imul_imm_s(nc, hw as i64)
+                };
+                let sp = plane(b, sc, s0, sh * sw);
+                let dp = plane(b, dc, d0, dh * dw);
+                let dp = b.ins().iadd_imm_s(dp, (self.dst_offset[0] * dw + self.dst_offset[1]) as i64);
+                let (i_lo, i_hi) = (iconst(b, 0), iconst(b, self.extent[0] as i64));
+                for_loop(b, i_lo, i_hi, 1, &[], &mut |b, i, _| {
+                    let srow = b.ins().imul_imm_s(i, (ss * sw) as i64);
+                    let srow = b.ins().iadd(sp, srow);
+                    let drow = b.ins().imul_imm_s(i, (ds * dw) as i64);
+                    let drow = b.ins().iadd(dp, drow);
+                    let (j_lo, j_hi) = (iconst(b, 0), iconst(b, self.extent[1] as i64));
+                    for_loop(b, j_lo, j_hi, 1, &[], &mut |b, j, _| {
+                        let sj = b.ins().imul_imm_s(j, ss as i64);
+                        let se = b.ins().iadd(srow, sj);
+                        let dj = b.ins().imul_imm_s(j, ds as i64);
+                        let de = b.ins().iadd(drow, dj);
+                        let (sa, da) = (elem_addr(b, src, se), elem_addr(b, dst, de));
+                        let v = b.ins().load(types::F32, flags, sa, 0);
+                        b.ins().store(flags, v, da, 0);
+                        vec![]
+                    });
+                    vec![]
+                });
+                vec![]
+            });
+            vec![]
+        });
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+    }
+}
