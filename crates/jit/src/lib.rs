@@ -8,7 +8,7 @@
 //! instances of this. Convolution and matrix multiply are other main loops that will feed the same
 //! epilogue language.
 //!
-//! [`compile`] lowers each node of a graph to a kernel through one table of rules (`lower.rs`),
+//! [`compile`] lowers each node of a graph to a kernel through one table of rules (`lower/mod.rs`),
 //! compiles each distinct kernel once (a cache keyed by the spec and the target's ISA flags), and
 //! returns a [`CompiledGraph`] that owns its buffers and a thread pool and replays the graph with
 //! `run` without allocating.

@@ -1,0 +1,259 @@
+//! Lowering rules for convolutions: each becomes a pack step into scratch, then a convolution or
+//! weight-gradient kernel, and for strided backward-data one convolution per output phase with
+//! interleaving copies.
+
+use super::{Buf, Lowered, Planned};
+use crate::conv::{ConvShape, ConvSpec, WeightLayout, register_tile};
+use crate::copy::CopySpec;
+use crate::pack::PackSpec;
+use crate::spec::KernelSpec;
+use crate::weight_grad::GridWeightGradSpec;
+use skipgrad_ir::NodeId;
+
+/// The packing of an `[planes, in_hw]` input for a convolution with this kernel, stride, output
+/// size and register tile width `vb`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv_pack(
+    planes: usize,
+    in_hw: [usize; 2],
+    dilation: [usize; 2],
+    pad_before: [isize; 2],
+    kernel_h: usize,
+    stride: [usize; 2],
+    out_hw: [usize; 2],
+    vb: usize,
+    kernel_w: usize,
+) -> PackSpec {
+    let rows = (out_hw[0] - 1) * stride[0] + kernel_h;
+    let padded_w = (out_hw[1] - 1) * stride[1] + kernel_w;
+    let row_len = padded_w.div_ceil(stride[1]).max(ConvSpec::min_row_len(out_hw[1], vb, kernel_w, stride[1]));
+    PackSpec { planes, in_hw, dilation, pad_before, rows, phases: stride[1], row_len }
+}
+
+/// A convolution step pair: pack `x` (with `dilation` and `pad`), then the direct convolution.
+/// `[n, c, k]` is (batch, input channels, output channels).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv(
+    id: NodeId,
+    x: NodeId,
+    w: NodeId,
+    [n, c, k]: [usize; 3],
+    in_hw: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    pad: [isize; 2],
+    out_hw: [usize; 2],
+    weights: WeightLayout,
+) -> Lowered {
+    // Register tile: kb output channels by vb vectors of 4 pixels.
+    let (kb, vb) = register_tile(k, out_hw[1].div_ceil(4), None);
+    let pack = conv_pack(n * c, in_hw, dilation, pad, kernel[0], stride, out_hw, vb, kernel[1]);
+    let shape = ConvShape {
+        batch: n,
+        in_channels: c,
+        out_channels: k,
+        packed: [pack.rows, pack.phases, pack.row_len],
+        kernel,
+        stride,
+        out_hw,
+    };
+    let spec = ConvSpec { shape, origin: [0, 0], weights, kb, vb };
+    let steps = vec![
+        Planned {
+            label: "pack".into(),
+            spec: KernelSpec::Pack(pack.clone()),
+            inputs: vec![Buf::Node(x)],
+            output: Buf::Scratch(0),
+        },
+        Planned {
+            label: "conv2d".into(),
+            spec: KernelSpec::Conv(spec),
+            inputs: vec![Buf::Scratch(0), Buf::Node(w)],
+            output: Buf::Node(id),
+        },
+    ];
+    Lowered::Steps { scratch: vec![pack.len()], steps }
+}
+
+/// The input gradient of a strided convolution as one small stride-1 convolution per output
+/// phase (sub-pixel decomposition): output rows `h = S i + p` receive only the taps
+/// `r = r0 + S t` with `r0 = (p + P) mod S`, from dy rows `i + a - t`, `a = (p + P - r0) / S`.
+/// Each phase convolves the (undilated) packed dy with its sub-kernel, read through weight strides,
+/// into a scratch plane; strided copies then interleave the phases into dx (the first zero-fills,
+/// covering positions no window reaches).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn sub_pixel_grad_input(
+    id: NodeId,
+    dy_id: NodeId,
+    w_id: NodeId,
+    dy: &[usize],
+    w: &[usize],
+    stride: usize,
+    pad: [usize; 2],
+    input_hw: [usize; 2],
+) -> Lowered {
+    let (n, k, c) = (dy[0], dy[1], w[1]);
+    let kernel = [w[2], w[3]];
+    // Per axis and phase: (first tap r0, taps T, dy offset a, outputs in this phase).
+    let phase = |axis: usize, p: usize| {
+        let r0 = (p + pad[axis]) % stride;
+        let taps = if r0 < kernel[axis] { (kernel[axis] - r0).div_ceil(stride) } else { 0 };
+        let a = (p + pad[axis] - r0) / stride;
+        let outputs = input_hw[axis].saturating_sub(p).div_ceil(stride);
+        (r0, taps, a, outputs)
+    };
+    // (output phase (h mod S, w mod S), its per-axis parameters), for phases that receive taps.
+    type Axis = (usize, usize, usize, usize);
+    let with_taps: Vec<([usize; 2], [Axis; 2])> = (0..stride)
+        .flat_map(|ph| (0..stride).map(move |pw| ([ph, pw], [phase(0, ph), phase(1, pw)])))
+        .filter(|(_, [h, w])| h.1 > 0 && w.1 > 0 && h.3 > 0 && w.3 > 0)
+        .collect();
+    let phases: Vec<[Axis; 2]> = with_taps.iter().map(|p| p.1).collect();
+    // One packed dy serves every phase: pad so that each phase's first window starts inside it.
+    let before = |axis: usize| phases.iter().map(|p| (p[axis].1 - 1).saturating_sub(p[axis].2)).max().unwrap_or(0);
+    let pad_before = [before(0), before(1)];
+    let origin = |p: &[Axis; 2], axis: usize| p[axis].2 + pad_before[axis] + 1 - p[axis].1;
+    let tiles: Vec<(usize, usize)> = phases.iter().map(|p| register_tile(c, p[1].3.div_ceil(4), None)).collect();
+    let rows = phases.iter().map(|p| origin(p, 0) + p[0].3 + p[0].1 - 1).max().unwrap_or(1);
+    let row_len = phases
+        .iter()
+        .zip(&tiles)
+        .map(|(p, t)| origin(p, 1) + ConvSpec::min_row_len(p[1].3, t.1, p[1].1, 1))
+        .max()
+        .unwrap_or(1);
+    let pack = PackSpec {
+        planes: n * k,
+        in_hw: [dy[2], dy[3]],
+        dilation: [1, 1],
+        pad_before: [pad_before[0] as isize, pad_before[1] as isize],
+        rows,
+        phases: 1,
+        row_len,
+    };
+    let mut scratch = vec![pack.len()];
+    let mut steps = vec![Planned {
+        label: "pack".into(),
+        spec: KernelSpec::Pack(pack),
+        inputs: vec![Buf::Node(dy_id)],
+        output: Buf::Scratch(0),
+    }];
+    let (kh, kw) = (kernel[0], kernel[1]);
+    for (i, ((p, &(kb, vb)), (at, _))) in phases.iter().zip(&tiles).zip(&with_taps).enumerate() {
+        let [(r0h, th, _, oh), (r0w, tw, _, ow)] = *p;
+        // The sub-kernel tap (t'h, t'w) is w[k][c][r0h + S (Th-1-t'h)][r0w + S (Tw-1-t'w)]; output
+        // channels are c, input channels k.
+        let weights = WeightLayout {
+            base: ((r0h + stride * (th - 1)) * kw + r0w + stride * (tw - 1)) as isize,
+            o: (kh * kw) as isize,
+            i: (c * kh * kw) as isize,
+            r: -((stride * kw) as isize),
+            s: -(stride as isize),
+        };
+        let shape = ConvShape {
+            batch: n,
+            in_channels: k,
+            out_channels: c,
+            packed: [rows, 1, row_len],
+            kernel: [th, tw],
+            stride: [1, 1],
+            out_hw: [oh, ow],
+        };
+        let spec = ConvSpec { shape, origin: [origin(p, 0), origin(p, 1)], weights, kb, vb };
+        let plane = scratch.len();
+        scratch.push(n * c * oh * ow);
+        steps.push(Planned {
+            label: "conv2d_grad_input_phase".into(),
+            spec: KernelSpec::Conv(spec),
+            inputs: vec![Buf::Scratch(0), Buf::Node(w_id)],
+            output: Buf::Scratch(plane),
+        });
+        let copy = CopySpec {
+            batch: n,
+            channels: c,
+            src: ([c, oh, ow], 0, 1),
+            dst: ([c, input_hw[0], input_hw[1]], 0, stride),
+            extent: [oh, ow],
+            dst_offset: *at,
+            zero_first: i == 0,
+        };
+        steps.push(Planned {
+            label: "interleave".into(),
+            spec: KernelSpec::Copy(copy),
+            inputs: vec![Buf::Scratch(plane)],
+            output: Buf::Node(id),
+        });
+    }
+    Lowered::Steps { scratch, steps }
+}
+
+/// The stride-1 weight gradient over flat grids: pack x and dy into rows of one length, then
+/// one contiguous vector loop per plane (see [`GridWeightGradSpec`]).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn grid_weight_grad(
+    label: String,
+    id: NodeId,
+    x_id: NodeId,
+    dy_id: NodeId,
+    x: &[usize],
+    dy: &[usize],
+    kernel: [usize; 2],
+    pad: [isize; 2],
+) -> Lowered {
+    let [oh, ow] = [dy[2], dy[3]];
+    let rows = oh + kernel[0] - 1;
+    let grid = (x[3] as isize + 2 * pad[1]).max(0) as usize;
+    // A multiple of 4, so every row starts a vector: the last vector of the plane then ends at
+    // (oh - 1) * grid + ceil4(ow), and the taps' reads stay inside the packed x plane.
+    let grid = grid.max(ow.div_ceil(4) * 4 + kernel[1] - 1).div_ceil(4) * 4;
+    let span = (oh - 1) * grid + ow.div_ceil(4) * 4;
+    let x_pack = PackSpec {
+        planes: x[0] * x[1],
+        in_hw: [x[2], x[3]],
+        dilation: [1, 1],
+        pad_before: pad,
+        rows,
+        phases: 1,
+        row_len: grid,
+    };
+    let dy_pack = PackSpec {
+        planes: dy[0] * dy[1],
+        in_hw: [oh, ow],
+        dilation: [1, 1],
+        pad_before: [0, 0],
+        rows: oh,
+        phases: 1,
+        row_len: grid,
+    };
+    let spec = GridWeightGradSpec {
+        batch: x[0],
+        in_channels: x[1],
+        out_channels: dy[1],
+        rows,
+        out_rows: oh,
+        grid,
+        span,
+        kernel,
+    };
+    let steps = vec![
+        Planned {
+            label: "pack".into(),
+            spec: KernelSpec::Pack(x_pack.clone()),
+            inputs: vec![Buf::Node(x_id)],
+            output: Buf::Scratch(0),
+        },
+        Planned {
+            label: "pack".into(),
+            spec: KernelSpec::Pack(dy_pack.clone()),
+            inputs: vec![Buf::Node(dy_id)],
+            output: Buf::Scratch(1),
+        },
+        Planned {
+            label,
+            spec: KernelSpec::GridWeightGrad(spec),
+            inputs: vec![Buf::Scratch(0), Buf::Scratch(1)],
+            output: Buf::Node(id),
+        },
+    ];
+    Lowered::Steps { scratch: vec![x_pack.len(), dy_pack.len()], steps }
+}
