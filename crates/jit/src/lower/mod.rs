@@ -1,5 +1,6 @@
-//! The table of rules from IR ops to kernels: each node becomes a feed, a constant, or a
-//! [`NestSpec`] over the node's inputs (operands) writing the node's buffer (output 0).
+//! The table of rules from IR ops to kernels: each node becomes a feed, a constant, or a short
+//! list of kernel steps (most often one [`NestSpec`] over the node's inputs) that writes the
+//! node's buffer, with scratch buffers where a kernel needs a packed layout.
 
 mod conv;
 
