@@ -140,3 +140,14 @@ fn zero_sized_batches_compile_and_run() {
     assert_eq!(c.output(0).unwrap().len(), 0);
     assert_eq!(c.output(2).unwrap().len(), 0);
 }
+
+#[cfg(feature = "disas")]
+#[test]
+fn kernels_carry_their_disassembly_with_the_disas_feature() {
+    let (g, out) = deep_graph();
+    let c = compile(&g, &[out], &CompileOptions::default()).unwrap();
+    for kernel in c.kernels() {
+        let text = kernel.disassembly.as_deref().expect("disassembly with the disas feature");
+        assert!(text.contains("ret"), "{}:\n{text}", kernel.name);
+    }
+}
