@@ -9,7 +9,7 @@ use skipgrad_jit::{CompileOptions, compile};
 fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "conv".into());
     let mut g = Graph::new();
-    let mut input = |g: &mut Graph, name: &str, dims: &[usize]| {
+    let input = |g: &mut Graph, name: &str, dims: &[usize]| {
         g.add_source(Op::Input { name: name.into() }, TensorType::new(DType::F32, dims), Role::Forward).expect("input")
     };
     let x = input(&mut g, "x", &[8, 16, 16, 16]);
@@ -33,7 +33,10 @@ fn main() {
         }
     };
     for (id, kernel) in compiled.schedule() {
-        println!("== {id}: {} ==\n{:?}\n\n-- Cranelift IR --\n{}\n-- vcode --\n{}", kernel.name, kernel.spec, kernel.ir, kernel.vcode);
+        println!(
+            "== {id}: {} ==\n{:?}\n\n-- Cranelift IR --\n{}\n-- vcode --\n{}",
+            kernel.name, kernel.spec, kernel.ir, kernel.vcode
+        );
         match &kernel.disassembly {
             Some(d) => println!("-- disassembly --\n{d}"),
             None => println!("-- disassembly: build with --features disas --"),
