@@ -21,4 +21,5 @@ fn residual_block_example_runs_and_its_gradients_check() {
     assert!(stdout.contains("conv2d_grad_weight[stride=2, pad=1, kernel=3x3]"));
     assert_eq!(stdout.matches(": ok, 8 directions").count(), 2, "{stdout}");
     assert!(stdout.contains("input f32[4,16,8,8] has 16 channels, weight f32[8,32,3,3] expects 32"));
+    assert!(stdout.contains("largest relative difference from the eager values:"), "{stdout}");
 }
