@@ -9,6 +9,13 @@ fn example(name: &str) -> PathBuf {
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps");
     let path = profile_dir.join("examples").join(name);
     assert!(path.exists(), "{} is missing: run through `cargo test`, which builds the examples", path.display());
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(format!("{name}.rs"));
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    assert!(
+        modified(&path) >= modified(&source),
+        "{} is older than its source: `cargo test --test examples` does not rebuild examples; run `cargo test` without a target filter",
+        path.display()
+    );
     path
 }
 
