@@ -92,7 +92,7 @@ where
         let u: Vec<Vec<f64>> = x.iter().map(|xi| random(&mut rng, xi.len())).collect();
         let a: f64 = analytic.iter().zip(&u).map(|(g, u)| dot(g, u)).sum();
         let n = central(opts.eps, |s| scalar(&shift(&x, &u, s)))?;
-        if let Err(mut failure) = checker.compare(a, n, || format!("direction {d}")) {
+        if let Err(mut failure) = checker.compare("directional derivative", a, n, || format!("direction {d}")) {
             if let Some(worst) = worst_element(&x, &shapes, &analytic, &scalar, &mut checker)? {
                 failure.location = format!("{} (worst element {})", failure.location, worst);
             }
@@ -118,7 +118,7 @@ where
             let column = central_vec(opts.eps, |s| eval(&shift(&x, &unit, s)))?;
             for (o, &n) in column.iter().enumerate() {
                 let where_ = || format!("d y{} / d x{i}{}", index(&y.shape(), o), index(&shapes[i], j));
-                checker.compare(rows[o][i][j], n, where_).map_err(|f| Error::Gradcheck(Box::new(f)))?;
+                checker.compare("jacobian", rows[o][i][j], n, where_).map_err(|f| Error::Gradcheck(Box::new(f)))?;
                 entries += 1;
             }
         }
@@ -133,7 +133,7 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     /// Passes when `|a - n| <= atol + rtol * max(|a|, |n|)`.
-    fn compare(&mut self, a: f64, n: f64, location: impl Fn() -> String) -> Result<(), GradcheckFailure> {
+    fn compare(&mut self, check: &str, a: f64, n: f64, location: impl Fn() -> String) -> Result<(), GradcheckFailure> {
         let abs_error = (a - n).abs();
         let tolerance = self.opts.atol + self.opts.rtol * a.abs().max(n.abs());
         self.max_abs_error = self.max_abs_error.max(abs_error);
@@ -141,7 +141,7 @@ impl Checker<'_> {
             return Ok(());
         }
         Err(GradcheckFailure {
-            check: if location().starts_with("direction") { "directional derivative" } else { "jacobian" }.into(),
+            check: check.into(),
             location: location(),
             analytic: a,
             numeric: n,

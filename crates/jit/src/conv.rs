@@ -263,6 +263,12 @@ pub(crate) fn mul_add_emit(b: &mut FunctionBuilder, mul_add: MulAdd, x: Value, y
     }
 }
 
+/// The index `n * count + c` of plane (n, c) in a tensor of `count` planes per image.
+pub(crate) fn plane_index(b: &mut FunctionBuilder, n: Value, count: usize, c: Value) -> Value {
+    let p = mul(b, n, count);
+    b.ins().iadd(p, c)
+}
+
 pub(crate) fn mul(b: &mut FunctionBuilder, v: Value, c: usize) -> Value {
     b.ins().imul_imm_s(v, c as i64)
 }

@@ -2,7 +2,7 @@
 
 use crate::MulAdd;
 use crate::codegen::{elem_addr, entry, for_loop, iconst, load_arg};
-use crate::conv::{ConvShape, mul, mul_add_emit};
+use crate::conv::{ConvShape, mul, mul_add_emit, plane_index};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, StackSlotData, StackSlotKind, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
@@ -103,8 +103,7 @@ impl WeightGradSpec {
             let (_, acc) = for_loop(b, h_lo, h_hi, 1, acc, &mut |b, oh, acc| {
                 // x row: image n, channel c, padded row oh * stride + r; dy row: image n, channel k0.
                 let x_row = {
-                    let nc = mul(b, n, self.shape.in_channels);
-                    let nc = b.ins().iadd(nc, c);
+                    let nc = plane_index(b, n, self.shape.in_channels, c);
                     let plane = mul(b, nc, rows);
                     let r0 = mul(b, oh, self.shape.stride[0]);
                     let row = b.ins().iadd(plane, r0);
@@ -113,8 +112,7 @@ impl WeightGradSpec {
                     elem_addr(b, xp, e)
                 };
                 let dy_row = {
-                    let nk = mul(b, n, self.shape.out_channels);
-                    let nk = b.ins().iadd(nk, k0);
+                    let nk = plane_index(b, n, self.shape.out_channels, k0);
                     let plane = mul(b, nk, oh_n);
                     let row = b.ins().iadd(plane, oh);
                     let e = mul(b, row, ow_n);
@@ -206,16 +204,14 @@ impl GridWeightGradSpec {
             let (n_lo, n_hi) = (iconst(b, 0), iconst(b, self.batch as i64));
             for_loop(b, n_lo, n_hi, 1, &[], &mut |b, n, _| {
                 let x_plane = {
-                    let nc = mul(b, n, c_n);
-                    let nc = b.ins().iadd(nc, c);
+                    let nc = plane_index(b, n, c_n, c);
                     let e = mul(b, nc, self.rows * self.grid);
                     elem_addr(b, xp, e)
                 };
                 let (k_lo, k_hi) = (iconst(b, 0), iconst(b, k_n as i64));
                 for_loop(b, k_lo, k_hi, 1, &[], &mut |b, k, _| {
                     let dy_plane = {
-                        let nk = mul(b, n, k_n);
-                        let nk = b.ins().iadd(nk, k);
+                        let nk = plane_index(b, n, k_n, k);
                         let e = mul(b, nk, self.out_rows * self.grid);
                         elem_addr(b, dyp, e)
                     };

@@ -10,6 +10,16 @@ use crate::spec::KernelSpec;
 use crate::weight_grad::GridWeightGradSpec;
 use skipgrad_ir::NodeId;
 
+/// The step that packs node `input` into scratch buffer `scratch`.
+pub(super) fn pack_step(pack: PackSpec, input: NodeId, scratch: usize) -> Planned {
+    Planned {
+        label: "pack".into(),
+        spec: KernelSpec::Pack(pack),
+        inputs: vec![Buf::Node(input)],
+        output: Buf::Scratch(scratch),
+    }
+}
+
 /// The packing of an `[planes, in_hw]` input for a convolution with this kernel, stride, output
 /// size and register tile width `vb`.
 #[allow(clippy::too_many_arguments)]
@@ -60,12 +70,7 @@ pub(super) fn conv(
     };
     let spec = ConvSpec { shape, origin: [0, 0], weights, kb, vb };
     let steps = vec![
-        Planned {
-            label: "pack".into(),
-            spec: KernelSpec::Pack(pack.clone()),
-            inputs: vec![Buf::Node(x)],
-            output: Buf::Scratch(0),
-        },
+        pack_step(pack.clone(), x, 0),
         Planned {
             label: "conv2d".into(),
             spec: KernelSpec::Conv(spec),
@@ -132,12 +137,7 @@ pub(super) fn sub_pixel_grad_input(
         row_len,
     };
     let mut scratch = vec![pack.len()];
-    let mut steps = vec![Planned {
-        label: "pack".into(),
-        spec: KernelSpec::Pack(pack),
-        inputs: vec![Buf::Node(dy_id)],
-        output: Buf::Scratch(0),
-    }];
+    let mut steps = vec![pack_step(pack, dy_id, 0)];
     let (kh, kw) = (kernel[0], kernel[1]);
     for (i, ((p, &(kb, vb)), (at, _))) in phases.iter().zip(&tiles).zip(&with_taps).enumerate() {
         let [(r0h, th, _, oh), (r0w, tw, _, ow)] = *p;
@@ -236,18 +236,8 @@ pub(super) fn grid_weight_grad(
         kernel,
     };
     let steps = vec![
-        Planned {
-            label: "pack".into(),
-            spec: KernelSpec::Pack(x_pack.clone()),
-            inputs: vec![Buf::Node(x_id)],
-            output: Buf::Scratch(0),
-        },
-        Planned {
-            label: "pack".into(),
-            spec: KernelSpec::Pack(dy_pack.clone()),
-            inputs: vec![Buf::Node(dy_id)],
-            output: Buf::Scratch(1),
-        },
+        pack_step(x_pack.clone(), x_id, 0),
+        pack_step(dy_pack.clone(), dy_id, 1),
         Planned {
             label,
             spec: KernelSpec::GridWeightGrad(spec),

@@ -4,7 +4,7 @@
 
 mod conv;
 
-use self::conv::{conv, conv_pack, grid_weight_grad, sub_pixel_grad_input};
+use self::conv::{conv, conv_pack, grid_weight_grad, pack_step, sub_pixel_grad_input};
 use crate::conv::{ConvShape, WeightLayout, register_tile};
 use crate::copy::CopySpec;
 use crate::expr::{Cond, Expr};
@@ -292,12 +292,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                 };
                 let spec = WeightGradSpec { shape, kb };
                 let steps = vec![
-                    Planned {
-                        label: "pack".into(),
-                        spec: KernelSpec::Pack(pack.clone()),
-                        inputs: vec![Buf::Node(inputs[0])],
-                        output: Buf::Scratch(0),
-                    },
+                    pack_step(pack.clone(), inputs[0], 0),
                     Planned {
                         label: label(),
                         spec: KernelSpec::WeightGrad(spec),
