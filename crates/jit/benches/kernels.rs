@@ -8,7 +8,9 @@
 //! 4. memory-bound kernels (batch norm, ReLU, add) as GB/s and fraction of copy bandwidth.
 //!
 //! Times are medians of repeated runs: this thread's CPU time for 1-thread runs (robust to the
-//! shared machine preempting us), wall time for 2 threads. Compare ratios measured in one run. `BENCH_QUICK=1` runs fewer repetitions.
+//! shared machine preempting us), wall time for 2 threads. Compare ratios measured in one run. `BENCH_QUICK=1` runs fewer repetitions;
+//! `BENCH_FILTER=text` runs only the convolution and memory-bound rows whose name contains `text`
+//! (for example `BENCH_FILTER=backward-weight`).
 
 use skipgrad_ir::{Conv2dAttrs, DType, Graph, NodeId, Op, Role, TensorType};
 use skipgrad_jit::{CompileOptions, Kernel, KernelSpec, MulAdd, PeakSpec, Target, compile};
@@ -120,12 +122,38 @@ fn time_graph(g: &Graph, out: NodeId, threads: usize, target: &Target) -> f64 {
     median_seconds(|| c.run(), min, budget, threads)
 }
 
+/// `BENCH_PROFILE=1`: the share of each kernel of `g` (1 thread, wall time, 10 runs).
+fn print_profile(g: &Graph, out: NodeId, target: &Target) {
+    let options = CompileOptions { threads: 1, target: Some(target.clone()), ..CompileOptions::default() };
+    let mut c = compile(g, &[out], &options).expect("compiles");
+    fill_inputs(g, &mut c);
+    c.run();
+    let mut totals: Vec<(String, f64)> = vec![];
+    for _ in 0..10 {
+        for (name, _, seconds) in c.profile() {
+            match totals.iter_mut().find(|t| t.0 == name) {
+                Some(t) => t.1 += seconds,
+                None => totals.push((name, seconds)),
+            }
+        }
+    }
+    let all: f64 = totals.iter().map(|t| t.1).sum();
+    for (name, seconds) in totals {
+        println!("|   | {name} | {:.2} ms | {:.0}% of the pass | | |", seconds * 100.0, 100.0 * seconds / all);
+    }
+}
+
 struct ConvCase {
     name: &'static str,
     c: usize,
     k: usize,
     hw: usize,
     stride: usize,
+}
+
+/// Whether a row is selected by `BENCH_FILTER` (a substring of "conv pass" or the kernel name).
+fn selected(row: &str) -> bool {
+    std::env::var("BENCH_FILTER").map_or(true, |f| row.contains(&f))
 }
 
 fn main() {
@@ -196,6 +224,9 @@ fn main() {
         let out_hw = (case.hw + 2 - 3) / case.stride + 1;
         let flops = 2.0 * (batch * case.k * out_hw * out_hw * case.c * 9) as f64;
         for pass in ["forward", "backward-data", "backward-weight"] {
+            if !selected(&format!("{} {pass}", case.name)) {
+                continue;
+            }
             let mut g = Graph::new();
             let out = match pass {
                 "forward" => {
@@ -220,6 +251,9 @@ fn main() {
             let fraction = fraction_of_ceiling(&g, out, flops, &target, &calibration);
             let (g1, g2) = (flops / t1 / 1e9, flops / t2 / 1e9);
             println!("| {} | {pass} | {g1:.1} | {:.0}% | {g2:.1} | {:.2} |", case.name, 100.0 * fraction, t1 / t2);
+            if std::env::var_os("BENCH_PROFILE").is_some() {
+                print_profile(&g, out, &target);
+            }
         }
     }
 
@@ -245,6 +279,9 @@ fn main() {
         }),
     ];
     for (name, tensors, build) in kernels {
+        if !selected(name) {
+            continue;
+        }
         let mut g = Graph::new();
         let x = [input(&mut g, "x", &dims), input(&mut g, "y", &dims)];
         let p = [0, 1, 2, 3].map(|i| input(&mut g, ["p0", "p1", "p2", "p3"][i], &[16]));

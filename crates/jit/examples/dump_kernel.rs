@@ -1,7 +1,7 @@
 //! Prints what the JIT generated for one node: the kernel spec, Cranelift IR, register-allocated
 //! vcode and (with `--features disas`) the machine-code disassembly.
 //!
-//! `cargo run -p skipgrad-jit --example dump_kernel --features disas -- relu|conv|bn`
+//! `cargo run -p skipgrad-jit --example dump_kernel --features disas -- relu|conv|wgrad|bn`
 
 use skipgrad_ir::{Conv2dAttrs, DType, Graph, Op, Role, TensorType};
 use skipgrad_jit::{CompileOptions, compile};
@@ -15,6 +15,14 @@ fn main() {
     let x = input(&mut g, "x", &[8, 16, 16, 16]);
     let node = match which.as_str() {
         "relu" => g.add_node(Op::Relu, &[x], Role::Forward),
+        "wgrad" => {
+            let dy = input(&mut g, "dy", &[8, 16, 16, 16]);
+            g.add_node(
+                Op::Conv2dGradWeight { conv: Conv2dAttrs::square(1, 1), kernel_hw: [3, 3] },
+                &[x, dy],
+                Role::Backward,
+            )
+        }
         "bn" => {
             let p: Vec<_> = ["mean", "var", "gamma", "beta"].iter().map(|n| input(&mut g, n, &[16])).collect();
             g.add_node(Op::BatchNorm { eps: 1e-5, training: false }, &[x, p[0], p[1], p[2], p[3]], Role::Forward)

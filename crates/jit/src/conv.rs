@@ -9,8 +9,8 @@
 //! [`ConvSpec`] computes a register tile of `kb` output channels by `vb` vectors of output
 //! pixels. Per tap it loads `vb` input vectors and broadcasts `kb` weights (read through
 //! [`WeightLayout`] strides, so the backward-data pass reads the forward weights flipped and
-//! transposed without copying). [`WeightGradSpec`](crate::WeightGradSpec) reduces `dy * x` over the batch and the output
-//! pixels for `kb` output channels by every tap of one kernel row.
+//! transposed without copying). [`WeightGradSpec`](crate::WeightGradSpec) is the same tile with the
+//! roles swapped: vectors of output channels times broadcast input pixels, reduced over pixels.
 
 use crate::MulAdd;
 use crate::codegen::{elem_addr, entry, for_loop, iconst, load_arg};
@@ -49,8 +49,8 @@ impl WeightLayout {
     }
 }
 
-/// The geometry of a convolution over a packed input: what the forward, backward-data and
-/// row-wise weight-gradient kernels share.
+/// The geometry of a convolution over a packed input: what the forward and backward-data kernels
+/// share.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct ConvShape {
     /// Batch size.
@@ -261,12 +261,6 @@ pub(crate) fn mul_add_emit(b: &mut FunctionBuilder, mul_add: MulAdd, x: Value, y
             b.ins().fadd(acc, p)
         }
     }
-}
-
-/// The index `n * count + c` of plane (n, c) in a tensor of `count` planes per image.
-pub(crate) fn plane_index(b: &mut FunctionBuilder, n: Value, count: usize, c: Value) -> Value {
-    let p = mul(b, n, count);
-    b.ins().iadd(p, c)
 }
 
 pub(crate) fn mul(b: &mut FunctionBuilder, v: Value, c: usize) -> Value {

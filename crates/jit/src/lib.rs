@@ -31,6 +31,7 @@ mod pool;
 mod rows;
 mod spec;
 mod target;
+mod transpose;
 mod weight_grad;
 
 pub use buffer::Guard;
@@ -49,7 +50,8 @@ pub use pool::ThreadPool;
 pub use rows::{RowOp, RowSpec};
 pub use spec::KernelSpec;
 pub use target::{MulAdd, Target};
-pub use weight_grad::{GridWeightGradSpec, WeightGradSpec};
+pub use transpose::TransposeSpec;
+pub use weight_grad::WeightGradSpec;
 
 /// Result type of the JIT.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -9,7 +9,8 @@ use crate::nest::NestSpec;
 use crate::pack::PackSpec;
 use crate::peak::PeakSpec;
 use crate::rows::{Imports, RowOp, RowSpec};
-use crate::weight_grad::{GridWeightGradSpec, WeightGradSpec};
+use crate::transpose::TransposeSpec;
+use crate::weight_grad::WeightGradSpec;
 use cranelift_codegen::ir::Type;
 use cranelift_frontend::FunctionBuilder;
 
@@ -22,10 +23,10 @@ pub enum KernelSpec {
     Pack(PackSpec),
     /// Direct convolution (forward, or backward-data on a dilated input).
     Conv(ConvSpec),
-    /// Convolution weight gradient (any stride, row by row).
+    /// Convolution weight gradient: channel tiles over channels-last dy.
     WeightGrad(WeightGradSpec),
-    /// Stride-1 convolution weight gradient over flat grids.
-    GridWeightGrad(GridWeightGradSpec),
+    /// NCHW to channels-last rows.
+    Transpose(TransposeSpec),
     /// Strided, channel-offset copies (the option-A shortcut and its gradient).
     Copy(CopySpec),
     /// Matrix multiply.
@@ -46,7 +47,7 @@ impl KernelSpec {
             KernelSpec::Pack(s) => s.planes,
             KernelSpec::Conv(s) => s.groups(),
             KernelSpec::WeightGrad(s) => s.groups(),
-            KernelSpec::GridWeightGrad(s) => s.groups(),
+            KernelSpec::Transpose(s) => s.groups(),
             KernelSpec::Copy(s) => s.batch,
             KernelSpec::MatMul(s) => s.m,
             KernelSpec::Rows(s) => s.groups(),
@@ -58,7 +59,8 @@ impl KernelSpec {
     pub fn arity(&self) -> usize {
         match self {
             KernelSpec::Nest(s) => s.operands.len() + s.outputs,
-            KernelSpec::Pack(_) | KernelSpec::Copy(_) => 2,
+            KernelSpec::Pack(_) | KernelSpec::Copy(_) | KernelSpec::Transpose(_) => 2,
+            KernelSpec::WeightGrad(_) => 4,
             KernelSpec::MatMul(_) => 3,
             KernelSpec::Pool(s) => 2 + s.grad as usize,
             KernelSpec::Rows(s) => match s.op {
@@ -66,7 +68,7 @@ impl KernelSpec {
                 RowOp::CrossEntropy => 3,
                 RowOp::CrossEntropyGrad => 4,
             },
-            KernelSpec::Conv(_) | KernelSpec::WeightGrad(_) | KernelSpec::GridWeightGrad(_) => 3,
+            KernelSpec::Conv(_) => 3,
             KernelSpec::Peak(_) => 1,
         }
     }
@@ -74,13 +76,13 @@ impl KernelSpec {
     pub fn flops(&self) -> Option<f64> {
         match self {
             KernelSpec::Conv(s) => Some(s.shape.flops()),
-            KernelSpec::WeightGrad(s) => Some(s.shape.flops()),
-            KernelSpec::GridWeightGrad(_) => None,
+            KernelSpec::WeightGrad(s) => Some(s.flops()),
             KernelSpec::Peak(s) => Some(s.flops_per_group()),
             KernelSpec::MatMul(s) => Some(2.0 * (s.m * s.n * s.k) as f64),
             KernelSpec::Nest(_)
             | KernelSpec::Pack(_)
             | KernelSpec::Copy(_)
+            | KernelSpec::Transpose(_)
             | KernelSpec::Rows(_)
             | KernelSpec::Pool(_) => None,
         }
@@ -91,7 +93,7 @@ impl KernelSpec {
             KernelSpec::Pack(s) => s.build(b, ptr),
             KernelSpec::Conv(s) => s.build(b, ptr, mul_add),
             KernelSpec::WeightGrad(s) => s.build(b, ptr, mul_add),
-            KernelSpec::GridWeightGrad(s) => s.build(b, ptr, mul_add),
+            KernelSpec::Transpose(s) => s.build(b, ptr),
             KernelSpec::Copy(s) => s.build(b, ptr),
             KernelSpec::MatMul(s) => s.build(b, ptr, mul_add),
             KernelSpec::Rows(s) => s.build(b, ptr, imports),

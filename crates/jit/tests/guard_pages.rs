@@ -91,6 +91,7 @@ fn convolution_kernels_stay_inside_their_buffers() {
         (2, 3, 6, 11, 11, 7, 2, 3),
         (1, 4, 8, 6, 5, 1, 2, 0),
         (1, 3, 4, 4, 4, 3, 1, 3),
+        (1, 5, 12, 5, 7, 3, 1, 1),
     ] {
         let mut g = Graph::new();
         let x = input(&mut g, "x", &[n, c, h, w]);

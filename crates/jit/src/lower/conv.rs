@@ -7,7 +7,8 @@ use crate::conv::{ConvShape, ConvSpec, WeightLayout, register_tile};
 use crate::copy::CopySpec;
 use crate::pack::PackSpec;
 use crate::spec::KernelSpec;
-use crate::weight_grad::GridWeightGradSpec;
+use crate::transpose::TransposeSpec;
+use crate::weight_grad::WeightGradSpec;
 use skipgrad_ir::NodeId;
 
 /// The step that packs node `input` into scratch buffer `scratch`.
@@ -187,10 +188,10 @@ pub(super) fn sub_pixel_grad_input(
     Lowered::Steps { scratch, steps }
 }
 
-/// The stride-1 weight gradient over flat grids: pack x and dy into rows of one length, then
-/// one contiguous vector loop per plane (see [`GridWeightGradSpec`]).
+/// The weight gradient as channel tiles: pack x (zero-padded, stride-1 layout), transpose dy to
+/// channels-last rows, then [`WeightGradSpec`] with its accumulator scratch.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn grid_weight_grad(
+pub(super) fn weight_grad(
     label: String,
     id: NodeId,
     x_id: NodeId,
@@ -198,52 +199,51 @@ pub(super) fn grid_weight_grad(
     x: &[usize],
     dy: &[usize],
     kernel: [usize; 2],
+    stride: [usize; 2],
     pad: [isize; 2],
 ) -> Lowered {
-    let [oh, ow] = [dy[2], dy[3]];
-    let rows = oh + kernel[0] - 1;
-    let grid = (x[3] as isize + 2 * pad[1]).max(0) as usize;
-    // A multiple of 4, so every row starts a vector: the last vector of the plane then ends at
-    // (oh - 1) * grid + ceil4(ow), and the taps' reads stay inside the packed x plane.
-    let grid = grid.max(ow.div_ceil(4) * 4 + kernel[1] - 1).div_ceil(4) * 4;
-    let span = (oh - 1) * grid + ow.div_ceil(4) * 4;
+    let (n, c, k) = (x[0], x[1], dy[1]);
+    let out_hw = [dy[2], dy[3]];
+    let kv = if k > 4 { 2 } else { 1 };
+    let dy_row = k.div_ceil(4 * kv) * 4 * kv;
+    let (cb, _) = register_tile(c, kv, Some(kv));
     let x_pack = PackSpec {
-        planes: x[0] * x[1],
+        planes: n * c,
         in_hw: [x[2], x[3]],
         dilation: [1, 1],
         pad_before: pad,
-        rows,
+        rows: (out_hw[0] - 1) * stride[0] + kernel[0],
         phases: 1,
-        row_len: grid,
+        row_len: (out_hw[1] - 1) * stride[1] + kernel[1],
     };
-    let dy_pack = PackSpec {
-        planes: dy[0] * dy[1],
-        in_hw: [oh, ow],
-        dilation: [1, 1],
-        pad_before: [0, 0],
-        rows: oh,
-        phases: 1,
-        row_len: grid,
-    };
-    let spec = GridWeightGradSpec {
-        batch: x[0],
-        in_channels: x[1],
-        out_channels: dy[1],
-        rows,
-        out_rows: oh,
-        grid,
-        span,
+    let transpose = TransposeSpec { batch: n, channels: k, pixels: out_hw[0] * out_hw[1], row: dy_row };
+    let spec = WeightGradSpec {
+        batch: n,
+        in_channels: c,
+        out_channels: k,
+        dy_row,
+        packed: [x_pack.rows, x_pack.row_len],
         kernel,
+        stride,
+        out_hw,
+        cb,
+        kv,
     };
+    let scratch = vec![x_pack.len(), transpose.len(), spec.scratch_len()];
     let steps = vec![
-        pack_step(x_pack.clone(), x_id, 0),
-        pack_step(dy_pack.clone(), dy_id, 1),
+        pack_step(x_pack, x_id, 0),
+        Planned {
+            label: "transpose".into(),
+            spec: KernelSpec::Transpose(transpose),
+            inputs: vec![Buf::Node(dy_id)],
+            output: Buf::Scratch(1),
+        },
         Planned {
             label,
-            spec: KernelSpec::GridWeightGrad(spec),
-            inputs: vec![Buf::Scratch(0), Buf::Scratch(1)],
+            spec: KernelSpec::WeightGrad(spec),
+            inputs: vec![Buf::Scratch(0), Buf::Scratch(1), Buf::Scratch(2)],
             output: Buf::Node(id),
         },
     ];
-    Lowered::Steps { scratch: vec![x_pack.len(), dy_pack.len()], steps }
+    Lowered::Steps { scratch, steps }
 }

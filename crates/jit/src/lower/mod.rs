@@ -4,8 +4,8 @@
 
 mod conv;
 
-use self::conv::{conv, conv_pack, grid_weight_grad, pack_step, sub_pixel_grad_input};
-use crate::conv::{ConvShape, WeightLayout, register_tile};
+use self::conv::{conv, sub_pixel_grad_input, weight_grad};
+use crate::conv::WeightLayout;
 use crate::copy::CopySpec;
 use crate::expr::{Cond, Expr};
 use crate::matmul::MatMulSpec;
@@ -13,7 +13,6 @@ use crate::maxpool::PoolSpec;
 use crate::nest::{Nest, NestSpec, Operand, Pass};
 use crate::rows::{RowOp, RowSpec};
 use crate::spec::KernelSpec;
-use crate::weight_grad::WeightGradSpec;
 use crate::{Error, Result};
 use skipgrad_ir::{DType, Graph, NodeId, Op};
 
@@ -266,42 +265,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
         Op::Conv2dGradWeight { conv: a, kernel_hw } => {
             let (x, dy) = (dims(0)?, dims(1)?);
             let pad = [a.pad[0] as isize, a.pad[1] as isize];
-            if a.stride == [1, 1] {
-                grid_weight_grad(label(), id, inputs[0], inputs[1], &x, &dy, *kernel_hw, pad)
-            } else {
-                let (kb, _) = register_tile(dy[1], kernel_hw[1], Some(kernel_hw[1]));
-                let pack = conv_pack(
-                    x[0] * x[1],
-                    [x[2], x[3]],
-                    [1, 1],
-                    pad,
-                    kernel_hw[0],
-                    a.stride,
-                    [dy[2], dy[3]],
-                    1,
-                    kernel_hw[1],
-                );
-                let shape = ConvShape {
-                    batch: x[0],
-                    in_channels: x[1],
-                    out_channels: dy[1],
-                    packed: [pack.rows, pack.phases, pack.row_len],
-                    kernel: *kernel_hw,
-                    stride: a.stride,
-                    out_hw: [dy[2], dy[3]],
-                };
-                let spec = WeightGradSpec { shape, kb };
-                let steps = vec![
-                    pack_step(pack.clone(), inputs[0], 0),
-                    Planned {
-                        label: label(),
-                        spec: KernelSpec::WeightGrad(spec),
-                        inputs: vec![Buf::Scratch(0), Buf::Node(inputs[1])],
-                        output: Buf::Node(id),
-                    },
-                ];
-                Lowered::Steps { scratch: vec![pack.len()], steps }
-            }
+            weight_grad(label(), id, inputs[0], inputs[1], &x, &dy, *kernel_hw, a.stride, pad)
         }
         Op::ShortcutA(a) => {
             let (x, y) = (dims(0)?, node.ty.shape.dims().to_vec());
