@@ -97,6 +97,13 @@ impl ConvSpec {
     pub fn groups(&self) -> usize {
         self.shape.batch * (self.shape.out_channels / self.kb) * self.shape.out_hw[0]
     }
+    /// Input channels per iteration of the reduction loop: enough for about 8 taps of work
+    /// (1 for 3x3 kernels), a divisor of the input channels.
+    pub fn channel_unroll(&self) -> usize {
+        let taps = self.shape.kernel[0] * self.shape.kernel[1];
+        let want = (8 / taps).max(1);
+        (1..=want).rev().find(|u| self.shape.in_channels.is_multiple_of(*u)).unwrap_or(1)
+    }
     /// Packed row length this spec needs so that every tile's loads stay in the row.
     pub fn min_row_len(out_w: usize, vb: usize, kernel_w: usize, stride_w: usize) -> usize {
         out_w.div_ceil(4 * vb) * 4 * vb + (kernel_w - 1) / stride_w
@@ -176,9 +183,14 @@ impl ConvSpec {
         let zero_s = b.ins().f32const(0.0);
         let zero = b.ins().splat(types::F32X4, zero_s);
         let acc0 = vec![zero; self.kb * vb];
+        // Few taps leave little work per channel: unroll over channels so the loop's back-edge
+        // moves (one per accumulator, from the x64 multiply-add lowering) are paid less often.
+        let unroll = self.channel_unroll();
         let (c_lo, c_hi) = (iconst(b, 0), iconst(b, self.shape.in_channels as i64));
         let x_col = b.ins().iadd(x_row, col);
-        let (_, acc) = for_loop(b, c_lo, c_hi, 1, &acc0, &mut |b, c, acc| {
+        let x_channel_bytes = (rows * phases * row_len * 4) as i32;
+        let w_channel_bytes = self.weights.i as i32 * 4;
+        let (_, acc) = for_loop(b, c_lo, c_hi, unroll as i64, &acc0, &mut |b, c, acc| {
             let x_c = {
                 let off = mul(b, c, rows * phases * row_len);
                 let e = b.ins().iadd(x_col, off);
@@ -190,19 +202,21 @@ impl ConvSpec {
                 elem_addr(b, w, e)
             };
             let mut acc = acc.to_vec();
-            for r in 0..kh {
-                for s in 0..kw {
-                    let (phase, q) = (s % self.shape.stride[1], s / self.shape.stride[1]);
-                    let base = ((r * phases + phase) * row_len + q) as i32 * 4;
-                    let xs: Vec<Value> =
-                        (0..vb).map(|j| b.ins().load(types::F32X4, flags, x_c, base + 16 * j as i32)).collect();
-                    for k in 0..self.kb {
-                        let offset = (self.weights.at(k, 0, r, s) - self.weights.base) as i32 * 4;
-                        let wk = b.ins().load(types::F32, flags, w_c, offset);
-                        let wv = b.ins().splat(types::F32X4, wk);
-                        for (j, &xv) in xs.iter().enumerate() {
-                            let a = &mut acc[k * vb + j];
-                            *a = mul_add_emit(b, mul_add, wv, xv, *a);
+            for u in 0..unroll as i32 {
+                for r in 0..kh {
+                    for s in 0..kw {
+                        let (phase, q) = (s % self.shape.stride[1], s / self.shape.stride[1]);
+                        let base = ((r * phases + phase) * row_len + q) as i32 * 4 + u * x_channel_bytes;
+                        let xs: Vec<Value> =
+                            (0..vb).map(|j| b.ins().load(types::F32X4, flags, x_c, base + 16 * j as i32)).collect();
+                        for k in 0..self.kb {
+                            let offset = (self.weights.at(k, 0, r, s) - self.weights.base) as i32 * 4;
+                            let wk = b.ins().load(types::F32, flags, w_c, offset + u * w_channel_bytes);
+                            let wv = b.ins().splat(types::F32X4, wk);
+                            for (j, &xv) in xs.iter().enumerate() {
+                                let a = &mut acc[k * vb + j];
+                                *a = mul_add_emit(b, mul_add, wv, xv, *a);
+                            }
                         }
                     }
                 }

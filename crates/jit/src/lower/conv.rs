@@ -86,8 +86,8 @@ pub(super) fn conv(
 /// phase (sub-pixel decomposition): output rows `h = S i + p` receive only the taps
 /// `r = r0 + S t` with `r0 = (p + P) mod S`, from dy rows `i + a - t`, `a = (p + P - r0) / S`.
 /// Each phase convolves the (undilated) packed dy with its sub-kernel, read through weight strides,
-/// into a scratch plane; strided copies then interleave the phases into dx (the first zero-fills,
-/// covering positions no window reaches).
+/// into a scratch plane; strided copies then interleave the phases into dx (the first zero-fills
+/// dx when some phase receives no tap, so positions no window reaches stay zero).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn sub_pixel_grad_input(
     id: NodeId,
@@ -176,7 +176,8 @@ pub(super) fn sub_pixel_grad_input(
             dst: ([c, input_hw[0], input_hw[1]], 0, stride),
             extent: [oh, ow],
             dst_offset: *at,
-            zero_first: i == 0,
+            // Zero dx first only when some phase receives no tap (its positions stay zero).
+            zero_first: i == 0 && with_taps.len() < stride * stride,
         };
         steps.push(Planned {
             label: "interleave".into(),
