@@ -1,6 +1,8 @@
 //! Helpers shared by the cross-crate property tests.
 #![allow(dead_code)]
 
+pub mod net;
+
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use rand::rngs::StdRng;

@@ -87,7 +87,10 @@ pub(crate) fn vjp(node: &Node, x: &[Var], y: &Var, g: &Var, want: &[bool]) -> Re
             }
             smallvec![]
         }
-        Op::Relu => smallvec![when(0, &|| x[0].relu_grad(g))?],
+        // The mask comes from the output (y > 0 exactly when x > 0), so the pre-activation need
+        // not stay alive for the backward pass, and batch-norm apply, the residual add and the
+        // ReLU fuse into one kernel.
+        Op::Relu => smallvec![when(0, &|| y.relu_grad(g))?],
         // relu_grad is linear in dy and piecewise constant in x.
         Op::ReluGrad => smallvec![None, when(1, &|| x[0].relu_grad(g))?],
         Op::Add => smallvec![Some(g.clone()), Some(g.clone())],
@@ -136,6 +139,12 @@ pub(crate) fn vjp(node: &Node, x: &[Var], y: &Var, g: &Var, want: &[bool]) -> Re
                 Var::apply(Op::SoftmaxCrossEntropyGrad, &[&x[0], &x[1], &unit])?.mul(g)?.sum()
             };
             smallvec![when(0, &d_logits)?, labels_have_no_gradient(want, &not_differentiable)?, when(2, &d_loss)?]
+        }
+        Op::Fused(_) => {
+            return Err(not_differentiable(
+                0,
+                "fusion runs after gradients are taken: differentiate the unfused graph",
+            ));
         }
         Op::Custom { rule, .. } => {
             let op = y.tape.0.borrow().rules.get(*rule).cloned().ok_or_else(|| {

@@ -281,6 +281,19 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             }
             out(dims(0))
         }
+        Op::Fused(k) => {
+            arity(k.arity())?;
+            let body = k.body.nodes();
+            for (i, (t, placeholder)) in inputs.iter().zip(body).enumerate() {
+                if **t != placeholder.ty {
+                    return Err(fail(format!("input {i} is {t}, the body expects {}", placeholder.ty)));
+                }
+            }
+            match body.last() {
+                Some(last) if body.len() > k.arity() => Ok(last.ty.clone()),
+                _ => Err(fail("the body computes nothing".into())),
+            }
+        }
     }
 }
 

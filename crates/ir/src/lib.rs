@@ -17,7 +17,7 @@ mod tensor;
 pub use error::Error;
 pub use graph::{Graph, Node, NodeId, Role};
 pub use infer::infer;
-pub use op::{Axes, Conv2dAttrs, Op, PoolAttrs, ShortcutAttrs};
+pub use op::{Axes, Conv2dAttrs, Fused, Op, PoolAttrs, ShortcutAttrs};
 pub use shape::{DType, Shape, TensorType};
 pub use tensor::{Data, Tensor};
 

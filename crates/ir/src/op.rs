@@ -4,9 +4,10 @@
 //! attributes in [`Op::fmt_attrs`]; then the compiler points at every exhaustive `match` that needs a
 //! rule (shape in `infer.rs`, value in the reference interpreter, gradient in autodiff).
 
-use crate::Shape;
+use crate::{Graph, Shape};
 use smallvec::SmallVec;
 use std::fmt;
+use std::sync::Arc;
 
 /// A list of axis indices.
 pub type Axes = SmallVec<[usize; 4]>;
@@ -141,6 +142,36 @@ pub enum Op {
     /// A user-defined op: the value is input 0 (the op's composed forward); inputs 1.. are the
     /// op's arguments, and the gradient comes from the rule registered on the tape as `rule`.
     Custom { name: String, rule: usize },
+
+    // ---- compiler ------------------------------------------------------------------------
+    /// Nodes a fusion pass merged into one kernel (see [`Fused`]).
+    Fused(Fused),
+}
+
+/// A group of nodes that a fusion pass merged into one kernel. `body` computes the group: its
+/// first nodes are placeholders `Input { name: "in0" }`, `"in1"`... standing for the fused node's
+/// inputs in order, and its last node is the value. `covers` lists the ids the merged nodes had in
+/// the graph the pass read, so dumps can show what merged: a dump prints
+/// `fused[rule=elementwise, ops=batch_norm+add+relu, covers=#25,#32,#33]`.
+#[derive(Clone, PartialEq, Debug)]
+pub struct Fused {
+    /// The fusion rule that made the group, e.g. `elementwise`.
+    pub rule: String,
+    /// The group as a graph of its own.
+    pub body: Arc<Graph>,
+    /// Ids of the merged nodes in the graph before the pass.
+    pub covers: Vec<usize>,
+}
+
+impl Fused {
+    /// The placeholder name of input `k` in a body.
+    pub fn placeholder(k: usize) -> String {
+        format!("in{k}")
+    }
+    /// How many inputs the body takes (its leading placeholders).
+    pub fn arity(&self) -> usize {
+        self.body.nodes().iter().take_while(|n| matches!(&n.op, Op::Input { .. })).count()
+    }
 }
 
 impl Op {
@@ -182,7 +213,29 @@ impl Op {
             Op::ArgMax => "argmax",
             Op::Equal => "equal",
             Op::Custom { name, .. } => name,
+            Op::Fused(_) => "fused",
         }
+    }
+
+    /// True for elementwise ops: the value at each element depends only on the inputs at that
+    /// element, or at that element's channel for per-channel operands (bias, batch-norm
+    /// statistics and parameters). Fusion merges chains of these into one kernel.
+    pub fn is_elementwise(&self) -> bool {
+        matches!(
+            self,
+            Op::Relu
+                | Op::ReluGrad
+                | Op::Add
+                | Op::Sub
+                | Op::Mul
+                | Op::Equal
+                | Op::Scale { .. }
+                | Op::AddScalar { .. }
+                | Op::StopGradient
+                | Op::BiasAdd
+                | Op::BatchNorm { .. }
+                | Op::BatchNormGradInput { training: false, .. }
+        )
     }
 
     /// True for ops that read no other node (inputs, parameters, constants, fills).
@@ -229,6 +282,12 @@ impl Op {
             Op::ReduceSum { axes: a } => write!(f, "axes={}", axes(a)),
             Op::Broadcast { axes: a, shape } => write!(f, "axes={}, shape={shape}", axes(a)),
             Op::Custom { rule, .. } => write!(f, "custom_rule={rule}"),
+            Op::Fused(k) => {
+                // Covered ids are the graph's before the pass, so they print as `#n`, not `%n`.
+                let ops = k.body.nodes()[k.arity()..].iter().map(|n| n.op.name()).collect::<Vec<_>>().join("+");
+                let covers = k.covers.iter().map(|c| format!("#{c}")).collect::<Vec<_>>().join(",");
+                write!(f, "rule={}, ops={ops}, covers={covers}", k.rule)
+            }
             Op::BiasAdd
             | Op::BatchMean
             | Op::BatchVar

@@ -76,6 +76,24 @@ impl Expr {
         Expr::Select { cond, a: Box::new(a), b: Box::new(b), then: Box::new(then), otherwise: Box::new(otherwise) }
     }
 
+    /// This expression with every `Load(k)` replaced by `operand(k)`: how fused kernels compose
+    /// the expressions of their nodes.
+    pub fn substitute(&self, operand: &mut dyn FnMut(usize) -> Expr) -> Expr {
+        let mut sub = |e: &Expr| Box::new(e.substitute(operand));
+        match self {
+            Expr::Load(k) => operand(*k),
+            Expr::Local(_) | Expr::Acc | Expr::Const(_) => self.clone(),
+            Expr::Add(a, b) => Expr::Add(sub(a), sub(b)),
+            Expr::Sub(a, b) => Expr::Sub(sub(a), sub(b)),
+            Expr::Mul(a, b) => Expr::Mul(sub(a), sub(b)),
+            Expr::Div(a, b) => Expr::Div(sub(a), sub(b)),
+            Expr::Sqrt(a) => Expr::Sqrt(sub(a)),
+            Expr::Select { cond, a, b, then, otherwise } => {
+                Expr::Select { cond: *cond, a: sub(a), b: sub(b), then: sub(then), otherwise: sub(otherwise) }
+            }
+        }
+    }
+
     /// True when the value is the same for every element of a group (no per-element loads).
     pub(crate) fn is_invariant(&self, per_element: &dyn Fn(usize) -> bool) -> bool {
         match self {

@@ -2,7 +2,7 @@
 
 use crate::ops::{Element, compute};
 use crate::{Error, Result};
-use skipgrad_ir::{DType, Data, Graph, NodeId, Op, Tensor, TensorType};
+use skipgrad_ir::{DType, Data, Fused, Graph, NodeId, Op, Tensor, TensorType};
 use std::collections::HashMap;
 
 /// Values for a graph's inputs and parameters, by name.
@@ -89,6 +89,12 @@ pub fn eval_op(op: &Op, ty: &TensorType, inputs: &[&Tensor], node: usize) -> Res
     let inferred = skipgrad_ir::infer(op, &refs)?;
     if &inferred != ty {
         return Err(Error::FeedType { name: format!("output of {op}"), expected: ty.clone(), got: inferred });
+    }
+    if let Op::Fused(k) = op {
+        // A fused node is its body, evaluated on the node's inputs.
+        let feeds: Feeds = inputs.iter().enumerate().map(|(i, t)| (Fused::placeholder(i), (*t).clone())).collect();
+        let last = k.body.ids().last().expect("infer checked the body computes something");
+        return Ok(evaluate(&k.body, &feeds, &[last])?.remove(0));
     }
     let shapes: Vec<&skipgrad_ir::Shape> = inputs.iter().map(|t| t.shape()).collect();
     let data = match ty.dtype {

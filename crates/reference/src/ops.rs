@@ -43,6 +43,7 @@ pub(crate) fn compute<T: Element>(op: &Op, node: usize, x: &[&[T]], s: &[&Shape]
         Op::Input { .. } | Op::Parameter { .. } | Op::Constant { .. } | Op::Fill { .. } => {
             unreachable!("sources are evaluated by eval_node")
         }
+        Op::Fused(_) => unreachable!("fused nodes are evaluated by eval_op, through their body"),
         Op::Conv2d(c) => {
             let mut y = vec![T::zero(); n_out];
             conv_taps(d(0), d(1), c, |xi, wi, yi| y[yi] = y[yi] + x[0][xi] * x[1][wi]);
@@ -221,7 +222,10 @@ pub fn kink_distance(op: &Op, inputs: &[&Tensor]) -> Option<f64> {
             .fold(f64::INFINITY, f64::min)
     };
     match op {
-        Op::Relu | Op::ReluGrad => Some(values(0).iter().fold(f64::INFINITY, |m, v| m.min(v.abs()))),
+        Op::Relu => Some(values(0).iter().fold(f64::INFINITY, |m, v| m.min(v.abs()))),
+        // Reverse mode feeds relu_grad the ReLU's output, whose exact zeros are the same in every
+        // precision: only small non-zero values can fall on either side.
+        Op::ReluGrad => Some(values(0).iter().filter(|v| **v != 0.0).fold(f64::INFINITY, |m, v| m.min(v.abs()))),
         Op::MaxPool(p) | Op::MaxPoolGrad(p) => {
             let dims = inputs.first()?.shape().dims();
             skipgrad_ir::infer(op, &[&skipgrad_ir::TensorType::new(inputs[0].dtype(), dims)]).ok()?;

@@ -14,7 +14,7 @@ use crate::nest::{Nest, NestSpec, Operand, Pass};
 use crate::rows::{RowOp, RowSpec};
 use crate::spec::KernelSpec;
 use crate::{Error, Result};
-use skipgrad_ir::{DType, Graph, NodeId, Op};
+use skipgrad_ir::{DType, Fused, Graph, NodeId, Op};
 
 /// A buffer a step reads or writes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -79,8 +79,6 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
         };
         Lowered::nest(label(), spec, inputs.clone(), id)
     };
-    let zero = || Expr::c(0.0);
-
     Ok(match &node.op {
         Op::Input { .. } | Op::Parameter { .. } => Lowered::Feed,
         Op::Constant { index } => {
@@ -88,15 +86,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
             Lowered::Constant(t.to_f64_vec().into_iter().map(|v| v as f32).collect())
         }
         Op::Fill { value } => flat(Expr::c(*value)),
-        Op::Relu => flat(Expr::select(Cond::Greater, x(0), zero(), x(0), zero())),
-        Op::ReluGrad => flat(Expr::select(Cond::Greater, x(0), zero(), x(1), zero())),
-        Op::Add => flat(x(0).add(x(1))),
-        Op::Sub => flat(x(0).sub(x(1))),
-        Op::Mul => flat(x(0).mul(x(1))),
-        Op::Equal => flat(Expr::select(Cond::Equal, x(0), x(1), Expr::c(1.0), zero())),
-        Op::Scale { c } => flat(x(0).mul(Expr::c(*c))),
-        Op::AddScalar { c } => flat(x(0).add(Expr::c(*c))),
-        Op::StopGradient | Op::Reshape { .. } => flat(x(0)),
+        Op::Reshape { .. } => flat(x(0)),
         Op::Custom { .. } => {
             let spec = NestSpec {
                 nest: Nest::flat(total),
@@ -106,22 +96,26 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
             };
             Lowered::nest(label(), spec, vec![inputs[0]], id)
         }
-        Op::BiasAdd => {
-            per_channel_map(label(), id, &dims(0)?, x(0).add(x(1)), &[Operand::Full, Operand::Channel], inputs)
+        Op::Relu
+        | Op::ReluGrad
+        | Op::Add
+        | Op::Sub
+        | Op::Mul
+        | Op::Equal
+        | Op::Scale { .. }
+        | Op::AddScalar { .. }
+        | Op::StopGradient
+        | Op::BiasAdd
+        | Op::BatchNorm { .. }
+        | Op::BatchNormGradInput { training: false, .. } => {
+            let (expr, modes) = map_rule(&node.op).ok_or_else(|| unsupported("no elementwise rule"))?;
+            map_kernel(label(), id, node.ty.shape.dims(), expr, &modes, inputs)
         }
-        Op::BatchNorm { eps, .. } => {
-            // (x - mean) * (1 / sqrt(var + eps)) * gamma + beta; the per-channel factors are
-            // group invariants, computed once per channel.
-            let istd = Expr::c(1.0).div(x(2).add(Expr::c(*eps)).sqrt());
-            let expr = x(0).sub(x(1)).mul(istd.mul(x(3))).add(x(4));
-            let modes = [Operand::Full, Operand::Channel, Operand::Channel, Operand::Channel, Operand::Channel];
-            per_channel_map(label(), id, &dims(0)?, expr, &modes, inputs)
-        }
-        Op::BatchNormGradInput { eps, training: false } => {
-            // (x, mean, var, gamma, dy) -> dy * gamma / sqrt(var + eps); x and mean are not read.
-            let expr = x(4).mul(x(3).div(x(2).add(Expr::c(*eps)).sqrt()));
-            let modes = [Operand::Full, Operand::Channel, Operand::Channel, Operand::Channel, Operand::Full];
-            per_channel_map(label(), id, &dims(0)?, expr, &modes, inputs)
+        Op::Fused(k) => {
+            let (expr, operands) = fused_map(k).map_err(|e| unsupported(&e))?;
+            let modes: Vec<Operand> = operands.iter().map(|o| o.1).collect();
+            let inputs = operands.iter().map(|o| inputs[o.0]).collect();
+            map_kernel(format!("fused_{}", k.rule), id, node.ty.shape.dims(), expr, &modes, inputs)
         }
         Op::BatchNormGradInput { eps, training: true } => {
             let d = dims(0)?;
@@ -319,6 +313,85 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
             single(label(), KernelSpec::Pool(spec), inputs, id)
         }
     })
+}
+
+/// The elementwise rules: an op's value at one element as an expression of its inputs
+/// (`Load(k)` is input `k`), and how each input is indexed: `Full` (the output's shape) or
+/// `Channel` (one value per channel, axis 1). Single nodes and fused groups both lower through
+/// this table.
+pub(crate) fn map_rule(op: &Op) -> Option<(Expr, Vec<Operand>)> {
+    let x = Expr::load;
+    let zero = || Expr::c(0.0);
+    let full = |n: usize| vec![Operand::Full; n];
+    let (f, c) = (Operand::Full, Operand::Channel);
+    Some(match op {
+        Op::Relu => (Expr::select(Cond::Greater, x(0), zero(), x(0), zero()), full(1)),
+        Op::ReluGrad => (Expr::select(Cond::Greater, x(0), zero(), x(1), zero()), full(2)),
+        Op::Add => (x(0).add(x(1)), full(2)),
+        Op::Sub => (x(0).sub(x(1)), full(2)),
+        Op::Mul => (x(0).mul(x(1)), full(2)),
+        Op::Equal => (Expr::select(Cond::Equal, x(0), x(1), Expr::c(1.0), zero()), full(2)),
+        Op::Scale { c } => (x(0).mul(Expr::c(*c)), full(1)),
+        Op::AddScalar { c } => (x(0).add(Expr::c(*c)), full(1)),
+        Op::StopGradient => (x(0), full(1)),
+        Op::BiasAdd => (x(0).add(x(1)), vec![f, c]),
+        Op::BatchNorm { eps, .. } => {
+            // (x - mean) * (1 / sqrt(var + eps)) * gamma + beta; the per-channel factors are
+            // group invariants, computed once per channel.
+            let istd = Expr::c(1.0).div(x(2).add(Expr::c(*eps)).sqrt());
+            (x(0).sub(x(1)).mul(istd.mul(x(3))).add(x(4)), vec![f, c, c, c, c])
+        }
+        Op::BatchNormGradInput { eps, training: false } => {
+            // (x, mean, var, gamma, dy) -> dy * gamma / sqrt(var + eps); x and mean are not read.
+            (x(4).mul(x(3).div(x(2).add(Expr::c(*eps)).sqrt())), vec![f, c, c, c, f])
+        }
+        _ => return None,
+    })
+}
+
+/// A fused group as one expression over its operands, each (fused node input, how it is
+/// indexed); an input read both per element and per channel is two operands.
+pub(crate) fn fused_map(k: &Fused) -> std::result::Result<(Expr, Vec<(usize, Operand)>), String> {
+    let arity = k.arity();
+    let body = k.body.nodes();
+    let mut exprs: Vec<Option<Expr>> = vec![None; body.len()];
+    let mut operands: Vec<(usize, Operand)> = vec![];
+    for (i, node) in body.iter().enumerate().skip(arity) {
+        let (expr, modes) = map_rule(&node.op)
+            .ok_or_else(|| format!("{} inside a fused kernel: only elementwise ops fuse so far", node.op))?;
+        let mut operand = |j: usize| {
+            let source = node.inputs[j].index();
+            if source < arity {
+                let key = (source, modes[j]);
+                let at = operands.iter().position(|o| *o == key).unwrap_or_else(|| {
+                    operands.push(key);
+                    operands.len() - 1
+                });
+                Expr::load(at)
+            } else {
+                exprs[source].clone().expect("bodies are in topological order")
+            }
+        };
+        exprs[i] = Some(expr.substitute(&mut operand));
+    }
+    let expr = exprs.pop().flatten().ok_or("the fused body computes nothing")?;
+    Ok((expr, operands))
+}
+
+/// An elementwise kernel over an output of shape `d`: flat when every operand is `Full`, else
+/// per channel.
+fn map_kernel(label: String, out: NodeId, d: &[usize], expr: Expr, modes: &[Operand], inputs: Vec<NodeId>) -> Lowered {
+    if modes.iter().all(|m| *m == Operand::Full) {
+        let spec = NestSpec {
+            nest: Nest::flat(d.iter().product()),
+            operands: modes.to_vec(),
+            outputs: 1,
+            passes: vec![Pass::Map { expr, output: 0 }],
+        };
+        Lowered::nest(label, spec, inputs, out)
+    } else {
+        per_channel_map(label, out, d, expr, modes, inputs)
+    }
 }
 
 /// A map over `x[N,C,...]` where some operands are per channel: for rank 3 and up one group per

@@ -1,0 +1,139 @@
+//! Elementwise fusion: chains of elementwise ops of one type and role become one fused node, so
+//! batch-norm apply, the residual add and the ReLU run as one pass over memory (and, backward,
+//! the gradient sum at a branch with the ReLU mask).
+
+use crate::rebuild::Rebuild;
+use crate::{Pass, Program, Result};
+use skipgrad_ir::{Fused, Graph, NodeId, Op};
+use std::sync::Arc;
+
+/// Merges maximal groups of elementwise ops ([`Op::is_elementwise`]). A group grows from a root
+/// towards its inputs and takes a producer when the producer is elementwise, has the root's type
+/// and role, is not a program output, and all its consumers are already in the group: then no
+/// value inside the group is needed outside it. Groups of one node are left alone.
+pub struct Elementwise;
+
+impl Pass for Elementwise {
+    fn name(&self) -> &str {
+        "elementwise"
+    }
+
+    fn run(&self, program: &Program) -> Result<(Program, usize)> {
+        let graph = &program.graph;
+        let groups = find_groups(graph, &program.outputs);
+        let mut root_of = vec![None; graph.len()];
+        for members in &groups {
+            let root = *members.last().expect("groups are never empty");
+            for &m in members {
+                root_of[m] = Some(root);
+            }
+        }
+        let mut rebuild = Rebuild::new(graph, self.name());
+        let mut next_group = groups.iter().rev();
+        for id in graph.ids() {
+            match root_of[id.index()] {
+                None => {
+                    rebuild.copy(id)?;
+                }
+                Some(root) if root == id.index() => {
+                    // Groups were found from the last root backwards.
+                    let members = next_group.next().expect("one group per root");
+                    let (fused, externals) = fuse(graph, members, self.name());
+                    let inputs: Vec<NodeId> = externals.iter().map(|&e| rebuild.mapped(e)).collect();
+                    let new = rebuild.add(Op::Fused(fused), &inputs, graph.nodes()[id.index()].role)?;
+                    rebuild.set(id, new);
+                }
+                Some(_) => {} // built with its root
+            }
+        }
+        let outputs = program.outputs.iter().map(|&o| rebuild.mapped(o)).collect();
+        Ok((Program { graph: rebuild.new, outputs }, groups.len()))
+    }
+}
+
+/// The groups of the graph, each sorted (its root last), in order of decreasing root.
+fn find_groups(graph: &Graph, outputs: &[NodeId]) -> Vec<Vec<usize>> {
+    let nodes = graph.nodes();
+    let mut consumers: Vec<Vec<usize>> = vec![vec![]; nodes.len()];
+    for (i, node) in nodes.iter().enumerate() {
+        for input in &node.inputs {
+            consumers[input.index()].push(i);
+        }
+    }
+    let mut is_output = vec![false; nodes.len()];
+    for o in outputs {
+        is_output[o.index()] = true;
+    }
+    let mut taken = vec![false; nodes.len()];
+    let mut groups = vec![];
+    for root in (0..nodes.len()).rev() {
+        if taken[root] || !nodes[root].op.is_elementwise() {
+            continue;
+        }
+        let mut members = vec![root];
+        let mut grew = true;
+        while grew {
+            grew = false;
+            for m in members.clone() {
+                for p in nodes[m].inputs.iter().map(|i| i.index()) {
+                    let fits = !members.contains(&p)
+                        && !taken[p]
+                        && !is_output[p]
+                        && nodes[p].op.is_elementwise()
+                        && nodes[p].ty == nodes[root].ty
+                        && nodes[p].role == nodes[root].role
+                        && consumers[p].iter().all(|c| members.contains(c));
+                    if fits {
+                        members.push(p);
+                        grew = true;
+                    }
+                }
+            }
+        }
+        if members.len() > 1 {
+            members.sort_unstable();
+            for &m in &members {
+                taken[m] = true;
+            }
+            groups.push(members);
+        }
+    }
+    groups
+}
+
+/// The fused op of a group (sorted member ids) and its external inputs (old ids, in the fused
+/// node's input order).
+fn fuse(graph: &Graph, members: &[usize], rule: &str) -> (Fused, Vec<NodeId>) {
+    let nodes = graph.nodes();
+    let mut externals: Vec<NodeId> = vec![];
+    for &m in members {
+        for &p in &nodes[m].inputs {
+            if !members.contains(&p.index()) && !externals.contains(&p) {
+                externals.push(p);
+            }
+        }
+    }
+    let mut body = Graph::new();
+    let mut body_id: Vec<Option<NodeId>> = vec![None; nodes.len()];
+    for (k, &e) in externals.iter().enumerate() {
+        let placeholder = Op::Input { name: Fused::placeholder(k) };
+        let ty = nodes[e.index()].ty.clone();
+        let id = body.add_source(placeholder, ty, nodes[e.index()].role).expect("placeholder names are unique");
+        body_id[e.index()] = Some(id);
+    }
+    for &m in members {
+        let node = &nodes[m];
+        // Inside a body, batch norm's mean and variance are placeholders, not batch_mean and
+        // batch_var of its input, so the training form (which insists on them for its gradient)
+        // becomes the eval form: the value is the same, and bodies are not differentiated.
+        let op = match node.op {
+            Op::BatchNorm { eps, training: true } => Op::BatchNorm { eps, training: false },
+            ref op => op.clone(),
+        };
+        let inputs: Vec<NodeId> = node.inputs.iter().map(|i| body_id[i.index()].expect("topological")).collect();
+        let id = body.add_node(op, &inputs, node.role).expect("the unfused graph accepted this node");
+        body_id[m] = Some(id);
+    }
+    let fused = Fused { rule: rule.into(), body: Arc::new(body), covers: members.to_vec() };
+    (fused, externals)
+}

@@ -1,0 +1,118 @@
+//! A random training network for whole-graph tests: chains and residual diamonds of conv-BN-ReLU
+//! blocks (identity and option-A shortcuts, strides 1 and 2, 1x1 and 3x3 kernels), a classifier
+//! and softmax cross-entropy, traced with every parameter gradient and the batch-norm
+//! running-statistics updates as outputs.
+
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use skipgrad::prelude::*;
+
+/// A tensor of `dtype` from f64 values.
+fn tensor(dtype: DType, dims: &[usize], values: Vec<f64>) -> Tensor {
+    match dtype {
+        DType::F32 => Tensor::f32(dims, values.into_iter().map(|v| v as f32).collect()).unwrap(),
+        DType::F64 => Tensor::f64(dims, values).unwrap(),
+    }
+}
+
+/// One block of the random network.
+#[derive(Clone, Debug)]
+pub enum Block {
+    /// conv (kernel, stride) - BN - ReLU, to `out` channels.
+    Plain { out: usize, kernel: usize, stride: usize },
+    /// A basic residual block, doubling the channels with option A when `stride` is 2.
+    Residual { stride: usize },
+}
+
+pub fn block() -> impl Strategy<Value = Block> {
+    prop_oneof![
+        (1..5usize, prop::sample::select(vec![1usize, 3]), 1..3usize).prop_map(|(out, kernel, stride)| Block::Plain {
+            out,
+            kernel,
+            stride
+        }),
+        (1..3usize).prop_map(|stride| Block::Residual { stride }),
+    ]
+}
+
+pub struct Net {
+    /// The traced tape.
+    pub tape: Tape,
+    /// Values of every input and parameter.
+    pub feeds: Feeds,
+    /// Loss, gradients of the trainable parameters, running-statistics updates.
+    pub outputs: Vec<Var>,
+    trainable: Vec<Var>,
+    rng: StdRng,
+    dtype: DType,
+}
+
+impl Net {
+    fn param(&mut self, name: &str, dims: &[usize], lo: f64, hi: f64) -> Var {
+        let n: usize = dims.iter().product();
+        let values: Vec<f64> = (0..n).map(|_| self.rng.random_range(lo..hi)).collect();
+        self.feeds.insert(name.into(), tensor(self.dtype, dims, values));
+        let v = self.tape.parameter_spec(name, self.dtype, dims).unwrap();
+        if !name.contains("running") {
+            self.trainable.push(v.clone());
+        }
+        v
+    }
+    fn conv_bn(&mut self, x: &Var, name: &str, out: usize, kernel: usize, stride: usize) -> Var {
+        let c = x.shape().dims()[1];
+        let bound = (3.0 / (c * kernel * kernel) as f64).sqrt();
+        let w = self.param(&format!("{name}.conv.weight"), &[out, c, kernel, kernel], -bound, bound);
+        let bn = BatchNorm {
+            gamma: self.param(&format!("{name}.bn.weight"), &[out], 0.5, 1.5),
+            beta: self.param(&format!("{name}.bn.bias"), &[out], -0.5, 0.5),
+            running_mean: self.param(&format!("{name}.bn.running_mean"), &[out], -0.1, 0.1),
+            running_var: self.param(&format!("{name}.bn.running_var"), &[out], 0.9, 1.1),
+            momentum: 0.1,
+            eps: 1e-5,
+        };
+        x.conv2d(&w, stride, kernel / 2).unwrap().batch_norm(&bn, true).unwrap()
+    }
+}
+
+/// Builds the traced training graph; returns it with its feeds and outputs (loss, gradients, updates).
+pub fn build(blocks: &[Block], batch: usize, channels: usize, hw: usize, seed: u64, dtype: DType) -> Net {
+    let mut net = Net {
+        tape: Tape::trace(dtype),
+        feeds: Feeds::new(),
+        outputs: vec![],
+        trainable: vec![],
+        rng: StdRng::seed_from_u64(seed),
+        dtype,
+    };
+    let x_values: Vec<f64> = (0..batch * channels * hw * hw).map(|_| net.rng.random_range(-1.0..1.0)).collect();
+    net.feeds.insert("images".into(), tensor(dtype, &[batch, channels, hw, hw], x_values));
+    let mut h = net.tape.input_spec("images", dtype, &[batch, channels, hw, hw]).unwrap();
+    for (i, b) in blocks.iter().enumerate() {
+        let c = h.shape().dims()[1];
+        h = match *b {
+            Block::Plain { out, kernel, stride } => net.conv_bn(&h, &format!("b{i}"), out, kernel, stride).relu(),
+            Block::Residual { stride } => {
+                let out = if stride == 2 { 2 * c } else { c };
+                let y = net.conv_bn(&h, &format!("b{i}.1"), out, 3, stride).relu();
+                let y = net.conv_bn(&y, &format!("b{i}.2"), out, 3, 1);
+                let shortcut = if stride == 2 { h.shortcut_a(out).unwrap() } else { h.clone() };
+                (&y + &shortcut).unwrap().relu()
+            }
+        };
+    }
+    let classes = 3;
+    let features = h.shape().dims()[1];
+    let fc_w = net.param("fc.weight", &[classes, features], -0.5, 0.5);
+    let fc_b = net.param("fc.bias", &[classes], -0.1, 0.1);
+    let labels: Vec<f64> = (0..batch).map(|_| net.rng.random_range(0..classes) as f64).collect();
+    net.feeds.insert("labels".into(), tensor(dtype, &[batch], labels));
+    let y = net.tape.input_spec("labels", dtype, &[batch]).unwrap();
+    let loss = h.global_avg_pool().unwrap().linear(&fc_w, &fc_b).unwrap().cross_entropy(&y).unwrap();
+    let refs: Vec<&Var> = net.trainable.iter().collect();
+    let grads = grad(&loss, &refs).unwrap();
+    net.outputs.push(loss);
+    net.outputs.extend(grads);
+    net.outputs.extend(net.tape.updates().into_iter().map(|(_, new)| new));
+    net
+}

@@ -1,0 +1,129 @@
+//! The fusion passes: fused training graphs compute what the unfused ones compute (in f64 on the
+//! reference interpreter, and in f32 through the JIT), and fusion cuts the kernel count.
+
+mod common;
+
+use common::config;
+use common::net::{Block, Net, block, build};
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use skipgrad::fuse::{Pipeline, Program, counts};
+use skipgrad::ir::{Fused, TensorType};
+use skipgrad::jit::{CompileOptions, compile};
+use skipgrad::prelude::*;
+use skipgrad::reference::kink_distance;
+
+fn program(net: &Net) -> Program {
+    Program { graph: net.tape.graph(), outputs: net.outputs.iter().map(|v| v.id()).collect() }
+}
+
+fn fused(net: &Net) -> Program {
+    Pipeline::training().run(program(net)).unwrap().pop().unwrap().program
+}
+
+fn outputs(p: &Program, feeds: &Feeds) -> Vec<Vec<f64>> {
+    evaluate(&p.graph, feeds, &p.outputs).unwrap().iter().map(|t| t.to_f64_vec()).collect()
+}
+
+proptest! {
+    #![proptest_config(config(24))]
+
+    /// The loss, every gradient and every running-statistics update agree in f64: a fused body
+    /// evaluates the same ops in the same order.
+    #[test]
+    fn fused_graphs_match_unfused_in_f64(blocks in prop::collection::vec(block(), 1..4), batch in 2..4usize, channels in 1..4usize, hw in 3..9usize, seed: u64) {
+        let net = build(&blocks, batch, channels, hw, seed, DType::F64);
+        let (before, after) = (program(&net), fused(&net));
+        prop_assert!(after.graph.len() < before.graph.len(), "nothing fused:\n{}", after.graph.dump());
+        for (k, (a, b)) in outputs(&after, &net.feeds).iter().zip(outputs(&before, &net.feeds)).enumerate() {
+            for (x, y) in a.iter().zip(&b) {
+                prop_assert!((x - y).abs() <= 1e-12 * y.abs().max(1.0), "output {k}: fused {x} vs unfused {y}");
+            }
+        }
+    }
+
+    /// The fused graph compiled by the JIT (1 and 2 threads) matches the unfused graph on the
+    /// reference interpreter.
+    #[test]
+    fn fused_graphs_match_the_reference_on_the_jit(blocks in prop::collection::vec(block(), 1..4), batch in 2..4usize, channels in 1..4usize, hw in 3..9usize, seed: u64) {
+        let net = build(&blocks, batch, channels, hw, seed, DType::F32);
+        let before = program(&net);
+        let all: Vec<NodeId> = before.graph.ids().collect();
+        let values = evaluate(&before.graph, &net.feeds, &all).unwrap();
+        for node in before.graph.nodes() {
+            let inputs: Vec<&Tensor> = node.inputs.iter().map(|i| &values[i.index()]).collect();
+            if let Some(d) = kink_distance(&node.op, &inputs) {
+                prop_assume!(d > 1e-5, "a ReLU input is near its kink");
+            }
+        }
+        let after = fused(&net);
+        for threads in [1, 2] {
+            let mut compiled = compile(&after.graph, &after.outputs, &CompileOptions { threads, ..CompileOptions::default() })
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let got = compiled.run_tensors(&net.feeds).unwrap();
+            for (k, (g, &id)) in got.iter().zip(&before.outputs).enumerate() {
+                for (a, b) in g.to_f64_vec().iter().zip(values[id.index()].to_f64_vec()) {
+                    prop_assert!((a - b).abs() <= 2e-4 * b.abs().max(1.0), "output {k}: jit {a} vs reference {b}, {threads} threads");
+                }
+            }
+        }
+    }
+}
+
+/// One basic block with an identity shortcut, a classifier and the loss, with gradients and
+/// running-statistics updates. Elementwise fusion makes 6 groups:
+/// - forward: batch_norm + relu after the first convolution, batch_norm + add + relu after the
+///   second (the ReLU gradient reads the ReLU's output, so the pre-activations are not needed
+///   outside the group);
+/// - update: each of the 4 running statistics, `(1 - m) * running + m * batch` (scale, scale, add).
+///
+/// So the step runs 3 + 4 x 2 = 11 fewer kernels. The backward pass gains nothing yet: its
+/// elementwise ops sit between reductions (batch-norm backward) and convolutions.
+#[test]
+fn a_basic_block_step_fuses_bn_add_relu() {
+    let net = build(&[Block::Residual { stride: 1 }], 2, 4, 6, 7, DType::F32);
+    let stages = Pipeline::training().run(program(&net)).unwrap();
+    assert_eq!(counts(&stages), "elementwise: 6");
+    let [before, after] = [&stages[0], &stages[1]].map(|s| &s.program);
+    let dump = stages[1].dump();
+    assert!(dump.starts_with("# stage elementwise (6 rewrites)\n"), "{dump}");
+    let ops: Vec<String> = after
+        .graph
+        .nodes()
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Fused(k) => Some(k.body.nodes()[k.arity()..].iter().map(|b| b.op.name()).collect::<Vec<_>>().join("+")),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ops.iter().filter(|o| *o == "batch_norm+relu").count(), 1, "{dump}");
+    assert_eq!(ops.iter().filter(|o| *o == "batch_norm+add+relu").count(), 1, "{dump}");
+    assert_eq!(ops.iter().filter(|o| *o == "scale+scale+add").count(), 4, "{dump}");
+    let kernels = |p: &Program| compile(&p.graph, &p.outputs, &CompileOptions::default()).unwrap().schedule().count();
+    assert_eq!(kernels(before) - kernels(after), 11);
+}
+
+#[test]
+fn dumps_show_what_merged() {
+    let net = build(&[Block::Residual { stride: 1 }], 2, 2, 4, 3, DType::F64);
+    let dump = fused(&net).graph.dump();
+    assert!(dump.contains("fused[rule=elementwise, ops=batch_norm+add+relu, covers=#"), "{dump}");
+}
+
+/// Fusion runs after gradients are taken: a fused node met by reverse mode is a typed error.
+#[test]
+fn fused_nodes_are_not_differentiable() {
+    let mut body = Graph::new();
+    let x = body
+        .add_source(Op::Input { name: Fused::placeholder(0) }, TensorType::new(DType::F64, [3]), Role::Forward)
+        .unwrap();
+    let y = body.add_node(Op::Relu, &[x], Role::Forward).unwrap();
+    body.add_node(Op::Scale { c: 2.0 }, &[y], Role::Forward).unwrap();
+    let op = Op::Fused(Fused { rule: "test".into(), body: std::sync::Arc::new(body), covers: vec![1, 2] });
+    let tape = Tape::eager(DType::F64);
+    let x = tape.input("x", Tensor::f64([3], vec![-1.0, 0.5, 2.0]).unwrap()).unwrap();
+    let y = tape.record(op, &[&x]).unwrap();
+    assert_eq!(y.value().unwrap().to_f64_vec(), vec![0.0, 1.0, 4.0]);
+    let err = grad(&y.sum().unwrap(), &[&x]).unwrap_err().to_string();
+    assert!(err.contains("fusion runs after gradients"), "{err}");
+}
