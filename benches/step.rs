@@ -1,12 +1,13 @@
 //! End-to-end: one CIFAR ResNet training step (forward, loss, backward, batch-norm running
 //! statistics) traced with the research API, JIT-compiled, and replayed.
 //!
-//! `cargo bench --bench step` reports, for ResNet-20, -56 and -110 at batch 128: nodes, kernels
-//! compiled and reused, compile time, and the median step time on 1 and 2 threads with the
-//! achieved GFLOP/s (3 x 2 x the paper's forward multiply-adds per image x batch).
-//! `BENCH_QUICK=1` times fewer steps. Unfused and without an optimizer update: the fusion and
-//! training issues add those.
+//! `cargo bench --bench step` reports, for ResNet-20, -56 and -110 at batch 128, unfused and after
+//! the training fusion pipeline: nodes, kernel calls, kernels compiled and reused, compile time,
+//! and the median step time on 1 and 2 threads with the achieved GFLOP/s (3 x 2 x the paper's
+//! forward multiply-adds per image x batch). `BENCH_QUICK=1` times fewer steps; `BENCH_PROFILE=1`
+//! prints the slowest kernels. No optimizer update yet: the training issue adds it.
 
+use skipgrad::fuse::{Pipeline, Program};
 use skipgrad::jit::{CompileOptions, compile};
 use skipgrad::prelude::*;
 use std::time::Instant;
@@ -73,32 +74,55 @@ fn resnet(n: usize, batch: usize) -> (Tape, Vec<Var>, ParamList) {
 fn main() {
     let quick = std::env::var("BENCH_QUICK").is_ok();
     let batch = 128;
-    println!("# one CIFAR ResNet training step, batch {batch} (unfused; forward + backward + BN statistics)\n");
+    println!("# one CIFAR ResNet training step, batch {batch} (forward + backward + BN statistics)\n");
+    println!("Each net runs unfused, then after the training fusion pipeline, one after the other.\n");
     println!(
-        "| net | nodes | kernels compiled | reused | compile ms | 1 thread s/step | GFLOP/s | 2 threads s/step | GFLOP/s |"
+        "| net | graph | nodes | kernel calls | kernels compiled | reused | compile ms | 1 thread s/step | GFLOP/s | 2 threads s/step | GFLOP/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     // Forward multiply-adds per image from PAPER.md.
     for (name, n, macs) in
         [("ResNet-20", 3, 40_551_040f64), ("ResNet-56", 9, 125_485_696.0), ("ResNet-110", 18, 252_887_680.0)]
     {
         let (tape, outputs, params) = resnet(n, batch);
-        let graph = tape.graph();
-        let ids: Vec<NodeId> = outputs.iter().map(|v| v.id()).collect();
+        let unfused = Program { graph: tape.graph(), outputs: outputs.iter().map(|v| v.id()).collect() };
+        let fused = Pipeline::training().run(unfused.clone()).unwrap().pop().unwrap().program;
+        for (variant, program) in [("unfused", &unfused), ("fused", &fused)] {
+            let (graph, ids) = (&program.graph, &program.outputs);
+            run_step(name, variant, graph, ids, &params, n, macs, batch, quick);
+        }
+    }
+}
+
+/// Compiles and times one step; prints its table row.
+#[allow(clippy::too_many_arguments)]
+fn run_step(
+    name: &str,
+    variant: &str,
+    graph: &Graph,
+    ids: &[NodeId],
+    params: &[(String, Vec<usize>)],
+    n: usize,
+    macs: f64,
+    batch: usize,
+    quick: bool,
+) {
+    {
         let flops = 3.0 * 2.0 * macs * batch as f64;
-        let mut row = format!("| {name} | {} ", graph.len());
+        let mut row = format!("| {name} | {variant} | {} ", graph.len());
         for threads in [1, 2] {
             let start = Instant::now();
-            let mut step = compile(&graph, &ids, &CompileOptions { threads, ..CompileOptions::default() }).unwrap();
+            let mut step = compile(graph, ids, &CompileOptions { threads, ..CompileOptions::default() }).unwrap();
             let compile_ms = start.elapsed().as_secs_f64() * 1e3;
             if threads == 1 {
                 let s = step.stats();
-                row += &format!("| {} | {} | {compile_ms:.0} ", s.kernels_compiled, s.kernels_reused);
+                let calls = step.schedule().count();
+                row += &format!("| {calls} | {} | {} | {compile_ms:.0} ", s.kernels_compiled, s.kernels_reused);
             }
             let images: Vec<f32> = (0..batch * 3 * 32 * 32).map(|i| ((i * 7919 % 1000) as f32) / 500.0 - 1.0).collect();
             step.set_input("images", &images).unwrap();
             step.set_input("labels", &(0..batch).map(|i| (i % 10) as f32).collect::<Vec<_>>()).unwrap();
-            for (pname, dims) in &params {
+            for (pname, dims) in params {
                 let len: usize = dims.iter().product();
                 let fill = if pname.ends_with("running_var") || pname.contains("bn") && pname.ends_with("weight") {
                     1.0
@@ -131,7 +155,7 @@ fn main() {
             if threads == 2 && std::env::var("BENCH_PROFILE").is_ok() {
                 let profile = step.profile();
                 let total: f64 = profile.iter().map(|r| r.2).sum();
-                eprintln!("\n{name}, 2 threads: the slowest kernels of {:.3} s", total);
+                eprintln!("\n{name} ({variant}), 2 threads: the slowest kernels of {:.3} s", total);
                 for (kernel, calls, secs) in profile.iter().take(15) {
                     eprintln!("  {secs:8.4} s {:5.1}%  {calls:4} calls  {kernel}", 100.0 * secs / total);
                 }

@@ -3,7 +3,7 @@
 //! the gradient sum at a branch with the ReLU mask).
 
 use crate::rebuild::Rebuild;
-use crate::{Pass, Program, Result};
+use crate::{Error, Pass, Program, Result};
 use skipgrad_ir::{Fused, Graph, NodeId, Op};
 use std::sync::Arc;
 
@@ -38,7 +38,7 @@ impl Pass for Elementwise {
                 Some(root) if root == id.index() => {
                     // Groups were found from the last root backwards.
                     let members = next_group.next().expect("one group per root");
-                    let (fused, externals) = fuse(graph, members, self.name());
+                    let (fused, externals) = fuse(graph, members, self.name())?;
                     let inputs: Vec<NodeId> = externals.iter().map(|&e| rebuild.mapped(e)).collect();
                     let new = rebuild.add(Op::Fused(fused), &inputs, graph.nodes()[id.index()].role)?;
                     rebuild.set(id, new);
@@ -103,7 +103,8 @@ fn find_groups(graph: &Graph, outputs: &[NodeId]) -> Vec<Vec<usize>> {
 
 /// The fused op of a group (sorted member ids) and its external inputs (old ids, in the fused
 /// node's input order).
-fn fuse(graph: &Graph, members: &[usize], rule: &str) -> (Fused, Vec<NodeId>) {
+fn fuse(graph: &Graph, members: &[usize], rule: &str) -> Result<(Fused, Vec<NodeId>)> {
+    let fail = |source| Error::Graph { pass: rule.into(), source };
     let nodes = graph.nodes();
     let mut externals: Vec<NodeId> = vec![];
     for &m in members {
@@ -118,7 +119,7 @@ fn fuse(graph: &Graph, members: &[usize], rule: &str) -> (Fused, Vec<NodeId>) {
     for (k, &e) in externals.iter().enumerate() {
         let placeholder = Op::Input { name: Fused::placeholder(k) };
         let ty = nodes[e.index()].ty.clone();
-        let id = body.add_source(placeholder, ty, nodes[e.index()].role).expect("placeholder names are unique");
+        let id = body.add_source(placeholder, ty, nodes[e.index()].role).map_err(fail)?;
         body_id[e.index()] = Some(id);
     }
     for &m in members {
@@ -131,9 +132,9 @@ fn fuse(graph: &Graph, members: &[usize], rule: &str) -> (Fused, Vec<NodeId>) {
             ref op => op.clone(),
         };
         let inputs: Vec<NodeId> = node.inputs.iter().map(|i| body_id[i.index()].expect("topological")).collect();
-        let id = body.add_node(op, &inputs, node.role).expect("the unfused graph accepted this node");
+        let id = body.add_node(op, &inputs, node.role).map_err(fail)?;
         body_id[m] = Some(id);
     }
     let fused = Fused { rule: rule.into(), body: Arc::new(body), covers: members.to_vec() };
-    (fused, externals)
+    Ok((fused, externals))
 }

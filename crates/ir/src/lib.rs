@@ -6,10 +6,12 @@
 //! node is added ([`Graph::add_node`]), so an ill-shaped graph cannot be built: a mismatch is a typed
 //! [`Error`] naming the op, its attributes and the offending shapes. 4-d tensors are NCHW.
 
+mod dot;
 mod dump;
 mod error;
 mod graph;
 mod infer;
+mod json;
 mod op;
 mod shape;
 mod tensor;
@@ -17,7 +19,8 @@ mod tensor;
 pub use error::Error;
 pub use graph::{Graph, Node, NodeId, Role};
 pub use infer::infer;
-pub use op::{Axes, Conv2dAttrs, Fused, Op, PoolAttrs, ShortcutAttrs};
+pub use json::JSON_SCHEMA_VERSION;
+pub use op::{Attr, Axes, Conv2dAttrs, Fused, Op, PoolAttrs, ShortcutAttrs};
 pub use shape::{DType, Shape, TensorType};
 pub use tensor::{Data, Tensor};
 

@@ -1,7 +1,7 @@
 //! The op table: every operation a graph can hold, with its attributes and its printed form.
 //!
 //! Adding an op starts here (see CONTRIBUTING.md): a variant, its name in [`Op::name`] and its
-//! attributes in [`Op::fmt_attrs`]; then the compiler points at every exhaustive `match` that needs a
+//! attributes in [`Op::attrs`]; then the compiler points at every exhaustive `match` that needs a
 //! rule (shape in `infer.rs`, value in the reference interpreter, gradient in autodiff).
 
 use crate::{Graph, Shape};
@@ -243,50 +243,45 @@ impl Op {
         matches!(self, Op::Input { .. } | Op::Parameter { .. } | Op::Constant { .. } | Op::Fill { .. })
     }
 
-    /// Writes the attributes as `k=v, k=v` (nothing for attribute-free ops).
-    pub fn fmt_attrs(&self, f: &mut impl fmt::Write) -> fmt::Result {
-        let pair = |a: [usize; 2]| {
-            if a[0] == a[1] { format!("{}", a[0]) } else { format!("({},{})", a[0], a[1]) }
-        };
-        let axes = |a: &Axes| a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
-        let conv = |c: &Conv2dAttrs| format!("stride={}, pad={}", pair(c.stride), pair(c.pad));
-        let pool = |p: &PoolAttrs| format!("kernel={}, stride={}, pad={}", pair(p.kernel), pair(p.stride), pair(p.pad));
+    /// The attributes as (name, value) pairs: the one table both the text dump and the JSON dump
+    /// print from.
+    pub fn attrs(&self) -> Vec<(&'static str, Attr)> {
+        use Attr::*;
+        let conv = |c: &Conv2dAttrs| vec![("stride", Pair(c.stride)), ("pad", Pair(c.pad))];
+        let pool = |p: &PoolAttrs| vec![("kernel", Pair(p.kernel)), ("stride", Pair(p.stride)), ("pad", Pair(p.pad))];
         let shortcut =
-            |s: &ShortcutAttrs| format!("stride={}, pad_channels=({},{})", s.stride, s.pad_before, s.pad_after);
+            |s: &ShortcutAttrs| vec![("stride", Int(s.stride)), ("pad_channels", Tuple([s.pad_before, s.pad_after]))];
+        let with = |mut v: Vec<(&'static str, Attr)>, extra: (&'static str, Attr)| {
+            v.push(extra);
+            v
+        };
         match self {
-            Op::Input { name } | Op::Parameter { name } => write!(f, "name={name:?}"),
-            Op::Constant { index } => write!(f, "index={index}"),
-            Op::Fill { value } | Op::Scale { c: value } | Op::AddScalar { c: value } => {
-                write!(f, "{}={value}", if matches!(self, Op::Fill { .. }) { "value" } else { "c" })
-            }
-            Op::Conv2d(c) => write!(f, "{}", conv(c)),
-            Op::Conv2dGradInput { conv: c, input_hw } => {
-                write!(f, "{}, input_hw={}x{}", conv(c), input_hw[0], input_hw[1])
-            }
-            Op::Conv2dGradWeight { conv: c, kernel_hw } => {
-                write!(f, "{}, kernel={}x{}", conv(c), kernel_hw[0], kernel_hw[1])
-            }
+            Op::Input { name } | Op::Parameter { name } => vec![("name", Text(name.clone()))],
+            Op::Constant { index } => vec![("index", Int(*index))],
+            Op::Fill { value } => vec![("value", Float(*value))],
+            Op::Scale { c } | Op::AddScalar { c } => vec![("c", Float(*c))],
+            Op::Conv2d(c) => conv(c),
+            Op::Conv2dGradInput { conv: c, input_hw } => with(conv(c), ("input_hw", Size(*input_hw))),
+            Op::Conv2dGradWeight { conv: c, kernel_hw } => with(conv(c), ("kernel", Size(*kernel_hw))),
             Op::BatchNorm { eps, training } | Op::BatchNormGradInput { eps, training } => {
-                write!(f, "eps={eps}, {}", if *training { "training" } else { "eval" })
+                vec![("eps", Float(*eps)), ("mode", Mode(if *training { "training" } else { "eval" }))]
             }
-            Op::BatchNormGradGamma { eps } => write!(f, "eps={eps}"),
-            Op::ShortcutA(s) => write!(f, "{}", shortcut(s)),
-            Op::ShortcutAGrad { shortcut: s, input_hw } => {
-                write!(f, "{}, input_hw={}x{}", shortcut(s), input_hw[0], input_hw[1])
-            }
-            Op::MaxPool(p) | Op::MaxPoolGrad(p) => write!(f, "{}", pool(p)),
+            Op::BatchNormGradGamma { eps } => vec![("eps", Float(*eps))],
+            Op::ShortcutA(s) => shortcut(s),
+            Op::ShortcutAGrad { shortcut: s, input_hw } => with(shortcut(s), ("input_hw", Size(*input_hw))),
+            Op::MaxPool(p) | Op::MaxPoolGrad(p) => pool(p),
             Op::MatMul { transpose_a, transpose_b } => {
-                write!(f, "transpose_a={transpose_a}, transpose_b={transpose_b}")
+                vec![("transpose_a", Bool(*transpose_a)), ("transpose_b", Bool(*transpose_b))]
             }
-            Op::Reshape { shape } => write!(f, "shape={shape}"),
-            Op::ReduceSum { axes: a } => write!(f, "axes={}", axes(a)),
-            Op::Broadcast { axes: a, shape } => write!(f, "axes={}, shape={shape}", axes(a)),
-            Op::Custom { rule, .. } => write!(f, "custom_rule={rule}"),
+            Op::Reshape { shape } => vec![("shape", Dims(shape.dims().to_vec()))],
+            Op::ReduceSum { axes } => vec![("axes", List(axes.to_vec()))],
+            Op::Broadcast { axes, shape } => {
+                vec![("axes", List(axes.to_vec())), ("shape", Dims(shape.dims().to_vec()))]
+            }
+            Op::Custom { rule, .. } => vec![("custom_rule", Int(*rule))],
             Op::Fused(k) => {
-                // Covered ids are the graph's before the pass, so they print as `#n`, not `%n`.
                 let ops = k.body.nodes()[k.arity()..].iter().map(|n| n.op.name()).collect::<Vec<_>>().join("+");
-                let covers = k.covers.iter().map(|c| format!("#{c}")).collect::<Vec<_>>().join(",");
-                write!(f, "rule={}, ops={ops}, covers={covers}", k.rule)
+                vec![("rule", Word(k.rule.clone())), ("ops", Word(ops)), ("covers", Ids(k.covers.clone()))]
             }
             Op::BiasAdd
             | Op::BatchMean
@@ -301,7 +296,70 @@ impl Op {
             | Op::SoftmaxCrossEntropy
             | Op::SoftmaxCrossEntropyGrad
             | Op::ArgMax
-            | Op::Equal => Ok(()),
+            | Op::Equal => vec![],
+        }
+    }
+
+    /// Writes the attributes as `k=v, k=v` (nothing for attribute-free ops).
+    pub fn fmt_attrs(&self, f: &mut impl fmt::Write) -> fmt::Result {
+        for (i, (name, value)) in self.attrs().into_iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            match value {
+                Attr::Mode(mode) => f.write_str(mode)?,
+                value => write!(f, "{name}={value}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An attribute value, typed for the JSON dump and printed for the text dump.
+#[derive(Clone, PartialEq, Debug)]
+pub enum Attr {
+    /// A count or index.
+    Int(usize),
+    /// A real number.
+    Float(f64),
+    /// A flag.
+    Bool(bool),
+    /// A name, printed quoted.
+    Text(String),
+    /// A word, printed as is.
+    Word(String),
+    /// A per-axis (height, width) pair, printed `1` when both agree, else `(1,2)`.
+    Pair([usize; 2]),
+    /// Two numbers, printed `(a,b)`.
+    Tuple([usize; 2]),
+    /// A height by width, printed `4x4`.
+    Size([usize; 2]),
+    /// Axis indices, printed `2,3`.
+    List(Vec<usize>),
+    /// A shape, printed `[2,3]`.
+    Dims(Vec<usize>),
+    /// Node ids of an earlier graph, printed `#3,#5`.
+    Ids(Vec<usize>),
+    /// A mode word printed alone (`training`, `eval`), without its name.
+    Mode(&'static str),
+}
+
+impl fmt::Display for Attr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let join = |v: &[usize], prefix: &str| v.iter().map(|x| format!("{prefix}{x}")).collect::<Vec<_>>().join(",");
+        match self {
+            Attr::Int(v) => write!(f, "{v}"),
+            Attr::Float(v) => write!(f, "{v}"),
+            Attr::Bool(v) => write!(f, "{v}"),
+            Attr::Text(v) => write!(f, "{v:?}"),
+            Attr::Word(v) => write!(f, "{v}"),
+            Attr::Mode(v) => write!(f, "{v}"),
+            Attr::Pair([a, b]) if a == b => write!(f, "{a}"),
+            Attr::Pair([a, b]) | Attr::Tuple([a, b]) => write!(f, "({a},{b})"),
+            Attr::Size([h, w]) => write!(f, "{h}x{w}"),
+            Attr::List(v) => write!(f, "{}", join(v, "")),
+            Attr::Dims(v) => write!(f, "[{}]", join(v, "")),
+            Attr::Ids(v) => write!(f, "{}", join(v, "#")),
         }
     }
 }

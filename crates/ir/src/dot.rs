@@ -1,0 +1,117 @@
+//! The Graphviz DOT dump: a box per node labelled with its id, op and attributes, coloured by role
+//! (forward, backward, update); inputs and parameters as ellipses with their names; every edge
+//! labelled with the tensor type it carries; fused nodes drawn as clusters of the ops they merged.
+
+use crate::json::role_name;
+use crate::{Graph, Node, NodeId, Op, Role};
+use std::fmt::Write;
+
+impl Graph {
+    /// The graph in Graphviz DOT (render with `dot -Tsvg graph.dot > graph.svg`).
+    pub fn to_dot(&self) -> String {
+        let mut out = String::new();
+        out.push_str("digraph skipgrad {\n  rankdir=TB;\n");
+        out.push_str("  node [shape=box, style=\"rounded,filled\", fontname=\"monospace\", fontsize=10];\n");
+        out.push_str("  edge [fontname=\"monospace\", fontsize=8, color=\"#6b7280\"];\n");
+        for (i, node) in self.nodes().iter().enumerate() {
+            match &node.op {
+                Op::Fused(k) => {
+                    let _ = writeln!(
+                        out,
+                        "  subgraph cluster_n{i} {{\n    label=\"%{i} fused: {} (covers {})\";\n    style=\"rounded,dashed\";\n    color=\"{}\";",
+                        k.rule,
+                        k.covers.iter().map(|c| format!("#{c}")).collect::<Vec<_>>().join(","),
+                        border(node.role)
+                    );
+                    let arity = k.arity();
+                    for (b, inner) in k.body.nodes().iter().enumerate().skip(arity) {
+                        let _ = writeln!(
+                            out,
+                            "    n{i}_{b} [label=\"{}\", fillcolor=\"{}\"];",
+                            escape(&inner.op.to_string()),
+                            fill(inner)
+                        );
+                        for input in inner.inputs.iter().filter(|x| x.index() >= arity) {
+                            let _ = writeln!(
+                                out,
+                                "    n{i}_{} -> n{i}_{b} [label=\"{}\"];",
+                                input.index(),
+                                k.body.nodes()[input.index()].ty
+                            );
+                        }
+                    }
+                    out.push_str("  }\n");
+                    // Edges from the fused node's inputs go to the body ops that read them.
+                    for (b, inner) in k.body.nodes().iter().enumerate().skip(arity) {
+                        for input in inner.inputs.iter().filter(|x| x.index() < arity) {
+                            let from = node.inputs[input.index()];
+                            let _ = writeln!(
+                                out,
+                                "  {} -> n{i}_{b} [label=\"{}\"];",
+                                self.endpoint(from),
+                                self.nodes()[from.index()].ty
+                            );
+                        }
+                    }
+                }
+                op => {
+                    let (shape, label) = match op {
+                        Op::Input { name } | Op::Parameter { name } => {
+                            ("ellipse", format!("%{i} {}\\n{}", op.name(), escape(name)))
+                        }
+                        _ => ("box", format!("%{i} {}", escape(&op.to_string()))),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  n{i} [label=\"{label}\", shape={shape}, fillcolor=\"{}\", tooltip=\"{} {}\"];",
+                        fill(node),
+                        role_name(node.role),
+                        node.ty
+                    );
+                    for &from in &node.inputs {
+                        let _ = writeln!(
+                            out,
+                            "  {} -> n{i} [label=\"{}\"];",
+                            self.endpoint(from),
+                            self.nodes()[from.index()].ty
+                        );
+                    }
+                }
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// The DOT node that carries node `id`'s value: the node itself, or a fused node's last op.
+    fn endpoint(&self, id: NodeId) -> String {
+        match &self.nodes()[id.index()].op {
+            Op::Fused(k) => format!("n{}_{}", id.index(), k.body.len() - 1),
+            _ => format!("n{}", id.index()),
+        }
+    }
+}
+
+/// Fill colour: parameters purple, inputs and constants grey, ops by role.
+fn fill(node: &Node) -> &'static str {
+    match (&node.op, node.role) {
+        (Op::Parameter { .. }, _) => "#ede9fe",
+        (op, _) if op.is_source() => "#e5e7eb",
+        (_, Role::Forward) => "#dbeafe",
+        (_, Role::Backward) => "#fde68a",
+        (_, Role::Update) => "#bbf7d0",
+    }
+}
+
+/// Cluster border colour by role.
+fn border(role: Role) -> &'static str {
+    match role {
+        Role::Forward => "#2563eb",
+        Role::Backward => "#d97706",
+        Role::Update => "#16a34a",
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
