@@ -71,22 +71,24 @@ proptest! {
 }
 
 /// One basic block with an identity shortcut, a classifier and the loss, with gradients and
-/// running-statistics updates. Elementwise fusion makes 6 groups:
-/// - forward: batch_norm + relu after the first convolution, batch_norm + add + relu after the
-///   second (the ReLU gradient reads the ReLU's output, so the pre-activations are not needed
-///   outside the group);
-/// - update: each of the 4 running statistics, `(1 - m) * running + m * batch` (scale, scale, add).
+/// running-statistics updates. Fusion makes 7 groups:
+/// - forward, elementwise: batch_norm + relu after the first convolution, batch_norm + add + relu
+///   after the second (the ReLU gradient reads the ReLU's output, so the pre-activations are not
+///   needed outside the group);
+/// - update, elementwise: each of the 4 running statistics, `(1 - m) * running + m * batch`
+///   (scale, scale, add);
+/// - backward, conv_epilogue: the second convolution's input gradient with the first ReLU's mask
+///   (the first convolution's input gradient is not computed: the images are not trainable).
 ///
-/// So the step runs 3 + 4 x 2 = 11 fewer kernels. The backward pass gains nothing yet: its
-/// elementwise ops sit between reductions (batch-norm backward) and convolutions.
+/// So the step runs 3 + 4 x 2 + 1 = 12 fewer kernels.
 #[test]
 fn a_basic_block_step_fuses_bn_add_relu() {
     let net = build(&[Block::Residual { stride: 1 }], 2, 4, 6, 7, DType::F32);
     let stages = Pipeline::training().run(program(&net)).unwrap();
-    assert_eq!(counts(&stages), "elementwise: 6");
+    assert_eq!(counts(&stages), "elementwise: 6, conv_epilogue: 1");
     let [before, after] = [&stages[0], &stages[1]].map(|s| &s.program);
     let dump = stages[1].dump();
-    assert!(dump.starts_with("# stage elementwise (6 rewrites)\n"), "{dump}");
+    assert!(dump.starts_with("# stage fuse (elementwise: 6, conv_epilogue: 1)\n"), "{dump}");
     let ops: Vec<String> = after
         .graph
         .nodes()
@@ -100,7 +102,52 @@ fn a_basic_block_step_fuses_bn_add_relu() {
     assert_eq!(ops.iter().filter(|o| *o == "batch_norm+add+relu").count(), 1, "{dump}");
     assert_eq!(ops.iter().filter(|o| *o == "scale+scale+add").count(), 4, "{dump}");
     let kernels = |p: &Program| compile(&p.graph, &p.outputs, &CompileOptions::default()).unwrap().schedule().count();
-    assert_eq!(kernels(before) - kernels(after), 11);
+    assert_eq!(ops.iter().filter(|o| *o == "conv2d_grad_input+relu_grad").count(), 1, "{dump}");
+    assert_eq!(kernels(before) - kernels(after), 12);
+}
+
+/// Inference: convolution, batch norm with running statistics, the residual add and the ReLU run
+/// in the convolution's kernel, so a basic block is 2 convolution kernels and their 2 input packs,
+/// and its output matches the unfused graph on the reference interpreter.
+#[test]
+fn inference_blocks_run_one_kernel_per_convolution() {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let tape = Tape::trace(DType::F32);
+    let mut feeds = Feeds::new();
+    let mut param = |name: &str, dims: &[usize], lo: f32, hi: f32| {
+        let n = dims.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+        feeds.insert(name.into(), Tensor::f32(dims, values).unwrap());
+        tape.parameter_spec(name, DType::F32, dims).unwrap()
+    };
+    let x = param("x", &[2, 8, 6, 6], -1.0, 1.0);
+    let mut conv_bn = |name: &str, h: &Var| {
+        let w = param(&format!("{name}.weight"), &[8, 8, 3, 3], -0.3, 0.3);
+        let bn = BatchNorm {
+            gamma: param(&format!("{name}.bn.weight"), &[8], 0.5, 1.5),
+            beta: param(&format!("{name}.bn.bias"), &[8], -0.5, 0.5),
+            running_mean: param(&format!("{name}.bn.running_mean"), &[8], -0.2, 0.2),
+            running_var: param(&format!("{name}.bn.running_var"), &[8], 0.5, 1.5),
+            momentum: 0.1,
+            eps: 1e-5,
+        };
+        h.conv2d(&w, 1, 1).unwrap().batch_norm(&bn, false).unwrap()
+    };
+    let h = conv_bn("conv1", &x).relu();
+    let y = (&conv_bn("conv2", &h) + &x).unwrap().relu();
+    let stages = Pipeline::training().run(Program { graph: tape.graph(), outputs: vec![y.id()] }).unwrap();
+    assert_eq!(counts(&stages), "elementwise: 0, conv_epilogue: 2");
+    let after = &stages[1].program;
+    let mut compiled = compile(&after.graph, &after.outputs, &CompileOptions::default()).unwrap();
+    let kernels: Vec<String> = compiled.schedule().map(|(_, k)| k.name.clone()).collect();
+    assert_eq!(kernels.len(), 4, "{kernels:?}");
+    assert_eq!(kernels.iter().filter(|k| k.ends_with("fused_conv_epilogue")).count(), 2, "{kernels:?}");
+    let got = compiled.run_tensors(&feeds).unwrap().remove(0).to_f64_vec();
+    let want = evaluate(&tape.graph(), &feeds, &[y.id()]).unwrap().remove(0).to_f64_vec();
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "jit {a} vs reference {b}");
+    }
 }
 
 #[test]

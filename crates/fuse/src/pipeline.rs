@@ -17,8 +17,8 @@ pub struct Program {
 pub trait Pass {
     /// The pass's name, as stages and counts show it.
     fn name(&self) -> &str;
-    /// The rewritten program and the number of rewrites made.
-    fn run(&self, program: &Program) -> Result<(Program, usize)>;
+    /// The rewritten program and the number of rewrites made, per rule.
+    fn run(&self, program: &Program) -> Result<(Program, Vec<(String, usize)>)>;
 }
 
 /// One stage of a pipeline run: the program after a pass (or the input, named `input`).
@@ -28,8 +28,8 @@ pub struct Stage {
     pub name: String,
     /// The program at this stage.
     pub program: Program,
-    /// Rewrites the pass made (none for the input).
-    pub rewrites: Option<usize>,
+    /// Rewrites the pass made, per rule (none for the input).
+    pub rewrites: Option<Vec<(String, usize)>>,
 }
 
 /// Passes run in order.
@@ -44,9 +44,10 @@ impl Pipeline {
         Self::default()
     }
 
-    /// The passes for a training step: fuse elementwise chains.
+    /// The passes for a training (or inference) step: fuse elementwise chains, and convolutions
+    /// with the chains that consume them.
     pub fn training() -> Self {
-        Self::new().with(crate::Elementwise)
+        Self::new().with(crate::Fuse { conv_epilogues: true })
     }
 
     /// This pipeline with `pass` appended.
@@ -66,16 +67,25 @@ impl Pipeline {
     }
 }
 
-/// The rewrite counts of a run, one `name: count` per pass, comma separated.
+/// The rewrite counts of a run, one `rule: count` per rule of every pass, comma separated.
 pub fn counts(stages: &[Stage]) -> String {
-    stages.iter().filter_map(|s| s.rewrites.map(|n| format!("{}: {n}", s.name))).collect::<Vec<_>>().join(", ")
+    stages
+        .iter()
+        .filter_map(|s| s.rewrites.as_ref())
+        .flatten()
+        .map(|(rule, n)| format!("{rule}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Stage {
     /// The text dump of this stage, headed by its name and rewrite count.
     pub fn dump(&self) -> String {
-        let head = match self.rewrites {
-            Some(n) => format!("# stage {} ({n} rewrites)\n", self.name),
+        let head = match &self.rewrites {
+            Some(counts) => {
+                let counts = counts.iter().map(|(rule, n)| format!("{rule}: {n}")).collect::<Vec<_>>().join(", ");
+                format!("# stage {} ({counts})\n", self.name)
+            }
             None => format!("# stage {}\n", self.name),
         };
         head + &self.program.graph.dump()

@@ -14,8 +14,11 @@
 
 use crate::MulAdd;
 use crate::codegen::{elem_addr, entry, for_loop, iconst, load_arg};
+use crate::expr::{Env, Expr, Width};
+use crate::nest::Operand;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
+use std::collections::HashMap;
 
 /// Where the weight of output channel `o`, input channel `i` and tap `(r, s)` is: at element
 /// `base + o * o_stride + i * i_stride + r * r_stride + s * s_stride`.
@@ -90,6 +93,20 @@ pub struct ConvSpec {
     pub kb: usize,
     /// f32x4 vectors of output pixels per register tile.
     pub vb: usize,
+    /// Applied to each output vector while it is in registers, before the store.
+    pub epilogue: Option<Epilogue>,
+}
+
+/// An elementwise expression applied to a convolution's outputs in registers: `Load(0)` is the
+/// convolution's value, `Load(k)` for `k >= 1` is operand `k - 1` (kernel arguments between the
+/// weights and the output), indexed `Full` (a tensor of the output's shape) or `Channel` (one value per
+/// output channel).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct Epilogue {
+    /// The expression.
+    pub expr: Expr,
+    /// How each operand is indexed.
+    pub operands: Vec<Operand>,
 }
 
 impl ConvSpec {
@@ -109,10 +126,13 @@ impl ConvSpec {
         out_w.div_ceil(4 * vb) * 4 * vb + (kernel_w - 1) / stride_w
     }
 
-    /// Kernel body: args are packed input, weights, output.
+    /// Kernel body: args are packed input, weights, the epilogue's operands, output.
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
         let (args, begin, end) = entry(b);
-        let [xp, w, y] = [0, 1, 2].map(|k| load_arg(b, ptr, args, k));
+        // Arguments: packed input, weights, the epilogue's operands, output.
+        let extra = self.epilogue.as_ref().map_or(0, |e| e.operands.len());
+        let [xp, w, y] = [0, 1, 2 + extra].map(|k| load_arg(b, ptr, args, k));
+        let operands: Vec<Value> = (0..extra).map(|k| load_arg(b, ptr, args, 2 + k)).collect();
         let [rows, phases, row_len] = self.shape.packed;
         let [oh_n, ow_n] = self.shape.out_hw;
         let kblocks = self.shape.out_channels / self.kb;
@@ -151,12 +171,12 @@ impl ConvSpec {
             let zero = iconst(b, 0);
             for_loop(b, zero, tiles, 1, &[], &mut |b, tile, _| {
                 let col = mul(b, tile, tile_w);
-                self.tile(b, mul_add, [xp, w, y], [x_row, w0, y_row], col, self.vb, None);
+                self.tile(b, mul_add, [xp, w, y], &operands, [x_row, w0, y_row, k0], col, self.vb, None);
                 vec![]
             });
             if last > 0 {
                 let col = iconst(b, (full_tiles * tile_w) as i64);
-                self.tile(b, mul_add, [xp, w, y], [x_row, w0, y_row], col, last.div_ceil(4), Some(last));
+                self.tile(b, mul_add, [xp, w, y], &operands, [x_row, w0, y_row, k0], col, last.div_ceil(4), Some(last));
             }
             vec![]
         });
@@ -172,7 +192,8 @@ impl ConvSpec {
         b: &mut FunctionBuilder,
         mul_add: MulAdd,
         [xp, w, y]: [Value; 3],
-        [x_row, w0, y_row]: [Value; 3],
+        operands: &[Value],
+        [x_row, w0, y_row, k0]: [Value; 4],
         col: Value,
         vb: usize,
         valid: Option<usize>,
@@ -227,17 +248,50 @@ impl ConvSpec {
         let y_col = b.ins().iadd(y_row, col);
         let y_base = elem_addr(b, y, y_col);
         let plane = (self.shape.out_hw[0] * self.shape.out_hw[1]) as i32 * 4;
+        // Epilogue operands: the same element of a Full operand, or output channel k0 + k.
+        let full_bases: Vec<Value> = operands.iter().map(|&o| elem_addr(b, o, y_col)).collect();
+        let channel_bases: Vec<Value> = operands.iter().map(|&o| elem_addr(b, o, k0)).collect();
+        let epilogue = |b: &mut FunctionBuilder, v: Value, width: Width, k: usize, offset: i32| -> Value {
+            let Some(e) = &self.epilogue else { return v };
+            let mut load = |b: &mut FunctionBuilder, i: usize| -> Value {
+                if i == 0 {
+                    return v;
+                }
+                let read = MemFlagsData::new().with_notrap().with_readonly();
+                match e.operands[i - 1] {
+                    Operand::Channel => {
+                        let c = b.ins().load(types::F32, read, channel_bases[i - 1], 4 * k as i32);
+                        if width == Width::Vector { b.ins().splat(types::F32X4, c) } else { c }
+                    }
+                    _ => b.ins().load(width.ty(), read, full_bases[i - 1], offset),
+                }
+            };
+            let empty = HashMap::new();
+            let mut env = Env {
+                width,
+                mul_add,
+                load: &mut load,
+                invariants: &empty,
+                locals: &[],
+                acc: None,
+                loaded: HashMap::new(),
+            };
+            e.expr.emit(b, &mut env)
+        };
         for k in 0..self.kb {
             for j in 0..vb {
                 let v = acc[k * vb + j];
                 let offset = k as i32 * plane + 16 * j as i32;
                 let lanes = valid.map_or(4, |n| n.saturating_sub(4 * j).min(4));
                 if lanes == 4 {
+                    let v = epilogue(b, v, Width::Vector, k, offset);
                     b.ins().store(out_flags, v, y_base, offset);
                 } else {
                     for lane in 0..lanes {
                         let e = b.ins().extractlane(v, lane as u8);
-                        b.ins().store(out_flags, e, y_base, offset + 4 * lane as i32);
+                        let at = offset + 4 * lane as i32;
+                        let e = epilogue(b, e, Width::Scalar, k, at);
+                        b.ins().store(out_flags, e, y_base, at);
                     }
                 }
             }

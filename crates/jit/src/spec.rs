@@ -68,7 +68,7 @@ impl KernelSpec {
                 RowOp::CrossEntropy => 3,
                 RowOp::CrossEntropyGrad => 4,
             },
-            KernelSpec::Conv(_) => 3,
+            KernelSpec::Conv(s) => 3 + s.epilogue.as_ref().map_or(0, |e| e.operands.len()),
             KernelSpec::Peak(_) => 1,
         }
     }

@@ -3,8 +3,9 @@
 //! and, separately, before it, for sizes that are not multiples of the vector width or the tiles.
 //! A stray access kills the test process; the guarded results must equal the unguarded ones.
 
-use skipgrad_ir::{Axes, Conv2dAttrs, DType, Graph, NodeId, Op, Role, Shape, TensorType};
+use skipgrad_ir::{Axes, Conv2dAttrs, DType, Fused, Graph, NodeId, Op, Role, Shape, TensorType};
 use skipgrad_jit::{CompileOptions, Guard, compile};
+use std::sync::Arc;
 
 fn input(g: &mut Graph, name: &str, dims: &[usize]) -> NodeId {
     g.add_source(Op::Input { name: name.into() }, TensorType::new(DType::F32, dims), Role::Forward).unwrap()
@@ -103,5 +104,41 @@ fn convolution_kernels_stay_inside_their_buffers() {
         g.add_node(Op::Conv2dGradInput { conv: a, input_hw: [h, w] }, &[dy, wt], Role::Backward).unwrap();
         g.add_node(Op::Conv2dGradWeight { conv: a, kernel_hw: [r, r] }, &[x, dy], Role::Backward).unwrap();
         run_guarded(&g, &[("x", n * c * h * w), ("w", k * c * r * r), ("dy", n * k * oh * ow)]);
+    }
+}
+
+/// Convolutions with a fused epilogue (a per-element operand and a per-channel one) read their
+/// operands at the output's positions only: `relu(conv(x, w) * scale[k] + r)` at odd widths and
+/// partial tiles, forward and stride-1 and stride-2 input gradients.
+#[test]
+fn fused_convolution_epilogues_stay_inside_their_buffers() {
+    for (n, c, k, h, w, r, s, p) in [(2, 3, 5, 7, 9, 3, 1, 1), (1, 2, 4, 5, 13, 3, 2, 1), (1, 4, 8, 6, 5, 1, 2, 0)] {
+        let [oh, ow] = [(h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1];
+        let a = Conv2dAttrs::square(s, p);
+        for (conv, ins, out) in [
+            (Op::Conv2d(a), [vec![n, c, h, w], vec![k, c, r, r]], vec![n, k, oh, ow]),
+            (
+                Op::Conv2dGradInput { conv: a, input_hw: [h, w] },
+                [vec![n, k, oh, ow], vec![k, c, r, r]],
+                vec![n, c, h, w],
+            ),
+        ] {
+            let mut body = Graph::new();
+            let shapes = [ins[0].clone(), ins[1].clone(), vec![out[1]], out.clone()];
+            let p: Vec<NodeId> =
+                shapes.iter().enumerate().map(|(i, d)| input(&mut body, &Fused::placeholder(i), d)).collect();
+            let y = body.add_node(conv.clone(), &[p[0], p[1]], Role::Forward).unwrap();
+            let scaled = body.add_node(Op::BiasAdd, &[y, p[2]], Role::Forward).unwrap();
+            let sum = body.add_node(Op::Add, &[scaled, p[3]], Role::Forward).unwrap();
+            body.add_node(Op::Relu, &[sum], Role::Forward).unwrap();
+            let fused = Fused { rule: "conv_epilogue".into(), body: Arc::new(body), covers: vec![] };
+            let mut g = Graph::new();
+            let names = ["a", "b", "bias", "residual"];
+            let outer: Vec<NodeId> = shapes.iter().zip(names).map(|(d, name)| input(&mut g, name, d)).collect();
+            g.add_node(Op::Fused(fused), &outer, Role::Forward).unwrap();
+            let lens: Vec<(&str, usize)> =
+                shapes.iter().zip(names).map(|(d, name)| (name, d.iter().product())).collect();
+            run_guarded(&g, &lens);
+        }
     }
 }

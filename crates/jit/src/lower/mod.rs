@@ -5,7 +5,7 @@
 mod conv;
 
 use self::conv::{conv, sub_pixel_grad_input, weight_grad};
-use crate::conv::WeightLayout;
+use crate::conv::{Epilogue, WeightLayout};
 use crate::copy::CopySpec;
 use crate::expr::{Cond, Expr};
 use crate::matmul::MatMulSpec;
@@ -112,10 +112,31 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
             map_kernel(label(), id, node.ty.shape.dims(), expr, &modes, inputs)
         }
         Op::Fused(k) => {
-            let (expr, operands) = fused_map(k).map_err(|e| unsupported(&e))?;
+            let arity = k.arity();
+            let body = k.body.nodes();
+            let main = body.iter().position(|n| matches!(n.op, Op::Conv2d(_) | Op::Conv2dGradInput { .. }));
+            let (expr, operands) = fused_map(k, main).map_err(|e| unsupported(&e))?;
             let modes: Vec<Operand> = operands.iter().map(|o| o.1).collect();
-            let inputs = operands.iter().map(|o| inputs[o.0]).collect();
-            map_kernel(format!("fused_{}", k.rule), id, node.ty.shape.dims(), expr, &modes, inputs)
+            let operand_nodes: Vec<NodeId> = operands.iter().map(|o| inputs[o.0]).collect();
+            let label = format!("fused_{}", k.rule);
+            match main {
+                None => map_kernel(label, id, node.ty.shape.dims(), expr, &modes, operand_nodes),
+                Some(m) => {
+                    // The convolution's inputs are placeholders: the fused node's inputs.
+                    let conv = &body[m];
+                    let outer = |j: usize| inputs[conv.inputs[j].index()];
+                    let dims_of = |j: usize| body[conv.inputs[j].index()].ty.shape.dims().to_vec();
+                    debug_assert!(conv.inputs.iter().all(|i| i.index() < arity));
+                    let lowered = lower_conv(
+                        &conv.op,
+                        id,
+                        [outer(0), outer(1)],
+                        [&dims_of(0), &dims_of(1)],
+                        conv.ty.shape.dims(),
+                    );
+                    with_epilogue(lowered, label, id, node.ty.shape.dims(), expr, modes, operand_nodes)
+                }
+            }
         }
         Op::BatchNormGradInput { eps, training: true } => {
             let d = dims(0)?;
@@ -213,48 +234,8 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                 NestSpec { nest, operands: vec![mode], outputs: 1, passes: vec![Pass::Map { expr: x(0), output: 0 }] };
             Lowered::nest(label(), spec, inputs, id)
         }
-        Op::Conv2d(a) => {
-            let (x, w) = (dims(0)?, dims(1)?);
-            let (r, s) = (w[2], w[3]);
-            let out_hw = [node.ty.shape.dims()[2], node.ty.shape.dims()[3]];
-            let pad = [a.pad[0] as isize, a.pad[1] as isize];
-            conv(
-                id,
-                inputs[0],
-                inputs[1],
-                [x[0], x[1], w[0]],
-                [x[2], x[3]],
-                [r, s],
-                a.stride,
-                [1, 1],
-                pad,
-                out_hw,
-                WeightLayout::kcrs(x[1], r, s),
-            )
-        }
-        Op::Conv2dGradInput { conv: a, input_hw } => {
-            let (dy, w) = (dims(0)?, dims(1)?);
-            let (r, s) = (w[2], w[3]);
-            if a.stride != [1, 1] && a.stride[0] == a.stride[1] {
-                return Ok(sub_pixel_grad_input(id, inputs[0], inputs[1], &dy, &w, a.stride[0], a.pad, *input_hw));
-            }
-            // Stride 1 (or unequal strides): dx is the stride-1 convolution of dy, dilated by the
-            // stride and padded by R-1-P, with the weights transposed and flipped.
-            let pad = [r as isize - 1 - a.pad[0] as isize, s as isize - 1 - a.pad[1] as isize];
-            let layout = WeightLayout::transposed_flipped(w[1], r, s);
-            conv(
-                id,
-                inputs[0],
-                inputs[1],
-                [dy[0], dy[1], w[1]],
-                [dy[2], dy[3]],
-                [r, s],
-                [1, 1],
-                a.stride,
-                pad,
-                *input_hw,
-                layout,
-            )
+        Op::Conv2d(_) | Op::Conv2dGradInput { .. } => {
+            lower_conv(&node.op, id, [inputs[0], inputs[1]], [&dims(0)?, &dims(1)?], node.ty.shape.dims())
         }
         Op::Conv2dGradWeight { conv: a, kernel_hw } => {
             let (x, dy) = (dims(0)?, dims(1)?);
@@ -351,12 +332,20 @@ pub(crate) fn map_rule(op: &Op) -> Option<(Expr, Vec<Operand>)> {
 
 /// A fused group as one expression over its operands, each (fused node input, how it is
 /// indexed); an input read both per element and per channel is two operands.
-pub(crate) fn fused_map(k: &Fused) -> std::result::Result<(Expr, Vec<(usize, Operand)>), String> {
+///
+/// With `main` (the body index of a convolution), the expression is the convolution's epilogue:
+/// `Load(0)` is the convolution's value, and operands are numbered from 1.
+pub(crate) fn fused_map(k: &Fused, main: Option<usize>) -> std::result::Result<(Expr, Vec<(usize, Operand)>), String> {
     let arity = k.arity();
     let body = k.body.nodes();
     let mut exprs: Vec<Option<Expr>> = vec![None; body.len()];
     let mut operands: Vec<(usize, Operand)> = vec![];
+    let first = usize::from(main.is_some());
     for (i, node) in body.iter().enumerate().skip(arity) {
+        if Some(i) == main {
+            exprs[i] = Some(Expr::load(0));
+            continue;
+        }
         let (expr, modes) = map_rule(&node.op)
             .ok_or_else(|| format!("{} inside a fused kernel: only elementwise ops fuse so far", node.op))?;
         let mut operand = |j: usize| {
@@ -367,7 +356,7 @@ pub(crate) fn fused_map(k: &Fused) -> std::result::Result<(Expr, Vec<(usize, Ope
                     operands.push(key);
                     operands.len() - 1
                 });
-                Expr::load(at)
+                Expr::load(first + at)
             } else {
                 exprs[source].clone().expect("bodies are in topological order")
             }
@@ -376,6 +365,88 @@ pub(crate) fn fused_map(k: &Fused) -> std::result::Result<(Expr, Vec<(usize, Ope
     }
     let expr = exprs.pop().flatten().ok_or("the fused body computes nothing")?;
     Ok((expr, operands))
+}
+
+/// A convolution node (`conv2d`, or `conv2d_grad_input`) writing node `id`: `inputs` are its two
+/// operands with their dims, `out` the output dims.
+fn lower_conv(op: &Op, id: NodeId, inputs: [NodeId; 2], dims: [&[usize]; 2], out: &[usize]) -> Lowered {
+    let [x, w] = dims;
+    let (r, s) = (w[2], w[3]);
+    match op {
+        Op::Conv2d(a) => {
+            let pad = [a.pad[0] as isize, a.pad[1] as isize];
+            let kcrs = WeightLayout::kcrs(x[1], r, s);
+            conv(
+                id,
+                inputs[0],
+                inputs[1],
+                [x[0], x[1], w[0]],
+                [x[2], x[3]],
+                [r, s],
+                a.stride,
+                [1, 1],
+                pad,
+                [out[2], out[3]],
+                kcrs,
+            )
+        }
+        Op::Conv2dGradInput { conv: a, input_hw } => {
+            let dy = x;
+            if a.stride != [1, 1] && a.stride[0] == a.stride[1] {
+                return sub_pixel_grad_input(id, inputs[0], inputs[1], dy, w, a.stride[0], a.pad, *input_hw);
+            }
+            // Stride 1 (or unequal strides): dx is the stride-1 convolution of dy, dilated by the
+            // stride and padded by R-1-P, with the weights transposed and flipped.
+            let pad = [r as isize - 1 - a.pad[0] as isize, s as isize - 1 - a.pad[1] as isize];
+            let layout = WeightLayout::transposed_flipped(w[1], r, s);
+            conv(
+                id,
+                inputs[0],
+                inputs[1],
+                [dy[0], dy[1], w[1]],
+                [dy[2], dy[3]],
+                [r, s],
+                [1, 1],
+                a.stride,
+                pad,
+                *input_hw,
+                layout,
+            )
+        }
+        _ => unreachable!("lower_conv is called for convolutions"),
+    }
+}
+
+/// Attaches an epilogue (`Load(0)` = the convolution's value, `Load(1..)` = `operands`) to a
+/// lowered convolution writing node `id`: in the convolution kernel itself when its last step is
+/// one, else as an in-place elementwise kernel after it (the interleaving of strided
+/// backward-data).
+fn with_epilogue(
+    lowered: Lowered,
+    label: String,
+    id: NodeId,
+    d: &[usize],
+    expr: Expr,
+    modes: Vec<Operand>,
+    operands: Vec<NodeId>,
+) -> Lowered {
+    let Lowered::Steps { scratch, mut steps } = lowered else { unreachable!("convolutions lower to steps") };
+    match steps.last_mut() {
+        Some(Planned { spec: KernelSpec::Conv(spec), inputs, output: Buf::Node(out), label: l }) if *out == id => {
+            spec.epilogue = Some(Epilogue { expr, operands: modes });
+            inputs.extend(operands.into_iter().map(Buf::Node));
+            *l = label;
+        }
+        _ => {
+            let all_modes: Vec<Operand> = std::iter::once(Operand::Full).chain(modes).collect();
+            let map_inputs: Vec<NodeId> = std::iter::once(id).chain(operands).collect();
+            let Lowered::Steps { steps: map, .. } = map_kernel(label, id, d, expr, &all_modes, map_inputs) else {
+                unreachable!("map kernels are steps")
+            };
+            steps.extend(map);
+        }
+    }
+    Lowered::Steps { scratch, steps }
 }
 
 /// An elementwise kernel over an output of shape `d`: flat when every operand is `Full`, else

@@ -1,6 +1,8 @@
-//! Elementwise fusion: chains of elementwise ops of one type and role become one fused node, so
-//! batch-norm apply, the residual add and the ReLU run as one pass over memory (and, backward,
-//! the gradient sum at a branch with the ReLU mask).
+//! Fusion: chains of elementwise ops of one type and role become one fused node, so batch-norm
+//! apply, the residual add and the ReLU run as one pass over memory; and a convolution whose only
+//! consumer is such a chain takes the chain as its epilogue, applied while its results are in
+//! registers (inference: conv + batch norm + add + ReLU; backward: the input gradient with the
+//! gradient sum of a branch and the next ReLU mask).
 
 use crate::rebuild::Rebuild;
 use crate::{Error, Pass, Program, Result};
@@ -10,17 +12,23 @@ use std::sync::Arc;
 /// Merges maximal groups of elementwise ops ([`Op::is_elementwise`]). A group grows from a root
 /// towards its inputs and takes a producer when the producer is elementwise, has the root's type
 /// and role, is not a program output, and all its consumers are already in the group: then no
-/// value inside the group is needed outside it. Groups of one node are left alone.
-pub struct Elementwise;
+/// value inside the group is needed outside it. With `conv_epilogues`, a group then takes one
+/// convolution (`conv2d` or `conv2d_grad_input`) on the same terms, as the group's main loop.
+/// Groups of one node are left alone. Rewrites are counted per rule: `elementwise` for groups
+/// without a convolution, `conv_epilogue` for groups with one.
+pub struct Fuse {
+    /// Merge convolutions with the elementwise chains that consume them.
+    pub conv_epilogues: bool,
+}
 
-impl Pass for Elementwise {
+impl Pass for Fuse {
     fn name(&self) -> &str {
-        "elementwise"
+        "fuse"
     }
 
-    fn run(&self, program: &Program) -> Result<(Program, usize)> {
+    fn run(&self, program: &Program) -> Result<(Program, Vec<(String, usize)>)> {
         let graph = &program.graph;
-        let groups = find_groups(graph, &program.outputs);
+        let groups = find_groups(graph, &program.outputs, self.conv_epilogues);
         let mut root_of = vec![None; graph.len()];
         for members in &groups {
             let root = *members.last().expect("groups are never empty");
@@ -38,7 +46,8 @@ impl Pass for Elementwise {
                 Some(root) if root == id.index() => {
                     // Groups were found from the last root backwards.
                     let members = next_group.next().expect("one group per root");
-                    let (fused, externals) = fuse(graph, members, self.name())?;
+                    let rule = if members.iter().any(|&m| is_conv(&graph.nodes()[m].op)) { CONV } else { ELEMENTWISE };
+                    let (fused, externals) = fuse(graph, members, rule)?;
                     let inputs: Vec<NodeId> = externals.iter().map(|&e| rebuild.mapped(e)).collect();
                     let new = rebuild.add(Op::Fused(fused), &inputs, graph.nodes()[id.index()].role)?;
                     rebuild.set(id, new);
@@ -47,12 +56,23 @@ impl Pass for Elementwise {
             }
         }
         let outputs = program.outputs.iter().map(|&o| rebuild.mapped(o)).collect();
-        Ok((Program { graph: rebuild.new, outputs }, groups.len()))
+        let convs = groups.iter().filter(|g| g.iter().any(|&m| is_conv(&graph.nodes()[m].op))).count();
+        let counts = vec![(ELEMENTWISE.to_string(), groups.len() - convs), (CONV.to_string(), convs)];
+        Ok((Program { graph: rebuild.new, outputs }, counts))
     }
 }
 
+/// Rule names, as fused nodes and rewrite counts show them.
+const ELEMENTWISE: &str = "elementwise";
+const CONV: &str = "conv_epilogue";
+
+/// Convolutions that can run an epilogue.
+fn is_conv(op: &Op) -> bool {
+    matches!(op, Op::Conv2d(_) | Op::Conv2dGradInput { .. })
+}
+
 /// The groups of the graph, each sorted (its root last), in order of decreasing root.
-fn find_groups(graph: &Graph, outputs: &[NodeId]) -> Vec<Vec<usize>> {
+fn find_groups(graph: &Graph, outputs: &[NodeId], conv_epilogues: bool) -> Vec<Vec<usize>> {
     let nodes = graph.nodes();
     let mut consumers: Vec<Vec<usize>> = vec![vec![]; nodes.len()];
     for (i, node) in nodes.iter().enumerate() {
@@ -71,24 +91,33 @@ fn find_groups(graph: &Graph, outputs: &[NodeId]) -> Vec<Vec<usize>> {
             continue;
         }
         let mut members = vec![root];
+        // Whether producer p can join: nothing outside the group needs its value.
+        let joins = |p: usize, members: &[usize]| {
+            !members.contains(&p)
+                && !taken[p]
+                && !is_output[p]
+                && nodes[p].ty == nodes[root].ty
+                && nodes[p].role == nodes[root].role
+                && consumers[p].iter().all(|c| members.contains(c))
+        };
         let mut grew = true;
         while grew {
             grew = false;
             for m in members.clone() {
                 for p in nodes[m].inputs.iter().map(|i| i.index()) {
-                    let fits = !members.contains(&p)
-                        && !taken[p]
-                        && !is_output[p]
-                        && nodes[p].op.is_elementwise()
-                        && nodes[p].ty == nodes[root].ty
-                        && nodes[p].role == nodes[root].role
-                        && consumers[p].iter().all(|c| members.contains(c));
-                    if fits {
+                    if nodes[p].op.is_elementwise() && joins(p, &members) {
                         members.push(p);
                         grew = true;
                     }
                 }
             }
+        }
+        if conv_epilogues {
+            let conv = members
+                .iter()
+                .flat_map(|&m| nodes[m].inputs.iter().map(|i| i.index()))
+                .find(|&p| is_conv(&nodes[p].op) && joins(p, &members));
+            members.extend(conv);
         }
         if members.len() > 1 {
             members.sort_unstable();
