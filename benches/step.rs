@@ -3,9 +3,14 @@
 //!
 //! `cargo bench --bench step` reports, for ResNet-20, -56 and -110 at batch 128, unfused and after
 //! the training fusion pipeline: nodes, kernel calls, kernels compiled and reused, compile time,
-//! and the median step time on 1 and 2 threads with the achieved GFLOP/s (3 x 2 x the paper's
-//! forward multiply-adds per image x batch). `BENCH_QUICK=1` times fewer steps; `BENCH_PROFILE=1`
-//! prints the slowest kernels. No optimizer update yet: the training issue adds it.
+//! the memory the compiled step holds (planned, and without planning), and the median step time
+//! on 1 and 2 threads with the achieved GFLOP/s (3 x 2 x the paper's forward multiply-adds per
+//! image x batch). No optimizer update yet: the training issue adds it.
+//!
+//! Environment: `BENCH_QUICK=1` times fewer steps; `BENCH_PROFILE=1` prints the slowest kernels;
+//! `BENCH_NET=ResNet-110` and `BENCH_GRAPH=fused` run only the matching nets and graphs. The last
+//! line is the process's peak resident memory (VmHWM), which is the step's own peak when one net
+//! and one graph run.
 
 use skipgrad::fuse::{Pipeline, Program};
 use skipgrad::jit::{CompileOptions, compile};
@@ -71,26 +76,42 @@ fn resnet(n: usize, batch: usize) -> (Tape, Vec<Var>, ParamList) {
     (b.tape, outputs, b.params)
 }
 
+/// The process's peak resident set size in bytes (Linux `VmHWM`).
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
 fn main() {
     let quick = std::env::var("BENCH_QUICK").is_ok();
     let batch = 128;
     println!("# one CIFAR ResNet training step, batch {batch} (forward + backward + BN statistics)\n");
     println!("Each net runs unfused, then after the training fusion pipeline, one after the other.\n");
     println!(
-        "| net | graph | nodes | kernel calls | kernels compiled | reused | compile ms | 1 thread s/step | GFLOP/s | 2 threads s/step | GFLOP/s |"
+        "| net | graph | nodes | kernel calls | kernels compiled | reused | compile ms | memory MB (unplanned) | 1 thread s/step | GFLOP/s | 2 threads s/step | GFLOP/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     // Forward multiply-adds per image from PAPER.md.
     for (name, n, macs) in
         [("ResNet-20", 3, 40_551_040f64), ("ResNet-56", 9, 125_485_696.0), ("ResNet-110", 18, 252_887_680.0)]
     {
+        if std::env::var("BENCH_NET").is_ok_and(|only| !name.contains(&only)) {
+            continue;
+        }
         let (tape, outputs, params) = resnet(n, batch);
         let unfused = Program { graph: tape.graph(), outputs: outputs.iter().map(|v| v.id()).collect() };
         let fused = Pipeline::training().run(unfused.clone()).unwrap().pop().unwrap().program;
         for (variant, program) in [("unfused", &unfused), ("fused", &fused)] {
+            if std::env::var("BENCH_GRAPH").is_ok_and(|only| only != variant) {
+                continue;
+            }
             let (graph, ids) = (&program.graph, &program.outputs);
             run_step(name, variant, graph, ids, &params, n, macs, batch, quick);
         }
+    }
+    if let Some(bytes) = peak_rss() {
+        println!("\npeak resident memory of this process (VmHWM): {:.0} MB", bytes as f64 / 1e6);
     }
 }
 
@@ -117,7 +138,15 @@ fn run_step(
             if threads == 1 {
                 let s = step.stats();
                 let calls = step.schedule().count();
-                row += &format!("| {calls} | {} | {} | {compile_ms:.0} ", s.kernels_compiled, s.kernels_reused);
+                let m = step.memory();
+                let unplanned = m.dedicated + m.unplanned;
+                row += &format!(
+                    "| {calls} | {} | {} | {compile_ms:.0} | {:.0} ({:.0}) ",
+                    s.kernels_compiled,
+                    s.kernels_reused,
+                    m.total() as f64 / 1e6,
+                    unplanned as f64 / 1e6
+                );
             }
             let images: Vec<f32> = (0..batch * 3 * 32 * 32).map(|i| ((i * 7919 % 1000) as f32) / 500.0 - 1.0).collect();
             step.set_input("images", &images).unwrap();

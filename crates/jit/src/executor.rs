@@ -4,6 +4,7 @@
 use crate::buffer::{Buffer, Guard};
 use crate::compiler::{Code, Compiler};
 use crate::lower::{Buf, Lowered, lower};
+use crate::plan::{Lifetime, assign};
 use crate::{CompileStats, Error, KernelCode, Result, Target, ThreadPool};
 use skipgrad_ir::{Graph, NodeId, Op, Tensor, TensorType};
 use std::collections::HashMap;
@@ -15,14 +16,19 @@ pub struct CompileOptions {
     pub threads: usize,
     /// The code-generation target; `None` for the host with its preferred multiply-add.
     pub target: Option<Target>,
-    /// Place every buffer against an inaccessible page (for tests of generated code).
+    /// Place every buffer against an inaccessible page (for tests of generated code). Guarded
+    /// graphs are not memory-planned: every value gets a buffer of its own, of its exact size.
     pub guard: Guard,
+    /// Share memory between intermediate values whose lifetimes do not overlap, and between the
+    /// scratch areas of identical kernels. Off, every value keeps its own buffer, so
+    /// [`CompiledGraph::value`] can read any intermediate after a run.
+    pub plan_memory: bool,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        CompileOptions { threads, target: None, guard: Guard::None }
+        CompileOptions { threads, target: None, guard: Guard::None, plan_memory: true }
     }
 }
 
@@ -36,20 +42,18 @@ enum Slot {
 struct Step {
     node: NodeId,
     kernel: usize,
-    /// Operand pointers then the output pointer, into `CompiledGraph::buffers`.
+    /// Operand pointers then the output pointer, into `CompiledGraph::storage`.
     args: Vec<*mut f32>,
     groups: u64,
 }
 
 /// A graph compiled to kernels. Feed its inputs, [`run`](CompiledGraph::run) it, read its outputs.
 pub struct CompiledGraph {
-    /// One buffer per node that the outputs depend on (empty for the others). Never resized, so
-    /// the pointers in `steps` stay valid.
-    buffers: Vec<Buffer>,
-    /// Kernels' private buffers (packed convolution inputs), never resized either. Only the steps'
-    /// raw pointers read them; the field owns them for the graph's lifetime.
-    #[allow(dead_code)]
-    scratch: Vec<Buffer>,
+    /// All memory: dedicated buffers (inputs, parameters, constants, outputs), shared blocks of
+    /// intermediates, scratch areas. Never resized, so the pointers in `steps` stay valid.
+    storage: Vec<Buffer>,
+    /// The storage buffer holding each node's value (`None` for nodes the outputs do not need).
+    place: Vec<Option<usize>>,
     types: Vec<TensorType>,
     steps: Vec<Step>,
     /// Inputs and parameters the outputs read; `None` for those of the graph they do not.
@@ -60,9 +64,30 @@ pub struct CompiledGraph {
     kernel_of: HashMap<NodeId, usize>,
     codes: Vec<KernelCode>,
     stats: CompileStats,
+    memory: MemoryReport,
     pool: ThreadPool,
     // Dropped last among the fields that matter: steps hold pointers to its functions.
     code: Code,
+}
+
+/// The memory a compiled graph holds, in bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Inputs, parameters, constants and outputs: one buffer each, kept across runs.
+    pub dedicated: usize,
+    /// Intermediate values, in blocks shared by values that are not live at once.
+    pub shared: usize,
+    /// Kernels' scratch areas (packed inputs, transposes), shared between identical kernels.
+    pub scratch: usize,
+    /// What intermediates and scratch areas would take with one buffer each.
+    pub unplanned: usize,
+}
+
+impl MemoryReport {
+    /// Everything the graph holds: dedicated, shared and scratch bytes.
+    pub fn total(&self) -> usize {
+        self.dedicated + self.shared + self.scratch
+    }
 }
 
 /// Compiles the part of `graph` that `outputs` depend on.
@@ -85,11 +110,14 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
         }
     }
     let mut compiler = Compiler::new(target);
-    let mut buffers: Vec<Buffer> = (0..nodes.len()).map(|_| Buffer::zeroed(0, Guard::None)).collect();
     let mut feeds = HashMap::new();
-    let mut planned = Vec::new();
-    let mut scratch: Vec<Buffer> = Vec::new();
     let mut kernel_of = HashMap::new();
+    // Lower every needed node; remember how each is filled and which steps it has.
+    let mut planned: Vec<(NodeId, usize, Vec<Slot>, u64)> = Vec::new();
+    let mut constants: Vec<(usize, Vec<f32>)> = Vec::new();
+    let mut computed = vec![false; nodes.len()];
+    // Scratch areas: length and the specs of the steps that touch them (identical keys share).
+    let mut scratch_keys: Vec<(usize, Vec<crate::KernelSpec>)> = Vec::new();
     for (i, id) in graph.ids().enumerate() {
         if let Op::Input { name } | Op::Parameter { name } = &nodes[i].op {
             feeds.insert(name.clone(), needed[i].then_some(id));
@@ -97,13 +125,13 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
         if !needed[i] {
             continue;
         }
-        buffers[i] = Buffer::zeroed(nodes[i].ty.shape.numel(), options.guard);
         match lower(graph, id)? {
             Lowered::Feed => {}
-            Lowered::Constant(values) => buffers[i].as_mut_slice().copy_from_slice(&values),
+            Lowered::Constant(values) => constants.push((i, values)),
             Lowered::Steps { scratch: lengths, steps } => {
-                let first_scratch = scratch.len();
-                scratch.extend(lengths.iter().map(|&len| Buffer::zeroed(len, options.guard)));
+                computed[i] = !steps.is_empty();
+                let first_scratch = scratch_keys.len();
+                scratch_keys.extend(lengths.iter().map(|&len| (len, vec![])));
                 for step in steps {
                     let kernel = compiler.kernel(&step.label, &step.spec)?;
                     kernel_of.insert(id, kernel);
@@ -113,12 +141,84 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
                     };
                     let mut args: Vec<Slot> = step.inputs.into_iter().map(at).collect();
                     args.push(at(step.output));
+                    for slot in &args {
+                        if let Slot::Scratch(k) = slot {
+                            scratch_keys[*k].1.push(step.spec.clone());
+                        }
+                    }
                     planned.push((id, kernel, args, step.spec.groups() as u64));
                 }
             }
         }
     }
     let (code, codes, stats) = compiler.finish()?;
+    let plan = options.plan_memory && options.guard == Guard::None;
+
+    // Lifetimes of computed intermediates; everything else has a buffer of its own.
+    let mut lifetimes: Vec<Option<Lifetime>> = vec![None; nodes.len()];
+    for (step, (_, _, args, _)) in planned.iter().enumerate() {
+        for slot in args {
+            if let Slot::Node(i) = *slot {
+                let len = nodes[i].ty.shape.numel();
+                let l = lifetimes[i].get_or_insert(Lifetime { len, first: step, last: step });
+                l.last = step;
+            }
+        }
+    }
+    let mut is_output = vec![false; nodes.len()];
+    for o in outputs {
+        is_output[o.index()] = true;
+    }
+    let shared: Vec<usize> = (0..nodes.len()).filter(|&i| plan && computed[i] && !is_output[i]).collect();
+    let (block_of, block_sizes) = assign(&shared.iter().map(|&i| lifetimes[i].expect("computed")).collect::<Vec<_>>());
+
+    let mut storage: Vec<Buffer> = Vec::new();
+    let mut place: Vec<Option<usize>> = vec![None; nodes.len()];
+    let mut memory = MemoryReport::default();
+    let blocks_start = storage.len();
+    for &len in &block_sizes {
+        storage.push(Buffer::zeroed(len, options.guard));
+        memory.shared += 4 * len;
+    }
+    for (&i, &block) in shared.iter().zip(&block_of) {
+        place[i] = Some(blocks_start + block);
+        memory.unplanned += 4 * nodes[i].ty.shape.numel();
+    }
+    for i in 0..nodes.len() {
+        if !needed[i] || place[i].is_some() {
+            continue;
+        }
+        let len = nodes[i].ty.shape.numel();
+        place[i] = Some(storage.len());
+        storage.push(Buffer::zeroed(len, options.guard));
+        if computed[i] && !is_output[i] {
+            memory.shared += 4 * len;
+            memory.unplanned += 4 * len;
+        } else {
+            memory.dedicated += 4 * len;
+        }
+    }
+    for (i, values) in constants {
+        storage[place[i].expect("needed")].as_mut_slice().copy_from_slice(&values);
+    }
+    // Scratch: nodes whose kernels touch a scratch area identically share one buffer. Kernels
+    // rely on the positions they never write staying zero; identical kernels never write them.
+    let mut scratch_place: Vec<usize> = Vec::with_capacity(scratch_keys.len());
+    let mut by_key: HashMap<(usize, Vec<crate::KernelSpec>), usize> = HashMap::new();
+    for key in scratch_keys {
+        memory.unplanned += 4 * key.0;
+        let existing = if plan { by_key.get(&key).copied() } else { None };
+        let at = existing.unwrap_or_else(|| {
+            storage.push(Buffer::zeroed(key.0, options.guard));
+            memory.scratch += 4 * key.0;
+            storage.len() - 1
+        });
+        if plan {
+            by_key.insert(key, at);
+        }
+        scratch_place.push(at);
+    }
+
     // Kernels clamp labels to stay in bounds; the executor rejects bad labels when they are fed.
     let labels = graph
         .nodes()
@@ -135,16 +235,16 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
             let args = slots
                 .into_iter()
                 .map(|slot| match slot {
-                    Slot::Node(i) => buffers[i].as_ptr(),
-                    Slot::Scratch(k) => scratch[k].as_ptr(),
+                    Slot::Node(i) => storage[place[i].expect("needed")].as_ptr(),
+                    Slot::Scratch(k) => storage[scratch_place[k]].as_ptr(),
                 })
                 .collect();
             Step { node, kernel, args, groups }
         })
         .collect();
     Ok(CompiledGraph {
-        buffers,
-        scratch,
+        storage,
+        place,
         types: nodes.iter().map(|n| n.ty.clone()).collect(),
         steps,
         feeds,
@@ -153,6 +253,7 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
         kernel_of,
         codes,
         stats,
+        memory,
         pool: ThreadPool::new(options.threads),
         code,
     })
@@ -165,8 +266,7 @@ impl CompiledGraph {
         let fed =
             self.feeds.get(name).ok_or_else(|| Error::Feed(format!("the graph has no input or parameter {name:?}")))?;
         let Some(id) = *fed else { return Ok(()) };
-        let buffer = self.buffers[id.index()].as_mut_slice();
-        if buffer.len() != values.len() {
+        if self.types[id.index()].shape.numel() != values.len() {
             return Err(Error::Feed(format!("{name:?} is {}, got {} values", self.types[id.index()], values.len())));
         }
         if let Some(&classes) = self.labels.get(&id)
@@ -175,17 +275,19 @@ impl CompiledGraph {
         {
             return Err(Error::Feed(format!("{name:?}: label {v} in row {row} is not a class index in 0..{classes}")));
         }
-        buffer.copy_from_slice(values);
+        self.slice_mut(id).copy_from_slice(values);
         Ok(())
     }
 
     /// Runs every kernel once, in order, on the current inputs.
     pub fn run(&mut self) {
         for step in &self.steps {
-            // SAFETY: `args` point into `self.buffers`, which are sized for the node's type and
-            // never resized; each kernel reads only its operands and writes only its output, within
-            // the extents its spec was generated for (checked by the guard-page tests); `&mut self`
-            // keeps every other access out until the pool returns.
+            // SAFETY: `args` point into `self.storage`, whose buffers are at least as large as
+            // every value placed in them and never resized; each kernel reads only its operands and
+            // writes only its outputs, within the extents its spec was generated for (checked by
+            // the guard-page tests); values sharing a buffer are never live at once (the plan's
+            // invariant, tested in `plan.rs`); `&mut self` keeps every other access out until the
+            // pool returns.
             unsafe { self.pool.run(self.code.fns[step.kernel], step.args.as_ptr(), step.groups) };
         }
     }
@@ -220,18 +322,37 @@ impl CompiledGraph {
         self.run();
         self.outputs
             .iter()
-            .map(|o| Ok(Tensor::f32(self.types[o.index()].shape.clone(), self.buffers[o.index()].as_slice().to_vec())?))
+            .map(|&o| Ok(Tensor::f32(self.types[o.index()].shape.clone(), self.slice(o).unwrap_or(&[]).to_vec())?))
             .collect()
     }
 
     /// The current value of output `k` (in the order given to [`compile`]).
     pub fn output(&self, k: usize) -> Option<&[f32]> {
-        self.outputs.get(k).map(|o| self.buffers[o.index()].as_slice())
+        self.outputs.get(k).and_then(|&o| self.slice(o))
     }
 
-    /// The current value of any computed node.
+    /// The current value of a node the outputs need. With memory planning (the default), an
+    /// intermediate's memory is reused once its last reader has run, so after a run only inputs,
+    /// parameters, constants and outputs are sure to hold their values; compile with
+    /// `plan_memory: false` to read every intermediate.
     pub fn value(&self, node: NodeId) -> Option<&[f32]> {
-        self.buffers.get(node.index()).map(Buffer::as_slice)
+        self.slice(node)
+    }
+
+    /// Bytes of memory held: dedicated, shared and scratch, and what no planning would take.
+    pub fn memory(&self) -> &MemoryReport {
+        &self.memory
+    }
+
+    fn slice(&self, node: NodeId) -> Option<&[f32]> {
+        let at = (*self.place.get(node.index())?)?;
+        Some(&self.storage[at].as_slice()[..self.types[node.index()].shape.numel()])
+    }
+
+    fn slice_mut(&mut self, node: NodeId) -> &mut [f32] {
+        let len = self.types[node.index()].shape.numel();
+        let at = self.place[node.index()].expect("fed nodes are needed");
+        &mut self.storage[at].as_mut_slice()[..len]
     }
 
     /// Compile-time report: kernels generated, reused, and time taken.

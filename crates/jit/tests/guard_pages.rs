@@ -16,7 +16,7 @@ fn run_guarded(g: &Graph, inputs: &[(&str, usize)]) {
     let outputs: Vec<NodeId> = g.ids().filter(|&id| !g.node(id).unwrap().op.is_source()).collect();
     let mut results = vec![];
     for guard in [Guard::None, Guard::After, Guard::Before] {
-        let mut c = compile(g, &outputs, &CompileOptions { threads: 2, target: None, guard }).unwrap();
+        let mut c = compile(g, &outputs, &CompileOptions { threads: 2, guard, ..CompileOptions::default() }).unwrap();
         for &(name, len) in inputs {
             let values: Vec<f32> = (0..len).map(|i| ((i * 37 % 11) as f32) * 0.2 + 0.1).collect();
             c.set_input(name, &values).unwrap();
