@@ -2,7 +2,8 @@
 //! statistics) traced with the research API, JIT-compiled, and replayed.
 //!
 //! `cargo bench --bench step` reports, for ResNet-20, -56 and -110 at batch 128, unfused and after
-//! the training fusion pipeline: nodes, kernel calls, kernels compiled and reused, compile time,
+//! the training fusion pipeline: nodes, kernel calls, tensor traffic (bytes each kernel call reads
+//! and writes, each tensor once), kernels compiled and reused, compile time,
 //! the memory the compiled step holds (planned, and without planning), and the median step time
 //! on 1 and 2 threads with the achieved GFLOP/s (3 x 2 x the paper's forward multiply-adds per
 //! image x batch). No optimizer update yet: the training issue adds it.
@@ -89,9 +90,9 @@ fn main() {
     println!("# one CIFAR ResNet training step, batch {batch} (forward + backward + BN statistics)\n");
     println!("Each net runs unfused, then after the training fusion pipeline, one after the other.\n");
     println!(
-        "| net | graph | nodes | kernel calls | kernels compiled | reused | compile ms | memory MB (unplanned) | 1 thread s/step | GFLOP/s | 2 threads s/step | GFLOP/s |"
+        "| net | graph | nodes | kernel calls | traffic MB | kernels compiled | reused | compile ms | memory MB (unplanned) | 1 thread s/step | GFLOP/s | 2 threads s/step | GFLOP/s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     // Forward multiply-adds per image from PAPER.md.
     for (name, n, macs) in
         [("ResNet-20", 3, 40_551_040f64), ("ResNet-56", 9, 125_485_696.0), ("ResNet-110", 18, 252_887_680.0)]
@@ -141,7 +142,8 @@ fn run_step(
                 let m = step.memory();
                 let unplanned = m.dedicated + m.unplanned;
                 row += &format!(
-                    "| {calls} | {} | {} | {compile_ms:.0} | {:.0} ({:.0}) ",
+                    "| {calls} | {:.0} | {} | {} | {compile_ms:.0} | {:.0} ({:.0}) ",
+                    step.traffic() as f64 / 1e6,
                     s.kernels_compiled,
                     s.kernels_reused,
                     m.total() as f64 / 1e6,
@@ -182,12 +184,7 @@ fn run_step(
             assert!(loss.is_finite(), "{name}: loss {loss}");
             row += &format!("| {t:.3} | {:.1} ", flops / t / 1e9);
             if threads == 2 && std::env::var("BENCH_PROFILE").is_ok() {
-                let profile = step.profile();
-                let total: f64 = profile.iter().map(|r| r.2).sum();
-                eprintln!("\n{name} ({variant}), 2 threads: the slowest kernels of {:.3} s", total);
-                for (kernel, calls, secs) in profile.iter().take(15) {
-                    eprintln!("  {secs:8.4} s {:5.1}%  {calls:4} calls  {kernel}", 100.0 * secs / total);
-                }
+                eprintln!("\n{name} ({variant}), 2 threads:\n{}", skipgrad::jit::profile_table(&step.profile()));
             }
         }
         println!("{row}|");

@@ -30,3 +30,26 @@ fn residual_block_example_runs_and_its_gradients_check() {
     assert!(stdout.contains("input f32[4,16,8,8] has 16 channels, weight f32[8,32,3,3] expects 32"));
     assert!(stdout.contains("largest relative difference from the eager values:"), "{stdout}");
 }
+
+/// The debugging switches work on any program: `SKIPGRAD_DUMP` fills a directory with numbered
+/// stages, `SKIPGRAD_PROFILE` prints a per-kernel profile after each run.
+#[test]
+fn debugging_switches_work_on_the_example() {
+    let dir = std::env::temp_dir().join(format!("skipgrad-example-dump-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(example("residual_block"))
+        .env("SKIPGRAD_DUMP", &dir)
+        .env("SKIPGRAD_PROFILE", "1")
+        .output()
+        .expect("example starts");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "example failed:\n{stderr}");
+    assert!(stderr.lines().any(|l| l.starts_with("kernel") && l.contains("calls") && l.contains("share")), "{stderr}");
+    assert!(stderr.contains("GFLOP/s") && stderr.contains("GB/s"), "{stderr}");
+    let names: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    for wanted in ["00-traced.dot", "01-gradients.json", "memory-plan.txt", "kernels"] {
+        assert!(names.iter().any(|n| n.ends_with(wanted)), "no {wanted} in {names:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

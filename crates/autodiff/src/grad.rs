@@ -3,6 +3,7 @@
 use crate::vjp::vjp as rule;
 use crate::{Error, Result, Var};
 use skipgrad_ir::Role;
+use skipgrad_ir::debug;
 
 /// Gradients of the scalar `loss` with respect to each of `wrt`, as new nodes of the same graph.
 ///
@@ -27,6 +28,9 @@ pub fn vjp(output: &Var, cotangent: &Var, wrt: &[&Var]) -> Result<Vec<Var>> {
             message: format!("cotangent {} must have the output's type {}", cotangent.ty(), output.ty()),
         });
     }
+    if debug::dump_dir().is_some() {
+        debug::dump_graph("traced", &tape.graph());
+    }
     let end = output.id.index();
     let (nodes, ids, tracked) = {
         let s = tape.0.borrow();
@@ -43,7 +47,7 @@ pub fn vjp(output: &Var, cotangent: &Var, wrt: &[&Var]) -> Result<Vec<Var>> {
         reaches[i] |= tracked[i] && node.inputs.iter().any(|j| reaches[j.index()]);
     }
 
-    tape.with_role(Role::Backward, || {
+    let grads = tape.with_role(Role::Backward, || {
         let mut cotangents: Vec<Option<Var>> = vec![None; end + 1];
         cotangents[end] = Some(cotangent.clone());
         for i in (0..=end).rev() {
@@ -69,6 +73,10 @@ pub fn vjp(output: &Var, cotangent: &Var, wrt: &[&Var]) -> Result<Vec<Var>> {
                 Some(g) => Ok(g),
                 None => tape.fill_typed(0.0, v.ty()),
             })
-            .collect()
-    })
+            .collect::<Result<Vec<Var>>>()
+    })?;
+    if debug::dump_dir().is_some() {
+        debug::dump_graph("gradients", &tape.graph());
+    }
+    Ok(grads)
 }

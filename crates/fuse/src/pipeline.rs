@@ -56,11 +56,13 @@ impl Pipeline {
         self
     }
 
-    /// Runs every pass; returns the input stage followed by one stage per pass.
+    /// Runs every pass; returns the input stage followed by one stage per pass. With the dump
+    /// switch on (`SKIPGRAD_DUMP`), each pass's output is written as a numbered stage.
     pub fn run(&self, program: Program) -> Result<Vec<Stage>> {
         let mut stages = vec![Stage { name: "input".into(), program, rewrites: None }];
         for pass in &self.passes {
             let (next, rewrites) = pass.run(&stages[stages.len() - 1].program)?;
+            skipgrad_ir::debug::dump_graph(pass.name(), &next.graph);
             stages.push(Stage { name: pass.name().into(), program: next, rewrites: Some(rewrites) });
         }
         Ok(stages)

@@ -49,6 +49,14 @@ pub enum Error {
         /// The data's element count.
         got: usize,
     },
+    /// A JSON graph dump that does not follow the schema: where, and what was wrong.
+    #[error("graph JSON, at {at}: {message}")]
+    Json {
+        /// The path to the offending value, e.g. `nodes[3].attrs.stride`.
+        at: String,
+        /// What was expected.
+        message: String,
+    },
     /// Two inputs or two parameters with one name.
     #[error("{kind} name {name:?} is already used by %{existing}")]
     DuplicateName {

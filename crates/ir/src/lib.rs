@@ -6,6 +6,7 @@
 //! node is added ([`Graph::add_node`]), so an ill-shaped graph cannot be built: a mismatch is a typed
 //! [`Error`] naming the op, its attributes and the offending shapes. 4-d tensors are NCHW.
 
+pub mod debug;
 mod dot;
 mod dump;
 mod error;

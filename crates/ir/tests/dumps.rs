@@ -119,3 +119,36 @@ fn dot_dump_renders_with_graphviz() {
         Err(e) => assert!(std::env::var_os("CI").is_none(), "CI installs graphviz, but `dot` did not run: {e}"),
     }
 }
+
+#[test]
+fn json_dump_round_trips_into_an_equal_graph() {
+    let mut g = sample();
+    let c = g.add_constant(skipgrad_ir::Tensor::f32([3], vec![0.1, -2.5, 1e-7]).unwrap(), Role::Forward);
+    g.add_node(Op::Scale { c: 0.3 }, &[c], Role::Update).unwrap();
+    let back = Graph::from_json_str(&g.to_json_string()).unwrap();
+    assert_eq!(back, g);
+    assert_eq!(back.dump(), g.dump());
+}
+
+#[test]
+fn malformed_json_dumps_are_typed_errors_naming_the_place() {
+    let g = sample();
+    let mut v = g.to_json();
+    v["version"] = 2.into();
+    assert_eq!(Graph::from_json(&v).unwrap_err().to_string(), "graph JSON, at version: expected 1, got 2");
+    let mut v = g.to_json();
+    v["nodes"][4]["attrs"]["stride"] = serde_json::json!([1]);
+    assert_eq!(Graph::from_json(&v).unwrap_err().to_string(), "graph JSON, at nodes[4].attrs.stride: expected [h, w]");
+    let mut v = g.to_json();
+    v["nodes"][8]["op"] = "gelu".into();
+    assert_eq!(Graph::from_json(&v).unwrap_err().to_string(), "graph JSON, at nodes[8].op: unknown op \"gelu\"");
+    let mut v = g.to_json();
+    v["nodes"][4]["inputs"] = serde_json::json!([0, 9]);
+    assert!(Graph::from_json(&v).unwrap_err().to_string().contains("inputs must come before the node"));
+    // A well-formed dump of an ill-shaped graph fails the shape rule, as building it would.
+    let mut v = g.to_json();
+    v["nodes"][7]["inputs"] = serde_json::json!([4, 5, 6, 1, 3]);
+    let err = Graph::from_json(&v).unwrap_err().to_string();
+    assert!(err.starts_with("batch_norm[eps=0.00001, training]: gamma must be"), "{err}");
+    assert!(Graph::from_json_str("{ nope").unwrap_err().to_string().starts_with("graph JSON, at line 1"));
+}

@@ -130,7 +130,7 @@ fn print_profile(g: &Graph, out: NodeId, target: &Target) {
     c.run();
     let mut totals: Vec<(String, f64)> = vec![];
     for _ in 0..10 {
-        for (name, _, seconds) in c.profile() {
+        for skipgrad_jit::KernelProfile { name, seconds, .. } in c.profile() {
             match totals.iter_mut().find(|t| t.0 == name) {
                 Some(t) => t.1 += seconds,
                 None => totals.push((name, seconds)),

@@ -56,6 +56,11 @@ impl Buffer {
         }
     }
 
+    /// Its length in f32s.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     pub(crate) fn as_ptr(&self) -> *mut f32 {
         self.ptr
     }

@@ -6,6 +6,7 @@ use crate::compiler::{Code, Compiler};
 use crate::lower::{Buf, Lowered, lower};
 use crate::plan::{Lifetime, assign};
 use crate::{CompileStats, Error, KernelCode, Result, Target, ThreadPool};
+use skipgrad_ir::debug;
 use skipgrad_ir::{Graph, NodeId, Op, Tensor, TensorType};
 use std::collections::HashMap;
 
@@ -45,7 +46,29 @@ struct Step {
     /// Operand pointers then the output pointer, into `CompiledGraph::storage`.
     args: Vec<*mut f32>,
     groups: u64,
+    /// Bytes of the tensors the call reads and writes (each counted once).
+    bytes: u64,
 }
+
+/// One distinct kernel's share of a profiled run.
+#[derive(Clone, Debug)]
+pub struct KernelProfile {
+    /// The kernel's name.
+    pub name: String,
+    /// Calls in one run.
+    pub calls: usize,
+    /// Seconds over all its calls.
+    pub seconds: f64,
+    /// Floating-point operations over all its calls (compute-bound kernels).
+    pub flops: Option<f64>,
+    /// Bytes of tensors read and written over all its calls.
+    pub bytes: f64,
+    /// The nodes its calls compute, in schedule order.
+    pub nodes: Vec<NodeId>,
+}
+
+/// The environment variable that makes every run print a per-kernel profile to stderr.
+pub const PROFILE_ENV: &str = "SKIPGRAD_PROFILE";
 
 /// A graph compiled to kernels. Feed its inputs, [`run`](CompiledGraph::run) it, read its outputs.
 pub struct CompiledGraph {
@@ -65,6 +88,8 @@ pub struct CompiledGraph {
     codes: Vec<KernelCode>,
     stats: CompileStats,
     memory: MemoryReport,
+    /// Print a profile after every run (`SKIPGRAD_PROFILE`).
+    print_profile: bool,
     pool: ThreadPool,
     // Dropped last among the fields that matter: steps hold pointers to its functions.
     code: Code,
@@ -229,19 +254,51 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
             (needed[y.index()] && nodes[y.index()].op.is_source()).then(|| (y, nodes[z].ty.shape.dims()[1]))
         })
         .collect();
-    let steps = planned
+    let mut plan_lines = vec![];
+    let steps: Vec<Step> = planned
         .into_iter()
-        .map(|(node, kernel, slots, groups)| {
-            let args = slots
-                .into_iter()
-                .map(|slot| match slot {
-                    Slot::Node(i) => storage[place[i].expect("needed")].as_ptr(),
-                    Slot::Scratch(k) => storage[scratch_place[k]].as_ptr(),
+        .enumerate()
+        .map(|(index, (node, kernel, slots, groups))| {
+            // (storage buffer, length, what it holds) of each argument.
+            let located: Vec<(usize, usize, String)> = slots
+                .iter()
+                .map(|slot| match *slot {
+                    Slot::Node(i) => (place[i].expect("needed"), nodes[i].ty.shape.numel(), format!("%{i}")),
+                    Slot::Scratch(k) => (scratch_place[k], storage[scratch_place[k]].len(), "scratch".into()),
                 })
                 .collect();
-            Step { node, kernel, args, groups }
+            if debug::dump_dir().is_some() {
+                let args: Vec<String> = located.iter().map(|(b, len, what)| format!("{what}@b{b}[{len}]")).collect();
+                plan_lines.push(format!("{index:5} {node:>6} {:<40} {}", codes[kernel].name, args.join(" ")));
+            }
+            let bytes = located.iter().map(|(_, len, _)| 4 * *len as u64).sum();
+            let args = located.iter().map(|(b, _, _)| storage[*b].as_ptr()).collect();
+            Step { node, kernel, args, groups, bytes }
         })
         .collect();
+    if debug::dump_dir().is_some() {
+        let mb = |b: usize| b as f64 / 1e6;
+        let head = format!(
+            "# memory plan: {:.1} MB held: dedicated {:.1} MB, shared {:.1} MB in {} blocks, scratch {:.1} MB ({:.1} MB without planning)\n# one line per kernel call: step, node, kernel, then each argument (inputs, then output) as %node or scratch @ buffer [f32 elements]\n",
+            mb(memory.total()),
+            mb(memory.dedicated),
+            mb(memory.shared),
+            block_sizes.len(),
+            mb(memory.scratch),
+            mb(memory.dedicated + memory.unplanned),
+        );
+        debug::dump_files("memory-plan", &[(".txt".into(), head + &plan_lines.join("\n") + "\n")]);
+        let files: Vec<(String, String)> = codes
+            .iter()
+            .flat_map(|k| {
+                let mut f =
+                    vec![(format!("{}.clif", k.name), k.ir.clone()), (format!("{}.vcode", k.name), k.vcode.clone())];
+                f.extend(k.disassembly.clone().map(|d| (format!("{}.asm", k.name), d)));
+                f
+            })
+            .collect();
+        debug::dump_files("kernels", &files);
+    }
     Ok(CompiledGraph {
         storage,
         place,
@@ -254,6 +311,7 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
         codes,
         stats,
         memory,
+        print_profile: std::env::var_os(PROFILE_ENV).is_some_and(|v| !v.is_empty() && v != "0"),
         pool: ThreadPool::new(options.threads),
         code,
     })
@@ -279,8 +337,14 @@ impl CompiledGraph {
         Ok(())
     }
 
-    /// Runs every kernel once, in order, on the current inputs.
+    /// Runs every kernel once, in order, on the current inputs. With `SKIPGRAD_PROFILE=1` in the
+    /// environment at compile time, prints a per-kernel profile of the run to stderr.
     pub fn run(&mut self) {
+        if self.print_profile {
+            let profile = self.profile();
+            eprintln!("{}", profile_table(&profile));
+            return;
+        }
         for step in &self.steps {
             // SAFETY: `args` point into `self.storage`, whose buffers are at least as large as
             // every value placed in them and never resized; each kernel reads only its operands and
@@ -293,24 +357,41 @@ impl CompiledGraph {
     }
 
     /// Runs once like [`run`](CompiledGraph::run), timing every kernel call: returns, per distinct
-    /// kernel, its name, calls and total seconds, slowest first.
-    pub fn profile(&mut self) -> Vec<(String, usize, f64)> {
-        let mut totals: Vec<(usize, f64)> = vec![(0, 0.0); self.codes.len()];
+    /// kernel, its calls, seconds, work and the nodes it computes, slowest first.
+    pub fn profile(&mut self) -> Vec<KernelProfile> {
+        let mut rows: Vec<KernelProfile> = self
+            .codes
+            .iter()
+            .map(|c| KernelProfile {
+                name: c.name.clone(),
+                calls: 0,
+                seconds: 0.0,
+                flops: None,
+                bytes: 0.0,
+                nodes: vec![],
+            })
+            .collect();
         for step in &self.steps {
             let start = std::time::Instant::now();
             // SAFETY: as in `run`.
             unsafe { self.pool.run(self.code.fns[step.kernel], step.args.as_ptr(), step.groups) };
-            totals[step.kernel].0 += 1;
-            totals[step.kernel].1 += start.elapsed().as_secs_f64();
+            let row = &mut rows[step.kernel];
+            row.seconds += start.elapsed().as_secs_f64();
+            row.calls += 1;
+            row.bytes += step.bytes as f64;
+            row.flops = self.codes[step.kernel].spec.flops().map(|f| f * row.calls as f64);
+            if row.nodes.last() != Some(&step.node) {
+                row.nodes.push(step.node);
+            }
         }
-        let mut rows: Vec<(String, usize, f64)> = totals
-            .into_iter()
-            .enumerate()
-            .filter(|(_, (calls, _))| *calls > 0)
-            .map(|(k, (calls, secs))| (self.codes[k].name.clone(), calls, secs))
-            .collect();
-        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        rows.retain(|r| r.calls > 0);
+        rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
         rows
+    }
+
+    /// Bytes of tensors the kernels read and write in one run, each tensor counted once per call.
+    pub fn traffic(&self) -> u64 {
+        self.steps.iter().map(|s| s.bytes).sum()
     }
 
     /// Feeds named tensors, runs, and returns the outputs as tensors (allocates the results).
@@ -384,4 +465,32 @@ impl CompiledGraph {
     pub fn schedule(&self) -> impl Iterator<Item = (NodeId, &KernelCode)> + '_ {
         self.steps.iter().map(|s| (s.node, &self.codes[s.kernel]))
     }
+}
+
+/// A profile as a table: kernel, calls, milliseconds, share of the run, GFLOP/s (compute-bound
+/// kernels) or GB/s of tensor traffic, and the nodes it computed.
+pub fn profile_table(rows: &[KernelProfile]) -> String {
+    let total: f64 = rows.iter().map(|r| r.seconds).sum();
+    let mut out = format!("{:<40} {:>5} {:>9} {:>6} {:>14}  nodes\n", "kernel", "calls", "ms", "share", "rate");
+    for r in rows {
+        let rate = match r.flops {
+            Some(f) => format!("{:.1} GFLOP/s", f / r.seconds / 1e9),
+            None => format!("{:.1} GB/s", r.bytes / r.seconds / 1e9),
+        };
+        let mut nodes: Vec<String> = r.nodes.iter().take(6).map(|n| n.to_string()).collect();
+        if r.nodes.len() > 6 {
+            nodes.push(format!("... ({} nodes)", r.nodes.len()));
+        }
+        let share = 100.0 * r.seconds / total.max(f64::MIN_POSITIVE);
+        out += &format!(
+            "{:<40} {:>5} {:>9.3} {:>5.1}% {:>14}  {}\n",
+            r.name,
+            r.calls,
+            r.seconds * 1e3,
+            share,
+            rate,
+            nodes.join(" ")
+        );
+    }
+    out + &format!("total {:.3} ms\n", total * 1e3)
 }

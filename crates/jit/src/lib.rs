@@ -40,7 +40,7 @@ pub use compiler::{CompileStats, Kernel, KernelCode};
 pub use conv::{ConvShape, ConvSpec, WeightLayout};
 pub use copy::CopySpec;
 pub use error::Error;
-pub use executor::{CompileOptions, CompiledGraph, MemoryReport, compile};
+pub use executor::{CompileOptions, CompiledGraph, KernelProfile, MemoryReport, PROFILE_ENV, compile, profile_table};
 pub use expr::{Cond, Expr};
 pub use matmul::MatMulSpec;
 pub use maxpool::PoolSpec;

@@ -82,8 +82,11 @@ fn profile_and_schedule_account_for_every_kernel_call() {
     let mut c = compile(&g, &[out], &CompileOptions::default()).unwrap();
     feed(&mut c);
     let profile = c.profile();
-    assert_eq!(profile.iter().map(|r| r.1).sum::<usize>(), c.steps());
-    assert!(profile.windows(2).all(|w| w[0].2 >= w[1].2), "slowest first");
+    assert_eq!(profile.iter().map(|r| r.calls).sum::<usize>(), c.steps());
+    assert!(profile.windows(2).all(|w| w[0].seconds >= w[1].seconds), "slowest first");
+    assert!(profile.iter().all(|r| r.bytes > 0.0 && !r.nodes.is_empty()));
+    let table = skipgrad_jit::profile_table(&profile);
+    assert_eq!(table.lines().count(), profile.len() + 2, "{table}");
     assert_eq!(c.schedule().count(), c.steps());
     let first = c.schedule().next().unwrap().1;
     assert!(first.name.starts_with("k0_batch_mean"), "{}", first.name);
