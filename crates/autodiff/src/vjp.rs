@@ -140,7 +140,7 @@ pub(crate) fn vjp(node: &Node, x: &[Var], y: &Var, g: &Var, want: &[bool]) -> Re
             };
             smallvec![when(0, &d_logits)?, labels_have_no_gradient(want, &not_differentiable)?, when(2, &d_loss)?]
         }
-        Op::Fused(_) => {
+        Op::Fused(_) | Op::Output { .. } => {
             return Err(not_differentiable(
                 0,
                 "fusion runs after gradients are taken: differentiate the unfused graph",

@@ -14,11 +14,16 @@ use std::sync::Arc;
 /// and role, is not a program output, and all its consumers are already in the group: then no
 /// value inside the group is needed outside it. With `conv_epilogues`, a group then takes one
 /// convolution (`conv2d` or `conv2d_grad_input`) on the same terms, as the group's main loop.
-/// Groups of one node are left alone. Rewrites are counted per rule: `elementwise` for groups
-/// without a convolution, `conv_epilogue` for groups with one.
+/// Groups of one node are left alone. With `conv_stats`, a forward convolution whose output
+/// feeds `batch_mean` and `batch_var` becomes one fused node with three outputs (the
+/// convolution, then the statistics through `output` nodes), so the statistics are summed while
+/// the convolution's results are in registers. Rewrites are counted per rule: `elementwise`,
+/// `conv_epilogue`, `conv_stats`.
 pub struct Fuse {
     /// Merge convolutions with the elementwise chains that consume them.
     pub conv_epilogues: bool,
+    /// Compute batch statistics in the convolution that produces their input.
+    pub conv_stats: bool,
 }
 
 impl Pass for Fuse {
@@ -36,9 +41,33 @@ impl Pass for Fuse {
                 root_of[m] = Some(root);
             }
         }
+        let stats = if self.conv_stats { find_stats(graph) } else { vec![] };
+        let mut stats_of = vec![None; graph.len()];
+        for (k, members) in stats.iter().enumerate() {
+            for &m in members {
+                stats_of[m] = Some(k);
+            }
+        }
         let mut rebuild = Rebuild::new(graph, self.name());
         let mut next_group = groups.iter().rev();
         for id in graph.ids() {
+            if let Some(k) = stats_of[id.index()] {
+                let [conv, mean, var] = stats[k];
+                if id.index() == conv {
+                    let (mut fused, externals) = fuse(graph, &stats[k], STATS)?;
+                    let arity = fused.arity();
+                    fused.outputs = vec![arity, arity + 1, arity + 2];
+                    let inputs: Vec<NodeId> = externals.iter().map(|&e| rebuild.mapped(e)).collect();
+                    let role = graph.nodes()[conv].role;
+                    let new = rebuild.add(Op::Fused(fused), &inputs, role)?;
+                    rebuild.set(id, new);
+                    for (index, old) in [(1, mean), (2, var)] {
+                        let out = rebuild.add(Op::Output { index }, &[new], graph.nodes()[old].role)?;
+                        rebuild.set(graph_id(graph, old), out);
+                    }
+                }
+                continue;
+            }
             match root_of[id.index()] {
                 None => {
                     rebuild.copy(id)?;
@@ -57,7 +86,11 @@ impl Pass for Fuse {
         }
         let outputs = program.outputs.iter().map(|&o| rebuild.mapped(o)).collect();
         let convs = groups.iter().filter(|g| g.iter().any(|&m| is_conv(&graph.nodes()[m].op))).count();
-        let counts = vec![(ELEMENTWISE.to_string(), groups.len() - convs), (CONV.to_string(), convs)];
+        let counts = vec![
+            (ELEMENTWISE.to_string(), groups.len() - convs),
+            (CONV.to_string(), convs),
+            (STATS.to_string(), stats.len()),
+        ];
         Ok((Program { graph: rebuild.new, outputs }, counts))
     }
 }
@@ -65,6 +98,24 @@ impl Pass for Fuse {
 /// Rule names, as fused nodes and rewrite counts show them.
 const ELEMENTWISE: &str = "elementwise";
 const CONV: &str = "conv_epilogue";
+const STATS: &str = "conv_stats";
+
+/// The id of node `i` of `graph`.
+fn graph_id(graph: &Graph, i: usize) -> NodeId {
+    graph.ids().nth(i).expect("a node of the graph")
+}
+
+/// Forward convolutions with `batch_mean` and `batch_var` of their output: `[conv, mean, var]`.
+fn find_stats(graph: &Graph) -> Vec<[usize; 3]> {
+    let nodes = graph.nodes();
+    let of = |op: Op, conv: usize| {
+        nodes.iter().position(|n| n.op == op && n.inputs.len() == 1 && n.inputs[0].index() == conv)
+    };
+    (0..nodes.len())
+        .filter(|&c| matches!(nodes[c].op, Op::Conv2d(_)))
+        .filter_map(|c| Some([c, of(Op::BatchMean, c)?, of(Op::BatchVar, c)?]))
+        .collect()
+}
 
 /// Convolutions that can run an epilogue.
 fn is_conv(op: &Op) -> bool {
@@ -164,6 +215,6 @@ fn fuse(graph: &Graph, members: &[usize], rule: &str) -> Result<(Fused, Vec<Node
         let id = body.add_node(op, &inputs, node.role).map_err(fail)?;
         body_id[m] = Some(id);
     }
-    let fused = Fused { rule: rule.into(), body: Arc::new(body), covers: members.to_vec() };
+    let fused = Fused { rule: rule.into(), body: Arc::new(body), covers: members.to_vec(), outputs: vec![] };
     Ok((fused, externals))
 }

@@ -44,10 +44,10 @@ impl Pipeline {
         Self::default()
     }
 
-    /// The passes for a training (or inference) step: fuse elementwise chains, and convolutions
-    /// with the chains that consume them.
+    /// The passes for a training (or inference) step: fuse elementwise chains, convolutions with
+    /// the chains that consume them, and batch statistics into the convolutions they read.
     pub fn training() -> Self {
-        Self::new().with(crate::Fuse { conv_epilogues: true })
+        Self::new().with(crate::Fuse { conv_epilogues: true, conv_stats: true })
     }
 
     /// This pipeline with `pass` appended.

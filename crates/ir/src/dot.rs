@@ -69,12 +69,15 @@ impl Graph {
                         node.ty
                     );
                     for &from in &node.inputs {
-                        let _ = writeln!(
-                            out,
-                            "  {} -> n{i} [label=\"{}\"];",
-                            self.endpoint(from),
-                            self.nodes()[from.index()].ty
-                        );
+                        // An `output` node reads its own body op of the fused node, and carries its type.
+                        let (tail, ty) = match (op, &self.nodes()[from.index()].op) {
+                            (Op::Output { index }, Op::Fused(k)) => match k.output_nodes().get(*index) {
+                                Some(b) => (format!("n{}_{b}", from.index()), &node.ty),
+                                None => (self.endpoint(from), &node.ty),
+                            },
+                            _ => (self.endpoint(from), &self.nodes()[from.index()].ty),
+                        };
+                        let _ = writeln!(out, "  {tail} -> n{i} [label=\"{ty}\"];");
                     }
                 }
             }
@@ -83,10 +86,10 @@ impl Graph {
         out
     }
 
-    /// The DOT node that carries node `id`'s value: the node itself, or a fused node's last op.
+    /// The DOT node that carries node `id`'s value: the node itself, or a fused node's value op.
     fn endpoint(&self, id: NodeId) -> String {
         match &self.nodes()[id.index()].op {
-            Op::Fused(k) => format!("n{}_{}", id.index(), k.body.len() - 1),
+            Op::Fused(k) => format!("n{}_{}", id.index(), k.output_nodes()[0]),
             _ => format!("n{}", id.index()),
         }
     }

@@ -138,6 +138,9 @@ impl Graph {
 
     /// The output type `op` would have on `inputs`, or why it cannot be added; adds nothing.
     pub fn check_node(&self, op: &Op, inputs: &[NodeId]) -> Result<TensorType> {
+        if let Op::Output { index } = op {
+            return self.output_type(*index, inputs);
+        }
         let mut types = SmallVec::<[&TensorType; 5]>::new();
         for &i in inputs {
             types.push(&self.node(i)?.ty);
@@ -150,11 +153,42 @@ impl Graph {
         Ok(ty)
     }
 
+    /// The type of output `index` of the fused node `inputs[0]`.
+    fn output_type(&self, index: usize, inputs: &[NodeId]) -> Result<TensorType> {
+        let op = Op::Output { index }.to_string();
+        let fail = |message: String| Error::Shape { op: op.clone(), message };
+        let [source] = inputs else {
+            return Err(Error::Arity { op: op.clone(), expected: "1".into(), got: inputs.len() });
+        };
+        let Op::Fused(k) = &self.node(*source)?.op else {
+            return Err(fail(format!("input {source} is not a fused node")));
+        };
+        let outputs = k.output_nodes();
+        match outputs.get(index) {
+            Some(&body) if index > 0 => Ok(k.body.nodes()[body].ty.clone()),
+            _ => Err(fail(format!("{source} has outputs 1..{} beside its value", outputs.len()))),
+        }
+    }
+
     /// Training-mode batch norm is defined only on its own input's batch statistics.
     fn check_batch_statistics(&self, op: &Op, inputs: &[NodeId]) -> Result<()> {
         let is_stat =
             |id: NodeId, want: &Op| self.nodes[id.0].op == *want && self.nodes[id.0].inputs.as_slice() == [inputs[0]];
         if is_stat(inputs[1], &Op::BatchMean) && is_stat(inputs[2], &Op::BatchVar) {
+            return Ok(());
+        }
+        // After fusion: outputs 1 and 2 of the fused node that computes x and its statistics.
+        let fused_stat = |id: NodeId, index: usize, want: &Op| {
+            let node = &self.nodes[id.0];
+            let Op::Fused(k) = &self.nodes[inputs[0].0].op else { return false };
+            let outputs = k.output_nodes();
+            node.op == (Op::Output { index })
+                && node.inputs.as_slice() == [inputs[0]]
+                && outputs.len() == 3
+                && k.body.nodes()[outputs[index]].op == *want
+                && k.body.nodes()[outputs[index]].inputs.iter().map(|i| i.0).eq([outputs[0]])
+        };
+        if fused_stat(inputs[1], 1, &Op::BatchMean) && fused_stat(inputs[2], 2, &Op::BatchVar) {
             return Ok(());
         }
         Err(Error::Shape {

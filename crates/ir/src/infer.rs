@@ -289,11 +289,15 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
                     return Err(fail(format!("input {i} is {t}, the body expects {}", placeholder.ty)));
                 }
             }
-            match body.last() {
-                Some(last) if body.len() > k.arity() => Ok(last.ty.clone()),
-                _ => Err(fail("the body computes nothing".into())),
+            if body.len() <= k.arity() {
+                return Err(fail("the body computes nothing".into()));
+            }
+            match k.output_nodes().iter().find(|&&o| o < k.arity() || o >= body.len()) {
+                Some(o) => Err(fail(format!("output {o} is not a computed body node"))),
+                None => Ok(body[k.output_nodes()[0]].ty.clone()),
             }
         }
+        Op::Output { .. } => Err(fail("an output's type is its fused node's: add it with Graph::add_node".into())),
     }
 }
 

@@ -236,7 +236,9 @@ fn op_from_json(n: &Value, at: &str) -> Result<Op> {
             rule: text("rule")?,
             body: Arc::new(Graph::from_json(&n["body"])?),
             covers: list("covers")?,
+            outputs: if attrs.get("outputs").is_some() { list("outputs")? } else { vec![] },
         }),
+        "output" => Op::Output { index: int("index")? },
         custom if attrs.get("custom_rule").is_some() => Op::Custom { name: custom.into(), rule: int("custom_rule")? },
         other => return Err(Error::Json { at: format!("{at}.op"), message: format!("unknown op {other:?}") }),
     })

@@ -146,6 +146,9 @@ pub enum Op {
     // ---- compiler ------------------------------------------------------------------------
     /// Nodes a fusion pass merged into one kernel (see [`Fused`]).
     Fused(Fused),
+    /// Output `index` (1 or more) of a fused node with several outputs, its only input. Its type
+    /// is that body node's: [`Graph::add_node`] reads it from the fused node.
+    Output { index: usize },
 }
 
 /// A group of nodes that a fusion pass merged into one kernel. `body` computes the group: its
@@ -161,6 +164,10 @@ pub struct Fused {
     pub body: Arc<Graph>,
     /// Ids of the merged nodes in the graph before the pass.
     pub covers: Vec<usize>,
+    /// For a kernel with several outputs, the body nodes it writes: the first is the fused
+    /// node's value, the others are read through [`Op::Output`] nodes (`index` 1, 2...). Empty
+    /// for one output: the last body node.
+    pub outputs: Vec<usize>,
 }
 
 impl Fused {
@@ -171,6 +178,10 @@ impl Fused {
     /// How many inputs the body takes (its leading placeholders).
     pub fn arity(&self) -> usize {
         self.body.nodes().iter().take_while(|n| matches!(&n.op, Op::Input { .. })).count()
+    }
+    /// The body nodes it writes, the value first (see [`Fused::outputs`]).
+    pub fn output_nodes(&self) -> Vec<usize> {
+        if self.outputs.is_empty() { vec![self.body.len().saturating_sub(1)] } else { self.outputs.clone() }
     }
 }
 
@@ -214,6 +225,7 @@ impl Op {
             Op::Equal => "equal",
             Op::Custom { name, .. } => name,
             Op::Fused(_) => "fused",
+            Op::Output { .. } => "output",
         }
     }
 
@@ -281,8 +293,14 @@ impl Op {
             Op::Custom { rule, .. } => vec![("custom_rule", Int(*rule))],
             Op::Fused(k) => {
                 let ops = k.body.nodes()[k.arity()..].iter().map(|n| n.op.name()).collect::<Vec<_>>().join("+");
-                vec![("rule", Word(k.rule.clone())), ("ops", Word(ops)), ("covers", Ids(k.covers.clone()))]
+                let mut attrs =
+                    vec![("rule", Word(k.rule.clone())), ("ops", Word(ops)), ("covers", Ids(k.covers.clone()))];
+                if !k.outputs.is_empty() {
+                    attrs.push(("outputs", List(k.outputs.clone())));
+                }
+                attrs
             }
+            Op::Output { index } => vec![("index", Int(*index))],
             Op::BiasAdd
             | Op::BatchMean
             | Op::BatchVar

@@ -32,7 +32,7 @@ fn sample() -> Graph {
         .collect();
     let b = body.add_node(Op::BatchNorm { eps: 1e-5, training: false }, &ins, Role::Forward).unwrap();
     body.add_node(Op::Relu, &[b], Role::Forward).unwrap();
-    let fused = Fused { rule: "elementwise".into(), body: Arc::new(body), covers: vec![7, 8] };
+    let fused = Fused { rule: "elementwise".into(), body: Arc::new(body), covers: vec![7, 8], outputs: vec![] };
     g.add_node(Op::Fused(fused), &[y, mean, var, gamma, beta], Role::Forward).unwrap();
     let s = ShortcutAttrs { stride: 2, pad_before: 2, pad_after: 2 };
     g.add_node(Op::ShortcutA(s), &[x], Role::Forward).unwrap();

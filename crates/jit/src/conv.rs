@@ -95,6 +95,9 @@ pub struct ConvSpec {
     pub vb: usize,
     /// Applied to each output vector while it is in registers, before the store.
     pub epilogue: Option<Epilogue>,
+    /// Also write, per output channel of each tile, the sum and the sum of squares of the
+    /// stored values (batch-norm statistics; [`StatsSpec`](crate::StatsSpec) reduces them).
+    pub stats: bool,
 }
 
 /// An elementwise expression applied to a convolution's outputs in registers: `Load(0)` is the
@@ -114,6 +117,15 @@ impl ConvSpec {
     pub fn groups(&self) -> usize {
         self.shape.batch * (self.shape.out_channels / self.kb) * self.shape.out_hw[0]
     }
+    /// Tiles per output row: whole tiles of `4 * vb` pixels, and a partial one.
+    pub fn tiles_per_row(&self) -> usize {
+        self.shape.out_hw[1].div_ceil(4 * self.vb)
+    }
+    /// f32 elements of the statistics a `stats` kernel writes: (sum, squares) per output channel
+    /// of every tile.
+    pub fn stats_len(&self) -> usize {
+        self.groups() * self.tiles_per_row() * self.kb * 2
+    }
     /// Input channels per iteration of the reduction loop: enough for about 8 taps of work
     /// (1 for 3x3 kernels), a divisor of the input channels.
     pub fn channel_unroll(&self) -> usize {
@@ -129,10 +141,22 @@ impl ConvSpec {
     /// Kernel body: args are packed input, weights, the epilogue's operands, output.
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
         let (args, begin, end) = entry(b);
-        // Arguments: packed input, weights, the epilogue's operands, output.
+        // Arguments: packed input, weights, the epilogue's operands, the statistics, output.
         let extra = self.epilogue.as_ref().map_or(0, |e| e.operands.len());
-        let [xp, w, y] = [0, 1, 2 + extra].map(|k| load_arg(b, ptr, args, k));
+        let stats = usize::from(self.stats);
+        let [xp, w, y] = [0, 1, 2 + extra + stats].map(|k| load_arg(b, ptr, args, k));
         let operands: Vec<Value> = (0..extra).map(|k| load_arg(b, ptr, args, 2 + k)).collect();
+        let partials = self.stats.then(|| load_arg(b, ptr, args, 2 + extra));
+        let tiles_per_row = self.tiles_per_row();
+        // Where tile t of group g writes its statistics.
+        let stats_at = |b: &mut FunctionBuilder, g: Value, t: Value| {
+            partials.map(|p| {
+                let row = b.ins().imul_imm_s(g, tiles_per_row as i64);
+                let at = b.ins().iadd(row, t);
+                let at = b.ins().imul_imm_s(at, (self.kb * 2 * 4) as i64);
+                b.ins().iadd(p, at)
+            })
+        };
         let [rows, phases, row_len] = self.shape.packed;
         let [oh_n, ow_n] = self.shape.out_hw;
         let kblocks = self.shape.out_channels / self.kb;
@@ -171,12 +195,16 @@ impl ConvSpec {
             let zero = iconst(b, 0);
             for_loop(b, zero, tiles, 1, &[], &mut |b, tile, _| {
                 let col = mul(b, tile, tile_w);
-                self.tile(b, mul_add, [xp, w, y], &operands, [x_row, w0, y_row, k0], col, self.vb, None);
+                let st = stats_at(b, g, tile);
+                self.tile(b, mul_add, [xp, w, y], &operands, st, [x_row, w0, y_row, k0], col, self.vb, None);
                 vec![]
             });
             if last > 0 {
                 let col = iconst(b, (full_tiles * tile_w) as i64);
-                self.tile(b, mul_add, [xp, w, y], &operands, [x_row, w0, y_row, k0], col, last.div_ceil(4), Some(last));
+                let t = iconst(b, full_tiles as i64);
+                let st = stats_at(b, g, t);
+                let vb = last.div_ceil(4);
+                self.tile(b, mul_add, [xp, w, y], &operands, st, [x_row, w0, y_row, k0], col, vb, Some(last));
             }
             vec![]
         });
@@ -193,6 +221,7 @@ impl ConvSpec {
         mul_add: MulAdd,
         [xp, w, y]: [Value; 3],
         operands: &[Value],
+        stats_at: Option<Value>,
         [x_row, w0, y_row, k0]: [Value; 4],
         col: Value,
         vb: usize,
@@ -279,6 +308,8 @@ impl ConvSpec {
             e.expr.emit(b, &mut env)
         };
         for k in 0..self.kb {
+            // Statistics of this channel's stored values: vector and scalar partial sums.
+            let (mut vector, mut scalar): (Option<[Value; 2]>, Option<[Value; 2]>) = (None, None);
             for j in 0..vb {
                 let v = acc[k * vb + j];
                 let offset = k as i32 * plane + 16 * j as i32;
@@ -286,16 +317,43 @@ impl ConvSpec {
                 if lanes == 4 {
                     let v = epilogue(b, v, Width::Vector, k, offset);
                     b.ins().store(out_flags, v, y_base, offset);
+                    if stats_at.is_some() {
+                        vector = Some(sum_and_squares(b, mul_add, vector, v));
+                    }
                 } else {
                     for lane in 0..lanes {
                         let e = b.ins().extractlane(v, lane as u8);
                         let at = offset + 4 * lane as i32;
                         let e = epilogue(b, e, Width::Scalar, k, at);
                         b.ins().store(out_flags, e, y_base, at);
+                        if stats_at.is_some() {
+                            scalar = Some(sum_and_squares(b, mul_add, scalar, e));
+                        }
                     }
                 }
             }
+            if let Some(at) = stats_at {
+                let zero = b.ins().f32const(0.0);
+                let [mut sum, mut squares] = scalar.unwrap_or([zero, zero]);
+                if let Some([vs, vq]) = vector {
+                    for lane in 0..4 {
+                        let (s, q) = (b.ins().extractlane(vs, lane), b.ins().extractlane(vq, lane));
+                        sum = b.ins().fadd(sum, s);
+                        squares = b.ins().fadd(squares, q);
+                    }
+                }
+                b.ins().store(out_flags, sum, at, (8 * k) as i32);
+                b.ins().store(out_flags, squares, at, (8 * k + 4) as i32);
+            }
         }
+    }
+}
+
+/// Adds `v` and `v * v` to the running (sum, squares), starting them at `v` and `v * v`.
+fn sum_and_squares(b: &mut FunctionBuilder, mul_add: MulAdd, running: Option<[Value; 2]>, v: Value) -> [Value; 2] {
+    match running {
+        None => [v, b.ins().fmul(v, v)],
+        Some([s, q]) => [b.ins().fadd(s, v), mul_add_emit(b, mul_add, v, v, q)],
     }
 }
 

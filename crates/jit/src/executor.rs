@@ -134,6 +134,15 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
             }
         }
     }
+    // A fused node's kernels write all its outputs, so every `output` node of a needed fused node
+    // gets a buffer.
+    for (i, node) in nodes.iter().enumerate() {
+        if let Op::Output { .. } = node.op
+            && needed[node.inputs[0].index()]
+        {
+            needed[i] = true;
+        }
+    }
     let mut compiler = Compiler::new(target);
     let mut feeds = HashMap::new();
     let mut kernel_of = HashMap::new();

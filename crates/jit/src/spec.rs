@@ -9,6 +9,7 @@ use crate::nest::NestSpec;
 use crate::pack::PackSpec;
 use crate::peak::PeakSpec;
 use crate::rows::{Imports, RowOp, RowSpec};
+use crate::stats::StatsSpec;
 use crate::transpose::TransposeSpec;
 use crate::weight_grad::WeightGradSpec;
 use cranelift_codegen::ir::Type;
@@ -27,6 +28,8 @@ pub enum KernelSpec {
     WeightGrad(WeightGradSpec),
     /// NCHW to channels-last rows.
     Transpose(TransposeSpec),
+    /// Batch-norm statistics from a convolution's partial sums.
+    Stats(StatsSpec),
     /// Strided, channel-offset copies (the option-A shortcut and its gradient).
     Copy(CopySpec),
     /// Matrix multiply.
@@ -48,6 +51,7 @@ impl KernelSpec {
             KernelSpec::Conv(s) => s.groups(),
             KernelSpec::WeightGrad(s) => s.groups(),
             KernelSpec::Transpose(s) => s.groups(),
+            KernelSpec::Stats(s) => s.groups(),
             KernelSpec::Copy(s) => s.batch,
             KernelSpec::MatMul(s) => s.m,
             KernelSpec::Rows(s) => s.groups(),
@@ -61,6 +65,7 @@ impl KernelSpec {
             KernelSpec::Nest(s) => s.operands.len() + s.outputs,
             KernelSpec::Pack(_) | KernelSpec::Copy(_) | KernelSpec::Transpose(_) => 2,
             KernelSpec::WeightGrad(_) => 4,
+            KernelSpec::Stats(_) => 3,
             KernelSpec::MatMul(_) => 3,
             KernelSpec::Pool(s) => 2 + s.grad as usize,
             KernelSpec::Rows(s) => match s.op {
@@ -68,7 +73,7 @@ impl KernelSpec {
                 RowOp::CrossEntropy => 3,
                 RowOp::CrossEntropyGrad => 4,
             },
-            KernelSpec::Conv(s) => 3 + s.epilogue.as_ref().map_or(0, |e| e.operands.len()),
+            KernelSpec::Conv(s) => 3 + s.epilogue.as_ref().map_or(0, |e| e.operands.len()) + usize::from(s.stats),
             KernelSpec::Peak(_) => 1,
         }
     }
@@ -83,6 +88,7 @@ impl KernelSpec {
             | KernelSpec::Pack(_)
             | KernelSpec::Copy(_)
             | KernelSpec::Transpose(_)
+            | KernelSpec::Stats(_)
             | KernelSpec::Rows(_)
             | KernelSpec::Pool(_) => None,
         }
@@ -94,6 +100,7 @@ impl KernelSpec {
             KernelSpec::Conv(s) => s.build(b, ptr, mul_add),
             KernelSpec::WeightGrad(s) => s.build(b, ptr, mul_add),
             KernelSpec::Transpose(s) => s.build(b, ptr),
+            KernelSpec::Stats(s) => s.build(b, ptr),
             KernelSpec::Copy(s) => s.build(b, ptr),
             KernelSpec::MatMul(s) => s.build(b, ptr, mul_add),
             KernelSpec::Rows(s) => s.build(b, ptr, imports),

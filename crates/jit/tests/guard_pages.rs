@@ -131,7 +131,7 @@ fn fused_convolution_epilogues_stay_inside_their_buffers() {
             let scaled = body.add_node(Op::BiasAdd, &[y, p[2]], Role::Forward).unwrap();
             let sum = body.add_node(Op::Add, &[scaled, p[3]], Role::Forward).unwrap();
             body.add_node(Op::Relu, &[sum], Role::Forward).unwrap();
-            let fused = Fused { rule: "conv_epilogue".into(), body: Arc::new(body), covers: vec![] };
+            let fused = Fused { rule: "conv_epilogue".into(), body: Arc::new(body), covers: vec![], outputs: vec![] };
             let mut g = Graph::new();
             let names = ["a", "b", "bias", "residual"];
             let outer: Vec<NodeId> = shapes.iter().zip(names).map(|(d, name)| input(&mut g, name, d)).collect();
@@ -140,5 +140,29 @@ fn fused_convolution_epilogues_stay_inside_their_buffers() {
                 shapes.iter().zip(names).map(|(d, name)| (name, d.iter().product())).collect();
             run_guarded(&g, &lens);
         }
+    }
+}
+
+/// A convolution that also writes its batch statistics (partial sums per tile, then a reduction
+/// into two `output` nodes) at odd widths and partial tiles.
+#[test]
+fn convolutions_with_batch_statistics_stay_inside_their_buffers() {
+    for (n, c, k, h, w, r, s, p) in [(2, 3, 5, 7, 9, 3, 1, 1), (1, 2, 4, 5, 13, 3, 2, 1), (3, 4, 8, 6, 5, 1, 2, 0)] {
+        let [oh, ow] = [(h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1];
+        let mut body = Graph::new();
+        let x = input(&mut body, &Fused::placeholder(0), &[n, c, h, w]);
+        let wt = input(&mut body, &Fused::placeholder(1), &[k, c, r, r]);
+        let y = body.add_node(Op::Conv2d(Conv2dAttrs::square(s, p)), &[x, wt], Role::Forward).unwrap();
+        body.add_node(Op::BatchMean, &[y], Role::Forward).unwrap();
+        body.add_node(Op::BatchVar, &[y], Role::Forward).unwrap();
+        let fused = Fused { rule: "conv_stats".into(), body: Arc::new(body), covers: vec![], outputs: vec![2, 3, 4] };
+        let mut g = Graph::new();
+        let (xs, ws) = (input(&mut g, "x", &[n, c, h, w]), input(&mut g, "w", &[k, c, r, r]));
+        let f = g.add_node(Op::Fused(fused), &[xs, ws], Role::Forward).unwrap();
+        for index in [1, 2] {
+            g.add_node(Op::Output { index }, &[f], Role::Forward).unwrap();
+        }
+        assert_eq!(g.nodes()[f.index()].ty, TensorType::new(DType::F32, [n, k, oh, ow]));
+        run_guarded(&g, &[("x", n * c * h * w), ("w", k * c * r * r)]);
     }
 }

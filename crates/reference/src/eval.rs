@@ -30,12 +30,31 @@ pub fn evaluate(graph: &Graph, feeds: &Feeds, outputs: &[NodeId]) -> Result<Vec<
         }
     }
     let mut values: Vec<Option<Tensor>> = vec![None; nodes.len()];
+    // The other outputs of fused nodes with several, until their `output` nodes take them.
+    let mut extra: HashMap<usize, Vec<Tensor>> = HashMap::new();
     for (i, id) in graph.ids().enumerate() {
         if !needed[i] {
             continue;
         }
         let node = &nodes[i];
         let value = match &node.op {
+            Op::Fused(k) if !k.outputs.is_empty() => {
+                let inputs: Vec<&Tensor> =
+                    node.inputs.iter().map(|j| values[j.index()].as_ref().expect("topological order")).collect();
+                let mut all = eval_fused(k, &inputs)?;
+                let value = all.remove(0);
+                extra.insert(i, all);
+                value
+            }
+            Op::Output { index } => {
+                let source = node.inputs[0].index();
+                extra.get(&source).and_then(|all| all.get(index - 1)).cloned().ok_or_else(|| {
+                    Error::Graph(skipgrad_ir::Error::Shape {
+                        op: node.op.to_string(),
+                        message: format!("%{source} has no output {index}"),
+                    })
+                })?
+            }
             Op::Input { name } | Op::Parameter { name } => {
                 let kind = if matches!(node.op, Op::Input { .. }) { "input" } else { "parameter" };
                 let fed = feeds.get(name).ok_or_else(|| Error::MissingFeed { kind, name: name.clone(), node: i })?;
@@ -91,10 +110,7 @@ pub fn eval_op(op: &Op, ty: &TensorType, inputs: &[&Tensor], node: usize) -> Res
         return Err(Error::FeedType { name: format!("output of {op}"), expected: ty.clone(), got: inferred });
     }
     if let Op::Fused(k) = op {
-        // A fused node is its body, evaluated on the node's inputs.
-        let feeds: Feeds = inputs.iter().enumerate().map(|(i, t)| (Fused::placeholder(i), (*t).clone())).collect();
-        let last = k.body.ids().last().expect("infer checked the body computes something");
-        return Ok(evaluate(&k.body, &feeds, &[last])?.remove(0));
+        return Ok(eval_fused(k, inputs)?.remove(0));
     }
     let shapes: Vec<&skipgrad_ir::Shape> = inputs.iter().map(|t| t.shape()).collect();
     let data = match ty.dtype {
@@ -113,4 +129,12 @@ fn run<T: Element>(
 ) -> Result<Vec<T>> {
     let slices: Vec<&[T]> = inputs.iter().map(|t| T::slice(t.data()).expect("dtypes checked by infer")).collect();
     compute(op, node, &slices, shapes, &ty.shape)
+}
+
+/// Every output of a fused node (its value first): its body, evaluated on the node's inputs.
+fn eval_fused(k: &Fused, inputs: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let feeds: Feeds = inputs.iter().enumerate().map(|(i, t)| (Fused::placeholder(i), (*t).clone())).collect();
+    let ids: Vec<NodeId> = k.body.ids().collect();
+    let outputs: Vec<NodeId> = k.output_nodes().into_iter().map(|o| ids[o]).collect();
+    evaluate(&k.body, &feeds, &outputs)
 }

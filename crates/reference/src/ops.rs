@@ -44,6 +44,7 @@ pub(crate) fn compute<T: Element>(op: &Op, node: usize, x: &[&[T]], s: &[&Shape]
             unreachable!("sources are evaluated by eval_node")
         }
         Op::Fused(_) => unreachable!("fused nodes are evaluated by eval_op, through their body"),
+        Op::Output { .. } => unreachable!("outputs of fused nodes are evaluated by evaluate"),
         Op::Conv2d(c) => {
             let mut y = vec![T::zero(); n_out];
             conv_taps(d(0), d(1), c, |xi, wi, yi| y[yi] = y[yi] + x[0][xi] * x[1][wi]);

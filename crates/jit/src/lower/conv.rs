@@ -69,7 +69,7 @@ pub(super) fn conv(
         stride,
         out_hw,
     };
-    let spec = ConvSpec { shape, origin: [0, 0], weights, kb, vb, epilogue: None };
+    let spec = ConvSpec { shape, origin: [0, 0], weights, kb, vb, epilogue: None, stats: false };
     let steps = vec![
         pack_step(pack.clone(), x, 0),
         Planned {
@@ -160,7 +160,8 @@ pub(super) fn sub_pixel_grad_input(
             stride: [1, 1],
             out_hw: [oh, ow],
         };
-        let spec = ConvSpec { shape, origin: [origin(p, 0), origin(p, 1)], weights, kb, vb, epilogue: None };
+        let spec =
+            ConvSpec { shape, origin: [origin(p, 0), origin(p, 1)], weights, kb, vb, epilogue: None, stats: false };
         let plane = scratch.len();
         scratch.push(n * c * oh * ow);
         steps.push(Planned {

@@ -13,6 +13,7 @@ use crate::maxpool::PoolSpec;
 use crate::nest::{Nest, NestSpec, Operand, Pass};
 use crate::rows::{RowOp, RowSpec};
 use crate::spec::KernelSpec;
+use crate::stats::StatsSpec;
 use crate::{Error, Result};
 use skipgrad_ir::{DType, Fused, Graph, NodeId, Op};
 
@@ -111,6 +112,9 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
             let (expr, modes) = map_rule(&node.op).ok_or_else(|| unsupported("no elementwise rule"))?;
             map_kernel(label(), id, node.ty.shape.dims(), expr, &modes, inputs)
         }
+        // Written by its fused node's kernels.
+        Op::Output { .. } => Lowered::Steps { scratch: vec![], steps: vec![] },
+        Op::Fused(k) if !k.outputs.is_empty() => conv_with_stats(graph, id, k, &inputs).map_err(|e| unsupported(&e))?,
         Op::Fused(k) => {
             let arity = k.arity();
             let body = k.body.nodes();
@@ -415,6 +419,70 @@ fn lower_conv(op: &Op, id: NodeId, inputs: [NodeId; 2], dims: [&[usize]; 2], out
         }
         _ => unreachable!("lower_conv is called for convolutions"),
     }
+}
+
+/// A fused convolution that also writes its batch statistics (`outputs` = [convolution,
+/// batch_mean, batch_var]): the convolution kernel writes per-tile partial sums while its outputs
+/// are in registers, and a small kernel reduces them into the fused node's `output` nodes.
+fn conv_with_stats(graph: &Graph, id: NodeId, k: &Fused, inputs: &[NodeId]) -> std::result::Result<Lowered, String> {
+    let body = k.body.nodes();
+    let outputs = k.output_nodes();
+    let [c, m, v] = outputs[..] else {
+        return Err(format!("{} outputs: only convolution + batch statistics have several", outputs.len()));
+    };
+    let conv = &body[c];
+    let stat = |i: usize, op: Op| body[i].op == op && body[i].inputs.as_slice() == [body_id(k, c)];
+    if !matches!(conv.op, Op::Conv2d(_)) || !stat(m, Op::BatchMean) || !stat(v, Op::BatchVar) {
+        return Err("a fused node with several outputs must be conv2d, batch_mean and batch_var of it".into());
+    }
+    let outer = |j: usize| inputs[conv.inputs[j].index()];
+    let dims_of = |j: usize| body[conv.inputs[j].index()].ty.shape.dims().to_vec();
+    let Lowered::Steps { mut scratch, mut steps } =
+        lower_conv(&conv.op, id, [outer(0), outer(1)], [&dims_of(0), &dims_of(1)], conv.ty.shape.dims())
+    else {
+        unreachable!("convolutions lower to steps")
+    };
+    // The `output` nodes that read the statistics; scratch stands in for any that is missing.
+    let mut target = |index: usize| -> Buf {
+        let found = graph.ids().skip(id.index() + 1).find(|&j| {
+            let n = &graph.nodes()[j.index()];
+            n.op == Op::Output { index } && n.inputs.as_slice() == [id]
+        });
+        found.map(Buf::Node).unwrap_or_else(|| {
+            scratch.push(body[c].ty.shape.dims()[1]);
+            Buf::Scratch(scratch.len() - 1)
+        })
+    };
+    let (mean, var) = (target(1), target(2));
+    let Some(Planned { spec: KernelSpec::Conv(spec), inputs: conv_inputs, label, .. }) = steps.last_mut() else {
+        unreachable!("a forward convolution ends with its kernel")
+    };
+    spec.stats = true;
+    *label = format!("fused_{}", k.rule);
+    let partials = scratch.len();
+    scratch.push(spec.stats_len());
+    conv_inputs.push(Buf::Scratch(partials));
+    let d = conv.ty.shape.dims();
+    let stats = StatsSpec {
+        channels: d[1],
+        kb: spec.kb,
+        batch: d[0],
+        rows: d[2],
+        tiles: spec.tiles_per_row(),
+        count: d[0] * d[2] * d[3],
+    };
+    steps.push(Planned {
+        label: "batch_statistics".into(),
+        spec: KernelSpec::Stats(stats),
+        inputs: vec![Buf::Scratch(partials), mean],
+        output: var,
+    });
+    Ok(Lowered::Steps { scratch, steps })
+}
+
+/// The id of body node `i`.
+fn body_id(k: &Fused, i: usize) -> NodeId {
+    k.body.ids().nth(i).expect("a body node")
 }
 
 /// Attaches an epilogue (`Load(0)` = the convolution's value, `Load(1..)` = `operands`) to a
