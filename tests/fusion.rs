@@ -83,16 +83,22 @@ proptest! {
 ///   registers, and one small kernel turns the sums into mean and variance (2 kernels instead of
 ///   batch_mean and batch_var over the output).
 ///
-/// So the step runs 3 + 4 x 2 + 1 + 2 x 1 = 14 fewer kernel calls, and the statistics no longer
-/// read the convolution outputs again.
+/// - backward, bn_backward: each batch norm's input, gamma and beta gradients in one kernel (the
+///   input gradient needs both sums anyway).
+///
+/// So the step runs 3 + 4 x 2 + 1 + 2 x 1 + 2 x 2 = 18 fewer kernel calls, and neither the
+/// statistics nor the gamma and beta gradients read their tensors again.
 #[test]
 fn a_basic_block_step_fuses_bn_add_relu() {
     let net = build(&[Block::Residual { stride: 1 }], 2, 4, 6, 7, DType::F32);
     let stages = Pipeline::training().run(program(&net)).unwrap();
-    assert_eq!(counts(&stages), "elementwise: 6, conv_epilogue: 1, conv_stats: 2");
+    assert_eq!(counts(&stages), "elementwise: 6, conv_epilogue: 1, conv_stats: 2, bn_backward: 2");
     let [before, after] = [&stages[0], &stages[1]].map(|s| &s.program);
     let dump = stages[1].dump();
-    assert!(dump.starts_with("# stage fuse (elementwise: 6, conv_epilogue: 1, conv_stats: 2)\n"), "{dump}");
+    assert!(
+        dump.starts_with("# stage fuse (elementwise: 6, conv_epilogue: 1, conv_stats: 2, bn_backward: 2)\n"),
+        "{dump}"
+    );
     let ops: Vec<String> = after
         .graph
         .nodes()
@@ -108,7 +114,12 @@ fn a_basic_block_step_fuses_bn_add_relu() {
     let kernels = |p: &Program| compile(&p.graph, &p.outputs, &CompileOptions::default()).unwrap().schedule().count();
     assert_eq!(ops.iter().filter(|o| *o == "conv2d_grad_input+relu_grad").count(), 1, "{dump}");
     assert_eq!(ops.iter().filter(|o| *o == "conv2d+batch_mean+batch_var").count(), 2, "{dump}");
-    assert_eq!(kernels(before) - kernels(after), 14);
+    assert_eq!(
+        ops.iter().filter(|o| *o == "batch_norm_grad_input+batch_norm_grad_gamma+reduce_sum").count(),
+        2,
+        "{dump}"
+    );
+    assert_eq!(kernels(before) - kernels(after), 18);
 }
 
 /// Inference: convolution, batch norm with running statistics, the residual add and the ReLU run
@@ -142,7 +153,7 @@ fn inference_blocks_run_one_kernel_per_convolution() {
     let h = conv_bn("conv1", &x).relu();
     let y = (&conv_bn("conv2", &h) + &x).unwrap().relu();
     let stages = Pipeline::training().run(Program { graph: tape.graph(), outputs: vec![y.id()] }).unwrap();
-    assert_eq!(counts(&stages), "elementwise: 0, conv_epilogue: 2, conv_stats: 0");
+    assert_eq!(counts(&stages), "elementwise: 0, conv_epilogue: 2, conv_stats: 0, bn_backward: 0");
     let after = &stages[1].program;
     let mut compiled = compile(&after.graph, &after.outputs, &CompileOptions::default()).unwrap();
     let kernels: Vec<String> = compiled.schedule().map(|(_, k)| k.name.clone()).collect();

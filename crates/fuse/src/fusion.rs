@@ -17,12 +17,14 @@ use std::sync::Arc;
 /// Groups of one node are left alone. With `conv_stats`, a forward convolution whose output
 /// feeds `batch_mean` and `batch_var` becomes one fused node with three outputs (the
 /// convolution, then the statistics through `output` nodes), so the statistics are summed while
-/// the convolution's results are in registers. Rewrites are counted per rule: `elementwise`,
-/// `conv_epilogue`, `conv_stats`.
+/// the convolution's results are in registers; and batch-norm backward's three ops (input, gamma
+/// and beta gradients) become one fused node with three outputs. Rewrites are counted per rule:
+/// `elementwise`, `conv_epilogue`, `conv_stats`, `bn_backward`.
 pub struct Fuse {
     /// Merge convolutions with the elementwise chains that consume them.
     pub conv_epilogues: bool,
-    /// Compute batch statistics in the convolution that produces their input.
+    /// Compute batch statistics in the convolution that produces their input, and batch-norm
+    /// backward's three gradients in one kernel.
     pub conv_stats: bool,
 }
 
@@ -41,27 +43,35 @@ impl Pass for Fuse {
                 root_of[m] = Some(root);
             }
         }
-        let stats = if self.conv_stats { find_stats(graph) } else { vec![] };
-        let mut stats_of = vec![None; graph.len()];
-        for (k, members) in stats.iter().enumerate() {
+        // Kernels with several outputs: [value, output 1, output 2] and their rule.
+        let mut multi: Vec<([usize; 3], &str)> = vec![];
+        if self.conv_stats {
+            multi.extend(find_stats(graph).into_iter().map(|m| (m, STATS)));
+            multi.extend(find_bn_backward(graph).into_iter().map(|m| (m, BN_BACKWARD)));
+        }
+        let mut multi_of = vec![None; graph.len()];
+        for (k, (members, _)) in multi.iter().enumerate() {
             for &m in members {
-                stats_of[m] = Some(k);
+                multi_of[m] = Some(k);
             }
         }
         let mut rebuild = Rebuild::new(graph, self.name());
         let mut next_group = groups.iter().rev();
         for id in graph.ids() {
-            if let Some(k) = stats_of[id.index()] {
-                let [conv, mean, var] = stats[k];
-                if id.index() == conv {
-                    let (mut fused, externals) = fuse(graph, &stats[k], STATS)?;
+            if let Some(k) = multi_of[id.index()] {
+                // Built at its first member; every member's inputs come before that.
+                let (outputs, rule) = multi[k];
+                let mut members = outputs.to_vec();
+                members.sort_unstable();
+                if id.index() == members[0] {
+                    let (mut fused, externals) = fuse(graph, &members, rule)?;
                     let arity = fused.arity();
-                    fused.outputs = vec![arity, arity + 1, arity + 2];
+                    let body_index = |m: usize| arity + members.iter().position(|&x| x == m).expect("a member");
+                    fused.outputs = outputs.iter().map(|&m| body_index(m)).collect();
                     let inputs: Vec<NodeId> = externals.iter().map(|&e| rebuild.mapped(e)).collect();
-                    let role = graph.nodes()[conv].role;
-                    let new = rebuild.add(Op::Fused(fused), &inputs, role)?;
-                    rebuild.set(id, new);
-                    for (index, old) in [(1, mean), (2, var)] {
+                    let new = rebuild.add(Op::Fused(fused), &inputs, graph.nodes()[outputs[0]].role)?;
+                    rebuild.set(graph_id(graph, outputs[0]), new);
+                    for (index, &old) in outputs.iter().enumerate().skip(1) {
                         let out = rebuild.add(Op::Output { index }, &[new], graph.nodes()[old].role)?;
                         rebuild.set(graph_id(graph, old), out);
                     }
@@ -89,7 +99,8 @@ impl Pass for Fuse {
         let counts = vec![
             (ELEMENTWISE.to_string(), groups.len() - convs),
             (CONV.to_string(), convs),
-            (STATS.to_string(), stats.len()),
+            (STATS.to_string(), multi.iter().filter(|m| m.1 == STATS).count()),
+            (BN_BACKWARD.to_string(), multi.iter().filter(|m| m.1 == BN_BACKWARD).count()),
         ];
         Ok((Program { graph: rebuild.new, outputs }, counts))
     }
@@ -99,10 +110,35 @@ impl Pass for Fuse {
 const ELEMENTWISE: &str = "elementwise";
 const CONV: &str = "conv_epilogue";
 const STATS: &str = "conv_stats";
+const BN_BACKWARD: &str = "bn_backward";
 
 /// The id of node `i` of `graph`.
 fn graph_id(graph: &Graph, i: usize) -> NodeId {
     graph.ids().nth(i).expect("a node of the graph")
+}
+
+/// Batch-norm backward in training mode as its three ops, `[input gradient, gamma gradient, beta
+/// gradient]`: `batch_norm_grad_input(x, mean, var, gamma, dy)`, `batch_norm_grad_gamma(x, mean,
+/// var, dy)` and `reduce_sum(dy)` over every axis but the channels. One kernel computes all three:
+/// the input gradient needs both sums anyway.
+fn find_bn_backward(graph: &Graph) -> Vec<[usize; 3]> {
+    let nodes = graph.nodes();
+    (0..nodes.len())
+        .filter_map(|gi| {
+            let Op::BatchNormGradInput { eps, training: true } = nodes[gi].op else { return None };
+            let i = &nodes[gi].inputs;
+            let (x, mean, var, dy) = (i[0], i[1], i[2], i[4]);
+            let gamma = nodes
+                .iter()
+                .position(|n| n.op == Op::BatchNormGradGamma { eps } && n.inputs.as_slice() == [x, mean, var, dy])?;
+            let rank = nodes[dy.index()].ty.shape.rank();
+            let beta = nodes.iter().position(|n| {
+                matches!(&n.op, Op::ReduceSum { axes } if axes.iter().copied().eq((0..rank).filter(|&a| a != 1)))
+                    && n.inputs.as_slice() == [dy]
+            })?;
+            Some([gi, gamma, beta])
+        })
+        .collect()
 }
 
 /// Forward convolutions with `batch_mean` and `batch_var` of their output: `[conv, mean, var]`.

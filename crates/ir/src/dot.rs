@@ -1,6 +1,8 @@
 //! The Graphviz DOT dump: a box per node labelled with its id, op and attributes, coloured by role
 //! (forward, backward, update); inputs and parameters as ellipses with their names; every edge
-//! labelled with the tensor type it carries; fused nodes drawn as clusters of the ops they merged.
+//! labelled with the tensor type it carries; fused nodes drawn as clusters of the ops they merged
+//! (fused running-statistics updates as single dashed nodes: Graphviz cannot rank a whole training
+//! step with those as clusters too).
 
 use crate::json::role_name;
 use crate::{Graph, Node, NodeId, Op, Role};
@@ -15,6 +17,26 @@ impl Graph {
         out.push_str("  edge [fontname=\"monospace\", fontsize=8, color=\"#6b7280\"];\n");
         for (i, node) in self.nodes().iter().enumerate() {
             match &node.op {
+                // Optimizer-side kernels (running statistics) are drawn as one node each: with
+                // them as clusters too, Graphviz's ranking fails on whole training steps
+                // ("trouble in init_rank").
+                Op::Fused(k) if node.role == Role::Update => {
+                    let ops = k.body.nodes()[k.arity()..].iter().map(|n| n.op.name()).collect::<Vec<_>>().join("+");
+                    let _ = writeln!(
+                        out,
+                        "  n{i} [label=\"%{i} fused: {}\\n{ops}\", style=\"rounded,filled,dashed\", fillcolor=\"{}\"];",
+                        k.rule,
+                        fill(node)
+                    );
+                    for &from in &node.inputs {
+                        let _ = writeln!(
+                            out,
+                            "  {} -> n{i} [label=\"{}\"];",
+                            self.endpoint(from),
+                            self.nodes()[from.index()].ty
+                        );
+                    }
+                }
                 Op::Fused(k) => {
                     let _ = writeln!(
                         out,
@@ -88,8 +110,9 @@ impl Graph {
 
     /// The DOT node that carries node `id`'s value: the node itself, or a fused node's value op.
     fn endpoint(&self, id: NodeId) -> String {
-        match &self.nodes()[id.index()].op {
-            Op::Fused(k) => format!("n{}_{}", id.index(), k.output_nodes()[0]),
+        let node = &self.nodes()[id.index()];
+        match &node.op {
+            Op::Fused(k) if node.role != Role::Update => format!("n{}_{}", id.index(), k.output_nodes()[0]),
             _ => format!("n{}", id.index()),
         }
     }

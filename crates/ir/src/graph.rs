@@ -177,6 +177,14 @@ impl Graph {
         if is_stat(inputs[1], &Op::BatchMean) && is_stat(inputs[2], &Op::BatchVar) {
             return Ok(());
         }
+        // Inside a fused body the statistics are placeholders: the fusion pass checked them.
+        let placeholder = |id: NodeId| match &self.nodes[id.0].op {
+            Op::Input { name } => name.strip_prefix("in").is_some_and(|k| k.parse::<usize>().is_ok()),
+            _ => false,
+        };
+        if placeholder(inputs[1]) && placeholder(inputs[2]) {
+            return Ok(());
+        }
         // After fusion: outputs 1 and 2 of the fused node that computes x and its statistics.
         let fused_stat = |id: NodeId, index: usize, want: &Op| {
             let node = &self.nodes[id.0];

@@ -166,3 +166,31 @@ fn convolutions_with_batch_statistics_stay_inside_their_buffers() {
         run_guarded(&g, &[("x", n * c * h * w), ("w", k * c * r * r)]);
     }
 }
+
+/// Batch-norm backward as one kernel with three outputs, at sizes that are not multiples of the
+/// vector width.
+#[test]
+fn fused_batch_norm_backward_stays_inside_its_buffers() {
+    for dims in [vec![2usize, 3, 5, 3], vec![1, 5, 1, 1], vec![3, 4, 7, 2]] {
+        let c = dims[1];
+        let mut body = Graph::new();
+        let shapes = [dims.clone(), vec![c], vec![c], vec![c], dims.clone()];
+        let p: Vec<NodeId> =
+            shapes.iter().enumerate().map(|(i, d)| input(&mut body, &Fused::placeholder(i), d)).collect();
+        let eps = 1e-5;
+        body.add_node(Op::BatchNormGradInput { eps, training: true }, &p, Role::Backward).unwrap();
+        body.add_node(Op::BatchNormGradGamma { eps }, &[p[0], p[1], p[2], p[4]], Role::Backward).unwrap();
+        let axes: Axes = [0, 2, 3].into_iter().collect();
+        body.add_node(Op::ReduceSum { axes }, &[p[4]], Role::Backward).unwrap();
+        let fused = Fused { rule: "bn_backward".into(), body: Arc::new(body), covers: vec![], outputs: vec![5, 6, 7] };
+        let mut g = Graph::new();
+        let names = ["x", "mean", "var", "gamma", "dy"];
+        let outer: Vec<NodeId> = shapes.iter().zip(names).map(|(d, name)| input(&mut g, name, d)).collect();
+        let f = g.add_node(Op::Fused(fused), &outer, Role::Backward).unwrap();
+        for index in [1, 2] {
+            g.add_node(Op::Output { index }, &[f], Role::Backward).unwrap();
+        }
+        let lens: Vec<(&str, usize)> = shapes.iter().zip(names).map(|(d, name)| (name, d.iter().product())).collect();
+        run_guarded(&g, &lens);
+    }
+}

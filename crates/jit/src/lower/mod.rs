@@ -114,7 +114,13 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
         }
         // Written by its fused node's kernels.
         Op::Output { .. } => Lowered::Steps { scratch: vec![], steps: vec![] },
-        Op::Fused(k) if !k.outputs.is_empty() => conv_with_stats(graph, id, k, &inputs).map_err(|e| unsupported(&e))?,
+        Op::Fused(k) if !k.outputs.is_empty() => {
+            let value = &k.body.nodes()[k.output_nodes()[0]];
+            match value.op {
+                Op::BatchNormGradInput { .. } => bn_backward(graph, id, k, &inputs).map_err(|e| unsupported(&e))?,
+                _ => conv_with_stats(graph, id, k, &inputs).map_err(|e| unsupported(&e))?,
+            }
+        }
         Op::Fused(k) => {
             let arity = k.arity();
             let body = k.body.nodes();
@@ -442,18 +448,8 @@ fn conv_with_stats(graph: &Graph, id: NodeId, k: &Fused, inputs: &[NodeId]) -> s
     else {
         unreachable!("convolutions lower to steps")
     };
-    // The `output` nodes that read the statistics; scratch stands in for any that is missing.
-    let mut target = |index: usize| -> Buf {
-        let found = graph.ids().skip(id.index() + 1).find(|&j| {
-            let n = &graph.nodes()[j.index()];
-            n.op == Op::Output { index } && n.inputs.as_slice() == [id]
-        });
-        found.map(Buf::Node).unwrap_or_else(|| {
-            scratch.push(body[c].ty.shape.dims()[1]);
-            Buf::Scratch(scratch.len() - 1)
-        })
-    };
-    let (mean, var) = (target(1), target(2));
+    let channels = body[c].ty.shape.dims()[1];
+    let [mean, var] = [1, 2].map(|index| output_target(graph, id, index, channels, &mut scratch));
     let Some(Planned { spec: KernelSpec::Conv(spec), inputs: conv_inputs, label, .. }) = steps.last_mut() else {
         unreachable!("a forward convolution ends with its kernel")
     };
@@ -478,6 +474,72 @@ fn conv_with_stats(graph: &Graph, id: NodeId, k: &Fused, inputs: &[NodeId]) -> s
         output: var,
     });
     Ok(Lowered::Steps { scratch, steps })
+}
+
+/// Where output `index` of fused node `id` goes: its `output` node, or (when the graph has none) a
+/// new scratch buffer of `len` elements.
+fn output_target(graph: &Graph, id: NodeId, index: usize, len: usize, scratch: &mut Vec<usize>) -> Buf {
+    let found = graph.ids().skip(id.index() + 1).find(|&j| {
+        let n = &graph.nodes()[j.index()];
+        n.op == Op::Output { index } && n.inputs.as_slice() == [id]
+    });
+    found.map(Buf::Node).unwrap_or_else(|| {
+        scratch.push(len);
+        Buf::Scratch(scratch.len() - 1)
+    })
+}
+
+/// Batch-norm backward as one kernel with three outputs (`outputs` = [batch_norm_grad_input,
+/// batch_norm_grad_gamma, reduce_sum of dy]): per channel, one pass sums dy and dy * x-hat (the
+/// beta and gamma gradients, stored), and a second computes the input gradient from them.
+fn bn_backward(graph: &Graph, id: NodeId, k: &Fused, inputs: &[NodeId]) -> std::result::Result<Lowered, String> {
+    let body = k.body.nodes();
+    let outputs = k.output_nodes();
+    let [gi, _, _] = outputs[..] else { return Err("batch-norm backward has three outputs".into()) };
+    let Op::BatchNormGradInput { eps, training: true } = body[gi].op else {
+        return Err("batch-norm backward must start with batch_norm_grad_input in training mode".into());
+    };
+    // The five operands (x, mean, var, gamma, dy) are placeholders: the fused node's inputs.
+    let operands: Vec<NodeId> = body[gi].inputs.iter().map(|p| inputs[p.index()]).collect();
+    let d = body[gi].ty.shape.dims().to_vec();
+    let x = Expr::load;
+    let m = Expr::c((d.iter().product::<usize>() / d[1]) as f64);
+    let istd = Expr::c(1.0).div(x(2).add(Expr::c(eps)).sqrt());
+    let xhat = x(0).sub(x(1)).mul(istd.clone());
+    let passes = vec![
+        Pass::Reduce { expr: x(4), finish: Expr::Acc },
+        Pass::Reduce { expr: x(4).mul(xhat.clone()), finish: Expr::Acc },
+        Pass::Store { expr: Expr::Local(1), output: 0 },
+        Pass::Store { expr: Expr::Local(0), output: 1 },
+        Pass::Map {
+            expr: x(3).mul(istd).div(m.clone()).mul(m.mul(x(4)).sub(Expr::Local(0)).sub(xhat.mul(Expr::Local(1)))),
+            output: 2,
+        },
+    ];
+    let modes = vec![Operand::Full, Operand::Channel, Operand::Channel, Operand::Channel, Operand::Full];
+    let (n, c) = (d[0], d[1]);
+    let inner: usize = d[2..].iter().product();
+    let nest = Nest {
+        groups: c,
+        group_stride: inner,
+        segments: n,
+        segment_stride: c * inner,
+        inner,
+        total: n * c * inner,
+        channels: c,
+    };
+    let mut scratch = vec![];
+    let [gamma, beta] = [1, 2].map(|index| output_target(graph, id, index, c, &mut scratch));
+    let mut step_inputs: Vec<Buf> = operands.into_iter().map(Buf::Node).collect();
+    step_inputs.extend([gamma, beta]);
+    let spec = NestSpec { nest, operands: modes, outputs: 3, passes };
+    let step = Planned {
+        label: format!("fused_{}", k.rule),
+        spec: KernelSpec::Nest(spec),
+        inputs: step_inputs,
+        output: Buf::Node(id),
+    };
+    Ok(Lowered::Steps { scratch, steps: vec![step] })
 }
 
 /// The id of body node `i`.
