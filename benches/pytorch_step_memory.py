@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Peak resident memory and step time of PyTorch's CIFAR ResNet-110 training step, batch 128.
+
+The comparison point for skipgrad's `BENCH_NET=ResNet-110 BENCH_GRAPH=fused cargo bench --bench
+step` (see BENCHMARKS.md). Needs PyTorch (not installed on the project's machines, so it does not
+run in CI):
+
+    python3 benches/pytorch_step_memory.py [--depth 110] [--batch 128] [--threads 2] [--compile]
+
+The network is the paper's CIFAR ResNet (6n+2 layers, option-A shortcuts, 16/32/64 channels),
+the step is forward, cross-entropy, backward and an SGD update with momentum 0.9 and weight decay
+1e-4, as skipgrad's training driver will run it. It prints the median step time and the process's
+peak resident memory (ru_maxrss), which includes the interpreter and PyTorch itself.
+"""
+
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ShortcutA(nn.Module):
+    """Option A: subsample by the stride and pad the new channels with zeros."""
+
+    def __init__(self, out_channels, stride):
+        super().__init__()
+        self.out_channels, self.stride = out_channels, stride
+
+    def forward(self, x):
+        x = x[:, :, :: self.stride, :: self.stride]
+        extra = self.out_channels - x.shape[1]
+        return F.pad(x, (0, 0, 0, 0, extra // 2, extra - extra // 2))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = ShortcutA(cout, stride) if stride != 1 or cin != cout else nn.Identity()
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, depth, classes=10):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        blocks, cin = [], 16
+        for stage, cout in enumerate([16, 32, 64]):
+            for b in range(n):
+                blocks.append(BasicBlock(cin, cout, 2 if stage > 0 and b == 0 else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x):
+        x = self.blocks(F.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--depth", type=int, default=110)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    args = parser.parse_args()
+    if (args.depth - 2) % 6 != 0:
+        parser.error(f"--depth must be 6n+2, got {args.depth}")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = CifarResNet(args.depth)
+    if args.compile:
+        model = torch.compile(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(args.batch, 3, 32, 32)
+    y = torch.randint(0, 10, (args.batch,))
+    times = []
+    for _ in range(args.steps + 1):
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        times.append(time.perf_counter() - start)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"PyTorch {torch.__version__}, ResNet-{args.depth}, batch {args.batch}, {args.threads} threads"
+          f"{', compiled' if args.compile else ''}")
+    print(f"median step {statistics.median(times[1:]):.3f} s (first step {times[0]:.3f} s)")
+    print(f"peak resident memory {peak_kb / 1000:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
