@@ -150,22 +150,8 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
         }
         Op::BatchNormGradInput { eps, training: true } => {
             let d = dims(0)?;
-            let m = Expr::c((d.iter().product::<usize>() / d[1]) as f64);
-            let istd = Expr::c(1.0).div(x(2).add(Expr::c(*eps)).sqrt());
-            let xhat = x(0).sub(x(1)).mul(istd.clone());
-            let passes = vec![
-                Pass::Reduce { expr: x(4), finish: Expr::Acc },
-                Pass::Reduce { expr: x(4).mul(xhat.clone()), finish: Expr::Acc },
-                Pass::Map {
-                    expr: x(3)
-                        .mul(istd)
-                        .div(m.clone())
-                        .mul(m.mul(x(4)).sub(Expr::Local(0)).sub(xhat.mul(Expr::Local(1)))),
-                    output: 0,
-                },
-            ];
             let modes = vec![Operand::Full, Operand::Channel, Operand::Channel, Operand::Channel, Operand::Full];
-            channel_kernel(label(), id, &d, modes, passes, inputs)
+            channel_kernel(label(), id, &d, modes, bn_backward_passes(*eps, &d, false), inputs)
         }
         Op::BatchNormGradGamma { eps } => {
             let istd = Expr::c(1.0).div(x(2).add(Expr::c(*eps)).sqrt());
@@ -502,32 +488,10 @@ fn bn_backward(graph: &Graph, id: NodeId, k: &Fused, inputs: &[NodeId]) -> std::
     // The five operands (x, mean, var, gamma, dy) are placeholders: the fused node's inputs.
     let operands: Vec<NodeId> = body[gi].inputs.iter().map(|p| inputs[p.index()]).collect();
     let d = body[gi].ty.shape.dims().to_vec();
-    let x = Expr::load;
-    let m = Expr::c((d.iter().product::<usize>() / d[1]) as f64);
-    let istd = Expr::c(1.0).div(x(2).add(Expr::c(eps)).sqrt());
-    let xhat = x(0).sub(x(1)).mul(istd.clone());
-    let passes = vec![
-        Pass::Reduce { expr: x(4), finish: Expr::Acc },
-        Pass::Reduce { expr: x(4).mul(xhat.clone()), finish: Expr::Acc },
-        Pass::Store { expr: Expr::Local(1), output: 0 },
-        Pass::Store { expr: Expr::Local(0), output: 1 },
-        Pass::Map {
-            expr: x(3).mul(istd).div(m.clone()).mul(m.mul(x(4)).sub(Expr::Local(0)).sub(xhat.mul(Expr::Local(1)))),
-            output: 2,
-        },
-    ];
+    let passes = bn_backward_passes(eps, &d, true);
     let modes = vec![Operand::Full, Operand::Channel, Operand::Channel, Operand::Channel, Operand::Full];
-    let (n, c) = (d[0], d[1]);
-    let inner: usize = d[2..].iter().product();
-    let nest = Nest {
-        groups: c,
-        group_stride: inner,
-        segments: n,
-        segment_stride: c * inner,
-        inner,
-        total: n * c * inner,
-        channels: c,
-    };
+    let nest = channel_nest(&d);
+    let c = d[1];
     let mut scratch = vec![];
     let [gamma, beta] = [1, 2].map(|index| output_target(graph, id, index, c, &mut scratch));
     let mut step_inputs: Vec<Buf> = operands.into_iter().map(Buf::Node).collect();
@@ -625,6 +589,43 @@ fn per_channel_map(
     Lowered::nest(label, spec, inputs, out)
 }
 
+/// Batch-norm backward in training mode over operands (x, mean, var, gamma, dy) of dims `d`: one
+/// pass sums dy and dy * x-hat per channel, a second computes the input gradient. With `stores`,
+/// the two sums are also stored as outputs 0 (gamma gradient) and 1 (beta gradient), and the input
+/// gradient is output 2; otherwise it is output 0.
+fn bn_backward_passes(eps: f64, d: &[usize], stores: bool) -> Vec<Pass> {
+    let x = Expr::load;
+    let m = Expr::c((d.iter().product::<usize>() / d[1]) as f64);
+    let istd = Expr::c(1.0).div(x(2).add(Expr::c(eps)).sqrt());
+    let xhat = x(0).sub(x(1)).mul(istd.clone());
+    let mut passes = vec![
+        Pass::Reduce { expr: x(4), finish: Expr::Acc },
+        Pass::Reduce { expr: x(4).mul(xhat.clone()), finish: Expr::Acc },
+    ];
+    if stores {
+        passes.push(Pass::Store { expr: Expr::Local(1), output: 0 });
+        passes.push(Pass::Store { expr: Expr::Local(0), output: 1 });
+    }
+    let dx = x(3).mul(istd).div(m.clone()).mul(m.mul(x(4)).sub(Expr::Local(0)).sub(xhat.mul(Expr::Local(1))));
+    passes.push(Pass::Map { expr: dx, output: if stores { 2 } else { 0 } });
+    passes
+}
+
+/// One group per channel of an `[N, C, ...]` tensor of dims `d`: per-channel reductions.
+fn channel_nest(d: &[usize]) -> Nest {
+    let (n, c) = (d[0], d[1]);
+    let inner: usize = d[2..].iter().product();
+    Nest {
+        groups: c,
+        group_stride: inner,
+        segments: n,
+        segment_stride: c * inner,
+        inner,
+        total: n * c * inner,
+        channels: c,
+    }
+}
+
 /// One group per channel of `x[N,C,...]`, visiting its N segments of spatial elements.
 fn channel_kernel(
     label: String,
@@ -634,18 +635,7 @@ fn channel_kernel(
     passes: Vec<Pass>,
     inputs: Vec<NodeId>,
 ) -> Lowered {
-    let (n, c) = (d[0], d[1]);
-    let inner: usize = d[2..].iter().product();
-    let nest = Nest {
-        groups: c,
-        group_stride: inner,
-        segments: n,
-        segment_stride: c * inner,
-        inner,
-        total: n * c * inner,
-        channels: c,
-    };
-    Lowered::nest(label, NestSpec { nest, operands, outputs: 1, passes }, inputs, out)
+    Lowered::nest(label, NestSpec { nest: channel_nest(d), operands, outputs: 1, passes }, inputs, out)
 }
 
 /// Splits `dims` into (product of the leading axes in `axes`, product of the kept middle block,
