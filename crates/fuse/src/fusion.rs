@@ -70,10 +70,10 @@ impl Pass for Fuse {
                     fused.outputs = outputs.iter().map(|&m| body_index(m)).collect();
                     let inputs: Vec<NodeId> = externals.iter().map(|&e| rebuild.mapped(e)).collect();
                     let new = rebuild.add(Op::Fused(fused), &inputs, graph.nodes()[outputs[0]].role)?;
-                    rebuild.set(graph_id(graph, outputs[0]), new);
+                    rebuild.set_at(outputs[0], new);
                     for (index, &old) in outputs.iter().enumerate().skip(1) {
                         let out = rebuild.add(Op::Output { index }, &[new], graph.nodes()[old].role)?;
-                        rebuild.set(graph_id(graph, old), out);
+                        rebuild.set_at(old, out);
                     }
                 }
                 continue;
@@ -111,11 +111,6 @@ const ELEMENTWISE: &str = "elementwise";
 const CONV: &str = "conv_epilogue";
 const STATS: &str = "conv_stats";
 const BN_BACKWARD: &str = "bn_backward";
-
-/// The id of node `i` of `graph`.
-fn graph_id(graph: &Graph, i: usize) -> NodeId {
-    graph.ids().nth(i).expect("a node of the graph")
-}
 
 /// Batch-norm backward in training mode as its three ops, `[input gradient, gamma gradient, beta
 /// gradient]`: `batch_norm_grad_input(x, mean, var, gamma, dy)`, `batch_norm_grad_gamma(x, mean,

@@ -24,7 +24,12 @@ impl<'a> Rebuild<'a> {
 
     /// Records that old node `old` is `new` in the new graph.
     pub fn set(&mut self, old: NodeId, new: NodeId) {
-        self.map[old.index()] = Some(new);
+        self.set_at(old.index(), new);
+    }
+
+    /// Records that the old node at index `old` is `new` in the new graph.
+    pub fn set_at(&mut self, old: usize, new: NodeId) {
+        self.map[old] = Some(new);
     }
 
     /// Copies old node `id` with its inputs remapped.

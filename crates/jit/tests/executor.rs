@@ -154,3 +154,25 @@ fn kernels_carry_their_disassembly_with_the_disas_feature() {
         assert!(text.contains("ret"), "{}:\n{text}", kernel.name);
     }
 }
+
+/// Fused nodes the JIT has no kernel for are typed errors naming why, not panics or silently
+/// different results.
+#[test]
+fn malformed_fused_nodes_are_typed_errors() {
+    use skipgrad_ir::{Conv2dAttrs, Fused};
+    let ty = |dims: &[usize]| TensorType::new(DType::F32, dims);
+    let mut body = Graph::new();
+    let x = body.add_source(Op::Input { name: Fused::placeholder(0) }, ty(&[1, 2, 4, 4]), Role::Forward).unwrap();
+    let w = body.add_source(Op::Input { name: Fused::placeholder(1) }, ty(&[2, 2, 3, 3]), Role::Forward).unwrap();
+    let y = body.add_node(Op::Conv2d(Conv2dAttrs::square(1, 1)), &[x, w], Role::Forward).unwrap();
+    body.add_node(Op::Relu, &[y], Role::Forward).unwrap();
+    // Two outputs, but not convolution + batch statistics.
+    let fused = Fused { rule: "test".into(), body: std::sync::Arc::new(body), covers: vec![], outputs: vec![2, 3] };
+    let mut g = Graph::new();
+    let xs = g.add_source(Op::Input { name: "x".into() }, ty(&[1, 2, 4, 4]), Role::Forward).unwrap();
+    let ws = g.add_source(Op::Input { name: "w".into() }, ty(&[2, 2, 3, 3]), Role::Forward).unwrap();
+    let f = g.add_node(Op::Fused(fused), &[xs, ws], Role::Forward).unwrap();
+    let out = g.add_node(Op::Output { index: 1 }, &[f], Role::Forward).unwrap();
+    let err = compile(&g, &[f, out], &CompileOptions::default()).err().expect("no kernel for this").to_string();
+    assert!(err.contains("only convolution + batch statistics have several"), "{err}");
+}

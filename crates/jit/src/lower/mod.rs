@@ -134,9 +134,11 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                 Some(m) => {
                     // The convolution's inputs are placeholders: the fused node's inputs.
                     let conv = &body[m];
+                    if conv.inputs.iter().any(|i| i.index() >= arity) {
+                        return Err(unsupported("a fused convolution must read the fused node's inputs"));
+                    }
                     let outer = |j: usize| inputs[conv.inputs[j].index()];
                     let dims_of = |j: usize| body[conv.inputs[j].index()].ty.shape.dims().to_vec();
-                    debug_assert!(conv.inputs.iter().all(|i| i.index() < arity));
                     let lowered = lower_conv(
                         &conv.op,
                         id,
@@ -427,6 +429,9 @@ fn conv_with_stats(graph: &Graph, id: NodeId, k: &Fused, inputs: &[NodeId]) -> s
     if !matches!(conv.op, Op::Conv2d(_)) || !stat(m, Op::BatchMean) || !stat(v, Op::BatchVar) {
         return Err("a fused node with several outputs must be conv2d, batch_mean and batch_var of it".into());
     }
+    if conv.inputs.iter().any(|i| i.index() >= k.arity()) {
+        return Err("a fused convolution must read the fused node's inputs".into());
+    }
     let outer = |j: usize| inputs[conv.inputs[j].index()];
     let dims_of = |j: usize| body[conv.inputs[j].index()].ty.shape.dims().to_vec();
     let Lowered::Steps { mut scratch, mut steps } =
@@ -481,11 +486,27 @@ fn output_target(graph: &Graph, id: NodeId, index: usize, len: usize, scratch: &
 fn bn_backward(graph: &Graph, id: NodeId, k: &Fused, inputs: &[NodeId]) -> std::result::Result<Lowered, String> {
     let body = k.body.nodes();
     let outputs = k.output_nodes();
-    let [gi, _, _] = outputs[..] else { return Err("batch-norm backward has three outputs".into()) };
+    let [gi, gg, rs] = outputs[..] else { return Err("batch-norm backward has three outputs".into()) };
     let Op::BatchNormGradInput { eps, training: true } = body[gi].op else {
         return Err("batch-norm backward must start with batch_norm_grad_input in training mode".into());
     };
+    // The kernel computes the gamma and beta gradients from the input gradient's operands: the
+    // body must say exactly that.
+    let i = &body[gi].inputs;
+    let rank = body[gi].ty.shape.rank();
+    let gamma_ok =
+        body[gg].op == Op::BatchNormGradGamma { eps } && body[gg].inputs.as_slice() == [i[0], i[1], i[2], i[4]];
+    let beta_ok = matches!(&body[rs].op, Op::ReduceSum { axes } if axes.iter().copied().eq((0..rank).filter(|&a| a != 1)))
+        && body[rs].inputs.as_slice() == [i[4]];
+    if !gamma_ok || !beta_ok {
+        return Err(
+            "batch-norm backward's outputs must be the input, gamma and beta gradients of one batch norm".into()
+        );
+    }
     // The five operands (x, mean, var, gamma, dy) are placeholders: the fused node's inputs.
+    if body[gi].inputs.iter().any(|i| i.index() >= k.arity()) {
+        return Err("batch-norm backward must read the fused node's inputs".into());
+    }
     let operands: Vec<NodeId> = body[gi].inputs.iter().map(|p| inputs[p.index()]).collect();
     let d = body[gi].ty.shape.dims().to_vec();
     let passes = bn_backward_passes(eps, &d, true);
