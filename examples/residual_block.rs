@@ -3,8 +3,10 @@
 //! `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`, with the option-A shortcut when the
 //! block downsamples. The program records one training step's forward and backward on an eager
 //! tape, prints the graph dump (forward, then the appended gradient ops), checks the gradients of
-//! the block against central differences in f64, compiles the same step with the JIT and checks
-//! it against the eager values, and shows the error a shape mistake produces.
+//! the block against central differences in f64, fuses and compiles the same step with the JIT
+//! and checks it against the eager values, and shows the error a shape mistake produces.
+//! `SKIPGRAD_DUMP=dir` writes every stage, `SKIPGRAD_PROFILE=1` prints a kernel profile
+//! (DEBUGGING.md).
 //!
 //! Run: `cargo run --release --example residual_block`
 
@@ -144,20 +146,27 @@ fn run() -> Result<()> {
         }
     }
 
-    // 3. The same step compiled to Cranelift kernels, checked against the eager (reference) values.
-    println!("\n== the same step, JIT-compiled ==");
+    // 3. The same step fused and compiled to Cranelift kernels, checked against the eager
+    //    (reference) values.
+    println!("\n== the same step, fused and JIT-compiled ==");
     let mut outputs = vec![l.id()];
     outputs.extend(grads.iter().map(|g| g.id()));
+    let jit_error = |e: &dyn std::fmt::Display| Error::Argument { op: "jit".into(), message: e.to_string() };
+    let unfused = skipgrad::fuse::Program { graph: tape.graph(), outputs };
+    let stages = skipgrad::fuse::Pipeline::training().run(unfused.clone()).map_err(|e| jit_error(&e))?;
+    let fused = &stages[stages.len() - 1].program;
+    println!("fusion rewrites: {}", skipgrad::fuse::counts(&stages));
+    let options = skipgrad::jit::CompileOptions::default();
+    let unfused_calls =
+        skipgrad::jit::compile(&unfused.graph, &unfused.outputs, &options).map_err(|e| jit_error(&e))?.steps();
     let started = std::time::Instant::now();
-    let mut step = skipgrad::jit::compile(&tape.graph(), &outputs, &skipgrad::jit::CompileOptions::default())
-        .map_err(|e| Error::Argument { op: "jit".into(), message: e.to_string() })?;
+    let mut step = skipgrad::jit::compile(&fused.graph, &fused.outputs, &options).map_err(|e| jit_error(&e))?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut feeds = Feeds::new();
     for v in [&x, &labels].into_iter().chain(params.iter().copied()) {
         feeds.insert(name_of(&tape, v), v.value()?);
     }
-    let compiled =
-        step.run_tensors(&feeds).map_err(|e| Error::Argument { op: "jit".into(), message: e.to_string() })?;
+    let compiled = step.run_tensors(&feeds).map_err(|e| jit_error(&e))?;
     let mut worst = 0.0f64;
     for (got, var) in compiled.iter().zip(std::iter::once(&l).chain(&grads)) {
         for (a, b) in got.to_f64_vec().iter().zip(var.value()?.to_f64_vec()) {
@@ -166,7 +175,7 @@ fn run() -> Result<()> {
     }
     let stats = step.stats();
     println!(
-        "{} kernel calls, {} distinct kernels ({} reused), compiled in {compile_ms:.0} ms on {} threads",
+        "{} kernel calls ({unfused_calls} unfused), {} distinct kernels ({} reused), compiled in {compile_ms:.0} ms on {} threads",
         step.steps(),
         stats.kernels_compiled,
         stats.kernels_reused,

@@ -29,6 +29,7 @@ fn residual_block_example_runs_and_its_gradients_check() {
     assert_eq!(stdout.matches(": ok, 8 directions").count(), 2, "{stdout}");
     assert!(stdout.contains("input f32[4,16,8,8] has 16 channels, weight f32[8,32,3,3] expects 32"));
     assert!(stdout.contains("largest relative difference from the eager values:"), "{stdout}");
+    assert!(stdout.contains("fusion rewrites: elementwise: "), "{stdout}");
 }
 
 /// The debugging switches work on any program: `SKIPGRAD_DUMP` fills a directory with numbered
