@@ -37,7 +37,8 @@ pub struct ReadmeDoctests;
 /// Everything research code usually needs.
 pub mod prelude {
     pub use skipgrad_autodiff::{
-        BatchNorm, CustomOp, Error, GradcheckOptions, GradcheckReport, Mode, Result, Tape, Var, grad, gradcheck, vjp,
+        BatchNorm, CustomOp, Error, GradcheckOptions, GradcheckReport, Mode, Result, Sgd, Tape, Var, grad, gradcheck,
+        vjp,
     };
     pub use skipgrad_ir::{Conv2dAttrs, DType, Graph, NodeId, Op, Role, Shape, ShortcutAttrs, Tensor};
     pub use skipgrad_reference::{Feeds, evaluate};

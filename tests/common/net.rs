@@ -1,7 +1,7 @@
 //! A random training network for whole-graph tests: chains and residual diamonds of conv-BN-ReLU
 //! blocks (identity and option-A shortcuts, strides 1 and 2, 1x1 and 3x3 kernels), a classifier
-//! and softmax cross-entropy, traced with every parameter gradient and the batch-norm
-//! running-statistics updates as outputs.
+//! and softmax cross-entropy, traced with every parameter gradient, the batch-norm
+//! running-statistics updates and an SGD-with-momentum step as outputs.
 
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -41,7 +41,8 @@ pub struct Net {
     pub tape: Tape,
     /// Values of every input and parameter.
     pub feeds: Feeds,
-    /// Loss, gradients of the trainable parameters, running-statistics updates.
+    /// Loss, gradients of the trainable parameters, running-statistics updates, and each
+    /// parameter's and velocity's SGD update.
     pub outputs: Vec<Var>,
     trainable: Vec<Var>,
     rng: StdRng,
@@ -54,7 +55,7 @@ impl Net {
         let values: Vec<f64> = (0..n).map(|_| self.rng.random_range(lo..hi)).collect();
         self.feeds.insert(name.into(), tensor(self.dtype, dims, values));
         let v = self.tape.parameter_spec(name, self.dtype, dims).unwrap();
-        if !name.contains("running") {
+        if !name.contains("running") && !name.ends_with(".momentum") {
             self.trainable.push(v.clone());
         }
         v
@@ -111,6 +112,13 @@ pub fn build(blocks: &[Block], batch: usize, channels: usize, hw: usize, seed: u
     let loss = h.global_avg_pool().unwrap().linear(&fc_w, &fc_b).unwrap().cross_entropy(&y).unwrap();
     let refs: Vec<&Var> = net.trainable.iter().collect();
     let grads = grad(&loss, &refs).unwrap();
+    // The optimizer step, as training will run it: each parameter and its velocity buffer.
+    let sgd = Sgd { lr: 0.1, momentum: 0.9, weight_decay: 1e-4 };
+    for (p, g) in net.trainable.clone().iter().zip(&grads) {
+        let Op::Parameter { name } = net.tape.graph().nodes()[p.id().index()].op.clone() else { unreachable!() };
+        let v = net.param(&format!("{name}.momentum"), p.shape().dims(), -0.1, 0.1);
+        sgd.update(p, g, &v).unwrap();
+    }
     net.outputs.push(loss);
     net.outputs.extend(grads);
     net.outputs.extend(net.tape.updates().into_iter().map(|(_, new)| new));

@@ -19,6 +19,7 @@ mod custom;
 mod error;
 mod grad;
 mod gradcheck;
+mod optim;
 mod tape;
 mod var;
 mod vjp;
@@ -27,6 +28,7 @@ pub use custom::CustomOp;
 pub use error::{Error, GradcheckFailure};
 pub use grad::{grad, vjp};
 pub use gradcheck::{GradcheckOptions, GradcheckReport, gradcheck};
+pub use optim::Sgd;
 pub use tape::{Mode, Tape};
 pub use var::{BatchNorm, Var};
 

@@ -36,6 +36,7 @@ impl Pass for Fuse {
     fn run(&self, program: &Program) -> Result<(Program, Vec<(String, usize)>)> {
         let graph = &program.graph;
         let groups = find_groups(graph, &program.outputs, self.conv_epilogues);
+        let (consumers, is_output) = uses(graph, &program.outputs);
         let mut root_of = vec![None; graph.len()];
         for members in &groups {
             let root = *members.last().expect("groups are never empty");
@@ -86,10 +87,25 @@ impl Pass for Fuse {
                     // Groups were found from the last root backwards.
                     let members = next_group.next().expect("one group per root");
                     let rule = if members.iter().any(|&m| is_conv(&graph.nodes()[m].op)) { CONV } else { ELEMENTWISE };
-                    let (fused, externals) = fuse(graph, members, rule)?;
+                    let (mut fused, externals) = fuse(graph, members, rule)?;
+                    // Members read outside the group (or that are program outputs) are extra outputs.
+                    let extras: Vec<usize> = members
+                        .iter()
+                        .copied()
+                        .filter(|&m| m != root && (is_output[m] || consumers[m].iter().any(|c| !members.contains(c))))
+                        .collect();
+                    if !extras.is_empty() {
+                        let body_index =
+                            |m: usize| fused.arity() + members.iter().position(|&x| x == m).expect("a member");
+                        fused.outputs = std::iter::once(root).chain(extras.iter().copied()).map(body_index).collect();
+                    }
                     let inputs: Vec<NodeId> = externals.iter().map(|&e| rebuild.mapped(e)).collect();
                     let new = rebuild.add(Op::Fused(fused), &inputs, graph.nodes()[id.index()].role)?;
                     rebuild.set(id, new);
+                    for (index, &old) in extras.iter().enumerate() {
+                        let out = rebuild.add(Op::Output { index: index + 1 }, &[new], graph.nodes()[old].role)?;
+                        rebuild.set_at(old, out);
+                    }
                 }
                 Some(_) => {} // built with its root
             }
@@ -156,16 +172,7 @@ fn is_conv(op: &Op) -> bool {
 /// The groups of the graph, each sorted (its root last), in order of decreasing root.
 fn find_groups(graph: &Graph, outputs: &[NodeId], conv_epilogues: bool) -> Vec<Vec<usize>> {
     let nodes = graph.nodes();
-    let mut consumers: Vec<Vec<usize>> = vec![vec![]; nodes.len()];
-    for (i, node) in nodes.iter().enumerate() {
-        for input in &node.inputs {
-            consumers[input.index()].push(i);
-        }
-    }
-    let mut is_output = vec![false; nodes.len()];
-    for o in outputs {
-        is_output[o.index()] = true;
-    }
+    let (consumers, is_output) = uses(graph, outputs);
     let mut taken = vec![false; nodes.len()];
     let mut groups = vec![];
     for root in (0..nodes.len()).rev() {
@@ -173,21 +180,24 @@ fn find_groups(graph: &Graph, outputs: &[NodeId], conv_epilogues: bool) -> Vec<V
             continue;
         }
         let mut members = vec![root];
+        let fits = |p: usize, members: &[usize]| {
+            !members.contains(&p) && !taken[p] && nodes[p].ty == nodes[root].ty && nodes[p].role == nodes[root].role
+        };
         // Whether producer p can join: nothing outside the group needs its value.
         let joins = |p: usize, members: &[usize]| {
-            !members.contains(&p)
-                && !taken[p]
-                && !is_output[p]
-                && nodes[p].ty == nodes[root].ty
-                && nodes[p].role == nodes[root].role
-                && consumers[p].iter().all(|c| members.contains(c))
+            fits(p, members) && !is_output[p] && consumers[p].iter().all(|c| members.contains(c))
+        };
+        // Whether elementwise p can join as an extra output: whatever else reads it comes after the
+        // root, where the fused node will be.
+        let extra = |p: usize, members: &[usize]| {
+            fits(p, members) && consumers[p].iter().all(|&c| members.contains(&c) || c > root)
         };
         let mut grew = true;
         while grew {
             grew = false;
             for m in members.clone() {
                 for p in nodes[m].inputs.iter().map(|i| i.index()) {
-                    if nodes[p].op.is_elementwise() && joins(p, &members) {
+                    if nodes[p].op.is_elementwise() && (joins(p, &members) || extra(p, &members)) {
                         members.push(p);
                         grew = true;
                     }
@@ -210,6 +220,22 @@ fn find_groups(graph: &Graph, outputs: &[NodeId], conv_epilogues: bool) -> Vec<V
         }
     }
     groups
+}
+
+/// Every node's consumers, and whether it is a program output.
+fn uses(graph: &Graph, outputs: &[NodeId]) -> (Vec<Vec<usize>>, Vec<bool>) {
+    let nodes = graph.nodes();
+    let mut consumers: Vec<Vec<usize>> = vec![vec![]; nodes.len()];
+    for (i, node) in nodes.iter().enumerate() {
+        for input in &node.inputs {
+            consumers[input.index()].push(i);
+        }
+    }
+    let mut is_output = vec![false; nodes.len()];
+    for o in outputs {
+        is_output[o.index()] = true;
+    }
+    (consumers, is_output)
 }
 
 /// The fused op of a group (sorted member ids) and its external inputs (old ids, in the fused

@@ -1,8 +1,8 @@
 //! The Graphviz DOT dump: a box per node labelled with its id, op and attributes, coloured by role
 //! (forward, backward, update); inputs and parameters as ellipses with their names; every edge
 //! labelled with the tensor type it carries; fused nodes drawn as clusters of the ops they merged
-//! (fused running-statistics updates as single dashed nodes: Graphviz cannot rank a whole training
-//! step with those as clusters too).
+//! (fused optimizer-side kernels, the running-statistics and parameter updates, as single dashed
+//! nodes: Graphviz cannot rank a whole training step with those as clusters too).
 
 use crate::json::role_name;
 use crate::{Graph, Node, NodeId, Op, Role};
@@ -17,7 +17,7 @@ impl Graph {
         out.push_str("  edge [fontname=\"monospace\", fontsize=8, color=\"#6b7280\"];\n");
         for (i, node) in self.nodes().iter().enumerate() {
             match &node.op {
-                // Optimizer-side kernels (running statistics) are drawn as one node each: with
+                // Optimizer-side kernels (running statistics, SGD) are drawn as one node each: with
                 // them as clusters too, Graphviz's ranking fails on whole training steps
                 // ("trouble in init_rank").
                 Op::Fused(k) if node.role == Role::Update => {
@@ -31,9 +31,10 @@ impl Graph {
                     for &from in &node.inputs {
                         let _ = writeln!(
                             out,
-                            "  {} -> n{i} [label=\"{}\"];",
+                            "  {} -> n{i} [label=\"{}\"{}];",
                             self.endpoint(from),
-                            self.nodes()[from.index()].ty
+                            self.nodes()[from.index()].ty,
+                            self.edge_attrs(from)
                         );
                     }
                 }
@@ -69,9 +70,10 @@ impl Graph {
                             let from = node.inputs[input.index()];
                             let _ = writeln!(
                                 out,
-                                "  {} -> n{i}_{b} [label=\"{}\"];",
+                                "  {} -> n{i}_{b} [label=\"{}\"{}];",
                                 self.endpoint(from),
-                                self.nodes()[from.index()].ty
+                                self.nodes()[from.index()].ty,
+                                self.edge_attrs(from)
                             );
                         }
                     }
@@ -93,13 +95,15 @@ impl Graph {
                     for &from in &node.inputs {
                         // An `output` node reads its own body op of the fused node, and carries its type.
                         let (tail, ty) = match (op, &self.nodes()[from.index()].op) {
-                            (Op::Output { index }, Op::Fused(k)) => match k.output_nodes().get(*index) {
-                                Some(b) => (format!("n{}_{b}", from.index()), &node.ty),
-                                None => (self.endpoint(from), &node.ty),
-                            },
+                            (Op::Output { index }, Op::Fused(k)) if self.is_cluster(from) => {
+                                match k.output_nodes().get(*index) {
+                                    Some(b) => (format!("n{}_{b}", from.index()), &node.ty),
+                                    None => (self.endpoint(from), &node.ty),
+                                }
+                            }
                             _ => (self.endpoint(from), &self.nodes()[from.index()].ty),
                         };
-                        let _ = writeln!(out, "  {tail} -> n{i} [label=\"{ty}\"];");
+                        let _ = writeln!(out, "  {tail} -> n{i} [label=\"{ty}\"{}];", self.edge_attrs(from));
                     }
                 }
             }
@@ -108,11 +112,24 @@ impl Graph {
         out
     }
 
+    /// Extra attributes of an edge from `from`: edges from inputs, parameters and constants do not
+    /// constrain the ranking (they reach across the whole step, and with clusters they make
+    /// Graphviz's ranking fail).
+    fn edge_attrs(&self, from: NodeId) -> &'static str {
+        if self.nodes()[from.index()].op.is_source() { ", constraint=false" } else { "" }
+    }
+
+    /// Whether node `id` is drawn as a cluster of its ops: fused nodes, except those of the
+    /// optimizer side (see the module comment).
+    fn is_cluster(&self, id: NodeId) -> bool {
+        let node = &self.nodes()[id.index()];
+        matches!(node.op, Op::Fused(_)) && node.role != Role::Update
+    }
+
     /// The DOT node that carries node `id`'s value: the node itself, or a fused node's value op.
     fn endpoint(&self, id: NodeId) -> String {
-        let node = &self.nodes()[id.index()];
-        match &node.op {
-            Op::Fused(k) if node.role != Role::Update => format!("n{}_{}", id.index(), k.output_nodes()[0]),
+        match &self.nodes()[id.index()].op {
+            Op::Fused(k) if self.is_cluster(id) => format!("n{}_{}", id.index(), k.output_nodes()[0]),
             _ => format!("n{}", id.index()),
         }
     }

@@ -194,3 +194,27 @@ fn fused_batch_norm_backward_stays_inside_its_buffers() {
         run_guarded(&g, &lens);
     }
 }
+
+/// An elementwise group with two outputs (an SGD step: new velocity and new parameter) at sizes
+/// that are not multiples of the vector width.
+#[test]
+fn elementwise_kernels_with_two_outputs_stay_inside_their_buffers() {
+    for dims in [vec![1usize], vec![7], vec![1030], vec![3, 5, 3, 3]] {
+        let mut body = Graph::new();
+        let p: Vec<NodeId> = (0..3).map(|i| input(&mut body, &Fused::placeholder(i), &dims)).collect();
+        let decayed = body.add_node(Op::Scale { c: 1e-4 }, &[p[0]], Role::Update).unwrap();
+        let grad = body.add_node(Op::Add, &[p[1], decayed], Role::Update).unwrap();
+        let kept = body.add_node(Op::Scale { c: 0.9 }, &[p[2]], Role::Update).unwrap();
+        let velocity = body.add_node(Op::Add, &[kept, grad], Role::Update).unwrap();
+        let step = body.add_node(Op::Scale { c: 0.1 }, &[velocity], Role::Update).unwrap();
+        let param = body.add_node(Op::Sub, &[p[0], step], Role::Update).unwrap();
+        let outputs = vec![param.index(), velocity.index()];
+        let fused = Fused { rule: "elementwise".into(), body: Arc::new(body), covers: vec![], outputs };
+        let mut g = Graph::new();
+        let outer: Vec<NodeId> = ["p", "g", "v"].iter().map(|name| input(&mut g, name, &dims)).collect();
+        let f = g.add_node(Op::Fused(fused), &outer, Role::Update).unwrap();
+        g.add_node(Op::Output { index: 1 }, &[f], Role::Update).unwrap();
+        let n: usize = dims.iter().product();
+        run_guarded(&g, &[("p", n), ("g", n), ("v", n)]);
+    }
+}

@@ -118,7 +118,8 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
             let value = &k.body.nodes()[k.output_nodes()[0]];
             match value.op {
                 Op::BatchNormGradInput { .. } => bn_backward(graph, id, k, &inputs).map_err(|e| unsupported(&e))?,
-                _ => conv_with_stats(graph, id, k, &inputs).map_err(|e| unsupported(&e))?,
+                Op::Conv2d(_) => conv_with_stats(graph, id, k, &inputs).map_err(|e| unsupported(&e))?,
+                _ => elementwise_outputs(graph, id, k, &inputs, node.ty.shape.dims()).map_err(|e| unsupported(&e))?,
             }
         }
         Op::Fused(k) => {
@@ -328,12 +329,27 @@ pub(crate) fn map_rule(op: &Op) -> Option<(Expr, Vec<Operand>)> {
     })
 }
 
+/// A fused node's operands: (fused node input, how it is indexed).
+type FusedOperands = Vec<(usize, Operand)>;
+
 /// A fused group as one expression over its operands, each (fused node input, how it is
 /// indexed); an input read both per element and per channel is two operands.
 ///
 /// With `main` (the body index of a convolution), the expression is the convolution's epilogue:
 /// `Load(0)` is the convolution's value, and operands are numbered from 1.
-pub(crate) fn fused_map(k: &Fused, main: Option<usize>) -> std::result::Result<(Expr, Vec<(usize, Operand)>), String> {
+pub(crate) fn fused_map(k: &Fused, main: Option<usize>) -> std::result::Result<(Expr, FusedOperands), String> {
+    let last = k.body.len().saturating_sub(1);
+    let (mut exprs, operands) = fused_maps(k, main, &[last])?;
+    Ok((exprs.remove(0), operands))
+}
+
+/// [`fused_map`] for several body nodes at once: one expression per entry of `outputs`, over one
+/// list of operands.
+fn fused_maps(
+    k: &Fused,
+    main: Option<usize>,
+    outputs: &[usize],
+) -> std::result::Result<(Vec<Expr>, FusedOperands), String> {
     let arity = k.arity();
     let body = k.body.nodes();
     let mut exprs: Vec<Option<Expr>> = vec![None; body.len()];
@@ -361,8 +377,11 @@ pub(crate) fn fused_map(k: &Fused, main: Option<usize>) -> std::result::Result<(
         };
         exprs[i] = Some(expr.substitute(&mut operand));
     }
-    let expr = exprs.pop().flatten().ok_or("the fused body computes nothing")?;
-    Ok((expr, operands))
+    let picked = outputs
+        .iter()
+        .map(|&o| exprs.get(o).cloned().flatten().ok_or_else(|| format!("output {o} is not a computed body node")))
+        .collect::<std::result::Result<Vec<Expr>, String>>()?;
+    Ok((picked, operands))
 }
 
 /// A convolution node (`conv2d`, or `conv2d_grad_input`) writing node `id`: `inputs` are its two
@@ -478,6 +497,46 @@ fn output_target(graph: &Graph, id: NodeId, index: usize, len: usize, scratch: &
         scratch.push(len);
         Buf::Scratch(scratch.len() - 1)
     })
+}
+
+/// An elementwise group with several outputs (the value and members read elsewhere, like an
+/// optimizer's new parameter and velocity): one kernel, one map pass per output.
+fn elementwise_outputs(
+    graph: &Graph,
+    id: NodeId,
+    k: &Fused,
+    inputs: &[NodeId],
+    d: &[usize],
+) -> std::result::Result<Lowered, String> {
+    let outputs = k.output_nodes();
+    // The value last: the kernel's last argument is the step's output.
+    let order: Vec<usize> = outputs[1..].iter().copied().chain([outputs[0]]).collect();
+    let (exprs, operands) = fused_maps(k, None, &order)?;
+    if k.body.nodes()[k.arity()..].iter().any(|n| !n.op.is_elementwise()) {
+        return Err("several outputs: only elementwise groups, convolution statistics and batch-norm backward".into());
+    }
+    let modes: Vec<Operand> = operands.iter().map(|o| o.1).collect();
+    let Lowered::Steps { steps: mut planned, .. } = map_kernel(
+        format!("fused_{}", k.rule),
+        id,
+        d,
+        exprs[exprs.len() - 1].clone(),
+        &modes,
+        operands.iter().map(|o| inputs[o.0]).collect(),
+    ) else {
+        unreachable!("map kernels are steps")
+    };
+    let Some(Planned { spec: KernelSpec::Nest(spec), inputs: step_inputs, .. }) = planned.last_mut() else {
+        unreachable!("a map kernel is one nest")
+    };
+    let n = exprs.len();
+    spec.outputs = n;
+    spec.passes = exprs.into_iter().enumerate().map(|(output, expr)| Pass::Map { expr, output }).collect();
+    let mut scratch = vec![];
+    for index in 1..n {
+        step_inputs.push(output_target(graph, id, index, d.iter().product(), &mut scratch));
+    }
+    Ok(Lowered::Steps { scratch, steps: planned })
 }
 
 /// Batch-norm backward as one kernel with three outputs (`outputs` = [batch_norm_grad_input,
