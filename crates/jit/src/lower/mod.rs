@@ -729,3 +729,46 @@ fn split_middle(dims: &[usize], axes: &[usize]) -> Option<(usize, usize, usize)>
     let product = |r: std::ops::Range<usize>| dims[r].iter().product::<usize>();
     Some((product(0..prefix), product(prefix..dims.len() - suffix), product(dims.len() - suffix..dims.len())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skipgrad_ir::{Conv2dAttrs, Shape};
+
+    /// The IR's elementwise ops (what fusion merges) and the JIT's elementwise rules (what a fused
+    /// kernel can compute) are one set.
+    #[test]
+    fn every_elementwise_op_has_a_map_rule_and_no_other_does() {
+        let eps = 1e-5;
+        let ops = [
+            Op::Relu,
+            Op::ReluGrad,
+            Op::Add,
+            Op::Sub,
+            Op::Mul,
+            Op::Equal,
+            Op::Scale { c: 2.0 },
+            Op::AddScalar { c: 1.0 },
+            Op::StopGradient,
+            Op::BiasAdd,
+            Op::BatchNorm { eps, training: true },
+            Op::BatchNorm { eps, training: false },
+            Op::BatchNormGradInput { eps, training: false },
+            Op::BatchNormGradInput { eps, training: true },
+            Op::BatchNormGradGamma { eps },
+            Op::BatchMean,
+            Op::BatchVar,
+            Op::Conv2d(Conv2dAttrs::square(1, 1)),
+            Op::Softmax,
+            Op::SoftmaxCrossEntropy,
+            Op::ArgMax,
+            Op::Reshape { shape: Shape::new(&[1]) },
+            Op::MatMul { transpose_a: false, transpose_b: false },
+            Op::Fill { value: 0.0 },
+            Op::Output { index: 1 },
+        ];
+        for op in ops {
+            assert_eq!(op.is_elementwise(), map_rule(&op).is_some(), "{op}");
+        }
+    }
+}
