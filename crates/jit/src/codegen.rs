@@ -45,11 +45,34 @@ pub(crate) fn for_loop(
 
 /// The kernel's entry block: returns (args pointer, first group, end group).
 pub(crate) fn entry(b: &mut FunctionBuilder) -> (Value, Value, Value) {
+    let (args, begin, end, _) = entry_with_thread(b);
+    (args, begin, end)
+}
+
+/// The kernel's entry block: returns (args pointer, first group, end group, thread index). The
+/// thread index (below the pool's thread count) selects a kernel's share of per-thread scratch.
+pub(crate) fn entry_with_thread(b: &mut FunctionBuilder) -> (Value, Value, Value, Value) {
     let entry = b.create_block();
     b.append_block_params_for_function_params(entry);
     b.switch_to_block(entry);
     let p = b.block_params(entry);
-    (p[0], p[1], p[2])
+    (p[0], p[1], p[2], p[3])
+}
+
+/// Runs `body` only when `cond` (an i8 truth value) is true.
+pub(crate) fn if_then(b: &mut FunctionBuilder, cond: Value, body: &mut dyn FnMut(&mut FunctionBuilder)) {
+    let (then, done) = (b.create_block(), b.create_block());
+    b.ins().brif(cond, then, &[], done, &[]);
+    b.switch_to_block(then);
+    body(b);
+    b.ins().jump(done, &[]);
+    b.switch_to_block(done);
+}
+
+/// The address of this thread's share of a per-thread scratch buffer of `len` f32 per thread.
+pub(crate) fn thread_share(b: &mut FunctionBuilder, base: Value, thread: Value, len: usize) -> Value {
+    let offset = b.ins().imul_imm_s(thread, (4 * len) as i64);
+    b.ins().iadd(base, offset)
 }
 
 /// Pointer `k` of the kernel's argument array.

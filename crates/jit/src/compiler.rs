@@ -10,8 +10,9 @@ use cranelift_module::{FuncId, Linkage, Module, default_libcall_names};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// A generated kernel's entry point: operand and output pointers, then the group range.
-pub(crate) type KernelFn = unsafe extern "C" fn(args: *const *mut f32, begin: u64, end: u64);
+/// A generated kernel's entry point: operand and output pointers, the group range, and the index
+/// of the thread running it (for per-thread scratch).
+pub(crate) type KernelFn = unsafe extern "C" fn(args: *const *mut f32, begin: u64, end: u64, thread: u64);
 
 /// What a kernel looks like at each stage, for debugging.
 #[derive(Clone, Debug)]
@@ -81,7 +82,12 @@ impl Compiler {
         let name = format!("k{index}_{label}");
         let ptr = self.module.target_config().pointer_type();
         let mut ctx = self.module.make_context();
-        ctx.func.signature.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(types::I64)]);
+        ctx.func.signature.params.extend([
+            AbiParam::new(ptr),
+            AbiParam::new(types::I64),
+            AbiParam::new(types::I64),
+            AbiParam::new(types::I64),
+        ]);
         ctx.set_disasm(true);
         let codegen = |message: String| Error::Codegen { kernel: name.clone(), message };
         let mut unary = Signature::new(self.module.isa().default_call_conv());
@@ -189,6 +195,6 @@ impl Kernel {
     pub unsafe fn run(&self, args: &[*mut f32], begin: usize, end: usize) {
         assert_eq!(args.len(), self.info.spec.arity(), "one pointer per input and output");
         // SAFETY: upheld by the caller.
-        unsafe { (self.code.fns[0])(args.as_ptr(), begin as u64, end as u64) }
+        unsafe { (self.code.fns[0])(args.as_ptr(), begin as u64, end as u64, 0) }
     }
 }

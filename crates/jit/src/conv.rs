@@ -1,10 +1,12 @@
 //! Convolution kernels on NCHW tensors.
 //!
-//! A convolution's input is first *packed* ([`PackSpec`](crate::PackSpec)) into a zero-padded scratch layout
-//! `[N][C][rows][phases][row_len]`, where column `u` of the padded input lands in phase `u % S`
-//! at position `u / S` (`S` the stride along the width). The input row a tap reads for
-//! consecutive output pixels is then contiguous even at stride 2, so the main loop uses plain
-//! f32x4 loads. Padding is zero from allocation and never written, so packing only scatters.
+//! A convolution kernel reads its NCHW input directly: whenever its groups reach a new image, it
+//! first *packs* that image ([`PackSpec`](crate::PackSpec)) into the thread's share of a
+//! per-thread scratch, a zero-padded layout `[C][rows][phases][row_len]` where column `u` of the
+//! padded input lands in phase `u % S` at position `u / S` (`S` the stride along the width). The
+//! input row a tap reads for consecutive output pixels is then contiguous even at stride 2, so the
+//! main loop uses plain f32x4 loads. Padding is zero from allocation and never written, so packing
+//! only scatters, and one image's packed copy stays in cache while every tile reads it.
 //!
 //! [`ConvSpec`] computes a register tile of `kb` output channels by `vb` vectors of output
 //! pixels. Per tap it loads `vb` input vectors and broadcasts `kb` weights (read through
@@ -13,10 +15,13 @@
 //! roles swapped: vectors of output channels times broadcast input pixels, reduced over pixels.
 
 use crate::MulAdd;
-use crate::codegen::{elem_addr, entry, for_loop, iconst, load_arg};
+use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, if_then, load_arg, thread_share};
 use crate::expr::{Env, Expr, Width};
 use crate::nest::Operand;
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
+use crate::pack::PackSpec;
+use crate::stats::StatsSpec;
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{AtomicRmwOp, InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 use std::collections::HashMap;
 
@@ -52,8 +57,7 @@ impl WeightLayout {
     }
 }
 
-/// The geometry of a convolution over a packed input: what the forward and backward-data kernels
-/// share.
+/// The geometry of a convolution: what the forward and backward-data kernels share.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct ConvShape {
     /// Batch size.
@@ -62,8 +66,6 @@ pub struct ConvShape {
     pub in_channels: usize,
     /// Output channels.
     pub out_channels: usize,
-    /// The packed input's rows, phases and row length (see [`PackSpec`](crate::PackSpec)).
-    pub packed: [usize; 3],
     /// Kernel height and width.
     pub kernel: [usize; 2],
     /// Stride (rows, and phases along the width).
@@ -80,11 +82,13 @@ impl ConvShape {
     }
 }
 
-/// A direct convolution from a packed input to an NCHW output.
+/// A direct convolution from an NCHW input to an NCHW output.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct ConvSpec {
     /// Sizes, kernel, stride.
     pub shape: ConvShape,
+    /// How each image of the input is packed (its planes are the input channels).
+    pub pack: PackSpec,
     /// Offset (rows, packed columns) of output (0, 0)'s window in the packed input.
     pub origin: [usize; 2],
     /// Where the weights are.
@@ -95,8 +99,9 @@ pub struct ConvSpec {
     pub vb: usize,
     /// Applied to each output vector while it is in registers, before the store.
     pub epilogue: Option<Epilogue>,
-    /// Also write, per output channel of each tile, the sum and the sum of squares of the
-    /// stored values (batch-norm statistics; [`StatsSpec`](crate::StatsSpec) reduces them).
+    /// Also compute the batch-norm statistics of the stored values: each tile writes, per output
+    /// channel, its sum and sum of squares to a scratch of partials, and the last thread to
+    /// finish reduces them in f64, in a fixed order, to the per-channel mean and variance.
     pub stats: bool,
 }
 
@@ -138,15 +143,29 @@ impl ConvSpec {
         out_w.div_ceil(4 * vb) * 4 * vb + (kernel_w - 1) / stride_w
     }
 
-    /// Kernel body: args are packed input, weights, the epilogue's operands, output.
+    /// The packed image's rows, phases and row length.
+    fn packed(&self) -> [usize; 3] {
+        [self.pack.rows, self.pack.phases, self.pack.row_len]
+    }
+
+    /// Kernel arguments, in order: the input, the weights, the epilogue's operands, with `stats`
+    /// the partials scratch, a counter scratch (2 f32 holding an i64), the mean and the variance,
+    /// then the per-thread packing scratch ([`ConvSpec::scratch_len`] per thread) and the output.
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
-        let (args, begin, end) = entry(b);
-        // Arguments: packed input, weights, the epilogue's operands, the statistics, output.
+        let (args, begin, end, thread) = entry_with_thread(b);
         let extra = self.epilogue.as_ref().map_or(0, |e| e.operands.len());
-        let stats = usize::from(self.stats);
-        let [xp, w, y] = [0, 1, 2 + extra + stats].map(|k| load_arg(b, ptr, args, k));
-        let operands: Vec<Value> = (0..extra).map(|k| load_arg(b, ptr, args, 2 + k)).collect();
-        let partials = self.stats.then(|| load_arg(b, ptr, args, 2 + extra));
+        let mut next = 0;
+        let mut arg = |b: &mut FunctionBuilder| {
+            next += 1;
+            load_arg(b, ptr, args, next - 1)
+        };
+        let [x, w] = [arg(b), arg(b)];
+        let operands: Vec<Value> = (0..extra).map(|_| arg(b)).collect();
+        let stats = self.stats.then(|| [arg(b), arg(b), arg(b), arg(b)]);
+        let scratch = arg(b);
+        let y = arg(b);
+        let xp = thread_share(b, scratch, thread, self.pack.len());
+        let partials = stats.map(|s| s[0]);
         let tiles_per_row = self.tiles_per_row();
         // Where tile t of group g writes its statistics.
         let stats_at = |b: &mut FunctionBuilder, g: Value, t: Value| {
@@ -157,25 +176,30 @@ impl ConvSpec {
                 b.ins().iadd(p, at)
             })
         };
-        let [rows, phases, row_len] = self.shape.packed;
+        let [_, phases, row_len] = self.packed();
         let [oh_n, ow_n] = self.shape.out_hw;
         let kblocks = self.shape.out_channels / self.kb;
         let tile_w = 4 * self.vb;
         let full_tiles = ow_n / tile_w;
         let last = ow_n % tile_w; // pixels in a final partial tile
 
-        for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
+        let no_image = iconst(b, -1);
+        for_loop(b, begin, end, 1, &[no_image], &mut |b, g, packed| {
             let oh = b.ins().urem_imm_u(g, oh_n as i64);
             let t = b.ins().udiv_imm_u(g, oh_n as i64);
             let kb = b.ins().urem_imm_u(t, kblocks as i64);
             let n = b.ins().udiv_imm_u(t, kblocks as i64);
-            // Element offsets: the first input row of image n, channel 0, for this output row;
-            // the first weight of this channel block; the output row of channel kb * self.kb.
+            // A new image: pack it into this thread's scratch.
+            let new_image = b.ins().icmp(IntCC::NotEqual, n, packed[0]);
+            if_then(b, new_image, &mut |b| {
+                let first_plane = mul(b, n, self.shape.in_channels);
+                self.pack.emit(b, x, xp, first_plane);
+            });
+            // Element offsets: the packed input row for this output row (channel 0); the first
+            // weight of this channel block; the output row of channel kb * self.kb.
             let x_row = {
-                let plane = mul(b, n, self.shape.in_channels * rows);
                 let r0 = mul(b, oh, self.shape.stride[0]);
-                let row = b.ins().iadd(plane, r0);
-                let row = b.ins().iadd_imm_s(row, self.origin[0] as i64);
+                let row = b.ins().iadd_imm_s(r0, self.origin[0] as i64);
                 let e = mul(b, row, phases * row_len);
                 b.ins().iadd_imm_s(e, self.origin[1] as i64)
             };
@@ -206,10 +230,43 @@ impl ConvSpec {
                 let vb = last.div_ceil(4);
                 self.tile(b, mul_add, [xp, w, y], &operands, st, [x_row, w0, y_row, k0], col, vb, Some(last));
             }
-            vec![]
+            vec![n]
         });
+        if let Some([partials, counter, mean, var]) = stats {
+            // Count the groups done; the thread that completes the count reduces every tile's
+            // partials (the atomic add orders the other threads' stores before it) and resets the
+            // counter for the next run.
+            let done = b.ins().isub(end, begin);
+            let flags = MemFlagsData::new().with_notrap();
+            let before = b.ins().atomic_rmw(types::I64, flags, AtomicRmwOp::Add, counter, done);
+            let after = b.ins().iadd(before, done);
+            let last = b.ins().icmp_imm_s(IntCC::Equal, after, self.groups() as i64);
+            if_then(b, last, &mut |b| {
+                let zero = iconst(b, 0);
+                b.ins().store(flags, zero, counter, 0);
+                self.statistics().emit(b, partials, mean, var);
+            });
+        }
         b.ins().return_(&[]);
         b.seal_all_blocks();
+    }
+
+    /// f32 elements of one thread's packing scratch (one packed image).
+    pub fn scratch_len(&self) -> usize {
+        self.pack.len()
+    }
+
+    /// The reduction of this kernel's statistics partials.
+    fn statistics(&self) -> StatsSpec {
+        let [oh, ow] = self.shape.out_hw;
+        StatsSpec {
+            channels: self.shape.out_channels,
+            kb: self.kb,
+            batch: self.shape.batch,
+            rows: oh,
+            tiles: self.tiles_per_row(),
+            count: self.shape.batch * oh * ow,
+        }
     }
 
     /// One register tile: `kb` channels by `vb` vectors starting at output column `col`; with
@@ -227,7 +284,7 @@ impl ConvSpec {
         vb: usize,
         valid: Option<usize>,
     ) {
-        let [rows, phases, row_len] = self.shape.packed;
+        let [rows, phases, row_len] = self.packed();
         let [kh, kw] = self.shape.kernel;
         let flags = MemFlagsData::new().with_notrap().with_readonly();
         let zero_s = b.ins().f32const(0.0);

@@ -33,6 +33,9 @@ impl Default for CompileOptions {
     }
 }
 
+/// A scratch area's length and the (kernel, argument position) pairs that touch it.
+type ScratchKey = (usize, Vec<(crate::KernelSpec, usize)>);
+
 /// Where a step's pointer points while planning.
 enum Slot {
     Node(usize),
@@ -102,7 +105,8 @@ pub struct MemoryReport {
     pub dedicated: usize,
     /// Intermediate values, in blocks shared by values that are not live at once.
     pub shared: usize,
-    /// Kernels' scratch areas (packed inputs, transposes), shared between identical kernels.
+    /// Kernels' scratch areas (per-thread packed images, statistics partials, weight-gradient
+    /// accumulators), shared between identical kernels.
     pub scratch: usize,
     /// What intermediates and scratch areas would take with one buffer each.
     pub unplanned: usize,
@@ -150,8 +154,11 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
     let mut planned: Vec<(NodeId, usize, Vec<Slot>, u64)> = Vec::new();
     let mut constants: Vec<(usize, Vec<f32>)> = Vec::new();
     let mut computed = vec![false; nodes.len()];
-    // Scratch areas: length and the specs of the steps that touch them (identical keys share).
-    let mut scratch_keys: Vec<(usize, Vec<crate::KernelSpec>)> = Vec::new();
+    // Scratch areas: length and how steps touch them, as (spec, argument position); identical
+    // keys share one buffer.
+    let mut scratch_keys: Vec<ScratchKey> = Vec::new();
+    // Scratch areas with one share per thread (a kernel's working copy of one image).
+    let mut per_thread: Vec<bool> = Vec::new();
     for (i, id) in graph.ids().enumerate() {
         if let Op::Input { name } | Op::Parameter { name } = &nodes[i].op {
             feeds.insert(name.clone(), needed[i].then_some(id));
@@ -166,18 +173,27 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
                 computed[i] = !steps.is_empty();
                 let first_scratch = scratch_keys.len();
                 scratch_keys.extend(lengths.iter().map(|&len| (len, vec![])));
+                per_thread.resize(scratch_keys.len(), false);
                 for step in steps {
                     let kernel = compiler.kernel(&step.label, &step.spec)?;
                     kernel_of.insert(id, kernel);
-                    let at = |b: Buf| match b {
+                    let mut at = |b: Buf| match b {
                         Buf::Node(n) => Slot::Node(n.index()),
                         Buf::Scratch(k) => Slot::Scratch(first_scratch + k),
+                        Buf::PerThread(k) => {
+                            let k = first_scratch + k;
+                            if !per_thread[k] {
+                                per_thread[k] = true;
+                                scratch_keys[k].0 *= options.threads.max(1);
+                            }
+                            Slot::Scratch(k)
+                        }
                     };
-                    let mut args: Vec<Slot> = step.inputs.into_iter().map(at).collect();
+                    let mut args: Vec<Slot> = step.inputs.into_iter().map(&mut at).collect();
                     args.push(at(step.output));
-                    for slot in &args {
+                    for (position, slot) in args.iter().enumerate() {
                         if let Slot::Scratch(k) = slot {
-                            scratch_keys[*k].1.push(step.spec.clone());
+                            scratch_keys[*k].1.push((step.spec.clone(), position));
                         }
                     }
                     planned.push((id, kernel, args, step.spec.groups() as u64));
@@ -235,10 +251,11 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
     for (i, values) in constants {
         storage[place[i].expect("needed")].as_mut_slice().copy_from_slice(&values);
     }
-    // Scratch: nodes whose kernels touch a scratch area identically share one buffer. Kernels
-    // rely on the positions they never write staying zero; identical kernels never write them.
+    // Scratch: nodes whose kernels touch a scratch area identically (the same kernels, at the same
+    // argument) share one buffer. Kernels rely on the positions they never write staying zero;
+    // identical kernels never write them.
     let mut scratch_place: Vec<usize> = Vec::with_capacity(scratch_keys.len());
-    let mut by_key: HashMap<(usize, Vec<crate::KernelSpec>), usize> = HashMap::new();
+    let mut by_key: HashMap<ScratchKey, usize> = HashMap::new();
     for key in scratch_keys {
         memory.unplanned += 4 * key.0;
         let existing = if plan { by_key.get(&key).copied() } else { None };
@@ -273,6 +290,9 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
                 .iter()
                 .map(|slot| match *slot {
                     Slot::Node(i) => (place[i].expect("needed"), nodes[i].ty.shape.numel(), format!("%{i}")),
+                    Slot::Scratch(k) if per_thread[k] => {
+                        (scratch_place[k], storage[scratch_place[k]].len(), "per-thread-scratch".into())
+                    }
                     Slot::Scratch(k) => (scratch_place[k], storage[scratch_place[k]].len(), "scratch".into()),
                 })
                 .collect();
@@ -280,7 +300,12 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
                 let args: Vec<String> = located.iter().map(|(b, len, what)| format!("{what}@b{b}[{len}]")).collect();
                 plan_lines.push(format!("{index:5} {node:>6} {:<40} {}", codes[kernel].name, args.join(" ")));
             }
-            let bytes = located.iter().map(|(_, len, _)| 4 * *len as u64).sum();
+            // Per-thread scratch holds one image at a time and stays in cache: not traffic.
+            let bytes = located
+                .iter()
+                .filter(|(_, _, what)| what != "per-thread-scratch")
+                .map(|(_, len, _)| 4 * *len as u64)
+                .sum();
             let args = located.iter().map(|(b, _, _)| storage[*b].as_ptr()).collect();
             Step { node, kernel, args, groups, bytes }
         })

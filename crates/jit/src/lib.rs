@@ -51,7 +51,6 @@ pub use peak::PeakSpec;
 pub use pool::ThreadPool;
 pub use rows::{RowOp, RowSpec};
 pub use spec::KernelSpec;
-pub use stats::StatsSpec;
 pub use target::{MulAdd, Target};
 pub use transpose::TransposeSpec;
 pub use weight_grad::WeightGradSpec;

@@ -1,9 +1,10 @@
 //! A kernel as data: a loop nest over groups and segments, operands with their indexing, and the
 //! passes run per group. [`NestSpec::build`] turns a spec into Cranelift IR.
 //!
-//! The generated function is `extern "C" fn(args: *const *mut f32, begin: u64, end: u64)`: `args`
-//! holds the operand pointers then the output pointers, and the function runs groups
-//! `begin..end`, so a thread pool can split the outer loop.
+//! The generated function is `extern "C" fn(args: *const *mut f32, begin: u64, end: u64, thread:
+//! u64)`: `args` holds the operand pointers then the output pointers, and the function runs groups
+//! `begin..end`, so a thread pool can split the outer loop (`thread` selects per-thread scratch,
+//! which nests do not use).
 
 use crate::MulAdd;
 use crate::codegen::{elem_addr, for_loop, iconst};

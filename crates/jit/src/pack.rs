@@ -1,15 +1,19 @@
-//! Packing a convolution's input: a scatter of an NCHW tensor into a zero-padded layout whose
-//! width is split into stride phases, so every tap reads contiguous f32x4 rows.
+//! Packing a convolution's input: a scatter of NCHW planes into a zero-padded layout whose width
+//! is split into stride phases, so every tap reads contiguous f32x4 rows. Convolution kernels
+//! emit it for one image at a time into per-thread scratch, so the packed copy stays in cache and
+//! is never a kernel of its own.
 
-use crate::codegen::{elem_addr, entry, for_loop, iconst, load_arg};
+use crate::codegen::{elem_addr, for_loop, iconst};
 use crate::conv::mul;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
-/// Scatter of an NCHW tensor into the packed, padded, phase-split layout (optionally dilated).
+/// Scatter of NCHW planes into the packed, padded, phase-split layout (optionally dilated).
+/// Positions it never writes (the padding) stay zero: the scratch starts zeroed and every packing
+/// into it writes the same positions.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct PackSpec {
-    /// N * C.
+    /// Planes packed at once (the channels of one image).
     pub planes: usize,
     /// Source height and width.
     pub in_hw: [usize; 2],
@@ -43,54 +47,57 @@ impl PackSpec {
         lo as usize..(hi.max(lo)) as usize
     }
 
-    /// Kernel body: one group per plane.
-    pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type) {
-        let (args, begin, end) = entry(b);
-        let src = load_arg(b, ptr, args, 0);
-        let dst = load_arg(b, ptr, args, 1);
+    /// Emits the packing of planes `src_plane..src_plane + planes` of `src` into planes
+    /// `0..planes` at `dst` (a convolution kernel packs one image at a time into per-thread scratch).
+    pub(crate) fn emit(&self, b: &mut FunctionBuilder, src: Value, dst: Value, src_plane: Value) {
+        let (lo, hi) = (iconst(b, 0), iconst(b, self.planes as i64));
+        for_loop(b, lo, hi, 1, &[], &mut |b, plane, _| {
+            let from = b.ins().iadd(src_plane, plane);
+            self.emit_plane(b, src, dst, from, plane);
+            vec![]
+        });
+    }
+
+    /// Emits the packing of plane `src_plane` of `src` into plane `dst_plane` of `dst`.
+    fn emit_plane(&self, b: &mut FunctionBuilder, src: Value, dst: Value, src_plane: Value, dst_plane: Value) {
         let rows = self.valid(0, self.rows);
         let cols = self.valid(1, self.phases * self.row_len);
         let [h_in, w_in] = self.in_hw;
-        for_loop(b, begin, end, 1, &[], &mut |b, plane, _| {
-            for h in rows.clone() {
-                let u = (h * self.dilation[0]) as isize + self.pad_before[0];
-                let src_row = plane_offset(b, plane, h_in * w_in, h * w_in);
-                let dst_row = plane_offset(
-                    b,
-                    plane,
-                    self.rows * self.phases * self.row_len,
-                    u as usize * self.phases * self.row_len,
-                );
-                if self.phases == 1 && self.dilation[1] == 1 {
-                    // Contiguous: copy the row with vectors, then a scalar tail.
-                    let start = (cols.start as isize + self.pad_before[1]) as usize;
-                    let n = cols.len();
-                    let s0 = b.ins().iadd_imm_s(src_row, cols.start as i64);
-                    let d0 = b.ins().iadd_imm_s(dst_row, start as i64);
-                    let (zero, len) = (iconst(b, 0), iconst(b, n as i64));
-                    let (tail, _) = for_loop(b, zero, len, 4, &[], &mut |b, i, _| {
-                        copy(b, types::F32X4, src, s0, dst, d0, i);
-                        vec![]
-                    });
-                    for_loop(b, tail, len, 1, &[], &mut |b, i, _| {
-                        copy(b, types::F32, src, s0, dst, d0, i);
-                        vec![]
-                    });
-                } else {
-                    for w in cols.clone() {
-                        let u = (w * self.dilation[1]) as isize + self.pad_before[1];
-                        let (phase, q) = (u as usize % self.phases, u as usize / self.phases);
-                        let zero = iconst(b, 0);
-                        let s = b.ins().iadd_imm_s(src_row, w as i64);
-                        let d = b.ins().iadd_imm_s(dst_row, (phase * self.row_len + q) as i64);
-                        copy(b, types::F32, src, s, dst, d, zero);
-                    }
+        for h in rows {
+            let u = (h * self.dilation[0]) as isize + self.pad_before[0];
+            let src_row = plane_offset(b, src_plane, h_in * w_in, h * w_in);
+            let dst_row = plane_offset(
+                b,
+                dst_plane,
+                self.rows * self.phases * self.row_len,
+                u as usize * self.phases * self.row_len,
+            );
+            if self.phases == 1 && self.dilation[1] == 1 {
+                // Contiguous: copy the row with vectors, then a scalar tail.
+                let start = (cols.start as isize + self.pad_before[1]) as usize;
+                let n = cols.len();
+                let s0 = b.ins().iadd_imm_s(src_row, cols.start as i64);
+                let d0 = b.ins().iadd_imm_s(dst_row, start as i64);
+                let (zero, len) = (iconst(b, 0), iconst(b, n as i64));
+                let (tail, _) = for_loop(b, zero, len, 4, &[], &mut |b, i, _| {
+                    copy(b, types::F32X4, src, s0, dst, d0, i);
+                    vec![]
+                });
+                for_loop(b, tail, len, 1, &[], &mut |b, i, _| {
+                    copy(b, types::F32, src, s0, dst, d0, i);
+                    vec![]
+                });
+            } else {
+                for w in cols.clone() {
+                    let u = (w * self.dilation[1]) as isize + self.pad_before[1];
+                    let (phase, q) = (u as usize % self.phases, u as usize / self.phases);
+                    let zero = iconst(b, 0);
+                    let s = b.ins().iadd_imm_s(src_row, w as i64);
+                    let d = b.ins().iadd_imm_s(dst_row, (phase * self.row_len + q) as i64);
+                    copy(b, types::F32, src, s, dst, d, zero);
                 }
             }
-            vec![]
-        });
-        b.ins().return_(&[]);
-        b.seal_all_blocks();
+        }
     }
 }
 

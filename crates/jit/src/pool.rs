@@ -46,7 +46,7 @@ impl Job {
         let end = self.groups * (thread + 1) / self.threads;
         if begin < end {
             // SAFETY: upheld by the caller.
-            unsafe { (self.kernel)(self.args, begin, end) };
+            unsafe { (self.kernel)(self.args, begin, end, thread) };
         }
     }
 }

@@ -6,11 +6,8 @@ use crate::copy::CopySpec;
 use crate::matmul::MatMulSpec;
 use crate::maxpool::PoolSpec;
 use crate::nest::NestSpec;
-use crate::pack::PackSpec;
 use crate::peak::PeakSpec;
 use crate::rows::{Imports, RowOp, RowSpec};
-use crate::stats::StatsSpec;
-use crate::transpose::TransposeSpec;
 use crate::weight_grad::WeightGradSpec;
 use cranelift_codegen::ir::Type;
 use cranelift_frontend::FunctionBuilder;
@@ -20,16 +17,11 @@ use cranelift_frontend::FunctionBuilder;
 pub enum KernelSpec {
     /// Elementwise maps and per-group reductions with an epilogue expression.
     Nest(NestSpec),
-    /// Scatter into a convolution's padded, phase-split input layout.
-    Pack(PackSpec),
-    /// Direct convolution (forward, or backward-data on a dilated input).
+    /// Direct convolution (forward, or backward-data on a dilated input), packing its input
+    /// image by image.
     Conv(ConvSpec),
     /// Convolution weight gradient: channel tiles over channels-last dy.
     WeightGrad(WeightGradSpec),
-    /// NCHW to channels-last rows.
-    Transpose(TransposeSpec),
-    /// Batch-norm statistics from a convolution's partial sums.
-    Stats(StatsSpec),
     /// Strided, channel-offset copies (the option-A shortcut and its gradient).
     Copy(CopySpec),
     /// Matrix multiply.
@@ -47,11 +39,8 @@ impl KernelSpec {
     pub fn groups(&self) -> usize {
         match self {
             KernelSpec::Nest(s) => s.nest.groups,
-            KernelSpec::Pack(s) => s.planes,
             KernelSpec::Conv(s) => s.groups(),
             KernelSpec::WeightGrad(s) => s.groups(),
-            KernelSpec::Transpose(s) => s.groups(),
-            KernelSpec::Stats(s) => s.groups(),
             KernelSpec::Copy(s) => s.batch,
             KernelSpec::MatMul(s) => s.m,
             KernelSpec::Rows(s) => s.groups(),
@@ -63,9 +52,8 @@ impl KernelSpec {
     pub fn arity(&self) -> usize {
         match self {
             KernelSpec::Nest(s) => s.operands.len() + s.outputs,
-            KernelSpec::Pack(_) | KernelSpec::Copy(_) | KernelSpec::Transpose(_) => 2,
-            KernelSpec::WeightGrad(_) => 4,
-            KernelSpec::Stats(_) => 3,
+            KernelSpec::Copy(_) => 2,
+            KernelSpec::WeightGrad(_) => 5,
             KernelSpec::MatMul(_) => 3,
             KernelSpec::Pool(s) => 2 + s.grad as usize,
             KernelSpec::Rows(s) => match s.op {
@@ -73,7 +61,7 @@ impl KernelSpec {
                 RowOp::CrossEntropy => 3,
                 RowOp::CrossEntropyGrad => 4,
             },
-            KernelSpec::Conv(s) => 3 + s.epilogue.as_ref().map_or(0, |e| e.operands.len()) + usize::from(s.stats),
+            KernelSpec::Conv(s) => 4 + s.epilogue.as_ref().map_or(0, |e| e.operands.len()) + 4 * usize::from(s.stats),
             KernelSpec::Peak(_) => 1,
         }
     }
@@ -84,23 +72,14 @@ impl KernelSpec {
             KernelSpec::WeightGrad(s) => Some(s.flops()),
             KernelSpec::Peak(s) => Some(s.flops_per_group()),
             KernelSpec::MatMul(s) => Some(2.0 * (s.m * s.n * s.k) as f64),
-            KernelSpec::Nest(_)
-            | KernelSpec::Pack(_)
-            | KernelSpec::Copy(_)
-            | KernelSpec::Transpose(_)
-            | KernelSpec::Stats(_)
-            | KernelSpec::Rows(_)
-            | KernelSpec::Pool(_) => None,
+            KernelSpec::Nest(_) | KernelSpec::Copy(_) | KernelSpec::Rows(_) | KernelSpec::Pool(_) => None,
         }
     }
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd, imports: &Imports) {
         match self {
             KernelSpec::Nest(s) => s.build(b, ptr, mul_add),
-            KernelSpec::Pack(s) => s.build(b, ptr),
             KernelSpec::Conv(s) => s.build(b, ptr, mul_add),
             KernelSpec::WeightGrad(s) => s.build(b, ptr, mul_add),
-            KernelSpec::Transpose(s) => s.build(b, ptr),
-            KernelSpec::Stats(s) => s.build(b, ptr),
             KernelSpec::Copy(s) => s.build(b, ptr),
             KernelSpec::MatMul(s) => s.build(b, ptr, mul_add),
             KernelSpec::Rows(s) => s.build(b, ptr, imports),

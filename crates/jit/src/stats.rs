@@ -1,16 +1,17 @@
 //! Batch-norm statistics from the partial sums a convolution wrote while its outputs were in
 //! registers: per channel, the mean and the biased variance, summed in f64 in a fixed order (so
-//! the result does not depend on the thread count).
+//! the result does not depend on the thread count). The convolution kernel's last thread to finish
+//! emits this reduction, so the statistics cost no kernel of their own.
 
-use crate::codegen::{entry, for_loop, iconst, load_arg};
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, types};
+use crate::codegen::{for_loop, iconst};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
 /// Reduces a `stats` convolution's partials (sum and sum of squares per output channel of every
 /// tile, laid out `[group][tile][channel in block][2]` with groups `(image, channel block, row)`)
 /// to `mean = sum / count` and `var = squares / count - mean^2` (clamped at 0).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
-pub struct StatsSpec {
+pub(crate) struct StatsSpec {
     /// Output channels.
     pub channels: usize,
     /// Channels per block (the convolution's register tile).
@@ -26,17 +27,11 @@ pub struct StatsSpec {
 }
 
 impl StatsSpec {
-    /// Groups: one per channel.
-    pub fn groups(&self) -> usize {
-        self.channels
-    }
-
-    /// Kernel body: args are the partials, mean (written), variance (written).
-    pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type) {
-        let (args, begin, end) = entry(b);
-        let [partials, mean, var] = [0, 1, 2].map(|k| load_arg(b, ptr, args, k));
+    /// Emits the reduction for every channel: reads `partials`, writes `mean` and `var`.
+    pub(crate) fn emit(&self, b: &mut FunctionBuilder, partials: Value, mean: Value, var: Value) {
         let blocks = self.channels / self.kb;
         let flags = MemFlagsData::new().with_notrap();
+        let (begin, end) = (iconst(b, 0), iconst(b, self.channels as i64));
         for_loop(b, begin, end, 1, &[], &mut |b, k, _| {
             let block = b.ins().udiv_imm_u(k, self.kb as i64);
             let within = b.ins().urem_imm_u(k, self.kb as i64);
@@ -75,7 +70,5 @@ impl StatsSpec {
             b.ins().store(flags, v, var_at, 0);
             vec![]
         });
-        b.ins().return_(&[]);
-        b.seal_all_blocks();
     }
 }

@@ -1,18 +1,16 @@
-//! Transposing NCHW tensors to channels-last rows (`[N][H * W][C]`): the layout in which the
-//! weight-gradient kernel reads the output gradient as vectors of channels.
+//! Transposing an image's CHW planes to channels-last rows (`[H * W][C]`): the layout in which the
+//! weight-gradient kernel reads the output gradient as vectors of channels. The weight-gradient
+//! kernel emits it per image into per-thread scratch.
 
-use crate::codegen::{elem_addr, entry, for_loop, iconst, load_arg};
-use crate::conv::mul;
-use cranelift_codegen::ir::{ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value, types};
+use crate::codegen::{for_loop, iconst};
+use cranelift_codegen::ir::{ConstantData, Endianness, InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
-/// `dst[n][p][c] = src[n][c][p]` for every image `n`, pixel `p` and channel `c`, where each
+/// `dst[p][c] = src[c][p]` for every pixel `p` and channel `c` of one image, where each
 /// destination row holds `row >= channels` elements. Lanes past `channels` are never written, so
 /// they keep the zeros the scratch buffer starts with.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct TransposeSpec {
-    /// Batch size.
-    pub batch: usize,
     /// Channels of the source.
     pub channels: usize,
     /// Pixels per plane (height times width).
@@ -22,14 +20,9 @@ pub struct TransposeSpec {
 }
 
 impl TransposeSpec {
-    /// Groups: one per image.
-    pub fn groups(&self) -> usize {
-        self.batch
-    }
-
-    /// Elements of the destination.
+    /// Elements of one transposed image.
     pub fn len(&self) -> usize {
-        self.batch * self.pixels * self.row
+        self.pixels * self.row
     }
 
     /// True when the destination is empty.
@@ -37,12 +30,10 @@ impl TransposeSpec {
         self.len() == 0
     }
 
-    /// Kernel body: args are source, destination. Blocks of 4 channels by 4 pixels go through
-    /// registers as a 4x4 transpose (four f32x4 loads, eight unpacks, four stores); leftover
-    /// pixels and channels are copied one by one.
-    pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type) {
-        let (args, begin, end) = entry(b);
-        let [src, dst] = [0, 1].map(|k| load_arg(b, ptr, args, k));
+    /// Emits the transpose of one image, from `src_image` to `dst_image` (byte addresses). Blocks
+    /// of 4 channels by 4 pixels go through registers as a 4x4 transpose (four f32x4 loads, eight
+    /// unpacks, four stores); leftover pixels and channels are copied one by one.
+    pub(crate) fn emit_image(&self, b: &mut FunctionBuilder, src_image: Value, dst_image: Value) {
         let flags = MemFlagsData::new().with_notrap();
         let read = flags.with_readonly();
         let (pixels, row) = (self.pixels, self.row);
@@ -50,15 +41,7 @@ impl TransposeSpec {
         let row_bytes = (row * 4) as i64;
         let full_blocks = self.channels / 4;
         let vector_pixels = pixels / 4 * 4;
-        for_loop(b, begin, end, 1, &[], &mut |b, n, _| {
-            let src_image = {
-                let e = mul(b, n, self.channels * pixels);
-                elem_addr(b, src, e)
-            };
-            let dst_image = {
-                let e = mul(b, n, pixels * row);
-                elem_addr(b, dst, e)
-            };
+        {
             // Whole blocks of 4 channels: 4x4 tiles, then the leftover pixels.
             let (c_lo, c_hi) = (iconst(b, 0), iconst(b, full_blocks as i64));
             for_loop(b, c_lo, c_hi, 1, &[], &mut |b, block, _| {
@@ -96,10 +79,7 @@ impl TransposeSpec {
                     vec![b.ins().iadd_imm_s(at[0], 4), b.ins().iadd_imm_s(at[1], row_bytes)]
                 });
             }
-            vec![]
-        });
-        b.ins().return_(&[]);
-        b.seal_all_blocks();
+        }
     }
 }
 

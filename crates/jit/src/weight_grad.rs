@@ -1,8 +1,10 @@
 //! Convolution weight gradients: the forward convolution's register tile with the roles swapped.
 
 use crate::MulAdd;
-use crate::codegen::{elem_addr, entry, for_loop, iconst, load_arg};
+use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, load_arg, thread_share};
 use crate::conv::{mul, mul_add_emit};
+use crate::pack::PackSpec;
+use crate::transpose::TransposeSpec;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
@@ -10,12 +12,15 @@ use cranelift_frontend::FunctionBuilder;
 /// The weight gradient as an outer product, the forward convolution's register tile with the
 /// roles swapped: for one tap `(r, s)`, a tile of `cb` input channels by `kv` vectors of 4 output
 /// channels accumulates `x[n][c][oh * S + r][ow * S + s] * dy[n][oh][ow][k..k + 4]` over every
-/// output pixel, broadcasting x and reading dy channels-last ([`TransposeSpec`](crate::TransposeSpec)).
+/// output pixel, broadcasting x and reading dy channels-last.
 ///
-/// Loop order: images outermost, then this thread's tiles, then the image's pixels, so each
-/// image's x and dy stay in cache while every tile sweeps them. Tiles keep their accumulators in
-/// a scratch buffer between images (`[offsets: 2 x i64][cb * kv f32x4]` per tile) and scatter them
-/// into `dw[k][c][r][s]` at the end.
+/// Loop order: images outermost, then this thread's tiles, then the image's pixels. For each
+/// image, the thread first packs x (zero-padded, [`PackSpec`]) and transposes dy to channels-last
+/// rows ([`TransposeSpec`](crate::TransposeSpec)) into its share of a per-thread scratch, so
+/// both stay in cache while every tile sweeps them (each thread prepares every image: the result
+/// does not depend on the thread count). Tiles keep their accumulators in a scratch buffer between
+/// images (`[offsets: 2 x i64][cb * kv f32x4]` per tile) and scatter them into `dw[k][c][r][s]` at
+/// the end.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct WeightGradSpec {
     /// Batch size.
@@ -27,8 +32,8 @@ pub struct WeightGradSpec {
     /// Elements per channels-last dy row (output channels rounded up to whole tiles; zeros past
     /// the channels).
     pub dy_row: usize,
-    /// Packed (zero-padded, stride-1 layout) x: rows and row length per plane.
-    pub packed: [usize; 2],
+    /// How each image of x is packed (zero-padded, stride-1 layout; planes = input channels).
+    pub pack: PackSpec,
     /// Kernel height and width.
     pub kernel: [usize; 2],
     /// Stride.
@@ -55,6 +60,16 @@ impl WeightGradSpec {
     fn tile_floats(&self) -> usize {
         4 + 4 * self.cb * self.kv
     }
+
+    /// The transpose of one image of dy to channels-last rows.
+    fn dy_rows(&self) -> TransposeSpec {
+        TransposeSpec { channels: self.out_channels, pixels: self.out_hw[0] * self.out_hw[1], row: self.dy_row }
+    }
+
+    /// f32 elements of one thread's scratch: a packed image of x, then a transposed image of dy.
+    pub fn thread_scratch_len(&self) -> usize {
+        self.pack.len() + self.dy_rows().len()
+    }
 }
 
 /// Output pixels per iteration of the weight gradient's innermost loop.
@@ -67,12 +82,15 @@ impl WeightGradSpec {
         2.0 * (self.batch * self.out_channels * self.in_channels * oh * ow * self.kernel[0] * self.kernel[1]) as f64
     }
 
-    /// Kernel body: args are packed x, channels-last dy, accumulator scratch, dw.
+    /// Kernel body: args are x, dy (both NCHW), accumulator scratch, per-thread scratch
+    /// ([`WeightGradSpec::thread_scratch_len`] per thread), dw.
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
-        let (args, begin, end) = entry(b);
-        let [xp, dy, acc_buf, dw] = [0, 1, 2, 3].map(|k| load_arg(b, ptr, args, k));
+        let (args, begin, end, thread) = entry_with_thread(b);
+        let [x, dy, acc_buf, scratch, dw] = [0, 1, 2, 3, 4].map(|k| load_arg(b, ptr, args, k));
+        let x_image = thread_share(b, scratch, thread, self.thread_scratch_len());
+        let dy_image = b.ins().iadd_imm_s(x_image, (4 * self.pack.len()) as i64);
         let [kh, kw] = self.kernel;
-        let [rows, row_len] = self.packed;
+        let [rows, row_len] = [self.pack.rows, self.pack.row_len];
         let [oh_n, ow_n] = self.out_hw;
         let (cb, kv) = (self.cb, self.kv);
         let cblocks = self.in_channels / cb;
@@ -116,14 +134,13 @@ impl WeightGradSpec {
         });
         let (n_lo, n_hi) = (iconst(b, 0), iconst(b, self.batch as i64));
         for_loop(b, n_lo, n_hi, 1, &[], &mut |b, n, _| {
-            let x_image = {
-                let e = mul(b, n, self.in_channels * rows * row_len);
-                elem_addr(b, xp, e)
-            };
-            let dy_image = {
-                let e = mul(b, n, oh_n * ow_n * self.dy_row);
+            let first_plane = mul(b, n, self.in_channels);
+            self.pack.emit(b, x, x_image, first_plane);
+            let dy_planes = {
+                let e = mul(b, n, self.out_channels * oh_n * ow_n);
                 elem_addr(b, dy, e)
             };
+            self.dy_rows().emit_image(b, dy_planes, dy_image);
             for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
                 let tile = tile_addr(b, g);
                 let x_off = b.ins().load(types::I64, flags, tile, 0);

@@ -1,27 +1,16 @@
-//! Lowering rules for convolutions: each becomes a pack step into scratch, then a convolution or
-//! weight-gradient kernel, and for strided backward-data one convolution per output phase with
-//! interleaving copies.
+//! Lowering rules for convolutions: each becomes one convolution or weight-gradient kernel (which
+//! packs its input image by image into per-thread scratch), and strided backward-data one
+//! convolution per output phase with interleaving copies.
 
 use super::{Buf, Lowered, Planned};
 use crate::conv::{ConvShape, ConvSpec, WeightLayout, register_tile};
 use crate::copy::CopySpec;
 use crate::pack::PackSpec;
 use crate::spec::KernelSpec;
-use crate::transpose::TransposeSpec;
 use crate::weight_grad::WeightGradSpec;
 use skipgrad_ir::NodeId;
 
-/// The step that packs node `input` into scratch buffer `scratch`.
-pub(super) fn pack_step(pack: PackSpec, input: NodeId, scratch: usize) -> Planned {
-    Planned {
-        label: "pack".into(),
-        spec: KernelSpec::Pack(pack),
-        inputs: vec![Buf::Node(input)],
-        output: Buf::Scratch(scratch),
-    }
-}
-
-/// The packing of an `[planes, in_hw]` input for a convolution with this kernel, stride, output
+/// The packing of each image (`planes` input channels, `in_hw`) of an input for a convolution with this kernel, stride, output
 /// size and register tile width `vb`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn conv_pack(
@@ -41,8 +30,9 @@ pub(super) fn conv_pack(
     PackSpec { planes, in_hw, dilation, pad_before, rows, phases: stride[1], row_len }
 }
 
-/// A convolution step pair: pack `x` (with `dilation` and `pad`), then the direct convolution.
-/// `[n, c, k]` is (batch, input channels, output channels).
+/// A direct convolution of `x` (packed with `dilation` and `pad`). `[n, c, k]` is (batch, input
+/// channels, output channels). The step's inputs are `x`, `w`, then the per-thread packing
+/// scratch: epilogue operands and statistics go before the scratch.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn conv(
     id: NodeId,
@@ -59,33 +49,24 @@ pub(super) fn conv(
 ) -> Lowered {
     // Register tile: kb output channels by vb vectors of 4 pixels.
     let (kb, vb) = register_tile(k, out_hw[1].div_ceil(4), None);
-    let pack = conv_pack(n * c, in_hw, dilation, pad, kernel[0], stride, out_hw, vb, kernel[1]);
-    let shape = ConvShape {
-        batch: n,
-        in_channels: c,
-        out_channels: k,
-        packed: [pack.rows, pack.phases, pack.row_len],
-        kernel,
-        stride,
-        out_hw,
-    };
-    let spec = ConvSpec { shape, origin: [0, 0], weights, kb, vb, epilogue: None, stats: false };
-    let steps = vec![
-        pack_step(pack.clone(), x, 0),
-        Planned {
-            label: "conv2d".into(),
-            spec: KernelSpec::Conv(spec),
-            inputs: vec![Buf::Scratch(0), Buf::Node(w)],
-            output: Buf::Node(id),
-        },
-    ];
-    Lowered::Steps { scratch: vec![pack.len()], steps }
+    let pack = conv_pack(c, in_hw, dilation, pad, kernel[0], stride, out_hw, vb, kernel[1]);
+    let shape = ConvShape { batch: n, in_channels: c, out_channels: k, kernel, stride, out_hw };
+    let scratch = vec![pack.len()];
+    let spec = ConvSpec { shape, pack, origin: [0, 0], weights, kb, vb, epilogue: None, stats: false };
+    let steps = vec![Planned {
+        label: "conv2d".into(),
+        spec: KernelSpec::Conv(spec),
+        inputs: vec![Buf::Node(x), Buf::Node(w), Buf::PerThread(0)],
+        output: Buf::Node(id),
+    }];
+    Lowered::Steps { scratch, steps }
 }
 
 /// The input gradient of a strided convolution as one small stride-1 convolution per output
 /// phase (sub-pixel decomposition): output rows `h = S i + p` receive only the taps
 /// `r = r0 + S t` with `r0 = (p + P) mod S`, from dy rows `i + a - t`, `a = (p + P - r0) / S`.
-/// Each phase convolves the (undilated) packed dy with its sub-kernel, read through weight strides,
+/// Each phase convolves the (undilated) dy, packed alike for every phase so they share one
+/// per-thread scratch, with its sub-kernel, read through weight strides,
 /// into a scratch plane; strided copies then interleave the phases into dx (the first zero-fills
 /// dx when some phase receives no tap, so positions no window reaches stay zero).
 #[allow(clippy::too_many_arguments)]
@@ -129,7 +110,7 @@ pub(super) fn sub_pixel_grad_input(
         .max()
         .unwrap_or(1);
     let pack = PackSpec {
-        planes: n * k,
+        planes: k,
         in_hw: [dy[2], dy[3]],
         dilation: [1, 1],
         pad_before: [pad_before[0] as isize, pad_before[1] as isize],
@@ -138,7 +119,7 @@ pub(super) fn sub_pixel_grad_input(
         row_len,
     };
     let mut scratch = vec![pack.len()];
-    let mut steps = vec![pack_step(pack, dy_id, 0)];
+    let mut steps = vec![];
     let (kh, kw) = (kernel[0], kernel[1]);
     for (i, ((p, &(kb, vb)), (at, _))) in phases.iter().zip(&tiles).zip(&with_taps).enumerate() {
         let [(r0h, th, _, oh), (r0w, tw, _, ow)] = *p;
@@ -151,23 +132,16 @@ pub(super) fn sub_pixel_grad_input(
             r: -((stride * kw) as isize),
             s: -(stride as isize),
         };
-        let shape = ConvShape {
-            batch: n,
-            in_channels: k,
-            out_channels: c,
-            packed: [rows, 1, row_len],
-            kernel: [th, tw],
-            stride: [1, 1],
-            out_hw: [oh, ow],
-        };
-        let spec =
-            ConvSpec { shape, origin: [origin(p, 0), origin(p, 1)], weights, kb, vb, epilogue: None, stats: false };
+        let shape =
+            ConvShape { batch: n, in_channels: k, out_channels: c, kernel: [th, tw], stride: [1, 1], out_hw: [oh, ow] };
+        let origin = [origin(p, 0), origin(p, 1)];
+        let spec = ConvSpec { shape, pack: pack.clone(), origin, weights, kb, vb, epilogue: None, stats: false };
         let plane = scratch.len();
         scratch.push(n * c * oh * ow);
         steps.push(Planned {
             label: "conv2d_grad_input_phase".into(),
             spec: KernelSpec::Conv(spec),
-            inputs: vec![Buf::Scratch(0), Buf::Node(w_id)],
+            inputs: vec![Buf::Node(dy_id), Buf::Node(w_id), Buf::PerThread(0)],
             output: Buf::Scratch(plane),
         });
         let copy = CopySpec {
@@ -190,8 +164,8 @@ pub(super) fn sub_pixel_grad_input(
     Lowered::Steps { scratch, steps }
 }
 
-/// The weight gradient as channel tiles: pack x (zero-padded, stride-1 layout), transpose dy to
-/// channels-last rows, then [`WeightGradSpec`] with its accumulator scratch.
+/// The weight gradient as channel tiles: one [`WeightGradSpec`] kernel, with its accumulator
+/// scratch and a per-thread scratch for each image's packed x and channels-last dy.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn weight_grad(
     label: String,
@@ -209,8 +183,8 @@ pub(super) fn weight_grad(
     let kv = if k > 4 { 2 } else { 1 };
     let dy_row = k.div_ceil(4 * kv) * 4 * kv;
     let (cb, _) = register_tile(c, kv, Some(kv));
-    let x_pack = PackSpec {
-        planes: n * c,
+    let pack = PackSpec {
+        planes: c,
         in_hw: [x[2], x[3]],
         dilation: [1, 1],
         pad_before: pad,
@@ -218,34 +192,14 @@ pub(super) fn weight_grad(
         phases: 1,
         row_len: (out_hw[1] - 1) * stride[1] + kernel[1],
     };
-    let transpose = TransposeSpec { batch: n, channels: k, pixels: out_hw[0] * out_hw[1], row: dy_row };
-    let spec = WeightGradSpec {
-        batch: n,
-        in_channels: c,
-        out_channels: k,
-        dy_row,
-        packed: [x_pack.rows, x_pack.row_len],
-        kernel,
-        stride,
-        out_hw,
-        cb,
-        kv,
-    };
-    let scratch = vec![x_pack.len(), transpose.len(), spec.scratch_len()];
-    let steps = vec![
-        pack_step(x_pack, x_id, 0),
-        Planned {
-            label: "transpose".into(),
-            spec: KernelSpec::Transpose(transpose),
-            inputs: vec![Buf::Node(dy_id)],
-            output: Buf::Scratch(1),
-        },
-        Planned {
-            label,
-            spec: KernelSpec::WeightGrad(spec),
-            inputs: vec![Buf::Scratch(0), Buf::Scratch(1), Buf::Scratch(2)],
-            output: Buf::Node(id),
-        },
-    ];
+    let spec =
+        WeightGradSpec { batch: n, in_channels: c, out_channels: k, dy_row, pack, kernel, stride, out_hw, cb, kv };
+    let scratch = vec![spec.scratch_len(), spec.thread_scratch_len()];
+    let steps = vec![Planned {
+        label,
+        spec: KernelSpec::WeightGrad(spec),
+        inputs: vec![Buf::Node(x_id), Buf::Node(dy_id), Buf::Scratch(0), Buf::PerThread(1)],
+        output: Buf::Node(id),
+    }];
     Lowered::Steps { scratch, steps }
 }

@@ -13,7 +13,6 @@ use crate::maxpool::PoolSpec;
 use crate::nest::{Nest, NestSpec, Operand, Pass};
 use crate::rows::{RowOp, RowSpec};
 use crate::spec::KernelSpec;
-use crate::stats::StatsSpec;
 use crate::{Error, Result};
 use skipgrad_ir::{DType, Fused, Graph, NodeId, Op};
 
@@ -24,6 +23,9 @@ pub(crate) enum Buf {
     Node(NodeId),
     /// Scratch buffer `k` of the node being lowered (zeroed once, then owned by its steps).
     Scratch(usize),
+    /// Scratch buffer `k`, one share of its length per thread: the kernel picks its share by
+    /// thread index.
+    PerThread(usize),
 }
 
 /// One kernel call: reads `inputs`, writes `output`.
@@ -436,7 +438,7 @@ fn lower_conv(op: &Op, id: NodeId, inputs: [NodeId; 2], dims: [&[usize]; 2], out
 
 /// A fused convolution that also writes its batch statistics (`outputs` = [convolution,
 /// batch_mean, batch_var]): the convolution kernel writes per-tile partial sums while its outputs
-/// are in registers, and a small kernel reduces them into the fused node's `output` nodes.
+/// are in registers, and its last thread reduces them into the fused node's `output` nodes.
 fn conv_with_stats(graph: &Graph, id: NodeId, k: &Fused, inputs: &[NodeId]) -> std::result::Result<Lowered, String> {
     let body = k.body.nodes();
     let outputs = k.output_nodes();
@@ -465,24 +467,11 @@ fn conv_with_stats(graph: &Graph, id: NodeId, k: &Fused, inputs: &[NodeId]) -> s
     };
     spec.stats = true;
     *label = format!("fused_{}", k.rule);
-    let partials = scratch.len();
-    scratch.push(spec.stats_len());
-    conv_inputs.push(Buf::Scratch(partials));
-    let d = conv.ty.shape.dims();
-    let stats = StatsSpec {
-        channels: d[1],
-        kb: spec.kb,
-        batch: d[0],
-        rows: d[2],
-        tiles: spec.tiles_per_row(),
-        count: d[0] * d[2] * d[3],
-    };
-    steps.push(Planned {
-        label: "batch_statistics".into(),
-        spec: KernelSpec::Stats(stats),
-        inputs: vec![Buf::Scratch(partials), mean],
-        output: var,
-    });
+    let (partials, counter) = (scratch.len(), scratch.len() + 1);
+    scratch.extend([spec.stats_len(), 2]);
+    // Before the per-thread packing scratch.
+    let at = conv_inputs.len() - 1;
+    conv_inputs.splice(at..at, [Buf::Scratch(partials), Buf::Scratch(counter), mean, var]);
     Ok(Lowered::Steps { scratch, steps })
 }
 
@@ -608,7 +597,8 @@ fn with_epilogue(
     match steps.last_mut() {
         Some(Planned { spec: KernelSpec::Conv(spec), inputs, output: Buf::Node(out), label: l }) if *out == id => {
             spec.epilogue = Some(Epilogue { expr, operands: modes });
-            inputs.extend(operands.into_iter().map(Buf::Node));
+            // After the input and the weights.
+            inputs.splice(2..2, operands.into_iter().map(Buf::Node));
             *l = label;
         }
         _ => {
