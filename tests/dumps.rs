@@ -24,7 +24,7 @@ fn every_stage_of_a_resnet20_step_is_dumped() {
     }
     let net = build(&blocks, 2, 3, 8, 1, DType::F32); // traces, then takes gradients: 2 stages
     let program = Program { graph: net.tape.graph(), outputs: net.outputs.iter().map(|v| v.id()).collect() };
-    let fused = Pipeline::training().run(program).unwrap().pop().unwrap().program; // 1 stage
+    let fused = Pipeline::training().run(program).unwrap().pop().unwrap().program; // 2 stages
     let mut step = compile(&fused.graph, &fused.outputs, &CompileOptions::default()).unwrap(); // 2 stages
     step.run_tensors(&net.feeds).unwrap();
     set_dump_dir(None);
@@ -33,17 +33,17 @@ fn every_stage_of_a_resnet20_step_is_dumped() {
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     let stage = |n: usize, name: &str| format!("{n:02}-{name}");
-    for (n, name) in [(0, "traced"), (1, "gradients"), (2, "fuse")] {
+    for (n, name) in [(0, "traced"), (1, "gradients"), (2, "fuse"), (3, "foreach")] {
         for ext in ["txt", "dot", "json"] {
             assert!(names.contains(&format!("{}.{ext}", stage(n, name))), "{names:?}");
         }
     }
-    assert!(names.contains(&stage(3, "memory-plan.txt")), "{names:?}");
-    assert!(names.contains(&stage(4, "kernels")), "{names:?}");
-    let plan = std::fs::read_to_string(dir.join(stage(3, "memory-plan.txt"))).unwrap();
+    assert!(names.contains(&stage(4, "memory-plan.txt")), "{names:?}");
+    assert!(names.contains(&stage(5, "kernels")), "{names:?}");
+    let plan = std::fs::read_to_string(dir.join(stage(4, "memory-plan.txt"))).unwrap();
     assert!(plan.starts_with("# memory plan: "), "{plan}");
     assert_eq!(plan.lines().count(), 2 + step.steps(), "one line per kernel call");
-    let kernels: Vec<String> = std::fs::read_dir(dir.join(stage(4, "kernels")))
+    let kernels: Vec<String> = std::fs::read_dir(dir.join(stage(5, "kernels")))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -51,11 +51,11 @@ fn every_stage_of_a_resnet20_step_is_dumped() {
     assert!(kernels.iter().any(|k| k.contains("fused_conv_epilogue") && k.ends_with(".vcode")), "{kernels:?}");
 
     // The fused step's JSON dump round-trips; its DOT dump renders.
-    let json = std::fs::read_to_string(dir.join(stage(2, "fuse.json"))).unwrap();
+    let json = std::fs::read_to_string(dir.join(stage(3, "foreach.json"))).unwrap();
     let back = Graph::from_json_str(&json).unwrap();
     assert_eq!(back.dump(), fused.graph.dump());
     assert!(back == fused.graph, "the graphs print alike but differ");
-    let dot = dir.join(stage(2, "fuse.dot"));
+    let dot = dir.join(stage(3, "foreach.dot"));
     match std::process::Command::new("dot").arg("-Tsvg").arg(&dot).output() {
         Ok(out) => {
             assert!(out.status.success(), "dot rejected {}: {}", dot.display(), String::from_utf8_lossy(&out.stderr));

@@ -83,12 +83,13 @@ proptest! {
 ///   (the first convolution's input gradient is not computed: the images are not trainable);
 /// - update, elementwise: each of the 4 running statistics, `(1 - m) * running + m * batch`
 ///   (scale, scale, add), and each parameter's SGD step (`v' = m v + g + wd p`, `p' = p - lr v'`:
-///   six ops) as one kernel writing both the new velocity and the new parameter.
+///   six ops) as one group writing both the new velocity and the new parameter;
+/// - then foreach: those 12 update groups become one node, so one kernel updates everything.
 #[test]
 fn a_basic_block_step_fuses_bn_add_relu() {
     let net = build(&[Block::Residual { stride: 1 }], 2, 4, 6, 7, DType::F32);
     let stages = Pipeline::training().run(program(&net)).unwrap();
-    assert_eq!(counts(&stages), "elementwise: 14, conv_epilogue: 1, conv_stats: 2, bn_backward: 2");
+    assert_eq!(counts(&stages), "elementwise: 14, conv_epilogue: 1, conv_stats: 2, bn_backward: 2, foreach: 12");
     let after = &stages[1].program;
     let dump = stages[1].dump();
     assert!(
@@ -117,6 +118,19 @@ fn a_basic_block_step_fuses_bn_add_relu() {
     // The SGD step of each of the 8 parameters (2 convolutions, 2 batch norms' scale and shift,
     // the classifier's weight and bias): one kernel writing the new parameter and velocity.
     assert_eq!(ops.iter().filter(|o| *o == "scale+add+scale+add+scale+sub").count(), 8, "{dump}");
+    // One node holds all 12 updates, with their 4 + 8 x 2 outputs.
+    let merged: Vec<&Fused> = stages[2]
+        .program
+        .graph
+        .nodes()
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Fused(k) if k.rule == "foreach" => Some(k),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(merged.len(), 1, "{}", stages[2].dump());
+    assert_eq!((merged[0].covers.len(), merged[0].outputs.len()), (12, 20));
 }
 
 /// Kernel calls per role of the node each computes: (forward, backward, update).
@@ -141,7 +155,8 @@ fn kernels_by_role(p: &Program) -> [usize; 3] {
 /// - backward, per conv-BN-ReLU: batch-norm backward (with the ReLU mask of the block's output
 ///   folded into the gradient it reads), the input gradient (the previous ReLU's mask and the
 ///   shortcut's gradient in its epilogue), the weight gradient;
-/// - update: each batch norm's 2 running statistics and each of the 6 parameters' SGD step.
+/// - update: nothing of its own: one kernel updates every parameter and running statistic of the
+///   step, with or without the block.
 #[test]
 fn a_basic_block_step_meets_the_kernel_count_targets() {
     let stem = Block::Plain { out: 4, kernel: 3, stride: 1 };
@@ -149,7 +164,8 @@ fn a_basic_block_step_meets_the_kernel_count_targets() {
     let after = fused(&build(&[stem, Block::Residual { stride: 1 }], 2, 3, 6, 7, DType::F32));
     let [b, a] = [kernels_by_role(&before), kernels_by_role(&after)];
     let block = [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
-    assert_eq!(block, [2 * 2, 2 * 3, 2 * 2 + 6], "block kernels (forward, backward, update): {block:?}");
+    assert_eq!(block, [2 * 2, 2 * 3, 0], "block kernels (forward, backward, update): {block:?}");
+    assert_eq!((b[2], a[2]), (1, 1), "update kernels: one per step");
 }
 
 /// Inference: convolution, batch norm with running statistics, the residual add and the ReLU run
@@ -183,7 +199,7 @@ fn inference_blocks_run_one_kernel_per_convolution() {
     let h = conv_bn("conv1", &x).relu();
     let y = (&conv_bn("conv2", &h) + &x).unwrap().relu();
     let stages = Pipeline::training().run(Program { graph: tape.graph(), outputs: vec![y.id()] }).unwrap();
-    assert_eq!(counts(&stages), "elementwise: 0, conv_epilogue: 2, conv_stats: 0, bn_backward: 0");
+    assert_eq!(counts(&stages), "elementwise: 0, conv_epilogue: 2, conv_stats: 0, bn_backward: 0, foreach: 0");
     let after = &stages[1].program;
     let mut compiled = compile(&after.graph, &after.outputs, &CompileOptions::default()).unwrap();
     let kernels: Vec<String> = compiled.schedule().map(|(_, k)| k.name.clone()).collect();

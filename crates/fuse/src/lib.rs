@@ -8,11 +8,13 @@
 //! graph and lists the ids of the nodes it covers.
 
 mod error;
+mod foreach;
 mod fusion;
 mod pipeline;
 mod rebuild;
 
 pub use error::Error;
+pub use foreach::Foreach;
 pub use fusion::Fuse;
 pub use pipeline::{Pass, Pipeline, Program, Stage, counts};
 

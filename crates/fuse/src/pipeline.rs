@@ -45,9 +45,10 @@ impl Pipeline {
     }
 
     /// The passes for a training (or inference) step: fuse elementwise chains, convolutions with
-    /// the chains that consume them, and batch statistics into the convolutions they read.
+    /// the chains that consume them, and batch statistics into the convolutions they read; then
+    /// merge every update (optimizer steps, running statistics) into one kernel.
     pub fn training() -> Self {
-        Self::new().with(crate::Fuse { conv_epilogues: true, conv_stats: true })
+        Self::new().with(crate::Fuse { conv_epilogues: true, conv_stats: true }).with(crate::Foreach)
     }
 
     /// This pipeline with `pass` appended.

@@ -7,7 +7,7 @@
 //! which nests do not use).
 
 use crate::MulAdd;
-use crate::codegen::{elem_addr, for_loop, iconst};
+use crate::codegen::{elem_addr, entry, for_loop, iconst, load_arg};
 use crate::expr::{Env, Expr, Width};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
@@ -110,14 +110,16 @@ pub struct NestSpec {
 impl NestSpec {
     /// Emits the kernel's body into `b`, whose function has the signature described above.
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
-        let entry = b.create_block();
-        b.append_block_params_for_function_params(entry);
-        b.switch_to_block(entry);
-        let [args, begin, end] = [0, 1, 2].map(|i| b.block_params(entry)[i]);
+        let (args, begin, end) = entry(b);
+        let pointers: Vec<Value> = (0..self.operands.len() + self.outputs).map(|k| load_arg(b, ptr, args, k)).collect();
+        self.emit(b, &pointers, begin, end, mul_add);
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+    }
+
+    /// Emits groups `begin..end` of this nest over `pointers` (operands, then outputs).
+    pub(crate) fn emit(&self, b: &mut FunctionBuilder, pointers: &[Value], begin: Value, end: Value, mul_add: MulAdd) {
         let flags = MemFlagsData::new().with_notrap();
-        let pointers: Vec<Value> = (0..self.operands.len() + self.outputs)
-            .map(|k| b.ins().load(ptr, flags.with_readonly(), args, (k * 8) as i32))
-            .collect();
         let (operands, outputs) = pointers.split_at(self.operands.len());
         let n = &self.nest;
         let partial = n.groups * n.group_stride > n.total && n.segments == 1;
@@ -187,8 +189,6 @@ impl NestSpec {
             }
             vec![]
         });
-        b.ins().return_(&[]);
-        b.seal_all_blocks();
     }
 
     /// Computes the group-invariant sub-expressions of `exprs` once: (scalar, vector) maps.

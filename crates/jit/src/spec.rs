@@ -3,6 +3,7 @@
 use crate::MulAdd;
 use crate::conv::ConvSpec;
 use crate::copy::CopySpec;
+use crate::foreach::ForeachSpec;
 use crate::matmul::MatMulSpec;
 use crate::maxpool::PoolSpec;
 use crate::nest::NestSpec;
@@ -17,6 +18,8 @@ use cranelift_frontend::FunctionBuilder;
 pub enum KernelSpec {
     /// Elementwise maps and per-group reductions with an epilogue expression.
     Nest(NestSpec),
+    /// Independent elementwise nests in one kernel (every parameter's update).
+    Foreach(ForeachSpec),
     /// Direct convolution (forward, or backward-data on a dilated input), packing its input
     /// image by image.
     Conv(ConvSpec),
@@ -39,6 +42,7 @@ impl KernelSpec {
     pub fn groups(&self) -> usize {
         match self {
             KernelSpec::Nest(s) => s.nest.groups,
+            KernelSpec::Foreach(s) => s.groups(),
             KernelSpec::Conv(s) => s.groups(),
             KernelSpec::WeightGrad(s) => s.groups(),
             KernelSpec::Copy(s) => s.batch,
@@ -52,6 +56,7 @@ impl KernelSpec {
     pub fn arity(&self) -> usize {
         match self {
             KernelSpec::Nest(s) => s.operands.len() + s.outputs,
+            KernelSpec::Foreach(s) => s.arity(),
             KernelSpec::Copy(_) => 2,
             KernelSpec::WeightGrad(_) => 5,
             KernelSpec::MatMul(_) => 3,
@@ -72,12 +77,17 @@ impl KernelSpec {
             KernelSpec::WeightGrad(s) => Some(s.flops()),
             KernelSpec::Peak(s) => Some(s.flops_per_group()),
             KernelSpec::MatMul(s) => Some(2.0 * (s.m * s.n * s.k) as f64),
-            KernelSpec::Nest(_) | KernelSpec::Copy(_) | KernelSpec::Rows(_) | KernelSpec::Pool(_) => None,
+            KernelSpec::Nest(_)
+            | KernelSpec::Foreach(_)
+            | KernelSpec::Copy(_)
+            | KernelSpec::Rows(_)
+            | KernelSpec::Pool(_) => None,
         }
     }
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd, imports: &Imports) {
         match self {
             KernelSpec::Nest(s) => s.build(b, ptr, mul_add),
+            KernelSpec::Foreach(s) => s.build(b, ptr, mul_add),
             KernelSpec::Conv(s) => s.build(b, ptr, mul_add),
             KernelSpec::WeightGrad(s) => s.build(b, ptr, mul_add),
             KernelSpec::Copy(s) => s.build(b, ptr),

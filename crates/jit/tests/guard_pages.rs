@@ -218,3 +218,40 @@ fn elementwise_kernels_with_two_outputs_stay_inside_their_buffers() {
         run_guarded(&g, &[("p", n), ("g", n), ("v", n)]);
     }
 }
+
+/// A body of independent parts of different sizes (the `foreach` merge of every update) runs as
+/// one kernel with one nest per part; parts share an input, one part has two outputs, and one
+/// output has no `output` node (it goes to scratch).
+#[test]
+fn foreach_kernels_stay_inside_their_buffers() {
+    let sizes = [1usize, 7, 1030, 45];
+    let mut body = Graph::new();
+    let shared = input(&mut body, &Fused::placeholder(0), &[7]);
+    let mut outputs = vec![];
+    let mut outer_names = vec![("s".to_string(), 7)];
+    let placeholders: Vec<NodeId> =
+        sizes.iter().enumerate().map(|(i, &n)| input(&mut body, &Fused::placeholder(i + 1), &[n])).collect();
+    for (i, (&n, &p)) in sizes.iter().zip(&placeholders).enumerate() {
+        outer_names.push((format!("p{i}"), n));
+        let halved = body.add_node(Op::Scale { c: 0.5 }, &[p], Role::Update).unwrap();
+        let other = if n == 7 { shared } else { p };
+        let sum = body.add_node(Op::Add, &[halved, other], Role::Update).unwrap();
+        outputs.push(sum.index());
+        if i == 2 {
+            outputs.push(halved.index());
+        }
+    }
+    let covers = vec![];
+    let fused = Fused { rule: "foreach".into(), body: Arc::new(body), covers, outputs: outputs.clone() };
+    let mut g = Graph::new();
+    let outer: Vec<NodeId> = outer_names.iter().map(|(name, n)| input(&mut g, name, &[*n])).collect();
+    let f = g.add_node(Op::Fused(fused), &outer, Role::Update).unwrap();
+    // Every output but the last gets an `output` node.
+    for index in 1..outputs.len() - 1 {
+        g.add_node(Op::Output { index }, &[f], Role::Update).unwrap();
+    }
+    let feeds: Vec<(&str, usize)> = outer_names.iter().map(|(name, n)| (name.as_str(), *n)).collect();
+    run_guarded(&g, &feeds);
+    let c = compile(&g, &[f], &CompileOptions::default()).unwrap();
+    assert_eq!(c.steps(), 1, "one kernel for every part");
+}

@@ -8,6 +8,7 @@ use self::conv::{conv, sub_pixel_grad_input, weight_grad};
 use crate::conv::{Epilogue, WeightLayout};
 use crate::copy::CopySpec;
 use crate::expr::{Cond, Expr};
+use crate::foreach::{ForeachPart, ForeachSpec};
 use crate::matmul::MatMulSpec;
 use crate::maxpool::PoolSpec;
 use crate::nest::{Nest, NestSpec, Operand, Pass};
@@ -121,7 +122,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
             match value.op {
                 Op::BatchNormGradInput { .. } => bn_backward(graph, id, k, &inputs).map_err(|e| unsupported(&e))?,
                 Op::Conv2d(_) => conv_with_stats(graph, id, k, &inputs).map_err(|e| unsupported(&e))?,
-                _ => elementwise_outputs(graph, id, k, &inputs, node.ty.shape.dims()).map_err(|e| unsupported(&e))?,
+                _ => elementwise_outputs(graph, id, k, &inputs).map_err(|e| unsupported(&e))?,
             }
         }
         Op::Fused(k) => {
@@ -352,12 +353,22 @@ fn fused_maps(
     main: Option<usize>,
     outputs: &[usize],
 ) -> std::result::Result<(Vec<Expr>, FusedOperands), String> {
+    fused_maps_within(k, main, outputs, &|_| true)
+}
+
+/// [`fused_maps`] over the body nodes `within` selects (one independent part of the body).
+fn fused_maps_within(
+    k: &Fused,
+    main: Option<usize>,
+    outputs: &[usize],
+    within: &dyn Fn(usize) -> bool,
+) -> std::result::Result<(Vec<Expr>, FusedOperands), String> {
     let arity = k.arity();
     let body = k.body.nodes();
     let mut exprs: Vec<Option<Expr>> = vec![None; body.len()];
     let mut operands: Vec<(usize, Operand)> = vec![];
     let first = usize::from(main.is_some());
-    for (i, node) in body.iter().enumerate().skip(arity) {
+    for (i, node) in body.iter().enumerate().skip(arity).filter(|(i, _)| within(*i)) {
         if Some(i) == main {
             exprs[i] = Some(Expr::load(0));
             continue;
@@ -489,43 +500,96 @@ fn output_target(graph: &Graph, id: NodeId, index: usize, len: usize, scratch: &
 }
 
 /// An elementwise group with several outputs (the value and members read elsewhere, like an
-/// optimizer's new parameter and velocity): one kernel, one map pass per output.
+/// optimizer's new parameter and velocity): one kernel, one map pass per output. A body made of
+/// independent parts (the `foreach` pass's merge of every update) runs them as one
+/// [`ForeachSpec`] kernel, one nest per part.
 fn elementwise_outputs(
     graph: &Graph,
     id: NodeId,
     k: &Fused,
     inputs: &[NodeId],
-    d: &[usize],
 ) -> std::result::Result<Lowered, String> {
-    let outputs = k.output_nodes();
-    // The value last: the kernel's last argument is the step's output.
-    let order: Vec<usize> = outputs[1..].iter().copied().chain([outputs[0]]).collect();
-    let (exprs, operands) = fused_maps(k, None, &order)?;
-    if k.body.nodes()[k.arity()..].iter().any(|n| !n.op.is_elementwise()) {
+    let body = k.body.nodes();
+    if body[k.arity()..].iter().any(|n| !n.op.is_elementwise()) {
         return Err("several outputs: only elementwise groups, convolution statistics and batch-norm backward".into());
     }
-    let modes: Vec<Operand> = operands.iter().map(|o| o.1).collect();
-    let Lowered::Steps { steps: mut planned, .. } = map_kernel(
-        format!("fused_{}", k.rule),
-        id,
-        d,
-        exprs[exprs.len() - 1].clone(),
-        &modes,
-        operands.iter().map(|o| inputs[o.0]).collect(),
-    ) else {
-        unreachable!("map kernels are steps")
-    };
-    let Some(Planned { spec: KernelSpec::Nest(spec), inputs: step_inputs, .. }) = planned.last_mut() else {
-        unreachable!("a map kernel is one nest")
-    };
-    let n = exprs.len();
-    spec.outputs = n;
-    spec.passes = exprs.into_iter().enumerate().map(|(output, expr)| Pass::Map { expr, output }).collect();
+    let outputs = k.output_nodes();
+    let part_of = independent_parts(k);
+    let mut parts: Vec<usize> = outputs.iter().map(|&o| part_of[o]).collect();
+    parts.dedup();
     let mut scratch = vec![];
-    for index in 1..n {
-        step_inputs.push(output_target(graph, id, index, d.iter().product(), &mut scratch));
+    // Kernel arguments; the fused node's own value (output 0) goes last, as every step's output.
+    let mut args: Vec<Buf> = vec![];
+    let mut arg = |b: Buf| {
+        args.iter().position(|&a| a == b).unwrap_or_else(|| {
+            args.push(b);
+            args.len() - 1
+        })
+    };
+    let mut nests = vec![];
+    for &part in &parts {
+        // The value last: the kernel's last argument is the step's output.
+        let mut indices: Vec<usize> = (0..outputs.len()).filter(|&i| part_of[outputs[i]] == part).collect();
+        indices.sort_by_key(|&i| i == 0);
+        let order: Vec<usize> = indices.iter().map(|&i| outputs[i]).collect();
+        let (exprs, operands) = fused_maps_within(k, None, &order, &|i| part_of[i] == part)?;
+        let len = body[order[0]].ty.shape.numel();
+        if operands.iter().any(|o| o.1 != Operand::Full) || order.iter().any(|&o| body[o].ty.shape.numel() != len) {
+            return Err("several outputs: every operand and output of a part must have the part's shape".into());
+        }
+        let spec = NestSpec {
+            nest: Nest::flat(len),
+            operands: vec![Operand::Full; operands.len()],
+            outputs: exprs.len(),
+            passes: exprs.into_iter().enumerate().map(|(output, expr)| Pass::Map { expr, output }).collect(),
+        };
+        let mut pointers: Vec<usize> = operands.iter().map(|o| arg(Buf::Node(inputs[o.0]))).collect();
+        for &i in &indices {
+            let target = if i == 0 { None } else { Some(output_target(graph, id, i, len, &mut scratch)) };
+            // Output 0 (the node itself) is placed last below: mark it for now.
+            pointers.push(target.map_or(usize::MAX, &mut arg));
+        }
+        nests.push((spec, pointers));
     }
-    Ok(Lowered::Steps { scratch, steps: planned })
+    let last = args.len();
+    for (_, pointers) in &mut nests {
+        pointers.iter_mut().filter(|p| **p == usize::MAX).for_each(|p| *p = last);
+    }
+    let label = format!("fused_{}", k.rule);
+    let spec = if let [(nest, pointers)] = &nests[..] {
+        // One part: a plain nest, its pointers in argument order.
+        let mut order: Vec<(usize, usize)> = pointers.iter().copied().enumerate().collect();
+        order.sort_by_key(|&(_, a)| a);
+        debug_assert!(order.iter().enumerate().all(|(i, &(_, a))| i == a), "one part's arguments are its pointers");
+        KernelSpec::Nest(nest.clone())
+    } else {
+        KernelSpec::Foreach(ForeachSpec {
+            parts: nests.into_iter().map(|(nest, args)| ForeachPart { nest, args }).collect(),
+        })
+    };
+    let step = Planned { label, spec, inputs: args, output: Buf::Node(id) };
+    Ok(Lowered::Steps { scratch, steps: vec![step] })
+}
+
+/// The independent part of each body node of `k`: nodes joined through computed values (not
+/// through shared placeholders) are one part. Parts are numbered by their first node.
+fn independent_parts(k: &Fused) -> Vec<usize> {
+    let body = k.body.nodes();
+    let mut part: Vec<usize> = (0..body.len()).collect();
+    fn root(part: &mut [usize], mut i: usize) -> usize {
+        while part[i] != i {
+            part[i] = part[part[i]];
+            i = part[i];
+        }
+        i
+    }
+    for (i, node) in body.iter().enumerate().skip(k.arity()) {
+        for input in node.inputs.iter().map(|x| x.index()).filter(|&x| x >= k.arity()) {
+            let (a, b) = (root(&mut part, i), root(&mut part, input));
+            part[a.max(b)] = a.min(b);
+        }
+    }
+    (0..body.len()).map(|i| root(&mut part, i)).collect()
 }
 
 /// Batch-norm backward as one kernel with three outputs (`outputs` = [batch_norm_grad_input,
