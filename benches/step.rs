@@ -1,20 +1,24 @@
 //! End-to-end: one CIFAR ResNet training step (forward, loss, backward, batch-norm running
-//! statistics) traced with the research API, JIT-compiled, and replayed.
+//! statistics, and the SGD update with momentum and weight decay) traced with the research API,
+//! JIT-compiled, and replayed.
 //!
-//! `cargo bench --bench step` reports, for ResNet-20, -56 and -110 at batch 128, unfused and after
-//! the training fusion pipeline: nodes, kernel calls, tensor traffic (bytes each kernel call reads
-//! and writes, each tensor once), kernels compiled and reused, compile time,
-//! the memory the compiled step holds (planned, and without planning), and the median step time
-//! on 1 and 2 threads with the achieved GFLOP/s (3 x 2 x the paper's forward multiply-adds per
-//! image x batch). No optimizer update yet: the training issue adds it.
+//! `cargo bench --bench step` reports, for ResNet-20, -56 and -110 at batch 128, the unfused step
+//! and the step after the training fusion pipeline: nodes, kernel calls, tensor traffic (bytes
+//! each kernel call reads and writes, each tensor once), kernels compiled and reused, compile
+//! time, the memory the compiled step holds (planned, and without planning), and the step time on
+//! 1 and 2 threads with the achieved GFLOP/s (3 x 2 x the paper's forward multiply-adds per image x
+//! batch). The two graphs are compiled side by side and run in alternation, one step of each per
+//! round, so the machine's load changes affect both alike: the times are medians over the rounds,
+//! and "fused / unfused" is the median of the per-round ratios, with its quartiles.
 //!
-//! Environment: `BENCH_QUICK=1` times fewer steps; `BENCH_PROFILE=1` prints the slowest kernels;
-//! `BENCH_NET=ResNet-110` and `BENCH_GRAPH=fused` run only the matching nets and graphs. The last
+//! Environment: `BENCH_QUICK=1` runs fewer rounds; `BENCH_ROUNDS=N` sets them; `BENCH_THREADS=2`
+//! runs only that thread count; `BENCH_PROFILE=1` prints the slowest kernels; `BENCH_NET=ResNet-110`
+//! runs only the matching nets and `BENCH_GRAPH=fused` only that graph (no ratio then). The last
 //! line is the process's peak resident memory (VmHWM), which is the step's own peak when one net
 //! and one graph run.
 
 use skipgrad::fuse::{Pipeline, Program};
-use skipgrad::jit::{CompileOptions, compile};
+use skipgrad::jit::{CompileOptions, CompiledGraph, compile};
 use skipgrad::prelude::*;
 use std::time::Instant;
 
@@ -71,8 +75,17 @@ fn resnet(n: usize, batch: usize) -> (Tape, Vec<Var>, ParamList) {
     let fc_b = b.param("fc.bias".into(), &[10]);
     let loss = h.global_avg_pool().unwrap().linear(&fc_w, &fc_b).unwrap().cross_entropy(&labels).unwrap();
     let refs: Vec<&Var> = b.trainable.iter().collect();
+    let grads = grad(&loss, &refs).unwrap();
+    // The paper's optimizer: each parameter's new value and velocity are updates of the step.
+    let sgd = Sgd { lr: 0.1, momentum: 0.9, weight_decay: 1e-4 };
+    for (p, g) in b.trainable.clone().iter().zip(&grads) {
+        let Op::Parameter { name } = b.tape.graph().nodes()[p.id().index()].op.clone() else { unreachable!() };
+        let name = format!("{name}.momentum");
+        let v = b.tape.parameter_spec(&name, DType::F32, p.shape().dims()).unwrap();
+        b.params.push((name, p.shape().dims().to_vec()));
+        sgd.update(p, g, &v).unwrap();
+    }
     let mut outputs = vec![loss.clone()];
-    outputs.extend(grad(&loss, &refs).unwrap());
     outputs.extend(b.tape.updates().into_iter().map(|(_, new)| new));
     (b.tape, outputs, b.params)
 }
@@ -87,12 +100,17 @@ fn peak_rss() -> Option<u64> {
 fn main() {
     let quick = std::env::var("BENCH_QUICK").is_ok();
     let batch = 128;
-    println!("# one CIFAR ResNet training step, batch {batch} (forward + backward + BN statistics)\n");
-    println!("Each net runs unfused, then after the training fusion pipeline, one after the other.\n");
+    println!("# one CIFAR ResNet training step, batch {batch} (forward, backward, BN statistics, SGD)\n");
+    println!("The unfused and fused graphs run in alternation, one step each per round; medians over the rounds.\n");
     println!(
         "| net | graph | nodes | kernel calls | traffic MB | kernels compiled | reused | compile ms | memory MB (unplanned) | 1 thread s/step | GFLOP/s | 2 threads s/step | GFLOP/s |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut ratios = vec![];
+    let thread_counts: Vec<usize> = match std::env::var("BENCH_THREADS").ok().and_then(|t| t.parse().ok()) {
+        Some(t) => vec![t],
+        None => vec![1, 2],
+    };
     // Forward multiply-adds per image from PAPER.md.
     for (name, n, macs) in
         [("ResNet-20", 3, 40_551_040f64), ("ResNet-56", 9, 125_485_696.0), ("ResNet-110", 18, 252_887_680.0)]
@@ -103,12 +121,92 @@ fn main() {
         let (tape, outputs, params) = resnet(n, batch);
         let unfused = Program { graph: tape.graph(), outputs: outputs.iter().map(|v| v.id()).collect() };
         let fused = Pipeline::training().run(unfused.clone()).unwrap().pop().unwrap().program;
-        for (variant, program) in [("unfused", &unfused), ("fused", &fused)] {
-            if std::env::var("BENCH_GRAPH").is_ok_and(|only| only != variant) {
+        let variants: Vec<(&str, &Program)> = [("unfused", &unfused), ("fused", &fused)]
+            .into_iter()
+            .filter(|(variant, _)| std::env::var("BENCH_GRAPH").map_or(true, |only| only == *variant))
+            .collect();
+        let default_rounds = if quick {
+            2
+        } else if n > 9 {
+            3
+        } else {
+            7
+        };
+        let rounds = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(default_rounds);
+        let mut rows: Vec<String> =
+            variants.iter().map(|(v, p)| format!("| {name} | {v} | {} ", p.graph.len())).collect();
+        let flops = 3.0 * 2.0 * macs * batch as f64;
+        for threads in [1, 2] {
+            if !thread_counts.contains(&threads) {
+                for row in &mut rows {
+                    *row += "| | ";
+                }
                 continue;
             }
-            let (graph, ids) = (&program.graph, &program.outputs);
-            run_step(name, variant, graph, ids, &params, n, macs, batch, quick);
+            let mut steps = vec![];
+            for ((_, program), row) in variants.iter().zip(&mut rows) {
+                let start = Instant::now();
+                let step =
+                    compile(&program.graph, &program.outputs, &CompileOptions { threads, ..CompileOptions::default() })
+                        .unwrap();
+                let compile_ms = start.elapsed().as_secs_f64() * 1e3;
+                if threads == thread_counts[0] {
+                    let s = step.stats();
+                    let m = step.memory();
+                    *row += &format!(
+                        "| {} | {:.0} | {} | {} | {compile_ms:.0} | {:.0} ({:.0}) ",
+                        step.steps(),
+                        step.traffic() as f64 / 1e6,
+                        s.kernels_compiled,
+                        s.kernels_reused,
+                        m.total() as f64 / 1e6,
+                        (m.dedicated + m.unplanned) as f64 / 1e6
+                    );
+                }
+                steps.push(feed(step, &params, batch));
+            }
+            for step in &mut steps {
+                step.run(); // warm up
+            }
+            let mut times: Vec<Vec<f64>> = vec![vec![]; steps.len()];
+            for _ in 0..rounds {
+                for (step, t) in steps.iter_mut().zip(&mut times) {
+                    let start = Instant::now();
+                    step.run();
+                    t.push(start.elapsed().as_secs_f64());
+                }
+            }
+            for ((step, t), row) in steps.iter().zip(&times).zip(&mut rows) {
+                let loss = step.output(0).unwrap()[0];
+                assert!(loss.is_finite(), "{name}: loss {loss}");
+                let t = quantile(t, 0.5);
+                *row += &format!("| {t:.3} | {:.1} ", flops / t / 1e9);
+            }
+            if let [unfused, fused] = &times[..] {
+                let per_round: Vec<f64> = fused.iter().zip(unfused).map(|(f, u)| f / u).collect();
+                let q = |p: f64| quantile(&per_round, p);
+                ratios.push(format!(
+                    "| {name} | {threads} | {rounds} | {:.3} | {:.3} - {:.3} |",
+                    q(0.5),
+                    q(0.25),
+                    q(0.75)
+                ));
+            }
+            if threads == 2 && std::env::var("BENCH_PROFILE").is_ok() {
+                for ((variant, _), step) in variants.iter().zip(&mut steps) {
+                    eprintln!("\n{name} ({variant}), 2 threads:\n{}", skipgrad::jit::profile_table(&step.profile()));
+                }
+            }
+        }
+        for row in rows {
+            println!("{row}|");
+        }
+    }
+    if !ratios.is_empty() {
+        println!("\n| net | threads | rounds | fused / unfused step time (median of the rounds' ratios) | quartiles |");
+        println!("|---|---|---|---|---|");
+        for r in ratios {
+            println!("{r}");
         }
     }
     if let Some(bytes) = peak_rss() {
@@ -116,77 +214,31 @@ fn main() {
     }
 }
 
-/// Compiles and times one step; prints its table row.
-#[allow(clippy::too_many_arguments)]
-fn run_step(
-    name: &str,
-    variant: &str,
-    graph: &Graph,
-    ids: &[NodeId],
-    params: &[(String, Vec<usize>)],
-    n: usize,
-    macs: f64,
-    batch: usize,
-    quick: bool,
-) {
-    {
-        let flops = 3.0 * 2.0 * macs * batch as f64;
-        let mut row = format!("| {name} | {variant} | {} ", graph.len());
-        for threads in [1, 2] {
-            let start = Instant::now();
-            let mut step = compile(graph, ids, &CompileOptions { threads, ..CompileOptions::default() }).unwrap();
-            let compile_ms = start.elapsed().as_secs_f64() * 1e3;
-            if threads == 1 {
-                let s = step.stats();
-                let calls = step.schedule().count();
-                let m = step.memory();
-                let unplanned = m.dedicated + m.unplanned;
-                row += &format!(
-                    "| {calls} | {:.0} | {} | {} | {compile_ms:.0} | {:.0} ({:.0}) ",
-                    step.traffic() as f64 / 1e6,
-                    s.kernels_compiled,
-                    s.kernels_reused,
-                    m.total() as f64 / 1e6,
-                    unplanned as f64 / 1e6
-                );
-            }
-            let images: Vec<f32> = (0..batch * 3 * 32 * 32).map(|i| ((i * 7919 % 1000) as f32) / 500.0 - 1.0).collect();
-            step.set_input("images", &images).unwrap();
-            step.set_input("labels", &(0..batch).map(|i| (i % 10) as f32).collect::<Vec<_>>()).unwrap();
-            for (pname, dims) in params {
-                let len: usize = dims.iter().product();
-                let fill = if pname.ends_with("running_var") || pname.contains("bn") && pname.ends_with("weight") {
-                    1.0
-                } else {
-                    0.0
-                };
-                let values: Vec<f32> = if pname.contains("conv") || pname.starts_with("fc.weight") {
-                    let fan_in: usize = dims[1..].iter().product();
-                    let bound = (6.0 / fan_in as f32).sqrt();
-                    (0..len).map(|i| ((i * 2654435761usize % 2001) as f32 / 1000.0 - 1.0) * bound).collect()
-                } else {
-                    vec![fill; len]
-                };
-                step.set_input(pname, &values).unwrap();
-            }
-            step.run(); // warm up
-            let reps = if quick || n > 9 { 2 } else { 3 };
-            let mut times: Vec<f64> = (0..reps)
-                .map(|_| {
-                    let t = Instant::now();
-                    step.run();
-                    t.elapsed().as_secs_f64()
-                })
-                .collect();
-            times.sort_by(|a, b| a.total_cmp(b));
-            let t = times[times.len() / 2];
-            let loss = step.output(0).unwrap()[0];
-            assert!(loss.is_finite(), "{name}: loss {loss}");
-            row += &format!("| {t:.3} | {:.1} ", flops / t / 1e9);
-            if threads == 2 && std::env::var("BENCH_PROFILE").is_ok() {
-                eprintln!("\n{name} ({variant}), 2 threads:\n{}", skipgrad::jit::profile_table(&step.profile()));
-            }
-        }
-        println!("{row}|");
+/// The `p`-quantile of `values` (nearest rank).
+fn quantile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Feeds a compiled step: images and labels, He-scaled weights, BN scale 1 and shift 0, running
+/// variance 1, zero running means and velocities.
+fn feed(mut step: CompiledGraph, params: &[(String, Vec<usize>)], batch: usize) -> CompiledGraph {
+    let images: Vec<f32> = (0..batch * 3 * 32 * 32).map(|i| ((i * 7919 % 1000) as f32) / 500.0 - 1.0).collect();
+    step.set_input("images", &images).unwrap();
+    step.set_input("labels", &(0..batch).map(|i| (i % 10) as f32).collect::<Vec<_>>()).unwrap();
+    for (pname, dims) in params {
+        let len: usize = dims.iter().product();
+        let weight = !pname.ends_with(".momentum") && (pname.contains("conv") || pname.starts_with("fc.weight"));
+        let values: Vec<f32> = if weight {
+            let fan_in: usize = dims[1..].iter().product();
+            let bound = (6.0 / fan_in as f32).sqrt();
+            (0..len).map(|i| ((i * 2654435761usize % 2001) as f32 / 1000.0 - 1.0) * bound).collect()
+        } else {
+            let one = pname.ends_with("running_var") || pname.contains("bn") && pname.ends_with("weight");
+            vec![if one { 1.0 } else { 0.0 }; len]
+        };
+        step.set_input(pname, &values).unwrap();
     }
+    step
 }
