@@ -210,7 +210,7 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
         for slot in args {
             if let Slot::Node(i) = *slot {
                 let len = nodes[i].ty.shape.numel();
-                let l = lifetimes[i].get_or_insert(Lifetime { len, first: step, last: step });
+                let l = lifetimes[i].get_or_insert(Lifetime::new(len, step, step));
                 l.last = step;
             }
         }
@@ -220,7 +220,27 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
         is_output[o.index()] = true;
     }
     let shared: Vec<usize> = (0..nodes.len()).filter(|&i| plan && computed[i] && !is_output[i]).collect();
-    let (block_of, block_sizes) = assign(&shared.iter().map(|&i| lifetimes[i].expect("computed")).collect::<Vec<_>>());
+    // In place: a step's output may take the block of an operand its kernel reads for the last
+    // time at the very elements it writes.
+    let position: HashMap<usize, usize> = shared.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+    let mut values: Vec<Lifetime> = shared.iter().map(|&i| lifetimes[i].clone().expect("computed")).collect();
+    for (step, (_, kernel, slots, _)) in planned.iter().enumerate() {
+        let Some(&Slot::Node(o)) = slots.last() else { continue };
+        let Some(&v) = position.get(&o) else { continue };
+        if values[v].first != step {
+            continue;
+        }
+        for p in codes[*kernel].spec.in_place_operands() {
+            if let Slot::Node(u) = slots[p]
+                && let Some(&w) = position.get(&u)
+                && u != o
+                && values[w].last == step
+            {
+                values[v].in_place.push(w);
+            }
+        }
+    }
+    let (block_of, block_sizes) = assign(&values);
 
     let mut storage: Vec<Buffer> = Vec::new();
     let mut place: Vec<Option<usize>> = vec![None; nodes.len()];

@@ -6,7 +6,7 @@ use crate::copy::CopySpec;
 use crate::foreach::ForeachSpec;
 use crate::matmul::MatMulSpec;
 use crate::maxpool::PoolSpec;
-use crate::nest::NestSpec;
+use crate::nest::{NestSpec, Operand, Pass};
 use crate::peak::PeakSpec;
 use crate::rows::{Imports, RowOp, RowSpec};
 use crate::weight_grad::WeightGradSpec;
@@ -70,6 +70,31 @@ impl KernelSpec {
             KernelSpec::Peak(_) => 1,
         }
     }
+    /// Argument positions of the operands the kernel's output (its last argument) may overwrite
+    /// in place: each is read only at the elements the output writes, before writing them, and
+    /// not after. For a nest, the `Full` operands when the output is written by the last pass
+    /// alone, a map (each group covers its own elements); for a convolution, its `Full` epilogue
+    /// operands (read in registers just before the store).
+    pub fn in_place_operands(&self) -> Vec<usize> {
+        match self {
+            KernelSpec::Nest(s) => {
+                let out = s.outputs.saturating_sub(1);
+                let writes =
+                    |p: &Pass| matches!(p, Pass::Map { output, .. } | Pass::Store { output, .. } if *output == out);
+                match s.passes.split_last() {
+                    Some((Pass::Map { output, .. }, before)) if *output == out && !before.iter().any(writes) => {
+                        (0..s.operands.len()).filter(|&k| s.operands[k] == Operand::Full).collect()
+                    }
+                    _ => vec![],
+                }
+            }
+            KernelSpec::Conv(c) => c.epilogue.as_ref().map_or(vec![], |e| {
+                e.operands.iter().enumerate().filter(|(_, m)| **m == Operand::Full).map(|(k, _)| 2 + k).collect()
+            }),
+            _ => vec![],
+        }
+    }
+
     /// Floating-point operations per run, for compute-bound kernels.
     pub fn flops(&self) -> Option<f64> {
         match self {

@@ -176,3 +176,28 @@ fn malformed_fused_nodes_are_typed_errors() {
     let err = compile(&g, &[f, out], &CompileOptions::default()).err().expect("no kernel for this").to_string();
     assert!(err.contains("only convolution + batch statistics have several"), "{err}");
 }
+
+/// A chain of elementwise maps, each reading its operand for the last time, runs in place: the
+/// three intermediates share one block, and the result equals the unplanned compile's.
+#[test]
+fn elementwise_chains_run_in_place() {
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[1030]);
+    let a = g.add_node(Op::Relu, &[x], Role::Forward).unwrap();
+    let b = g.add_node(Op::Scale { c: 3.0 }, &[a], Role::Forward).unwrap();
+    let c = g.add_node(Op::Mul, &[b, b], Role::Forward).unwrap();
+    let out = g.add_node(Op::AddScalar { c: 1.0 }, &[c], Role::Forward).unwrap();
+    let values: Vec<f32> = (0..1030).map(|i| (i as f32 - 500.0) / 100.0).collect();
+    let mut results = vec![];
+    for plan_memory in [true, false] {
+        let mut compiled = compile(&g, &[out], &CompileOptions { plan_memory, ..CompileOptions::default() }).unwrap();
+        compiled.set_input("x", &values).unwrap();
+        compiled.run();
+        let shared = compiled.memory().shared;
+        assert_eq!(shared, if plan_memory { 4 * 1030 } else { 3 * 4 * 1030 }, "plan_memory {plan_memory}");
+        results.push(compiled.output(0).unwrap().to_vec());
+    }
+    assert_eq!(results[0], results[1]);
+    let want: Vec<f32> = values.iter().map(|v| (3.0 * v.max(0.0)) * (3.0 * v.max(0.0)) + 1.0).collect();
+    assert_eq!(results[0], want);
+}
