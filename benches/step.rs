@@ -133,18 +133,20 @@ fn main() {
             7
         };
         let rounds = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(default_rounds);
-        let mut rows: Vec<String> =
-            variants.iter().map(|(v, p)| format!("| {name} | {v} | {} ", p.graph.len())).collect();
+        let rows: Vec<String> = variants.iter().map(|(v, p)| format!("| {name} | {v} | {} ", p.graph.len())).collect();
+        // Per variant: the compiled step's figures, then the time columns of each thread count.
+        let mut figures: Vec<String> = vec![String::new(); variants.len()];
+        let mut timings: Vec<String> = vec![String::new(); variants.len()];
         let flops = 3.0 * 2.0 * macs * batch as f64;
         for threads in [1, 2] {
             if !thread_counts.contains(&threads) {
-                for row in &mut rows {
-                    *row += "| | ";
+                for t in &mut timings {
+                    *t += "| | ";
                 }
                 continue;
             }
             let mut steps = vec![];
-            for ((_, program), row) in variants.iter().zip(&mut rows) {
+            for ((_, program), row) in variants.iter().zip(&mut figures) {
                 let start = Instant::now();
                 let step =
                     compile(&program.graph, &program.outputs, &CompileOptions { threads, ..CompileOptions::default() })
@@ -176,7 +178,7 @@ fn main() {
                     t.push(start.elapsed().as_secs_f64());
                 }
             }
-            for ((step, t), row) in steps.iter().zip(&times).zip(&mut rows) {
+            for ((step, t), row) in steps.iter().zip(&times).zip(&mut timings) {
                 let loss = step.output(0).unwrap()[0];
                 assert!(loss.is_finite(), "{name}: loss {loss}");
                 let t = quantile(t, 0.5);
@@ -198,8 +200,8 @@ fn main() {
                 }
             }
         }
-        for row in rows {
-            println!("{row}|");
+        for ((row, f), t) in rows.iter().zip(&figures).zip(&timings) {
+            println!("{row}{f}{t}|");
         }
     }
     if !ratios.is_empty() {
