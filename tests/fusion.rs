@@ -157,15 +157,21 @@ fn kernels_by_role(p: &Program) -> [usize; 3] {
 ///   shortcut's gradient in its epilogue), the weight gradient;
 /// - update: nothing of its own: one kernel updates every parameter and running statistic of the
 ///   step, with or without the block.
+///
+/// A downsampling block (stride 2, option-A shortcut) meets the same counts (its strided input
+/// gradient is one kernel of sub-pixel phases), plus its shortcut's strided copy in each direction.
 #[test]
 fn a_basic_block_step_meets_the_kernel_count_targets() {
     let stem = Block::Plain { out: 4, kernel: 3, stride: 1 };
-    let before = fused(&build(std::slice::from_ref(&stem), 2, 3, 6, 7, DType::F32));
-    let after = fused(&build(&[stem, Block::Residual { stride: 1 }], 2, 3, 6, 7, DType::F32));
-    let [b, a] = [kernels_by_role(&before), kernels_by_role(&after)];
-    let block = [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
-    assert_eq!(block, [2 * 2, 2 * 3, 0], "block kernels (forward, backward, update): {block:?}");
-    assert_eq!((b[2], a[2]), (1, 1), "update kernels: one per step");
+    let before = fused(&build(std::slice::from_ref(&stem), 2, 3, 8, 7, DType::F32));
+    for (stride, shortcut) in [(1, 0), (2, 1)] {
+        let after = fused(&build(&[stem.clone(), Block::Residual { stride }], 2, 3, 8, 7, DType::F32));
+        let [b, a] = [kernels_by_role(&before), kernels_by_role(&after)];
+        let block = [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
+        let want = [2 * 2 + shortcut, 2 * 3 + shortcut, 0];
+        assert_eq!(block, want, "stride {stride}: block kernels (forward, backward, update)");
+        assert_eq!((b[2], a[2]), (1, 1), "update kernels: one per step");
+    }
 }
 
 /// Inference: convolution, batch norm with running statistics, the residual add and the ReLU run

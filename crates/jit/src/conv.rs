@@ -99,10 +99,35 @@ pub struct ConvSpec {
     pub vb: usize,
     /// Applied to each output vector while it is in registers, before the store.
     pub epilogue: Option<Epilogue>,
+    /// With `Some`, the outputs are one sub-pixel phase of a larger output, stored interleaved
+    /// (lane by lane) into it; the epilogue reads its operands at the same elements.
+    pub interleave: Option<Interleave>,
     /// Also compute the batch-norm statistics of the stored values: each tile writes, per output
     /// channel, its sum and sum of squares to a scratch of partials, and the last thread to
     /// finish reduces them in f64, in a fixed order, to the per-channel mean and variance.
     pub stats: bool,
+}
+
+/// Where a sub-pixel phase's outputs go: output `(i, j)` of channel `k` is element
+/// `(stride * i + offset[0], stride * j + offset[1])` of plane `k` of an output of `full_hw`.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct Interleave {
+    /// The stride between a phase's outputs in the full output.
+    pub stride: usize,
+    /// The phase's first output position.
+    pub offset: [usize; 2],
+    /// The full output's height and width.
+    pub full_hw: [usize; 2],
+}
+
+/// A convolution kernel's argument pointers, loaded.
+pub(crate) struct ConvArgs {
+    x: Value,
+    w: Value,
+    operands: Vec<Value>,
+    stats: Option<[Value; 4]>,
+    packed: Value,
+    y: Value,
 }
 
 /// An elementwise expression applied to a convolution's outputs in registers: `Load(0)` is the
@@ -135,7 +160,7 @@ impl ConvSpec {
     /// (1 for 3x3 kernels), a divisor of the input channels.
     pub fn channel_unroll(&self) -> usize {
         let taps = self.shape.kernel[0] * self.shape.kernel[1];
-        let want = (8 / taps).max(1);
+        let want = (8 / taps.max(1)).max(1);
         (1..=want).rev().find(|u| self.shape.in_channels.is_multiple_of(*u)).unwrap_or(1)
     }
     /// Packed row length this spec needs so that every tile's loads stay in the row.
@@ -153,6 +178,31 @@ impl ConvSpec {
     /// then the per-thread packing scratch ([`ConvSpec::scratch_len`] per thread) and the output.
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
         let (args, begin, end, thread) = entry_with_thread(b);
+        let a = self.load_args(b, ptr, args, thread);
+        let no_image = iconst(b, -1);
+        self.emit(b, mul_add, &a, begin, end, no_image);
+        let stats = a.stats;
+        if let Some([partials, counter, mean, var]) = stats {
+            // Count the groups done; the thread that completes the count reduces every tile's
+            // partials (the atomic add orders the other threads' stores before it) and resets the
+            // counter for the next run.
+            let done = b.ins().isub(end, begin);
+            let flags = MemFlagsData::new().with_notrap();
+            let before = b.ins().atomic_rmw(types::I64, flags, AtomicRmwOp::Add, counter, done);
+            let after = b.ins().iadd(before, done);
+            let last = b.ins().icmp_imm_s(IntCC::Equal, after, self.groups() as i64);
+            if_then(b, last, &mut |b| {
+                let zero = iconst(b, 0);
+                b.ins().store(flags, zero, counter, 0);
+                self.statistics().emit(b, partials, mean, var);
+            });
+        }
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+    }
+
+    /// Loads the kernel's arguments (see [`ConvSpec::build`]).
+    pub(crate) fn load_args(&self, b: &mut FunctionBuilder, ptr: Type, args: Value, thread: Value) -> ConvArgs {
         let extra = self.epilogue.as_ref().map_or(0, |e| e.operands.len());
         let mut next = 0;
         let mut arg = |b: &mut FunctionBuilder| {
@@ -164,8 +214,24 @@ impl ConvSpec {
         let stats = self.stats.then(|| [arg(b), arg(b), arg(b), arg(b)]);
         let scratch = arg(b);
         let y = arg(b);
-        let xp = thread_share(b, scratch, thread, self.pack.len());
-        let partials = stats.map(|s| s[0]);
+        let packed = thread_share(b, scratch, thread, self.pack.len());
+        ConvArgs { x, w, operands, stats, packed, y }
+    }
+
+    /// Emits groups `begin..end`. `image` is the image already packed in this thread's scratch
+    /// (-1 for none); returns the image packed at the end.
+    pub(crate) fn emit(
+        &self,
+        b: &mut FunctionBuilder,
+        mul_add: MulAdd,
+        a: &ConvArgs,
+        begin: Value,
+        end: Value,
+        image: Value,
+    ) -> Value {
+        let (x, w, y, xp) = (a.x, a.w, a.y, a.packed);
+        let operands = &a.operands;
+        let partials = a.stats.map(|s| s[0]);
         let tiles_per_row = self.tiles_per_row();
         // Where tile t of group g writes its statistics.
         let stats_at = |b: &mut FunctionBuilder, g: Value, t: Value| {
@@ -182,9 +248,13 @@ impl ConvSpec {
         let tile_w = 4 * self.vb;
         let full_tiles = ow_n / tile_w;
         let last = ow_n % tile_w; // pixels in a final partial tile
+        // The output's rows and row length: this convolution's, or the interleaved full output's.
+        let (y_rows, y_row_len, y_step, [row0, col0]) = match &self.interleave {
+            Some(i) => (i.full_hw[0], i.full_hw[1], i.stride, i.offset),
+            None => (oh_n, ow_n, 1, [0, 0]),
+        };
 
-        let no_image = iconst(b, -1);
-        for_loop(b, begin, end, 1, &[no_image], &mut |b, g, packed| {
+        let (_, packed) = for_loop(b, begin, end, 1, &[image], &mut |b, g, packed| {
             let oh = b.ins().urem_imm_u(g, oh_n as i64);
             let t = b.ins().udiv_imm_u(g, oh_n as i64);
             let kb = b.ins().urem_imm_u(t, kblocks as i64);
@@ -211,16 +281,19 @@ impl ConvSpec {
             let y_row = {
                 let nk = mul(b, n, self.shape.out_channels);
                 let plane = b.ins().iadd(nk, k0);
-                let plane = mul(b, plane, oh_n);
-                let row = b.ins().iadd(plane, oh);
-                mul(b, row, ow_n)
+                let plane = mul(b, plane, y_rows);
+                let r = mul(b, oh, y_step);
+                let row = b.ins().iadd(plane, r);
+                let row = b.ins().iadd_imm_s(row, row0 as i64);
+                let e = mul(b, row, y_row_len);
+                b.ins().iadd_imm_s(e, col0 as i64)
             };
             let tiles = iconst(b, full_tiles as i64);
             let zero = iconst(b, 0);
             for_loop(b, zero, tiles, 1, &[], &mut |b, tile, _| {
                 let col = mul(b, tile, tile_w);
                 let st = stats_at(b, g, tile);
-                self.tile(b, mul_add, [xp, w, y], &operands, st, [x_row, w0, y_row, k0], col, self.vb, None);
+                self.tile(b, mul_add, [xp, w, y], operands, st, [x_row, w0, y_row, k0], col, self.vb, None);
                 vec![]
             });
             if last > 0 {
@@ -228,27 +301,11 @@ impl ConvSpec {
                 let t = iconst(b, full_tiles as i64);
                 let st = stats_at(b, g, t);
                 let vb = last.div_ceil(4);
-                self.tile(b, mul_add, [xp, w, y], &operands, st, [x_row, w0, y_row, k0], col, vb, Some(last));
+                self.tile(b, mul_add, [xp, w, y], operands, st, [x_row, w0, y_row, k0], col, vb, Some(last));
             }
             vec![n]
         });
-        if let Some([partials, counter, mean, var]) = stats {
-            // Count the groups done; the thread that completes the count reduces every tile's
-            // partials (the atomic add orders the other threads' stores before it) and resets the
-            // counter for the next run.
-            let done = b.ins().isub(end, begin);
-            let flags = MemFlagsData::new().with_notrap();
-            let before = b.ins().atomic_rmw(types::I64, flags, AtomicRmwOp::Add, counter, done);
-            let after = b.ins().iadd(before, done);
-            let last = b.ins().icmp_imm_s(IntCC::Equal, after, self.groups() as i64);
-            if_then(b, last, &mut |b| {
-                let zero = iconst(b, 0);
-                b.ins().store(flags, zero, counter, 0);
-                self.statistics().emit(b, partials, mean, var);
-            });
-        }
-        b.ins().return_(&[]);
-        b.seal_all_blocks();
+        packed[0]
     }
 
     /// f32 elements of one thread's packing scratch (one packed image).
@@ -293,7 +350,9 @@ impl ConvSpec {
         // Few taps leave little work per channel: unroll over channels so the loop's back-edge
         // moves (one per accumulator, from the x64 multiply-add lowering) are paid less often.
         let unroll = self.channel_unroll();
-        let (c_lo, c_hi) = (iconst(b, 0), iconst(b, self.shape.in_channels as i64));
+        // No taps (a sub-pixel phase no window reaches): the outputs are zero.
+        let channels = if kh * kw == 0 { 0 } else { self.shape.in_channels };
+        let (c_lo, c_hi) = (iconst(b, 0), iconst(b, channels as i64));
         let x_col = b.ins().iadd(x_row, col);
         let x_channel_bytes = (rows * phases * row_len * 4) as i32;
         let w_channel_bytes = self.weights.i as i32 * 4;
@@ -331,9 +390,16 @@ impl ConvSpec {
             acc
         });
         let out_flags = MemFlagsData::new().with_notrap();
-        let y_col = b.ins().iadd(y_row, col);
+        // Interleaved outputs are `step` elements apart and stored lane by lane.
+        let (step, plane) = match &self.interleave {
+            Some(i) => (i.stride, (i.full_hw[0] * i.full_hw[1]) as i32 * 4),
+            None => (1, (self.shape.out_hw[0] * self.shape.out_hw[1]) as i32 * 4),
+        };
+        let y_col = {
+            let c = mul(b, col, step);
+            b.ins().iadd(y_row, c)
+        };
         let y_base = elem_addr(b, y, y_col);
-        let plane = (self.shape.out_hw[0] * self.shape.out_hw[1]) as i32 * 4;
         // Epilogue operands: the same element of a Full operand, or output channel k0 + k.
         let full_bases: Vec<Value> = operands.iter().map(|&o| elem_addr(b, o, y_col)).collect();
         let channel_bases: Vec<Value> = operands.iter().map(|&o| elem_addr(b, o, k0)).collect();
@@ -369,9 +435,9 @@ impl ConvSpec {
             let (mut vector, mut scalar): (Option<[Value; 2]>, Option<[Value; 2]>) = (None, None);
             for j in 0..vb {
                 let v = acc[k * vb + j];
-                let offset = k as i32 * plane + 16 * j as i32;
+                let offset = k as i32 * plane + (16 * step * j) as i32;
                 let lanes = valid.map_or(4, |n| n.saturating_sub(4 * j).min(4));
-                if lanes == 4 {
+                if lanes == 4 && step == 1 {
                     let v = epilogue(b, v, Width::Vector, k, offset);
                     b.ins().store(out_flags, v, y_base, offset);
                     if stats_at.is_some() {
@@ -380,7 +446,7 @@ impl ConvSpec {
                 } else {
                     for lane in 0..lanes {
                         let e = b.ins().extractlane(v, lane as u8);
-                        let at = offset + 4 * lane as i32;
+                        let at = offset + (4 * step * lane) as i32;
                         let e = epilogue(b, e, Width::Scalar, k, at);
                         b.ins().store(out_flags, e, y_base, at);
                         if stats_at.is_some() {

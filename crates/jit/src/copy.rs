@@ -1,16 +1,13 @@
-//! Strided, channel-offset copies between NCHW tensors: the option-A shortcut, its gradient, and the
-//! interleaving of sub-pixel convolution phases.
+//! Strided, channel-offset copies between NCHW tensors: the option-A shortcut and its gradient.
 
 use crate::codegen::{elem_addr, entry, for_loop, iconst, load_arg};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, types};
 use cranelift_frontend::FunctionBuilder;
 
-/// A copy between NCHW tensors with channel offsets, spatial steps and a destination offset,
-/// optionally zeroing the destination first:
-/// `dst[n][dst_c0 + c][i * dst_step + off_h][j * dst_step + off_w] = src[n][src_c0 + c][i * src_step][j * src_step]`
-/// for `i, j` over `extent`. The option-A shortcut (src_step 2, dst channel offset), its gradient
-/// (dst_step 2, src channel offset) and the interleaving of sub-pixel convolution phases are all
-/// this.
+/// A copy between NCHW tensors with channel offsets and spatial steps into a zeroed destination:
+/// `dst[n][dst_c0 + c][i * dst_step][j * dst_step] = src[n][src_c0 + c][i * src_step][j * src_step]`
+/// for `i, j` over `extent`, and zero elsewhere. The option-A shortcut (src_step 2, dst channel
+/// offset) and its gradient (dst_step 2, src channel offset) are both this.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct CopySpec {
     /// Batch size.
@@ -23,10 +20,6 @@ pub struct CopySpec {
     pub dst: ([usize; 3], usize, usize),
     /// Copied rows and columns.
     pub extent: [usize; 2],
-    /// Destination position of source (0, 0), in destination pixels.
-    pub dst_offset: [usize; 2],
-    /// Zero the whole destination first (the first of several copies into one tensor).
-    pub zero_first: bool,
 }
 
 impl CopySpec {
@@ -41,7 +34,6 @@ impl CopySpec {
             let dst_image = b.ins().imul_imm_s(n, image as i64);
             // Zero the destination image, four lanes at a time, then the tail.
             let zero_s = b.ins().f32const(0.0);
-            let image = if self.zero_first { image } else { 0 };
             let zero_v = b.ins().splat(types::F32X4, zero_s);
             let (lo, hi) = (iconst(b, 0), iconst(b, image as i64));
             let (tail, _) = for_loop(b, lo, hi, 4, &[], &mut |b, i, _| {
@@ -66,7 +58,6 @@ impl CopySpec {
                 };
                 let sp = plane(b, sc, s0, sh * sw);
                 let dp = plane(b, dc, d0, dh * dw);
-                let dp = b.ins().iadd_imm_s(dp, (self.dst_offset[0] * dw + self.dst_offset[1]) as i64);
                 let (i_lo, i_hi) = (iconst(b, 0), iconst(b, self.extent[0] as i64));
                 for_loop(b, i_lo, i_hi, 1, &[], &mut |b, i, _| {
                     let srow = b.ins().imul_imm_s(i, (ss * sw) as i64);

@@ -9,6 +9,7 @@ use crate::maxpool::PoolSpec;
 use crate::nest::{NestSpec, Operand, Pass};
 use crate::peak::PeakSpec;
 use crate::rows::{Imports, RowOp, RowSpec};
+use crate::sub_pixel::SubPixelSpec;
 use crate::weight_grad::WeightGradSpec;
 use cranelift_codegen::ir::Type;
 use cranelift_frontend::FunctionBuilder;
@@ -23,6 +24,8 @@ pub enum KernelSpec {
     /// Direct convolution (forward, or backward-data on a dilated input), packing its input
     /// image by image.
     Conv(ConvSpec),
+    /// Strided backward-data: sub-pixel phases storing interleaved into dx.
+    SubPixel(SubPixelSpec),
     /// Convolution weight gradient: channel tiles over channels-last dy.
     WeightGrad(WeightGradSpec),
     /// Strided, channel-offset copies (the option-A shortcut and its gradient).
@@ -44,6 +47,7 @@ impl KernelSpec {
             KernelSpec::Nest(s) => s.nest.groups,
             KernelSpec::Foreach(s) => s.groups(),
             KernelSpec::Conv(s) => s.groups(),
+            KernelSpec::SubPixel(s) => s.groups(),
             KernelSpec::WeightGrad(s) => s.groups(),
             KernelSpec::Copy(s) => s.batch,
             KernelSpec::MatMul(s) => s.m,
@@ -67,6 +71,7 @@ impl KernelSpec {
                 RowOp::CrossEntropyGrad => 4,
             },
             KernelSpec::Conv(s) => 4 + s.epilogue.as_ref().map_or(0, |e| e.operands.len()) + 4 * usize::from(s.stats),
+            KernelSpec::SubPixel(s) => KernelSpec::Conv(s.phases[0].clone()).arity(),
             KernelSpec::Peak(_) => 1,
         }
     }
@@ -88,6 +93,8 @@ impl KernelSpec {
                     _ => vec![],
                 }
             }
+            // Each phase writes its own elements of dx.
+            KernelSpec::SubPixel(s) => KernelSpec::Conv(s.phases[0].clone()).in_place_operands(),
             KernelSpec::Conv(c) => c.epilogue.as_ref().map_or(vec![], |e| {
                 e.operands.iter().enumerate().filter(|(_, m)| **m == Operand::Full).map(|(k, _)| 2 + k).collect()
             }),
@@ -99,6 +106,7 @@ impl KernelSpec {
     pub fn flops(&self) -> Option<f64> {
         match self {
             KernelSpec::Conv(s) => Some(s.shape.flops()),
+            KernelSpec::SubPixel(s) => Some(s.flops()),
             KernelSpec::WeightGrad(s) => Some(s.flops()),
             KernelSpec::Peak(s) => Some(s.flops_per_group()),
             KernelSpec::MatMul(s) => Some(2.0 * (s.m * s.n * s.k) as f64),
@@ -114,6 +122,7 @@ impl KernelSpec {
             KernelSpec::Nest(s) => s.build(b, ptr, mul_add),
             KernelSpec::Foreach(s) => s.build(b, ptr, mul_add),
             KernelSpec::Conv(s) => s.build(b, ptr, mul_add),
+            KernelSpec::SubPixel(s) => s.build(b, ptr, mul_add),
             KernelSpec::WeightGrad(s) => s.build(b, ptr, mul_add),
             KernelSpec::Copy(s) => s.build(b, ptr),
             KernelSpec::MatMul(s) => s.build(b, ptr, mul_add),

@@ -1,12 +1,12 @@
-//! Lowering rules for convolutions: each becomes one convolution or weight-gradient kernel (which
-//! packs its input image by image into per-thread scratch), and strided backward-data one
-//! convolution per output phase with interleaving copies.
+//! Lowering rules for convolutions: each becomes one kernel (which packs its input image by image
+//! into per-thread scratch): a direct convolution, the sub-pixel phases of strided backward-data,
+//! or a weight gradient.
 
 use super::{Buf, Lowered, Planned};
-use crate::conv::{ConvShape, ConvSpec, WeightLayout, register_tile};
-use crate::copy::CopySpec;
+use crate::conv::{ConvShape, ConvSpec, Interleave, WeightLayout, register_tile};
 use crate::pack::PackSpec;
 use crate::spec::KernelSpec;
+use crate::sub_pixel::SubPixelSpec;
 use crate::weight_grad::WeightGradSpec;
 use skipgrad_ir::NodeId;
 
@@ -52,7 +52,8 @@ pub(super) fn conv(
     let pack = conv_pack(c, in_hw, dilation, pad, kernel[0], stride, out_hw, vb, kernel[1]);
     let shape = ConvShape { batch: n, in_channels: c, out_channels: k, kernel, stride, out_hw };
     let scratch = vec![pack.len()];
-    let spec = ConvSpec { shape, pack, origin: [0, 0], weights, kb, vb, epilogue: None, stats: false };
+    let spec =
+        ConvSpec { shape, pack, origin: [0, 0], weights, kb, vb, epilogue: None, interleave: None, stats: false };
     let steps = vec![Planned {
         label: "conv2d".into(),
         spec: KernelSpec::Conv(spec),
@@ -63,12 +64,11 @@ pub(super) fn conv(
 }
 
 /// The input gradient of a strided convolution as one small stride-1 convolution per output
-/// phase (sub-pixel decomposition): output rows `h = S i + p` receive only the taps
-/// `r = r0 + S t` with `r0 = (p + P) mod S`, from dy rows `i + a - t`, `a = (p + P - r0) / S`.
-/// Each phase convolves the (undilated) dy, packed alike for every phase so they share one
-/// per-thread scratch, with its sub-kernel, read through weight strides,
-/// into a scratch plane; strided copies then interleave the phases into dx (the first zero-fills
-/// dx when some phase receives no tap, so positions no window reaches stay zero).
+/// phase (sub-pixel decomposition), all in one [`SubPixelSpec`] kernel: output rows `h = S i + p`
+/// receive only the taps `r = r0 + S t` with `r0 = (p + P) mod S`, from dy rows `i + a - t`,
+/// `a = (p + P - r0) / S`. Each phase convolves the (undilated) dy, packed alike for every phase,
+/// with its sub-kernel, read through weight strides, and stores its outputs interleaved into dx; a
+/// phase that receives no tap stores zeros, so every element of dx is written.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn sub_pixel_grad_input(
     id: NodeId,
@@ -90,25 +90,22 @@ pub(super) fn sub_pixel_grad_input(
         let outputs = input_hw[axis].saturating_sub(p).div_ceil(stride);
         (r0, taps, a, outputs)
     };
-    // (output phase (h mod S, w mod S), its per-axis parameters), for phases that receive taps.
+    // Every output phase (h mod S, w mod S) with outputs, and its per-axis parameters.
     type Axis = (usize, usize, usize, usize);
-    let with_taps: Vec<([usize; 2], [Axis; 2])> = (0..stride)
+    let all: Vec<([usize; 2], [Axis; 2])> = (0..stride)
         .flat_map(|ph| (0..stride).map(move |pw| ([ph, pw], [phase(0, ph), phase(1, pw)])))
-        .filter(|(_, [h, w])| h.1 > 0 && w.1 > 0 && h.3 > 0 && w.3 > 0)
+        .filter(|(_, [h, w])| h.3 > 0 && w.3 > 0)
         .collect();
-    let phases: Vec<[Axis; 2]> = with_taps.iter().map(|p| p.1).collect();
+    let has_taps = |p: &[Axis; 2]| p[0].1 > 0 && p[1].1 > 0;
+    let phases: Vec<[Axis; 2]> = all.iter().map(|p| p.1).filter(has_taps).collect();
     // One packed dy serves every phase: pad so that each phase's first window starts inside it.
     let before = |axis: usize| phases.iter().map(|p| (p[axis].1 - 1).saturating_sub(p[axis].2)).max().unwrap_or(0);
     let pad_before = [before(0), before(1)];
     let origin = |p: &[Axis; 2], axis: usize| p[axis].2 + pad_before[axis] + 1 - p[axis].1;
-    let tiles: Vec<(usize, usize)> = phases.iter().map(|p| register_tile(c, p[1].3.div_ceil(4), None)).collect();
+    let tile = |p: &[Axis; 2]| register_tile(c, p[1].3.div_ceil(4), None);
     let rows = phases.iter().map(|p| origin(p, 0) + p[0].3 + p[0].1 - 1).max().unwrap_or(1);
-    let row_len = phases
-        .iter()
-        .zip(&tiles)
-        .map(|(p, t)| origin(p, 1) + ConvSpec::min_row_len(p[1].3, t.1, p[1].1, 1))
-        .max()
-        .unwrap_or(1);
+    let row_len =
+        phases.iter().map(|p| origin(p, 1) + ConvSpec::min_row_len(p[1].3, tile(p).1, p[1].1, 1)).max().unwrap_or(1);
     let pack = PackSpec {
         planes: k,
         in_hw: [dy[2], dy[3]],
@@ -118,50 +115,45 @@ pub(super) fn sub_pixel_grad_input(
         phases: 1,
         row_len,
     };
-    let mut scratch = vec![pack.len()];
-    let mut steps = vec![];
     let (kh, kw) = (kernel[0], kernel[1]);
-    for (i, ((p, &(kb, vb)), (at, _))) in phases.iter().zip(&tiles).zip(&with_taps).enumerate() {
-        let [(r0h, th, _, oh), (r0w, tw, _, ow)] = *p;
-        // The sub-kernel tap (t'h, t'w) is w[k][c][r0h + S (Th-1-t'h)][r0w + S (Tw-1-t'w)]; output
-        // channels are c, input channels k.
-        let weights = WeightLayout {
-            base: ((r0h + stride * (th - 1)) * kw + r0w + stride * (tw - 1)) as isize,
-            o: (kh * kw) as isize,
-            i: (c * kh * kw) as isize,
-            r: -((stride * kw) as isize),
-            s: -(stride as isize),
-        };
-        let shape =
-            ConvShape { batch: n, in_channels: k, out_channels: c, kernel: [th, tw], stride: [1, 1], out_hw: [oh, ow] };
-        let origin = [origin(p, 0), origin(p, 1)];
-        let spec = ConvSpec { shape, pack: pack.clone(), origin, weights, kb, vb, epilogue: None, stats: false };
-        let plane = scratch.len();
-        scratch.push(n * c * oh * ow);
-        steps.push(Planned {
-            label: "conv2d_grad_input_phase".into(),
-            spec: KernelSpec::Conv(spec),
-            inputs: vec![Buf::Node(dy_id), Buf::Node(w_id), Buf::PerThread(0)],
-            output: Buf::Scratch(plane),
-        });
-        let copy = CopySpec {
-            batch: n,
-            channels: c,
-            src: ([c, oh, ow], 0, 1),
-            dst: ([c, input_hw[0], input_hw[1]], 0, stride),
-            extent: [oh, ow],
-            dst_offset: *at,
-            // Zero dx first only when some phase receives no tap (its positions stay zero).
-            zero_first: i == 0 && with_taps.len() < stride * stride,
-        };
-        steps.push(Planned {
-            label: "interleave".into(),
-            spec: KernelSpec::Copy(copy),
-            inputs: vec![Buf::Scratch(plane)],
-            output: Buf::Node(id),
-        });
-    }
-    Lowered::Steps { scratch, steps }
+    let specs = all
+        .iter()
+        .map(|(at, p)| {
+            let [(r0h, th, _, oh), (r0w, tw, _, ow)] = *p;
+            let (kb, vb) = tile(p);
+            let interleave = Some(Interleave { stride, offset: *at, full_hw: input_hw });
+            // Output channels are c, input channels k.
+            let shape = |kernel| ConvShape {
+                batch: n,
+                in_channels: k,
+                out_channels: c,
+                kernel,
+                stride: [1, 1],
+                out_hw: [oh, ow],
+            };
+            let (shape, origin, weights) = if has_taps(p) {
+                // The sub-kernel tap (t'h, t'w) is w[k][c][r0h + S (Th-1-t'h)][r0w + S (Tw-1-t'w)].
+                let weights = WeightLayout {
+                    base: ((r0h + stride * (th - 1)) * kw + r0w + stride * (tw - 1)) as isize,
+                    o: (kh * kw) as isize,
+                    i: (c * kh * kw) as isize,
+                    r: -((stride * kw) as isize),
+                    s: -(stride as isize),
+                };
+                (shape([th, tw]), [origin(p, 0), origin(p, 1)], weights)
+            } else {
+                (shape([0, 0]), [0, 0], WeightLayout::kcrs(c, kh, kw))
+            };
+            ConvSpec { shape, pack: pack.clone(), origin, weights, kb, vb, epilogue: None, interleave, stats: false }
+        })
+        .collect();
+    let step = Planned {
+        label: "conv2d_grad_input_sub_pixel".into(),
+        spec: KernelSpec::SubPixel(SubPixelSpec { phases: specs }),
+        inputs: vec![Buf::Node(dy_id), Buf::Node(w_id), Buf::PerThread(0)],
+        output: Buf::Node(id),
+    };
+    Lowered::Steps { scratch: vec![pack.len()], steps: vec![step] }
 }
 
 /// The weight gradient as channel tiles: one [`WeightGradSpec`] kernel, with its accumulator

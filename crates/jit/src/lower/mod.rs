@@ -150,7 +150,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                         [&dims_of(0), &dims_of(1)],
                         conv.ty.shape.dims(),
                     );
-                    with_epilogue(lowered, label, id, node.ty.shape.dims(), expr, modes, operand_nodes)
+                    with_epilogue(lowered, label, expr, modes, operand_nodes)
                 }
             }
         }
@@ -252,8 +252,6 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                 src: ([x[1], x[2], x[3]], 0, a.stride),
                 dst: ([y[1], y[2], y[3]], a.pad_before, 1),
                 extent: [y[2], y[3]],
-                dst_offset: [0, 0],
-                zero_first: true,
             };
             single(label(), KernelSpec::Copy(spec), inputs, id)
         }
@@ -265,8 +263,6 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                 src: ([dy[1], dy[2], dy[3]], a.pad_before, 1),
                 dst: ([dx[1], dx[2], dx[3]], 0, a.stride),
                 extent: [dy[2], dy[3]],
-                dst_offset: [0, 0],
-                zero_first: true,
             };
             single(label(), KernelSpec::Copy(spec), inputs, id)
         }
@@ -645,35 +641,22 @@ fn body_id(k: &Fused, i: usize) -> NodeId {
 }
 
 /// Attaches an epilogue (`Load(0)` = the convolution's value, `Load(1..)` = `operands`) to a
-/// lowered convolution writing node `id`: in the convolution kernel itself when its last step is
-/// one, else as an in-place elementwise kernel after it (the interleaving of strided
-/// backward-data).
-fn with_epilogue(
-    lowered: Lowered,
-    label: String,
-    id: NodeId,
-    d: &[usize],
-    expr: Expr,
-    modes: Vec<Operand>,
-    operands: Vec<NodeId>,
-) -> Lowered {
+/// lowered convolution writing node `id`: every convolution lowers to one kernel writing the
+/// node, which applies it in registers before its stores.
+fn with_epilogue(lowered: Lowered, label: String, expr: Expr, modes: Vec<Operand>, operands: Vec<NodeId>) -> Lowered {
     let Lowered::Steps { scratch, mut steps } = lowered else { unreachable!("convolutions lower to steps") };
-    match steps.last_mut() {
-        Some(Planned { spec: KernelSpec::Conv(spec), inputs, output: Buf::Node(out), label: l }) if *out == id => {
-            spec.epilogue = Some(Epilogue { expr, operands: modes });
-            // After the input and the weights.
-            inputs.splice(2..2, operands.into_iter().map(Buf::Node));
-            *l = label;
-        }
-        _ => {
-            let all_modes: Vec<Operand> = std::iter::once(Operand::Full).chain(modes).collect();
-            let map_inputs: Vec<NodeId> = std::iter::once(id).chain(operands).collect();
-            let Lowered::Steps { steps: map, .. } = map_kernel(label, id, d, expr, &all_modes, map_inputs) else {
-                unreachable!("map kernels are steps")
-            };
-            steps.extend(map);
-        }
+    let [Planned { spec, inputs, label: l, .. }] = &mut steps[..] else {
+        unreachable!("a convolution lowers to one kernel")
+    };
+    let epilogue = Some(Epilogue { expr, operands: modes });
+    match spec {
+        KernelSpec::Conv(c) => c.epilogue = epilogue,
+        KernelSpec::SubPixel(s) => s.phases.iter_mut().for_each(|p| p.epilogue = epilogue.clone()),
+        _ => unreachable!("a convolution lowers to a convolution kernel"),
     }
+    // After the input and the weights.
+    inputs.splice(2..2, operands.into_iter().map(Buf::Node));
+    *l = label;
     Lowered::Steps { scratch, steps }
 }
 

@@ -1,0 +1,52 @@
+//! Strided backward-data as one kernel: the sub-pixel phases of the input gradient, each a small
+//! stride-1 convolution storing its outputs interleaved into dx.
+
+use crate::MulAdd;
+use crate::codegen::{entry_with_thread, iconst};
+use crate::conv::ConvSpec;
+use cranelift_codegen::ir::{InstBuilder, Type};
+use cranelift_frontend::FunctionBuilder;
+
+/// The phases of a strided convolution's input gradient, run one after the other over one range
+/// of groups (phase 0's groups first). Every phase takes the same arguments (dy, the weights, the
+/// epilogue's operands, the per-thread packing scratch, dx), packs dy alike, and writes its own
+/// positions of dx ([`Interleave`](crate::Interleave)), so together they write every element once.
+/// A phase that receives no tap has an empty kernel: it stores zeros, through the epilogue.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct SubPixelSpec {
+    /// One convolution per output phase.
+    pub phases: Vec<ConvSpec>,
+}
+
+impl SubPixelSpec {
+    /// Groups: every phase's, in order.
+    pub fn groups(&self) -> usize {
+        self.phases.iter().map(|p| p.groups()).sum()
+    }
+
+    /// Floating-point operations of one pass.
+    pub fn flops(&self) -> f64 {
+        self.phases.iter().map(|p| p.shape.flops()).sum()
+    }
+
+    /// Kernel body: each phase's share of `begin..end`; the packed image carries over between
+    /// phases, since they pack dy alike.
+    pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
+        let (args, begin, end, thread) = entry_with_thread(b);
+        let a = self.phases[0].load_args(b, ptr, args, thread);
+        let mut image = iconst(b, -1);
+        let mut first = 0;
+        for phase in &self.phases {
+            let groups = phase.groups();
+            let (lo, hi) = (iconst(b, first as i64), iconst(b, (first + groups) as i64));
+            let from = b.ins().umax(begin, lo);
+            let to = b.ins().umin(end, hi);
+            let to = b.ins().umax(to, lo);
+            let (from, to) = (b.ins().isub(from, lo), b.ins().isub(to, lo));
+            image = phase.emit(b, mul_add, &a, from, to, image);
+            first += groups;
+        }
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+    }
+}
