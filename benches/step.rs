@@ -17,7 +17,7 @@
 //! line is the process's peak resident memory (VmHWM), which is the step's own peak when one net
 //! and one graph run.
 
-use skipgrad::fuse::{Pipeline, Program};
+use skipgrad::fuse::{Pipeline, Program, counts};
 use skipgrad::jit::{CompileOptions, CompiledGraph, compile};
 use skipgrad::prelude::*;
 use std::time::Instant;
@@ -120,7 +120,9 @@ fn main() {
         }
         let (tape, outputs, params) = resnet(n, batch);
         let unfused = Program { graph: tape.graph(), outputs: outputs.iter().map(|v| v.id()).collect() };
-        let fused = Pipeline::training().run(unfused.clone()).unwrap().pop().unwrap().program;
+        let stages = Pipeline::training().run(unfused.clone()).unwrap();
+        eprintln!("{name}: fusion rewrites {}", counts(&stages));
+        let fused = stages.last().expect("the input stage and one per pass").program.clone();
         let variants: Vec<(&str, &Program)> = [("unfused", &unfused), ("fused", &fused)]
             .into_iter()
             .filter(|(variant, _)| std::env::var("BENCH_GRAPH").map_or(true, |only| only == *variant))
