@@ -35,6 +35,16 @@ proptest! {
         let net = build(&blocks, batch, channels, hw, seed, DType::F64);
         let (before, after) = (program(&net), fused(&net));
         prop_assert!(after.graph.len() < before.graph.len(), "nothing fused:\n{}", after.graph.dump());
+        // Every node is merged into at most one fused node.
+        let stages = Pipeline::training().run(program(&net)).unwrap();
+        let mut covered: Vec<usize> = stages[1].program.graph.nodes().iter().flat_map(|n| match &n.op {
+            Op::Fused(k) => k.covers.clone(),
+            _ => vec![],
+        }).collect();
+        let all = covered.len();
+        covered.sort_unstable();
+        covered.dedup();
+        prop_assert_eq!(covered.len(), all, "a node is covered twice:\n{}", stages[1].dump());
         for (k, (a, b)) in outputs(&after, &net.feeds).iter().zip(outputs(&before, &net.feeds)).enumerate() {
             for (x, y) in a.iter().zip(&b) {
                 prop_assert!((x - y).abs() <= 1e-12 * y.abs().max(1.0), "output {k}: fused {x} vs unfused {y}");
@@ -171,6 +181,22 @@ fn a_basic_block_step_meets_the_kernel_count_targets() {
         let want = [2 * 2 + shortcut, 2 * 3 + shortcut, 0];
         assert_eq!(block, want, "stride {stride}: block kernels (forward, backward, update)");
         assert_eq!((b[2], a[2]), (1, 1), "update kernels: one per step");
+    }
+    // Blocks with projection shortcuts (options B and C) and bottlenecks: (convolutions, forward
+    // and backward kernels). A projection's two batch norms share one apply kernel with the add and
+    // the ReLU, so the forward needs 2 per conv-BN less one; the backward 3 per conv-BN.
+    for (block, convs, [forward, backward]) in [
+        (Block::Projection { stride: 1 }, 3, [5, 9]),
+        (Block::Projection { stride: 2 }, 3, [5, 9]),
+        (Block::Bottleneck { stride: 1 }, 3, [6, 9]),
+        (Block::Bottleneck { stride: 2 }, 4, [7, 12]),
+    ] {
+        let net = build(&[stem.clone(), block.clone()], 2, 3, 8, 7, DType::F32);
+        let in_block = net.tape.graph().nodes().iter().filter(|n| matches!(n.op, Op::Conv2d(_))).count() - 1;
+        assert_eq!(in_block, convs, "{block:?}");
+        let [b, a] = [kernels_by_role(&before), kernels_by_role(&fused(&net))];
+        assert_eq!([a[0] - b[0], a[1] - b[1], a[2] - b[2]], [forward, backward, 0], "{block:?}");
+        assert!(forward <= 2 * convs && backward <= 3 * convs);
     }
 }
 

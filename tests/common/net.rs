@@ -1,7 +1,8 @@
 //! A random training network for whole-graph tests: chains and residual diamonds of conv-BN-ReLU
-//! blocks (identity and option-A shortcuts, strides 1 and 2, 1x1 and 3x3 kernels), a classifier
-//! and softmax cross-entropy, traced with every parameter gradient, the batch-norm
-//! running-statistics updates and an SGD-with-momentum step as outputs.
+//! blocks (basic and bottleneck blocks; identity, option-A and projection shortcuts; strides 1 and
+//! 2; 1x1 and 3x3 kernels; the ImageNet stem's 7x7 convolution and max pool), a classifier and
+//! softmax cross-entropy, traced with every parameter gradient, the batch-norm running-statistics
+//! updates and an SGD-with-momentum step as outputs.
 
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -23,6 +24,14 @@ pub enum Block {
     Plain { out: usize, kernel: usize, stride: usize },
     /// A basic residual block, doubling the channels with option A when `stride` is 2.
     Residual { stride: usize },
+    /// A basic block with a 1x1 projection shortcut (conv-BN): option B at stride 2, option C's
+    /// shortcut at stride 1.
+    Projection { stride: usize },
+    /// A bottleneck block (1x1, 3x3, 1x1 to 2x the channels) with a projection shortcut when its
+    /// shape changes, else the identity.
+    Bottleneck { stride: usize },
+    /// The ImageNet stem: 7x7 stride-2 conv-BN-ReLU to `out` channels, then 3x3 stride-2 max pool.
+    Stem { out: usize },
 }
 
 pub fn block() -> impl Strategy<Value = Block> {
@@ -33,6 +42,9 @@ pub fn block() -> impl Strategy<Value = Block> {
             stride
         }),
         (1..3usize).prop_map(|stride| Block::Residual { stride }),
+        (1..3usize).prop_map(|stride| Block::Projection { stride }),
+        (1..3usize).prop_map(|stride| Block::Bottleneck { stride }),
+        (1..4usize).prop_map(|out| Block::Stem { out }),
     ]
 }
 
@@ -61,6 +73,9 @@ impl Net {
         v
     }
     fn conv_bn(&mut self, x: &Var, name: &str, out: usize, kernel: usize, stride: usize) -> Var {
+        self.conv_bn_padded(x, name, out, kernel, stride, kernel / 2)
+    }
+    fn conv_bn_padded(&mut self, x: &Var, name: &str, out: usize, kernel: usize, stride: usize, pad: usize) -> Var {
         let c = x.shape().dims()[1];
         let bound = (3.0 / (c * kernel * kernel) as f64).sqrt();
         let w = self.param(&format!("{name}.conv.weight"), &[out, c, kernel, kernel], -bound, bound);
@@ -72,7 +87,7 @@ impl Net {
             momentum: 0.1,
             eps: 1e-5,
         };
-        x.conv2d(&w, stride, kernel / 2).unwrap().batch_norm(&bn, true).unwrap()
+        x.conv2d(&w, stride, pad).unwrap().batch_norm(&bn, true).unwrap()
     }
 }
 
@@ -99,6 +114,28 @@ pub fn build(blocks: &[Block], batch: usize, channels: usize, hw: usize, seed: u
                 let y = net.conv_bn(&y, &format!("b{i}.2"), out, 3, 1);
                 let shortcut = if stride == 2 { h.shortcut_a(out).unwrap() } else { h.clone() };
                 (&y + &shortcut).unwrap().relu()
+            }
+            Block::Projection { stride } => {
+                let out = if stride == 2 { 2 * c } else { c };
+                let y = net.conv_bn(&h, &format!("b{i}.1"), out, 3, stride).relu();
+                let y = net.conv_bn(&y, &format!("b{i}.2"), out, 3, 1);
+                let shortcut = net.conv_bn(&h, &format!("b{i}.down"), out, 1, stride);
+                (&y + &shortcut).unwrap().relu()
+            }
+            Block::Bottleneck { stride } => {
+                let (mid, out) = (c.div_ceil(2), 2 * c.div_ceil(2));
+                let y = net.conv_bn(&h, &format!("b{i}.1"), mid, 1, 1).relu();
+                let y = net.conv_bn(&y, &format!("b{i}.2"), mid, 3, stride).relu();
+                let y = net.conv_bn(&y, &format!("b{i}.3"), out, 1, 1);
+                let shortcut = if stride == 1 && out == c {
+                    h.clone()
+                } else {
+                    net.conv_bn(&h, &format!("b{i}.down"), out, 1, stride)
+                };
+                (&y + &shortcut).unwrap().relu()
+            }
+            Block::Stem { out } => {
+                net.conv_bn_padded(&h, &format!("b{i}"), out, 7, 2, 3).relu().max_pool(3, 2, 1).unwrap()
             }
         };
     }

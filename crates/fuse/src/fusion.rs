@@ -132,21 +132,27 @@ const BN_BACKWARD: &str = "bn_backward";
 /// gradient]`: `batch_norm_grad_input(x, mean, var, gamma, dy)`, `batch_norm_grad_gamma(x, mean,
 /// var, dy)` and `reduce_sum(dy)` over every axis but the channels. One kernel computes all three:
 /// the input gradient needs both sums anyway.
+/// Two batch norms reading one gradient (the two branches of a projection shortcut) each have a
+/// `reduce_sum` of it: each group takes its own.
 fn find_bn_backward(graph: &Graph) -> Vec<[usize; 3]> {
     let nodes = graph.nodes();
+    let mut taken = vec![false; nodes.len()];
     (0..nodes.len())
         .filter_map(|gi| {
             let Op::BatchNormGradInput { eps, training: true } = nodes[gi].op else { return None };
             let i = &nodes[gi].inputs;
             let (x, mean, var, dy) = (i[0], i[1], i[2], i[4]);
-            let gamma = nodes
-                .iter()
-                .position(|n| n.op == Op::BatchNormGradGamma { eps } && n.inputs.as_slice() == [x, mean, var, dy])?;
-            let rank = nodes[dy.index()].ty.shape.rank();
-            let beta = nodes.iter().position(|n| {
-                matches!(&n.op, Op::ReduceSum { axes } if axes.iter().copied().eq((0..rank).filter(|&a| a != 1)))
-                    && n.inputs.as_slice() == [dy]
+            let gamma = (0..nodes.len()).find(|&n| {
+                !taken[n] && nodes[n].op == Op::BatchNormGradGamma { eps } && nodes[n].inputs.as_slice() == [x, mean, var, dy]
             })?;
+            let rank = nodes[dy.index()].ty.shape.rank();
+            let beta = (0..nodes.len()).find(|&n| {
+                !taken[n]
+                    && matches!(&nodes[n].op, Op::ReduceSum { axes } if axes.iter().copied().eq((0..rank).filter(|&a| a != 1)))
+                    && nodes[n].inputs.as_slice() == [dy]
+            })?;
+            taken[gamma] = true;
+            taken[beta] = true;
             Some([gi, gamma, beta])
         })
         .collect()
