@@ -1,0 +1,45 @@
+//! `skipgrad summary` end to end: the table and totals, and clear errors for bad arguments.
+
+use std::process::Command;
+
+fn skipgrad(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_skipgrad")).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn summary_prints_every_layer_and_the_papers_totals() {
+    let (ok, out, err) = skipgrad(&["summary", "resnet20"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("resnet20 on 3x32x32\n"), "{out}");
+    let last_conv = out.lines().find(|l| l.starts_with("layer3.2.conv2 ")).unwrap_or_default();
+    let fields: Vec<&str> = last_conv.split_whitespace().collect();
+    assert_eq!(fields, ["layer3.2.conv2", "Conv2d", "64x8x8", "36,864", "2,359,296"], "{out}");
+    assert!(
+        out.ends_with("total: 269,722 parameters (1,376 buffer values), 40,551,040 multiply-adds per image\n"),
+        "{out}"
+    );
+    let (ok, out, _) = skipgrad(&["summary", "resnet20", "--input", "1x28x28"]);
+    assert!(ok && out.contains("total: 269,434 parameters"), "{out}");
+    let (ok, out, _) = skipgrad(&["summary", "resnet34", "--shortcut", "c", "--classes", "100"]);
+    assert!(ok && out.contains("layer1.0.downsample.0") && out.contains(" 100 "), "{out}");
+}
+
+#[test]
+fn bad_arguments_say_what_was_wrong() {
+    for (args, says) in [
+        (vec!["summary", "resnet21"], "6n+2"),
+        (vec!["summary", "resnet20", "--input", "3x32"], "CxHxW"),
+        (vec!["summary", "resnet20", "--shortcut", "D"], "A, B or C"),
+        (vec!["summary", "resnet20", "--classes", "0"], "--classes"),
+        (vec!["summary", "resnet20", "--input", "0x32x32"], "positive"),
+        (vec!["summary"], "<MODEL>"),
+    ] {
+        let (ok, _, err) = skipgrad(&args);
+        assert!(!ok && err.contains(says), "{args:?}: {err}");
+    }
+}
