@@ -22,4 +22,28 @@ pub enum Error {
     /// Two parameters or buffers with one name.
     #[error("two tensors are named {0:?}")]
     Duplicate(String),
+    /// A checkpoint's tensors do not fit its model.
+    #[error("checkpoint of {model}: {mismatch}")]
+    Mismatch {
+        /// The model's name.
+        model: String,
+        /// What did not match.
+        mismatch: crate::scope::Mismatch,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the system said.
+        message: String,
+    },
+    /// A file is not a checkpoint this version reads (truncated, corrupt, another format).
+    #[error("{path}: {message}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
 }

@@ -4,7 +4,8 @@
 //! one seeded generator; the layers ([`Conv2d`], [`BatchNorm2d`], [`Linear`], [`MaxPool2d`]) are
 //! small structs with a `forward`; [`ResNet`] builds the paper's CIFAR and ImageNet nets, plain or
 //! residual, with shortcut options A, B and C, named as torchvision names them; [`summary`] lists
-//! each layer's output shape, parameters and multiply-adds.
+//! each layer's output shape, parameters and multiply-adds; a [`Checkpoint`] saves a net's tensors
+//! and configuration as safetensors that PyTorch loads, and rebuilds the net from them.
 //!
 //! ```
 //! use skipgrad_autodiff::Tape;
@@ -20,16 +21,18 @@
 //! assert_eq!(scope.parameters().iter().map(|p| p.shape().numel()).sum::<usize>(), 269_722);
 //! ```
 
+mod checkpoint;
 mod error;
 mod layers;
 mod resnet;
 mod scope;
 mod summary;
 
+pub use checkpoint::Checkpoint;
 pub use error::Error;
 pub use layers::{BatchNorm2d, Conv2d, Linear, MaxPool2d, Mode, global_avg_pool};
 pub use resnet::{BasicBlock, Block, Bottleneck, Config, Family, ResNet, Shortcut, ShortcutPath};
-pub use scope::{Entry, Init, Kind, LayerCall, Scope};
+pub use scope::{Entry, Init, Kind, LayerCall, Mismatch, Scope};
 pub use summary::{Summary, summary};
 
 /// Result type of the layers and models.

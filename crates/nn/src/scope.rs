@@ -9,6 +9,7 @@ use rand_distr::{Distribution, Normal, Uniform};
 use skipgrad_autodiff::{Mode, Tape, Var};
 use skipgrad_ir::{DType, Tensor};
 use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 /// Whether a tensor is trained (a parameter) or only updated by its layer (a buffer, like batch
@@ -66,6 +67,55 @@ struct Store {
     entries: Vec<Entry>,
     calls: Vec<LayerCall>,
     rng: ChaCha8Rng,
+    /// Given values (a loaded checkpoint): used instead of drawing, with what did not fit.
+    given: Option<Given>,
+}
+
+/// Values given by name, and how the model's tensors matched them.
+#[derive(Default)]
+struct Given {
+    values: BTreeMap<String, Tensor>,
+    used: BTreeSet<String>,
+    missing: Vec<String>,
+    misshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+/// How a model's tensors failed to match given values: names missing from them, names they have
+/// that the model does not, and (name, the model's dims, the given dims) of tensors of another
+/// shape.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Tensors the model needs that are not given.
+    pub missing: Vec<String>,
+    /// Given tensors the model does not have.
+    pub unexpected: Vec<String>,
+    /// (name, the model's dims, the given dims).
+    pub misshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+impl Mismatch {
+    /// True when everything matched.
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.misshaped.is_empty()
+    }
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = vec![];
+        if !self.missing.is_empty() {
+            parts.push(format!("missing {}", self.missing.join(", ")));
+        }
+        if !self.unexpected.is_empty() {
+            parts.push(format!("unexpected {}", self.unexpected.join(", ")));
+        }
+        if !self.misshaped.is_empty() {
+            let shapes: Vec<String> =
+                self.misshaped.iter().map(|(n, want, got)| format!("{n} (model {want:?}, file {got:?})")).collect();
+            parts.push(format!("mis-shaped {}", shapes.join(", ")));
+        }
+        write!(f, "{}", parts.join("; "))
+    }
 }
 
 /// A naming scope on a tape: `scope.sub("layer1").sub(0)` names tensors `layer1.0.*`. Clones and
@@ -81,8 +131,28 @@ pub struct Scope {
 impl Scope {
     /// A root scope recording on `tape`, drawing initial values from `seed`.
     pub fn new(tape: &Tape, seed: u64) -> Scope {
-        let store = Store { entries: vec![], calls: vec![], rng: ChaCha8Rng::seed_from_u64(seed) };
+        let store = Store { entries: vec![], calls: vec![], rng: ChaCha8Rng::seed_from_u64(seed), given: None };
         Scope { tape: tape.clone(), prefix: String::new(), store: Rc::new(RefCell::new(store)) }
+    }
+
+    /// A root scope whose tensors take the `values` of their names (a loaded checkpoint) instead
+    /// of drawing them. Tensors without a value of their shape start at zero and are reported by
+    /// [`Scope::mismatch`].
+    pub fn with_values(tape: &Tape, values: BTreeMap<String, Tensor>) -> Scope {
+        let scope = Scope::new(tape, 0);
+        scope.store.borrow_mut().given = Some(Given { values, ..Given::default() });
+        scope
+    }
+
+    /// With given values: how the tensors created so far matched them (empty when all did).
+    pub fn mismatch(&self) -> Mismatch {
+        let store = self.store.borrow();
+        let Some(given) = &store.given else { return Mismatch::default() };
+        Mismatch {
+            missing: given.missing.clone(),
+            unexpected: given.values.keys().filter(|k| !given.used.contains(*k)).cloned().collect(),
+            misshaped: given.misshaped.clone(),
+        }
     }
 
     /// The scope `name` inside this one.
@@ -122,6 +192,26 @@ impl Scope {
             return Err(Error::Duplicate(name));
         }
         let n: usize = dims.iter().product();
+        let dtype = self.tape.dtype();
+        let given = store.given.as_mut().map(|g| {
+            let found = g.values.get(&name).cloned();
+            match found {
+                Some(t) if t.shape().dims() == dims => {
+                    g.used.insert(name.clone());
+                    Some(t.cast(dtype))
+                }
+                Some(t) => {
+                    g.used.insert(name.clone());
+                    g.misshaped.push((name.clone(), dims.to_vec(), t.shape().dims().to_vec()));
+                    None
+                }
+                None => {
+                    g.missing.push(name.clone());
+                    None
+                }
+            }
+        });
+        let init = if given.is_some() { Init::Zeros } else { init };
         let values: Vec<f64> = match init {
             Init::Zeros => vec![0.0; n],
             Init::Ones => vec![1.0; n],
@@ -134,12 +224,12 @@ impl Scope {
                 (0..n).map(|_| uniform.sample(&mut store.rng)).collect()
             }
         };
-        let dtype = self.tape.dtype();
-        let tensor = match dtype {
+        let drawn = match dtype {
             DType::F32 => Tensor::f32(dims, values.iter().map(|&v| v as f32).collect()),
             DType::F64 => Tensor::f64(dims, values),
         }
         .map_err(|e| self.layer_error(&name, skipgrad_autodiff::Error::from(e)))?;
+        let tensor = given.flatten().unwrap_or(drawn);
         let var = match self.tape.mode() {
             Mode::Eager => self.tape.parameter(&name, tensor.clone()),
             Mode::Trace => self.tape.parameter_spec(&name, dtype, dims),
