@@ -31,7 +31,7 @@ mod summary;
 pub use checkpoint::Checkpoint;
 pub use error::Error;
 pub use layers::{BatchNorm2d, Conv2d, Linear, MaxPool2d, Mode, global_avg_pool};
-pub use resnet::{BasicBlock, Block, Bottleneck, Config, Family, ResNet, Shortcut, ShortcutPath};
+pub use resnet::{BasicBlock, Block, Bottleneck, Config, Family, ResNet, Shortcut, ShortcutPath, response_std};
 pub use scope::{Entry, Init, Kind, LayerCall, Mismatch, Scope};
 pub use summary::{Summary, summary};
 

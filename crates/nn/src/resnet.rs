@@ -356,3 +356,14 @@ impl ResNet {
         Ok((self.fc.forward(&pooled)?, responses))
     }
 }
+
+/// The standard deviation (population, computed in f64 in two passes) of a layer's response
+/// values: the statistic of the paper's Fig. 7.
+pub fn response_std(values: &[f32]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+    (values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt()
+}
