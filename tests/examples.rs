@@ -54,3 +54,15 @@ fn debugging_switches_work_on_the_example() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The model zoo's recipe for a new block: the pre-activation block trains, fused and compiled.
+#[test]
+fn custom_block_example_trains() {
+    let out = Command::new(example("custom_block")).output().expect("example starts");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "example failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("fusion rewrites: elementwise: "), "{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    let losses: Vec<f64> = last.trim_start_matches("loss ").split(" -> ").filter_map(|v| v.parse().ok()).collect();
+    assert!(losses.len() == 2 && losses[1] < 0.5 * losses[0], "{stdout}");
+}

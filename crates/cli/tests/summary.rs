@@ -43,3 +43,18 @@ fn bad_arguments_say_what_was_wrong() {
         assert!(!ok && err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// The README's `skipgrad summary resnet110` excerpt is the command's real output.
+#[test]
+fn the_readme_shows_real_output() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let command = "$ cargo run --release -p skipgrad-cli -- summary resnet110\n";
+    let start = readme.find(command).expect("the README shows the summary") + command.len();
+    let excerpt: Vec<&str> = readme[start..].lines().take_while(|l| *l != "```").filter(|l| *l != "...").collect();
+    let (ok, out, err) = skipgrad(&["summary", "resnet110"]);
+    assert!(ok, "{err}");
+    let mut lines = out.lines();
+    for line in excerpt {
+        assert!(lines.any(|l| l == line), "the README's line is not in the output (in order): {line}");
+    }
+}
