@@ -20,9 +20,10 @@
 //! The crates behind the facade, one job each: [`ir`] (the graph), [`reference`](mod@reference) (the oracle
 //! interpreter), [`autodiff`] (the tape, gradients, custom ops, gradcheck), [`fuse`] (graph passes:
 //! fusion, with every stage kept for dumps), [`jit`] (Cranelift kernels and the compiled executor),
-//! [`nn`] (layers and the paper's model zoo).
+//! [`nn`] (layers and the paper's model zoo), [`data`] (datasets and the loader).
 
 pub use skipgrad_autodiff as autodiff;
+pub use skipgrad_data as data;
 pub use skipgrad_fuse as fuse;
 pub use skipgrad_ir as ir;
 pub use skipgrad_jit as jit;
