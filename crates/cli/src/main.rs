@@ -1,6 +1,9 @@
-//! The `skipgrad` command. `skipgrad summary <model>` prints a model's layers with their output
+//! The `skipgrad` command. `skipgrad train` trains a model with the paper's recipe;
+//! `skipgrad summary <model>` prints a model's layers with their output
 //! shapes, parameters and multiply-adds; `skipgrad responses <model>` the standard deviation of
 //! each 3x3 layer's response (the paper's Fig. 7), computed by the JIT.
+
+mod train;
 
 use clap::{Parser, Subcommand};
 use rand::SeedableRng;
@@ -23,6 +26,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a model with the paper's recipe (SGD, momentum 0.9, weight decay 1e-4, lr divided by
+    /// 10 at 50% and 75% of the run, pad-crop-flip augmentation), printing the test accuracy after
+    /// every epoch.
+    Train(train::TrainArgs),
     /// Per-layer table of a model: name, type, output shape, parameters, multiply-adds; and totals.
     Summary {
         /// The model: resnet20, plain56, resnet1202 (CIFAR, any depth 6n+2), resnet18 ... resnet152,
@@ -118,6 +125,7 @@ fn main() -> ExitCode {
 /// Runs a command; returns what it prints.
 fn run(cli: Cli) -> Result<String, String> {
     match cli.command {
+        Command::Train(args) => train::train(args),
         Command::Summary { model, input, classes, shortcut } => {
             let mut config = Config::named(&model).map_err(|e| e.to_string())?;
             if let Some([c, _, _]) = input {

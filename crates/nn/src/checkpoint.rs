@@ -14,6 +14,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
+/// The name of the tensor that holds the per-pixel mean image subtracted from the inputs (on the
+/// `[0, 1]` pixel scale), so a checkpoint can be evaluated elsewhere exactly.
+pub const INPUT_MEAN: &str = "input_mean";
+
 /// The metadata key of the format's name and version.
 const FORMAT: &str = "skipgrad.format";
 /// This format.
@@ -39,10 +43,13 @@ impl Checkpoint {
         Checkpoint { config: config.clone(), tensors, metadata: BTreeMap::new() }
     }
 
-    /// Builds the checkpoint's net on `tape` with its tensors' values. Every tensor must match:
-    /// otherwise one error lists the missing, unexpected and mis-shaped ones.
+    /// Builds the checkpoint's net on `tape` with its tensors' values. Every tensor must match
+    /// (except [`INPUT_MEAN`], the preprocessing, which is not the net's): otherwise one error lists
+    /// the missing, unexpected and mis-shaped ones.
     pub fn build(&self, tape: &Tape) -> Result<(Scope, ResNet)> {
-        let scope = Scope::with_values(tape, self.tensors.clone());
+        let mut values = self.tensors.clone();
+        values.remove(INPUT_MEAN);
+        let scope = Scope::with_values(tape, values);
         let net = ResNet::new(&scope, &self.config)?;
         let mismatch = scope.mismatch();
         if !mismatch.is_empty() {

@@ -1,0 +1,190 @@
+//! `skipgrad train`: the paper's recipe on Fashion-MNIST or CIFAR-10, with a progress bar, JSON
+//! lines of metrics and the test accuracy after every epoch, and the trained model saved as a
+//! checkpoint.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use skipgrad_data::{Loader, LoaderConfig, Position, cifar10, fashion_mnist, in_order};
+use skipgrad_ir::Tensor;
+use skipgrad_nn::Config;
+use skipgrad_train::{Schedule, Trainer, TrainerOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The datasets `train` reads.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum DatasetName {
+    /// Fashion-MNIST (Debian's dataset-fashion-mnist, or --data).
+    FashionMnist,
+    /// CIFAR-10's binary version in --data.
+    Cifar10,
+}
+
+/// Everything a training run is given.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TrainArgs {
+    /// The model (see `summary`); its input channels follow the dataset.
+    #[arg(long, default_value = "resnet20")]
+    model: String,
+    /// The dataset.
+    #[arg(long, value_enum, default_value_t = DatasetName::FashionMnist)]
+    dataset: DatasetName,
+    /// The dataset's directory (Fashion-MNIST default: /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Epochs to train (default 1).
+    #[arg(long, conflicts_with = "iterations", value_parser = clap::value_parser!(u64).range(1..))]
+    epochs: Option<u64>,
+    /// Iterations to train, instead of epochs.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    iterations: Option<u64>,
+    /// Images per step.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    batch: u64,
+    /// Base learning rate, divided by 10 at 50% and 75% of the run.
+    #[arg(long, default_value_t = 0.1)]
+    lr: f64,
+    /// Seed of the weights, the data order and the augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Threads the kernels run on (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: Option<u64>,
+    /// The run's directory: configuration, metrics (JSON lines) and the final checkpoint.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Runs the training; returns the final summary line.
+pub fn train(args: TrainArgs) -> Result<String, String> {
+    if !(args.lr.is_finite() && args.lr > 0.0) {
+        return Err(format!("--lr must be a positive number, got {}", args.lr));
+    }
+    let (train, test) = match args.dataset {
+        DatasetName::FashionMnist => fashion_mnist(args.data.as_deref()),
+        DatasetName::Cifar10 => match &args.data {
+            Some(dir) => cifar10(dir),
+            None => Err(skipgrad_data::Error::Missing {
+                path: "--data".into(),
+                hint: "CIFAR-10 cannot be downloaded here: give --data DIR with data_batch_1.bin .. test_batch.bin"
+                    .into(),
+            }),
+        },
+    }
+    .map_err(|e| e.to_string())?;
+    let mut config = Config::named(&args.model).map_err(|e| e.to_string())?;
+    config.in_channels = train.shape[0];
+    config.classes = train.classes;
+    let batch = args.batch as usize;
+    let mean = Arc::new(train.mean_image());
+    let loader_config = LoaderConfig { batch, seed: args.seed, shuffle: true, augment: true, drop_last: true };
+    let train = Arc::new(train);
+    let mut loader =
+        Loader::new(train.clone(), mean.clone(), loader_config, Position::default()).map_err(|e| e.to_string())?;
+    let per_epoch = loader.per_epoch();
+    let iterations = args.iterations.unwrap_or(args.epochs.unwrap_or(1) * per_epoch);
+    let schedule = Schedule { base: args.lr, ..Schedule::paper(iterations) };
+    let mut options = TrainerOptions::paper(batch, train.shape, args.seed);
+    if let Some(t) = args.threads {
+        options.threads = t as usize;
+    }
+    let test_batches = in_order(&test, &mean, batch).map_err(|e| e.to_string())?;
+    let mut trainer = Trainer::new(&config, options).map_err(|e| e.to_string())?;
+    let out =
+        args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-seed{}", config.name(), args.seed)));
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut metrics = Metrics::create(&out.join("metrics.jsonl"))?;
+    let run_config = serde_json::json!({
+        "model": config.name(), "dataset": format!("{:?}", args.dataset), "batch": batch, "iterations": iterations,
+        "iterations_per_epoch": per_epoch, "lr": args.lr, "milestones": schedule.milestones, "momentum": 0.9,
+        "weight_decay": 1e-4, "seed": args.seed, "threads": trainer_threads(&args),
+        "augmentation": "pad 4, random crop, random horizontal flip", "input": train.shape,
+    });
+    write_atomically(&out.join("config.json"), format!("{run_config:#}\n").as_bytes())?;
+
+    let bar = ProgressBar::new(iterations);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
+            .map_err(|e| e.to_string())?,
+    );
+    let start = Instant::now();
+    let mut last_eval = None;
+    for i in 0..iterations {
+        let b = loader.next_batch();
+        let lr = schedule.lr(i, true);
+        let stats = trainer.step(&b.images, &b.labels, lr, i).map_err(|e| e.to_string())?;
+        let seconds = start.elapsed().as_secs_f64();
+        metrics.line(serde_json::json!({"iteration": i + 1, "epoch": b.position.epoch, "loss": stats.loss, "train_error": stats.error, "lr": lr, "seconds": seconds}))?;
+        let images_per_second = (i + 1) as f64 * batch as f64 / seconds;
+        bar.set_message(format!(
+            "loss {:.3} error {:.1}% {images_per_second:.0} img/s",
+            stats.loss,
+            100.0 * stats.error
+        ));
+        bar.inc(1);
+        let epoch_done = (i + 1) % per_epoch == 0 || i + 1 == iterations;
+        if epoch_done {
+            let eval = trainer.evaluate(&test_batches).map_err(|e| e.to_string())?;
+            let epoch = i / per_epoch + 1;
+            metrics.line(serde_json::json!({"epoch": epoch, "iteration": i + 1, "test_loss": eval.loss, "test_accuracy": eval.accuracy, "seconds": start.elapsed().as_secs_f64()}))?;
+            bar.println(format!(
+                "epoch {epoch}: test accuracy {:.2}%, test loss {:.4}",
+                100.0 * eval.accuracy,
+                eval.loss
+            ));
+            last_eval = Some(eval);
+        }
+    }
+    bar.finish_and_clear();
+    let mut checkpoint = trainer.checkpoint();
+    checkpoint
+        .tensors
+        .insert(skipgrad_nn::INPUT_MEAN.into(), Tensor::f32(train.shape, mean.to_vec()).map_err(|e| e.to_string())?);
+    checkpoint.metadata.insert("skipgrad.pixel_scale".into(), "1/255".into());
+    let model_path = out.join("model.safetensors");
+    checkpoint.save(&model_path).map_err(|e| e.to_string())?;
+    let eval = last_eval.ok_or("no evaluation ran")?;
+    Ok(format!(
+        "{}: {iterations} iterations in {:.0} s, test accuracy {:.2}% ({} images), model in {}\n",
+        config.name(),
+        start.elapsed().as_secs_f64(),
+        100.0 * eval.accuracy,
+        eval.images,
+        model_path.display()
+    ))
+}
+
+fn trainer_threads(args: &TrainArgs) -> usize {
+    args.threads
+        .map(|t| t as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+/// A JSON-lines file of metrics, appended line by line.
+struct Metrics {
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+}
+
+impl Metrics {
+    fn create(path: &Path) -> Result<Metrics, String> {
+        let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Metrics { path: path.to_path_buf(), file: std::io::BufWriter::new(file) })
+    }
+
+    fn line(&mut self, value: serde_json::Value) -> Result<(), String> {
+        writeln!(self.file, "{value}")
+            .and_then(|_| self.file.flush())
+            .map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file, synced, then renamed.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+    let temporary = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&temporary).map_err(fail)?;
+    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(fail)?;
+    std::fs::rename(&temporary, path).map_err(fail)
+}

@@ -1,0 +1,282 @@
+//! The compiled training step and evaluation graph of one model, and the state they share.
+
+use crate::{Error, Result};
+use skipgrad_autodiff::{Sgd, Tape, Var, grad};
+use skipgrad_fuse::{Pipeline, Program};
+use skipgrad_ir::{DType, Graph, NodeId, Op};
+use skipgrad_jit::{CompileOptions, CompiledGraph, compile};
+use skipgrad_nn::{Checkpoint, Config, Mode, ResNet, Scope};
+use std::collections::{BTreeMap, HashMap};
+
+/// How a model trains.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainerOptions {
+    /// Images per step.
+    pub batch: usize,
+    /// Channels, height, width of an image.
+    pub input: [usize; 3],
+    /// Seed of the initial weights.
+    pub seed: u64,
+    /// Threads the kernels run on.
+    pub threads: usize,
+    /// SGD momentum (the paper's 0.9).
+    pub momentum: f64,
+    /// Weight decay (the paper's 1e-4).
+    pub weight_decay: f64,
+    /// Run the fusion pipeline before compiling (on by default; off to debug).
+    pub fuse: bool,
+}
+
+impl TrainerOptions {
+    /// The paper's recipe for `input` images in batches of `batch`, on every core.
+    pub fn paper(batch: usize, input: [usize; 3], seed: u64) -> TrainerOptions {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        TrainerOptions { batch, input, seed, threads, momentum: 0.9, weight_decay: 1e-4, fuse: true }
+    }
+}
+
+/// What one training step measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// Mean cross-entropy of the batch.
+    pub loss: f32,
+    /// Fraction of the batch classified wrongly.
+    pub error: f32,
+}
+
+/// Loss and accuracy over an evaluation set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Evaluation {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Fraction classified right.
+    pub accuracy: f64,
+    /// Images evaluated.
+    pub images: usize,
+}
+
+/// A compiled training step for one learning rate.
+struct Step {
+    lr: f64,
+    compiled: CompiledGraph,
+    /// Each output after the loss and accuracy: the name of the tensor it updates.
+    updates: Vec<String>,
+    /// Every state tensor's node in the compiled graph.
+    ids: HashMap<String, NodeId>,
+}
+
+/// Trains one model: holds its state (parameters, batch-norm buffers, SGD velocities), the
+/// compiled training step (recompiled when the learning rate changes: the rate is a constant of
+/// the traced step) and the compiled evaluation graph.
+pub struct Trainer {
+    /// The model.
+    pub config: Config,
+    options: TrainerOptions,
+    /// The model's tensors (parameters and buffers) in creation order, then the velocities.
+    names: Vec<String>,
+    /// Values of every state tensor, current when `step` is `None` or after a sync.
+    state: BTreeMap<String, Vec<f32>>,
+    /// Dims of every state tensor.
+    dims: HashMap<String, Vec<usize>>,
+    step: Option<Step>,
+    eval: Option<(CompiledGraph, NodeId)>,
+}
+
+impl Trainer {
+    /// A trainer for `config`, its weights drawn from `options.seed`.
+    pub fn new(config: &Config, options: TrainerOptions) -> Result<Trainer> {
+        let tape = Tape::trace(DType::F32);
+        let scope = Scope::new(&tape, options.seed);
+        ResNet::new(&scope, config)?;
+        let mut names = vec![];
+        let mut state = BTreeMap::new();
+        let mut dims = HashMap::new();
+        for e in scope.entries() {
+            names.push(e.name.clone());
+            dims.insert(e.name.clone(), e.var.shape().dims().to_vec());
+            state.insert(e.name, e.init.to_f64_vec().into_iter().map(|v| v as f32).collect());
+        }
+        let graph = tape.graph();
+        for p in scope.parameters() {
+            let name = format!("{}.momentum", name_of(&graph, &p));
+            state.insert(name.clone(), vec![0.0; p.shape().numel()]);
+            dims.insert(name.clone(), p.shape().dims().to_vec());
+            names.push(name);
+        }
+        Ok(Trainer { config: config.clone(), options, names, state, dims, step: None, eval: None })
+    }
+
+    /// A trainer resuming from `checkpoint`'s model tensors, with zero velocities.
+    pub fn from_checkpoint(checkpoint: &Checkpoint, options: TrainerOptions) -> Result<Trainer> {
+        checkpoint.build(&Tape::trace(DType::F32))?;
+        let mut trainer = Trainer::new(&checkpoint.config, options)?;
+        for (name, t) in &checkpoint.tensors {
+            trainer.state.insert(name.clone(), t.to_f64_vec().into_iter().map(|v| v as f32).collect());
+        }
+        Ok(trainer)
+    }
+
+    /// Runs one training step on a batch (`images` `[batch, C, H, W]`, `labels` `[batch]`) at
+    /// learning rate `lr`.
+    pub fn step(&mut self, images: &[f32], labels: &[f32], lr: f64, iteration: u64) -> Result<StepStats> {
+        if self.step.as_ref().is_none_or(|s| s.lr != lr) {
+            self.sync();
+            self.step = Some(self.build_step(lr)?);
+        }
+        let step = self.step.as_mut().expect("built above");
+        step.compiled.set_input("images", images)?;
+        step.compiled.set_input("labels", labels)?;
+        step.compiled.run();
+        let loss = step.compiled.output(0).expect("the loss")[0];
+        let accuracy = step.compiled.output(1).expect("the accuracy")[0];
+        if !loss.is_finite() {
+            return Err(Error::NonFinite { iteration, loss });
+        }
+        // Feed each update back into the tensor it updates.
+        for k in 0..step.updates.len() {
+            let values = step.compiled.output(2 + k).expect("an update").to_vec();
+            step.compiled.set_input(&step.updates[k], &values)?;
+        }
+        Ok(StepStats { loss, error: 1.0 - accuracy })
+    }
+
+    /// Loss and accuracy over `batches` (from [`skipgrad_data::in_order`], of this trainer's batch
+    /// size), with batch norm in eval mode.
+    pub fn evaluate(&mut self, batches: &[skipgrad_data::Batch]) -> Result<Evaluation> {
+        self.sync();
+        if self.eval.is_none() {
+            self.eval = Some(self.build_eval()?);
+        }
+        let (compiled, _) = self.eval.as_mut().expect("built above");
+        for name in &self.names {
+            if !name.ends_with(".momentum") {
+                compiled.set_input(name, &self.state[name])?;
+            }
+        }
+        let classes = self.config.classes;
+        let (mut loss, mut right, mut images) = (0.0f64, 0usize, 0usize);
+        for b in batches {
+            compiled.set_input("images", &b.images)?;
+            compiled.run();
+            let logits = compiled.output(0).expect("the logits");
+            for (row, &label) in logits.chunks_exact(classes).zip(&b.labels).take(b.valid) {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                let sum: f64 = row.iter().map(|&z| (z as f64 - max).exp()).sum();
+                let label = label as usize;
+                loss += max + sum.ln() - row[label] as f64;
+                let best = (0..classes).fold(0, |best, k| if row[k] > row[best] { k } else { best });
+                right += usize::from(best == label);
+            }
+            images += b.valid;
+        }
+        let n = images.max(1) as f64;
+        Ok(Evaluation { loss: loss / n, accuracy: right as f64 / n, images })
+    }
+
+    /// The model's tensors as a checkpoint.
+    pub fn checkpoint(&mut self) -> Checkpoint {
+        self.sync();
+        let tensors = self
+            .names
+            .iter()
+            .filter(|n| !n.ends_with(".momentum"))
+            .map(|n| {
+                let values = self.state[n].clone();
+                (n.clone(), skipgrad_ir::Tensor::f32(self.dims[n].clone(), values).expect("state matches its dims"))
+            })
+            .collect();
+        Checkpoint { config: self.config.clone(), tensors, metadata: BTreeMap::new() }
+    }
+
+    /// The value of state tensor `name` (a model tensor, or `<parameter>.momentum`).
+    pub fn value(&mut self, name: &str) -> Option<&[f32]> {
+        self.sync();
+        self.state.get(name).map(|v| v.as_slice())
+    }
+
+    /// Kernel calls of the compiled training step (once it is built).
+    pub fn kernel_calls(&self) -> Option<usize> {
+        self.step.as_ref().map(|s| s.compiled.steps())
+    }
+
+    /// Copies the compiled step's current state into `state`.
+    fn sync(&mut self) {
+        let Some(step) = &self.step else { return };
+        for name in &self.names {
+            if let Some(values) = step.ids.get(name).and_then(|&id| step.compiled.value(id)) {
+                self.state.insert(name.clone(), values.to_vec());
+            }
+        }
+    }
+
+    /// Traces, fuses and compiles the training step at `lr`, and feeds it the state.
+    fn build_step(&self, lr: f64) -> Result<Step> {
+        let [c, h, w] = self.options.input;
+        let tape = Tape::trace(DType::F32);
+        let scope = Scope::new(&tape, 0);
+        let net = ResNet::new(&scope, &self.config)?;
+        let images = tape.input_spec("images", DType::F32, &[self.options.batch, c, h, w])?;
+        let labels = tape.input_spec("labels", DType::F32, &[self.options.batch])?;
+        let logits = net.forward(&images, Mode::Train)?;
+        let loss = logits.cross_entropy(&labels)?;
+        let accuracy = tape.no_grad(|| logits.accuracy(&labels))?;
+        let params = scope.parameters();
+        let grads = grad(&loss, &params.iter().collect::<Vec<&Var>>())?;
+        let sgd = Sgd { lr, momentum: self.options.momentum, weight_decay: self.options.weight_decay };
+        let graph = tape.graph();
+        for (p, g) in params.iter().zip(&grads) {
+            let name = format!("{}.momentum", name_of(&graph, p));
+            let v = tape.parameter_spec(&name, DType::F32, p.shape().dims())?;
+            sgd.update(p, g, &v)?;
+        }
+        let updates = tape.updates();
+        let graph = tape.graph();
+        let targets: Vec<String> = updates.iter().map(|(t, _)| name_of(&graph, t)).collect();
+        let outputs = [loss.id(), accuracy.id()].into_iter().chain(updates.iter().map(|(_, new)| new.id())).collect();
+        let mut program = Program { graph, outputs };
+        if self.options.fuse {
+            program = Pipeline::training().run(program)?.pop().expect("the input stage at least").program;
+        }
+        let options = CompileOptions { threads: self.options.threads, ..CompileOptions::default() };
+        let mut compiled = compile(&program.graph, &program.outputs, &options)?;
+        let ids = parameters(&program.graph);
+        for name in &self.names {
+            compiled.set_input(name, &self.state[name])?;
+        }
+        Ok(Step { lr, compiled, updates: targets, ids })
+    }
+
+    /// Traces and compiles the evaluation graph: the logits with batch norm in eval mode.
+    fn build_eval(&self) -> Result<(CompiledGraph, NodeId)> {
+        let [c, h, w] = self.options.input;
+        let tape = Tape::trace(DType::F32);
+        let net = ResNet::new(&Scope::new(&tape, 0), &self.config)?;
+        let images = tape.input_spec("images", DType::F32, &[self.options.batch, c, h, w])?;
+        let logits = net.forward(&images, Mode::Eval)?;
+        let mut program = Program { graph: tape.graph(), outputs: vec![logits.id()] };
+        if self.options.fuse {
+            program = Pipeline::training().run(program)?.pop().expect("the input stage at least").program;
+        }
+        let options = CompileOptions { threads: self.options.threads, ..CompileOptions::default() };
+        Ok((compile(&program.graph, &program.outputs, &options)?, program.outputs[0]))
+    }
+}
+
+/// The name of parameter node `v`.
+fn name_of(graph: &Graph, v: &Var) -> String {
+    match &graph.nodes()[v.id().index()].op {
+        Op::Parameter { name } => name.clone(),
+        op => unreachable!("{op} is not a parameter"),
+    }
+}
+
+/// Every parameter node of `graph`, by name.
+fn parameters(graph: &Graph) -> HashMap<String, NodeId> {
+    graph
+        .ids()
+        .filter_map(|id| match &graph.nodes()[id.index()].op {
+            Op::Parameter { name } => Some((name.clone(), id)),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,56 @@
+//! The training driver end to end: a small net trained for a few hundred iterations on
+//! Fashion-MNIST learns (the loss falls well below its start and the test accuracy is far above
+//! chance), and the schedule follows the paper's recipe.
+
+use skipgrad_data::{Loader, LoaderConfig, Position, fashion_mnist, in_order};
+use skipgrad_nn::Config;
+use skipgrad_train::{Schedule, Trainer, TrainerOptions};
+use std::sync::Arc;
+
+#[test]
+fn the_schedule_divides_by_ten_at_half_and_three_quarters() {
+    let s = Schedule::paper(64_000);
+    let rates: Vec<f64> = [0, 31_999, 32_000, 47_999, 48_000, 63_999].iter().map(|&i| s.lr(i, true)).collect();
+    assert_eq!(rates, [0.1, 0.1, 0.1 * 0.1, 0.1 * 0.1, 0.1 * 0.1 * 0.1, 0.1 * 0.1 * 0.1]);
+    let warm = Schedule { warmup: Some((0.01, 0.8)), ..Schedule::paper(100) };
+    assert_eq!((warm.lr(0, false), warm.lr(0, true)), (0.01, 0.1));
+    assert!(!warm.warms_up(0.85) && warm.warms_up(0.79));
+}
+
+#[test]
+fn a_small_net_learns_fashion_mnist() {
+    let (train, test) = match fashion_mnist(None) {
+        Ok(d) => d,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let (batch, iterations) = (32, 200);
+    let config = Config { in_channels: 1, ..Config::named("resnet8").unwrap() };
+    let mut trainer = Trainer::new(&config, TrainerOptions::paper(batch, [1, 28, 28], 1)).unwrap();
+    let mean = Arc::new(train.mean_image());
+    let loader_config = LoaderConfig { batch, seed: 1, shuffle: true, augment: false, drop_last: true };
+    let mut loader = Loader::new(Arc::new(train), mean.clone(), loader_config, Position::default()).unwrap();
+    let schedule = Schedule::paper(iterations);
+    let mut losses = vec![];
+    for i in 0..iterations {
+        let b = loader.next_batch();
+        losses.push(trainer.step(&b.images, &b.labels, schedule.lr(i, true), i).unwrap().loss);
+    }
+    let mean_of = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
+    let (first, last) = (mean_of(&losses[..20]), mean_of(&losses[losses.len() - 20..]));
+    eprintln!("loss {first} -> {last}");
+    assert!(last < 0.5 * first, "loss {first} -> {last}");
+    let subset = test.subset(&(0..2000).collect::<Vec<_>>());
+    let eval = trainer.evaluate(&in_order(&subset, &mean, batch).unwrap()).unwrap();
+    assert_eq!(eval.images, 2000);
+    eprintln!("accuracy {}", eval.accuracy);
+    assert!(eval.accuracy > 0.65, "test accuracy {:.3} after {iterations} iterations", eval.accuracy);
+
+    // A checkpoint of the trained net evaluates identically in a new trainer.
+    let checkpoint = trainer.checkpoint();
+    let mut again = Trainer::from_checkpoint(&checkpoint, TrainerOptions::paper(batch, [1, 28, 28], 99)).unwrap();
+    assert_eq!(again.evaluate(&in_order(&subset, &mean, batch).unwrap()).unwrap(), eval);
+}
