@@ -5,7 +5,7 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use skipgrad_data::{Loader, LoaderConfig, Position, cifar10, fashion_mnist, in_order};
 use skipgrad_ir::Tensor;
-use skipgrad_nn::Config;
+use skipgrad_nn::{Checkpoint, Config, INPUT_MEAN};
 use skipgrad_train::{Schedule, Trainer, TrainerOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -51,10 +51,22 @@ pub struct TrainArgs {
     /// Threads the kernels run on (default: all cores).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     threads: Option<u64>,
-    /// The run's directory: configuration, metrics (JSON lines) and the final checkpoint.
+    /// The run's directory: configuration, metrics (JSON lines), the checkpoint written after
+    /// every epoch, and the final model.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint; it ends with the weights an
+    /// uninterrupted run would have.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this iteration (writing a checkpoint), as if interrupted; --resume continues.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    until_iteration: Option<u64>,
 }
+
+/// The checkpoint a run writes after every epoch: the model, the optimizer's velocities, the
+/// input mean, and where the run is.
+const CHECKPOINT: &str = "checkpoint.safetensors";
 
 /// Runs the training; returns the final summary line.
 pub fn train(args: TrainArgs) -> Result<String, String> {
@@ -94,7 +106,31 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
     let out =
         args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-seed{}", config.name(), args.seed)));
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let mut metrics = Metrics::create(&out.join("metrics.jsonl"))?;
+    // Where the run starts: 0, or the resumed checkpoint's iteration.
+    let first = if args.resume {
+        let path = out.join(CHECKPOINT);
+        let saved = Checkpoint::load(&path).map_err(|e| format!("--resume: {e}"))?;
+        let expect = |key: &str, want: String| match saved.metadata.get(key) {
+            Some(v) if *v == want => Ok(()),
+            other => Err(format!("--resume: {} was run with {key} {other:?}, this run has {want:?}", path.display())),
+        };
+        expect("run.seed", args.seed.to_string())?;
+        expect("run.batch", batch.to_string())?;
+        expect("run.iterations", iterations.to_string())?;
+        if saved.config != config {
+            return Err(format!("--resume: {} holds {}, this run trains {}", path.display(), saved.config, config));
+        }
+        trainer.restore(&saved.tensors).map_err(|e| format!("--resume: {}: {e}", path.display()))?;
+        let done = saved.metadata.get("run.iteration").and_then(|v| v.parse::<u64>().ok());
+        done.ok_or_else(|| format!("--resume: {} has no run.iteration", path.display()))?
+    } else {
+        0
+    };
+    if first > 0 {
+        let at = Position { epoch: first / per_epoch, batch: first % per_epoch };
+        loader = Loader::new(train.clone(), mean.clone(), loader_config, at).map_err(|e| e.to_string())?;
+    }
+    let mut metrics = Metrics::open(&out.join("metrics.jsonl"), first)?;
     let run_config = serde_json::json!({
         "model": config.name(), "dataset": format!("{:?}", args.dataset), "batch": batch, "iterations": iterations,
         "iterations_per_epoch": per_epoch, "lr": args.lr, "milestones": schedule.milestones, "momentum": 0.9,
@@ -104,13 +140,30 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
     write_atomically(&out.join("config.json"), format!("{run_config:#}\n").as_bytes())?;
 
     let bar = ProgressBar::new(iterations);
+    bar.set_position(first);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
             .map_err(|e| e.to_string())?,
     );
     let start = Instant::now();
     let mut last_eval = None;
-    for i in 0..iterations {
+    let stop = args.until_iteration.unwrap_or(iterations).min(iterations);
+    let save = |trainer: &mut Trainer, done: u64| -> Result<(), String> {
+        let mut c = trainer.checkpoint();
+        c.tensors = trainer.training_state();
+        c.tensors.insert(INPUT_MEAN.into(), Tensor::f32(train.shape, mean.to_vec()).map_err(|e| e.to_string())?);
+        c.metadata.insert("skipgrad.pixel_scale".into(), "1/255".into());
+        for (key, value) in [
+            ("run.iteration", done),
+            ("run.seed", args.seed),
+            ("run.batch", batch as u64),
+            ("run.iterations", iterations),
+        ] {
+            c.metadata.insert(key.into(), value.to_string());
+        }
+        c.save(&out.join(CHECKPOINT)).map_err(|e| e.to_string())
+    };
+    for i in first..stop {
         let b = loader.next_batch();
         let lr = schedule.lr(i, true);
         let stats = trainer.step(&b.images, &b.labels, lr, i).map_err(|e| e.to_string())?;
@@ -134,17 +187,23 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
                 eval.loss
             ));
             last_eval = Some(eval);
+            save(&mut trainer, i + 1)?;
         }
     }
     bar.finish_and_clear();
+    if stop < iterations {
+        save(&mut trainer, stop)?;
+        return Ok(format!("{}: stopped after iteration {stop} of {iterations}; --resume continues\n", config.name()));
+    }
     let mut checkpoint = trainer.checkpoint();
-    checkpoint
-        .tensors
-        .insert(skipgrad_nn::INPUT_MEAN.into(), Tensor::f32(train.shape, mean.to_vec()).map_err(|e| e.to_string())?);
+    checkpoint.tensors.insert(INPUT_MEAN.into(), Tensor::f32(train.shape, mean.to_vec()).map_err(|e| e.to_string())?);
     checkpoint.metadata.insert("skipgrad.pixel_scale".into(), "1/255".into());
     let model_path = out.join("model.safetensors");
     checkpoint.save(&model_path).map_err(|e| e.to_string())?;
-    let eval = last_eval.ok_or("no evaluation ran")?;
+    let eval = match last_eval {
+        Some(e) => e,
+        None => trainer.evaluate(&test_batches).map_err(|e| e.to_string())?,
+    };
     Ok(format!(
         "{}: {iterations} iterations in {:.0} s, test accuracy {:.2}% ({} images), model in {}\n",
         config.name(),
@@ -168,8 +227,23 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn create(path: &Path) -> Result<Metrics, String> {
-        let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    /// The metrics file of a run starting at iteration `first`: lines of later iterations (from
+    /// an interrupted run) are dropped.
+    fn open(path: &Path, first: u64) -> Result<Metrics, String> {
+        let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+        let kept: String = match std::fs::read_to_string(path) {
+            Ok(text) if first > 0 => text
+                .lines()
+                .filter(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+                    v["iteration"].as_u64().is_some_and(|i| i <= first)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            _ => String::new(),
+        };
+        write_atomically(path, kept.as_bytes())?;
+        let file = std::fs::OpenOptions::new().append(true).open(path).map_err(fail)?;
         Ok(Metrics { path: path.to_path_buf(), file: std::io::BufWriter::new(file) })
     }
 

@@ -65,6 +65,77 @@ fn a_short_run_writes_metrics_and_a_checkpoint() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A tiny CIFAR-10 directory: the 20-record sample as every batch file.
+fn tiny_cifar(root: &Path) -> std::path::PathBuf {
+    let data = root.join("cifar");
+    std::fs::create_dir_all(&data).unwrap();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/tests/data/cifar10_test_first20.bin");
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"] {
+        std::fs::copy(&sample, data.join(format!("{name}.bin"))).unwrap();
+    }
+    data
+}
+
+/// The losses of a run's metrics, by iteration.
+fn losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| Some((v["iteration"].as_u64()?, v["loss"].as_f64()?)))
+        .collect()
+}
+
+/// An interrupted run (stopped mid-epoch, then resumed) ends with exactly the weights, losses and
+/// test accuracy of an uninterrupted one.
+#[test]
+fn a_resumed_run_ends_bit_identical() {
+    let root = std::env::temp_dir().join(format!("skipgrad-resume-{}", std::process::id()));
+    let data = tiny_cifar(&root);
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            "resnet8",
+            "--dataset",
+            "cifar10",
+            "--data",
+            data.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--batch",
+            "8",
+            "--threads",
+            "2",
+            "--seed",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let (ok, stdout, err) = skipgrad(&args);
+        assert!(ok, "{err}");
+        stdout
+    };
+    let (straight, interrupted) = (root.join("straight"), root.join("interrupted"));
+    let whole = run(&straight, &[]);
+    let stopped = run(&interrupted, &["--until-iteration", "15"]);
+    assert!(stopped.contains("stopped after iteration 15 of 24"), "{stopped}");
+    let resumed = run(&interrupted, &["--resume"]);
+    let accuracy =
+        |s: &str| s.split("test accuracy ").nth(1).map(|r| r.split(' ').next().unwrap_or_default().to_string());
+    assert_eq!(accuracy(&resumed), accuracy(&whole), "{resumed} vs {whole}");
+    assert_eq!(losses(&interrupted), losses(&straight));
+    let [a, b] = [&straight, &interrupted].map(|r| Checkpoint::load(&r.join("model.safetensors")).unwrap());
+    assert_eq!(a.tensors, b.tensors, "bit-identical weights");
+    // Resuming with other settings is refused.
+    let mut args = vec!["train", "--model", "resnet8", "--dataset", "cifar10", "--data", data.to_str().unwrap()];
+    args.extend(["--epochs", "2", "--batch", "8", "--seed", "5", "--resume", "--out", interrupted.to_str().unwrap()]);
+    let (ok, _, err) = skipgrad(&args);
+    assert!(!ok && err.contains("run.seed"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn bad_runs_say_what_was_wrong() {
     let missing = std::env::temp_dir().join("skipgrad-no-such-dir");

@@ -18,6 +18,9 @@ use std::path::Path;
 /// `[0, 1]` pixel scale), so a checkpoint can be evaluated elsewhere exactly.
 pub const INPUT_MEAN: &str = "input_mean";
 
+/// The prefix of tensors that belong to a training run's state (the optimizer's), not to the net.
+pub const TRAINING_STATE: &str = "optimizer.";
+
 /// The metadata key of the format's name and version.
 const FORMAT: &str = "skipgrad.format";
 /// This format.
@@ -44,11 +47,12 @@ impl Checkpoint {
     }
 
     /// Builds the checkpoint's net on `tape` with its tensors' values. Every tensor must match
-    /// (except [`INPUT_MEAN`], the preprocessing, which is not the net's): otherwise one error lists
-    /// the missing, unexpected and mis-shaped ones.
+    /// (except [`INPUT_MEAN`], the preprocessing, and tensors under [`TRAINING_STATE`], which are
+    /// not the net's): otherwise one error lists the missing, unexpected and mis-shaped ones.
     pub fn build(&self, tape: &Tape) -> Result<(Scope, ResNet)> {
         let mut values = self.tensors.clone();
         values.remove(INPUT_MEAN);
+        values.retain(|name, _| !name.starts_with(TRAINING_STATE));
         let scope = Scope::with_values(tape, values);
         let net = ResNet::new(&scope, &self.config)?;
         let mismatch = scope.mismatch();

@@ -5,7 +5,7 @@ use skipgrad_autodiff::{Sgd, Tape, Var, grad};
 use skipgrad_fuse::{Pipeline, Program};
 use skipgrad_ir::{DType, Graph, NodeId, Op};
 use skipgrad_jit::{CompileOptions, CompiledGraph, compile};
-use skipgrad_nn::{Checkpoint, Config, Mode, ResNet, Scope};
+use skipgrad_nn::{Checkpoint, Config, Mode, ResNet, Scope, TRAINING_STATE as OPTIMIZER};
 use std::collections::{BTreeMap, HashMap};
 
 /// How a model trains.
@@ -186,6 +186,40 @@ impl Trainer {
             })
             .collect();
         Checkpoint { config: self.config.clone(), tensors, metadata: BTreeMap::new() }
+    }
+
+    /// Every state tensor: the model's under their names, the SGD velocities as
+    /// `optimizer.<parameter>.momentum` (what a resumable checkpoint holds).
+    pub fn training_state(&mut self) -> BTreeMap<String, skipgrad_ir::Tensor> {
+        self.sync();
+        self.names
+            .iter()
+            .map(|n| {
+                let key = if n.ends_with(".momentum") { format!("{OPTIMIZER}{n}") } else { n.clone() };
+                let t = skipgrad_ir::Tensor::f32(self.dims[n].clone(), self.state[n].clone());
+                (key, t.expect("state matches its dims"))
+            })
+            .collect()
+    }
+
+    /// Restores every state tensor from `tensors` (as [`Trainer::training_state`] names them);
+    /// a missing or mis-shaped one is an error naming it.
+    pub fn restore(&mut self, tensors: &BTreeMap<String, skipgrad_ir::Tensor>) -> Result<()> {
+        for n in &self.names {
+            let key = if n.ends_with(".momentum") { format!("{OPTIMIZER}{n}") } else { n.clone() };
+            let t = tensors.get(&key).ok_or_else(|| Error::Batch(format!("the checkpoint has no {key}")))?;
+            if t.shape().dims() != self.dims[n].as_slice() {
+                return Err(Error::Batch(format!(
+                    "{key} is {:?} in the checkpoint, {:?} in the model",
+                    t.shape().dims(),
+                    self.dims[n]
+                )));
+            }
+            self.state.insert(n.clone(), t.to_f64_vec().into_iter().map(|v| v as f32).collect());
+        }
+        // The compiled graphs read the state when next built.
+        self.step = None;
+        Ok(())
     }
 
     /// The value of state tensor `name` (a model tensor, or `<parameter>.momentum`).
