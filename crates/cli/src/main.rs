@@ -30,6 +30,8 @@ enum Command {
     /// 10 at 50% and 75% of the run, pad-crop-flip augmentation), printing the test accuracy after
     /// every epoch.
     Train(train::TrainArgs),
+    /// Test loss and accuracy of a model saved by `train`.
+    Eval(train::EvalArgs),
     /// Per-layer table of a model: name, type, output shape, parameters, multiply-adds; and totals.
     Summary {
         /// The model: resnet20, plain56, resnet1202 (CIFAR, any depth 6n+2), resnet18 ... resnet152,
@@ -126,6 +128,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<String, String> {
     match cli.command {
         Command::Train(args) => train::train(args),
+        Command::Eval(args) => train::eval(args),
         Command::Summary { model, input, classes, shortcut } => {
             let mut config = Config::named(&model).map_err(|e| e.to_string())?;
             if let Some([c, _, _]) = input {

@@ -5,7 +5,7 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use skipgrad_data::{Loader, LoaderConfig, Position, cifar10, fashion_mnist, in_order};
 use skipgrad_ir::Tensor;
-use skipgrad_nn::{Checkpoint, Config, INPUT_MEAN};
+use skipgrad_nn::{Checkpoint, Config, Family, INPUT_MEAN};
 use skipgrad_train::{Schedule, Trainer, TrainerOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -73,18 +73,7 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
     if !(args.lr.is_finite() && args.lr > 0.0) {
         return Err(format!("--lr must be a positive number, got {}", args.lr));
     }
-    let (train, test) = match args.dataset {
-        DatasetName::FashionMnist => fashion_mnist(args.data.as_deref()),
-        DatasetName::Cifar10 => match &args.data {
-            Some(dir) => cifar10(dir),
-            None => Err(skipgrad_data::Error::Missing {
-                path: "--data".into(),
-                hint: "CIFAR-10 cannot be downloaded here: give --data DIR with data_batch_1.bin .. test_batch.bin"
-                    .into(),
-            }),
-        },
-    }
-    .map_err(|e| e.to_string())?;
+    let (train, test) = load(args.dataset, args.data.as_deref())?;
     let mut config = Config::named(&args.model).map_err(|e| e.to_string())?;
     config.in_channels = train.shape[0];
     config.classes = train.classes;
@@ -96,7 +85,9 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
         Loader::new(train.clone(), mean.clone(), loader_config, Position::default()).map_err(|e| e.to_string())?;
     let per_epoch = loader.per_epoch();
     let iterations = args.iterations.unwrap_or(args.epochs.unwrap_or(1) * per_epoch);
-    let schedule = Schedule { base: args.lr, ..Schedule::paper(iterations) };
+    // The paper warms ResNet-110 and -1202 up at lr 0.01 until the training error is below 80%.
+    let warmup = (config.family == Family::Cifar && config.depth >= 110).then_some((args.lr / 10.0, 0.8));
+    let schedule = Schedule { base: args.lr, warmup, ..Schedule::paper(iterations) };
     let mut options = TrainerOptions::paper(batch, train.shape, args.seed);
     if let Some(t) = args.threads {
         options.threads = t as usize;
@@ -106,7 +97,8 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
     let out =
         args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-seed{}", config.name(), args.seed)));
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    // Where the run starts: 0, or the resumed checkpoint's iteration.
+    // Where the run starts: 0, or the resumed checkpoint's iteration (and whether it had warmed up).
+    let mut warmed_up = schedule.warmup.is_none();
     let first = if args.resume {
         let path = out.join(CHECKPOINT);
         let saved = Checkpoint::load(&path).map_err(|e| format!("--resume: {e}"))?;
@@ -121,6 +113,7 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
             return Err(format!("--resume: {} holds {}, this run trains {}", path.display(), saved.config, config));
         }
         trainer.restore(&saved.tensors).map_err(|e| format!("--resume: {}: {e}", path.display()))?;
+        warmed_up = saved.metadata.get("run.warmed_up").is_some_and(|v| v == "true");
         let done = saved.metadata.get("run.iteration").and_then(|v| v.parse::<u64>().ok());
         done.ok_or_else(|| format!("--resume: {} has no run.iteration", path.display()))?
     } else {
@@ -148,11 +141,12 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
     let start = Instant::now();
     let mut last_eval = None;
     let stop = args.until_iteration.unwrap_or(iterations).min(iterations);
-    let save = |trainer: &mut Trainer, done: u64| -> Result<(), String> {
+    let save = |trainer: &mut Trainer, done: u64, warmed_up: bool| -> Result<(), String> {
         let mut c = trainer.checkpoint();
         c.tensors = trainer.training_state();
         c.tensors.insert(INPUT_MEAN.into(), Tensor::f32(train.shape, mean.to_vec()).map_err(|e| e.to_string())?);
         c.metadata.insert("skipgrad.pixel_scale".into(), "1/255".into());
+        c.metadata.insert("run.warmed_up".into(), warmed_up.to_string());
         for (key, value) in [
             ("run.iteration", done),
             ("run.seed", args.seed),
@@ -165,11 +159,23 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
     };
     for i in first..stop {
         let b = loader.next_batch();
-        let lr = schedule.lr(i, true);
-        let stats = trainer.step(&b.images, &b.labels, lr, i).map_err(|e| e.to_string())?;
+        let lr = schedule.lr(i, warmed_up);
+        let stats = trainer.step(&b.images, &b.labels, lr, i).map_err(|e| match e {
+            skipgrad_train::Error::NonFinite { .. } => {
+                let last = out.join(CHECKPOINT);
+                let good = if last.exists() {
+                    format!("the last good checkpoint is {}", last.display())
+                } else {
+                    "no checkpoint was written yet".into()
+                };
+                format!("{e}: the run stops; {good}")
+            }
+            other => other.to_string(),
+        })?;
+        warmed_up = warmed_up || schedule.warms_up(stats.error as f64);
         let seconds = start.elapsed().as_secs_f64();
         metrics.line(serde_json::json!({"iteration": i + 1, "epoch": b.position.epoch, "loss": stats.loss, "train_error": stats.error, "lr": lr, "seconds": seconds}))?;
-        let images_per_second = (i + 1) as f64 * batch as f64 / seconds;
+        let images_per_second = (i + 1 - first) as f64 * batch as f64 / seconds;
         bar.set_message(format!(
             "loss {:.3} error {:.1}% {images_per_second:.0} img/s",
             stats.loss,
@@ -187,12 +193,12 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
                 eval.loss
             ));
             last_eval = Some(eval);
-            save(&mut trainer, i + 1)?;
+            save(&mut trainer, i + 1, warmed_up)?;
         }
     }
     bar.finish_and_clear();
     if stop < iterations {
-        save(&mut trainer, stop)?;
+        save(&mut trainer, stop, warmed_up)?;
         return Ok(format!("{}: stopped after iteration {stop} of {iterations}; --resume continues\n", config.name()));
     }
     let mut checkpoint = trainer.checkpoint();
@@ -261,4 +267,83 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let mut file = std::fs::File::create(&temporary).map_err(fail)?;
     file.write_all(bytes).and_then(|_| file.sync_all()).map_err(fail)?;
     std::fs::rename(&temporary, path).map_err(fail)
+}
+
+/// The training and test splits of `dataset` (from `data`, or its default place).
+fn load(dataset: DatasetName, data: Option<&Path>) -> Result<(skipgrad_data::Dataset, skipgrad_data::Dataset), String> {
+    match dataset {
+        DatasetName::FashionMnist => fashion_mnist(data),
+        DatasetName::Cifar10 => match data {
+            Some(dir) => cifar10(dir),
+            None => Err(skipgrad_data::Error::Missing {
+                path: "--data".into(),
+                hint: "CIFAR-10 cannot be downloaded here: give --data DIR with data_batch_1.bin .. test_batch.bin"
+                    .into(),
+            }),
+        },
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// What `eval` is given.
+#[derive(Clone, Debug, clap::Args)]
+pub struct EvalArgs {
+    /// A model saved by `train` (its checkpoint holds the input mean it was trained with).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The dataset whose test split is evaluated.
+    #[arg(long, value_enum, default_value_t = DatasetName::FashionMnist)]
+    dataset: DatasetName,
+    /// The dataset's directory.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    batch: u64,
+    /// Threads the kernels run on (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: Option<u64>,
+    /// Print one JSON object instead of a sentence.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Test loss and accuracy of a saved model.
+pub fn eval(args: EvalArgs) -> Result<String, String> {
+    let checkpoint = Checkpoint::load(&args.checkpoint).map_err(|e| e.to_string())?;
+    let (_, test) = load(args.dataset, args.data.as_deref())?;
+    let path = args.checkpoint.display();
+    let mean = checkpoint.tensors.get(INPUT_MEAN).ok_or_else(|| {
+        format!("{path}: no {INPUT_MEAN} tensor: it was not saved by `skipgrad train`, which records the input preprocessing")
+    })?;
+    if mean.shape().dims() != test.shape {
+        return Err(format!(
+            "{path}: the model takes {:?} images, the dataset has {:?}",
+            mean.shape().dims(),
+            test.shape
+        ));
+    }
+    let mean: Vec<f32> = mean.to_f64_vec().into_iter().map(|v| v as f32).collect();
+    let batch = args.batch as usize;
+    let mut options = TrainerOptions::paper(batch, test.shape, 0);
+    if let Some(t) = args.threads {
+        options.threads = t as usize;
+    }
+    let mut trainer = Trainer::from_checkpoint(&checkpoint, options).map_err(|e| format!("{path}: {e}"))?;
+    let batches = in_order(&test, &mean, batch).map_err(|e| e.to_string())?;
+    let eval = trainer.evaluate(&batches).map_err(|e| e.to_string())?;
+    let model = checkpoint.config.name();
+    Ok(if args.json {
+        let value = serde_json::json!({
+            "checkpoint": path.to_string(), "model": model, "dataset": format!("{:?}", args.dataset),
+            "images": eval.images, "loss": eval.loss, "accuracy": eval.accuracy,
+        });
+        format!("{value}\n")
+    } else {
+        let accuracy = 100.0 * eval.accuracy;
+        format!(
+            "{model} on the {:?} test split: accuracy {accuracy:.2}%, loss {:.4} ({} images)\n",
+            args.dataset, eval.loss, eval.images
+        )
+    })
 }

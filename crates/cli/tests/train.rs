@@ -62,6 +62,41 @@ fn a_short_run_writes_metrics_and_a_checkpoint() {
     assert_eq!(checkpoint.tensors[INPUT_MEAN].shape().dims(), &[3, 32, 32]);
     assert_eq!(checkpoint.metadata["skipgrad.pixel_scale"], "1/255");
     checkpoint.build(&Tape::trace(DType::F32)).unwrap();
+
+    // `eval` of the saved model reproduces the run's last test accuracy.
+    let model = out.join("model.safetensors");
+    let eval = [
+        "eval",
+        "--checkpoint",
+        model.to_str().unwrap(),
+        "--dataset",
+        "cifar10",
+        "--data",
+        data.to_str().unwrap(),
+        "--batch",
+        "16",
+        "--json",
+    ];
+    let (ok, stdout, err) = skipgrad(&eval);
+    assert!(ok, "{err}");
+    let result: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(result["accuracy"], epochs[1]["test_accuracy"], "{stdout}");
+    assert_eq!(result["images"].as_u64(), Some(20));
+    // A checkpoint without the input preprocessing cannot be evaluated faithfully: it says so.
+    let mut bare = checkpoint.clone();
+    bare.tensors.remove(INPUT_MEAN);
+    let bare_path = root.join("bare.safetensors");
+    bare.save(&bare_path).unwrap();
+    let (ok, _, err) = skipgrad(&[
+        "eval",
+        "--checkpoint",
+        bare_path.to_str().unwrap(),
+        "--dataset",
+        "cifar10",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("input_mean"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }
 
