@@ -3,6 +3,7 @@
 //! shapes, parameters and multiply-adds; `skipgrad responses <model>` the standard deviation of
 //! each 3x3 layer's response (the paper's Fig. 7), computed by the JIT.
 
+mod bench;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Test loss and accuracy of a model saved by `train`.
     Eval(train::EvalArgs),
+    /// Time a model's compiled training (or inference) step on random data.
+    Bench(bench::BenchArgs),
     /// Per-layer table of a model: name, type, output shape, parameters, multiply-adds; and totals.
     Summary {
         /// The model: resnet20, plain56, resnet1202 (CIFAR, any depth 6n+2), resnet18 ... resnet152,
@@ -129,6 +132,7 @@ fn run(cli: Cli) -> Result<String, String> {
     match cli.command {
         Command::Train(args) => train::train(args),
         Command::Eval(args) => train::eval(args),
+        Command::Bench(args) => bench::bench(args),
         Command::Summary { model, input, classes, shortcut } => {
             let mut config = Config::named(&model).map_err(|e| e.to_string())?;
             if let Some([c, _, _]) = input {

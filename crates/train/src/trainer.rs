@@ -119,10 +119,7 @@ impl Trainer {
     /// Runs one training step on a batch (`images` `[batch, C, H, W]`, `labels` `[batch]`) at
     /// learning rate `lr`.
     pub fn step(&mut self, images: &[f32], labels: &[f32], lr: f64, iteration: u64) -> Result<StepStats> {
-        if self.step.as_ref().is_none_or(|s| s.lr != lr) {
-            self.sync();
-            self.step = Some(self.build_step(lr)?);
-        }
+        self.prepare(lr)?;
         let step = self.step.as_mut().expect("built above");
         step.compiled.set_input("images", images)?;
         step.compiled.set_input("labels", labels)?;
@@ -138,6 +135,35 @@ impl Trainer {
             step.compiled.set_input(&step.updates[k], &values)?;
         }
         Ok(StepStats { loss, error: 1.0 - accuracy })
+    }
+
+    /// Compiles the training step at `lr` now (the first [`Trainer::step`] would), so that a
+    /// benchmark can time compilation apart from running.
+    pub fn prepare(&mut self, lr: f64) -> Result<()> {
+        if self.step.as_ref().is_none_or(|s| s.lr != lr) {
+            self.sync();
+            self.step = Some(self.build_step(lr)?);
+        }
+        Ok(())
+    }
+
+    /// Compiles the evaluation graph now, and runs it once on `images` (one batch), returning the
+    /// logits (a benchmark's inference step).
+    pub fn infer(&mut self, images: &[f32]) -> Result<Vec<f32>> {
+        if self.eval.is_none() {
+            self.sync();
+            self.eval = Some(self.build_eval()?);
+            let (compiled, _) = self.eval.as_mut().expect("built above");
+            for name in &self.names {
+                if !name.ends_with(".momentum") {
+                    compiled.set_input(name, &self.state[name])?;
+                }
+            }
+        }
+        let (compiled, _) = self.eval.as_mut().expect("built above");
+        compiled.set_input("images", images)?;
+        compiled.run();
+        Ok(compiled.output(0).expect("the logits").to_vec())
     }
 
     /// Loss and accuracy over `batches` (from [`skipgrad_data::in_order`], of this trainer's batch

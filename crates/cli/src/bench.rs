@@ -1,0 +1,123 @@
+//! `skipgrad bench`: the compiled training (or inference) step of a model timed on random data:
+//! median, min and max step time, images per second, GFLOP/s, compile time and peak memory.
+
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use skipgrad_nn::{Config, summary};
+use skipgrad_train::{Trainer, TrainerOptions};
+use std::time::Instant;
+
+/// What a benchmark runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchMode {
+    /// Forward, loss, backward, SGD and running statistics.
+    Train,
+    /// The eval-mode forward pass.
+    Infer,
+}
+
+/// What `bench` is given.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The model (see `summary`).
+    #[arg(long, default_value = "resnet20")]
+    model: String,
+    /// Images per step.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    batch: u64,
+    /// Channels x height x width of an image (default: the model's).
+    #[arg(long, value_parser = crate::parse_input)]
+    input: Option<[usize; 3]>,
+    /// Timed steps, after the warm-up ones.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100000))]
+    steps: u64,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Threads the kernels run on (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    threads: Option<u64>,
+    /// Train or infer.
+    #[arg(long, value_enum, default_value_t = BenchMode::Train)]
+    mode: BenchMode,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the benchmark; returns its report.
+pub fn bench(args: BenchArgs) -> Result<String, String> {
+    let mut config = Config::named(&args.model).map_err(|e| e.to_string())?;
+    let input = args.input.unwrap_or_else(|| config.default_input());
+    config.in_channels = input[0];
+    let batch = args.batch as usize;
+    let macs = summary(&config, input).map_err(|e| e.to_string())?.multiply_adds as f64;
+    let mut options = TrainerOptions::paper(batch, input, 0);
+    if let Some(t) = args.threads {
+        options.threads = t as usize;
+    }
+    let threads = options.threads;
+    let mut trainer = Trainer::new(&config, options).map_err(|e| e.to_string())?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let images: Vec<f32> =
+        (0..batch * input.iter().product::<usize>()).map(|_| StandardNormal.sample(&mut rng)).collect();
+    let labels: Vec<f32> = (0..batch).map(|i| (i % config.classes) as f32).collect();
+    let lr = 0.1;
+    let compile_start = Instant::now();
+    let run = |trainer: &mut Trainer, i: u64| -> Result<(), String> {
+        match args.mode {
+            BenchMode::Train => trainer.step(&images, &labels, lr, i).map(|_| ()),
+            BenchMode::Infer => trainer.infer(&images).map(|_| ()),
+        }
+        .map_err(|e| e.to_string())
+    };
+    match args.mode {
+        BenchMode::Train => trainer.prepare(lr).map_err(|e| e.to_string())?,
+        BenchMode::Infer => {
+            // The first inference compiles the graph: time it apart.
+            trainer.infer(&images).map_err(|e| e.to_string())?;
+        }
+    }
+    let compile = compile_start.elapsed().as_secs_f64();
+    for i in 0..args.warmup {
+        run(&mut trainer, i)?;
+    }
+    let mut times: Vec<f64> = (0..args.steps)
+        .map(|i| {
+            let t = Instant::now();
+            run(&mut trainer, args.warmup + i).map(|_| t.elapsed().as_secs_f64())
+        })
+        .collect::<Result<_, _>>()?;
+    times.sort_by(|a, b| a.total_cmp(b));
+    let (median, min, max) = (times[times.len() / 2], times[0], times[times.len() - 1]);
+    let passes = if args.mode == BenchMode::Train { 3.0 } else { 1.0 };
+    let gflops = passes * 2.0 * macs * batch as f64 / median / 1e9;
+    let peak = peak_rss().unwrap_or(0) as f64 / 1e6;
+    let [c, h, w] = input;
+    let mode = match args.mode {
+        BenchMode::Train => "train",
+        BenchMode::Infer => "infer",
+    };
+    Ok(if args.json {
+        let value = serde_json::json!({
+            "model": config.name(), "mode": mode, "batch": batch, "input": input,
+            "threads": threads, "steps": args.steps, "median_s": median, "min_s": min, "max_s": max,
+            "images_per_s": batch as f64 / median, "gflops": gflops, "compile_s": compile, "peak_rss_mb": peak,
+        });
+        format!("{value}\n")
+    } else {
+        format!(
+            "{} {mode}, batch {batch} of {c}x{h}x{w}, {threads} threads: median {median:.3} s (min {min:.3}, max {max:.3}) over {} steps, {:.0} images/s, {gflops:.1} GFLOP/s; compiled in {compile:.2} s; peak memory {peak:.0} MB\n",
+            config.name(),
+            args.steps,
+            batch as f64 / median
+        )
+    })
+}
+
+/// The process's peak resident set size in bytes (Linux `VmHWM`).
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
