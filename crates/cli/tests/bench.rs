@@ -1,20 +1,35 @@
 //! `skipgrad bench`: times a compiled step and reports it, in words or JSON.
 
-use std::process::Command;
+mod common;
 
-fn skipgrad(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_skipgrad")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
+use common::skipgrad;
 
 #[test]
 fn bench_reports_step_times_throughput_and_memory() {
     for mode in ["train", "infer"] {
-        let args = ["bench", "--model", "resnet8", "--batch", "4", "--input", "3x16x16", "--steps", "3", "--warmup", "1", "--threads", "1", "--mode", mode, "--json"];
+        let args = [
+            "bench",
+            "--model",
+            "resnet8",
+            "--batch",
+            "4",
+            "--input",
+            "3x16x16",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--mode",
+            mode,
+            "--json",
+        ];
         let (ok, out, err) = skipgrad(&args);
         assert!(ok, "{err}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let (min, median, max) = (v["min_s"].as_f64().unwrap(), v["median_s"].as_f64().unwrap(), v["max_s"].as_f64().unwrap());
+        let (min, median, max) =
+            (v["min_s"].as_f64().unwrap(), v["median_s"].as_f64().unwrap(), v["max_s"].as_f64().unwrap());
         assert!(0.0 < min && min <= median && median <= max, "{out}");
         assert!((v["images_per_s"].as_f64().unwrap() - 4.0 / median).abs() < 1e-6 * 4.0 / median, "{out}");
         assert!(v["gflops"].as_f64().unwrap() > 0.0 && v["peak_rss_mb"].as_f64().unwrap() > 1.0, "{out}");

@@ -1,18 +1,12 @@
 //! `skipgrad responses`: one standard deviation per 3x3 layer, from a seeded model or a checkpoint.
 
+mod common;
+
+use common::skipgrad;
+
 use skipgrad_autodiff::Tape;
 use skipgrad_ir::DType;
 use skipgrad_nn::{Checkpoint, Config, ResNet, Scope};
-use std::process::Command;
-
-fn skipgrad(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_skipgrad")).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// (layer, std) rows of an output.
 fn rows(out: &str) -> Vec<(String, f64)> {

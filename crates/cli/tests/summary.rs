@@ -1,15 +1,8 @@
 //! `skipgrad summary` end to end: the table and totals, and clear errors for bad arguments.
 
-use std::process::Command;
+mod common;
 
-fn skipgrad(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_skipgrad")).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::skipgrad;
 
 #[test]
 fn summary_prints_every_layer_and_the_papers_totals() {

@@ -1,20 +1,14 @@
 //! `skipgrad train` end to end on a tiny CIFAR-10 directory (the 20-record sample as every
 //! batch file): the run writes its configuration, metrics and a checkpoint that loads back.
 
+mod common;
+
+use common::skipgrad;
+
 use skipgrad_autodiff::Tape;
 use skipgrad_ir::DType;
 use skipgrad_nn::{Checkpoint, INPUT_MEAN};
 use std::path::Path;
-use std::process::Command;
-
-fn skipgrad(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_skipgrad")).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn a_short_run_writes_metrics_and_a_checkpoint() {
