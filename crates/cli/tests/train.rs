@@ -13,30 +13,9 @@ use std::path::Path;
 #[test]
 fn a_short_run_writes_metrics_and_a_checkpoint() {
     let root = std::env::temp_dir().join(format!("skipgrad-train-{}", std::process::id()));
-    let (data, out) = (root.join("cifar"), root.join("run"));
-    std::fs::create_dir_all(&data).unwrap();
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/tests/data/cifar10_test_first20.bin");
-    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"] {
-        std::fs::copy(&sample, data.join(format!("{name}.bin"))).unwrap();
-    }
-    let args = [
-        "train",
-        "--model",
-        "resnet8",
-        "--dataset",
-        "cifar10",
-        "--data",
-        data.to_str().unwrap(),
-        "--epochs",
-        "2",
-        "--batch",
-        "16",
-        "--threads",
-        "1",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    let (ok, stdout, err) = skipgrad(&args);
+    let (data, out) = (tiny_cifar(&root), root.join("run"));
+    let args = train_args(&data, &out, &["--batch", "16", "--threads", "1"]);
+    let (ok, stdout, err) = skipgrad(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(ok, "{err}");
     assert!(stdout.starts_with("resnet8: 12 iterations in ") && stdout.contains("(20 images)"), "{stdout}");
     let config: serde_json::Value =
@@ -105,6 +84,15 @@ fn tiny_cifar(root: &Path) -> std::path::PathBuf {
     data
 }
 
+/// `train` of resnet8 for 2 epochs on the tiny CIFAR-10 in `data`, into `out`, with `extra`.
+fn train_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["train", "--model", "resnet8", "--dataset", "cifar10", "--epochs", "2"].map(String::from).to_vec();
+    args.extend(["--data".into(), data.display().to_string(), "--out".into(), out.display().to_string()]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 /// The losses of a run's metrics, by iteration.
 fn losses(run: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -122,27 +110,9 @@ fn a_resumed_run_ends_bit_identical() {
     let root = std::env::temp_dir().join(format!("skipgrad-resume-{}", std::process::id()));
     let data = tiny_cifar(&root);
     let run = |out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--model",
-            "resnet8",
-            "--dataset",
-            "cifar10",
-            "--data",
-            data.to_str().unwrap(),
-            "--epochs",
-            "2",
-            "--batch",
-            "8",
-            "--threads",
-            "2",
-            "--seed",
-            "4",
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        let (ok, stdout, err) = skipgrad(&args);
+        let mut args = train_args(&data, out, &["--batch", "8", "--threads", "2", "--seed", "4"]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let (ok, stdout, err) = skipgrad(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(ok, "{err}");
         stdout
     };
