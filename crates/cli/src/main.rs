@@ -4,6 +4,7 @@
 //! each 3x3 layer's response (the paper's Fig. 7), computed by the JIT.
 
 mod bench;
+mod plot;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Eval(train::EvalArgs),
     /// Time a model's compiled training (or inference) step on random data.
     Bench(bench::BenchArgs),
+    /// Training and test error curves of runs (the paper's Fig. 6), to SVG and PNG.
+    Plot(plot::PlotArgs),
     /// Per-layer table of a model: name, type, output shape, parameters, multiply-adds; and totals.
     Summary {
         /// The model: resnet20, plain56, resnet1202 (CIFAR, any depth 6n+2), resnet18 ... resnet152,
@@ -133,6 +136,7 @@ fn run(cli: Cli) -> Result<String, String> {
         Command::Train(args) => train::train(args),
         Command::Eval(args) => train::eval(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Plot(args) => plot::plot(args),
         Command::Summary { model, input, classes, shortcut } => {
             let mut config = Config::named(&model).map_err(|e| e.to_string())?;
             if let Some([c, _, _]) = input {

@@ -55,6 +55,14 @@ fn a_short_run_writes_metrics_and_a_checkpoint() {
     let result: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(result["accuracy"], epochs[1]["test_accuracy"], "{stdout}");
     assert_eq!(result["images"].as_u64(), Some(20));
+    // `plot` draws the run's curves to SVG and PNG; a directory without metrics is an error.
+    let (ok, stdout, err) = skipgrad(&["plot", out.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let svg = std::fs::read_to_string(out.join("errors.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("run") && stdout.contains("errors.png"), "{stdout}");
+    assert!(std::fs::read(out.join("errors.png")).unwrap().starts_with(b"\x89PNG"));
+    let (ok, _, err) = skipgrad(&["plot", root.to_str().unwrap()]);
+    assert!(!ok && err.contains("metrics.jsonl"), "{err}");
     // A checkpoint without the input preprocessing cannot be evaluated faithfully: it says so.
     let mut bare = checkpoint.clone();
     bare.tensors.remove(INPUT_MEAN);
