@@ -4,6 +4,7 @@
 //! each 3x3 layer's response (the paper's Fig. 7), computed by the JIT.
 
 mod bench;
+mod experiment;
 mod plot;
 mod train;
 
@@ -38,6 +39,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Training and test error curves of runs (the paper's Fig. 6), to SVG and PNG.
     Plot(plot::PlotArgs),
+    /// The paper's experiments: degradation (plain against residual), shortcuts (A, B, C).
+    #[command(subcommand)]
+    Experiment(experiment::Experiment),
     /// Per-layer table of a model: name, type, output shape, parameters, multiply-adds; and totals.
     Summary {
         /// The model: resnet20, plain56, resnet1202 (CIFAR, any depth 6n+2), resnet18 ... resnet152,
@@ -137,6 +141,7 @@ fn run(cli: Cli) -> Result<String, String> {
         Command::Eval(args) => train::eval(args),
         Command::Bench(args) => bench::bench(args),
         Command::Plot(args) => plot::plot(args),
+        Command::Experiment(e) => experiment::experiment(e),
         Command::Summary { model, input, classes, shortcut } => {
             let mut config = Config::named(&model).map_err(|e| e.to_string())?;
             if let Some([c, _, _]) = input {

@@ -18,14 +18,14 @@ pub struct PlotArgs {
 
 /// One run's curves: (iteration, training error %) averaged over windows, (iteration, test
 /// error %) per epoch.
-struct Curves {
+pub struct Curves {
     name: String,
     train: Vec<(f64, f64)>,
     test: Vec<(f64, f64)>,
 }
 
 /// Reads a run's metrics.
-fn curves(run: &Path) -> Result<Curves, String> {
+pub fn curves(run: &Path) -> Result<Curves, String> {
     let path = run.join("metrics.jsonl");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let (mut steps, mut test) = (vec![], vec![]);
@@ -50,17 +50,36 @@ fn curves(run: &Path) -> Result<Curves, String> {
     Ok(Curves { name, train, test })
 }
 
-/// Draws the curves on any plotters backend.
-fn draw<B: DrawingBackend>(root: DrawingArea<B, plotters::coord::Shift>, runs: &[Curves]) -> Result<(), String>
+/// Draws panels side by side, each (caption, runs), on any plotters backend.
+fn draw<B: DrawingBackend>(
+    root: DrawingArea<B, plotters::coord::Shift>,
+    panels: &[(String, Vec<Curves>)],
+) -> Result<(), String>
 where
     B::ErrorType: 'static,
 {
     let fail = |e: &dyn std::fmt::Display| format!("drawing the plot: {e}");
     root.fill(&WHITE).map_err(|e| fail(&e))?;
+    for ((caption, runs), area) in panels.iter().zip(root.split_evenly((1, panels.len().max(1)))) {
+        draw_panel(&area, caption, runs)?;
+    }
+    root.present().map_err(|e| fail(&e))
+}
+
+/// One panel: each run's training error dashed, its test error bold with a dot per epoch.
+fn draw_panel<B: DrawingBackend>(
+    area: &DrawingArea<B, plotters::coord::Shift>,
+    caption: &str,
+    runs: &[Curves],
+) -> Result<(), String>
+where
+    B::ErrorType: 'static,
+{
+    let fail = |e: &dyn std::fmt::Display| format!("drawing the plot: {e}");
     let last = runs.iter().flat_map(|r| r.train.iter().chain(&r.test)).map(|p| p.0).fold(1.0, f64::max);
     let top = runs.iter().flat_map(|r| r.train.iter().chain(&r.test)).map(|p| p.1).fold(1.0, f64::max).min(100.0);
-    let mut chart = ChartBuilder::on(&root)
-        .caption("error (%): training dashed, test bold", ("sans-serif", 20))
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
@@ -79,23 +98,22 @@ where
         // Each epoch's test error as a dot too (a run of one epoch has no line).
         chart.draw_series(run.test.iter().map(|&p| Circle::new(p, 4, colour.filled()))).map_err(|e| fail(&e))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| fail(&e))?;
-    root.present().map_err(|e| fail(&e))
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(|e| fail(&e))
+}
+
+/// Writes `panels` side by side to `stem.svg` and `stem.png`; returns the two paths.
+pub fn write(stem: &Path, panels: &[(String, Vec<Curves>)]) -> Result<(PathBuf, PathBuf), String> {
+    let (svg, png) = (stem.with_extension("svg"), stem.with_extension("png"));
+    let size = (if panels.len() > 1 { 600 * panels.len() as u32 } else { 900 }, 600);
+    draw(SVGBackend::new(&svg, size).into_drawing_area(), panels).map_err(|e| format!("{}: {e}", svg.display()))?;
+    draw(BitMapBackend::new(&png, size).into_drawing_area(), panels).map_err(|e| format!("{}: {e}", png.display()))?;
+    Ok((svg, png))
 }
 
 /// Writes the plot of `args.runs`; returns where.
 pub fn plot(args: PlotArgs) -> Result<String, String> {
     let runs = args.runs.iter().map(|r| curves(r)).collect::<Result<Vec<_>, _>>()?;
     let stem = args.out.unwrap_or_else(|| args.runs[0].join("errors"));
-    let (svg, png) = (stem.with_extension("svg"), stem.with_extension("png"));
-    draw(SVGBackend::new(&svg, (900, 600)).into_drawing_area(), &runs)
-        .map_err(|e| format!("{}: {e}", svg.display()))?;
-    draw(BitMapBackend::new(&png, (900, 600)).into_drawing_area(), &runs)
-        .map_err(|e| format!("{}: {e}", png.display()))?;
+    let (svg, png) = write(&stem, &[("error (%): training dashed, test bold".into(), runs)])?;
     Ok(format!("wrote {} and {}\n", svg.display(), png.display()))
 }

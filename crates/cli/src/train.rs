@@ -59,6 +59,10 @@ pub struct TrainArgs {
     /// uninterrupted run would have.
     #[arg(long)]
     resume: bool,
+    /// Shortcut option of a residual net where the shape changes: A, B or C (default: the
+    /// model's, A for CIFAR nets).
+    #[arg(long, value_parser = crate::parse_shortcut)]
+    shortcut: Option<skipgrad_nn::Shortcut>,
     /// Stop after this iteration (writing a checkpoint), as if interrupted; --resume continues.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     until_iteration: Option<u64>,
@@ -68,14 +72,58 @@ pub struct TrainArgs {
 /// input mean, and where the run is.
 const CHECKPOINT: &str = "checkpoint.safetensors";
 
+/// What a finished run measured.
+pub struct RunResult {
+    /// The model's name.
+    pub model: String,
+    /// Iterations run.
+    pub iterations: u64,
+    /// Stopped early by --until-iteration (`iterations` is where; no test accuracy).
+    pub stopped: bool,
+    /// The run's planned length.
+    pub planned: u64,
+    /// Test images evaluated.
+    pub test_images: usize,
+    /// Final test accuracy.
+    pub test_accuracy: f64,
+    /// Mean training error over the last tenth of the run.
+    pub train_error: f64,
+    /// Seconds the run took.
+    pub seconds: f64,
+    /// The final model's file.
+    pub model_path: PathBuf,
+}
+
 /// Runs the training; returns the final summary line.
 pub fn train(args: TrainArgs) -> Result<String, String> {
+    let r = run(args)?;
+    if r.stopped {
+        return Ok(format!(
+            "{}: stopped after iteration {} of {}; --resume continues\n",
+            r.model, r.iterations, r.planned
+        ));
+    }
+    Ok(format!(
+        "{}: {} iterations in {:.0} s, test accuracy {:.2}% ({} images), model in {}\n",
+        r.model,
+        r.iterations,
+        r.seconds,
+        100.0 * r.test_accuracy,
+        r.test_images,
+        r.model_path.display()
+    ))
+}
+
+/// Runs the training; returns what it measured (a run stopped by --until-iteration returns an
+/// error-free early summary through `train`).
+pub fn run(args: TrainArgs) -> Result<RunResult, String> {
     if !(args.lr.is_finite() && args.lr > 0.0) {
         return Err(format!("--lr must be a positive number, got {}", args.lr));
     }
     let (train, test) = load(args.dataset, args.data.as_deref())?;
     let mut config = Config::named(&args.model).map_err(|e| e.to_string())?;
     config.in_channels = train.shape[0];
+    config.shortcut = args.shortcut.unwrap_or(config.shortcut);
     config.classes = train.classes;
     let batch = args.batch as usize;
     let mean = Arc::new(train.mean_image());
@@ -140,6 +188,7 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
     );
     let start = Instant::now();
     let mut last_eval = None;
+    let mut train_errors: Vec<f64> = vec![];
     let stop = args.until_iteration.unwrap_or(iterations).min(iterations);
     let save = |trainer: &mut Trainer, done: u64, warmed_up: bool| -> Result<(), String> {
         let mut c = trainer.checkpoint();
@@ -173,6 +222,7 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
             other => other.to_string(),
         })?;
         warmed_up = warmed_up || schedule.warms_up(stats.error as f64);
+        train_errors.push(stats.error as f64);
         let seconds = start.elapsed().as_secs_f64();
         metrics.line(serde_json::json!({"iteration": i + 1, "epoch": b.position.epoch, "loss": stats.loss, "train_error": stats.error, "lr": lr, "seconds": seconds}))?;
         let images_per_second = (i + 1 - first) as f64 * batch as f64 / seconds;
@@ -187,11 +237,13 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
             let eval = trainer.evaluate(&test_batches).map_err(|e| e.to_string())?;
             let epoch = i / per_epoch + 1;
             metrics.line(serde_json::json!({"epoch": epoch, "iteration": i + 1, "test_loss": eval.loss, "test_accuracy": eval.accuracy, "seconds": start.elapsed().as_secs_f64()}))?;
-            bar.println(format!(
-                "epoch {epoch}: test accuracy {:.2}%, test loss {:.4}",
-                100.0 * eval.accuracy,
-                eval.loss
-            ));
+            let line =
+                format!("epoch {epoch}: test accuracy {:.2}%, test loss {:.4}", 100.0 * eval.accuracy, eval.loss);
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
             last_eval = Some(eval);
             save(&mut trainer, i + 1, warmed_up)?;
         }
@@ -199,7 +251,19 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
     bar.finish_and_clear();
     if stop < iterations {
         save(&mut trainer, stop, warmed_up)?;
-        return Ok(format!("{}: stopped after iteration {stop} of {iterations}; --resume continues\n", config.name()));
+        let (model, seconds) = (config.name(), start.elapsed().as_secs_f64());
+        let (test_accuracy, train_error) = (f64::NAN, f64::NAN);
+        return Ok(RunResult {
+            model,
+            iterations: stop,
+            stopped: true,
+            planned: iterations,
+            test_images: 0,
+            test_accuracy,
+            train_error,
+            seconds,
+            model_path: out.join(CHECKPOINT),
+        });
     }
     let mut checkpoint = trainer.checkpoint();
     checkpoint.tensors.insert(INPUT_MEAN.into(), Tensor::f32(train.shape, mean.to_vec()).map_err(|e| e.to_string())?);
@@ -210,14 +274,19 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
         Some(e) => e,
         None => trainer.evaluate(&test_batches).map_err(|e| e.to_string())?,
     };
-    Ok(format!(
-        "{}: {iterations} iterations in {:.0} s, test accuracy {:.2}% ({} images), model in {}\n",
-        config.name(),
-        start.elapsed().as_secs_f64(),
-        100.0 * eval.accuracy,
-        eval.images,
-        model_path.display()
-    ))
+    let tail = (train_errors.len() / 10).max(1);
+    let recent = &train_errors[train_errors.len().saturating_sub(tail)..];
+    Ok(RunResult {
+        model: config.name(),
+        iterations,
+        stopped: false,
+        planned: iterations,
+        test_images: eval.images,
+        test_accuracy: eval.accuracy,
+        train_error: recent.iter().sum::<f64>() / recent.len().max(1) as f64,
+        seconds: start.elapsed().as_secs_f64(),
+        model_path,
+    })
 }
 
 fn trainer_threads(args: &TrainArgs) -> usize {
@@ -346,4 +415,54 @@ pub fn eval(args: EvalArgs) -> Result<String, String> {
             args.dataset, eval.loss, eval.images
         )
     })
+}
+
+impl TrainArgs {
+    /// The arguments of one run of an experiment: `model` with `recipe`'s settings, into `out`.
+    pub fn for_run(recipe: &Recipe, model: &str, shortcut: Option<skipgrad_nn::Shortcut>, out: PathBuf) -> TrainArgs {
+        TrainArgs {
+            model: model.to_string(),
+            dataset: recipe.dataset,
+            data: recipe.data.clone(),
+            epochs: recipe.epochs,
+            iterations: recipe.iterations,
+            batch: recipe.batch,
+            lr: recipe.lr,
+            seed: recipe.seed,
+            threads: recipe.threads,
+            out: Some(out),
+            resume: false,
+            shortcut,
+            until_iteration: None,
+        }
+    }
+}
+
+/// The recipe every run of an experiment shares.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Recipe {
+    /// The dataset.
+    #[arg(long, value_enum, default_value_t = DatasetName::FashionMnist)]
+    pub dataset: DatasetName,
+    /// The dataset's directory.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Epochs per run (default 1).
+    #[arg(long, conflicts_with = "iterations", value_parser = clap::value_parser!(u64).range(1..))]
+    pub epochs: Option<u64>,
+    /// Iterations per run, instead of epochs.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iterations: Option<u64>,
+    /// Images per step.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub batch: u64,
+    /// Base learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    /// Seed of every run.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Threads the kernels run on (default: all cores).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub threads: Option<u64>,
 }

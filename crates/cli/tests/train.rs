@@ -161,3 +161,45 @@ fn bad_runs_say_what_was_wrong() {
         assert!(!ok && err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// The experiments run end to end at a tiny budget: a table row per depth (or option) and the
+/// figure.
+#[test]
+fn experiments_write_their_table_and_figure() {
+    let root = std::env::temp_dir().join(format!("skipgrad-experiment-{}", std::process::id()));
+    let data = tiny_cifar(&root);
+    let out = root.join("degradation");
+    let recipe = [
+        "--dataset",
+        "cifar10",
+        "--data",
+        data.to_str().unwrap(),
+        "--iterations",
+        "3",
+        "--batch",
+        "8",
+        "--threads",
+        "1",
+    ];
+    let mut args = vec!["experiment", "degradation", "--depths", "8,14", "--out", out.to_str().unwrap()];
+    args.extend(recipe);
+    let (ok, stdout, err) = skipgrad(&args);
+    assert!(ok, "{err}");
+    let table = std::fs::read_to_string(out.join("degradation.md")).unwrap();
+    assert_eq!(table.lines().count(), 4, "{table}");
+    assert!(table.lines().nth(2).unwrap().starts_with("| 8 |") && table.lines().nth(3).unwrap().starts_with("| 14 |"));
+    assert!(stdout.contains("degradation.png"), "{stdout}");
+    for run in ["plain8", "resnet8", "plain14", "resnet14"] {
+        assert!(out.join(run).join("model.safetensors").exists(), "{run}");
+    }
+    assert!(std::fs::read(out.join("degradation.png")).unwrap().starts_with(b"\x89PNG"));
+    let out = root.join("shortcuts");
+    let mut args = vec!["experiment", "shortcuts", "--model", "resnet8", "--out", out.to_str().unwrap()];
+    args.extend(recipe);
+    let (ok, _, err) = skipgrad(&args);
+    assert!(ok, "{err}");
+    let table = std::fs::read_to_string(out.join("shortcuts.md")).unwrap();
+    let options: Vec<&str> = table.lines().skip(2).map(|l| &l[..5]).collect();
+    assert_eq!(options, ["| A |", "| B |", "| C |"], "{table}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
