@@ -14,7 +14,7 @@ use std::path::Path;
 fn a_short_run_writes_metrics_and_a_checkpoint() {
     let root = std::env::temp_dir().join(format!("skipgrad-train-{}", std::process::id()));
     let (data, out) = (tiny_cifar(&root), root.join("run"));
-    let args = train_args(&data, &out, &["--batch", "16", "--threads", "1"]);
+    let args = train_args(&data, &out, &["--batch", "16", "--threads", "1", "--validation", "4"]);
     let (ok, stdout, err) = skipgrad(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(ok, "{err}");
     assert!(stdout.starts_with("resnet8: 12 iterations in ") && stdout.contains("(20 images)"), "{stdout}");
@@ -27,7 +27,9 @@ fn a_short_run_writes_metrics_and_a_checkpoint() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let epochs: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("test_accuracy").is_some()).collect();
+    // 96 training images after holding out 4: 6 batches of 16 per epoch.
     assert_eq!((lines.len(), epochs.len()), (14, 2));
+    assert!(epochs.iter().all(|e| e["validation_accuracy"].as_f64().is_some()), "{epochs:?}");
     // The schedule: lr 0.1, divided by 10 at 50% and 75% of the 12 iterations.
     let rates: Vec<f64> = lines.iter().filter_map(|l| l["lr"].as_f64()).collect();
     assert_eq!((rates[5], rates[6], rates[9]), (0.1, 0.1 * 0.1, 0.1 * 0.1 * 0.1));
