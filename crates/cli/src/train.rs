@@ -6,11 +6,20 @@ use indicatif::{ProgressBar, ProgressStyle};
 use skipgrad_data::{Loader, LoaderConfig, Position, cifar10, fashion_mnist, in_order};
 use skipgrad_ir::Tensor;
 use skipgrad_nn::{Checkpoint, Config, Family, INPUT_MEAN};
-use skipgrad_train::{Schedule, Trainer, TrainerOptions};
+use skipgrad_train::{Backend, Schedule, Trainer, TrainerOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Where `train` runs its step.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum BackendName {
+    /// Generated kernels.
+    Jit,
+    /// The reference interpreter.
+    Reference,
+}
 
 /// The datasets `train` reads.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -63,6 +72,9 @@ pub struct TrainArgs {
     /// model's, A for CIFAR nets).
     #[arg(long, value_parser = crate::parse_shortcut)]
     shortcut: Option<skipgrad_nn::Shortcut>,
+    /// Where the step runs: the JIT, or the reference interpreter (slow; for debugging a step).
+    #[arg(long, value_enum, default_value_t = BackendName::Jit)]
+    backend: BackendName,
     /// Hold out this many training images (chosen by --seed; the paper's 5000 of CIFAR-10's
     /// 50,000) and report their error after every epoch.
     #[arg(long)]
@@ -152,6 +164,10 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
     if let Some(t) = args.threads {
         options.threads = t as usize;
     }
+    options.backend = match args.backend {
+        BackendName::Jit => Backend::Jit,
+        BackendName::Reference => Backend::Reference,
+    };
     let test_batches = in_order(&test, &mean, batch).map_err(|e| e.to_string())?;
     let validation_batches = validation.map(|v| in_order(&v, &mean, batch)).transpose().map_err(|e| e.to_string())?;
     let mut trainer = Trainer::new(&config, options).map_err(|e| e.to_string())?;
@@ -452,6 +468,7 @@ impl TrainArgs {
             out: Some(out),
             resume: false,
             shortcut,
+            backend: BackendName::Jit,
             validation: None,
             until_iteration: None,
         }

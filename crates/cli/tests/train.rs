@@ -145,6 +145,20 @@ fn a_resumed_run_ends_bit_identical() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// `--backend reference` runs the same recipe on the reference interpreter.
+#[test]
+fn the_reference_backend_runs_from_the_command_line() {
+    let root = std::env::temp_dir().join(format!("skipgrad-reference-{}", std::process::id()));
+    let data = tiny_cifar(&root);
+    let out = root.join("run");
+    let (data, out) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let args = ["train", "--model", "resnet8", "--dataset", "cifar10", "--data", data, "--out", out];
+    let more = ["--iterations", "2", "--batch", "4", "--backend", "reference"];
+    let (ok, stdout, err) = skipgrad(&[&args[..], &more[..]].concat());
+    assert!(ok && stdout.starts_with("resnet8: 2 iterations"), "{stdout}{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn bad_runs_say_what_was_wrong() {
     let missing = std::env::temp_dir().join("skipgrad-no-such-dir");

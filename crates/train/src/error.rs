@@ -15,6 +15,12 @@ pub enum Error {
     /// Compiling or feeding the step failed.
     #[error(transparent)]
     Jit(#[from] skipgrad_jit::Error),
+    /// The reference interpreter rejected the step.
+    #[error(transparent)]
+    Reference(#[from] skipgrad_reference::Error),
+    /// A tensor could not be built (a feed of the wrong length).
+    #[error(transparent)]
+    Graph(#[from] skipgrad_ir::Error),
     /// A batch that does not fit the compiled step.
     #[error("{0}")]
     Batch(String),

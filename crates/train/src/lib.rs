@@ -4,10 +4,12 @@
 //! running statistics).
 
 mod error;
+mod exec;
 mod schedule;
 mod trainer;
 
 pub use error::Error;
+pub use exec::Backend;
 pub use schedule::Schedule;
 pub use trainer::{Evaluation, StepStats, Trainer, TrainerOptions};
 

@@ -1,10 +1,10 @@
 //! The compiled training step and evaluation graph of one model, and the state they share.
 
+use crate::exec::{Backend, Executor};
 use crate::{Error, Result};
 use skipgrad_autodiff::{Sgd, Tape, Var, grad};
 use skipgrad_fuse::{Pipeline, Program};
-use skipgrad_ir::{DType, Graph, NodeId, Op};
-use skipgrad_jit::{CompileOptions, CompiledGraph, compile};
+use skipgrad_ir::{DType, Graph, Op};
 use skipgrad_nn::{Checkpoint, Config, Mode, ResNet, Scope, TRAINING_STATE as OPTIMIZER};
 use std::collections::{BTreeMap, HashMap};
 
@@ -25,13 +25,24 @@ pub struct TrainerOptions {
     pub weight_decay: f64,
     /// Run the fusion pipeline before compiling (on by default; off to debug).
     pub fuse: bool,
+    /// Where the step runs: the JIT, or the reference interpreter (for debugging).
+    pub backend: Backend,
 }
 
 impl TrainerOptions {
     /// The paper's recipe for `input` images in batches of `batch`, on every core.
     pub fn paper(batch: usize, input: [usize; 3], seed: u64) -> TrainerOptions {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        TrainerOptions { batch, input, seed, threads, momentum: 0.9, weight_decay: 1e-4, fuse: true }
+        TrainerOptions {
+            batch,
+            input,
+            seed,
+            threads,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            fuse: true,
+            backend: Backend::Jit,
+        }
     }
 }
 
@@ -58,11 +69,9 @@ pub struct Evaluation {
 /// A compiled training step for one learning rate.
 struct Step {
     lr: f64,
-    compiled: CompiledGraph,
+    compiled: Executor,
     /// Each output after the loss and accuracy: the name of the tensor it updates.
     updates: Vec<String>,
-    /// Every state tensor's node in the compiled graph.
-    ids: HashMap<String, NodeId>,
 }
 
 /// Trains one model: holds its state (parameters, batch-norm buffers, SGD velocities), the
@@ -79,7 +88,7 @@ pub struct Trainer {
     /// Dims of every state tensor.
     dims: HashMap<String, Vec<usize>>,
     step: Option<Step>,
-    eval: Option<(CompiledGraph, NodeId)>,
+    eval: Option<Executor>,
 }
 
 impl Trainer {
@@ -123,15 +132,15 @@ impl Trainer {
         let step = self.step.as_mut().expect("built above");
         step.compiled.set_input("images", images)?;
         step.compiled.set_input("labels", labels)?;
-        step.compiled.run();
-        let loss = step.compiled.output(0).expect("the loss")[0];
-        let accuracy = step.compiled.output(1).expect("the accuracy")[0];
+        step.compiled.run()?;
+        let loss = step.compiled.output(0)[0];
+        let accuracy = step.compiled.output(1)[0];
         if !loss.is_finite() {
             return Err(Error::NonFinite { iteration, loss });
         }
         // Feed each update back into the tensor it updates.
         for k in 0..step.updates.len() {
-            let values = step.compiled.output(2 + k).expect("an update").to_vec();
+            let values = step.compiled.output(2 + k);
             step.compiled.set_input(&step.updates[k], &values)?;
         }
         Ok(StepStats { loss, error: 1.0 - accuracy })
@@ -153,17 +162,17 @@ impl Trainer {
         if self.eval.is_none() {
             self.sync();
             self.eval = Some(self.build_eval()?);
-            let (compiled, _) = self.eval.as_mut().expect("built above");
+            let compiled = self.eval.as_mut().expect("built above");
             for name in &self.names {
                 if !name.ends_with(".momentum") {
                     compiled.set_input(name, &self.state[name])?;
                 }
             }
         }
-        let (compiled, _) = self.eval.as_mut().expect("built above");
+        let compiled = self.eval.as_mut().expect("built above");
         compiled.set_input("images", images)?;
-        compiled.run();
-        Ok(compiled.output(0).expect("the logits").to_vec())
+        compiled.run()?;
+        Ok(compiled.output(0))
     }
 
     /// Loss and accuracy over `batches` (from [`skipgrad_data::in_order`], of this trainer's batch
@@ -173,7 +182,7 @@ impl Trainer {
         if self.eval.is_none() {
             self.eval = Some(self.build_eval()?);
         }
-        let (compiled, _) = self.eval.as_mut().expect("built above");
+        let compiled = self.eval.as_mut().expect("built above");
         for name in &self.names {
             if !name.ends_with(".momentum") {
                 compiled.set_input(name, &self.state[name])?;
@@ -183,8 +192,8 @@ impl Trainer {
         let (mut loss, mut right, mut images) = (0.0f64, 0usize, 0usize);
         for b in batches {
             compiled.set_input("images", &b.images)?;
-            compiled.run();
-            let logits = compiled.output(0).expect("the logits");
+            compiled.run()?;
+            let logits = compiled.output(0);
             for (row, &label) in logits.chunks_exact(classes).zip(&b.labels).take(b.valid) {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
                 let sum: f64 = row.iter().map(|&z| (z as f64 - max).exp()).sum();
@@ -256,15 +265,15 @@ impl Trainer {
 
     /// Kernel calls of the compiled training step (once it is built).
     pub fn kernel_calls(&self) -> Option<usize> {
-        self.step.as_ref().map(|s| s.compiled.steps())
+        self.step.as_ref().and_then(|s| s.compiled.kernel_calls())
     }
 
     /// Copies the compiled step's current state into `state`.
     fn sync(&mut self) {
         let Some(step) = &self.step else { return };
         for name in &self.names {
-            if let Some(values) = step.ids.get(name).and_then(|&id| step.compiled.value(id)) {
-                self.state.insert(name.clone(), values.to_vec());
+            if let Some(values) = step.compiled.input(name) {
+                self.state.insert(name.clone(), values);
             }
         }
     }
@@ -297,17 +306,15 @@ impl Trainer {
         if self.options.fuse {
             program = Pipeline::training().run(program)?.pop().expect("the input stage at least").program;
         }
-        let options = CompileOptions { threads: self.options.threads, ..CompileOptions::default() };
-        let mut compiled = compile(&program.graph, &program.outputs, &options)?;
-        let ids = parameters(&program.graph);
+        let mut compiled = Executor::new(self.options.backend, program, self.options.threads)?;
         for name in &self.names {
             compiled.set_input(name, &self.state[name])?;
         }
-        Ok(Step { lr, compiled, updates: targets, ids })
+        Ok(Step { lr, compiled, updates: targets })
     }
 
     /// Traces and compiles the evaluation graph: the logits with batch norm in eval mode.
-    fn build_eval(&self) -> Result<(CompiledGraph, NodeId)> {
+    fn build_eval(&self) -> Result<Executor> {
         let [c, h, w] = self.options.input;
         let tape = Tape::trace(DType::F32);
         let net = ResNet::new(&Scope::new(&tape, 0), &self.config)?;
@@ -317,8 +324,7 @@ impl Trainer {
         if self.options.fuse {
             program = Pipeline::training().run(program)?.pop().expect("the input stage at least").program;
         }
-        let options = CompileOptions { threads: self.options.threads, ..CompileOptions::default() };
-        Ok((compile(&program.graph, &program.outputs, &options)?, program.outputs[0]))
+        Executor::new(self.options.backend, program, self.options.threads)
     }
 }
 
@@ -328,15 +334,4 @@ fn name_of(graph: &Graph, v: &Var) -> String {
         Op::Parameter { name } => name.clone(),
         op => unreachable!("{op} is not a parameter"),
     }
-}
-
-/// Every parameter node of `graph`, by name.
-fn parameters(graph: &Graph) -> HashMap<String, NodeId> {
-    graph
-        .ids()
-        .filter_map(|id| match &graph.nodes()[id.index()].op {
-            Op::Parameter { name } => Some((name.clone(), id)),
-            _ => None,
-        })
-        .collect()
 }

@@ -54,3 +54,23 @@ fn a_small_net_learns_fashion_mnist() {
     let mut again = Trainer::from_checkpoint(&checkpoint, TrainerOptions::paper(batch, [1, 28, 28], 99)).unwrap();
     assert_eq!(again.evaluate(&in_order(&subset, &mean, batch).unwrap()).unwrap(), eval);
 }
+
+/// `Backend::Reference` runs the same step on the reference interpreter: a few steps of a small
+/// net give the JIT's losses (f32 on both, different summation orders).
+#[test]
+fn the_reference_backend_trains_like_the_jit() {
+    use skipgrad_train::Backend;
+    let config = Config { in_channels: 1, ..Config::named("resnet8").unwrap() };
+    let images: Vec<f32> = (0..4 * 8 * 8).map(|i| ((i * 7919 % 1000) as f32) / 500.0 - 1.0).collect();
+    let labels = [1.0, 3.0, 3.0, 7.0];
+    let losses = |backend| {
+        let options = TrainerOptions { backend, ..TrainerOptions::paper(4, [1, 8, 8], 2) };
+        let mut trainer = Trainer::new(&config, options).unwrap();
+        (0..3).map(|i| trainer.step(&images, &labels, 0.1, i).unwrap().loss).collect::<Vec<f32>>()
+    };
+    let (jit, reference) = (losses(Backend::Jit), losses(Backend::Reference));
+    for (a, b) in jit.iter().zip(&reference) {
+        assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "jit {jit:?} vs reference {reference:?}");
+    }
+    assert!(jit[2] < jit[0], "the loss falls: {jit:?}");
+}

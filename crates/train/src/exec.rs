@@ -1,0 +1,120 @@
+//! Where a traced graph runs: JIT-compiled kernels, or the reference interpreter (slow, for
+//! debugging a step that misbehaves).
+
+use crate::Result;
+use skipgrad_fuse::Program;
+use skipgrad_ir::{Graph, NodeId, Op, Tensor};
+use skipgrad_jit::{CompileOptions, CompiledGraph, compile};
+use skipgrad_reference::{Feeds, evaluate};
+use std::collections::HashMap;
+
+/// Which executor runs the training step and the evaluation graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Generated kernels (the default).
+    Jit,
+    /// The reference interpreter: plain loops, the oracle the JIT is tested against.
+    Reference,
+}
+
+/// A graph ready to run with named inputs and ordered outputs.
+pub(crate) enum Executor {
+    Jit {
+        compiled: CompiledGraph,
+        /// Inputs and parameters by name.
+        ids: HashMap<String, NodeId>,
+    },
+    Reference {
+        graph: Graph,
+        outputs: Vec<NodeId>,
+        feeds: Feeds,
+        /// Dims of the graph's inputs and parameters, by name.
+        dims: HashMap<String, Vec<usize>>,
+        results: Vec<Tensor>,
+    },
+}
+
+impl Executor {
+    /// Prepares `program` on `backend`.
+    pub(crate) fn new(backend: Backend, program: Program, threads: usize) -> Result<Executor> {
+        let sources: Vec<(String, NodeId)> = program
+            .graph
+            .ids()
+            .filter_map(|id| match &program.graph.nodes()[id.index()].op {
+                Op::Input { name } | Op::Parameter { name } => Some((name.clone(), id)),
+                _ => None,
+            })
+            .collect();
+        Ok(match backend {
+            Backend::Jit => {
+                let options = CompileOptions { threads, ..CompileOptions::default() };
+                Executor::Jit {
+                    compiled: compile(&program.graph, &program.outputs, &options)?,
+                    ids: sources.into_iter().collect(),
+                }
+            }
+            Backend::Reference => {
+                let dims = sources
+                    .iter()
+                    .map(|(n, id)| (n.clone(), program.graph.nodes()[id.index()].ty.shape.dims().to_vec()))
+                    .collect();
+                Executor::Reference {
+                    graph: program.graph,
+                    outputs: program.outputs,
+                    feeds: Feeds::new(),
+                    dims,
+                    results: vec![],
+                }
+            }
+        })
+    }
+
+    /// Sets input or parameter `name`.
+    pub(crate) fn set_input(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        match self {
+            Executor::Jit { compiled, .. } => Ok(compiled.set_input(name, values)?),
+            Executor::Reference { feeds, dims, .. } => {
+                // Names the graph does not read are ignored, as the JIT ignores them.
+                if let Some(d) = dims.get(name) {
+                    feeds.insert(name.to_string(), Tensor::f32(d.clone(), values.to_vec())?);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs the graph once.
+    pub(crate) fn run(&mut self) -> Result<()> {
+        match self {
+            Executor::Jit { compiled, .. } => compiled.run(),
+            Executor::Reference { graph, outputs, feeds, results, .. } => *results = evaluate(graph, feeds, outputs)?,
+        }
+        Ok(())
+    }
+
+    /// Output `k` of the last run.
+    pub(crate) fn output(&self, k: usize) -> Vec<f32> {
+        match self {
+            Executor::Jit { compiled, .. } => compiled.output(k).expect("an output of the program").to_vec(),
+            Executor::Reference { results, .. } => results[k].to_f64_vec().into_iter().map(|v| v as f32).collect(),
+        }
+    }
+
+    /// The current value of input or parameter `name`.
+    pub(crate) fn input(&self, name: &str) -> Option<Vec<f32>> {
+        match self {
+            Executor::Jit { compiled, ids } => ids.get(name).and_then(|&id| compiled.value(id)).map(|v| v.to_vec()),
+            Executor::Reference { feeds, .. } => {
+                feeds.get(name).map(|t| t.to_f64_vec().into_iter().map(|v| v as f32).collect())
+            }
+        }
+    }
+
+    /// Kernel calls per run (JIT only).
+    pub(crate) fn kernel_calls(&self) -> Option<usize> {
+        match self {
+            Executor::Jit { compiled, .. } => Some(compiled.steps()),
+            Executor::Reference { .. } => None,
+        }
+    }
+}
