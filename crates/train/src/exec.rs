@@ -20,7 +20,7 @@ pub enum Backend {
 /// A graph ready to run with named inputs and ordered outputs.
 pub(crate) enum Executor {
     Jit {
-        compiled: CompiledGraph,
+        compiled: Box<CompiledGraph>,
         /// Inputs and parameters by name.
         ids: HashMap<String, NodeId>,
     },
@@ -49,7 +49,7 @@ impl Executor {
             Backend::Jit => {
                 let options = CompileOptions { threads, ..CompileOptions::default() };
                 Executor::Jit {
-                    compiled: compile(&program.graph, &program.outputs, &options)?,
+                    compiled: Box::new(compile(&program.graph, &program.outputs, &options)?),
                     ids: sources.into_iter().collect(),
                 }
             }
