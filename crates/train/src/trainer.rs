@@ -119,7 +119,9 @@ impl Trainer {
     pub fn from_checkpoint(checkpoint: &Checkpoint, options: TrainerOptions) -> Result<Trainer> {
         checkpoint.build(&Tape::trace(DType::F32))?;
         let mut trainer = Trainer::new(&checkpoint.config, options)?;
-        for (name, t) in &checkpoint.tensors {
+        // The model's tensors (`build` checked them all); not the input mean or optimizer state.
+        for name in trainer.names.iter().filter(|n| !n.ends_with(".momentum")) {
+            let t = &checkpoint.tensors[name];
             trainer.state.insert(name.clone(), t.to_f64_vec().into_iter().map(|v| v as f32).collect());
         }
         Ok(trainer)
