@@ -79,8 +79,7 @@ fn resnet(n: usize, batch: usize) -> (Tape, Vec<Var>, ParamList) {
     // The paper's optimizer: each parameter's new value and velocity are updates of the step.
     let sgd = Sgd { lr: 0.1, momentum: 0.9, weight_decay: 1e-4 };
     for (p, g) in b.trainable.clone().iter().zip(&grads) {
-        let Op::Parameter { name } = b.tape.graph().nodes()[p.id().index()].op.clone() else { unreachable!() };
-        let name = format!("{name}.momentum");
+        let name = format!("{}.momentum", b.tape.graph().source_name(p.id()).expect("a parameter"));
         let v = b.tape.parameter_spec(&name, DType::F32, p.shape().dims()).unwrap();
         b.params.push((name, p.shape().dims().to_vec()));
         sgd.update(p, g, &v).unwrap();

@@ -126,8 +126,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// The name of a parameter (or buffer).
 fn name_of(tape: &Tape, v: &Var) -> String {
-    match &tape.graph().nodes()[v.id().index()].op {
-        Op::Parameter { name } => name.clone(),
-        op => panic!("{op} is not a parameter"),
-    }
+    tape.graph().source_name(v.id()).expect("a parameter").to_string()
 }

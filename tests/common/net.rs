@@ -152,7 +152,7 @@ pub fn build(blocks: &[Block], batch: usize, channels: usize, hw: usize, seed: u
     // The optimizer step, as training will run it: each parameter and its velocity buffer.
     let sgd = Sgd { lr: 0.1, momentum: 0.9, weight_decay: 1e-4 };
     for (p, g) in net.trainable.clone().iter().zip(&grads) {
-        let Op::Parameter { name } = net.tape.graph().nodes()[p.id().index()].op.clone() else { unreachable!() };
+        let name = net.tape.graph().source_name(p.id()).expect("a parameter").to_string();
         let v = net.param(&format!("{name}.momentum"), p.shape().dims(), -0.1, 0.1);
         sgd.update(p, g, &v).unwrap();
     }

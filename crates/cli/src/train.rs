@@ -153,9 +153,10 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
     let mean = Arc::new(train.mean_image());
     let loader_config = LoaderConfig { batch, seed: args.seed, shuffle: true, augment: true, drop_last: true };
     let train = Arc::new(train);
-    let mut loader =
-        Loader::new(train.clone(), mean.clone(), loader_config, Position::default()).map_err(|e| e.to_string())?;
-    let per_epoch = loader.per_epoch();
+    let per_epoch = loader_config.batches(train.len());
+    if per_epoch == 0 {
+        return Err(format!("--batch {batch} is larger than the {} training images", train.len()));
+    }
     let iterations = args.iterations.unwrap_or(args.epochs.unwrap_or(1) * per_epoch);
     // The paper warms ResNet-110 and -1202 up at lr 0.01 until the training error is below 80%.
     let warmup = (config.family == Family::Cifar && config.depth >= 110).then_some((args.lr / 10.0, 0.8));
@@ -196,10 +197,8 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
     } else {
         0
     };
-    if first > 0 {
-        let at = Position { epoch: first / per_epoch, batch: first % per_epoch };
-        loader = Loader::new(train.clone(), mean.clone(), loader_config, at).map_err(|e| e.to_string())?;
-    }
+    let at = Position { epoch: first / per_epoch, batch: first % per_epoch };
+    let mut loader = Loader::new(train.clone(), mean.clone(), loader_config, at).map_err(|e| e.to_string())?;
     let mut metrics = Metrics::open(&out.join("metrics.jsonl"), first)?;
     let run_config = serde_json::json!({
         "model": config.name(), "dataset": format!("{:?}", args.dataset), "batch": batch, "iterations": iterations,

@@ -32,6 +32,14 @@ pub struct LoaderConfig {
     pub drop_last: bool,
 }
 
+impl LoaderConfig {
+    /// Batches per epoch over `images` images.
+    pub fn batches(&self, images: usize) -> u64 {
+        let (n, b) = (images as u64, self.batch.max(1) as u64);
+        if self.drop_last { n / b } else { n.div_ceil(b) }
+    }
+}
+
 /// Where a loader is: the next batch's epoch and index within it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Position {
@@ -63,9 +71,7 @@ struct Prepare {
 
 impl Prepare {
     fn per_epoch(&self) -> u64 {
-        let n = self.data.len() as u64;
-        let b = self.config.batch as u64;
-        if self.config.drop_last { n / b } else { n.div_ceil(b) }
+        self.config.batches(self.data.len())
     }
 
     /// The order of epoch `epoch`.

@@ -93,6 +93,16 @@ impl Graph {
         self.nodes.iter().position(|n| source_name(&n.op) == Some(name)).map(NodeId)
     }
 
+    /// The name of input or parameter `id` (`None` for other nodes).
+    pub fn source_name(&self, id: NodeId) -> Option<&str> {
+        self.nodes.get(id.0).and_then(|n| source_name(&n.op))
+    }
+
+    /// Ids and names of all inputs and parameters, in order.
+    pub fn sources(&self) -> impl Iterator<Item = (NodeId, &str)> + '_ {
+        self.nodes.iter().enumerate().filter_map(|(i, n)| source_name(&n.op).map(|name| (NodeId(i), name)))
+    }
+
     /// Ids and names of all parameters, in order.
     pub fn parameters(&self) -> impl Iterator<Item = (NodeId, &str)> + '_ {
         self.nodes.iter().enumerate().filter_map(|(i, n)| match &n.op {

@@ -59,6 +59,22 @@ pub(crate) fn entry_with_thread(b: &mut FunctionBuilder) -> (Value, Value, Value
     (p[0], p[1], p[2], p[3])
 }
 
+/// The intersection of the group range `begin..end` with a part's groups `first..first + groups`
+/// (kernels that run several parts over one range), relative to `first`; empty when they miss.
+pub(crate) fn part_range(
+    b: &mut FunctionBuilder,
+    begin: Value,
+    end: Value,
+    first: usize,
+    groups: usize,
+) -> (Value, Value) {
+    let (lo, hi) = (iconst(b, first as i64), iconst(b, (first + groups) as i64));
+    let from = b.ins().umax(begin, lo);
+    let to = b.ins().umin(end, hi);
+    let to = b.ins().umax(to, lo);
+    (b.ins().isub(from, lo), b.ins().isub(to, lo))
+}
+
 /// Runs `body` only when `cond` (an i8 truth value) is true.
 pub(crate) fn if_then(b: &mut FunctionBuilder, cond: Value, body: &mut dyn FnMut(&mut FunctionBuilder)) {
     let (then, done) = (b.create_block(), b.create_block());

@@ -3,7 +3,7 @@
 //! call, like PyTorch's multi-tensor `foreach` kernels).
 
 use crate::MulAdd;
-use crate::codegen::{entry, iconst, load_arg};
+use crate::codegen::{entry, load_arg, part_range};
 use crate::nest::NestSpec;
 use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use cranelift_frontend::FunctionBuilder;
@@ -43,12 +43,7 @@ impl ForeachSpec {
         for part in &self.parts {
             let groups = part.nest.nest.groups;
             let pointers: Vec<Value> = part.args.iter().map(|&a| load_arg(b, ptr, args, a)).collect();
-            // This part's groups are first..first + groups: clamp the range to them, relative.
-            let (lo, hi) = (iconst(b, first as i64), iconst(b, (first + groups) as i64));
-            let from = b.ins().umax(begin, lo);
-            let to = b.ins().umin(end, hi);
-            let to = b.ins().umax(to, lo);
-            let (from, to) = (b.ins().isub(from, lo), b.ins().isub(to, lo));
+            let (from, to) = part_range(b, begin, end, first, groups);
             part.nest.emit(b, &pointers, from, to, mul_add);
             first += groups;
         }

@@ -2,7 +2,7 @@
 //! stride-1 convolution storing its outputs interleaved into dx.
 
 use crate::MulAdd;
-use crate::codegen::{entry_with_thread, iconst};
+use crate::codegen::{entry_with_thread, iconst, part_range};
 use crate::conv::ConvSpec;
 use cranelift_codegen::ir::{InstBuilder, Type};
 use cranelift_frontend::FunctionBuilder;
@@ -38,11 +38,7 @@ impl SubPixelSpec {
         let mut first = 0;
         for phase in &self.phases {
             let groups = phase.groups();
-            let (lo, hi) = (iconst(b, first as i64), iconst(b, (first + groups) as i64));
-            let from = b.ins().umax(begin, lo);
-            let to = b.ins().umin(end, hi);
-            let to = b.ins().umax(to, lo);
-            let (from, to) = (b.ins().isub(from, lo), b.ins().isub(to, lo));
+            let (from, to) = part_range(b, begin, end, first, groups);
             image = phase.emit(b, mul_add, &a, from, to, image);
             first += groups;
         }

@@ -3,7 +3,7 @@
 
 use crate::Result;
 use skipgrad_fuse::Program;
-use skipgrad_ir::{Graph, NodeId, Op, Tensor};
+use skipgrad_ir::{Graph, NodeId, Tensor};
 use skipgrad_jit::{CompileOptions, CompiledGraph, compile};
 use skipgrad_reference::{Feeds, evaluate};
 use std::collections::HashMap;
@@ -37,14 +37,7 @@ pub(crate) enum Executor {
 impl Executor {
     /// Prepares `program` on `backend`.
     pub(crate) fn new(backend: Backend, program: Program, threads: usize) -> Result<Executor> {
-        let sources: Vec<(String, NodeId)> = program
-            .graph
-            .ids()
-            .filter_map(|id| match &program.graph.nodes()[id.index()].op {
-                Op::Input { name } | Op::Parameter { name } => Some((name.clone(), id)),
-                _ => None,
-            })
-            .collect();
+        let sources: Vec<(String, NodeId)> = program.graph.sources().map(|(id, name)| (name.to_string(), id)).collect();
         Ok(match backend {
             Backend::Jit => {
                 let options = CompileOptions { threads, ..CompileOptions::default() };

@@ -4,7 +4,7 @@ use crate::exec::{Backend, Executor};
 use crate::{Error, Result};
 use skipgrad_autodiff::{Sgd, Tape, Var, grad};
 use skipgrad_fuse::{Pipeline, Program};
-use skipgrad_ir::{DType, Graph, Op};
+use skipgrad_ir::{DType, Graph};
 use skipgrad_nn::{Checkpoint, Config, Mode, ResNet, Scope, TRAINING_STATE as OPTIMIZER};
 use std::collections::{BTreeMap, HashMap};
 
@@ -330,10 +330,7 @@ impl Trainer {
     }
 }
 
-/// The name of parameter node `v`.
+/// The name of parameter `v`.
 fn name_of(graph: &Graph, v: &Var) -> String {
-    match &graph.nodes()[v.id().index()].op {
-        Op::Parameter { name } => name.clone(),
-        op => unreachable!("{op} is not a parameter"),
-    }
+    graph.source_name(v.id()).expect("scope tensors are parameters").to_string()
 }
