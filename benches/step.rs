@@ -2,18 +2,21 @@
 //! statistics, and the SGD update with momentum and weight decay) traced with the research API,
 //! JIT-compiled, and replayed.
 //!
-//! `cargo bench --bench step` reports, for ResNet-20, -56 and -110 at batch 128, the unfused step
-//! and the step after the training fusion pipeline: nodes, kernel calls, tensor traffic (bytes
-//! each kernel call reads and writes, each tensor once), kernels compiled and reused, compile
-//! time, the memory the compiled step holds (planned, and without planning), and the step time on
-//! 1 and 2 threads with the achieved GFLOP/s (3 x 2 x the paper's forward multiply-adds per image x
-//! batch). The two graphs are compiled side by side and run in alternation, one step of each per
-//! round, so the machine's load changes affect both alike: the times are medians over the rounds,
-//! and "fused / unfused" is the median of the per-round ratios, with its quartiles.
+//! `cargo bench --bench step` reports, for ResNet-20, -56 and -110 at batch 128, three variants
+//! of the step: the unfused graph, the graph after the training fusion pipeline with direct
+//! convolutions ("fused-direct"), and the same with Winograd F(2x2, 3x3) convolutions where they
+//! apply ("fused", the default): nodes, kernel calls, tensor traffic (bytes each kernel call reads
+//! and writes, each tensor once), kernels compiled and reused, compile time, the memory the
+//! compiled step holds (planned, and without planning), and the step time on 1 and 2 threads with
+//! the achieved GFLOP/s (3 x 2 x the paper's forward multiply-adds per image x batch, whatever
+//! the algorithm). The variants are compiled side by side and run in alternation, one step of each
+//! per round, so the machine's load changes affect them alike: the times are medians over the
+//! rounds, and each variant's ratio to the one before it is the median of the per-round ratios,
+//! with its quartiles.
 //!
 //! Environment: `BENCH_QUICK=1` runs fewer rounds; `BENCH_ROUNDS=N` sets them; `BENCH_THREADS=2`
 //! runs only that thread count; `BENCH_PROFILE=1` prints the slowest kernels; `BENCH_NET=ResNet-110`
-//! runs only the matching nets and `BENCH_GRAPH=fused` only that graph (no ratio then). The last
+//! runs only the matching nets and `BENCH_GRAPH=fused-direct,fused` only those variants. The last
 //! line is the process's peak resident memory (VmHWM), which is the step's own peak when one net
 //! and one graph run.
 
@@ -100,7 +103,9 @@ fn main() {
     let quick = std::env::var("BENCH_QUICK").is_ok();
     let batch = 128;
     println!("# one CIFAR ResNet training step, batch {batch} (forward, backward, BN statistics, SGD)\n");
-    println!("The unfused and fused graphs run in alternation, one step each per round; medians over the rounds.\n");
+    println!(
+        "The unfused graph, the fused graph with direct convolutions, and the fused graph with Winograd convolutions run in alternation, one step each per round; medians over the rounds.\n"
+    );
     println!(
         "| net | graph | nodes | kernel calls | traffic MB | kernels compiled | reused | compile ms | memory MB (unplanned) | 1 thread s/step | GFLOP/s | 2 threads s/step | GFLOP/s |"
     );
@@ -122,10 +127,14 @@ fn main() {
         let stages = Pipeline::training().run(unfused.clone()).unwrap();
         eprintln!("{name}: fusion rewrites {}", counts(&stages));
         let fused = stages.last().expect("the input stage and one per pass").program.clone();
-        let variants: Vec<(&str, &Program)> = [("unfused", &unfused), ("fused", &fused)]
-            .into_iter()
-            .filter(|(variant, _)| std::env::var("BENCH_GRAPH").map_or(true, |only| only == *variant))
-            .collect();
+        // (name, graph, Winograd convolutions): each is compared with the one before it.
+        let variants: Vec<(&str, &Program, bool)> =
+            [("unfused", &unfused, false), ("fused-direct", &fused, false), ("fused", &fused, true)]
+                .into_iter()
+                .filter(|(variant, _, _)| {
+                    std::env::var("BENCH_GRAPH").map_or(true, |only| only.split(',').any(|o| o == *variant))
+                })
+                .collect();
         let default_rounds = if quick {
             2
         } else if n > 9 {
@@ -134,7 +143,8 @@ fn main() {
             7
         };
         let rounds = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(default_rounds);
-        let rows: Vec<String> = variants.iter().map(|(v, p)| format!("| {name} | {v} | {} ", p.graph.len())).collect();
+        let rows: Vec<String> =
+            variants.iter().map(|(v, p, _)| format!("| {name} | {v} | {} ", p.graph.len())).collect();
         // Per variant: the compiled step's figures, then the time columns of each thread count.
         let mut figures: Vec<String> = vec![String::new(); variants.len()];
         let mut timings: Vec<String> = vec![String::new(); variants.len()];
@@ -147,11 +157,10 @@ fn main() {
                 continue;
             }
             let mut steps = vec![];
-            for ((_, program), row) in variants.iter().zip(&mut figures) {
+            for ((_, program, winograd), row) in variants.iter().zip(&mut figures) {
                 let start = Instant::now();
-                let step =
-                    compile(&program.graph, &program.outputs, &CompileOptions { threads, ..CompileOptions::default() })
-                        .unwrap();
+                let options = CompileOptions { threads, winograd: *winograd, ..CompileOptions::default() };
+                let step = compile(&program.graph, &program.outputs, &options).unwrap();
                 let compile_ms = start.elapsed().as_secs_f64() * 1e3;
                 if threads == thread_counts[0] {
                     let s = step.stats();
@@ -185,18 +194,20 @@ fn main() {
                 let t = quantile(t, 0.5);
                 *row += &format!("| {t:.3} | {:.1} ", flops / t / 1e9);
             }
-            if let [unfused, fused] = &times[..] {
-                let per_round: Vec<f64> = fused.iter().zip(unfused).map(|(f, u)| f / u).collect();
+            for i in 1..times.len() {
+                let per_round: Vec<f64> = times[i].iter().zip(&times[i - 1]).map(|(a, b)| a / b).collect();
                 let q = |p: f64| quantile(&per_round, p);
                 ratios.push(format!(
-                    "| {name} | {threads} | {rounds} | {:.3} | {:.3} - {:.3} |",
+                    "| {name} | {} / {} | {threads} | {rounds} | {:.3} | {:.3} - {:.3} |",
+                    variants[i].0,
+                    variants[i - 1].0,
                     q(0.5),
                     q(0.25),
                     q(0.75)
                 ));
             }
             if threads == 2 && std::env::var("BENCH_PROFILE").is_ok() {
-                for ((variant, _), step) in variants.iter().zip(&mut steps) {
+                for ((variant, _, _), step) in variants.iter().zip(&mut steps) {
                     eprintln!("\n{name} ({variant}), 2 threads:\n{}", skipgrad::jit::profile_table(&step.profile()));
                 }
             }
@@ -206,8 +217,8 @@ fn main() {
         }
     }
     if !ratios.is_empty() {
-        println!("\n| net | threads | rounds | fused / unfused step time (median of the rounds' ratios) | quartiles |");
-        println!("|---|---|---|---|---|");
+        println!("\n| net | step time ratio | threads | rounds | median of the rounds' ratios | quartiles |");
+        println!("|---|---|---|---|---|---|");
         for r in ratios {
             println!("{r}");
         }

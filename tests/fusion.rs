@@ -55,7 +55,7 @@ proptest! {
     /// The fused graph compiled by the JIT (1 and 2 threads) matches the unfused graph on the
     /// reference interpreter.
     #[test]
-    fn fused_graphs_match_the_reference_on_the_jit(blocks in prop::collection::vec(block(), 1..4), batch in 2..4usize, channels in 1..4usize, hw in 3..9usize, seed: u64) {
+    fn fused_graphs_match_the_reference_on_the_jit(blocks in prop::collection::vec(block(), 1..4), batch in 2..4usize, channels in prop::sample::select(vec![1usize, 2, 3, 8]), hw in 3..9usize, seed: u64) {
         let net = build(&blocks, batch, channels, hw, seed, DType::F32);
         let before = program(&net);
         let all: Vec<NodeId> = before.graph.ids().collect();

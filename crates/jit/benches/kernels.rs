@@ -4,7 +4,9 @@
 //! 1. the f32x4 multiply-add ceiling, from a JIT-emitted loop of independent multiply-adds;
 //! 2. the copy bandwidth, from the JIT's own copy kernel on 64 MiB;
 //! 3. every distinct convolution of CIFAR ResNet-20 and ResNet-56 at batch 128, forward,
-//!    backward-data and backward-weight, on 1 and 2 threads, as GFLOP/s and fraction of ceiling;
+//!    backward-data and backward-weight, on 1 and 2 threads, as GFLOP/s and fraction of ceiling
+//!    (stride-1 forward and backward-data twice: by Winograd F(2x2, 3x3) and direct; GFLOP/s count
+//!    the direct convolution's operations, so they compare times);
 //! 4. memory-bound kernels (batch norm, ReLU, add) as GB/s and fraction of copy bandwidth.
 //!
 //! Times are medians of repeated runs: this thread's CPU time for 1-thread runs (robust to the
@@ -85,8 +87,15 @@ fn input(g: &mut Graph, name: &str, dims: &[usize]) -> NodeId {
 
 /// Median over repetitions of (kernel GFLOP/s on one thread) / (ceiling GFLOP/s measured just
 /// before it): the fraction of ceiling, robust to the clock speed drifting during the run.
-fn fraction_of_ceiling(g: &Graph, out: NodeId, flops: f64, target: &Target, calibration: &Calibration) -> f64 {
-    let options = CompileOptions { threads: 1, target: Some(target.clone()), ..CompileOptions::default() };
+fn fraction_of_ceiling(
+    g: &Graph,
+    out: NodeId,
+    flops: f64,
+    target: &Target,
+    calibration: &Calibration,
+    winograd: bool,
+) -> f64 {
+    let options = CompileOptions { threads: 1, target: Some(target.clone()), winograd, ..CompileOptions::default() };
     let mut c = compile(g, &[out], &options).expect("compiles");
     fill_inputs(g, &mut c);
     c.run();
@@ -115,7 +124,12 @@ fn fill_inputs(g: &Graph, c: &mut skipgrad_jit::CompiledGraph) {
 
 /// Seconds per run of `g`'s `out` on `threads`, with every input filled with small values.
 fn time_graph(g: &Graph, out: NodeId, threads: usize, target: &Target) -> f64 {
-    let options = CompileOptions { threads, target: Some(target.clone()), ..CompileOptions::default() };
+    time_graph_with(g, out, threads, target, true)
+}
+
+/// [`time_graph`], choosing whether 3x3 stride-1 convolutions use Winograd F(2x2, 3x3).
+fn time_graph_with(g: &Graph, out: NodeId, threads: usize, target: &Target, winograd: bool) -> f64 {
+    let options = CompileOptions { threads, target: Some(target.clone()), winograd, ..CompileOptions::default() };
     let mut c = compile(g, &[out], &options).expect("compiles");
     fill_inputs(g, &mut c);
     let (min, budget) = reps();
@@ -123,8 +137,8 @@ fn time_graph(g: &Graph, out: NodeId, threads: usize, target: &Target) -> f64 {
 }
 
 /// `BENCH_PROFILE=1`: the share of each kernel of `g` (1 thread, wall time, 10 runs).
-fn print_profile(g: &Graph, out: NodeId, target: &Target) {
-    let options = CompileOptions { threads: 1, target: Some(target.clone()), ..CompileOptions::default() };
+fn print_profile(g: &Graph, out: NodeId, target: &Target, winograd: bool) {
+    let options = CompileOptions { threads: 1, target: Some(target.clone()), winograd, ..CompileOptions::default() };
     let mut c = compile(g, &[out], &options).expect("compiles");
     fill_inputs(g, &mut c);
     c.run();
@@ -223,8 +237,22 @@ fn main() {
         let a = Conv2dAttrs::square(case.stride, 1);
         let out_hw = (case.hw + 2 - 3) / case.stride + 1;
         let flops = 2.0 * (batch * case.k * out_hw * out_hw * case.c * 9) as f64;
-        for pass in ["forward", "backward-data", "backward-weight"] {
-            if !selected(&format!("{} {pass}", case.name)) {
+        // Stride-1 forward and backward-data run twice: by Winograd F(2x2, 3x3) (the default where
+        // it applies: at least 8 input channels) and direct, side by side.
+        let winograd_applies = |pass: &str| {
+            case.stride == 1 && (pass == "forward" && case.c >= 8 || pass == "backward-data" && case.k >= 8)
+        };
+        let passes = ["forward", "backward-data", "backward-weight"].into_iter().flat_map(|pass| {
+            let direct = winograd_applies(pass).then_some((pass, false));
+            [Some((pass, true)), direct].into_iter().flatten()
+        });
+        for (pass, winograd) in passes {
+            let algorithm = match (winograd_applies(pass), winograd) {
+                (true, true) => " (Winograd)",
+                (true, false) => " (direct)",
+                _ => "",
+            };
+            if !selected(&format!("{} {pass}{algorithm}", case.name)) {
                 continue;
             }
             let mut g = Graph::new();
@@ -246,13 +274,18 @@ fn main() {
                     g.add_node(Op::Conv2dGradWeight { conv: a, kernel_hw: [3, 3] }, &[x, dy], Role::Backward).unwrap()
                 }
             };
-            let t1 = time_graph(&g, out, 1, &target);
-            let t2 = time_graph(&g, out, 2, &target);
-            let fraction = fraction_of_ceiling(&g, out, flops, &target, &calibration);
+            let t1 = time_graph_with(&g, out, 1, &target, winograd);
+            let t2 = time_graph_with(&g, out, 2, &target, winograd);
+            let fraction = fraction_of_ceiling(&g, out, flops, &target, &calibration, winograd);
             let (g1, g2) = (flops / t1 / 1e9, flops / t2 / 1e9);
-            println!("| {} | {pass} | {g1:.1} | {:.0}% | {g2:.1} | {:.2} |", case.name, 100.0 * fraction, t1 / t2);
+            println!(
+                "| {} | {pass}{algorithm} | {g1:.1} | {:.0}% | {g2:.1} | {:.2} |",
+                case.name,
+                100.0 * fraction,
+                t1 / t2
+            );
             if std::env::var_os("BENCH_PROFILE").is_some() {
-                print_profile(&g, out, &target);
+                print_profile(&g, out, &target, winograd);
             }
         }
     }

@@ -20,6 +20,7 @@ use crate::expr::{Env, Expr, Width};
 use crate::nest::Operand;
 use crate::pack::PackSpec;
 use crate::stats::StatsSpec;
+use crate::winograd::Winograd;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{AtomicRmwOp, InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
@@ -106,6 +107,9 @@ pub struct ConvSpec {
     /// channel, its sum and sum of squares to a scratch of partials, and the last thread to
     /// finish reduces them in f64, in a fixed order, to the per-channel mean and variance.
     pub stats: bool,
+    /// With `Some`, a 3x3 stride-1 convolution computed by Winograd F(2x2, 3x3) on this tiling
+    /// (see [`Winograd`]); the pack then has two width phases.
+    pub winograd: Option<Winograd>,
 }
 
 /// Where a sub-pixel phase's outputs go: output `(i, j)` of channel `k` is element
@@ -122,12 +126,12 @@ pub struct Interleave {
 
 /// A convolution kernel's argument pointers, loaded.
 pub(crate) struct ConvArgs {
-    x: Value,
-    w: Value,
-    operands: Vec<Value>,
-    stats: Option<[Value; 4]>,
-    packed: Value,
-    y: Value,
+    pub x: Value,
+    pub w: Value,
+    pub operands: Vec<Value>,
+    pub stats: Option<[Value; 4]>,
+    pub packed: Value,
+    pub y: Value,
 }
 
 /// An elementwise expression applied to a convolution's outputs in registers: `Load(0)` is the
@@ -145,6 +149,9 @@ pub struct Epilogue {
 impl ConvSpec {
     /// Groups: one per (image, block of `kb` output channels, output row).
     pub fn groups(&self) -> usize {
+        if self.winograd.is_some() {
+            return self.shape.batch * self.winograd_groups_per_image();
+        }
         self.shape.batch * (self.shape.out_channels / self.kb) * self.shape.out_hw[0]
     }
     /// Tiles per output row: whole tiles of `4 * vb` pixels, and a partial one.
@@ -154,6 +161,9 @@ impl ConvSpec {
     /// f32 elements of the statistics a `stats` kernel writes: (sum, squares) per output channel
     /// of every tile.
     pub fn stats_len(&self) -> usize {
+        if self.winograd.is_some() {
+            return self.groups() * self.shape.out_channels * 2;
+        }
         self.groups() * self.tiles_per_row() * self.kb * 2
     }
     /// Input channels per iteration of the reduction loop: enough for about 8 taps of work
@@ -179,8 +189,12 @@ impl ConvSpec {
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
         let (args, begin, end, thread) = entry_with_thread(b);
         let a = self.load_args(b, ptr, args, thread);
-        let no_image = iconst(b, -1);
-        self.emit(b, mul_add, &a, begin, end, no_image);
+        if self.winograd.is_some() {
+            self.emit_winograd(b, mul_add, &a, begin, end);
+        } else {
+            let no_image = iconst(b, -1);
+            self.emit(b, mul_add, &a, begin, end, no_image);
+        }
         let stats = a.stats;
         if let Some([partials, counter, mean, var]) = stats {
             // Count the groups done; the thread that completes the count reduces every tile's
@@ -214,7 +228,7 @@ impl ConvSpec {
         let stats = self.stats.then(|| [arg(b), arg(b), arg(b), arg(b)]);
         let scratch = arg(b);
         let y = arg(b);
-        let packed = thread_share(b, scratch, thread, self.pack.len());
+        let packed = thread_share(b, scratch, thread, self.scratch_len());
         ConvArgs { x, w, operands, stats, packed, y }
     }
 
@@ -308,14 +322,28 @@ impl ConvSpec {
         packed[0]
     }
 
-    /// f32 elements of one thread's packing scratch (one packed image).
+    /// f32 elements of one thread's scratch: one packed image (and, for Winograd, the
+    /// transformed weights, inputs and products of one group).
     pub fn scratch_len(&self) -> usize {
-        self.pack.len()
+        if self.winograd.is_some() { self.winograd_scratch_len() } else { self.pack.len() }
     }
 
     /// The reduction of this kernel's statistics partials.
     fn statistics(&self) -> StatsSpec {
         let [oh, ow] = self.shape.out_hw;
+        if self.winograd.is_some() {
+            // One entry per group, every channel in one block.
+            let channels = self.shape.out_channels;
+            let rows = self.winograd_groups_per_image();
+            return StatsSpec {
+                channels,
+                kb: channels,
+                batch: self.shape.batch,
+                rows,
+                tiles: 1,
+                count: self.shape.batch * oh * ow,
+            };
+        }
         StatsSpec {
             channels: self.shape.out_channels,
             kb: self.kb,
@@ -404,31 +432,13 @@ impl ConvSpec {
         let full_bases: Vec<Value> = operands.iter().map(|&o| elem_addr(b, o, y_col)).collect();
         let channel_bases: Vec<Value> = operands.iter().map(|&o| elem_addr(b, o, k0)).collect();
         let epilogue = |b: &mut FunctionBuilder, v: Value, width: Width, k: usize, offset: i32| -> Value {
-            let Some(e) = &self.epilogue else { return v };
-            let mut load = |b: &mut FunctionBuilder, i: usize| -> Value {
-                if i == 0 {
-                    return v;
-                }
-                let read = MemFlagsData::new().with_notrap().with_readonly();
-                match e.operands[i - 1] {
-                    Operand::Channel => {
-                        let c = b.ins().load(types::F32, read, channel_bases[i - 1], 4 * k as i32);
-                        if width == Width::Vector { b.ins().splat(types::F32X4, c) } else { c }
-                    }
-                    _ => b.ins().load(width.ty(), read, full_bases[i - 1], offset),
-                }
+            let at = EpilogueAt {
+                full: &full_bases,
+                full_offset: offset,
+                channel: &channel_bases,
+                channel_offset: 4 * k as i32,
             };
-            let empty = HashMap::new();
-            let mut env = Env {
-                width,
-                mul_add,
-                load: &mut load,
-                invariants: &empty,
-                locals: &[],
-                acc: None,
-                loaded: HashMap::new(),
-            };
-            e.expr.emit(b, &mut env)
+            apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, v, width)
         };
         for k in 0..self.kb {
             // Statistics of this channel's stored values: vector and scalar partial sums.
@@ -472,8 +482,51 @@ impl ConvSpec {
     }
 }
 
+/// Where an epilogue reads its operands for one stored value: `Full` operands at byte
+/// `full_offset` from their `full` base, `Channel` operands at `channel_offset` from theirs.
+pub(crate) struct EpilogueAt<'a> {
+    pub full: &'a [Value],
+    pub full_offset: i32,
+    pub channel: &'a [Value],
+    pub channel_offset: i32,
+}
+
+/// Applies `epilogue` (if any) to the convolution's value `v` (a vector or a scalar).
+pub(crate) fn apply_epilogue(
+    b: &mut FunctionBuilder,
+    epilogue: Option<&Epilogue>,
+    mul_add: MulAdd,
+    at: &EpilogueAt,
+    v: Value,
+    width: Width,
+) -> Value {
+    let Some(e) = epilogue else { return v };
+    let mut load = |b: &mut FunctionBuilder, i: usize| -> Value {
+        if i == 0 {
+            return v;
+        }
+        let read = MemFlagsData::new().with_notrap().with_readonly();
+        match e.operands[i - 1] {
+            Operand::Channel => {
+                let c = b.ins().load(types::F32, read, at.channel[i - 1], at.channel_offset);
+                if width == Width::Vector { b.ins().splat(types::F32X4, c) } else { c }
+            }
+            _ => b.ins().load(width.ty(), read, at.full[i - 1], at.full_offset),
+        }
+    };
+    let empty = HashMap::new();
+    let mut env =
+        Env { width, mul_add, load: &mut load, invariants: &empty, locals: &[], acc: None, loaded: HashMap::new() };
+    e.expr.emit(b, &mut env)
+}
+
 /// Adds `v` and `v * v` to the running (sum, squares), starting them at `v` and `v * v`.
-fn sum_and_squares(b: &mut FunctionBuilder, mul_add: MulAdd, running: Option<[Value; 2]>, v: Value) -> [Value; 2] {
+pub(crate) fn sum_and_squares(
+    b: &mut FunctionBuilder,
+    mul_add: MulAdd,
+    running: Option<[Value; 2]>,
+    v: Value,
+) -> [Value; 2] {
     match running {
         None => [v, b.ins().fmul(v, v)],
         Some([s, q]) => [b.ins().fadd(s, v), mul_add_emit(b, mul_add, v, v, q)],

@@ -37,6 +37,7 @@ mod sub_pixel;
 mod target;
 mod transpose;
 mod weight_grad;
+mod winograd;
 
 pub use buffer::Guard;
 pub use compiler::{CompileStats, Kernel, KernelCode};
@@ -58,6 +59,7 @@ pub use sub_pixel::SubPixelSpec;
 pub use target::{MulAdd, Target};
 pub use transpose::TransposeSpec;
 pub use weight_grad::WeightGradSpec;
+pub use winograd::Winograd;
 
 /// Result type of the JIT.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

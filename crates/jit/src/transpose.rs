@@ -99,7 +99,7 @@ fn transpose4(b: &mut FunctionBuilder, [r0, r1, r2, r3]: [Value; 4]) -> [Value; 
 
 /// Lanes `lanes` of the concatenation `[x, y]` (indices 0..8), as one f32x4. These masks are the
 /// unpack instructions of SSE2, which Cranelift's x64 backend matches.
-fn shuffle32(b: &mut FunctionBuilder, x: Value, y: Value, lanes: [u8; 4]) -> Value {
+pub(crate) fn shuffle32(b: &mut FunctionBuilder, x: Value, y: Value, lanes: [u8; 4]) -> Value {
     let little = MemFlagsData::new().with_endianness(Endianness::Little);
     let bytes: Vec<u8> = lanes.iter().flat_map(|&l| (0..4).map(move |k| 4 * l + k)).collect();
     let mask = b.func.dfg.immediates.push(ConstantData::from(bytes));

@@ -79,6 +79,28 @@ fn any_dims() -> impl Strategy<Value = Vec<usize>> {
 }
 
 proptest! {
+    #![proptest_config(config(16))]
+
+    /// 3x3 stride-1 convolutions with enough input channels take the Winograd F(2x2, 3x3) path
+    /// (forward and input gradient) when their output sizes are even: partial vectors of tiles
+    /// (widths not a multiple of 8), groups of several tile rows, and padding 0 to 2. Odd sizes
+    /// fall back to the direct kernel and are checked too.
+    #[test]
+    fn winograd_convolutions(n in 1..3usize, c in 8..20usize, k in 1..20usize, h in 2..19usize, w in 2..19usize, p in 0..3usize, seed: u64) {
+        prop_assume!(h + 2 * p >= 3 && w + 2 * p >= 3);
+        let a = Conv2dAttrs::square(1, p);
+        let [oh, ow] = [h + 2 * p - 2, w + 2 * p - 2];
+        let x = random(seed, &[n, c, h, w], -1.0, 1.0);
+        let wt = random(seed ^ 1, &[k, c, 3, 3], -1.0, 1.0);
+        let wt_t = random(seed ^ 3, &[c, k, 3, 3], -1.0, 1.0);
+        let dy = random(seed ^ 2, &[n, c, oh, ow], -1.0, 1.0);
+        check(&[x, wt], |g, i| add(g, Op::Conv2d(a), i))?;
+        // The input gradient reads dy's c channels and writes k.
+        check(&[dy, wt_t], |g, i| add(g, Op::Conv2dGradInput { conv: a, input_hw: [h, w] }, i))?;
+    }
+}
+
+proptest! {
     #![proptest_config(config(48))]
 
     #[test]

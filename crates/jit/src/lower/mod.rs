@@ -61,7 +61,8 @@ impl Lowered {
 }
 
 /// Lowers node `id` of `graph`.
-pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
+/// With `winograd`, 3x3 stride-1 convolutions of even output sizes use Winograd F(2x2, 3x3).
+pub(crate) fn lower(graph: &Graph, id: NodeId, winograd: bool) -> Result<Lowered> {
     let node = graph.node(id)?;
     let unsupported =
         |reason: &str| Error::Unsupported { op: node.op.to_string(), node: id.index(), reason: reason.into() };
@@ -121,7 +122,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
             let value = &k.body.nodes()[k.output_nodes()[0]];
             match value.op {
                 Op::BatchNormGradInput { .. } => bn_backward(graph, id, k, &inputs).map_err(|e| unsupported(&e))?,
-                Op::Conv2d(_) => conv_with_stats(graph, id, k, &inputs).map_err(|e| unsupported(&e))?,
+                Op::Conv2d(_) => conv_with_stats(graph, id, k, &inputs, winograd).map_err(|e| unsupported(&e))?,
                 _ => elementwise_outputs(graph, id, k, &inputs).map_err(|e| unsupported(&e))?,
             }
         }
@@ -149,6 +150,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
                         [outer(0), outer(1)],
                         [&dims_of(0), &dims_of(1)],
                         conv.ty.shape.dims(),
+                        winograd,
                     );
                     with_epilogue(lowered, label, expr, modes, operand_nodes)
                 }
@@ -237,7 +239,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId) -> Result<Lowered> {
             Lowered::nest(label(), spec, inputs, id)
         }
         Op::Conv2d(_) | Op::Conv2dGradInput { .. } => {
-            lower_conv(&node.op, id, [inputs[0], inputs[1]], [&dims(0)?, &dims(1)?], node.ty.shape.dims())
+            lower_conv(&node.op, id, [inputs[0], inputs[1]], [&dims(0)?, &dims(1)?], node.ty.shape.dims(), winograd)
         }
         Op::Conv2dGradWeight { conv: a, kernel_hw } => {
             let (x, dy) = (dims(0)?, dims(1)?);
@@ -395,7 +397,7 @@ fn fused_maps_within(
 
 /// A convolution node (`conv2d`, or `conv2d_grad_input`) writing node `id`: `inputs` are its two
 /// operands with their dims, `out` the output dims.
-fn lower_conv(op: &Op, id: NodeId, inputs: [NodeId; 2], dims: [&[usize]; 2], out: &[usize]) -> Lowered {
+fn lower_conv(op: &Op, id: NodeId, inputs: [NodeId; 2], dims: [&[usize]; 2], out: &[usize], winograd: bool) -> Lowered {
     let [x, w] = dims;
     let (r, s) = (w[2], w[3]);
     match op {
@@ -414,6 +416,7 @@ fn lower_conv(op: &Op, id: NodeId, inputs: [NodeId; 2], dims: [&[usize]; 2], out
                 pad,
                 [out[2], out[3]],
                 kcrs,
+                winograd,
             )
         }
         Op::Conv2dGradInput { conv: a, input_hw } => {
@@ -437,6 +440,7 @@ fn lower_conv(op: &Op, id: NodeId, inputs: [NodeId; 2], dims: [&[usize]; 2], out
                 pad,
                 *input_hw,
                 layout,
+                winograd,
             )
         }
         _ => unreachable!("lower_conv is called for convolutions"),
@@ -446,7 +450,13 @@ fn lower_conv(op: &Op, id: NodeId, inputs: [NodeId; 2], dims: [&[usize]; 2], out
 /// A fused convolution that also writes its batch statistics (`outputs` = [convolution,
 /// batch_mean, batch_var]): the convolution kernel writes per-tile partial sums while its outputs
 /// are in registers, and its last thread reduces them into the fused node's `output` nodes.
-fn conv_with_stats(graph: &Graph, id: NodeId, k: &Fused, inputs: &[NodeId]) -> std::result::Result<Lowered, String> {
+fn conv_with_stats(
+    graph: &Graph,
+    id: NodeId,
+    k: &Fused,
+    inputs: &[NodeId],
+    winograd: bool,
+) -> std::result::Result<Lowered, String> {
     let body = k.body.nodes();
     let outputs = k.output_nodes();
     let [c, m, v] = outputs[..] else {
@@ -463,7 +473,7 @@ fn conv_with_stats(graph: &Graph, id: NodeId, k: &Fused, inputs: &[NodeId]) -> s
     let outer = |j: usize| inputs[conv.inputs[j].index()];
     let dims_of = |j: usize| body[conv.inputs[j].index()].ty.shape.dims().to_vec();
     let Lowered::Steps { mut scratch, mut steps } =
-        lower_conv(&conv.op, id, [outer(0), outer(1)], [&dims_of(0), &dims_of(1)], conv.ty.shape.dims())
+        lower_conv(&conv.op, id, [outer(0), outer(1)], [&dims_of(0), &dims_of(1)], conv.ty.shape.dims(), winograd)
     else {
         unreachable!("convolutions lower to steps")
     };
