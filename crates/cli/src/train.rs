@@ -82,6 +82,10 @@ pub struct TrainArgs {
     /// Stop after this iteration (writing a checkpoint), as if interrupted; --resume continues.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     until_iteration: Option<u64>,
+    /// When the loss stops being finite, replay that step unfused with every intermediate kept
+    /// and name the first graph node that produced a NaN or an infinity, with its inputs.
+    #[arg(long)]
+    debug_nan: bool,
 }
 
 /// The checkpoint a run writes after every epoch: the model, the optimizer's velocities, the
@@ -245,7 +249,21 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
                 } else {
                     "no checkpoint was written yet".into()
                 };
-                format!("{e}: the run stops; {good}")
+                let mut message = format!("{e}: the run stops; {good}");
+                if args.debug_nan {
+                    message += &match trainer.first_non_finite(&b.images, &b.labels, lr) {
+                        Ok(Some(found)) => format!("\n{found}"),
+                        Ok(None) => {
+                            "\nreplayed unfused, the step's values are all finite: the fused step differs from \
+                                     the unfused one (please report it with this run's config.json)"
+                                .into()
+                        }
+                        Err(e) => format!("\n--debug-nan could not replay the step: {e}"),
+                    };
+                } else {
+                    message += " (--debug-nan names the first graph node that produced a non-finite value)";
+                }
+                message
             }
             other => other.to_string(),
         })?;
@@ -470,6 +488,8 @@ impl TrainArgs {
             backend: BackendName::Jit,
             validation: None,
             until_iteration: None,
+            // A diverging run (a deep plain net) says where it first went non-finite.
+            debug_nan: true,
         }
     }
 }

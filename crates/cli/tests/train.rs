@@ -219,3 +219,22 @@ fn experiments_write_their_table_and_figure() {
     assert_eq!(options, ["| A |", "| B |", "| C |"], "{table}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// A diverging run stops on its first non-finite loss, naming the iteration and that no
+/// checkpoint exists yet; with --debug-nan it also names the first graph node that produced a
+/// non-finite value and its inputs.
+#[test]
+fn a_diverging_run_stops_and_debug_nan_names_the_node() {
+    let root = std::env::temp_dir().join(format!("skipgrad-nan-{}", std::process::id()));
+    let (data, out) = (tiny_cifar(&root), root.join("run"));
+    let args = train_args(&data, &out, &["--batch", "16", "--threads", "1", "--lr", "1e30"]);
+    let (ok, _, err) = skipgrad(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok);
+    assert!(err.contains("the run stops; no checkpoint was written yet") && err.contains("--debug-nan names"), "{err}");
+    let mut debug = args.clone();
+    debug.push("--debug-nan".into());
+    let (ok, _, err) = skipgrad(&debug.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok);
+    assert!(err.contains("the first non-finite value is %") && err.contains("\n  input %"), "{err}");
+    std::fs::remove_dir_all(&root).ok();
+}

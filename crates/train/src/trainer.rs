@@ -4,7 +4,8 @@ use crate::exec::{Backend, Executor};
 use crate::{Error, Result};
 use skipgrad_autodiff::{Sgd, Tape, Var, grad};
 use skipgrad_fuse::{Pipeline, Program};
-use skipgrad_ir::{DType, Graph};
+use skipgrad_ir::{DType, Graph, NodeId, Role};
+use skipgrad_jit::{CompileOptions, compile};
 use skipgrad_nn::{Checkpoint, Config, Mode, ResNet, Scope, TRAINING_STATE as OPTIMIZER};
 use std::collections::{BTreeMap, HashMap};
 
@@ -282,6 +283,66 @@ impl Trainer {
 
     /// Traces, fuses and compiles the training step at `lr`, and feeds it the state.
     fn build_step(&self, lr: f64) -> Result<Step> {
+        let (mut program, updates) = self.trace_step(lr)?;
+        if self.options.fuse {
+            program = Pipeline::training().run(program)?.pop().expect("the input stage at least").program;
+        }
+        let mut compiled = Executor::new(self.options.backend, program, self.options.threads)?;
+        for name in &self.names {
+            compiled.set_input(name, &self.state[name])?;
+        }
+        Ok(Step { lr, compiled, updates })
+    }
+
+    /// Finds where a step first produces a non-finite value: runs the step on `images` and
+    /// `labels` at `lr` from the current state, unfused, with every intermediate kept, and
+    /// returns the first node (in graph order, which is topological) holding a NaN or an
+    /// infinity, or `None` when every value is finite. After [`Trainer::step`] returned
+    /// [`Error::NonFinite`], the state is still the one before that step, so this replays it.
+    pub fn first_non_finite(&mut self, images: &[f32], labels: &[f32], lr: f64) -> Result<Option<NonFiniteValue>> {
+        self.sync();
+        let (program, _) = self.trace_step(lr)?;
+        let options = CompileOptions { threads: self.options.threads, plan_memory: false, ..CompileOptions::default() };
+        let mut compiled = compile(&program.graph, &program.outputs, &options)?;
+        compiled.set_input("images", images)?;
+        compiled.set_input("labels", labels)?;
+        for name in &self.names {
+            compiled.set_input(name, &self.state[name])?;
+        }
+        compiled.run();
+        let graph = &program.graph;
+        let describe = |id: NodeId| -> String {
+            let values = compiled.value(id).unwrap_or(&[]);
+            let bad = values.iter().filter(|v| !v.is_finite()).count();
+            let largest = values.iter().filter(|v| v.is_finite()).fold(0f32, |m, v| m.max(v.abs()));
+            let what = match graph.source_name(id) {
+                Some(name) => format!("{id} ({name})"),
+                None => format!("{id} ({})", graph.nodes()[id.index()].op.name()),
+            };
+            format!("{what}: {bad} of {} values non-finite, largest finite magnitude {largest:e}", values.len())
+        };
+        for id in graph.ids() {
+            let Some(values) = compiled.value(id) else { continue };
+            let non_finite = values.iter().filter(|v| !v.is_finite()).count();
+            if non_finite > 0 {
+                let node = &graph.nodes()[id.index()];
+                return Ok(Some(NonFiniteValue {
+                    node: id,
+                    line: graph.node_line(id).expect("a node of the graph"),
+                    role: node.role,
+                    parameter: graph.source_name(id).map(str::to_string),
+                    non_finite,
+                    elements: values.len(),
+                    inputs: node.inputs.iter().map(|&i| describe(i)).collect(),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Traces the training step at `lr` (forward, loss, backward, SGD updates): the unfused
+    /// program (outputs: loss, accuracy, then each update) and the tensor each update replaces.
+    fn trace_step(&self, lr: f64) -> Result<(Program, Vec<String>)> {
         let [c, h, w] = self.options.input;
         let tape = Tape::trace(DType::F32);
         let scope = Scope::new(&tape, 0);
@@ -304,15 +365,7 @@ impl Trainer {
         let graph = tape.graph();
         let targets: Vec<String> = updates.iter().map(|(t, _)| name_of(&graph, t)).collect();
         let outputs = [loss.id(), accuracy.id()].into_iter().chain(updates.iter().map(|(_, new)| new.id())).collect();
-        let mut program = Program { graph, outputs };
-        if self.options.fuse {
-            program = Pipeline::training().run(program)?.pop().expect("the input stage at least").program;
-        }
-        let mut compiled = Executor::new(self.options.backend, program, self.options.threads)?;
-        for name in &self.names {
-            compiled.set_input(name, &self.state[name])?;
-        }
-        Ok(Step { lr, compiled, updates: targets })
+        Ok((Program { graph, outputs }, targets))
     }
 
     /// Traces and compiles the evaluation graph: the logits with batch norm in eval mode.
@@ -327,6 +380,40 @@ impl Trainer {
             program = Pipeline::training().run(program)?.pop().expect("the input stage at least").program;
         }
         Executor::new(self.options.backend, program, self.options.threads)
+    }
+}
+
+/// The first value of a step that is not a number or infinite ([`Trainer::first_non_finite`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NonFiniteValue {
+    /// The node of the unfused step graph.
+    pub node: NodeId,
+    /// Its line in the graph's text dump.
+    pub line: String,
+    /// Forward, backward or update.
+    pub role: Role,
+    /// The parameter's or input's name, when the node is one (the state itself holds the value).
+    pub parameter: Option<String>,
+    /// How many of its elements are non-finite.
+    pub non_finite: usize,
+    /// Its elements.
+    pub elements: usize,
+    /// One line per input: its node, op or name, and its values' health.
+    pub inputs: Vec<String>,
+}
+
+impl std::fmt::Display for NonFiniteValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let role = format!("{:?}", self.role).to_lowercase();
+        write!(f, "the first non-finite value is {} ({role}", self.line)?;
+        if let Some(name) = &self.parameter {
+            write!(f, ", the state tensor {name}")?;
+        }
+        write!(f, "): {} of {} values", self.non_finite, self.elements)?;
+        for input in &self.inputs {
+            write!(f, "\n  input {input}")?;
+        }
+        Ok(())
     }
 }
 

@@ -74,3 +74,46 @@ fn the_reference_backend_trains_like_the_jit() {
     }
     assert!(jit[2] < jit[0], "the loss falls: {jit:?}");
 }
+
+/// `first_non_finite` replays a failed step and names where it went wrong: a weight holding a
+/// NaN is itself the first non-finite value (a state tensor, named); with finite weights but
+/// images near f32's limit, the first is a computed node whose inputs are all finite; a healthy
+/// step has none.
+#[test]
+fn a_non_finite_step_names_its_first_non_finite_node() {
+    let config = Config { in_channels: 1, ..Config::named("resnet8").unwrap() };
+    let images: Vec<f32> = (0..4 * 8 * 8).map(|i| ((i * 7919 % 1000) as f32) / 500.0 - 1.0).collect();
+    let labels = [1.0, 3.0, 3.0, 7.0];
+    let trainer = || Trainer::new(&config, TrainerOptions::paper(4, [1, 8, 8], 2)).unwrap();
+
+    let mut poisoned = trainer();
+    let mut state = poisoned.training_state();
+    // The classifier's weight: a NaN before a ReLU would vanish (max(NaN, 0) is 0 here, as in
+    // Rust's f32::max), while the classifier's reaches the loss.
+    let name = "fc.weight";
+    let mut values = state[name].to_f64_vec();
+    values[5] = f64::NAN;
+    state.insert(
+        name.into(),
+        skipgrad_ir::Tensor::f32(state[name].shape().dims().to_vec(), values.iter().map(|&v| v as f32).collect())
+            .unwrap(),
+    );
+    poisoned.restore(&state).unwrap();
+    let error = poisoned.step(&images, &labels, 0.1, 0).unwrap_err();
+    assert!(matches!(error, skipgrad_train::Error::NonFinite { iteration: 0, .. }), "{error}");
+    let found = poisoned.first_non_finite(&images, &labels, 0.1).unwrap().expect("a non-finite value");
+    assert_eq!((found.parameter.as_deref(), found.non_finite), (Some(name), 1), "{found}");
+
+    // (Its loss may stay finite: batch norm maps an infinite variance to zeros.)
+    let mut overflowing = trainer();
+    let huge: Vec<f32> = images.iter().map(|v| v * 3e37).collect();
+    let found = overflowing.first_non_finite(&huge, &labels, 0.1).unwrap().expect("a non-finite value");
+    assert_eq!(found.parameter, None, "{found}");
+    assert!(found.inputs.iter().all(|i| i.contains(": 0 of ")), "its inputs are finite: {found}");
+    let text = found.to_string();
+    assert!(text.starts_with(&format!("the first non-finite value is {}: f32[", found.node)), "{text}");
+
+    // A healthy step has none.
+    let mut healthy = trainer();
+    assert_eq!(healthy.first_non_finite(&images, &labels, 0.1).unwrap(), None);
+}
