@@ -110,6 +110,8 @@ pub struct RunResult {
     pub train_error: f64,
     /// Seconds the run took.
     pub seconds: f64,
+    /// Of those, seconds the step waited for the loader's next batch.
+    pub data_wait: f64,
     /// The final model's file.
     pub model_path: PathBuf,
 }
@@ -124,10 +126,11 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
         ));
     }
     Ok(format!(
-        "{}: {} iterations in {:.0} s, test accuracy {:.2}% ({} images), model in {}\n",
+        "{}: {} iterations in {:.0} s ({:.1} s waiting for data), test accuracy {:.2}% ({} images), model in {}\n",
         r.model,
         r.iterations,
         r.seconds,
+        r.data_wait,
         100.0 * r.test_accuracy,
         r.test_images,
         r.model_path.display()
@@ -219,6 +222,8 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
             .map_err(|e| e.to_string())?,
     );
     let start = Instant::now();
+    // Time the step spends waiting for the loader's background thread (the loader should keep up).
+    let mut data_wait = 0.0;
     let mut last_eval = None;
     let mut train_errors: Vec<f64> = vec![];
     let stop = args.until_iteration.unwrap_or(iterations).min(iterations);
@@ -239,7 +244,9 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
         c.save(&out.join(CHECKPOINT)).map_err(|e| e.to_string())
     };
     for i in first..stop {
+        let waiting = Instant::now();
         let b = loader.next_batch();
+        data_wait += waiting.elapsed().as_secs_f64();
         let lr = schedule.lr(i, warmed_up);
         let stats = trainer.step(&b.images, &b.labels, lr, i).map_err(|e| match e {
             skipgrad_train::Error::NonFinite { .. } => {
@@ -270,7 +277,7 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
         warmed_up = warmed_up || schedule.warms_up(stats.error as f64);
         train_errors.push(stats.error as f64);
         let seconds = start.elapsed().as_secs_f64();
-        metrics.line(serde_json::json!({"iteration": i + 1, "epoch": b.position.epoch, "loss": stats.loss, "train_error": stats.error, "lr": lr, "seconds": seconds}))?;
+        metrics.line(serde_json::json!({"iteration": i + 1, "epoch": b.position.epoch, "loss": stats.loss, "train_error": stats.error, "lr": lr, "seconds": seconds, "data_wait_seconds": data_wait}))?;
         let images_per_second = (i + 1 - first) as f64 * batch as f64 / seconds;
         bar.set_message(format!(
             "loss {:.3} error {:.1}% {images_per_second:.0} img/s",
@@ -314,6 +321,7 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
             test_accuracy,
             train_error,
             seconds,
+            data_wait,
             model_path: out.join(CHECKPOINT),
         });
     }
@@ -337,6 +345,7 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
         test_accuracy: eval.accuracy,
         train_error: recent.iter().sum::<f64>() / recent.len().max(1) as f64,
         seconds: start.elapsed().as_secs_f64(),
+        data_wait,
         model_path,
     })
 }

@@ -18,6 +18,7 @@ fn a_short_run_writes_metrics_and_a_checkpoint() {
     let (ok, stdout, err) = skipgrad(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(ok, "{err}");
     assert!(stdout.starts_with("resnet8: 12 iterations in ") && stdout.contains("(20 images)"), "{stdout}");
+    assert!(stdout.contains(" s waiting for data), test accuracy "), "{stdout}");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!((config["iterations"].as_u64(), config["iterations_per_epoch"].as_u64()), (Some(12), Some(6)));
@@ -30,6 +31,9 @@ fn a_short_run_writes_metrics_and_a_checkpoint() {
     // 96 training images after holding out 4: 6 batches of 16 per epoch.
     assert_eq!((lines.len(), epochs.len()), (14, 2));
     assert!(epochs.iter().all(|e| e["validation_accuracy"].as_f64().is_some()), "{epochs:?}");
+    // Every iteration's line records the time spent waiting for data so far.
+    let waits: Vec<f64> = lines.iter().filter_map(|l| l["data_wait_seconds"].as_f64()).collect();
+    assert!(waits.len() == 12 && waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
     // The schedule: lr 0.1, divided by 10 at 50% and 75% of the 12 iterations.
     let rates: Vec<f64> = lines.iter().filter_map(|l| l["lr"].as_f64()).collect();
     assert_eq!((rates[5], rates[6], rates[9]), (0.1, 0.1 * 0.1, 0.1 * 0.1 * 0.1));
