@@ -5,7 +5,7 @@
 //! 2. the copy bandwidth, from the JIT's own copy kernel on 64 MiB;
 //! 3. every distinct convolution of CIFAR ResNet-20 and ResNet-56 at batch 128, forward,
 //!    backward-data and backward-weight, on 1 and 2 threads, as GFLOP/s and fraction of ceiling
-//!    (stride-1 forward and backward-data twice: by Winograd F(2x2, 3x3) and direct; GFLOP/s count
+//!    (stride-1 passes twice: by Winograd F(2x2, 3x3) and direct; GFLOP/s count
 //!    the direct convolution's operations, so they compare times);
 //! 4. memory-bound kernels (batch norm, ReLU, add) as GB/s and fraction of copy bandwidth.
 //!
@@ -237,10 +237,10 @@ fn main() {
         let a = Conv2dAttrs::square(case.stride, 1);
         let out_hw = (case.hw + 2 - 3) / case.stride + 1;
         let flops = 2.0 * (batch * case.k * out_hw * out_hw * case.c * 9) as f64;
-        // Stride-1 forward and backward-data run twice: by Winograd F(2x2, 3x3) (the default where
-        // it applies: at least 8 input channels) and direct, side by side.
+        // Stride-1 passes run twice: by Winograd F(2x2, 3x3) (the default where it applies: at
+        // least 8 input channels) and direct, side by side.
         let winograd_applies = |pass: &str| {
-            case.stride == 1 && (pass == "forward" && case.c >= 8 || pass == "backward-data" && case.k >= 8)
+            case.stride == 1 && (pass != "backward-data" && case.c >= 8 || pass == "backward-data" && case.k >= 8)
         };
         let passes = ["forward", "backward-data", "backward-weight"].into_iter().flat_map(|pass| {
             let direct = winograd_applies(pass).then_some((pass, false));

@@ -38,6 +38,7 @@ mod target;
 mod transpose;
 mod weight_grad;
 mod winograd;
+mod winograd_grad;
 
 pub use buffer::Guard;
 pub use compiler::{CompileStats, Kernel, KernelCode};
@@ -60,6 +61,7 @@ pub use target::{MulAdd, Target};
 pub use transpose::TransposeSpec;
 pub use weight_grad::WeightGradSpec;
 pub use winograd::Winograd;
+pub use winograd_grad::WinogradGradSpec;
 
 /// Result type of the JIT.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -11,6 +11,7 @@ use crate::peak::PeakSpec;
 use crate::rows::{Imports, RowOp, RowSpec};
 use crate::sub_pixel::SubPixelSpec;
 use crate::weight_grad::WeightGradSpec;
+use crate::winograd_grad::WinogradGradSpec;
 use cranelift_codegen::ir::Type;
 use cranelift_frontend::FunctionBuilder;
 
@@ -28,6 +29,8 @@ pub enum KernelSpec {
     SubPixel(SubPixelSpec),
     /// Convolution weight gradient: channel tiles over channels-last dy.
     WeightGrad(WeightGradSpec),
+    /// Convolution weight gradient by Winograd F(2x2, 3x3) (3x3, stride 1).
+    WinogradGrad(WinogradGradSpec),
     /// Strided, channel-offset copies (the option-A shortcut and its gradient).
     Copy(CopySpec),
     /// Matrix multiply.
@@ -49,6 +52,7 @@ impl KernelSpec {
             KernelSpec::Conv(s) => s.groups(),
             KernelSpec::SubPixel(s) => s.groups(),
             KernelSpec::WeightGrad(s) => s.groups(),
+            KernelSpec::WinogradGrad(s) => s.groups(),
             KernelSpec::Copy(s) => s.batch,
             KernelSpec::MatMul(s) => s.m,
             KernelSpec::Rows(s) => s.groups(),
@@ -63,6 +67,7 @@ impl KernelSpec {
             KernelSpec::Foreach(s) => s.arity(),
             KernelSpec::Copy(_) => 2,
             KernelSpec::WeightGrad(_) => 5,
+            KernelSpec::WinogradGrad(_) => 6,
             KernelSpec::MatMul(_) => 3,
             KernelSpec::Pool(s) => 2 + s.grad as usize,
             KernelSpec::Rows(s) => match s.op {
@@ -108,6 +113,7 @@ impl KernelSpec {
             KernelSpec::Conv(s) => Some(s.shape.flops()),
             KernelSpec::SubPixel(s) => Some(s.flops()),
             KernelSpec::WeightGrad(s) => Some(s.flops()),
+            KernelSpec::WinogradGrad(s) => Some(s.flops()),
             KernelSpec::Peak(s) => Some(s.flops_per_group()),
             KernelSpec::MatMul(s) => Some(2.0 * (s.m * s.n * s.k) as f64),
             KernelSpec::Nest(_)
@@ -124,6 +130,7 @@ impl KernelSpec {
             KernelSpec::Conv(s) => s.build(b, ptr, mul_add),
             KernelSpec::SubPixel(s) => s.build(b, ptr, mul_add),
             KernelSpec::WeightGrad(s) => s.build(b, ptr, mul_add),
+            KernelSpec::WinogradGrad(s) => s.build(b, ptr, mul_add),
             KernelSpec::Copy(s) => s.build(b, ptr),
             KernelSpec::MatMul(s) => s.build(b, ptr, mul_add),
             KernelSpec::Rows(s) => s.build(b, ptr, imports),

@@ -17,6 +17,7 @@ use crate::MulAdd;
 use crate::codegen::{elem_addr, for_loop, iconst, if_then};
 use crate::conv::{ConvArgs, ConvSpec, EpilogueAt, apply_epilogue, mul, mul_add_emit, sum_and_squares};
 use crate::expr::Width;
+use crate::pack::PackSpec;
 use crate::transpose::shuffle32;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
@@ -163,71 +164,9 @@ impl ConvSpec {
         });
     }
 
-    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for each input channel `c` and tile `t` of group `block`, four
-    /// tiles per vector.
+    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for each input channel `c` and tile `t` of group `block`.
     fn input_transform(&self, b: &mut FunctionBuilder, xp: Value, v: Value, block: Value) {
-        let w = self.tiling();
-        let cn = self.shape.in_channels;
-        let [rows, phases, row_len] = [self.pack.rows, self.pack.phases, self.pack.row_len];
-        let line = phases * row_len; // elements per packed row
-        let tiles = w.tiles();
-        let read = MemFlagsData::new().with_notrap().with_readonly();
-        let write = MemFlagsData::new().with_notrap();
-        let first_row = mul(b, block, 2 * w.tile_rows); // padded row of the block's first tile
-        let (lo, c_hi, r_hi, tv_hi) =
-            (iconst(b, 0), iconst(b, cn as i64), iconst(b, w.tile_rows as i64), iconst(b, (w.row_tiles / 4) as i64));
-        for_loop(b, lo, c_hi, 1, &[], &mut |b, c, _| {
-            let plane = mul(b, c, rows * line);
-            let v_plane = mul(b, c, tiles);
-            for_loop(b, lo, r_hi, 1, &[], &mut |b, r, _| {
-                let row = {
-                    let twice = mul(b, r, 2);
-                    let row = b.ins().iadd(first_row, twice);
-                    let e = mul(b, row, line);
-                    b.ins().iadd(plane, e)
-                };
-                let v_row = {
-                    let t = mul(b, r, w.row_tiles);
-                    b.ins().iadd(v_plane, t)
-                };
-                for_loop(b, lo, tv_hi, 1, &[], &mut |b, tv, _| {
-                    let col = mul(b, tv, 4);
-                    let e = b.ins().iadd(row, col);
-                    let d_at = elem_addr(b, xp, e);
-                    // Column 2tx + j of the padded input is phase j % 2, position tx + j / 2.
-                    let d = |b: &mut FunctionBuilder, i: usize, j: usize| {
-                        let offset = (i * line + (j % 2) * row_len + j / 2) as i32 * 4;
-                        b.ins().load(types::F32X4, read, d_at, offset)
-                    };
-                    let e = b.ins().iadd(v_row, col);
-                    let v_at = elem_addr(b, v, e);
-                    // Row i of Bᵀ d combines two rows of d (d0 - d2, d1 + d2, d2 - d1, d1 - d3);
-                    // each is then transformed by B and stored. Loading rows again for each pair
-                    // keeps at most 12 vectors live (no spills).
-                    let store_row = |b: &mut FunctionBuilder, i: usize, row: [Value; 4]| {
-                        for (j, value) in transform_b(b, row).into_iter().enumerate() {
-                            let position = 4 * i + j;
-                            b.ins().store(write, value, v_at, (position * cn * tiles * 4) as i32);
-                        }
-                    };
-                    let row_of = |b: &mut FunctionBuilder, i: usize| [0, 1, 2, 3].map(|j| d(b, i, j));
-                    let [d0, d2] = [row_of(b, 0), row_of(b, 2)];
-                    let t0 = [0, 1, 2, 3].map(|j| b.ins().fsub(d0[j], d2[j]));
-                    store_row(b, 0, t0);
-                    let [d1, d2] = [row_of(b, 1), row_of(b, 2)];
-                    let t1 = [0, 1, 2, 3].map(|j| b.ins().fadd(d1[j], d2[j]));
-                    let t2 = [0, 1, 2, 3].map(|j| b.ins().fsub(d2[j], d1[j]));
-                    store_row(b, 1, t1);
-                    store_row(b, 2, t2);
-                    let [d1, d3] = [row_of(b, 1), row_of(b, 3)];
-                    let t3 = [0, 1, 2, 3].map(|j| b.ins().fsub(d1[j], d3[j]));
-                    store_row(b, 3, t3);
-                    vec![]
-                });
-                vec![]
-            });
-            vec![]
-        });
+        transform_inputs(b, &self.pack, self.tiling(), xp, v, block);
     }
 
     /// `M[ξ][k][t] = Σ_c U[ξ][c][k] V[ξ][c][t]`: per position, register tiles of `kb` output
@@ -431,6 +370,79 @@ impl ConvSpec {
         }
         stats
     }
+}
+
+/// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for each channel `c` of a packed image `xp` (two width phases) and
+/// each tile `t` of tile-row block `block` of `w`, four tiles per vector.
+pub(crate) fn transform_inputs(
+    b: &mut FunctionBuilder,
+    pack: &PackSpec,
+    w: Winograd,
+    xp: Value,
+    v: Value,
+    block: Value,
+) {
+    let cn = pack.planes;
+    let [rows, phases, row_len] = [pack.rows, pack.phases, pack.row_len];
+    let line = phases * row_len; // elements per packed row
+    let tiles = w.tiles();
+    let read = MemFlagsData::new().with_notrap().with_readonly();
+    let write = MemFlagsData::new().with_notrap();
+    let first_row = mul(b, block, 2 * w.tile_rows); // padded row of the block's first tile
+    let (lo, c_hi, r_hi, tv_hi) =
+        (iconst(b, 0), iconst(b, cn as i64), iconst(b, w.tile_rows as i64), iconst(b, (w.row_tiles / 4) as i64));
+    for_loop(b, lo, c_hi, 1, &[], &mut |b, c, _| {
+        let plane = mul(b, c, rows * line);
+        let v_plane = mul(b, c, tiles);
+        for_loop(b, lo, r_hi, 1, &[], &mut |b, r, _| {
+            let row = {
+                let twice = mul(b, r, 2);
+                let row = b.ins().iadd(first_row, twice);
+                let e = mul(b, row, line);
+                b.ins().iadd(plane, e)
+            };
+            let v_row = {
+                let t = mul(b, r, w.row_tiles);
+                b.ins().iadd(v_plane, t)
+            };
+            for_loop(b, lo, tv_hi, 1, &[], &mut |b, tv, _| {
+                let col = mul(b, tv, 4);
+                let e = b.ins().iadd(row, col);
+                let d_at = elem_addr(b, xp, e);
+                // Column 2tx + j of the padded input is phase j % 2, position tx + j / 2.
+                let d = |b: &mut FunctionBuilder, i: usize, j: usize| {
+                    let offset = (i * line + (j % 2) * row_len + j / 2) as i32 * 4;
+                    b.ins().load(types::F32X4, read, d_at, offset)
+                };
+                let e = b.ins().iadd(v_row, col);
+                let v_at = elem_addr(b, v, e);
+                // Row i of Bᵀ d combines two rows of d (d0 - d2, d1 + d2, d2 - d1, d1 - d3);
+                // each is then transformed by B and stored. Loading rows again for each pair
+                // keeps at most 12 vectors live (no spills).
+                let store_row = |b: &mut FunctionBuilder, i: usize, row: [Value; 4]| {
+                    for (j, value) in transform_b(b, row).into_iter().enumerate() {
+                        let position = 4 * i + j;
+                        b.ins().store(write, value, v_at, (position * cn * tiles * 4) as i32);
+                    }
+                };
+                let row_of = |b: &mut FunctionBuilder, i: usize| [0, 1, 2, 3].map(|j| d(b, i, j));
+                let [d0, d2] = [row_of(b, 0), row_of(b, 2)];
+                let t0 = [0, 1, 2, 3].map(|j| b.ins().fsub(d0[j], d2[j]));
+                store_row(b, 0, t0);
+                let [d1, d2] = [row_of(b, 1), row_of(b, 2)];
+                let t1 = [0, 1, 2, 3].map(|j| b.ins().fadd(d1[j], d2[j]));
+                let t2 = [0, 1, 2, 3].map(|j| b.ins().fsub(d2[j], d1[j]));
+                store_row(b, 1, t1);
+                store_row(b, 2, t2);
+                let [d1, d3] = [row_of(b, 1), row_of(b, 3)];
+                let t3 = [0, 1, 2, 3].map(|j| b.ins().fsub(d1[j], d3[j]));
+                store_row(b, 3, t3);
+                vec![]
+            });
+            vec![]
+        });
+        vec![]
+    });
 }
 
 /// `G g` for one column `g` of a 3x3 filter: `[g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2]`.

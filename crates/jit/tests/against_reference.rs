@@ -98,6 +98,20 @@ proptest! {
         // The input gradient reads dy's c channels and writes k.
         check(&[dy, wt_t], |g, i| add(g, Op::Conv2dGradInput { conv: a, input_hw: [h, w] }, i))?;
     }
+
+    /// The Winograd weight gradient (3x3 stride 1, input channels a multiple of 4, even output
+    /// channels, output width a multiple of 8, even height): blocks of several tile rows,
+    /// chunks of images summed in order, padding 0 to 2.
+    #[test]
+    fn winograd_weight_gradients(n in 1..12usize, c4 in 2..5usize, k2 in 1..6usize, th in 1..7usize, wv in 1..3usize, p in 0..3usize, seed: u64) {
+        let (c, k, oh, ow) = (4 * c4, 2 * k2, 2 * th, 8 * wv);
+        prop_assume!(oh + 2 > 2 * p);
+        let [h, w] = [oh + 2 - 2 * p, ow + 2 - 2 * p];
+        let a = Conv2dAttrs::square(1, p);
+        let x = random(seed, &[n, c, h, w], -1.0, 1.0);
+        let dy = random(seed ^ 2, &[n, k, oh, ow], -1.0, 1.0);
+        check(&[x, dy], |g, i| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [3, 3] }, i))?;
+    }
 }
 
 proptest! {

@@ -9,6 +9,7 @@ use crate::spec::KernelSpec;
 use crate::sub_pixel::SubPixelSpec;
 use crate::weight_grad::WeightGradSpec;
 use crate::winograd::Winograd;
+use crate::winograd_grad::WinogradGradSpec;
 use skipgrad_ir::NodeId;
 
 /// The packing of each image (`planes` input channels, `in_hw`) of an input for a convolution with this kernel, stride, output
@@ -236,6 +237,44 @@ pub(super) fn sub_pixel_grad_input(
     Lowered::Steps { scratch: vec![pack.len()], steps: vec![step] }
 }
 
+/// The weight gradient by Winograd F(2x2, 3x3): one [`WinogradGradSpec`] kernel, with its
+/// partials and counter scratch and a per-thread scratch for each image's packed x and the
+/// transforms of a block.
+#[allow(clippy::too_many_arguments)]
+fn winograd_weight_grad(
+    label: String,
+    id: NodeId,
+    x_id: NodeId,
+    dy_id: NodeId,
+    x: &[usize],
+    out_hw: [usize; 2],
+    k: usize,
+    pad: [isize; 2],
+) -> Lowered {
+    let tiling = WinogradGradSpec::tiling(out_hw);
+    let pack = PackSpec {
+        planes: x[1],
+        in_hw: [x[2], x[3]],
+        dilation: [1, 1],
+        pad_before: pad,
+        rows: out_hw[0] + 2,
+        phases: 2,
+        row_len: tiling.row_tiles + 1,
+    };
+    // Chunks of images: enough for the threads to share, few enough that adding the partials
+    // stays small; a constant, so the result does not depend on the thread count.
+    let chunks = x[0].min(8);
+    let spec = WinogradGradSpec { batch: x[0], in_channels: x[1], out_channels: k, out_hw, pack, tiling, chunks };
+    let scratch = vec![spec.partials_len(), 2, spec.thread_scratch_len()];
+    let steps = vec![Planned {
+        label: format!("{label}_winograd"),
+        spec: KernelSpec::WinogradGrad(spec),
+        inputs: vec![Buf::Node(x_id), Buf::Node(dy_id), Buf::Scratch(0), Buf::Scratch(1), Buf::PerThread(2)],
+        output: Buf::Node(id),
+    }];
+    Lowered::Steps { scratch, steps }
+}
+
 /// The weight gradient as channel tiles: one [`WeightGradSpec`] kernel, with its accumulator
 /// scratch and a per-thread scratch for each image's packed x and channels-last dy.
 #[allow(clippy::too_many_arguments)]
@@ -249,9 +288,13 @@ pub(super) fn weight_grad(
     kernel: [usize; 2],
     stride: [usize; 2],
     pad: [isize; 2],
+    winograd: bool,
 ) -> Lowered {
     let (n, c, k) = (x[0], x[1], dy[1]);
     let out_hw = [dy[2], dy[3]];
+    if winograd && WinogradGradSpec::applies(kernel, stride, out_hw, c, k) {
+        return winograd_weight_grad(label, id, x_id, dy_id, x, out_hw, k, pad);
+    }
     let kv = if k > 4 { 2 } else { 1 };
     let dy_row = k.div_ceil(4 * kv) * 4 * kv;
     let (cb, _) = register_tile(c, kv, Some(kv));

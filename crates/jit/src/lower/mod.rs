@@ -244,7 +244,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId, winograd: bool) -> Result<Lowered
         Op::Conv2dGradWeight { conv: a, kernel_hw } => {
             let (x, dy) = (dims(0)?, dims(1)?);
             let pad = [a.pad[0] as isize, a.pad[1] as isize];
-            weight_grad(label(), id, inputs[0], inputs[1], &x, &dy, *kernel_hw, a.stride, pad)
+            weight_grad(label(), id, inputs[0], inputs[1], &x, &dy, *kernel_hw, a.stride, pad, winograd)
         }
         Op::ShortcutA(a) => {
             let (x, y) = (dims(0)?, node.ty.shape.dims().to_vec());

@@ -1,0 +1,395 @@
+//! The weight gradient of a 3x3 stride-1 convolution by Winograd F(2x2, 3x3): with the forward
+//! pass `y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` per tile, the gradient of one filter is
+//! `dg = Gᵀ [Σ_tiles (A dy Aᵀ) ⊙ (Bᵀ d B)] G`: per position `ξ` of the 4x4 transform, a product
+//! `S[ξ][k][c] = Σ_t DY[ξ][k][t] V[ξ][c][t]` over every tile of every image, 2.25x fewer
+//! multiply-adds than the direct gradient.
+//!
+//! Groups are fixed chunks of images (their number does not depend on the thread count). A group
+//! sums its images' products into its own partials; the thread that finishes the last group (an
+//! atomic count, as for the batch statistics) adds the groups' partials in order and transforms
+//! the sums back into `dw[k][c][r][s]`, so the result does not depend on the thread count.
+
+use crate::MulAdd;
+use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, if_then, load_arg, thread_share};
+use crate::conv::{mul, mul_add_emit};
+use crate::pack::PackSpec;
+use crate::transpose::shuffle32;
+use crate::winograd::{Winograd, transform_inputs};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{AtomicRmwOp, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_frontend::FunctionBuilder;
+
+/// Transform positions per tile (4 x 4).
+const POSITIONS: usize = 16;
+/// Output channels per register tile of the products.
+const KB: usize = 2;
+/// Input channels per register tile (one vector of sums).
+const CB: usize = 4;
+
+/// A Winograd F(2x2, 3x3) weight gradient of a 3x3 stride-1 convolution.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct WinogradGradSpec {
+    /// Batch size.
+    pub batch: usize,
+    /// Input channels (a multiple of 4).
+    pub in_channels: usize,
+    /// Output channels (even).
+    pub out_channels: usize,
+    /// Output height and width (even; the width a multiple of 8).
+    pub out_hw: [usize; 2],
+    /// How each image of x is packed (zero-padded, two width phases).
+    pub pack: PackSpec,
+    /// Tile rows per block of an image, and tiles per tile row.
+    pub tiling: Winograd,
+    /// Groups: chunks of images.
+    pub chunks: usize,
+}
+
+impl WinogradGradSpec {
+    /// Whether the Winograd weight gradient applies: 3x3, stride 1, an output width a multiple
+    /// of 8 and an even height, input channels a multiple of 4 (at least 8), even output
+    /// channels.
+    pub fn applies(
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        out_hw: [usize; 2],
+        in_channels: usize,
+        out_channels: usize,
+    ) -> bool {
+        kernel == [3, 3]
+            && stride == [1, 1]
+            && out_hw[0] > 0
+            && out_hw[0].is_multiple_of(2)
+            && out_hw[1] > 0
+            && out_hw[1].is_multiple_of(8)
+            && in_channels >= 8
+            && in_channels.is_multiple_of(CB)
+            && out_channels.is_multiple_of(KB)
+    }
+
+    /// The tiling of an output of `out_hw` for the gradient: blocks of whole tile rows with at
+    /// least 64 tiles (or the whole image).
+    pub fn tiling(out_hw: [usize; 2]) -> Winograd {
+        let (th, row_tiles) = (out_hw[0] / 2, out_hw[1] / 2);
+        let tile_rows = (1..=th).find(|r| th.is_multiple_of(*r) && r * row_tiles >= 64).unwrap_or(th);
+        Winograd { tile_rows, row_tiles }
+    }
+
+    /// Groups (chunks of images).
+    pub fn groups(&self) -> usize {
+        self.chunks
+    }
+
+    /// Floating-point operations of the direct weight gradient (2 per multiply-add), which this
+    /// computes with fewer.
+    pub fn flops(&self) -> f64 {
+        let [oh, ow] = self.out_hw;
+        2.0 * (self.batch * self.out_channels * self.in_channels * oh * ow * 9) as f64
+    }
+
+    /// f32 elements of the partials scratch: `S[ξ][k][c]` per group.
+    pub fn partials_len(&self) -> usize {
+        self.chunks * self.partial_len()
+    }
+
+    fn partial_len(&self) -> usize {
+        POSITIONS * self.out_channels * self.in_channels
+    }
+
+    /// f32 elements of one thread's scratch: a packed image, `V[ξ][c][t]` and `DY[ξ][k][t]` of
+    /// one block.
+    pub fn thread_scratch_len(&self) -> usize {
+        let (_, d) = self.areas();
+        d + POSITIONS * self.out_channels * self.tiling.tiles()
+    }
+
+    /// Offsets of `V` and `DY` in a thread's scratch.
+    fn areas(&self) -> (usize, usize) {
+        let v = self.pack.len().div_ceil(4) * 4;
+        (v, v + POSITIONS * self.in_channels * self.tiling.tiles())
+    }
+
+    /// Kernel body: args are x, dy (both NCHW), the partials scratch, a counter scratch (2 f32
+    /// holding an i64), the per-thread scratch, dw.
+    pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
+        let (args, begin, end, thread) = entry_with_thread(b);
+        let [x, dy, partials, counter, scratch, dw] = [0, 1, 2, 3, 4, 5].map(|k| load_arg(b, ptr, args, k));
+        let xp = thread_share(b, scratch, thread, self.thread_scratch_len());
+        let (v_at, d_at) = self.areas();
+        let v = b.ins().iadd_imm_s(xp, 4 * v_at as i64);
+        let d = b.ins().iadd_imm_s(xp, 4 * d_at as i64);
+        let flags = MemFlagsData::new().with_notrap();
+        let blocks = self.out_hw[0] / 2 / self.tiling.tile_rows;
+        for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
+            let part = {
+                let offset = mul(b, g, 4 * self.partial_len());
+                b.ins().iadd(partials, offset)
+            };
+            let zero = b.ins().f32const(0.0);
+            let zero = b.ins().splat(types::F32X4, zero);
+            let (lo, hi) = (iconst(b, 0), iconst(b, (self.partial_len() / 4) as i64));
+            for_loop(b, lo, hi, 1, &[], &mut |b, i, _| {
+                let e = mul(b, i, 4);
+                let at = elem_addr(b, part, e);
+                b.ins().store(flags, zero, at, 0);
+                vec![]
+            });
+            // Images g * batch / chunks up to (g + 1) * batch / chunks.
+            let first = {
+                let e = mul(b, g, self.batch);
+                b.ins().udiv_imm_u(e, self.chunks as i64)
+            };
+            let last = {
+                let next = b.ins().iadd_imm_s(g, 1);
+                let e = mul(b, next, self.batch);
+                b.ins().udiv_imm_u(e, self.chunks as i64)
+            };
+            for_loop(b, first, last, 1, &[], &mut |b, n, _| {
+                let first_plane = mul(b, n, self.in_channels);
+                self.pack.emit(b, x, xp, first_plane);
+                let (lo, hi) = (iconst(b, 0), iconst(b, blocks as i64));
+                for_loop(b, lo, hi, 1, &[], &mut |b, block, _| {
+                    transform_inputs(b, &self.pack, self.tiling, xp, v, block);
+                    self.transform_dy(b, dy, d, n, block);
+                    self.products(b, mul_add, v, d, part);
+                    vec![]
+                });
+                vec![]
+            });
+            vec![]
+        });
+        // The thread that completes the count adds every group's partials and writes dw.
+        let done = b.ins().isub(end, begin);
+        let before = b.ins().atomic_rmw(types::I64, flags, AtomicRmwOp::Add, counter, done);
+        let after = b.ins().iadd(before, done);
+        let finished = b.ins().icmp_imm_s(IntCC::Equal, after, self.chunks as i64);
+        if_then(b, finished, &mut |b| {
+            let zero = iconst(b, 0);
+            b.ins().store(flags, zero, counter, 0);
+            self.finish(b, partials, dw);
+        });
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+    }
+
+    /// `DY[ξ][k][t] = (A dy Aᵀ)[ξ]` for each output channel `k` and tile `t` of block `block` of
+    /// image `n`, four tiles per vector: 8 consecutive pixels of two rows, split into even and
+    /// odd columns.
+    fn transform_dy(&self, b: &mut FunctionBuilder, dy: Value, d: Value, n: Value, block: Value) {
+        let w = self.tiling;
+        let (kn, [oh, ow], tiles) = (self.out_channels, self.out_hw, w.tiles());
+        let read = MemFlagsData::new().with_notrap().with_readonly();
+        let write = MemFlagsData::new().with_notrap();
+        let first_row = mul(b, block, 2 * w.tile_rows);
+        let lo = iconst(b, 0);
+        let hi = [kn, w.tile_rows, w.row_tiles / 4].map(|n| iconst(b, n as i64));
+        for_loop(b, lo, hi[0], 1, &[], &mut |b, k, _| {
+            let plane = {
+                let nk = mul(b, n, kn);
+                let nk = b.ins().iadd(nk, k);
+                mul(b, nk, oh * ow)
+            };
+            let d_k = mul(b, k, tiles);
+            for_loop(b, lo, hi[1], 1, &[], &mut |b, r, _| {
+                let row = {
+                    let twice = mul(b, r, 2);
+                    let row = b.ins().iadd(first_row, twice);
+                    let e = mul(b, row, ow);
+                    b.ins().iadd(plane, e)
+                };
+                let d_row = {
+                    let t = mul(b, r, w.row_tiles);
+                    b.ins().iadd(d_k, t)
+                };
+                for_loop(b, lo, hi[2], 1, &[], &mut |b, tv, _| {
+                    let px = mul(b, tv, 8);
+                    let e = b.ins().iadd(row, px);
+                    let at = elem_addr(b, dy, e);
+                    // Per row: the tiles' left (even) and right (odd) columns.
+                    let split = |b: &mut FunctionBuilder, offset: i32| {
+                        let lo = b.ins().load(types::F32X4, read, at, offset);
+                        let hi = b.ins().load(types::F32X4, read, at, offset + 16);
+                        [shuffle32(b, lo, hi, [0, 2, 4, 6]), shuffle32(b, lo, hi, [1, 3, 5, 7])]
+                    };
+                    let top = split(b, 0);
+                    let bottom = split(b, (ow * 4) as i32);
+                    // A dy: rows top, top + bottom, top - bottom, -bottom; then each row times Aᵀ.
+                    let rows = [
+                        top,
+                        [b.ins().fadd(top[0], bottom[0]), b.ins().fadd(top[1], bottom[1])],
+                        [b.ins().fsub(top[0], bottom[0]), b.ins().fsub(top[1], bottom[1])],
+                        [b.ins().fneg(bottom[0]), b.ins().fneg(bottom[1])],
+                    ];
+                    let t = mul(b, tv, 4); // 4 tiles per 8 pixels
+                    let e = b.ins().iadd(d_row, t);
+                    let out = elem_addr(b, d, e);
+                    for (i, row) in rows.iter().enumerate() {
+                        for (j, value) in transform_a_t(b, *row).into_iter().enumerate() {
+                            let position = 4 * i + j;
+                            b.ins().store(write, value, out, (position * kn * tiles * 4) as i32);
+                        }
+                    }
+                    vec![]
+                });
+                vec![]
+            });
+            vec![]
+        });
+    }
+
+    /// `S[ξ][k][c] += Σ_t DY[ξ][k][t] V[ξ][c][t]` over the block's tiles: register tiles of 2
+    /// output channels by 4 input channels, each a vector over 4 tiles, summed across lanes at
+    /// the end (4 sums per vector) and added to the group's partials.
+    fn products(&self, b: &mut FunctionBuilder, mul_add: MulAdd, v: Value, d: Value, part: Value) {
+        let (cn, kn, tiles) = (self.in_channels, self.out_channels, self.tiling.tiles());
+        let read = MemFlagsData::new().with_notrap().with_readonly();
+        let flags = MemFlagsData::new().with_notrap();
+        let lo = iconst(b, 0);
+        let hi = [POSITIONS, kn / KB, cn / CB, tiles / 4].map(|n| iconst(b, n as i64));
+        let unroll = [4, 2, 1].into_iter().find(|u| (tiles / 4).is_multiple_of(*u)).unwrap_or(1);
+        for_loop(b, lo, hi[0], 1, &[], &mut |b, xi, _| {
+            let v_xi = mul(b, xi, cn * tiles);
+            let d_xi = mul(b, xi, kn * tiles);
+            let p_xi = mul(b, xi, kn * cn);
+            for_loop(b, lo, hi[1], 1, &[], &mut |b, kblock, _| {
+                let k0 = mul(b, kblock, KB);
+                let d0 = {
+                    let e = mul(b, k0, tiles);
+                    let e = b.ins().iadd(d_xi, e);
+                    elem_addr(b, d, e)
+                };
+                for_loop(b, lo, hi[2], 1, &[], &mut |b, cblock, _| {
+                    let c0 = mul(b, cblock, CB);
+                    let v0 = {
+                        let e = mul(b, c0, tiles);
+                        let e = b.ins().iadd(v_xi, e);
+                        elem_addr(b, v, e)
+                    };
+                    let zero = b.ins().f32const(0.0);
+                    let zero = b.ins().splat(types::F32X4, zero);
+                    // Unrolled: the x64 multiply-add lowering ends each iteration with a move per
+                    // accumulator, paid once per `unroll` vectors of tiles.
+                    let (_, acc) = for_loop(b, lo, hi[3], unroll as i64, &[zero; KB * CB], &mut |b, tv, acc| {
+                        let offset = mul(b, tv, 16);
+                        let (d_t, v_t) = (b.ins().iadd(d0, offset), b.ins().iadd(v0, offset));
+                        let mut acc = acc.to_vec();
+                        for u in 0..unroll {
+                            let at = |k: usize| ((k * tiles + 4 * u) * 4) as i32;
+                            let dys: Vec<Value> =
+                                (0..KB).map(|k| b.ins().load(types::F32X4, read, d_t, at(k))).collect();
+                            for c in 0..CB {
+                                let x = b.ins().load(types::F32X4, read, v_t, at(c));
+                                for (k, &dy) in dys.iter().enumerate() {
+                                    acc[k * CB + c] = mul_add_emit(b, mul_add, dy, x, acc[k * CB + c]);
+                                }
+                            }
+                        }
+                        acc
+                    });
+                    let at = {
+                        let e = mul(b, k0, cn);
+                        let e = b.ins().iadd(e, c0);
+                        let e = b.ins().iadd(p_xi, e);
+                        elem_addr(b, part, e)
+                    };
+                    for k in 0..KB {
+                        let sums = lane_sums(b, [acc[k * CB], acc[k * CB + 1], acc[k * CB + 2], acc[k * CB + 3]]);
+                        let offset = (k * cn * 4) as i32;
+                        let old = b.ins().load(types::F32X4, flags, at, offset);
+                        let new = b.ins().fadd(old, sums);
+                        b.ins().store(flags, new, at, offset);
+                    }
+                    vec![]
+                });
+                vec![]
+            });
+            vec![]
+        });
+    }
+
+    /// Adds the groups' partials in order and writes `dw[k][c] = Gᵀ S G`, four input channels
+    /// at a time.
+    fn finish(&self, b: &mut FunctionBuilder, partials: Value, dw: Value) {
+        let (cn, kn) = (self.in_channels, self.out_channels);
+        let read = MemFlagsData::new().with_notrap().with_readonly();
+        let write = MemFlagsData::new().with_notrap();
+        let lo = iconst(b, 0);
+        let (k_hi, c_hi, g_hi) = (iconst(b, kn as i64), iconst(b, (cn / 4) as i64), iconst(b, self.chunks as i64));
+        for_loop(b, lo, k_hi, 1, &[], &mut |b, k, _| {
+            for_loop(b, lo, c_hi, 1, &[], &mut |b, cv, _| {
+                let c0 = mul(b, cv, 4);
+                let first = {
+                    let e = mul(b, k, cn);
+                    let e = b.ins().iadd(e, c0);
+                    elem_addr(b, partials, e)
+                };
+                let sum = |b: &mut FunctionBuilder, position: usize| {
+                    let zero = b.ins().f32const(0.0);
+                    let zero = b.ins().splat(types::F32X4, zero);
+                    let (_, total) = for_loop(b, lo, g_hi, 1, &[zero], &mut |b, g, total| {
+                        let offset = mul(b, g, 4 * self.partial_len());
+                        let at = b.ins().iadd(first, offset);
+                        let value = b.ins().load(types::F32X4, read, at, (position * kn * cn * 4) as i32);
+                        vec![b.ins().fadd(total[0], value)]
+                    });
+                    total[0]
+                };
+                // Gᵀ S, column by column (3 x 4), then times G, row by row (3 x 3).
+                let mut columns = vec![];
+                for j in 0..4 {
+                    let s = [0, 1, 2, 3].map(|i| sum(b, 4 * i + j));
+                    columns.push(transform_g_t(b, s));
+                }
+                let out = {
+                    let e = mul(b, k, cn);
+                    let e = b.ins().iadd(e, c0);
+                    let e = mul(b, e, 9);
+                    elem_addr(b, dw, e)
+                };
+                let rows: [[Value; 4]; 3] =
+                    std::array::from_fn(|r| [columns[0][r], columns[1][r], columns[2][r], columns[3][r]]);
+                for (r, &gts) in rows.iter().enumerate() {
+                    let row = transform_g_t(b, gts);
+                    for (s, &value) in row.iter().enumerate() {
+                        for lane in 0..4 {
+                            let x = b.ins().extractlane(value, lane as u8);
+                            b.ins().store(write, x, out, ((lane * 9 + 3 * r + s) * 4) as i32);
+                        }
+                    }
+                }
+                vec![]
+            });
+            vec![]
+        });
+    }
+}
+
+/// `[sum(a0), sum(a1), sum(a2), sum(a3)]`: the lanes of four vectors summed, by two rounds of
+/// interleaving.
+fn lane_sums(b: &mut FunctionBuilder, [a0, a1, a2, a3]: [Value; 4]) -> Value {
+    let pair = |b: &mut FunctionBuilder, x: Value, y: Value| {
+        let low = shuffle32(b, x, y, [0, 4, 1, 5]);
+        let high = shuffle32(b, x, y, [2, 6, 3, 7]);
+        b.ins().fadd(low, high) // [x0 + x2, y0 + y2, x1 + x3, y1 + y3]
+    };
+    let (t0, t1) = (pair(b, a0, a1), pair(b, a2, a3));
+    let low = shuffle32(b, t0, t1, [0, 1, 4, 5]);
+    let high = shuffle32(b, t0, t1, [2, 3, 6, 7]);
+    b.ins().fadd(low, high)
+}
+
+/// `A x` for one row `x = [x0, x1]` of a 2x2 tile: `[x0, x0 + x1, x0 - x1, -x1]`.
+fn transform_a_t(b: &mut FunctionBuilder, [x0, x1]: [Value; 2]) -> [Value; 4] {
+    [x0, b.ins().fadd(x0, x1), b.ins().fsub(x0, x1), b.ins().fneg(x1)]
+}
+
+/// `Gᵀ s` for one column `s` of a 4x4 sum: `[s0 + (s1 + s2) / 2, (s1 - s2) / 2, (s1 + s2) / 2 + s3]`.
+fn transform_g_t(b: &mut FunctionBuilder, [s0, s1, s2, s3]: [Value; 4]) -> [Value; 3] {
+    let half = b.ins().f32const(0.5);
+    let half = b.ins().splat(types::F32X4, half);
+    let plus = b.ins().fadd(s1, s2);
+    let plus = b.ins().fmul(plus, half);
+    let minus = b.ins().fsub(s1, s2);
+    let minus = b.ins().fmul(minus, half);
+    [b.ins().fadd(s0, plus), minus, b.ins().fadd(plus, s3)]
+}
