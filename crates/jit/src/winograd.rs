@@ -166,7 +166,8 @@ impl ConvSpec {
 
     /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for each input channel `c` and tile `t` of group `block`.
     fn input_transform(&self, b: &mut FunctionBuilder, xp: Value, v: Value, block: Value) {
-        transform_inputs(b, &self.pack, self.tiling(), xp, v, block);
+        let tiling = self.tiling();
+        transform_inputs(b, &self.pack, tiling, xp, v, tiling.tiles(), block);
     }
 
     /// `M[ξ][k][t] = Σ_c U[ξ][c][k] V[ξ][c][t]`: per position, register tiles of `kb` output
@@ -373,19 +374,20 @@ impl ConvSpec {
 }
 
 /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for each channel `c` of a packed image `xp` (two width phases) and
-/// each tile `t` of tile-row block `block` of `w`, four tiles per vector.
+/// each tile `t` of tile-row block `block` of `w`, four tiles per vector; `V` has `stride`
+/// elements per channel (at least `w.tiles()`: the gradient puts several images side by side).
 pub(crate) fn transform_inputs(
     b: &mut FunctionBuilder,
     pack: &PackSpec,
     w: Winograd,
     xp: Value,
     v: Value,
+    stride: usize,
     block: Value,
 ) {
     let cn = pack.planes;
     let [rows, phases, row_len] = [pack.rows, pack.phases, pack.row_len];
     let line = phases * row_len; // elements per packed row
-    let tiles = w.tiles();
     let read = MemFlagsData::new().with_notrap().with_readonly();
     let write = MemFlagsData::new().with_notrap();
     let first_row = mul(b, block, 2 * w.tile_rows); // padded row of the block's first tile
@@ -393,7 +395,7 @@ pub(crate) fn transform_inputs(
         (iconst(b, 0), iconst(b, cn as i64), iconst(b, w.tile_rows as i64), iconst(b, (w.row_tiles / 4) as i64));
     for_loop(b, lo, c_hi, 1, &[], &mut |b, c, _| {
         let plane = mul(b, c, rows * line);
-        let v_plane = mul(b, c, tiles);
+        let v_plane = mul(b, c, stride);
         for_loop(b, lo, r_hi, 1, &[], &mut |b, r, _| {
             let row = {
                 let twice = mul(b, r, 2);
@@ -422,7 +424,7 @@ pub(crate) fn transform_inputs(
                 let store_row = |b: &mut FunctionBuilder, i: usize, row: [Value; 4]| {
                     for (j, value) in transform_b(b, row).into_iter().enumerate() {
                         let position = 4 * i + j;
-                        b.ins().store(write, value, v_at, (position * cn * tiles * 4) as i32);
+                        b.ins().store(write, value, v_at, (position * cn * stride * 4) as i32);
                     }
                 };
                 let row_of = |b: &mut FunctionBuilder, i: usize| [0, 1, 2, 3].map(|j| d(b, i, j));

@@ -43,6 +43,9 @@ pub struct WinogradGradSpec {
     pub tiling: Winograd,
     /// Groups: chunks of images.
     pub chunks: usize,
+    /// Images whose tiles are multiplied together (several when one image has few tiles: each
+    /// product then runs over at least 64 tiles).
+    pub images_per_block: usize,
 }
 
 impl WinogradGradSpec {
@@ -75,6 +78,16 @@ impl WinogradGradSpec {
         Winograd { tile_rows, row_tiles }
     }
 
+    /// Images per block of products for an output of `out_hw` tiled as `tiling`.
+    pub fn images_per_block(out_hw: [usize; 2], tiling: Winograd) -> usize {
+        if tiling.tile_rows < out_hw[0] / 2 { 1 } else { 64usize.div_ceil(tiling.tiles()) }
+    }
+
+    /// Tiles per block of products (`V` and `DY` have this many per channel).
+    fn block_tiles(&self) -> usize {
+        self.images_per_block * self.tiling.tiles()
+    }
+
     /// Groups (chunks of images).
     pub fn groups(&self) -> usize {
         self.chunks
@@ -100,13 +113,13 @@ impl WinogradGradSpec {
     /// one block.
     pub fn thread_scratch_len(&self) -> usize {
         let (_, d) = self.areas();
-        d + POSITIONS * self.out_channels * self.tiling.tiles()
+        d + POSITIONS * self.out_channels * self.block_tiles()
     }
 
     /// Offsets of `V` and `DY` in a thread's scratch.
     fn areas(&self) -> (usize, usize) {
         let v = self.pack.len().div_ceil(4) * 4;
-        (v, v + POSITIONS * self.in_channels * self.tiling.tiles())
+        (v, v + POSITIONS * self.in_channels * self.block_tiles())
     }
 
     /// Kernel body: args are x, dy (both NCHW), the partials scratch, a counter scratch (2 f32
@@ -144,18 +157,54 @@ impl WinogradGradSpec {
                 let e = mul(b, next, self.batch);
                 b.ins().udiv_imm_u(e, self.chunks as i64)
             };
-            for_loop(b, first, last, 1, &[], &mut |b, n, _| {
-                let first_plane = mul(b, n, self.in_channels);
-                self.pack.emit(b, x, xp, first_plane);
-                let (lo, hi) = (iconst(b, 0), iconst(b, blocks as i64));
-                for_loop(b, lo, hi, 1, &[], &mut |b, block, _| {
-                    transform_inputs(b, &self.pack, self.tiling, xp, v, block);
-                    self.transform_dy(b, dy, d, n, block);
-                    self.products(b, mul_add, v, d, part);
+            let (lo, per_image) = (iconst(b, 0), iconst(b, (self.tiling.tiles() / 4) as i64));
+            let stride = self.block_tiles();
+            if self.images_per_block == 1 {
+                for_loop(b, first, last, 1, &[], &mut |b, n, _| {
+                    let first_plane = mul(b, n, self.in_channels);
+                    self.pack.emit(b, x, xp, first_plane);
+                    let hi = iconst(b, blocks as i64);
+                    for_loop(b, lo, hi, 1, &[], &mut |b, block, _| {
+                        transform_inputs(b, &self.pack, self.tiling, xp, v, stride, block);
+                        self.transform_dy(b, dy, d, n, block);
+                        self.products(b, mul_add, v, d, part, per_image);
+                        vec![]
+                    });
                     vec![]
                 });
-                vec![]
-            });
+            } else {
+                // Blocks of up to `images_per_block` whole images, side by side in V and DY.
+                let ipb = self.images_per_block as i64;
+                let images = b.ins().isub(last, first);
+                let steps = {
+                    let e = b.ins().iadd_imm_s(images, ipb - 1);
+                    b.ins().udiv_imm_u(e, ipb)
+                };
+                for_loop(b, lo, steps, 1, &[], &mut |b, step, _| {
+                    let n0 = {
+                        let e = b.ins().imul_imm_s(step, ipb);
+                        b.ins().iadd(first, e)
+                    };
+                    let left = b.ins().isub(last, n0);
+                    let count = {
+                        let most = iconst(b, ipb);
+                        b.ins().umin(left, most)
+                    };
+                    for_loop(b, lo, count, 1, &[], &mut |b, i, _| {
+                        let n = b.ins().iadd(n0, i);
+                        let first_plane = mul(b, n, self.in_channels);
+                        self.pack.emit(b, x, xp, first_plane);
+                        let offset = mul(b, i, 4 * self.tiling.tiles());
+                        let (v_i, d_i) = (b.ins().iadd(v, offset), b.ins().iadd(d, offset));
+                        transform_inputs(b, &self.pack, self.tiling, xp, v_i, stride, lo);
+                        self.transform_dy(b, dy, d_i, n, lo);
+                        vec![]
+                    });
+                    let vectors = b.ins().imul(count, per_image);
+                    self.products(b, mul_add, v, d, part, vectors);
+                    vec![]
+                });
+            }
             vec![]
         });
         // The thread that completes the count adds every group's partials and writes dw.
@@ -177,7 +226,7 @@ impl WinogradGradSpec {
     /// odd columns.
     fn transform_dy(&self, b: &mut FunctionBuilder, dy: Value, d: Value, n: Value, block: Value) {
         let w = self.tiling;
-        let (kn, [oh, ow], tiles) = (self.out_channels, self.out_hw, w.tiles());
+        let (kn, [oh, ow], tiles) = (self.out_channels, self.out_hw, self.block_tiles());
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
         let first_row = mul(b, block, 2 * w.tile_rows);
@@ -237,16 +286,16 @@ impl WinogradGradSpec {
         });
     }
 
-    /// `S[ξ][k][c] += Σ_t DY[ξ][k][t] V[ξ][c][t]` over the block's tiles: register tiles of 2
+    /// `S[ξ][k][c] += Σ_t DY[ξ][k][t] V[ξ][c][t]` over the block's `vectors` vectors of tiles: register tiles of 2
     /// output channels by 4 input channels, each a vector over 4 tiles, summed across lanes at
     /// the end (4 sums per vector) and added to the group's partials.
-    fn products(&self, b: &mut FunctionBuilder, mul_add: MulAdd, v: Value, d: Value, part: Value) {
-        let (cn, kn, tiles) = (self.in_channels, self.out_channels, self.tiling.tiles());
+    fn products(&self, b: &mut FunctionBuilder, mul_add: MulAdd, v: Value, d: Value, part: Value, vectors: Value) {
+        let (cn, kn, tiles) = (self.in_channels, self.out_channels, self.block_tiles());
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let flags = MemFlagsData::new().with_notrap();
         let lo = iconst(b, 0);
-        let hi = [POSITIONS, kn / KB, cn / CB, tiles / 4].map(|n| iconst(b, n as i64));
-        let unroll = [4, 2, 1].into_iter().find(|u| (tiles / 4).is_multiple_of(*u)).unwrap_or(1);
+        let hi = [POSITIONS, kn / KB, cn / CB].map(|n| iconst(b, n as i64));
+        let unroll = [4, 2, 1].into_iter().find(|u| (self.tiling.tiles() / 4).is_multiple_of(*u)).unwrap_or(1);
         for_loop(b, lo, hi[0], 1, &[], &mut |b, xi, _| {
             let v_xi = mul(b, xi, cn * tiles);
             let d_xi = mul(b, xi, kn * tiles);
@@ -269,7 +318,7 @@ impl WinogradGradSpec {
                     let zero = b.ins().splat(types::F32X4, zero);
                     // Unrolled: the x64 multiply-add lowering ends each iteration with a move per
                     // accumulator, paid once per `unroll` vectors of tiles.
-                    let (_, acc) = for_loop(b, lo, hi[3], unroll as i64, &[zero; KB * CB], &mut |b, tv, acc| {
+                    let (_, acc) = for_loop(b, lo, vectors, unroll as i64, &[zero; KB * CB], &mut |b, tv, acc| {
                         let offset = mul(b, tv, 16);
                         let (d_t, v_t) = (b.ins().iadd(d0, offset), b.ins().iadd(v0, offset));
                         let mut acc = acc.to_vec();

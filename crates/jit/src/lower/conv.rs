@@ -264,7 +264,17 @@ fn winograd_weight_grad(
     // Chunks of images: enough for the threads to share, few enough that adding the partials
     // stays small; a constant, so the result does not depend on the thread count.
     let chunks = x[0].min(8);
-    let spec = WinogradGradSpec { batch: x[0], in_channels: x[1], out_channels: k, out_hw, pack, tiling, chunks };
+    let images_per_block = WinogradGradSpec::images_per_block(out_hw, tiling);
+    let spec = WinogradGradSpec {
+        batch: x[0],
+        in_channels: x[1],
+        out_channels: k,
+        out_hw,
+        pack,
+        tiling,
+        chunks,
+        images_per_block,
+    };
     let scratch = vec![spec.partials_len(), 2, spec.thread_scratch_len()];
     let steps = vec![Planned {
         label: format!("{label}_winograd"),
