@@ -5,12 +5,14 @@ The comparison point for skipgrad's `BENCH_NET=ResNet-110 BENCH_GRAPH=fused carg
 step` (see BENCHMARKS.md). Needs PyTorch (not installed on the project's machines, so it does not
 run in CI):
 
-    python3 benches/pytorch_step_memory.py [--depth 110] [--batch 128] [--threads 2] [--compile]
+    python3 benches/pytorch_step_memory.py [--depth 110] [--batch 128] [--threads 2] [--steps 5]
+        [--channels-last] [--compile]
 
 The network is the paper's CIFAR ResNet (6n+2 layers, option-A shortcuts, 16/32/64 channels),
 the step is forward, cross-entropy, backward and an SGD update with momentum 0.9 and weight decay
-1e-4, as skipgrad's training driver will run it. It prints the median step time and the process's
-peak resident memory (ru_maxrss), which includes the interpreter and PyTorch itself.
+1e-4, as skipgrad's training driver runs it. `--channels-last` stores the model and the batch
+channels-last (NHWC), PyTorch's fastest mode on CPU. It prints the median step time and the
+process's peak resident memory (ru_maxrss), which includes the interpreter and PyTorch itself.
 """
 
 import argparse
@@ -76,16 +78,19 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC model and batch")
     args = parser.parse_args()
     if (args.depth - 2) % 6 != 0:
         parser.error(f"--depth must be 6n+2, got {args.depth}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = CifarResNet(args.depth)
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     if args.compile:
         model = torch.compile(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(args.batch, 3, 32, 32)
+    x = torch.randn(args.batch, 3, 32, 32).to(memory_format=layout)
     y = torch.randint(0, 10, (args.batch,))
     times = []
     for _ in range(args.steps + 1):
@@ -96,7 +101,7 @@ def main():
         times.append(time.perf_counter() - start)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"PyTorch {torch.__version__}, ResNet-{args.depth}, batch {args.batch}, {args.threads} threads"
-          f"{', compiled' if args.compile else ''}")
+          f"{', channels-last' if args.channels_last else ''}{', compiled' if args.compile else ''}")
     print(f"median step {statistics.median(times[1:]):.3f} s (first step {times[0]:.3f} s)")
     print(f"peak resident memory {peak_kb / 1000:.0f} MB")
 

@@ -270,16 +270,7 @@ impl ConvSpec {
             let zeros = b.ins().splat(types::F32X4, zero);
             let stats0 = [zeros, zeros, zero, zero];
             let (_, stats) = for_loop(b, lo, r_hi, 1, &stats0, &mut |b, r, s| {
-                let y_row = {
-                    let twice = mul(b, r, 2);
-                    let row = b.ins().iadd(first_row, twice);
-                    let e = mul(b, row, ow);
-                    b.ins().iadd(plane, e)
-                };
-                let m_row = {
-                    let t = mul(b, r, w.row_tiles);
-                    b.ins().iadd(m_k, t)
-                };
+                let (y_row, m_row) = tile_row(b, [first_row, r], [plane, m_k], ow, w.row_tiles);
                 let segment = |b: &mut FunctionBuilder, tv: Value, valid: usize, s: [Value; 4]| {
                     let t = mul(b, tv, 4);
                     let e = b.ins().iadd(m_row, t);
@@ -397,16 +388,7 @@ pub(crate) fn transform_inputs(
         let plane = mul(b, c, rows * line);
         let v_plane = mul(b, c, stride);
         for_loop(b, lo, r_hi, 1, &[], &mut |b, r, _| {
-            let row = {
-                let twice = mul(b, r, 2);
-                let row = b.ins().iadd(first_row, twice);
-                let e = mul(b, row, line);
-                b.ins().iadd(plane, e)
-            };
-            let v_row = {
-                let t = mul(b, r, w.row_tiles);
-                b.ins().iadd(v_plane, t)
-            };
+            let (row, v_row) = tile_row(b, [first_row, r], [plane, v_plane], line, w.row_tiles);
             for_loop(b, lo, tv_hi, 1, &[], &mut |b, tv, _| {
                 let col = mul(b, tv, 4);
                 let e = b.ins().iadd(row, col);
@@ -445,6 +427,23 @@ pub(crate) fn transform_inputs(
         });
         vec![]
     });
+}
+
+/// Where tile row `r` of a block whose first tile row starts at image row `first_row` is: the
+/// element of its first image row (`plane + (first_row + 2 r) * line`) and of its first tile in a
+/// transform buffer (`tiles + r * row_tiles`).
+pub(crate) fn tile_row(
+    b: &mut FunctionBuilder,
+    [first_row, r]: [Value; 2],
+    [plane, tiles]: [Value; 2],
+    line: usize,
+    row_tiles: usize,
+) -> (Value, Value) {
+    let twice = mul(b, r, 2);
+    let row = b.ins().iadd(first_row, twice);
+    let e = mul(b, row, line);
+    let t = mul(b, r, row_tiles);
+    (b.ins().iadd(plane, e), b.ins().iadd(tiles, t))
 }
 
 /// `G g` for one column `g` of a 3x3 filter: `[g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2]`.

@@ -14,7 +14,7 @@ use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, if_then, lo
 use crate::conv::{mul, mul_add_emit};
 use crate::pack::PackSpec;
 use crate::transpose::shuffle32;
-use crate::winograd::{Winograd, transform_inputs};
+use crate::winograd::{Winograd, tile_row, transform_inputs};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{AtomicRmwOp, InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
@@ -240,16 +240,7 @@ impl WinogradGradSpec {
             };
             let d_k = mul(b, k, tiles);
             for_loop(b, lo, hi[1], 1, &[], &mut |b, r, _| {
-                let row = {
-                    let twice = mul(b, r, 2);
-                    let row = b.ins().iadd(first_row, twice);
-                    let e = mul(b, row, ow);
-                    b.ins().iadd(plane, e)
-                };
-                let d_row = {
-                    let t = mul(b, r, w.row_tiles);
-                    b.ins().iadd(d_k, t)
-                };
+                let (row, d_row) = tile_row(b, [first_row, r], [plane, d_k], ow, w.row_tiles);
                 for_loop(b, lo, hi[2], 1, &[], &mut |b, tv, _| {
                     let px = mul(b, tv, 8);
                     let e = b.ins().iadd(row, px);

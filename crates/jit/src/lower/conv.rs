@@ -32,9 +32,10 @@ pub(super) fn conv_pack(
     PackSpec { planes, in_hw, dilation, pad_before, rows, phases: stride[1], row_len }
 }
 
-/// A direct convolution of `x` (packed with `dilation` and `pad`). `[n, c, k]` is (batch, input
-/// channels, output channels). The step's inputs are `x`, `w`, then the per-thread packing
-/// scratch: epilogue operands and statistics go before the scratch.
+/// A convolution of `x` (packed with `dilation` and `pad`): direct, or by Winograd F(2x2, 3x3)
+/// when `winograd` is set and it applies (3x3, stride 1, even output sizes, 8 or more input
+/// channels). `[n, c, k]` is (batch, input channels, output channels). The step's inputs are `x`,
+/// `w`, then the per-thread scratch: epilogue operands and statistics go before the scratch.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn conv(
     id: NodeId,
@@ -54,14 +55,32 @@ pub(super) fn conv(
         // Few input channels leave the transforms most of the work (the 3-channel stem).
         winograd && kernel == [3, 3] && stride == [1, 1] && dilation == [1, 1] && c >= 8
     });
-    if let Some(tiling) = tiling {
-        return winograd_conv(id, x, w, [n, c, k], in_hw, pad, out_hw, weights, tiling);
-    }
-    // Register tile: kb output channels by vb vectors of 4 pixels.
-    let (kb, vb) = register_tile(k, out_hw[1].div_ceil(4), None);
-    let pack = conv_pack(c, in_hw, dilation, pad, kernel[0], stride, out_hw, vb, kernel[1]);
+    let (pack, kb, vb, label) = match tiling {
+        // Products: kb output channels by vb vectors of 4 tiles, vb dividing the group's vectors;
+        // the input packed with two width phases, so that 4 tiles' patches are contiguous.
+        Some(tiling) => {
+            let vectors = tiling.tiles() / 4;
+            let (kb, vb) = register_tile(k, vectors, None);
+            let vb = (1..=vb).rev().find(|v| vectors.is_multiple_of(*v)).unwrap_or(1);
+            let rows = out_hw[0] + 2;
+            let pack = PackSpec {
+                planes: c,
+                in_hw,
+                dilation,
+                pad_before: pad,
+                rows,
+                phases: 2,
+                row_len: tiling.row_tiles + 1,
+            };
+            (pack, kb, vb, "conv2d_winograd")
+        }
+        // Register tile: kb output channels by vb vectors of 4 pixels.
+        None => {
+            let (kb, vb) = register_tile(k, out_hw[1].div_ceil(4), None);
+            (conv_pack(c, in_hw, dilation, pad, kernel[0], stride, out_hw, vb, kernel[1]), kb, vb, "conv2d")
+        }
+    };
     let shape = ConvShape { batch: n, in_channels: c, out_channels: k, kernel, stride, out_hw };
-    let scratch = vec![pack.len()];
     let spec = ConvSpec {
         shape,
         pack,
@@ -72,65 +91,16 @@ pub(super) fn conv(
         epilogue: None,
         interleave: None,
         stats: false,
-        winograd: None,
+        winograd: tiling,
     };
+    let scratch = vec![spec.scratch_len()];
     let steps = vec![Planned {
-        label: "conv2d".into(),
+        label: label.into(),
         spec: KernelSpec::Conv(spec),
         inputs: vec![Buf::Node(x), Buf::Node(w), Buf::PerThread(0)],
         output: Buf::Node(id),
     }];
     Lowered::Steps { scratch, steps }
-}
-
-/// A 3x3 stride-1 convolution by Winograd F(2x2, 3x3): one kernel that transforms the weights,
-/// then per group packs (with two width phases), transforms, multiplies and transforms back.
-#[allow(clippy::too_many_arguments)]
-fn winograd_conv(
-    id: NodeId,
-    x: NodeId,
-    w: NodeId,
-    [n, c, k]: [usize; 3],
-    in_hw: [usize; 2],
-    pad: [isize; 2],
-    out_hw: [usize; 2],
-    weights: WeightLayout,
-    tiling: Winograd,
-) -> Lowered {
-    // Register tile of the products: kb output channels by vb vectors of 4 tiles, vb dividing
-    // the group's vectors.
-    let vectors = tiling.tiles() / 4;
-    let (kb, vb) = register_tile(k, vectors, None);
-    let vb = (1..=vb).rev().find(|v| vectors.is_multiple_of(*v)).unwrap_or(1);
-    let pack = PackSpec {
-        planes: c,
-        in_hw,
-        dilation: [1, 1],
-        pad_before: pad,
-        rows: out_hw[0] + 2,
-        phases: 2,
-        row_len: tiling.row_tiles + 1,
-    };
-    let shape = ConvShape { batch: n, in_channels: c, out_channels: k, kernel: [3, 3], stride: [1, 1], out_hw };
-    let spec = ConvSpec {
-        shape,
-        pack,
-        origin: [0, 0],
-        weights,
-        kb,
-        vb,
-        epilogue: None,
-        interleave: None,
-        stats: false,
-        winograd: Some(tiling),
-    };
-    let steps = vec![Planned {
-        label: "conv2d_winograd".into(),
-        spec: KernelSpec::Conv(spec.clone()),
-        inputs: vec![Buf::Node(x), Buf::Node(w), Buf::PerThread(0)],
-        output: Buf::Node(id),
-    }];
-    Lowered::Steps { scratch: vec![spec.scratch_len()], steps }
 }
 
 /// The input gradient of a strided convolution as one small stride-1 convolution per output
