@@ -89,7 +89,7 @@ impl ConvSpec {
         self.areas().len
     }
 
-    /// Emits groups `begin..end` of a Winograd convolution (after the weight transform).
+    /// Emits a Winograd convolution: this thread's weight transform, then groups `begin..end`.
     pub(crate) fn emit_winograd(
         &self,
         b: &mut FunctionBuilder,
@@ -112,7 +112,8 @@ impl ConvSpec {
                 let first_plane = mul(b, n, self.shape.in_channels);
                 self.pack.emit(b, a.x, a.packed, first_plane);
             });
-            self.input_transform(b, a.packed, v, block);
+            let tiling = self.tiling();
+            transform_inputs(b, &self.pack, tiling, a.packed, v, tiling.tiles(), block);
             self.products(b, mul_add, u, v, m);
             let partials = a.stats.map(|s| {
                 let offset = b.ins().imul_imm_s(g, (self.shape.out_channels * 2 * 4) as i64);
@@ -162,12 +163,6 @@ impl ConvSpec {
             });
             vec![]
         });
-    }
-
-    /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for each input channel `c` and tile `t` of group `block`.
-    fn input_transform(&self, b: &mut FunctionBuilder, xp: Value, v: Value, block: Value) {
-        let tiling = self.tiling();
-        transform_inputs(b, &self.pack, tiling, xp, v, tiling.tiles(), block);
     }
 
     /// `M[ξ][k][t] = Σ_c U[ξ][c][k] V[ξ][c][t]`: per position, register tiles of `kb` output

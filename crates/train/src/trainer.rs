@@ -295,7 +295,7 @@ impl Trainer {
     }
 
     /// Finds where a step first produces a non-finite value: runs the step on `images` and
-    /// `labels` at `lr` from the current state, unfused, with every intermediate kept, and
+    /// `labels` at `lr` from the current state, unfused on the JIT, with every intermediate kept, and
     /// returns the first node (in graph order, which is topological) holding a NaN or an
     /// infinity, or `None` when every value is finite. After [`Trainer::step`] returned
     /// [`Error::NonFinite`], the state is still the one before that step, so this replays it.
