@@ -35,7 +35,7 @@ pub struct WinogradGradSpec {
     pub in_channels: usize,
     /// Output channels (even).
     pub out_channels: usize,
-    /// Output height and width (even; the width a multiple of 8).
+    /// Output height and width (even).
     pub out_hw: [usize; 2],
     /// How each image of x is packed (zero-padded, two width phases).
     pub pack: PackSpec,
@@ -49,9 +49,8 @@ pub struct WinogradGradSpec {
 }
 
 impl WinogradGradSpec {
-    /// Whether the Winograd weight gradient applies: 3x3, stride 1, an output width a multiple
-    /// of 8 and an even height, input channels a multiple of 4 (at least 8), even output
-    /// channels.
+    /// Whether the Winograd weight gradient applies: 3x3, stride 1, even output sizes, input
+    /// channels a multiple of 4 (at least 8), even output channels.
     pub fn applies(
         kernel: [usize; 2],
         stride: [usize; 2],
@@ -64,7 +63,7 @@ impl WinogradGradSpec {
             && out_hw[0] > 0
             && out_hw[0].is_multiple_of(2)
             && out_hw[1] > 0
-            && out_hw[1].is_multiple_of(8)
+            && out_hw[1].is_multiple_of(2)
             && in_channels >= 8
             && in_channels.is_multiple_of(CB)
             && out_channels.is_multiple_of(KB)
@@ -73,7 +72,7 @@ impl WinogradGradSpec {
     /// The tiling of an output of `out_hw` for the gradient: blocks of whole tile rows with at
     /// least 64 tiles (or the whole image).
     pub fn tiling(out_hw: [usize; 2]) -> Winograd {
-        let (th, row_tiles) = (out_hw[0] / 2, out_hw[1] / 2);
+        let (th, row_tiles) = (out_hw[0] / 2, (out_hw[1] / 2).div_ceil(4) * 4);
         let tile_rows = (1..=th).find(|r| th.is_multiple_of(*r) && r * row_tiles >= 64).unwrap_or(th);
         Winograd { tile_rows, row_tiles }
     }
@@ -223,7 +222,7 @@ impl WinogradGradSpec {
 
     /// `DY[ξ][k][t] = (A dy Aᵀ)[ξ]` for each output channel `k` and tile `t` of block `block` of
     /// image `n`, four tiles per vector: 8 consecutive pixels of two rows, split into even and
-    /// odd columns.
+    /// odd columns (the tiles past the width, in the last vector, are zero).
     fn transform_dy(&self, b: &mut FunctionBuilder, dy: Value, d: Value, n: Value, block: Value) {
         let w = self.tiling;
         let (kn, [oh, ow], tiles) = (self.out_channels, self.out_hw, self.block_tiles());
@@ -231,7 +230,9 @@ impl WinogradGradSpec {
         let write = MemFlagsData::new().with_notrap();
         let first_row = mul(b, block, 2 * w.tile_rows);
         let lo = iconst(b, 0);
-        let hi = [kn, w.tile_rows, w.row_tiles / 4].map(|n| iconst(b, n as i64));
+        // Whole vectors of 4 tiles (8 pixels), then a partial one padded with zeros.
+        let (full, last) = ((ow / 2) / 4, 2 * ((ow / 2) % 4));
+        let hi = [kn, w.tile_rows, full].map(|n| iconst(b, n as i64));
         for_loop(b, lo, hi[0], 1, &[], &mut |b, k, _| {
             let plane = {
                 let nk = mul(b, n, kn);
@@ -241,15 +242,27 @@ impl WinogradGradSpec {
             let d_k = mul(b, k, tiles);
             for_loop(b, lo, hi[1], 1, &[], &mut |b, r, _| {
                 let (row, d_row) = tile_row(b, [first_row, r], [plane, d_k], ow, w.row_tiles);
-                for_loop(b, lo, hi[2], 1, &[], &mut |b, tv, _| {
+                let segment = |b: &mut FunctionBuilder, tv: Value, valid: usize| {
                     let px = mul(b, tv, 8);
                     let e = b.ins().iadd(row, px);
                     let at = elem_addr(b, dy, e);
-                    // Per row: the tiles' left (even) and right (odd) columns.
+                    // Per row: the tiles' left (even) and right (odd) columns; past `valid`
+                    // pixels, zeros.
                     let split = |b: &mut FunctionBuilder, offset: i32| {
-                        let lo = b.ins().load(types::F32X4, read, at, offset);
-                        let hi = b.ins().load(types::F32X4, read, at, offset + 16);
-                        [shuffle32(b, lo, hi, [0, 2, 4, 6]), shuffle32(b, lo, hi, [1, 3, 5, 7])]
+                        if valid == 8 {
+                            let lo = b.ins().load(types::F32X4, read, at, offset);
+                            let hi = b.ins().load(types::F32X4, read, at, offset + 16);
+                            return [shuffle32(b, lo, hi, [0, 2, 4, 6]), shuffle32(b, lo, hi, [1, 3, 5, 7])];
+                        }
+                        [0, 1].map(|column| {
+                            let zero = b.ins().f32const(0.0);
+                            let mut v = b.ins().splat(types::F32X4, zero);
+                            for lane in (0..4).filter(|l| 2 * l + column < valid) {
+                                let x = b.ins().load(types::F32, read, at, offset + (4 * (2 * lane + column)) as i32);
+                                v = b.ins().insertlane(v, x, lane as u8);
+                            }
+                            v
+                        })
                     };
                     let top = split(b, 0);
                     let bottom = split(b, (ow * 4) as i32);
@@ -269,8 +282,14 @@ impl WinogradGradSpec {
                             b.ins().store(write, value, out, (position * kn * tiles * 4) as i32);
                         }
                     }
+                };
+                for_loop(b, lo, hi[2], 1, &[], &mut |b, tv, _| {
+                    segment(b, tv, 8);
                     vec![]
                 });
+                if last > 0 {
+                    segment(b, hi[2], last);
+                }
                 vec![]
             });
             vec![]

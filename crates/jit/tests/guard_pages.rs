@@ -93,6 +93,11 @@ fn convolution_kernels_stay_inside_their_buffers() {
         (1, 4, 8, 6, 5, 1, 2, 0),
         (1, 3, 4, 4, 4, 3, 1, 3),
         (1, 5, 12, 5, 7, 3, 1, 1),
+        // Winograd (forward, input and weight gradients): partial vectors of tiles, several
+        // images per block, padding 0.
+        (2, 8, 8, 6, 10, 3, 1, 1),
+        (3, 12, 16, 14, 14, 3, 1, 1),
+        (2, 8, 4, 10, 18, 3, 1, 0),
     ] {
         let mut g = Graph::new();
         let x = input(&mut g, "x", &[n, c, h, w]);
