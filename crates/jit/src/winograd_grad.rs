@@ -158,7 +158,8 @@ impl WinogradGradSpec {
             };
             let (lo, per_image) = (iconst(b, 0), iconst(b, (self.tiling.tiles() / 4) as i64));
             let stride = self.block_tiles();
-            if self.images_per_block == 1 {
+            if blocks > 1 {
+                // Each image in blocks of tile rows (one image per block).
                 for_loop(b, first, last, 1, &[], &mut |b, n, _| {
                     let first_plane = mul(b, n, self.in_channels);
                     self.pack.emit(b, x, xp, first_plane);
@@ -172,7 +173,8 @@ impl WinogradGradSpec {
                     vec![]
                 });
             } else {
-                // Blocks of up to `images_per_block` whole images, side by side in V and DY.
+                // Blocks of up to `images_per_block` whole images, side by side in V and DY (the
+                // last block of the chunk may hold fewer).
                 let ipb = self.images_per_block as i64;
                 let images = b.ins().isub(last, first);
                 let steps = {
