@@ -206,7 +206,7 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
     };
     let at = Position { epoch: first / per_epoch, batch: first % per_epoch };
     let mut loader = Loader::new(train.clone(), mean.clone(), loader_config, at).map_err(|e| e.to_string())?;
-    let mut metrics = Metrics::open(&out.join("metrics.jsonl"), first)?;
+    let (mut metrics, mut train_errors) = Metrics::open(&out.join("metrics.jsonl"), first)?;
     let run_config = serde_json::json!({
         "model": config.name(), "dataset": format!("{:?}", args.dataset), "batch": batch, "iterations": iterations,
         "iterations_per_epoch": per_epoch, "lr": args.lr, "milestones": schedule.milestones, "momentum": 0.9,
@@ -225,7 +225,6 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
     // Time the step spends waiting for the loader's background thread (the loader should keep up).
     let mut data_wait = 0.0;
     let mut last_eval = None;
-    let mut train_errors: Vec<f64> = vec![];
     let stop = args.until_iteration.unwrap_or(iterations).min(iterations);
     let save = |trainer: &mut Trainer, done: u64, warmed_up: bool| -> Result<(), String> {
         let mut c = trainer.checkpoint();
@@ -363,9 +362,9 @@ struct Metrics {
 }
 
 impl Metrics {
-    /// The metrics file of a run starting at iteration `first`: lines of later iterations (from
-    /// an interrupted run) are dropped.
-    fn open(path: &Path, first: u64) -> Result<Metrics, String> {
+    /// The metrics file of a run starting at iteration `first`, and the training errors of the
+    /// iterations before it: lines of later iterations (from an interrupted run) are dropped.
+    fn open(path: &Path, first: u64) -> Result<(Metrics, Vec<f64>), String> {
         let fail = |e: std::io::Error| format!("{}: {e}", path.display());
         let kept: String = match std::fs::read_to_string(path) {
             Ok(text) if first > 0 => text
@@ -378,9 +377,12 @@ impl Metrics {
                 .collect(),
             _ => String::new(),
         };
+        let errors =
+            kept.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["train_error"].as_f64());
+        let errors = errors.collect();
         write_atomically(path, kept.as_bytes())?;
         let file = std::fs::OpenOptions::new().append(true).open(path).map_err(fail)?;
-        Ok(Metrics { path: path.to_path_buf(), file: std::io::BufWriter::new(file) })
+        Ok((Metrics { path: path.to_path_buf(), file: std::io::BufWriter::new(file) }, errors))
     }
 
     fn line(&mut self, value: serde_json::Value) -> Result<(), String> {
@@ -491,8 +493,8 @@ impl TrainArgs {
             lr: recipe.lr,
             seed: recipe.seed,
             threads: recipe.threads,
+            resume: recipe.resume && out.join(CHECKPOINT).exists(),
             out: Some(out),
-            resume: false,
             shortcut,
             backend: BackendName::Jit,
             validation: None,
@@ -530,4 +532,8 @@ pub struct Recipe {
     /// Threads the kernels run on (default: all cores).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub threads: Option<u64>,
+    /// Keep the runs already finished in --out and continue interrupted ones from their last
+    /// checkpoint (each ends with the weights an uninterrupted run would have).
+    #[arg(long)]
+    pub resume: bool,
 }

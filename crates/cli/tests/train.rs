@@ -213,6 +213,29 @@ fn experiments_write_their_table_and_figure() {
         assert!(out.join(run).join("model.safetensors").exists(), "{run}");
     }
     assert!(std::fs::read(out.join("degradation.png")).unwrap().starts_with(b"\x89PNG"));
+
+    // --resume keeps finished runs and continues interrupted ones: plain8 stopped after its first
+    // iteration, then the experiment resumed, ends with the same weights and the same table.
+    let resumed = root.join("resumed");
+    let plain8 = resumed.join("plain8");
+    let mut args = vec!["train", "--model", "plain8", "--until-iteration", "1", "--out", plain8.to_str().unwrap()];
+    args.extend(recipe);
+    let (ok, stdout, err) = skipgrad(&args);
+    assert!(ok && stdout.contains("stopped after iteration 1 of 3"), "{stdout}{err}");
+    let mut args =
+        vec!["experiment", "degradation", "--depths", "8,14", "--resume", "--out", resumed.to_str().unwrap()];
+    args.extend(recipe);
+    let (ok, _, err) = skipgrad(&args);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(resumed.join("degradation.md")).unwrap(), table);
+    let weights = |dir: &Path| Checkpoint::load(&dir.join("plain8").join("model.safetensors")).unwrap().tensors;
+    assert_eq!(weights(&resumed), weights(&out));
+    // Resuming a finished experiment trains nothing and reproduces its table.
+    let before = std::fs::metadata(plain8.join("checkpoint.safetensors")).unwrap().modified().unwrap();
+    let (ok, _, err) = skipgrad(&args);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(resumed.join("degradation.md")).unwrap(), table);
+    assert_eq!(std::fs::metadata(plain8.join("checkpoint.safetensors")).unwrap().modified().unwrap(), before);
     let out = root.join("shortcuts");
     let mut args = vec!["experiment", "shortcuts", "--model", "resnet8", "--out", out.to_str().unwrap()];
     args.extend(recipe);
