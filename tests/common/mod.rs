@@ -1,7 +1,23 @@
 //! Helpers shared by the cross-crate property tests.
 #![allow(dead_code)]
 
-pub mod net;
+/// The random training networks, and a strategy for their blocks.
+pub mod net {
+    use proptest::prelude::*;
+    pub use skipgrad::testing::*;
+
+    /// Any block, at the sizes the properties use.
+    pub fn block() -> impl Strategy<Value = Block> {
+        prop_oneof![
+            (1..5usize, prop::sample::select(vec![1usize, 3]), 1..3usize)
+                .prop_map(|(out, kernel, stride)| Block::Plain { out, kernel, stride }),
+            (1..3usize).prop_map(|stride| Block::Residual { stride }),
+            (1..3usize).prop_map(|stride| Block::Projection { stride }),
+            (1..3usize).prop_map(|stride| Block::Bottleneck { stride }),
+            (1..4usize).prop_map(|out| Block::Stem { out }),
+        ]
+    }
+}
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;

@@ -21,7 +21,7 @@ impl Graph {
                 "index": k,
                 "dtype": t.dtype().to_string(),
                 "shape": t.shape().dims(),
-                "values": t.to_f64_vec(),
+                "values": t.to_f64_vec().into_iter().map(number).collect::<Vec<_>>(),
             }))).collect::<Vec<_>>(),
         })
     }
@@ -53,12 +53,34 @@ fn node_json(id: usize, node: &Node) -> Value {
 fn attr_json(value: Attr) -> Value {
     match value {
         Attr::Int(v) => json!(v),
-        Attr::Float(v) => json!(v),
+        Attr::Float(v) => number(v),
         Attr::Bool(v) => json!(v),
         Attr::Text(v) | Attr::Word(v) => json!(v),
         Attr::Mode(v) => json!(v),
         Attr::Pair(v) | Attr::Tuple(v) | Attr::Size(v) => json!(v),
         Attr::List(v) | Attr::Dims(v) | Attr::Ids(v) => json!(v),
+    }
+}
+
+/// A number as JSON: JSON has no NaN or infinities, so those are the strings `"NaN"`,
+/// `"Infinity"` and `"-Infinity"` (as JavaScript prints them).
+fn number(v: f64) -> Value {
+    match v {
+        v if v.is_nan() => json!("NaN"),
+        f64::INFINITY => json!("Infinity"),
+        f64::NEG_INFINITY => json!("-Infinity"),
+        v => json!(v),
+    }
+}
+
+/// The reverse of [`number`].
+fn number_from(v: &Value) -> Option<f64> {
+    match v.as_str() {
+        Some("NaN") => Some(f64::NAN),
+        Some("Infinity") => Some(f64::INFINITY),
+        Some("-Infinity") => Some(f64::NEG_INFINITY),
+        Some(_) => None,
+        None => v.as_f64(),
     }
 }
 
@@ -91,7 +113,7 @@ impl Graph {
             let dims = usizes(&c["shape"], &format!("{at}.shape"))?;
             let values: Vec<f64> = c["values"]
                 .as_array()
-                .and_then(|v| v.iter().map(Value::as_f64).collect())
+                .and_then(|v| v.iter().map(number_from).collect())
                 .ok_or_else(|| fail(&format!("{at}.values"), "expected an array of numbers"))?;
             let t = match dtype(&c["dtype"], &format!("{at}.dtype"))? {
                 DType::F32 => Tensor::f32(dims, values.into_iter().map(|v| v as f32).collect()),
@@ -174,7 +196,7 @@ fn op_from_json(n: &Value, at: &str) -> Result<Op> {
     let attrs = &n["attrs"];
     let fail = |key: &str, message: &str| Error::Json { at: format!("{at}.attrs.{key}"), message: message.into() };
     let int = |key: &str| attrs[key].as_u64().map(|v| v as usize).ok_or_else(|| fail(key, "expected an integer"));
-    let float = |key: &str| attrs[key].as_f64().ok_or_else(|| fail(key, "expected a number"));
+    let float = |key: &str| number_from(&attrs[key]).ok_or_else(|| fail(key, "expected a number"));
     let flag = |key: &str| attrs[key].as_bool().ok_or_else(|| fail(key, "expected true or false"));
     let text = |key: &str| attrs[key].as_str().map(str::to_string).ok_or_else(|| fail(key, "expected a string"));
     let pair = |key: &str| -> Result<[usize; 2]> {

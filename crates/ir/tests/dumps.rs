@@ -130,6 +130,21 @@ fn json_dump_round_trips_into_an_equal_graph() {
     assert_eq!(back.dump(), g.dump());
 }
 
+/// JSON has no NaN or infinities: they round-trip as strings (found by the graph-builder fuzzer).
+#[test]
+fn non_finite_numbers_round_trip_through_json() {
+    let mut g = Graph::new();
+    let c = g.add_constant(skipgrad_ir::Tensor::f64([3], vec![f64::NAN, f64::INFINITY, -1.5]).unwrap(), Role::Forward);
+    let x = g.add_node(Op::Scale { c: f64::NEG_INFINITY }, &[c], Role::Forward).unwrap();
+    g.add_node(Op::AddScalar { c: f64::NAN }, &[x], Role::Forward).unwrap();
+    let text = g.to_json_string();
+    assert!(text.contains("\"-Infinity\"") && text.contains("\"NaN\""), "{text}");
+    let back = Graph::from_json_str(&text).unwrap();
+    assert_eq!(back.dump(), g.dump());
+    let values = back.constant(0).unwrap().to_f64_vec();
+    assert!(values[0].is_nan() && values[1] == f64::INFINITY && values[2] == -1.5, "{values:?}");
+}
+
 #[test]
 fn malformed_json_dumps_are_typed_errors_naming_the_place() {
     let g = sample();
