@@ -32,6 +32,8 @@ pub use skipgrad_reference as reference;
 
 pub use skipgrad_autodiff::{Error, Result};
 
+pub mod testing;
+
 /// The README's code blocks, compiled and run as doctests so they stay true.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -1,20 +1,21 @@
-//! A random training network for whole-graph tests: chains and residual diamonds of conv-BN-ReLU
+//! Random training networks for testing compiler passes and kernels against the reference
+//! interpreter (the property tests and the differential fuzzer use them): chains and residual diamonds of conv-BN-ReLU
 //! blocks (basic and bottleneck blocks; identity, option-A and projection shortcuts; strides 1 and
 //! 2; 1x1 and 3x3 kernels; the ImageNet stem's 7x7 convolution and max pool), a classifier and
 //! softmax cross-entropy, traced with every parameter gradient, the batch-norm running-statistics
 //! updates and an SGD-with-momentum step as outputs.
 
-use proptest::prelude::*;
+use crate::prelude::*;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use skipgrad::prelude::*;
 
 /// A tensor of `dtype` from f64 values.
 fn tensor(dtype: DType, dims: &[usize], values: Vec<f64>) -> Tensor {
     match dtype {
-        DType::F32 => Tensor::f32(dims, values.into_iter().map(|v| v as f32).collect()).unwrap(),
-        DType::F64 => Tensor::f64(dims, values).unwrap(),
+        DType::F32 => Tensor::f32(dims, values.into_iter().map(|v| v as f32).collect()),
+        DType::F64 => Tensor::f64(dims, values),
     }
+    .expect("values match their dims")
 }
 
 /// One block of the random network.
@@ -34,20 +35,7 @@ pub enum Block {
     Stem { out: usize },
 }
 
-pub fn block() -> impl Strategy<Value = Block> {
-    prop_oneof![
-        (1..5usize, prop::sample::select(vec![1usize, 3]), 1..3usize).prop_map(|(out, kernel, stride)| Block::Plain {
-            out,
-            kernel,
-            stride
-        }),
-        (1..3usize).prop_map(|stride| Block::Residual { stride }),
-        (1..3usize).prop_map(|stride| Block::Projection { stride }),
-        (1..3usize).prop_map(|stride| Block::Bottleneck { stride }),
-        (1..4usize).prop_map(|out| Block::Stem { out }),
-    ]
-}
-
+/// A traced training step with the values to run it on.
 pub struct Net {
     /// The traced tape.
     pub tape: Tape,
@@ -56,43 +44,55 @@ pub struct Net {
     /// Loss, gradients of the trainable parameters, running-statistics updates, and each
     /// parameter's and velocity's SGD update.
     pub outputs: Vec<Var>,
+    /// The parameters the loss is differentiated by.
     trainable: Vec<Var>,
     rng: StdRng,
     dtype: DType,
 }
 
 impl Net {
-    fn param(&mut self, name: &str, dims: &[usize], lo: f64, hi: f64) -> Var {
+    fn param(&mut self, name: &str, dims: &[usize], lo: f64, hi: f64) -> Result<Var> {
         let n: usize = dims.iter().product();
         let values: Vec<f64> = (0..n).map(|_| self.rng.random_range(lo..hi)).collect();
         self.feeds.insert(name.into(), tensor(self.dtype, dims, values));
-        let v = self.tape.parameter_spec(name, self.dtype, dims).unwrap();
+        let v = self.tape.parameter_spec(name, self.dtype, dims)?;
         if !name.contains("running") && !name.ends_with(".momentum") {
             self.trainable.push(v.clone());
         }
-        v
+        Ok(v)
     }
-    fn conv_bn(&mut self, x: &Var, name: &str, out: usize, kernel: usize, stride: usize) -> Var {
+    fn conv_bn(&mut self, x: &Var, name: &str, out: usize, kernel: usize, stride: usize) -> Result<Var> {
         self.conv_bn_padded(x, name, out, kernel, stride, kernel / 2)
     }
-    fn conv_bn_padded(&mut self, x: &Var, name: &str, out: usize, kernel: usize, stride: usize, pad: usize) -> Var {
+    fn conv_bn_padded(
+        &mut self,
+        x: &Var,
+        name: &str,
+        out: usize,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Var> {
         let c = x.shape().dims()[1];
         let bound = (3.0 / (c * kernel * kernel) as f64).sqrt();
-        let w = self.param(&format!("{name}.conv.weight"), &[out, c, kernel, kernel], -bound, bound);
+        let w = self.param(&format!("{name}.conv.weight"), &[out, c, kernel, kernel], -bound, bound)?;
         let bn = BatchNorm {
-            gamma: self.param(&format!("{name}.bn.weight"), &[out], 0.5, 1.5),
-            beta: self.param(&format!("{name}.bn.bias"), &[out], -0.5, 0.5),
-            running_mean: self.param(&format!("{name}.bn.running_mean"), &[out], -0.1, 0.1),
-            running_var: self.param(&format!("{name}.bn.running_var"), &[out], 0.9, 1.1),
+            gamma: self.param(&format!("{name}.bn.weight"), &[out], 0.5, 1.5)?,
+            beta: self.param(&format!("{name}.bn.bias"), &[out], -0.5, 0.5)?,
+            running_mean: self.param(&format!("{name}.bn.running_mean"), &[out], -0.1, 0.1)?,
+            running_var: self.param(&format!("{name}.bn.running_var"), &[out], 0.9, 1.1)?,
             momentum: 0.1,
             eps: 1e-5,
         };
-        x.conv2d(&w, stride, pad).unwrap().batch_norm(&bn, true).unwrap()
+        x.conv2d(&w, stride, pad)?.batch_norm(&bn, true)
     }
 }
 
-/// Builds the traced training graph; returns it with its feeds and outputs (loss, gradients, updates).
-pub fn build(blocks: &[Block], batch: usize, channels: usize, hw: usize, seed: u64, dtype: DType) -> Net {
+/// Builds the traced training graph of `blocks` on `batch` images of `channels` x `hw` x `hw`,
+/// with weights and data drawn from `seed`; returns it with its feeds and outputs (loss,
+/// gradients, updates). Fails when a block does not fit the image (the errors of the research
+/// API).
+pub fn build(blocks: &[Block], batch: usize, channels: usize, hw: usize, seed: u64, dtype: DType) -> Result<Net> {
     let mut net = Net {
         tape: Tape::trace(dtype),
         feeds: Feeds::new(),
@@ -103,63 +103,61 @@ pub fn build(blocks: &[Block], batch: usize, channels: usize, hw: usize, seed: u
     };
     let x_values: Vec<f64> = (0..batch * channels * hw * hw).map(|_| net.rng.random_range(-1.0..1.0)).collect();
     net.feeds.insert("images".into(), tensor(dtype, &[batch, channels, hw, hw], x_values));
-    let mut h = net.tape.input_spec("images", dtype, &[batch, channels, hw, hw]).unwrap();
+    let mut h = net.tape.input_spec("images", dtype, &[batch, channels, hw, hw])?;
     for (i, b) in blocks.iter().enumerate() {
         let c = h.shape().dims()[1];
         h = match *b {
-            Block::Plain { out, kernel, stride } => net.conv_bn(&h, &format!("b{i}"), out, kernel, stride).relu(),
+            Block::Plain { out, kernel, stride } => net.conv_bn(&h, &format!("b{i}"), out, kernel, stride)?.relu(),
             Block::Residual { stride } => {
                 let out = if stride == 2 { 2 * c } else { c };
-                let y = net.conv_bn(&h, &format!("b{i}.1"), out, 3, stride).relu();
-                let y = net.conv_bn(&y, &format!("b{i}.2"), out, 3, 1);
-                let shortcut = if stride == 2 { h.shortcut_a(out).unwrap() } else { h.clone() };
-                (&y + &shortcut).unwrap().relu()
+                let y = net.conv_bn(&h, &format!("b{i}.1"), out, 3, stride)?.relu();
+                let y = net.conv_bn(&y, &format!("b{i}.2"), out, 3, 1)?;
+                let shortcut = if stride == 2 { h.shortcut_a(out)? } else { h.clone() };
+                (&y + &shortcut)?.relu()
             }
             Block::Projection { stride } => {
                 let out = if stride == 2 { 2 * c } else { c };
-                let y = net.conv_bn(&h, &format!("b{i}.1"), out, 3, stride).relu();
-                let y = net.conv_bn(&y, &format!("b{i}.2"), out, 3, 1);
-                let shortcut = net.conv_bn(&h, &format!("b{i}.down"), out, 1, stride);
-                (&y + &shortcut).unwrap().relu()
+                let y = net.conv_bn(&h, &format!("b{i}.1"), out, 3, stride)?.relu();
+                let y = net.conv_bn(&y, &format!("b{i}.2"), out, 3, 1)?;
+                let shortcut = net.conv_bn(&h, &format!("b{i}.down"), out, 1, stride)?;
+                (&y + &shortcut)?.relu()
             }
             Block::Bottleneck { stride } => {
                 let (mid, out) = (c.div_ceil(2), 2 * c.div_ceil(2));
-                let y = net.conv_bn(&h, &format!("b{i}.1"), mid, 1, 1).relu();
-                let y = net.conv_bn(&y, &format!("b{i}.2"), mid, 3, stride).relu();
-                let y = net.conv_bn(&y, &format!("b{i}.3"), out, 1, 1);
+                let y = net.conv_bn(&h, &format!("b{i}.1"), mid, 1, 1)?.relu();
+                let y = net.conv_bn(&y, &format!("b{i}.2"), mid, 3, stride)?.relu();
+                let y = net.conv_bn(&y, &format!("b{i}.3"), out, 1, 1)?;
                 let shortcut = if stride == 1 && out == c {
                     h.clone()
                 } else {
-                    net.conv_bn(&h, &format!("b{i}.down"), out, 1, stride)
+                    net.conv_bn(&h, &format!("b{i}.down"), out, 1, stride)?
                 };
-                (&y + &shortcut).unwrap().relu()
+                (&y + &shortcut)?.relu()
             }
-            Block::Stem { out } => {
-                net.conv_bn_padded(&h, &format!("b{i}"), out, 7, 2, 3).relu().max_pool(3, 2, 1).unwrap()
-            }
+            Block::Stem { out } => net.conv_bn_padded(&h, &format!("b{i}"), out, 7, 2, 3)?.relu().max_pool(3, 2, 1)?,
         };
     }
     let classes = 3;
     let features = h.shape().dims()[1];
-    let fc_w = net.param("fc.weight", &[classes, features], -0.5, 0.5);
-    let fc_b = net.param("fc.bias", &[classes], -0.1, 0.1);
+    let fc_w = net.param("fc.weight", &[classes, features], -0.5, 0.5)?;
+    let fc_b = net.param("fc.bias", &[classes], -0.1, 0.1)?;
     let labels: Vec<f64> = (0..batch).map(|_| net.rng.random_range(0..classes) as f64).collect();
     net.feeds.insert("labels".into(), tensor(dtype, &[batch], labels));
-    let y = net.tape.input_spec("labels", dtype, &[batch]).unwrap();
-    let loss = h.global_avg_pool().unwrap().linear(&fc_w, &fc_b).unwrap().cross_entropy(&y).unwrap();
+    let y = net.tape.input_spec("labels", dtype, &[batch])?;
+    let loss = h.global_avg_pool()?.linear(&fc_w, &fc_b)?.cross_entropy(&y)?;
     let refs: Vec<&Var> = net.trainable.iter().collect();
-    let grads = grad(&loss, &refs).unwrap();
+    let grads = grad(&loss, &refs)?;
     // The optimizer step, as training will run it: each parameter and its velocity buffer.
     let sgd = Sgd { lr: 0.1, momentum: 0.9, weight_decay: 1e-4 };
     for (p, g) in net.trainable.clone().iter().zip(&grads) {
         let name = net.tape.graph().source_name(p.id()).expect("a parameter").to_string();
-        let v = net.param(&format!("{name}.momentum"), p.shape().dims(), -0.1, 0.1);
-        sgd.update(p, g, &v).unwrap();
+        let v = net.param(&format!("{name}.momentum"), p.shape().dims(), -0.1, 0.1)?;
+        sgd.update(p, g, &v)?;
     }
     net.outputs.push(loss);
     net.outputs.extend(grads);
     net.outputs.extend(net.tape.updates().into_iter().map(|(_, new)| new));
-    net
+    Ok(net)
 }
 
 /// True when some batch norm normalizes fewer than 4 values per channel. With 2 values the input

@@ -22,7 +22,7 @@ fn every_stage_of_a_resnet20_step_is_dumped() {
             blocks.push(Block::Residual { stride: if stage > 0 && b == 0 { 2 } else { 1 } });
         }
     }
-    let net = build(&blocks, 2, 3, 8, 1, DType::F32); // traces, then takes gradients: 2 stages
+    let net = build(&blocks, 2, 3, 8, 1, DType::F32).unwrap(); // traces, then takes gradients: 2 stages
     let program = Program { graph: net.tape.graph(), outputs: net.outputs.iter().map(|v| v.id()).collect() };
     let fused = Pipeline::training().run(program).unwrap().pop().unwrap().program; // 2 stages
     let mut step = compile(&fused.graph, &fused.outputs, &CompileOptions::default()).unwrap(); // 2 stages

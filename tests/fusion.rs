@@ -32,7 +32,7 @@ proptest! {
     /// evaluates the same ops in the same order.
     #[test]
     fn fused_graphs_match_unfused_in_f64(blocks in prop::collection::vec(block(), 1..4), batch in 2..4usize, channels in 1..4usize, hw in 3..9usize, seed: u64) {
-        let net = build(&blocks, batch, channels, hw, seed, DType::F64);
+        let net = build(&blocks, batch, channels, hw, seed, DType::F64).unwrap();
         let (before, after) = (program(&net), fused(&net));
         prop_assert!(after.graph.len() < before.graph.len(), "nothing fused:\n{}", after.graph.dump());
         // Every node is merged into at most one fused node.
@@ -56,7 +56,7 @@ proptest! {
     /// reference interpreter.
     #[test]
     fn fused_graphs_match_the_reference_on_the_jit(blocks in prop::collection::vec(block(), 1..4), batch in 2..4usize, channels in prop::sample::select(vec![1usize, 2, 3, 8]), hw in 3..9usize, seed: u64) {
-        let net = build(&blocks, batch, channels, hw, seed, DType::F32);
+        let net = build(&blocks, batch, channels, hw, seed, DType::F32).unwrap();
         let before = program(&net);
         let all: Vec<NodeId> = before.graph.ids().collect();
         prop_assume!(!degenerate_batch_norm(&before.graph), "a batch norm over fewer than 4 values per channel");
@@ -97,7 +97,7 @@ proptest! {
 /// - then foreach: those 12 update groups become one node, so one kernel updates everything.
 #[test]
 fn a_basic_block_step_fuses_bn_add_relu() {
-    let net = build(&[Block::Residual { stride: 1 }], 2, 4, 6, 7, DType::F32);
+    let net = build(&[Block::Residual { stride: 1 }], 2, 4, 6, 7, DType::F32).unwrap();
     let stages = Pipeline::training().run(program(&net)).unwrap();
     assert_eq!(counts(&stages), "elementwise: 14, conv_epilogue: 1, conv_stats: 2, bn_backward: 2, foreach: 12");
     let after = &stages[1].program;
@@ -173,9 +173,9 @@ fn kernels_by_role(p: &Program) -> [usize; 3] {
 #[test]
 fn a_basic_block_step_meets_the_kernel_count_targets() {
     let stem = Block::Plain { out: 4, kernel: 3, stride: 1 };
-    let before = fused(&build(std::slice::from_ref(&stem), 2, 3, 8, 7, DType::F32));
+    let before = fused(&build(std::slice::from_ref(&stem), 2, 3, 8, 7, DType::F32).unwrap());
     for (stride, shortcut) in [(1, 0), (2, 1)] {
-        let after = fused(&build(&[stem.clone(), Block::Residual { stride }], 2, 3, 8, 7, DType::F32));
+        let after = fused(&build(&[stem.clone(), Block::Residual { stride }], 2, 3, 8, 7, DType::F32).unwrap());
         let [b, a] = [kernels_by_role(&before), kernels_by_role(&after)];
         let block = [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
         let want = [2 * 2 + shortcut, 2 * 3 + shortcut, 0];
@@ -191,7 +191,7 @@ fn a_basic_block_step_meets_the_kernel_count_targets() {
         (Block::Bottleneck { stride: 1 }, 3, [6, 9]),
         (Block::Bottleneck { stride: 2 }, 4, [7, 12]),
     ] {
-        let net = build(&[stem.clone(), block.clone()], 2, 3, 8, 7, DType::F32);
+        let net = build(&[stem.clone(), block.clone()], 2, 3, 8, 7, DType::F32).unwrap();
         let in_block = net.tape.graph().nodes().iter().filter(|n| matches!(n.op, Op::Conv2d(_))).count() - 1;
         assert_eq!(in_block, convs, "{block:?}");
         let [b, a] = [kernels_by_role(&before), kernels_by_role(&fused(&net))];
@@ -246,7 +246,7 @@ fn inference_blocks_run_one_kernel_per_convolution() {
 
 #[test]
 fn dumps_show_what_merged() {
-    let net = build(&[Block::Residual { stride: 1 }], 2, 2, 4, 3, DType::F64);
+    let net = build(&[Block::Residual { stride: 1 }], 2, 2, 4, 3, DType::F64).unwrap();
     let dump = fused(&net).graph.dump();
     assert!(dump.contains("fused[rule=elementwise, ops=batch_norm+add+relu, covers=#"), "{dump}");
 }

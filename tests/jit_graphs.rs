@@ -19,7 +19,7 @@ proptest! {
 
     #[test]
     fn random_training_graphs_match_the_reference(blocks in prop::collection::vec(block(), 1..4), batch in 2..4usize, channels in prop::sample::select(vec![1usize, 2, 3, 8]), hw in 3..9usize, seed: u64) {
-        let net = build(&blocks, batch, channels, hw, seed, DType::F32);
+        let net = build(&blocks, batch, channels, hw, seed, DType::F32).unwrap();
         let graph = net.tape.graph();
         let ids: Vec<NodeId> = net.outputs.iter().map(|v| v.id()).collect();
         prop_assume!(!degenerate_batch_norm(&graph), "a batch norm over fewer than 4 values per channel");
@@ -52,7 +52,7 @@ proptest! {
 #[test]
 fn memory_planning_keeps_results_and_saves_memory() {
     let blocks = [Block::Residual { stride: 1 }, Block::Residual { stride: 2 }, Block::Residual { stride: 1 }];
-    let net = build(&blocks, 4, 3, 8, 5, DType::F32);
+    let net = build(&blocks, 4, 3, 8, 5, DType::F32).unwrap();
     let graph = net.tape.graph();
     let ids: Vec<NodeId> = net.outputs.iter().map(|v| v.id()).collect();
     let run = |plan_memory: bool| {

@@ -27,18 +27,30 @@ pub fn read_idx(path: &Path) -> Result<Idx> {
         std::io::ErrorKind::NotFound => Error::Missing { path: name.clone(), hint: "no such file".into() },
         _ => Error::Io { path: name.clone(), message: e.to_string() },
     })?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        GzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| Error::Corrupt {
-            path: name.clone(),
-            offset: out.len(),
-            message: format!("gzip: {e}"),
-        })?;
-        out
-    } else {
-        raw
-    };
-    parse_idx(&name, &bytes)
+    decode_idx(&name, &raw)
+}
+
+/// The most bytes an IDX file may decompress to (Fashion-MNIST's largest is 47 MB): a larger
+/// one is rejected rather than filling memory.
+pub const MAX_IDX_BYTES: u64 = 1 << 30;
+
+/// Parses the contents of the IDX file called `name`, decompressing them first when they start
+/// with the gzip magic.
+pub fn decode_idx(name: &str, raw: &[u8]) -> Result<Idx> {
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return parse_idx(name, raw);
+    }
+    let mut out = Vec::new();
+    GzDecoder::new(raw).take(MAX_IDX_BYTES + 1).read_to_end(&mut out).map_err(|e| Error::Corrupt {
+        path: name.to_string(),
+        offset: out.len(),
+        message: format!("gzip (offset in the decompressed data): {e}"),
+    })?;
+    if out.len() as u64 > MAX_IDX_BYTES {
+        let message = format!("decompresses to more than {MAX_IDX_BYTES} bytes, more than any IDX dataset");
+        return Err(Error::Corrupt { path: name.to_string(), offset: 0, message });
+    }
+    parse_idx(name, &out)
 }
 
 /// Parses IDX `bytes` (already decompressed) from the file called `name`.

@@ -12,7 +12,7 @@ mod loader;
 pub use cifar::{cifar10, parse_cifar, read_cifar_file};
 pub use dataset::Dataset;
 pub use error::Error;
-pub use idx::{FASHION_MNIST_DIR, Idx, fashion_mnist, parse_idx, read_idx};
+pub use idx::{FASHION_MNIST_DIR, Idx, MAX_IDX_BYTES, decode_idx, fashion_mnist, parse_idx, read_idx};
 pub use loader::{Batch, Loader, LoaderConfig, Position, in_order};
 
 /// Result type of the data crate.

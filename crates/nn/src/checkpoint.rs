@@ -62,9 +62,29 @@ impl Checkpoint {
         Ok((scope, net))
     }
 
-    /// Writes the checkpoint to `path` (f32 or f64 tensors, configuration in the metadata).
+    /// Writes the checkpoint to `path` (f32 or f64 tensors, configuration in the metadata)
+    /// atomically: to a temporary file, synced, then renamed.
     pub fn save(&self, path: &Path) -> Result<()> {
         let io = |e: std::io::Error| Error::Io { path: path.display().to_string(), message: e.to_string() };
+        let data = self.to_bytes().map_err(|e| match e {
+            Error::Io { message, .. } => Error::Io { path: path.display().to_string(), message },
+            other => other,
+        })?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let temporary = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let mut file = std::fs::File::create(&temporary).map_err(io)?;
+        let written = file.write_all(&data).and_then(|_| file.sync_all());
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(io(e));
+        }
+        std::fs::rename(&temporary, path).map_err(io)
+    }
+
+    /// The checkpoint as the bytes of a safetensors file (what [`Checkpoint::save`] writes).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let fail = |e: safetensors::SafeTensorError| Error::Io { path: "(in memory)".into(), message: e.to_string() };
         let bytes: Vec<(String, Vec<u8>, Dtype, Vec<usize>)> = self
             .tensors
             .iter()
@@ -80,21 +100,10 @@ impl Checkpoint {
             .iter()
             .map(|(name, data, dtype, dims)| Ok((name.as_str(), TensorView::new(*dtype, dims.clone(), data)?)))
             .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
-            .map_err(|e| Error::Io { path: path.display().to_string(), message: e.to_string() })?;
+            .map_err(fail)?;
         let mut metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
         metadata.extend(config_metadata(&self.config));
-        let data = safetensors::serialize(views, Some(metadata))
-            .map_err(|e| Error::Io { path: path.display().to_string(), message: e.to_string() })?;
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let temporary = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let mut file = std::fs::File::create(&temporary).map_err(io)?;
-        let written = file.write_all(&data).and_then(|_| file.sync_all());
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&temporary);
-            return Err(io(e));
-        }
-        std::fs::rename(&temporary, path).map_err(io)
+        safetensors::serialize(views, Some(metadata)).map_err(fail)
     }
 
     /// Reads a checkpoint. A file that is not one (truncated, corrupt, another format, a tensor of

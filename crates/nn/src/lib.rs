@@ -31,7 +31,9 @@ mod summary;
 pub use checkpoint::{Checkpoint, INPUT_MEAN, TRAINING_STATE};
 pub use error::Error;
 pub use layers::{BatchNorm2d, Conv2d, Linear, MaxPool2d, Mode, global_avg_pool};
-pub use resnet::{BasicBlock, Block, Bottleneck, Config, Family, ResNet, Shortcut, ShortcutPath, response_std};
+pub use resnet::{
+    BasicBlock, Block, Bottleneck, Config, Family, MAX_DEPTH, ResNet, Shortcut, ShortcutPath, response_std,
+};
 pub use scope::{Entry, Init, Kind, LayerCall, Mismatch, Scope};
 pub use summary::{Summary, summary};
 

@@ -49,6 +49,11 @@ pub struct Config {
     pub zero_init_residual: bool,
 }
 
+/// The deepest net [`Config::named`] builds: 10,000 layers, 8x the paper's ResNet-1202 (a deeper
+/// name, from a command line or a checkpoint, is an error rather than a graph of millions of
+/// nodes).
+pub const MAX_DEPTH: usize = 10_000;
+
 impl Config {
     /// The net called `name`: `resnet20`, `plain56`, `resnet1202`, any `resnet<6n+2>` (CIFAR,
     /// option A, 10 classes); `resnet18`, `resnet34`, `resnet50`, `resnet101`, `resnet152`,
@@ -72,6 +77,9 @@ impl Config {
             return Err(bad("expected resnet<depth> or plain<depth>, like resnet20, plain56 or resnet50"));
         };
         let depth: usize = digits.parse().map_err(|_| bad("the depth must be a number"))?;
+        if depth > MAX_DEPTH {
+            return Err(bad(&format!("depth {depth} is deeper than {MAX_DEPTH} layers")));
+        }
         let imagenet = [18, 34, 50, 101, 152].contains(&depth);
         let cifar = depth >= 8 && (depth - 2).is_multiple_of(6);
         let family = match family {

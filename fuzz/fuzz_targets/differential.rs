@@ -1,0 +1,4 @@
+//! cargo-fuzz target: [`skipgrad_fuzz::differential`] on the fuzzer's bytes.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| skipgrad_fuzz::differential(data));
