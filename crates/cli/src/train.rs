@@ -181,7 +181,7 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
     let mut trainer = Trainer::new(&config, options).map_err(|e| e.to_string())?;
     let out =
         args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-seed{}", config.name(), args.seed)));
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create the run directory {}: {e}", out.display()))?;
     // Where the run starts: 0, or the resumed checkpoint's iteration (and whether it had warmed up).
     let mut warmed_up = schedule.warmup.is_none();
     let first = if args.resume {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::skipgrad;
+use common::{skipgrad, tiny_cifar};
 
 use skipgrad_autodiff::Tape;
 use skipgrad_ir::DType;
@@ -85,17 +85,6 @@ fn a_short_run_writes_metrics_and_a_checkpoint() {
     ]);
     assert!(!ok && err.contains("input_mean"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
-}
-
-/// A tiny CIFAR-10 directory: the 20-record sample as every batch file.
-fn tiny_cifar(root: &Path) -> std::path::PathBuf {
-    let data = root.join("cifar");
-    std::fs::create_dir_all(&data).unwrap();
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/tests/data/cifar10_test_first20.bin");
-    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"] {
-        std::fs::copy(&sample, data.join(format!("{name}.bin"))).unwrap();
-    }
-    data
 }
 
 /// `train` of resnet8 for 2 epochs on the tiny CIFAR-10 in `data`, into `out`, with `extra`.
