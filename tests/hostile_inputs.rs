@@ -85,7 +85,7 @@ fn strides_and_padding_larger_than_the_input() {
 /// JIT and the reference agree on which outputs are not finite.
 #[test]
 fn non_finite_inputs_flow_through() {
-    let values = vec![f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1.0, -2.0, 0.0, 3.0, 1e38];
+    let values = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1.0, -2.0, 0.0, 3.0, 1e38];
     let trace = Tape::trace(DType::F32);
     let x = trace.input_spec("x", DType::F32, &[2, 1, 2, 2]).unwrap();
     let w = trace.parameter_spec("w", DType::F32, &[1, 1, 1, 1]).unwrap();
