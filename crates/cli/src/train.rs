@@ -226,7 +226,9 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
     let mut data_wait = 0.0;
     let mut last_eval = None;
     let stop = args.until_iteration.unwrap_or(iterations).min(iterations);
-    let save = |trainer: &mut Trainer, done: u64, warmed_up: bool| -> Result<(), String> {
+    // The iteration the checkpoint on disk holds (a failed write leaves it there).
+    let mut saved_at = (first > 0).then_some(first);
+    let save = |trainer: &mut Trainer, done: u64, warmed_up: bool, saved_at: &mut Option<u64>| -> Result<(), String> {
         let mut c = trainer.checkpoint();
         c.tensors = trainer.training_state();
         c.tensors.insert(INPUT_MEAN.into(), Tensor::f32(train.shape, mean.to_vec()).map_err(|e| e.to_string())?);
@@ -240,7 +242,16 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
         ] {
             c.metadata.insert(key.into(), value.to_string());
         }
-        c.save(&out.join(CHECKPOINT)).map_err(|e| e.to_string())
+        let path = out.join(CHECKPOINT);
+        c.save(&path).map_err(|e| {
+            let kept = match saved_at {
+                Some(at) => format!("{} still holds iteration {at}; --resume continues from it", path.display()),
+                None => "no checkpoint was written before".into(),
+            };
+            format!("cannot write the checkpoint of iteration {done}: {e}; the run stops ({kept})")
+        })?;
+        *saved_at = Some(done);
+        Ok(())
     };
     for i in first..stop {
         let waiting = Instant::now();
@@ -303,12 +314,12 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
                 bar.println(line);
             }
             last_eval = Some(eval);
-            save(&mut trainer, i + 1, warmed_up)?;
+            save(&mut trainer, i + 1, warmed_up, &mut saved_at)?;
         }
     }
     bar.finish_and_clear();
     if stop < iterations {
-        save(&mut trainer, stop, warmed_up)?;
+        save(&mut trainer, stop, warmed_up, &mut saved_at)?;
         let (model, seconds) = (config.name(), start.elapsed().as_secs_f64());
         let (test_accuracy, train_error) = (f64::NAN, f64::NAN);
         return Ok(RunResult {

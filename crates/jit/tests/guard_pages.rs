@@ -11,6 +11,14 @@ fn input(g: &mut Graph, name: &str, dims: &[usize]) -> NodeId {
     g.add_source(Op::Input { name: name.into() }, TensorType::new(DType::F32, dims), Role::Forward).unwrap()
 }
 
+/// These tests run with debug assertions on (the test profile keeps them): Cranelift's IR
+/// verifier then checks every generated kernel (`target.rs`), and the lowering's
+/// `debug_assert!`s run, on top of the guard pages.
+#[test]
+fn guard_page_tests_run_with_debug_assertions() {
+    assert!(cfg!(debug_assertions), "build the tests with debug assertions on");
+}
+
 /// Runs every node of `g` as an output with each guard placement and compares with no guard.
 fn run_guarded(g: &Graph, inputs: &[(&str, usize)]) {
     let outputs: Vec<NodeId> = g.ids().filter(|&id| !g.node(id).unwrap().op.is_source()).collect();
