@@ -11,12 +11,14 @@ fn input(g: &mut Graph, name: &str, dims: &[usize]) -> NodeId {
     g.add_source(Op::Input { name: name.into() }, TensorType::new(DType::F32, dims), Role::Forward).unwrap()
 }
 
-/// These tests run with debug assertions on (the test profile keeps them): Cranelift's IR
+/// These tests run with debug assertions on (the test profile keeps them; this test exists to
+/// fail when they are off): Cranelift's IR
 /// verifier then checks every generated kernel (`target.rs`), and the lowering's
 /// `debug_assert!`s run, on top of the guard pages.
+#[cfg(not(debug_assertions))]
 #[test]
 fn guard_page_tests_run_with_debug_assertions() {
-    assert!(cfg!(debug_assertions), "build the tests with debug assertions on");
+    panic!("build the guard-page tests with debug assertions on (the test profile's default)");
 }
 
 /// Runs every node of `g` as an output with each guard placement and compares with no guard.
