@@ -187,6 +187,9 @@ fn misuse_returns_typed_errors() {
     assert!(tape.fill(0.0, &[usize::MAX, 3]).is_err());
     let big = trace.input_spec("big", DType::F32, &[1 << 40, 1]).unwrap();
     assert!(big.reshape(&[1 << 40, 1 << 40]).is_err());
+    // Repeated axes multiply a dimension past usize (found by the graph-builder fuzzer's replay).
+    let err = big.mean_axes(&[0, 0]).unwrap_err();
+    assert!(err.to_string().contains("counts more elements than fit"), "{err}");
     let empty = tape.input("empty", Tensor::f64([0, 1, 2, 2], vec![]).unwrap()).unwrap();
     assert!(empty.batch_mean().is_err(), "no elements per channel");
     assert!(empty.global_avg_pool().is_ok(), "zero-sized batches are fine where nothing divides by them");

@@ -269,12 +269,15 @@ impl Var {
     /// Mean over `axes` (increasing), which are removed.
     pub fn mean_axes(&self, axes: &[usize]) -> Result<Var> {
         let d = self.dims();
-        let count: usize = axes.iter().map(|&a| d.get(a).copied().unwrap_or(1)).product();
-        if count == 0 {
-            let message = format!("mean over axes {axes:?} of {} has no elements", self.ty());
-            return Err(Error::Argument { op: "mean".into(), message });
-        }
-        Ok(self.sum_axes(axes)?.scale(1.0 / count as f64))
+        // Checked: repeated axes (which `sum_axes` rejects) could overflow the product.
+        let count = axes.iter().try_fold(1usize, |c, &a| c.checked_mul(d.get(a).copied().unwrap_or(1)));
+        let problem = match count {
+            None => "counts more elements than fit in memory",
+            Some(0) => "has no elements",
+            Some(count) => return Ok(self.sum_axes(axes)?.scale(1.0 / count as f64)),
+        };
+        let message = format!("mean over axes {axes:?} of {} {problem}", self.ty());
+        Err(Error::Argument { op: "mean".into(), message })
     }
     /// Copies along new `axes` to reach `shape` (the inverse of `sum_axes`).
     pub fn broadcast(&self, axes: &[usize], shape: &[usize]) -> Result<Var> {
