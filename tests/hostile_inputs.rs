@@ -134,3 +134,27 @@ fn wrong_dtypes_shapes_and_labels_are_named() {
     assert!(err.to_string().contains("-1"), "{err}");
     assert!(c.set_input("labels", &[0.0, f32::NAN]).is_err());
 }
+
+/// Sizes and attributes near `usize::MAX` on a tracing tape (shapes only): errors that say what
+/// overflows, never an arithmetic overflow (the tests run with overflow checks).
+#[test]
+fn sizes_near_the_address_limit_are_errors_not_overflows() {
+    let t = Tape::trace(DType::F32);
+    let (max, big) = (usize::MAX, 1usize << 31);
+    // A zero-sized axis does not excuse the others from fitting.
+    let err = t.input_spec("empty", DType::F32, &[0, 1, max, max]).unwrap_err();
+    assert!(err.to_string().contains("too many elements"), "{err}");
+    let x = t.input_spec("x", DType::F32, &[0, 1, big, big]).unwrap();
+    let w = t.parameter_spec("w", DType::F32, &[1, 1, 3, 3]).unwrap();
+    let err = x.conv2d(&w, 2, max).unwrap_err();
+    assert!(err.to_string().contains("overflows"), "{err}");
+    assert!(x.max_pool(3, 1, max).is_err());
+    let pad = ShortcutAttrs { stride: 1, pad_before: max, pad_after: max };
+    assert!(x.shortcut_a_with(pad).unwrap_err().to_string().contains("overflow"));
+    assert!(x.conv2d_grad_input(&w, Conv2dAttrs::square(1, max), [max, max]).is_err());
+    assert!(x.conv2d_grad_weight(&x, Conv2dAttrs::square(1, 1), [max, max]).is_err());
+    // Partial products of a valid shape fit: flattening and averaging work.
+    assert_eq!(x.flatten().unwrap().shape().dims(), &[0, big * big]);
+    assert!(x.global_avg_pool().is_ok());
+    assert!(x.broadcast(&[0], &[max, 0, 1, big, big]).is_err());
+}

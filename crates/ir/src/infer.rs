@@ -169,14 +169,17 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
                 return Err(fail("stride must be at least 1".into()));
             }
             let x = dims(0);
-            out(&[x[0], s.pad_before + x[1] + s.pad_after, x[2].div_ceil(s.stride), x[3].div_ceil(s.stride)])
+            let channels = x[1].checked_add(s.pad_before).and_then(|c| c.checked_add(s.pad_after));
+            let channels = channels.ok_or_else(|| fail(format!("{} channels padded overflow", x[1])))?;
+            out(&[x[0], channels, x[2].div_ceil(s.stride), x[3].div_ceil(s.stride)])
         }
         Op::ShortcutAGrad { shortcut: s, input_hw } => {
             arity(1)?;
             rank(0, 4, "output gradient")?;
             let dy = dims(0);
             let expect = [input_hw[0].div_ceil(s.stride.max(1)), input_hw[1].div_ceil(s.stride.max(1))];
-            if s.stride == 0 || dy[1] < s.pad_before + s.pad_after || [dy[2], dy[3]] != expect {
+            let padding = s.pad_before.checked_add(s.pad_after);
+            if s.stride == 0 || padding.is_none_or(|p| dy[1] < p) || [dy[2], dy[3]] != expect {
                 return Err(fail(format!(
                     "output gradient {} does not come from a {}x{} input",
                     inputs[0], input_hw[0], input_hw[1]
@@ -325,7 +328,9 @@ fn window_out(
         if stride[a] == 0 || kernel[a] == 0 {
             return Err(fail(format!("stride {stride:?} and kernel {kernel:?} must be at least 1")));
         }
-        let padded = input[a] + 2 * pad[a];
+        let Some(padded) = pad[a].checked_mul(2).and_then(|p| p.checked_add(input[a])) else {
+            return Err(fail(format!("a {}x{} input padded by {}x{} overflows", input[0], input[1], pad[0], pad[1])));
+        };
         if padded < kernel[a] {
             return Err(fail(format!(
                 "a {}x{} kernel does not fit a {}x{} input padded by {}x{}",
@@ -338,7 +343,7 @@ fn window_out(
 }
 
 fn pool_out(fail: &impl Fn(String) -> Error, input: [usize; 2], p: &crate::PoolAttrs) -> Result<[usize; 2]> {
-    if p.pad[0] * 2 > p.kernel[0] || p.pad[1] * 2 > p.kernel[1] {
+    if p.pad[0] > p.kernel[0] / 2 || p.pad[1] > p.kernel[1] / 2 {
         return Err(fail(format!("padding {:?} must be at most half the kernel {:?}", p.pad, p.kernel)));
     }
     window_out(fail, input, p.kernel, p.stride, p.pad)

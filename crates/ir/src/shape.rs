@@ -24,9 +24,13 @@ impl Shape {
     pub fn numel(&self) -> usize {
         self.0.iter().product()
     }
-    /// Number of elements, or `None` when the count does not fit in `usize`.
+    /// Number of elements, or `None` when the product of the nonzero axes does not fit in
+    /// `usize`. A shape with a zero-sized axis has no elements, but its other axes must still
+    /// multiply within `usize`, so that every partial product of a graph's shapes (a flattened
+    /// row, a reduction's count) fits as well.
     pub fn checked_numel(&self) -> Option<usize> {
-        self.0.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+        let nonzero = self.0.iter().filter(|&&d| d > 0).try_fold(1usize, |n, &d| n.checked_mul(d))?;
+        Some(if self.0.contains(&0) { 0 } else { nonzero })
     }
     /// Axis sizes as a slice.
     pub fn dims(&self) -> &[usize] {
