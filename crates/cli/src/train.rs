@@ -182,6 +182,7 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
     let out =
         args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{}-seed{}", config.name(), args.seed)));
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create the run directory {}: {e}", out.display()))?;
+    remove_stale_temporaries(&out)?;
     // Where the run starts: 0, or the resumed checkpoint's iteration (and whether it had warmed up).
     let mut warmed_up = schedule.warmup.is_none();
     let first = if args.resume {
@@ -403,13 +404,31 @@ impl Metrics {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file, synced, then renamed.
+/// Writes `bytes` to `path` through a temporary file (named as `Checkpoint::save` names its
+/// own: `.NAME.tmp-PID`), synced, then renamed.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("{}: {e}", path.display());
-    let temporary = path.with_extension("tmp");
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let mut file = std::fs::File::create(&temporary).map_err(fail)?;
     file.write_all(bytes).and_then(|_| file.sync_all()).map_err(fail)?;
     std::fs::rename(&temporary, path).map_err(fail)
+}
+
+/// The files a run writes; each goes through a temporary `.NAME.tmp-PID` first.
+const RUN_FILES: [&str; 4] = [CHECKPOINT, "model.safetensors", "metrics.jsonl", "config.json"];
+
+/// Removes the temporary files a killed run left in `out` (a kill during a write leaves one; the
+/// file it was replacing is intact).
+fn remove_stale_temporaries(out: &Path) -> Result<(), String> {
+    let entries = std::fs::read_dir(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if RUN_FILES.iter().any(|f| name.starts_with(&format!(".{f}.tmp-"))) {
+            std::fs::remove_file(entry.path()).map_err(|e| format!("{}: {e}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The training and test splits of `dataset` (from `data`, or its default place).

@@ -77,6 +77,7 @@ fn killed_runs_resume_to_the_weights_of_an_uninterrupted_run() {
     let last = train(&data, &killed).output().unwrap();
     assert!(last.status.success(), "{}", String::from_utf8_lossy(&last.stderr));
     eprintln!("{kills} kills ({during_writes} during a checkpoint write), {resumed} resumes");
+    assert!(!exists_like(&killed, "."), "the temporary files of killed writes are cleaned up");
     assert!(kills >= 3 && resumed >= 2, "{kills} kills, {resumed} resumes: the test did not interrupt enough");
     let weights = |run: &Path| Checkpoint::load(&run.join("model.safetensors")).unwrap().tensors;
     assert_eq!(weights(&killed), weights(&straight), "bit-identical weights after {kills} kills");
@@ -84,7 +85,8 @@ fn killed_runs_resume_to_the_weights_of_an_uninterrupted_run() {
 }
 
 /// A disk that fills up (simulated with a file-size limit) stops the run with an error naming the
-/// checkpoint; the checkpoint written before is untouched and the run resumes from it.
+/// checkpoint; the checkpoint written before is untouched and the run resumes from it, removing
+/// the temporary files that killed writes leave.
 #[test]
 fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
     let root = std::env::temp_dir().join(format!("skipgrad-full-{}", std::process::id()));
@@ -115,8 +117,14 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
     assert!(err.contains("checkpoint.safetensors still holds iteration 12; --resume continues from it"), "{err}");
     assert_eq!(std::fs::read(&checkpoint).unwrap(), before, "the last checkpoint is intact");
     assert!(!exists_like(&out, ".checkpoint.safetensors.tmp"), "no temporary file is left behind");
+    // What a kill during writes leaves behind is removed when the run resumes; other files stay.
+    for stale in [".checkpoint.safetensors.tmp-99999", ".metrics.jsonl.tmp-1", ".notes.tmp-1"] {
+        std::fs::write(out.join(stale), b"partial").unwrap();
+    }
     let resumed = train(&data, &out).output().unwrap();
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(!exists_like(&out, ".checkpoint.safetensors.tmp") && !exists_like(&out, ".metrics.jsonl.tmp"));
+    assert!(out.join(".notes.tmp-1").exists(), "only the run's own temporaries are removed");
     std::fs::remove_dir_all(&root).unwrap();
 }
 
