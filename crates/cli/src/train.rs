@@ -404,15 +404,10 @@ impl Metrics {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file (named as `Checkpoint::save` names its
-/// own: `.NAME.tmp-PID`), synced, then renamed.
+/// Writes `bytes` to `path` atomically ([`skipgrad_nn::write_atomically`]), naming the file in
+/// an error.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let mut file = std::fs::File::create(&temporary).map_err(fail)?;
-    file.write_all(bytes).and_then(|_| file.sync_all()).map_err(fail)?;
-    std::fs::rename(&temporary, path).map_err(fail)
+    skipgrad_nn::write_atomically(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The files a run writes; each goes through a temporary `.NAME.tmp-PID` first.

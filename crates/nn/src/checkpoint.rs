@@ -70,16 +70,7 @@ impl Checkpoint {
             Error::Io { message, .. } => Error::Io { path: path.display().to_string(), message },
             other => other,
         })?;
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let temporary = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let mut file = std::fs::File::create(&temporary).map_err(io)?;
-        let written = file.write_all(&data).and_then(|_| file.sync_all());
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&temporary);
-            return Err(io(e));
-        }
-        std::fs::rename(&temporary, path).map_err(io)
+        write_atomically(path, &data).map_err(io)
     }
 
     /// The checkpoint as the bytes of a safetensors file (what [`Checkpoint::save`] writes).
@@ -141,6 +132,20 @@ impl Checkpoint {
         }
         Ok(Checkpoint { config, tensors, metadata })
     }
+}
+
+/// Writes `bytes` to `path` atomically: to a temporary `.NAME.tmp-PID` beside it, synced, then
+/// renamed over `path`. A failed write removes its temporary file; a killed one leaves it, and
+/// `path` is intact either way.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let mut file = std::fs::File::create(&temporary)?;
+    if let Err(e) = file.write_all(bytes).and_then(|_| file.sync_all()) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(e);
+    }
+    std::fs::rename(&temporary, path)
 }
 
 /// The configuration as metadata strings.

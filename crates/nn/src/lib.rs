@@ -28,7 +28,7 @@ mod resnet;
 mod scope;
 mod summary;
 
-pub use checkpoint::{Checkpoint, INPUT_MEAN, TRAINING_STATE};
+pub use checkpoint::{Checkpoint, INPUT_MEAN, TRAINING_STATE, write_atomically};
 pub use error::Error;
 pub use layers::{BatchNorm2d, Conv2d, Linear, MaxPool2d, Mode, global_avg_pool};
 pub use resnet::{
