@@ -4,8 +4,9 @@
 //!
 //! `cargo bench --bench step` reports, for ResNet-20, -56 and -110 at batch 128, three variants
 //! of the step: the unfused graph, the graph after the training fusion pipeline with direct
-//! convolutions ("fused-direct"), and the same with Winograd F(2x2, 3x3) convolutions where they
-//! apply ("fused", the default): nodes, kernel calls, tensor traffic (bytes each kernel call reads
+//! convolutions ("fused-direct"), the same with Winograd F(2x2, 3x3) convolutions where they
+//! apply ("fused-f2"), and with F(4x4, 3x3) tiles where they multiply less ("fused", the
+//! default): nodes, kernel calls, tensor traffic (bytes each kernel call reads
 //! and writes, each tensor once), kernels compiled and reused, compile time, the memory the
 //! compiled step holds (planned, and without planning), and the step time on 1 and 2 threads with
 //! the achieved GFLOP/s (3 x 2 x the paper's forward multiply-adds per image x batch, whatever
@@ -21,7 +22,7 @@
 //! and one graph run.
 
 use skipgrad::fuse::{Pipeline, Program, counts};
-use skipgrad::jit::{CompileOptions, CompiledGraph, compile};
+use skipgrad::jit::{CompileOptions, CompiledGraph, WinogradTiles, compile};
 use skipgrad::prelude::*;
 use std::time::Instant;
 
@@ -104,7 +105,7 @@ fn main() {
     let batch = 128;
     println!("# one CIFAR ResNet training step, batch {batch} (forward, backward, BN statistics, SGD)\n");
     println!(
-        "The unfused graph, the fused graph with direct convolutions, and the fused graph with Winograd convolutions run in alternation, one step each per round; medians over the rounds.\n"
+        "The unfused graph, the fused graph with direct convolutions, and the fused graph with Winograd F(2x2) and F(4x4) convolutions run in alternation, one step each per round; medians over the rounds.\n"
     );
     println!(
         "| net | graph | nodes | kernel calls | traffic MB | kernels compiled | reused | compile ms | memory MB (unplanned) | 1 thread s/step | GFLOP/s | 2 threads s/step | GFLOP/s |"
@@ -128,13 +129,17 @@ fn main() {
         eprintln!("{name}: fusion rewrites {}", counts(&stages));
         let fused = stages.last().expect("the input stage and one per pass").program.clone();
         // (name, graph, Winograd convolutions): each is compared with the one before it.
-        let variants: Vec<(&str, &Program, bool)> =
-            [("unfused", &unfused, false), ("fused-direct", &fused, false), ("fused", &fused, true)]
-                .into_iter()
-                .filter(|(variant, _, _)| {
-                    std::env::var("BENCH_GRAPH").map_or(true, |only| only.split(',').any(|o| o == *variant))
-                })
-                .collect();
+        let variants: Vec<(&str, &Program, WinogradTiles)> = [
+            ("unfused", &unfused, WinogradTiles::Off),
+            ("fused-direct", &fused, WinogradTiles::Off),
+            ("fused-f2", &fused, WinogradTiles::F2),
+            ("fused", &fused, WinogradTiles::F4),
+        ]
+        .into_iter()
+        .filter(|(variant, _, _)| {
+            std::env::var("BENCH_GRAPH").map_or(true, |only| only.split(',').any(|o| o == *variant))
+        })
+        .collect();
         let default_rounds = if quick {
             2
         } else if n > 9 {

@@ -13,7 +13,7 @@
 
 use arbitrary::{Arbitrary, Result as Parsed, Unstructured};
 use skipgrad::fuse::{Pipeline, Program};
-use skipgrad::jit::{CompileOptions, compile};
+use skipgrad::jit::{CompileOptions, WinogradTiles, compile};
 use skipgrad::nn::Checkpoint;
 use skipgrad::prelude::*;
 use skipgrad::reference::kink_distance;
@@ -207,7 +207,7 @@ struct Case {
     hw: usize,
     seed: u64,
     threads: usize,
-    winograd: bool,
+    winograd: WinogradTiles,
 }
 
 impl<'a> Arbitrary<'a> for Case {
@@ -230,7 +230,7 @@ impl<'a> Arbitrary<'a> for Case {
             hw: u.int_in_range(3..=12)?,
             seed: u.arbitrary()?,
             threads: u.int_in_range(1..=2)?,
-            winograd: u.arbitrary()?,
+            winograd: *u.choose(&[WinogradTiles::Off, WinogradTiles::F2, WinogradTiles::F4])?,
         })
     }
 }

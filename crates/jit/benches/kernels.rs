@@ -5,8 +5,9 @@
 //! 2. the copy bandwidth, from the JIT's own copy kernel on 64 MiB;
 //! 3. every distinct convolution of CIFAR ResNet-20 and ResNet-56 at batch 128, forward,
 //!    backward-data and backward-weight, on 1 and 2 threads, as GFLOP/s and fraction of ceiling
-//!    (stride-1 passes twice: by Winograd F(2x2, 3x3) and direct; GFLOP/s count
-//!    the direct convolution's operations, so they compare times);
+//!    (stride-1 passes also by Winograd: F(4x4, 3x3) and F(2x2, 3x3) where the default takes
+//!    F(4x4, 3x3), and direct; GFLOP/s count the direct convolution's operations, so they
+//!    compare times);
 //! 4. memory-bound kernels (batch norm, ReLU, add) as GB/s and fraction of copy bandwidth.
 //!
 //! Times are medians of repeated runs: this thread's CPU time for 1-thread runs (robust to the
@@ -15,7 +16,7 @@
 //! (for example `BENCH_FILTER=backward-weight`).
 
 use skipgrad_ir::{Conv2dAttrs, DType, Graph, NodeId, Op, Role, TensorType};
-use skipgrad_jit::{CompileOptions, Kernel, KernelSpec, MulAdd, PeakSpec, Target, compile};
+use skipgrad_jit::{CompileOptions, Kernel, KernelSpec, MulAdd, PeakSpec, Target, Winograd, WinogradTiles, compile};
 use std::time::Instant;
 
 /// Seconds of this thread's CPU time: unlike wall time, not inflated when the shared machine
@@ -93,7 +94,7 @@ fn fraction_of_ceiling(
     flops: f64,
     target: &Target,
     calibration: &Calibration,
-    winograd: bool,
+    winograd: WinogradTiles,
 ) -> f64 {
     let options = CompileOptions { threads: 1, target: Some(target.clone()), winograd, ..CompileOptions::default() };
     let mut c = compile(g, &[out], &options).expect("compiles");
@@ -124,11 +125,11 @@ fn fill_inputs(g: &Graph, c: &mut skipgrad_jit::CompiledGraph) {
 
 /// Seconds per run of `g`'s `out` on `threads`, with every input filled with small values.
 fn time_graph(g: &Graph, out: NodeId, threads: usize, target: &Target) -> f64 {
-    time_graph_with(g, out, threads, target, true)
+    time_graph_with(g, out, threads, target, WinogradTiles::default())
 }
 
-/// [`time_graph`], choosing whether 3x3 stride-1 convolutions use Winograd F(2x2, 3x3).
-fn time_graph_with(g: &Graph, out: NodeId, threads: usize, target: &Target, winograd: bool) -> f64 {
+/// [`time_graph`], choosing which 3x3 stride-1 convolutions use Winograd tiles.
+fn time_graph_with(g: &Graph, out: NodeId, threads: usize, target: &Target, winograd: WinogradTiles) -> f64 {
     let options = CompileOptions { threads, target: Some(target.clone()), winograd, ..CompileOptions::default() };
     let mut c = compile(g, &[out], &options).expect("compiles");
     fill_inputs(g, &mut c);
@@ -137,7 +138,7 @@ fn time_graph_with(g: &Graph, out: NodeId, threads: usize, target: &Target, wino
 }
 
 /// `BENCH_PROFILE=1`: the share of each kernel of `g` (1 thread, wall time, 10 runs).
-fn print_profile(g: &Graph, out: NodeId, target: &Target, winograd: bool) {
+fn print_profile(g: &Graph, out: NodeId, target: &Target, winograd: WinogradTiles) {
     let options = CompileOptions { threads: 1, target: Some(target.clone()), winograd, ..CompileOptions::default() };
     let mut c = compile(g, &[out], &options).expect("compiles");
     fill_inputs(g, &mut c);
@@ -237,21 +238,28 @@ fn main() {
         let a = Conv2dAttrs::square(case.stride, 1);
         let out_hw = (case.hw + 2 - 3) / case.stride + 1;
         let flops = 2.0 * (batch * case.k * out_hw * out_hw * case.c * 9) as f64;
-        // Stride-1 passes run twice: by Winograd F(2x2, 3x3) (the default where it applies: at
-        // least 8 input channels) and direct, side by side.
+        // Stride-1 passes run by Winograd (the default where it applies: at least 8 input
+        // channels), by F(2x2, 3x3) where the default takes F(4x4, 3x3), and direct, side by side.
         let winograd_applies = |pass: &str| {
             case.stride == 1 && (pass != "backward-data" && case.c >= 8 || pass == "backward-data" && case.k >= 8)
         };
+        let f4 = |pass: &str| {
+            pass != "backward-weight"
+                && Winograd::for_output([out_hw, out_hw], WinogradTiles::F4).is_some_and(|w| w.m == 4)
+        };
         let passes = ["forward", "backward-data", "backward-weight"].into_iter().flat_map(|pass| {
-            let direct = winograd_applies(pass).then_some((pass, false));
-            [Some((pass, true)), direct].into_iter().flatten()
+            if !winograd_applies(pass) {
+                return vec![(pass, "", WinogradTiles::F4)];
+            }
+            let mut algorithms = vec![(pass, " (Winograd)", WinogradTiles::F4)];
+            if f4(pass) {
+                algorithms =
+                    vec![(pass, " (Winograd F4)", WinogradTiles::F4), (pass, " (Winograd F2)", WinogradTiles::F2)];
+            }
+            algorithms.push((pass, " (direct)", WinogradTiles::Off));
+            algorithms
         });
-        for (pass, winograd) in passes {
-            let algorithm = match (winograd_applies(pass), winograd) {
-                (true, true) => " (Winograd)",
-                (true, false) => " (direct)",
-                _ => "",
-            };
+        for (pass, algorithm, winograd) in passes {
             if !selected(&format!("{} {pass}{algorithm}", case.name)) {
                 continue;
             }

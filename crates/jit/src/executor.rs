@@ -5,7 +5,7 @@ use crate::buffer::{Buffer, Guard};
 use crate::compiler::{Code, Compiler};
 use crate::lower::{Buf, Lowered, lower};
 use crate::plan::{Lifetime, assign};
-use crate::{CompileStats, Error, KernelCode, Result, Target, ThreadPool};
+use crate::{CompileStats, Error, KernelCode, Result, Target, ThreadPool, WinogradTiles};
 use skipgrad_ir::debug;
 use skipgrad_ir::{Graph, NodeId, Op, Tensor, TensorType};
 use std::collections::HashMap;
@@ -24,16 +24,22 @@ pub struct CompileOptions {
     /// scratch areas of identical kernels. Off, every value keeps its own buffer, so
     /// [`CompiledGraph::value`] can read any intermediate after a run.
     pub plan_memory: bool,
-    /// Compute 3x3 stride-1 convolutions (forward and input gradient) of even output sizes and
-    /// at least 8 input channels by Winograd F(2x2, 3x3), which multiplies 2.25x less; off, every
-    /// convolution is direct.
-    pub winograd: bool,
+    /// Which 3x3 stride-1 convolutions (of at least 8 input channels) compute by Winograd's
+    /// minimal filtering: F(2x2, 3x3) multiplies 2.25x less than direct, F(4x4, 3x3) 4x less.
+    /// [`WinogradTiles::Off`] makes every convolution direct.
+    pub winograd: WinogradTiles,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        CompileOptions { threads, target: None, guard: Guard::None, plan_memory: true, winograd: true }
+        CompileOptions {
+            threads,
+            target: None,
+            guard: Guard::None,
+            plan_memory: true,
+            winograd: WinogradTiles::default(),
+        }
     }
 }
 

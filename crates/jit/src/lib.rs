@@ -60,7 +60,7 @@ pub use sub_pixel::SubPixelSpec;
 pub use target::{MulAdd, Target};
 pub use transpose::TransposeSpec;
 pub use weight_grad::WeightGradSpec;
-pub use winograd::Winograd;
+pub use winograd::{F2, F4, Transform, Winograd, WinogradTiles};
 pub use winograd_grad::WinogradGradSpec;
 
 /// Result type of the JIT.

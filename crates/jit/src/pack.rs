@@ -1,12 +1,12 @@
 //! Packing a convolution's input: a scatter of NCHW planes into a zero-padded layout whose width
-//! is split into stride phases, so every tap reads contiguous f32x4 rows (two phases are split
-//! 8 columns at a time with vector shuffles). Convolution kernels
+//! is split into stride phases, so every tap reads contiguous f32x4 rows (two and four phases are
+//! split 8 or 16 columns at a time with vector shuffles). Convolution kernels
 //! emit it for one image at a time into per-thread scratch, so the packed copy stays in cache and
 //! is never a kernel of its own.
 
 use crate::codegen::{elem_addr, for_loop, iconst};
 use crate::conv::mul;
-use crate::transpose::shuffle32;
+use crate::transpose::{shuffle32, transpose4};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
@@ -89,32 +89,38 @@ impl PackSpec {
                     copy(b, types::F32, src, s0, dst, d0, i);
                     vec![]
                 });
-            } else if self.phases == 2 && self.dilation[1] == 1 {
-                // Two width phases: 8 source columns at a time, split into their even and odd
-                // columns (each phase's 4 positions are consecutive), then a scalar tail.
+            } else if matches!(self.phases, 2 | 4) && self.dilation[1] == 1 {
+                // p width phases (p = 2 or 4): 4p source columns at a time, split into their
+                // phases (each phase's 4 positions are consecutive), then a scalar tail.
+                let p = self.phases;
                 let mut w = cols.start;
-                while w + 8 <= cols.end {
+                while w + 4 * p <= cols.end {
                     let flags = MemFlagsData::new().with_notrap();
                     let src_at = {
                         let e = b.ins().iadd_imm_s(src_row, w as i64);
                         elem_addr(b, src, e)
                     };
-                    let a = b.ins().load(types::F32X4, flags, src_at, 0);
-                    let c = b.ins().load(types::F32X4, flags, src_at, 16);
-                    for (first, lanes) in [(w, [0, 2, 4, 6]), (w + 1, [1, 3, 5, 7])] {
-                        let u = (first as isize + self.pad_before[1]) as usize;
-                        let v = shuffle32(b, a, c, lanes);
-                        let e = b.ins().iadd_imm_s(dst_row, ((u % 2) * self.row_len + u / 2) as i64);
+                    let vectors: Vec<Value> =
+                        (0..p).map(|i| b.ins().load(types::F32X4, flags, src_at, 16 * i as i32)).collect();
+                    // Phase vector j holds source columns w + j, w + j + p, ...
+                    let split = match *vectors.as_slice() {
+                        [a, c] => vec![shuffle32(b, a, c, [0, 2, 4, 6]), shuffle32(b, a, c, [1, 3, 5, 7])],
+                        [a, c, d, e] => transpose4(b, [a, c, d, e]).to_vec(),
+                        _ => unreachable!("2 or 4 phases"),
+                    };
+                    for (j, v) in split.into_iter().enumerate() {
+                        let u = ((w + j) as isize + self.pad_before[1]) as usize;
+                        let e = b.ins().iadd_imm_s(dst_row, ((u % p) * self.row_len + u / p) as i64);
                         let at = elem_addr(b, dst, e);
                         b.ins().store(flags, v, at, 0);
                     }
-                    w += 8;
+                    w += 4 * p;
                 }
                 for w in w..cols.end {
                     let u = (w as isize + self.pad_before[1]) as usize;
                     let zero = iconst(b, 0);
                     let s = b.ins().iadd_imm_s(src_row, w as i64);
-                    let d = b.ins().iadd_imm_s(dst_row, ((u % 2) * self.row_len + u / 2) as i64);
+                    let d = b.ins().iadd_imm_s(dst_row, ((u % p) * self.row_len + u / p) as i64);
                     copy(b, types::F32, src, s, dst, d, zero);
                 }
             } else {

@@ -1,14 +1,17 @@
-//! Winograd F(2x2, 3x3) convolutions: a 3x3 stride-1 convolution computed on 2x2 output tiles
-//! with 16 multiplies per tile and channel pair instead of 36 (2.25x fewer).
+//! Winograd F(m x m, 3x3) convolutions: a 3x3 stride-1 convolution computed on m x m output
+//! tiles with (m + 2)² multiplies per tile and channel pair instead of 9 m²: F(2x2, 3x3) does
+//! 2.25x fewer, F(4x4, 3x3) 4x fewer.
 //!
-//! For output tile `(ty, tx)` the 4x4 input patch `d` (padded rows `2ty..2ty+4`, columns
-//! `2tx..2tx+4`) is transformed to `V = Bᵀ d B`, each filter `g` to `U = G g Gᵀ`, and the output
-//! tile is `Y = Aᵀ M A` with `M[ξ] = Σ_c U[ξ][c] V[ξ][c]` for each of the 16 positions `ξ`: 16
-//! small matrix products over the channels, done with the direct convolution's register tile.
+//! With `n = m + 2`, for output tile `(ty, tx)` the n x n input patch `d` (padded rows
+//! `m ty..m ty + n`, columns `m tx..m tx + n`) is transformed to `V = Bᵀ d B`, each filter `g` to
+//! `U = G g Gᵀ`, and the output tile is `Y = Aᵀ M A` with `M[ξ] = Σ_c U[ξ][c] V[ξ][c]` for each of
+//! the n² positions `ξ`: n² small matrix products over the channels, done with the direct
+//! convolution's register tile. The matrices are tables ([`Transform`]); every transform is
+//! emitted from them, skipping zeros and multiplying only by coefficients other than ±1.
 //!
 //! One kernel does everything, per thread: it transforms the weights into its share of per-thread
 //! scratch once per run, then for each group (an image's block of tile rows) packs the image
-//! (when new) with two width phases, so that the patches of 4 consecutive tiles are contiguous
+//! (when new) with m width phases, so that the patches of 4 consecutive tiles are contiguous
 //! vectors, transforms those patches, multiplies, and transforms the products back, applying the
 //! epilogue and accumulating the batch statistics while the outputs are in registers. The
 //! transformed data of one group stays in cache.
@@ -18,39 +21,132 @@ use crate::codegen::{elem_addr, for_loop, iconst, if_then};
 use crate::conv::{ConvArgs, ConvSpec, EpilogueAt, apply_epilogue, mul, mul_add_emit, sum_and_squares};
 use crate::expr::Width;
 use crate::pack::PackSpec;
-use crate::transpose::shuffle32;
+use crate::transpose::{shuffle32, transpose4};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
-/// The tiling of a Winograd F(2x2, 3x3) convolution's output.
+/// Which 3x3 stride-1 convolutions a compilation computes by Winograd's minimal filtering.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub enum WinogradTiles {
+    /// None: every convolution is direct.
+    Off,
+    /// F(2x2, 3x3) wherever it applies (even output sizes, 8 or more input channels).
+    F2,
+    /// Also F(4x4, 3x3) for forward and input-gradient convolutions, where it multiplies least
+    /// (output sizes a multiple of 4, with few tiles wasted padding rows to whole vectors); the
+    /// weight gradient stays F(2x2, 3x3). The default.
+    #[default]
+    F4,
+}
+
+/// The matrices of Winograd F(m x m, 3x3) (rows of `Bᵀ`, `G` and `Aᵀ`), with `n = m + 2`.
+#[derive(Debug)]
+pub struct Transform {
+    /// Output tile size m.
+    pub m: usize,
+    /// `Bᵀ`, n x n: input patch to transform domain.
+    pub bt: &'static [&'static [f32]],
+    /// `G`, n x 3: filter to transform domain.
+    pub g: &'static [&'static [f32]],
+    /// `Aᵀ`, m x n: products back to the output tile.
+    pub at: &'static [&'static [f32]],
+}
+
+/// F(2x2, 3x3), interpolation points 0, 1, -1 and infinity.
+pub const F2: Transform = Transform {
+    m: 2,
+    bt: &[&[1.0, 0.0, -1.0, 0.0], &[0.0, 1.0, 1.0, 0.0], &[0.0, -1.0, 1.0, 0.0], &[0.0, 1.0, 0.0, -1.0]],
+    g: &[&[1.0, 0.0, 0.0], &[0.5, 0.5, 0.5], &[0.5, -0.5, 0.5], &[0.0, 0.0, 1.0]],
+    at: &[&[1.0, 1.0, 1.0, 0.0], &[0.0, 1.0, -1.0, -1.0]],
+};
+
+/// F(4x4, 3x3), interpolation points 0, 1, -1, 2, -2 and infinity.
+pub const F4: Transform = Transform {
+    m: 4,
+    bt: &[
+        &[4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+        &[0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+        &[0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+        &[0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+        &[0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+        &[0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+    ],
+    g: &[
+        &[1.0 / 4.0, 0.0, 0.0],
+        &[-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        &[-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        &[1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        &[1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        &[0.0, 0.0, 1.0],
+    ],
+    at: &[
+        &[1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+        &[0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+        &[0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+        &[0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+    ],
+};
+
+/// The tiling of a Winograd F(m x m, 3x3) convolution's output.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Winograd {
-    /// Tile rows (pairs of output rows) per group.
+    /// Output tile size m: 2 or 4.
+    pub m: usize,
+    /// Tile rows (m output rows each) per group.
     pub tile_rows: usize,
     /// Tiles per tile row, padded up to whole vectors of 4.
     pub row_tiles: usize,
 }
 
-/// Transform positions per tile (4 x 4).
-const POSITIONS: usize = 16;
-
 impl Winograd {
-    /// The tiling of an output of `out_hw`, or `None` when F(2x2, 3x3) does not apply (odd
-    /// sizes). A group covers the fewest whole tile rows that give at least 16 tiles.
-    pub fn for_output(out_hw: [usize; 2]) -> Option<Self> {
+    /// The tiling of an output of `out_hw` with tiles of `m`, or `None` when its sizes are not
+    /// multiples of `m`. A group covers the fewest whole tile rows that give at least 16 tiles.
+    pub fn with_tile(m: usize, out_hw: [usize; 2]) -> Option<Self> {
         let [h, w] = out_hw;
-        if h == 0 || w == 0 || !h.is_multiple_of(2) || !w.is_multiple_of(2) {
+        if h == 0 || w == 0 || !h.is_multiple_of(m) || !w.is_multiple_of(m) {
             return None;
         }
-        let (th, tw) = (h / 2, w / 2);
+        let (th, tw) = (h / m, w / m);
         let row_tiles = tw.div_ceil(4) * 4;
         let tile_rows = (1..=th).find(|r| th.is_multiple_of(*r) && r * row_tiles >= 16).unwrap_or(th);
-        Some(Winograd { tile_rows, row_tiles })
+        Some(Winograd { m, tile_rows, row_tiles })
     }
+
+    /// The tiling `tiles` chooses for an output of `out_hw`: of the tile sizes it allows, the
+    /// one with the fewest multiplies per output (padding tiles counted), or `None` when none
+    /// applies.
+    pub fn for_output(out_hw: [usize; 2], tiles: WinogradTiles) -> Option<Self> {
+        let sizes: &[usize] = match tiles {
+            WinogradTiles::Off => &[],
+            WinogradTiles::F2 => &[2],
+            WinogradTiles::F4 => &[2, 4],
+        };
+        let multiplies = |t: &Winograd| {
+            let n = t.m + 2;
+            (n * n * t.row_tiles) as f64 / (t.m * t.m * (out_hw[1] / t.m)) as f64
+        };
+        sizes.iter().filter_map(|&m| Self::with_tile(m, out_hw)).min_by(|a, b| multiplies(a).total_cmp(&multiplies(b)))
+    }
+
     /// Tiles per group (padding included).
     pub fn tiles(&self) -> usize {
         self.tile_rows * self.row_tiles
+    }
+
+    /// The transform's matrices.
+    pub fn transform(&self) -> &'static Transform {
+        if self.m == 4 { &F4 } else { &F2 }
+    }
+
+    /// Input patch size n = m + 2.
+    pub fn n(&self) -> usize {
+        self.m + 2
+    }
+
+    /// Transform positions per tile, n².
+    pub fn positions(&self) -> usize {
+        self.n() * self.n()
     }
 }
 
@@ -71,17 +167,18 @@ impl ConvSpec {
 
     fn areas(&self) -> Areas {
         let w = self.tiling();
-        let (c, k) = (self.shape.in_channels, self.shape.out_channels);
+        let (c, k, positions) = (self.shape.in_channels, self.shape.out_channels, w.positions());
         let round = |n: usize| n.div_ceil(4) * 4;
         let u = round(self.pack.len());
-        let v = u + POSITIONS * c * k;
-        let m = v + POSITIONS * c * w.tiles();
-        Areas { u, v, m, len: m + POSITIONS * k * w.tiles() }
+        let v = u + positions * c * k;
+        let m = v + positions * c * w.tiles();
+        Areas { u, v, m, len: m + positions * k * w.tiles() }
     }
 
     /// Groups per image of a Winograd convolution.
     pub(crate) fn winograd_groups_per_image(&self) -> usize {
-        self.shape.out_hw[0] / 2 / self.tiling().tile_rows
+        let tiling = self.tiling();
+        self.shape.out_hw[0] / tiling.m / tiling.tile_rows
     }
 
     /// f32 elements of one thread's scratch for a Winograd convolution.
@@ -101,7 +198,7 @@ impl ConvSpec {
         let areas = self.areas();
         let at = |b: &mut FunctionBuilder, offset: usize| b.ins().iadd_imm_s(a.packed, 4 * offset as i64);
         let (u, v, m) = (at(b, areas.u), at(b, areas.v), at(b, areas.m));
-        self.weight_transform(b, a.w, u);
+        self.weight_transform(b, mul_add, a.w, u);
         let per_image = self.winograd_groups_per_image();
         let no_image = iconst(b, -1);
         for_loop(b, begin, end, 1, &[no_image], &mut |b, g, packed| {
@@ -113,7 +210,7 @@ impl ConvSpec {
                 self.pack.emit(b, a.x, a.packed, first_plane);
             });
             let tiling = self.tiling();
-            transform_inputs(b, &self.pack, tiling, a.packed, v, tiling.tiles(), block);
+            transform_inputs(b, mul_add, &self.pack, tiling, a.packed, v, tiling.tiles(), block);
             self.products(b, mul_add, u, v, m);
             let partials = a.stats.map(|s| {
                 let offset = b.ins().imul_imm_s(g, (self.shape.out_channels * 2 * 4) as i64);
@@ -126,9 +223,9 @@ impl ConvSpec {
 
     /// `U[ξ][c][k] = (G g Gᵀ)[ξ]` for every filter `g` (output channel `k`, input channel `c`),
     /// read through the weight layout.
-    fn weight_transform(&self, b: &mut FunctionBuilder, w: Value, u: Value) {
+    fn weight_transform(&self, b: &mut FunctionBuilder, mul_add: MulAdd, w: Value, u: Value) {
         let (cn, kn) = (self.shape.in_channels, self.shape.out_channels);
-        let wl = self.weights;
+        let (wl, n, g_rows) = (self.weights, self.tiling().n(), self.tiling().transform().g);
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
         let (lo, k_hi, c_hi) = (iconst(b, 0), iconst(b, kn as i64), iconst(b, cn as i64));
@@ -146,16 +243,16 @@ impl ConvSpec {
                             .collect()
                     })
                     .collect();
-                // G g (4 x 3, by columns: columns[s][i]), then (G g) Gᵀ (4 x 4), row by row.
-                let columns: Vec<[Value; 4]> = (0..3).map(|s| transform_g(b, [g[0][s], g[1][s], g[2][s]])).collect();
                 let e = b.ins().imul_imm_s(c, kn as i64);
                 let e = b.ins().iadd(e, k);
                 let u_at = elem_addr(b, u, e);
-                let gg: [[Value; 3]; 4] = std::array::from_fn(|i| [columns[0][i], columns[1][i], columns[2][i]]);
-                for (i, &row) in gg.iter().enumerate() {
-                    let out = transform_g(b, row);
-                    for (j, &value) in out.iter().enumerate() {
-                        let position = 4 * i + j;
+                // Row i of G g (3 values), then row i of (G g) Gᵀ.
+                for (i, g_row) in g_rows.iter().enumerate() {
+                    let gg: Vec<Value> =
+                        (0..3).map(|s| combine(b, mul_add, Width::Scalar, g_row, &mut |_, r| g[r][s])).collect();
+                    for (j, g_col) in g_rows.iter().enumerate() {
+                        let value = combine(b, mul_add, Width::Scalar, g_col, &mut |_, s| gg[s]);
+                        let position = n * i + j;
                         b.ins().store(write, value, u_at, (position * cn * kn * 4) as i32);
                     }
                 }
@@ -169,12 +266,12 @@ impl ConvSpec {
     /// channels by `vb` vectors of tiles.
     fn products(&self, b: &mut FunctionBuilder, mul_add: MulAdd, u: Value, v: Value, m: Value) {
         let (cn, kn, tiles) = (self.shape.in_channels, self.shape.out_channels, self.tiling().tiles());
-        let (kb, vb) = (self.kb, self.vb);
+        let (kb, vb, positions) = (self.kb, self.vb, self.tiling().positions());
         let unroll = (1..=4).rev().find(|d| cn.is_multiple_of(*d)).unwrap_or(1);
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
         let lo = iconst(b, 0);
-        let hi = [POSITIONS, kn / kb, tiles / (4 * vb), cn].map(|n| iconst(b, n as i64));
+        let hi = [positions, kn / kb, tiles / (4 * vb), cn].map(|n| iconst(b, n as i64));
         for_loop(b, lo, hi[0], 1, &[], &mut |b, xi, _| {
             let u_xi = mul(b, xi, cn * kn);
             let v_xi = mul(b, xi, cn * tiles);
@@ -230,8 +327,8 @@ impl ConvSpec {
         });
     }
 
-    /// `Y = Aᵀ M A` for every output channel and tile of group `block` of image `n`: two output
-    /// rows of 8 pixels per vector of 4 tiles, zipped from the tiles' columns, through the
+    /// `Y = Aᵀ M A` for every output channel and tile of group `block` of image `n`: m output
+    /// rows of 4m pixels per vector of 4 tiles, interleaved from the tiles' columns, through the
     /// epilogue into the output, with each channel's sum and sum of squares written to
     /// `partials` (when computing statistics).
     #[allow(clippy::too_many_arguments)]
@@ -248,11 +345,11 @@ impl ConvSpec {
         let w = self.tiling();
         let kn = self.shape.out_channels;
         let [oh, ow] = self.shape.out_hw;
-        let (full_vectors, last_tiles) = ((ow / 2) / 4, (ow / 2) % 4);
+        let (full_vectors, last_tiles) = ((ow / w.m) / 4, (ow / w.m) % 4);
         let write = MemFlagsData::new().with_notrap();
         let lo = iconst(b, 0);
         let (k_hi, r_hi, tv_hi) = (iconst(b, kn as i64), iconst(b, w.tile_rows as i64), iconst(b, full_vectors as i64));
-        let first_row = mul(b, block, 2 * w.tile_rows);
+        let first_row = mul(b, block, w.m * w.tile_rows);
         for_loop(b, lo, k_hi, 1, &[], &mut |b, k, _| {
             let channel: Vec<Value> = a.operands.iter().map(|&o| elem_addr(b, o, k)).collect();
             let plane = {
@@ -265,19 +362,20 @@ impl ConvSpec {
             let zeros = b.ins().splat(types::F32X4, zero);
             let stats0 = [zeros, zeros, zero, zero];
             let (_, stats) = for_loop(b, lo, r_hi, 1, &stats0, &mut |b, r, s| {
-                let (y_row, m_row) = tile_row(b, [first_row, r], [plane, m_k], ow, w.row_tiles);
+                let (y_row, m_row) = tile_row(b, w, [first_row, r], [plane, m_k], ow);
                 let segment = |b: &mut FunctionBuilder, tv: Value, valid: usize, s: [Value; 4]| {
                     let t = mul(b, tv, 4);
                     let e = b.ins().iadd(m_row, t);
                     let m_at = elem_addr(b, m, e);
-                    let px = mul(b, tv, 8);
+                    let px = mul(b, tv, 4 * w.m);
                     let y_at = b.ins().iadd(y_row, px);
                     self.output_segment(b, mul_add, a, &channel, m_at, y_at, valid, s)
                 };
-                let (_, s) =
-                    for_loop(b, lo, tv_hi, 1, s, &mut |b, tv, s| segment(b, tv, 8, [s[0], s[1], s[2], s[3]]).to_vec());
+                let (_, s) = for_loop(b, lo, tv_hi, 1, s, &mut |b, tv, s| {
+                    segment(b, tv, 4 * w.m, [s[0], s[1], s[2], s[3]]).to_vec()
+                });
                 let s = [s[0], s[1], s[2], s[3]];
-                let s = if last_tiles > 0 { segment(b, tv_hi, 2 * last_tiles, s) } else { s };
+                let s = if last_tiles > 0 { segment(b, tv_hi, w.m * last_tiles, s) } else { s };
                 s.to_vec()
             });
             if let Some(at) = partials {
@@ -296,8 +394,8 @@ impl ConvSpec {
         });
     }
 
-    /// One vector of 4 tiles (products at `m_at`) to the 2 x `valid` output pixels starting at
-    /// element `y_at` of the output (and the next row), updating the statistics
+    /// One vector of 4 tiles (products at `m_at`) to the m x `valid` output pixels starting at
+    /// element `y_at` of the output (and the next m - 1 rows), updating the statistics
     /// `[vector sum, vector squares, scalar sum, scalar squares]`.
     #[allow(clippy::too_many_arguments)]
     fn output_segment(
@@ -312,30 +410,40 @@ impl ConvSpec {
         mut stats: [Value; 4],
     ) -> [Value; 4] {
         let w = self.tiling();
+        let (at, n) = (w.transform().at, w.n());
         let (kn, ow) = (self.shape.out_channels, self.shape.out_hw[1]);
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
         let stride = kn * w.tiles() * 4; // bytes between positions
         let with_stats = a.stats.is_some();
-        // Output row `row` is row `row` of Aᵀ M (m0 + m1 + m2, or m1 - m2 - m3) times A; M is
-        // loaded again for the second row, which keeps registers free for the epilogue.
-        for row in 0..2 {
-            let z = [0, 1, 2, 3].map(|j| {
-                let m = [0, 1, 2, 3].map(|i| b.ins().load(types::F32X4, read, m_at, ((4 * i + j) * stride) as i32));
-                transform_a(b, m)[row]
-            });
-            let [y0, y1] = transform_a(b, z);
-            // Columns 2tx and 2tx + 1 of 4 tiles, zipped into 8 consecutive pixels.
-            let pixels = [shuffle32(b, y0, y1, [0, 4, 1, 5]), shuffle32(b, y0, y1, [2, 6, 3, 7])];
+        // Output row `row` is row `row` of Aᵀ M (n values, M loaded as needed) times A; M is
+        // loaded again for every row, which keeps registers free for the epilogue.
+        for (row, at_row) in at.iter().enumerate() {
+            let z: Vec<Value> = (0..n)
+                .map(|j| {
+                    combine(b, mul_add, Width::Vector, at_row, &mut |b, i| {
+                        b.ins().load(types::F32X4, read, m_at, ((n * i + j) * stride) as i32)
+                    })
+                })
+                .collect();
+            let columns: Vec<Value> =
+                at.iter().map(|at_col| combine(b, mul_add, Width::Vector, at_col, &mut |_, j| z[j])).collect();
+            // Column c of 4 tiles as one vector each; the row's pixels are the tiles' columns
+            // interleaved: vector h holds pixels 4h..4h + 4.
+            let pixels = match *columns.as_slice() {
+                [y0, y1] => vec![shuffle32(b, y0, y1, [0, 4, 1, 5]), shuffle32(b, y0, y1, [2, 6, 3, 7])],
+                [y0, y1, y2, y3] => transpose4(b, [y0, y1, y2, y3]).to_vec(),
+                _ => unreachable!("Winograd output tiles are 2 or 4 wide"),
+            };
             let e = b.ins().iadd_imm_s(y_at, (row * ow) as i64);
             let y_base = elem_addr(b, a.y, e);
             let full: Vec<Value> = a.operands.iter().map(|&o| elem_addr(b, o, e)).collect();
-            for (half, &v) in pixels.iter().enumerate() {
-                let lanes = valid.saturating_sub(4 * half).min(4);
+            for (h, &v) in pixels.iter().enumerate() {
+                let lanes = valid.saturating_sub(4 * h).min(4);
                 if lanes == 4 {
-                    let at = EpilogueAt { full: &full, full_offset: 16 * half as i32, channel, channel_offset: 0 };
+                    let at = EpilogueAt { full: &full, full_offset: 16 * h as i32, channel, channel_offset: 0 };
                     let v = apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, v, Width::Vector);
-                    b.ins().store(write, v, y_base, 16 * half as i32);
+                    b.ins().store(write, v, y_base, 16 * h as i32);
                     if with_stats {
                         let [s, q] = sum_and_squares(b, mul_add, Some([stats[0], stats[1]]), v);
                         (stats[0], stats[1]) = (s, q);
@@ -343,7 +451,7 @@ impl ConvSpec {
                 } else {
                     for lane in 0..lanes {
                         let x = b.ins().extractlane(v, lane as u8);
-                        let offset = (16 * half + 4 * lane) as i32;
+                        let offset = (16 * h + 4 * lane) as i32;
                         let at = EpilogueAt { full: &full, full_offset: offset, channel, channel_offset: 0 };
                         let x = apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, x, Width::Scalar);
                         b.ins().store(write, x, y_base, offset);
@@ -359,11 +467,13 @@ impl ConvSpec {
     }
 }
 
-/// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for each channel `c` of a packed image `xp` (two width phases) and
+/// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for each channel `c` of a packed image `xp` (m width phases) and
 /// each tile `t` of tile-row block `block` of `w`, four tiles per vector; `V` has `stride`
 /// elements per channel (at least `w.tiles()`: the gradient puts several images side by side).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn transform_inputs(
     b: &mut FunctionBuilder,
+    mul_add: MulAdd,
     pack: &PackSpec,
     w: Winograd,
     xp: Value,
@@ -373,49 +483,43 @@ pub(crate) fn transform_inputs(
 ) {
     let cn = pack.planes;
     let [rows, phases, row_len] = [pack.rows, pack.phases, pack.row_len];
+    debug_assert_eq!(phases, w.m, "a Winograd input is packed with m width phases");
+    let (bt, n) = (w.transform().bt, w.n());
     let line = phases * row_len; // elements per packed row
     let read = MemFlagsData::new().with_notrap().with_readonly();
     let write = MemFlagsData::new().with_notrap();
-    let first_row = mul(b, block, 2 * w.tile_rows); // padded row of the block's first tile
+    let first_row = mul(b, block, w.m * w.tile_rows); // padded row of the block's first tile
     let (lo, c_hi, r_hi, tv_hi) =
         (iconst(b, 0), iconst(b, cn as i64), iconst(b, w.tile_rows as i64), iconst(b, (w.row_tiles / 4) as i64));
     for_loop(b, lo, c_hi, 1, &[], &mut |b, c, _| {
         let plane = mul(b, c, rows * line);
         let v_plane = mul(b, c, stride);
         for_loop(b, lo, r_hi, 1, &[], &mut |b, r, _| {
-            let (row, v_row) = tile_row(b, [first_row, r], [plane, v_plane], line, w.row_tiles);
+            let (row, v_row) = tile_row(b, w, [first_row, r], [plane, v_plane], line);
             for_loop(b, lo, tv_hi, 1, &[], &mut |b, tv, _| {
                 let col = mul(b, tv, 4);
                 let e = b.ins().iadd(row, col);
                 let d_at = elem_addr(b, xp, e);
-                // Column 2tx + j of the padded input is phase j % 2, position tx + j / 2.
-                let d = |b: &mut FunctionBuilder, i: usize, j: usize| {
-                    let offset = (i * line + (j % 2) * row_len + j / 2) as i32 * 4;
-                    b.ins().load(types::F32X4, read, d_at, offset)
-                };
                 let e = b.ins().iadd(v_row, col);
                 let v_at = elem_addr(b, v, e);
-                // Row i of Bᵀ d combines two rows of d (d0 - d2, d1 + d2, d2 - d1, d1 - d3);
-                // each is then transformed by B and stored. Loading rows again for each pair
-                // keeps at most 12 vectors live (no spills).
-                let store_row = |b: &mut FunctionBuilder, i: usize, row: [Value; 4]| {
-                    for (j, value) in transform_b(b, row).into_iter().enumerate() {
-                        let position = 4 * i + j;
+                // Row i of Bᵀ d combines rows of d, loaded as needed (column m tx + j of the
+                // padded input is phase j % m, position tx + j / m); it is then transformed by
+                // B and stored. Loading rows again for each i keeps few vectors live.
+                for (i, bt_row) in bt.iter().enumerate() {
+                    let t: Vec<Value> = (0..n)
+                        .map(|j| {
+                            combine(b, mul_add, Width::Vector, bt_row, &mut |b, r| {
+                                let offset = (r * line + (j % w.m) * row_len + j / w.m) as i32 * 4;
+                                b.ins().load(types::F32X4, read, d_at, offset)
+                            })
+                        })
+                        .collect();
+                    for (j, bt_col) in bt.iter().enumerate() {
+                        let value = combine(b, mul_add, Width::Vector, bt_col, &mut |_, s| t[s]);
+                        let position = n * i + j;
                         b.ins().store(write, value, v_at, (position * cn * stride * 4) as i32);
                     }
-                };
-                let row_of = |b: &mut FunctionBuilder, i: usize| [0, 1, 2, 3].map(|j| d(b, i, j));
-                let [d0, d2] = [row_of(b, 0), row_of(b, 2)];
-                let t0 = [0, 1, 2, 3].map(|j| b.ins().fsub(d0[j], d2[j]));
-                store_row(b, 0, t0);
-                let [d1, d2] = [row_of(b, 1), row_of(b, 2)];
-                let t1 = [0, 1, 2, 3].map(|j| b.ins().fadd(d1[j], d2[j]));
-                let t2 = [0, 1, 2, 3].map(|j| b.ins().fsub(d2[j], d1[j]));
-                store_row(b, 1, t1);
-                store_row(b, 2, t2);
-                let [d1, d3] = [row_of(b, 1), row_of(b, 3)];
-                let t3 = [0, 1, 2, 3].map(|j| b.ins().fsub(d1[j], d3[j]));
-                store_row(b, 3, t3);
+                }
                 vec![]
             });
             vec![]
@@ -425,41 +529,108 @@ pub(crate) fn transform_inputs(
 }
 
 /// Where tile row `r` of a block whose first tile row starts at image row `first_row` is: the
-/// element of its first image row (`plane + (first_row + 2 r) * line`) and of its first tile in a
+/// element of its first image row (`plane + (first_row + m r) * line`) and of its first tile in a
 /// transform buffer (`tiles + r * row_tiles`).
 pub(crate) fn tile_row(
     b: &mut FunctionBuilder,
+    w: Winograd,
     [first_row, r]: [Value; 2],
     [plane, tiles]: [Value; 2],
     line: usize,
-    row_tiles: usize,
 ) -> (Value, Value) {
-    let twice = mul(b, r, 2);
-    let row = b.ins().iadd(first_row, twice);
+    let rows = mul(b, r, w.m);
+    let row = b.ins().iadd(first_row, rows);
     let e = mul(b, row, line);
-    let t = mul(b, r, row_tiles);
+    let t = mul(b, r, w.row_tiles);
     (b.ins().iadd(plane, e), b.ins().iadd(tiles, t))
 }
 
-/// `G g` for one column `g` of a 3x3 filter: `[g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2]`.
-fn transform_g(b: &mut FunctionBuilder, [g0, g1, g2]: [Value; 3]) -> [Value; 4] {
-    let half = b.ins().f32const(0.5);
-    let outer = b.ins().fadd(g0, g2);
-    let plus = b.ins().fadd(outer, g1);
-    let minus = b.ins().fsub(outer, g1);
-    [g0, b.ins().fmul(plus, half), b.ins().fmul(minus, half), g2]
+/// `Σ_j coefficients[j] x_j` of `width` values: zero coefficients are skipped, ±1 are an
+/// addition or subtraction, others a multiply-add. `x(b, j)` emits operand `j` when it is needed
+/// (a load can then fold into the instruction that uses it).
+pub(crate) fn combine(
+    b: &mut FunctionBuilder,
+    mul_add: MulAdd,
+    width: Width,
+    coefficients: &[f32],
+    x: &mut dyn FnMut(&mut FunctionBuilder, usize) -> Value,
+) -> Value {
+    let terms: Vec<(usize, f32)> = coefficients.iter().copied().enumerate().filter(|t| t.1 != 0.0).collect();
+    let constant = |b: &mut FunctionBuilder, c: f32| {
+        let c = b.ins().f32const(c);
+        match width {
+            Width::Scalar => c,
+            Width::Vector => b.ins().splat(types::F32X4, c),
+        }
+    };
+    // Start from a term of coefficient 1 when there is one: it costs nothing.
+    let first = terms.iter().position(|t| t.1 == 1.0).unwrap_or(0);
+    let Some(&(j, c)) = terms.get(first) else { return constant(b, 0.0) };
+    let x0 = x(b, j);
+    let mut acc = match c {
+        1.0 => x0,
+        -1.0 => b.ins().fneg(x0),
+        _ => {
+            let c = constant(b, c);
+            b.ins().fmul(c, x0)
+        }
+    };
+    for &(j, c) in terms.iter().enumerate().filter(|(k, _)| *k != first).map(|(_, t)| t) {
+        let xj = x(b, j);
+        acc = match c {
+            1.0 => b.ins().fadd(acc, xj),
+            -1.0 => b.ins().fsub(acc, xj),
+            _ => {
+                let c = constant(b, c);
+                mul_add_emit(b, mul_add, c, xj, acc)
+            }
+        };
+    }
+    acc
 }
 
-/// `Bᵀ d` for one column `d` of a 4x4 patch: `[d0 - d2, d1 + d2, d2 - d1, d1 - d3]`.
-fn transform_b(b: &mut FunctionBuilder, [d0, d1, d2, d3]: [Value; 4]) -> [Value; 4] {
-    [b.ins().fsub(d0, d2), b.ins().fadd(d1, d2), b.ins().fsub(d2, d1), b.ins().fsub(d1, d3)]
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// `Aᵀ m` for one column `m` of a 4x4 product: `[m0 + m1 + m2, m1 - m2 - m3]`.
-fn transform_a(b: &mut FunctionBuilder, [m0, m1, m2, m3]: [Value; 4]) -> [Value; 2] {
-    let first = b.ins().fadd(m0, m1);
-    let first = b.ins().fadd(first, m2);
-    let second = b.ins().fsub(m1, m2);
-    let second = b.ins().fsub(second, m3);
-    [first, second]
+    /// `Aᵀ [(G g) ⊙ (Bᵀ d)]` is the valid correlation of `d` (n values) with `g` (3), in f64.
+    fn check(t: &Transform) {
+        let n = t.m + 2;
+        let apply = |rows: &[&[f32]], x: &[f64]| -> Vec<f64> {
+            rows.iter().map(|row| row.iter().zip(x).map(|(&c, &v)| c as f64 * v).sum()).collect()
+        };
+        for seed in 0..20u64 {
+            let value = |i: u64| ((seed * 31 + i * 17) % 23) as f64 / 7.0 - 1.5;
+            let d: Vec<f64> = (0..n as u64).map(value).collect();
+            let g: Vec<f64> = (0..3u64).map(|i| value(i + 100)).collect();
+            let product: Vec<f64> = apply(t.g, &g).iter().zip(apply(t.bt, &d)).map(|(u, v)| u * v).collect();
+            let y = apply(t.at, &product);
+            for (i, &y) in y.iter().enumerate() {
+                let want: f64 = (0..3).map(|r| g[r] * d[i + r]).sum();
+                assert!((y - want).abs() < 1e-6, "F({0}, 3) output {i}: {y} != {want}", t.m);
+            }
+        }
+    }
+
+    #[test]
+    fn transforms_compute_the_correlation() {
+        for t in [&F2, &F4] {
+            assert_eq!((t.bt.len(), t.g.len(), t.at.len()), (t.m + 2, t.m + 2, t.m));
+            check(t);
+        }
+    }
+
+    #[test]
+    fn tile_size_is_the_one_that_multiplies_least() {
+        let m = |hw, tiles| Winograd::for_output(hw, tiles).map(|w| w.m);
+        assert_eq!(m([32, 32], WinogradTiles::F4), Some(4));
+        assert_eq!(m([16, 16], WinogradTiles::F4), Some(4));
+        // 8 wide: 2 tiles of 4 fill half a vector; 4 tiles of 2 fill it.
+        assert_eq!(m([8, 8], WinogradTiles::F4), Some(2));
+        assert_eq!(m([56, 56], WinogradTiles::F4), Some(4));
+        assert_eq!(m([14, 14], WinogradTiles::F4), Some(2));
+        assert_eq!(m([32, 32], WinogradTiles::F2), Some(2));
+        assert_eq!(m([32, 32], WinogradTiles::Off), None);
+        assert_eq!(m([7, 7], WinogradTiles::F4), None);
+    }
 }

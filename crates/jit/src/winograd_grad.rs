@@ -1,8 +1,9 @@
-//! The weight gradient of a 3x3 stride-1 convolution by Winograd F(2x2, 3x3): with the forward
+//! The weight gradient of a 3x3 stride-1 convolution by Winograd F(m x m, 3x3): with the forward
 //! pass `y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` per tile, the gradient of one filter is
-//! `dg = Gᵀ [Σ_tiles (A dy Aᵀ) ⊙ (Bᵀ d B)] G`: per position `ξ` of the 4x4 transform, a product
-//! `S[ξ][k][c] = Σ_t DY[ξ][k][t] V[ξ][c][t]` over every tile of every image, 2.25x fewer
-//! multiply-adds than the direct gradient.
+//! `dg = Gᵀ [Σ_tiles (A dy Aᵀ) ⊙ (Bᵀ d B)] G`: per position `ξ` of the n x n transform, a
+//! product `S[ξ][k][c] = Σ_t DY[ξ][k][t] V[ξ][c][t]` over every tile of every image, 2.25x
+//! (F(2x2, 3x3)) or 4x (F(4x4, 3x3)) fewer multiply-adds than the direct gradient. The
+//! transforms are emitted from the tables of [`crate::winograd::Transform`].
 //!
 //! Groups are fixed chunks of images (their number does not depend on the thread count). A group
 //! sums its images' products into its own partials; the thread that finishes the last group (an
@@ -12,21 +13,21 @@
 use crate::MulAdd;
 use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, if_then, load_arg, thread_share};
 use crate::conv::{mul, mul_add_emit};
+use crate::expr::Width;
 use crate::pack::PackSpec;
 use crate::transpose::shuffle32;
-use crate::winograd::{Winograd, tile_row, transform_inputs};
+use crate::transpose::transpose4;
+use crate::winograd::{Winograd, WinogradTiles, combine, tile_row, transform_inputs};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{AtomicRmwOp, InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
-/// Transform positions per tile (4 x 4).
-const POSITIONS: usize = 16;
 /// Output channels per register tile of the products.
 const KB: usize = 2;
 /// Input channels per register tile (one vector of sums).
 const CB: usize = 4;
 
-/// A Winograd F(2x2, 3x3) weight gradient of a 3x3 stride-1 convolution.
+/// A Winograd F(m x m, 3x3) weight gradient of a 3x3 stride-1 convolution.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct WinogradGradSpec {
     /// Batch size.
@@ -37,7 +38,7 @@ pub struct WinogradGradSpec {
     pub out_channels: usize,
     /// Output height and width (even).
     pub out_hw: [usize; 2],
-    /// How each image of x is packed (zero-padded, two width phases).
+    /// How each image of x is packed (zero-padded, m width phases).
     pub pack: PackSpec,
     /// Tile rows per block of an image, and tiles per tile row.
     pub tiling: Winograd,
@@ -69,17 +70,19 @@ impl WinogradGradSpec {
             && out_channels.is_multiple_of(KB)
     }
 
-    /// The tiling of an output of `out_hw` for the gradient: blocks of whole tile rows with at
-    /// least 64 tiles (or the whole image).
-    pub fn tiling(out_hw: [usize; 2]) -> Winograd {
-        let (th, row_tiles) = (out_hw[0] / 2, (out_hw[1] / 2).div_ceil(4) * 4);
+    /// The tiling of an output of `out_hw` (whose sizes [`applies`](Self::applies) accepts) for
+    /// the gradient: the tile size `tiles` chooses for the convolution, in blocks of whole tile
+    /// rows with at least 64 tiles (or the whole image).
+    pub fn tiling(out_hw: [usize; 2], tiles: WinogradTiles) -> Winograd {
+        let m = Winograd::for_output(out_hw, tiles).map_or(2, |w| w.m);
+        let (th, row_tiles) = (out_hw[0] / m, (out_hw[1] / m).div_ceil(4) * 4);
         let tile_rows = (1..=th).find(|r| th.is_multiple_of(*r) && r * row_tiles >= 64).unwrap_or(th);
-        Winograd { tile_rows, row_tiles }
+        Winograd { m, tile_rows, row_tiles }
     }
 
     /// Images per block of products for an output of `out_hw` tiled as `tiling`.
     pub fn images_per_block(out_hw: [usize; 2], tiling: Winograd) -> usize {
-        if tiling.tile_rows < out_hw[0] / 2 { 1 } else { 64usize.div_ceil(tiling.tiles()) }
+        if tiling.tile_rows < out_hw[0] / tiling.m { 1 } else { 64usize.div_ceil(tiling.tiles()) }
     }
 
     /// Tiles per block of products (`V` and `DY` have this many per channel).
@@ -105,20 +108,23 @@ impl WinogradGradSpec {
     }
 
     fn partial_len(&self) -> usize {
-        POSITIONS * self.out_channels * self.in_channels
+        self.tiling.positions() * self.out_channels * self.in_channels
     }
 
     /// f32 elements of one thread's scratch: a packed image, `V[ξ][c][t]` and `DY[ξ][k][t]` of
-    /// one block.
+    /// one block, and room for the m x n vectors of one dy tile transformed along its rows (and
+    /// for the 3 x n of `Gᵀ S` at the end).
     pub fn thread_scratch_len(&self) -> usize {
-        let (_, d) = self.areas();
-        d + POSITIONS * self.out_channels * self.block_tiles()
+        let (_, _, rows) = self.areas();
+        rows + 4 * self.tiling.m.max(3) * self.tiling.n()
     }
 
-    /// Offsets of `V` and `DY` in a thread's scratch.
-    fn areas(&self) -> (usize, usize) {
+    /// Offsets of `V`, `DY` and the row-transformed dy tile in a thread's scratch.
+    fn areas(&self) -> (usize, usize, usize) {
+        let positions = self.tiling.positions();
         let v = self.pack.len().div_ceil(4) * 4;
-        (v, v + POSITIONS * self.in_channels * self.block_tiles())
+        let d = v + positions * self.in_channels * self.block_tiles();
+        (v, d, d + positions * self.out_channels * self.block_tiles())
     }
 
     /// Kernel body: args are x, dy (both NCHW), the partials scratch, a counter scratch (2 f32
@@ -127,11 +133,12 @@ impl WinogradGradSpec {
         let (args, begin, end, thread) = entry_with_thread(b);
         let [x, dy, partials, counter, scratch, dw] = [0, 1, 2, 3, 4, 5].map(|k| load_arg(b, ptr, args, k));
         let xp = thread_share(b, scratch, thread, self.thread_scratch_len());
-        let (v_at, d_at) = self.areas();
+        let (v_at, d_at, rows_at) = self.areas();
         let v = b.ins().iadd_imm_s(xp, 4 * v_at as i64);
         let d = b.ins().iadd_imm_s(xp, 4 * d_at as i64);
+        let rows = b.ins().iadd_imm_s(xp, 4 * rows_at as i64);
         let flags = MemFlagsData::new().with_notrap();
-        let blocks = self.out_hw[0] / 2 / self.tiling.tile_rows;
+        let blocks = self.out_hw[0] / self.tiling.m / self.tiling.tile_rows;
         for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
             let part = {
                 let offset = mul(b, g, 4 * self.partial_len());
@@ -165,8 +172,8 @@ impl WinogradGradSpec {
                     self.pack.emit(b, x, xp, first_plane);
                     let hi = iconst(b, blocks as i64);
                     for_loop(b, lo, hi, 1, &[], &mut |b, block, _| {
-                        transform_inputs(b, &self.pack, self.tiling, xp, v, stride, block);
-                        self.transform_dy(b, dy, d, n, block);
+                        transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v, stride, block);
+                        self.transform_dy(b, mul_add, dy, d, rows, n, block);
                         self.products(b, mul_add, v, d, part, per_image);
                         vec![]
                     });
@@ -197,8 +204,8 @@ impl WinogradGradSpec {
                         self.pack.emit(b, x, xp, first_plane);
                         let offset = mul(b, i, 4 * self.tiling.tiles());
                         let (v_i, d_i) = (b.ins().iadd(v, offset), b.ins().iadd(d, offset));
-                        transform_inputs(b, &self.pack, self.tiling, xp, v_i, stride, lo);
-                        self.transform_dy(b, dy, d_i, n, lo);
+                        transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v_i, stride, lo);
+                        self.transform_dy(b, mul_add, dy, d_i, rows, n, lo);
                         vec![]
                     });
                     let vectors = b.ins().imul(count, per_image);
@@ -216,24 +223,38 @@ impl WinogradGradSpec {
         if_then(b, finished, &mut |b| {
             let zero = iconst(b, 0);
             b.ins().store(flags, zero, counter, 0);
-            self.finish(b, partials, dw);
+            self.finish(b, mul_add, partials, rows, dw);
         });
         b.ins().return_(&[]);
         b.seal_all_blocks();
     }
 
     /// `DY[ξ][k][t] = (A dy Aᵀ)[ξ]` for each output channel `k` and tile `t` of block `block` of
-    /// image `n`, four tiles per vector: 8 consecutive pixels of two rows, split into even and
-    /// odd columns (the tiles past the width, in the last vector, are zero).
-    fn transform_dy(&self, b: &mut FunctionBuilder, dy: Value, d: Value, n: Value, block: Value) {
+    /// image `n`, four tiles per vector: each of the tile's m rows is 4m consecutive pixels, split
+    /// into its m columns (the tiles past the width, in the last vector, are zero), transformed
+    /// by Aᵀ on the right into `rows` (m x n vectors of scratch), then by A on the left.
+    #[allow(clippy::too_many_arguments)]
+    fn transform_dy(
+        &self,
+        b: &mut FunctionBuilder,
+        mul_add: MulAdd,
+        dy: Value,
+        d: Value,
+        rows: Value,
+        n: Value,
+        block: Value,
+    ) {
         let w = self.tiling;
+        let (m, size) = (w.m, w.n());
         let (kn, [oh, ow], tiles) = (self.out_channels, self.out_hw, self.block_tiles());
+        // Column j of Aᵀ: the coefficients of A's row j.
+        let a_rows: Vec<Vec<f32>> = (0..size).map(|j| w.transform().at.iter().map(|row| row[j]).collect()).collect();
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
-        let first_row = mul(b, block, 2 * w.tile_rows);
+        let first_row = mul(b, block, m * w.tile_rows);
         let lo = iconst(b, 0);
-        // Whole vectors of 4 tiles (8 pixels), then a partial one padded with zeros.
-        let (full, last) = ((ow / 2) / 4, 2 * ((ow / 2) % 4));
+        // Whole vectors of 4 tiles (4m pixels), then a partial one padded with zeros.
+        let (full, last) = ((ow / m) / 4, m * ((ow / m) % 4));
         let hi = [kn, w.tile_rows, full].map(|n| iconst(b, n as i64));
         for_loop(b, lo, hi[0], 1, &[], &mut |b, k, _| {
             let plane = {
@@ -243,50 +264,63 @@ impl WinogradGradSpec {
             };
             let d_k = mul(b, k, tiles);
             for_loop(b, lo, hi[1], 1, &[], &mut |b, r, _| {
-                let (row, d_row) = tile_row(b, [first_row, r], [plane, d_k], ow, w.row_tiles);
+                let (row, d_row) = tile_row(b, w, [first_row, r], [plane, d_k], ow);
                 let segment = |b: &mut FunctionBuilder, tv: Value, valid: usize| {
-                    let px = mul(b, tv, 8);
+                    let px = mul(b, tv, 4 * m);
                     let e = b.ins().iadd(row, px);
                     let at = elem_addr(b, dy, e);
-                    // Per row: the tiles' left (even) and right (odd) columns; past `valid`
-                    // pixels, zeros.
-                    let split = |b: &mut FunctionBuilder, offset: i32| {
-                        if valid == 8 {
-                            let lo = b.ins().load(types::F32X4, read, at, offset);
-                            let hi = b.ins().load(types::F32X4, read, at, offset + 16);
-                            return [shuffle32(b, lo, hi, [0, 2, 4, 6]), shuffle32(b, lo, hi, [1, 3, 5, 7])];
+                    // Row i of the tiles: column c of 4 tiles per vector; past `valid` pixels,
+                    // zeros.
+                    let columns = |b: &mut FunctionBuilder, i: usize| -> Vec<Value> {
+                        let offset = (i * ow * 4) as i32;
+                        if valid == 4 * m {
+                            let v: Vec<Value> =
+                                (0..m).map(|h| b.ins().load(types::F32X4, read, at, offset + 16 * h as i32)).collect();
+                            return match *v.as_slice() {
+                                [lo, hi] => {
+                                    vec![shuffle32(b, lo, hi, [0, 2, 4, 6]), shuffle32(b, lo, hi, [1, 3, 5, 7])]
+                                }
+                                [p0, p1, p2, p3] => transpose4(b, [p0, p1, p2, p3]).to_vec(),
+                                _ => unreachable!("Winograd tiles are 2 or 4 wide"),
+                            };
                         }
-                        [0, 1].map(|column| {
-                            let zero = b.ins().f32const(0.0);
-                            let mut v = b.ins().splat(types::F32X4, zero);
-                            for lane in (0..4).filter(|l| 2 * l + column < valid) {
-                                let x = b.ins().load(types::F32, read, at, offset + (4 * (2 * lane + column)) as i32);
-                                v = b.ins().insertlane(v, x, lane as u8);
-                            }
-                            v
-                        })
+                        (0..m)
+                            .map(|column| {
+                                let zero = b.ins().f32const(0.0);
+                                let mut v = b.ins().splat(types::F32X4, zero);
+                                for lane in (0..4).filter(|l| m * l + column < valid) {
+                                    let x =
+                                        b.ins().load(types::F32, read, at, offset + (4 * (m * lane + column)) as i32);
+                                    v = b.ins().insertlane(v, x, lane as u8);
+                                }
+                                v
+                            })
+                            .collect()
                     };
-                    let top = split(b, 0);
-                    let bottom = split(b, (ow * 4) as i32);
-                    // A dy: rows top, top + bottom, top - bottom, -bottom; then each row times Aᵀ.
-                    let rows = [
-                        top,
-                        [b.ins().fadd(top[0], bottom[0]), b.ins().fadd(top[1], bottom[1])],
-                        [b.ins().fsub(top[0], bottom[0]), b.ins().fsub(top[1], bottom[1])],
-                        [b.ins().fneg(bottom[0]), b.ins().fneg(bottom[1])],
-                    ];
-                    let t = mul(b, tv, 4); // 4 tiles per 8 pixels
+                    // Rows times Aᵀ: W[i][j] = Σ_c dy[i][c] Aᵀ[c][j], kept in `rows`.
+                    for i in 0..m {
+                        let cols = columns(b, i);
+                        for (j, a_row) in a_rows.iter().enumerate() {
+                            let value = combine(b, mul_add, Width::Vector, a_row, &mut |_, c| cols[c]);
+                            b.ins().store(write, value, rows, ((i * size + j) * 16) as i32);
+                        }
+                    }
+                    // A W: DY[i][j] = Σ_r A[i][r] W[r][j].
+                    let t = mul(b, tv, 4); // 4 tiles per 4m pixels
                     let e = b.ins().iadd(d_row, t);
                     let out = elem_addr(b, d, e);
-                    for (i, row) in rows.iter().enumerate() {
-                        for (j, value) in transform_a_t(b, *row).into_iter().enumerate() {
-                            let position = 4 * i + j;
+                    for (i, a_row) in a_rows.iter().enumerate() {
+                        for j in 0..size {
+                            let value = combine(b, mul_add, Width::Vector, a_row, &mut |b, r| {
+                                b.ins().load(types::F32X4, read, rows, ((r * size + j) * 16) as i32)
+                            });
+                            let position = size * i + j;
                             b.ins().store(write, value, out, (position * kn * tiles * 4) as i32);
                         }
                     }
                 };
                 for_loop(b, lo, hi[2], 1, &[], &mut |b, tv, _| {
-                    segment(b, tv, 8);
+                    segment(b, tv, 4 * m);
                     vec![]
                 });
                 if last > 0 {
@@ -306,7 +340,7 @@ impl WinogradGradSpec {
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let flags = MemFlagsData::new().with_notrap();
         let lo = iconst(b, 0);
-        let hi = [POSITIONS, kn / KB, cn / CB].map(|n| iconst(b, n as i64));
+        let hi = [self.tiling.positions(), kn / KB, cn / CB].map(|n| iconst(b, n as i64));
         let unroll = [4, 2, 1].into_iter().find(|u| (self.tiling.tiles() / 4).is_multiple_of(*u)).unwrap_or(1);
         for_loop(b, lo, hi[0], 1, &[], &mut |b, xi, _| {
             let v_xi = mul(b, xi, cn * tiles);
@@ -369,9 +403,11 @@ impl WinogradGradSpec {
     }
 
     /// Adds the groups' partials in order and writes `dw[k][c] = Gᵀ S G`, four input channels
-    /// at a time.
-    fn finish(&self, b: &mut FunctionBuilder, partials: Value, dw: Value) {
-        let (cn, kn) = (self.in_channels, self.out_channels);
+    /// at a time (`rows`: this thread's scratch for 3 x n vectors).
+    fn finish(&self, b: &mut FunctionBuilder, mul_add: MulAdd, partials: Value, rows: Value, dw: Value) {
+        let (cn, kn, size) = (self.in_channels, self.out_channels, self.tiling.n());
+        // Column r of G: the coefficients of Gᵀ's row r.
+        let gt: Vec<Vec<f32>> = (0..3).map(|r| self.tiling.transform().g.iter().map(|row| row[r]).collect()).collect();
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
         let lo = iconst(b, 0);
@@ -395,11 +431,13 @@ impl WinogradGradSpec {
                     });
                     total[0]
                 };
-                // Gᵀ S, column by column (3 x 4), then times G, row by row (3 x 3).
-                let mut columns = vec![];
-                for j in 0..4 {
-                    let s = [0, 1, 2, 3].map(|i| sum(b, 4 * i + j));
-                    columns.push(transform_g_t(b, s));
+                // Gᵀ S, column by column (3 x n, kept in `rows`), then times G, row by row (3 x 3).
+                for j in 0..size {
+                    let s: Vec<Value> = (0..size).map(|i| sum(b, size * i + j)).collect();
+                    for (r, g) in gt.iter().enumerate() {
+                        let value = combine(b, mul_add, Width::Vector, g, &mut |_, i| s[i]);
+                        b.ins().store(write, value, rows, ((r * size + j) * 16) as i32);
+                    }
                 }
                 let out = {
                     let e = mul(b, k, cn);
@@ -407,11 +445,11 @@ impl WinogradGradSpec {
                     let e = mul(b, e, 9);
                     elem_addr(b, dw, e)
                 };
-                let rows: [[Value; 4]; 3] =
-                    std::array::from_fn(|r| [columns[0][r], columns[1][r], columns[2][r], columns[3][r]]);
-                for (r, &gts) in rows.iter().enumerate() {
-                    let row = transform_g_t(b, gts);
-                    for (s, &value) in row.iter().enumerate() {
+                for r in 0..3 {
+                    for (s, g) in gt.iter().enumerate() {
+                        let value = combine(b, mul_add, Width::Vector, g, &mut |b, j| {
+                            b.ins().load(types::F32X4, read, rows, ((r * size + j) * 16) as i32)
+                        });
                         for lane in 0..4 {
                             let x = b.ins().extractlane(value, lane as u8);
                             b.ins().store(write, x, out, ((lane * 9 + 3 * r + s) * 4) as i32);
@@ -437,20 +475,4 @@ fn lane_sums(b: &mut FunctionBuilder, [a0, a1, a2, a3]: [Value; 4]) -> Value {
     let low = shuffle32(b, t0, t1, [0, 1, 4, 5]);
     let high = shuffle32(b, t0, t1, [2, 3, 6, 7]);
     b.ins().fadd(low, high)
-}
-
-/// `A x` for one row `x = [x0, x1]` of a 2x2 tile: `[x0, x0 + x1, x0 - x1, -x1]`.
-fn transform_a_t(b: &mut FunctionBuilder, [x0, x1]: [Value; 2]) -> [Value; 4] {
-    [x0, b.ins().fadd(x0, x1), b.ins().fsub(x0, x1), b.ins().fneg(x1)]
-}
-
-/// `Gᵀ s` for one column `s` of a 4x4 sum: `[s0 + (s1 + s2) / 2, (s1 - s2) / 2, (s1 + s2) / 2 + s3]`.
-fn transform_g_t(b: &mut FunctionBuilder, [s0, s1, s2, s3]: [Value; 4]) -> [Value; 3] {
-    let half = b.ins().f32const(0.5);
-    let half = b.ins().splat(types::F32X4, half);
-    let plus = b.ins().fadd(s1, s2);
-    let plus = b.ins().fmul(plus, half);
-    let minus = b.ins().fsub(s1, s2);
-    let minus = b.ins().fmul(minus, half);
-    [b.ins().fadd(s0, plus), minus, b.ins().fadd(plus, s3)]
 }

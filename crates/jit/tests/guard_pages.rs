@@ -21,21 +21,26 @@ fn guard_page_tests_run_with_debug_assertions() {
     panic!("build the guard-page tests with debug assertions on (the test profile's default)");
 }
 
-/// Runs every node of `g` as an output with each guard placement and compares with no guard.
+/// Runs every node of `g` as an output with each guard placement and compares with no guard, on
+/// one thread (whose per-thread scratch is the whole buffer, so any overrun of its share meets a
+/// guard) and on two.
 fn run_guarded(g: &Graph, inputs: &[(&str, usize)]) {
     let outputs: Vec<NodeId> = g.ids().filter(|&id| !g.node(id).unwrap().op.is_source()).collect();
-    let mut results = vec![];
-    for guard in [Guard::None, Guard::After, Guard::Before] {
-        let mut c = compile(g, &outputs, &CompileOptions { threads: 2, guard, ..CompileOptions::default() }).unwrap();
-        for &(name, len) in inputs {
-            let values: Vec<f32> = (0..len).map(|i| ((i * 37 % 11) as f32) * 0.2 + 0.1).collect();
-            c.set_input(name, &values).unwrap();
+    for threads in [1, 2] {
+        let mut results = vec![];
+        for guard in [Guard::None, Guard::After, Guard::Before] {
+            let options = CompileOptions { threads, guard, ..CompileOptions::default() };
+            let mut c = compile(g, &outputs, &options).unwrap();
+            for &(name, len) in inputs {
+                let values: Vec<f32> = (0..len).map(|i| ((i * 37 % 11) as f32) * 0.2 + 0.1).collect();
+                c.set_input(name, &values).unwrap();
+            }
+            c.run();
+            results.push((0..outputs.len()).map(|k| c.output(k).unwrap().to_vec()).collect::<Vec<_>>());
         }
-        c.run();
-        results.push((0..outputs.len()).map(|k| c.output(k).unwrap().to_vec()).collect::<Vec<_>>());
+        assert_eq!(results[0], results[1], "guard after, {threads} threads");
+        assert_eq!(results[0], results[2], "guard before, {threads} threads");
     }
-    assert_eq!(results[0], results[1], "guard after");
-    assert_eq!(results[0], results[2], "guard before");
 }
 
 #[test]
@@ -103,11 +108,15 @@ fn convolution_kernels_stay_inside_their_buffers() {
         (1, 4, 8, 6, 5, 1, 2, 0),
         (1, 3, 4, 4, 4, 3, 1, 3),
         (1, 5, 12, 5, 7, 3, 1, 1),
-        // Winograd (forward, input and weight gradients): partial vectors of tiles, several
-        // images per block, padding 0.
+        // Winograd F(2x2, 3x3) (forward, input and weight gradients): partial vectors of tiles,
+        // several images per block, padding 0.
         (2, 8, 8, 6, 10, 3, 1, 1),
         (3, 12, 16, 14, 14, 3, 1, 1),
         (2, 8, 4, 10, 18, 3, 1, 0),
+        // F(4x4, 3x3): a partial vector of tiles, several images per block; blocks of tile rows.
+        (2, 8, 8, 12, 12, 3, 1, 1),
+        (1, 8, 4, 16, 28, 3, 1, 1),
+        (1, 8, 8, 34, 34, 3, 1, 0),
     ] {
         let mut g = Graph::new();
         let x = input(&mut g, "x", &[n, c, h, w]);

@@ -8,7 +8,7 @@ use crate::pack::PackSpec;
 use crate::spec::KernelSpec;
 use crate::sub_pixel::SubPixelSpec;
 use crate::weight_grad::WeightGradSpec;
-use crate::winograd::Winograd;
+use crate::winograd::{Winograd, WinogradTiles};
 use crate::winograd_grad::WinogradGradSpec;
 use skipgrad_ir::NodeId;
 
@@ -32,9 +32,9 @@ pub(super) fn conv_pack(
     PackSpec { planes, in_hw, dilation, pad_before, rows, phases: stride[1], row_len }
 }
 
-/// A convolution of `x` (packed with `dilation` and `pad`): direct, or by Winograd F(2x2, 3x3)
-/// when `winograd` is set and it applies (3x3, stride 1, even output sizes, 8 or more input
-/// channels). `[n, c, k]` is (batch, input channels, output channels). The step's inputs are `x`,
+/// A convolution of `x` (packed with `dilation` and `pad`): direct, or by the Winograd tiling
+/// `winograd` chooses when it applies (3x3, stride 1, output sizes a multiple of the tile, 8 or
+/// more input channels). `[n, c, k]` is (batch, input channels, output channels). The step's inputs are `x`,
 /// `w`, then the per-thread scratch: epilogue operands and statistics go before the scratch.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn conv(
@@ -49,15 +49,15 @@ pub(super) fn conv(
     pad: [isize; 2],
     out_hw: [usize; 2],
     weights: WeightLayout,
-    winograd: bool,
+    winograd: WinogradTiles,
 ) -> Lowered {
-    let tiling = Winograd::for_output(out_hw).filter(|_| {
+    let tiling = Winograd::for_output(out_hw, winograd).filter(|_| {
         // Few input channels leave the transforms most of the work (the 3-channel stem).
-        winograd && kernel == [3, 3] && stride == [1, 1] && dilation == [1, 1] && c >= 8
+        kernel == [3, 3] && stride == [1, 1] && dilation == [1, 1] && c >= 8
     });
     let (pack, kb, vb, label) = match tiling {
         // Products: kb output channels by vb vectors of 4 tiles, vb dividing the group's vectors;
-        // the input packed with two width phases, so that 4 tiles' patches are contiguous.
+        // the input packed with m width phases, so that 4 tiles' patches are contiguous.
         Some(tiling) => {
             let vectors = tiling.tiles() / 4;
             let (kb, vb) = register_tile(k, vectors, None);
@@ -69,10 +69,10 @@ pub(super) fn conv(
                 dilation,
                 pad_before: pad,
                 rows,
-                phases: 2,
+                phases: tiling.m,
                 row_len: tiling.row_tiles + 1,
             };
-            (pack, kb, vb, "conv2d_winograd")
+            (pack, kb, vb, if tiling.m == 4 { "conv2d_winograd4" } else { "conv2d_winograd" })
         }
         // Register tile: kb output channels by vb vectors of 4 pixels.
         None => {
@@ -207,9 +207,9 @@ pub(super) fn sub_pixel_grad_input(
     Lowered::Steps { scratch: vec![pack.len()], steps: vec![step] }
 }
 
-/// The weight gradient by Winograd F(2x2, 3x3): one [`WinogradGradSpec`] kernel, with its
-/// partials and counter scratch and a per-thread scratch for each image's packed x and the
-/// transforms of a block.
+/// The weight gradient by Winograd F(m x m, 3x3) (the tile `winograd` chooses for the output):
+/// one [`WinogradGradSpec`] kernel, with its partials and counter scratch and a per-thread
+/// scratch for each image's packed x and the transforms of a block.
 #[allow(clippy::too_many_arguments)]
 fn winograd_weight_grad(
     label: String,
@@ -220,15 +220,16 @@ fn winograd_weight_grad(
     out_hw: [usize; 2],
     k: usize,
     pad: [isize; 2],
+    winograd: WinogradTiles,
 ) -> Lowered {
-    let tiling = WinogradGradSpec::tiling(out_hw);
+    let tiling = WinogradGradSpec::tiling(out_hw, winograd);
     let pack = PackSpec {
         planes: x[1],
         in_hw: [x[2], x[3]],
         dilation: [1, 1],
         pad_before: pad,
         rows: out_hw[0] + 2,
-        phases: 2,
+        phases: tiling.m,
         row_len: tiling.row_tiles + 1,
     };
     // Chunks of images: enough for the threads to share, few enough that adding the partials
@@ -268,12 +269,12 @@ pub(super) fn weight_grad(
     kernel: [usize; 2],
     stride: [usize; 2],
     pad: [isize; 2],
-    winograd: bool,
+    winograd: WinogradTiles,
 ) -> Lowered {
     let (n, c, k) = (x[0], x[1], dy[1]);
     let out_hw = [dy[2], dy[3]];
-    if winograd && WinogradGradSpec::applies(kernel, stride, out_hw, c, k) {
-        return winograd_weight_grad(label, id, x_id, dy_id, x, out_hw, k, pad);
+    if winograd != WinogradTiles::Off && WinogradGradSpec::applies(kernel, stride, out_hw, c, k) {
+        return winograd_weight_grad(label, id, x_id, dy_id, x, out_hw, k, pad, winograd);
     }
     let kv = if k > 4 { 2 } else { 1 };
     let dy_row = k.div_ceil(4 * kv) * 4 * kv;

@@ -14,6 +14,7 @@ use crate::maxpool::PoolSpec;
 use crate::nest::{Nest, NestSpec, Operand, Pass};
 use crate::rows::{RowOp, RowSpec};
 use crate::spec::KernelSpec;
+use crate::winograd::WinogradTiles;
 use crate::{Error, Result};
 use skipgrad_ir::{DType, Fused, Graph, NodeId, Op};
 
@@ -61,8 +62,8 @@ impl Lowered {
 }
 
 /// Lowers node `id` of `graph`.
-/// With `winograd`, 3x3 stride-1 convolutions of even output sizes use Winograd F(2x2, 3x3).
-pub(crate) fn lower(graph: &Graph, id: NodeId, winograd: bool) -> Result<Lowered> {
+/// `winograd` chooses which 3x3 stride-1 convolutions use Winograd tiles, and which tiles.
+pub(crate) fn lower(graph: &Graph, id: NodeId, winograd: WinogradTiles) -> Result<Lowered> {
     let node = graph.node(id)?;
     let unsupported =
         |reason: &str| Error::Unsupported { op: node.op.to_string(), node: id.index(), reason: reason.into() };
@@ -397,7 +398,14 @@ fn fused_maps_within(
 
 /// A convolution node (`conv2d`, or `conv2d_grad_input`) writing node `id`: `inputs` are its two
 /// operands with their dims, `out` the output dims.
-fn lower_conv(op: &Op, id: NodeId, inputs: [NodeId; 2], dims: [&[usize]; 2], out: &[usize], winograd: bool) -> Lowered {
+fn lower_conv(
+    op: &Op,
+    id: NodeId,
+    inputs: [NodeId; 2],
+    dims: [&[usize]; 2],
+    out: &[usize],
+    winograd: WinogradTiles,
+) -> Lowered {
     let [x, w] = dims;
     let (r, s) = (w[2], w[3]);
     match op {
@@ -455,7 +463,7 @@ fn conv_with_stats(
     id: NodeId,
     k: &Fused,
     inputs: &[NodeId],
-    winograd: bool,
+    winograd: WinogradTiles,
 ) -> std::result::Result<Lowered, String> {
     let body = k.body.nodes();
     let outputs = k.output_nodes();
