@@ -405,9 +405,11 @@ impl ConvSpec {
                             (0..vb).map(|j| b.ins().load(types::F32X4, flags, x_c, base + 16 * j as i32)).collect();
                         for k in 0..self.kb {
                             let offset = (self.weights.at(k, 0, r, s) - self.weights.base) as i32 * 4;
-                            let wk = b.ins().load(types::F32, flags, w_c, offset + u * w_channel_bytes);
-                            let wv = b.ins().splat(types::F32X4, wk);
                             for (j, &xv) in xs.iter().enumerate() {
+                                // A broadcast load per use: the multiply-add then overwrites it
+                                // instead of a copy (x64's FMA destroys a multiplicand).
+                                let wk = b.ins().load(types::F32, flags, w_c, offset + u * w_channel_bytes);
+                                let wv = b.ins().splat(types::F32X4, wk);
                                 let a = &mut acc[k * vb + j];
                                 *a = mul_add_emit(b, mul_add, wv, xv, *a);
                             }

@@ -170,10 +170,15 @@ impl WeightGradSpec {
                                 .map(|j| b.ins().load(types::F32X4, read, dy_at, dy_off + 16 * j as i32))
                                 .collect();
                             for i in 0..cb {
-                                let x =
-                                    b.ins().load(types::F32, read, x_at, i as i32 * plane_bytes + p as i32 * x_step);
-                                let x = b.ins().splat(types::F32X4, x);
                                 for (j, &d) in dys.iter().enumerate() {
+                                    // A broadcast load per use (see the convolution's products).
+                                    let x = b.ins().load(
+                                        types::F32,
+                                        read,
+                                        x_at,
+                                        i as i32 * plane_bytes + p as i32 * x_step,
+                                    );
+                                    let x = b.ins().splat(types::F32X4, x);
                                     acc[i * kv + j] = mul_add_emit(b, mul_add, x, d, acc[i * kv + j]);
                                 }
                             }
