@@ -243,8 +243,11 @@ fn main() {
         let winograd_applies = |pass: &str| {
             case.stride == 1 && (pass != "backward-data" && case.c >= 8 || pass == "backward-data" && case.k >= 8)
         };
+        // As the lowering chooses: F(4x4, 3x3) where it multiplies least, for convolutions with 8
+        // or more output channels (the input gradient's are the forward's input channels).
         let f4 = |pass: &str| {
-            pass != "backward-weight"
+            let outputs = if pass == "backward-data" { case.c } else { case.k };
+            (pass == "backward-weight" || outputs >= 8)
                 && Winograd::for_output([out_hw, out_hw], WinogradTiles::F4).is_some_and(|w| w.m == 4)
         };
         let passes = ["forward", "backward-data", "backward-weight"].into_iter().flat_map(|pass| {

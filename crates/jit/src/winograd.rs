@@ -26,16 +26,17 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
-/// Which 3x3 stride-1 convolutions a compilation computes by Winograd's minimal filtering.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+/// Which 3x3 stride-1 convolutions a compilation computes by Winograd's minimal filtering, in
+/// increasing order of what they allow.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub enum WinogradTiles {
     /// None: every convolution is direct.
     Off,
     /// F(2x2, 3x3) wherever it applies (even output sizes, 8 or more input channels).
     F2,
-    /// Also F(4x4, 3x3) for forward and input-gradient convolutions, where it multiplies least
-    /// (output sizes a multiple of 4, with few tiles wasted padding rows to whole vectors); the
-    /// weight gradient stays F(2x2, 3x3). The default.
+    /// Also F(4x4, 3x3), where it multiplies least (output sizes a multiple of 4, with few tiles
+    /// wasted padding rows to whole vectors) and the convolution has 8 or more output channels.
+    /// The default.
     #[default]
     F4,
 }

@@ -337,3 +337,24 @@ fn unsupported_ops_are_typed_errors() {
     let y = add(&mut g64, Op::Relu, &[x]);
     assert!(compile(&g64, &[y], &CompileOptions::default()).is_err());
 }
+
+/// The default tiles: F(4x4, 3x3) at 32x32 for 16 output channels, F(2x2, 3x3) for 3 (the stem's
+/// input gradient, whose input transform would dominate) and at 8x8 (half-empty vectors).
+#[test]
+fn winograd_tiles_follow_the_channels_and_the_size() {
+    let kernel = |c: usize, k: usize, hw: usize| {
+        let mut g = Graph::new();
+        let x = g
+            .add_source(Op::Input { name: "x".into() }, TensorType::new(DType::F32, [2, c, hw, hw]), Role::Forward)
+            .unwrap();
+        let w = g
+            .add_source(Op::Input { name: "w".into() }, TensorType::new(DType::F32, [k, c, 3, 3]), Role::Forward)
+            .unwrap();
+        let y = add(&mut g, Op::Conv2d(Conv2dAttrs::square(1, 1)), &[x, w]);
+        let compiled = compile(&g, &[y], &CompileOptions::default()).unwrap();
+        compiled.kernel_for(y).unwrap().name.clone()
+    };
+    assert!(kernel(16, 16, 32).ends_with("conv2d_winograd4"), "{}", kernel(16, 16, 32));
+    assert!(kernel(16, 3, 32).ends_with("conv2d_winograd"), "{}", kernel(16, 3, 32));
+    assert!(kernel(64, 64, 8).ends_with("conv2d_winograd"), "{}", kernel(64, 64, 8));
+}
