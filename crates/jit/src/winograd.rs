@@ -101,11 +101,12 @@ pub struct Winograd {
 }
 
 impl Winograd {
-    /// The tiling of an output of `out_hw` with tiles of `m`, or `None` when its sizes are not
-    /// multiples of `m`. A group covers the fewest whole tile rows that give at least 16 tiles.
+    /// The tiling of an output of `out_hw` with tiles of `m` (2 or 4: the sizes with a
+    /// [`Transform`]), or `None` when its sizes are not multiples of `m`. A group covers the
+    /// fewest whole tile rows that give at least 16 tiles.
     pub fn with_tile(m: usize, out_hw: [usize; 2]) -> Option<Self> {
         let [h, w] = out_hw;
-        if h == 0 || w == 0 || !h.is_multiple_of(m) || !w.is_multiple_of(m) {
+        if !matches!(m, 2 | 4) || h == 0 || w == 0 || !h.is_multiple_of(m) || !w.is_multiple_of(m) {
             return None;
         }
         let (th, tw) = (h / m, w / m);
@@ -137,7 +138,11 @@ impl Winograd {
 
     /// The transform's matrices.
     pub fn transform(&self) -> &'static Transform {
-        if self.m == 4 { &F4 } else { &F2 }
+        match self.m {
+            2 => &F2,
+            4 => &F4,
+            m => unreachable!("no Winograd F({m}x{m}, 3x3) table: tilings come from `with_tile`"),
+        }
     }
 
     /// Input patch size n = m + 2.
@@ -636,5 +641,6 @@ mod tests {
         assert_eq!(m([32, 32], WinogradTiles::F2), Some(2));
         assert_eq!(m([32, 32], WinogradTiles::Off), None);
         assert_eq!(m([7, 7], WinogradTiles::F4), None);
+        assert_eq!(Winograd::with_tile(3, [9, 9]), None);
     }
 }
