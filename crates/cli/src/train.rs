@@ -30,6 +30,18 @@ pub enum DatasetName {
     Cifar10,
 }
 
+/// Whether a run warms up at a tenth of the learning rate until its training error falls below
+/// 80%, as the paper does for ResNet-110.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Warmup {
+    /// As the paper: CIFAR nets of 110 layers or more.
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
 /// Everything a training run is given.
 #[derive(Clone, Debug, clap::Args)]
 pub struct TrainArgs {
@@ -86,6 +98,10 @@ pub struct TrainArgs {
     /// and name the first graph node that produced a NaN or an infinity, with its inputs.
     #[arg(long)]
     debug_nan: bool,
+    /// Warm up at --lr / 10 until the training error is below 80%: auto (the paper's choice:
+    /// CIFAR nets of 110 layers or more), on, or off.
+    #[arg(long, value_enum, default_value_t = Warmup::Auto)]
+    warmup: Warmup,
 }
 
 /// The checkpoint a run writes after every epoch: the model, the optimizer's velocities, the
@@ -166,7 +182,12 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
     }
     let iterations = args.iterations.unwrap_or(args.epochs.unwrap_or(1) * per_epoch);
     // The paper warms ResNet-110 and -1202 up at lr 0.01 until the training error is below 80%.
-    let warmup = (config.family == Family::Cifar && config.depth >= 110).then_some((args.lr / 10.0, 0.8));
+    let warms_up = match args.warmup {
+        Warmup::Auto => config.family == Family::Cifar && config.depth >= 110,
+        Warmup::On => true,
+        Warmup::Off => false,
+    };
+    let warmup = warms_up.then_some((args.lr / 10.0, 0.8));
     let schedule = Schedule { base: args.lr, warmup, ..Schedule::paper(iterations) };
     let mut options = TrainerOptions::paper(batch, train.shape, args.seed);
     if let Some(t) = args.threads {
@@ -195,6 +216,10 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
         expect("run.seed", args.seed.to_string())?;
         expect("run.batch", batch.to_string())?;
         expect("run.iterations", iterations.to_string())?;
+        // Checkpoints from before --warmup warmed up as `auto` does.
+        if saved.metadata.contains_key("run.warmup") || args.warmup != Warmup::Auto {
+            expect("run.warmup", warms_up.to_string())?;
+        }
         if saved.config != config {
             return Err(format!("--resume: {} holds {}, this run trains {}", path.display(), saved.config, config));
         }
@@ -212,6 +237,7 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
         "model": config.name(), "dataset": format!("{:?}", args.dataset), "batch": batch, "iterations": iterations,
         "iterations_per_epoch": per_epoch, "lr": args.lr, "milestones": schedule.milestones, "momentum": 0.9,
         "weight_decay": 1e-4, "seed": args.seed, "threads": trainer_threads(&args),
+        "warmup": warmup.map(|(lr, below)| serde_json::json!({"lr": lr, "until_train_error_below": below})),
         "augmentation": "pad 4, random crop, random horizontal flip", "input": train.shape,
     });
     write_atomically(&out.join("config.json"), format!("{run_config:#}\n").as_bytes())?;
@@ -235,6 +261,7 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
         c.tensors.insert(INPUT_MEAN.into(), Tensor::f32(train.shape, mean.to_vec()).map_err(|e| e.to_string())?);
         c.metadata.insert("skipgrad.pixel_scale".into(), "1/255".into());
         c.metadata.insert("run.warmed_up".into(), warmed_up.to_string());
+        c.metadata.insert("run.warmup".into(), warms_up.to_string());
         for (key, value) in [
             ("run.iteration", done),
             ("run.seed", args.seed),
@@ -526,6 +553,7 @@ impl TrainArgs {
             until_iteration: None,
             // A diverging run (a deep plain net) says where it first went non-finite.
             debug_nan: true,
+            warmup: recipe.warmup,
         }
     }
 }
@@ -561,4 +589,8 @@ pub struct Recipe {
     /// checkpoint (each ends with the weights an uninterrupted run would have).
     #[arg(long)]
     pub resume: bool,
+    /// Warm up at --lr / 10 until the training error is below 80%: auto (CIFAR nets of 110
+    /// layers or more, as the paper), on (every net, plain and residual alike), or off.
+    #[arg(long, value_enum, default_value_t = Warmup::Auto)]
+    pub warmup: Warmup,
 }

@@ -254,3 +254,39 @@ fn a_diverging_run_stops_and_debug_nan_names_the_node() {
     assert!(err.contains("the first non-finite value is %") && err.contains("\n  input %"), "{err}");
     std::fs::remove_dir_all(&root).ok();
 }
+
+/// `--warmup on` trains at a tenth of --lr while the training error is above 80% (a fresh net's
+/// on 10 classes), records it in config.json, and a resume must keep it; `off` starts at --lr.
+#[test]
+fn warmup_is_chosen_recorded_and_kept_on_resume() {
+    let root = std::env::temp_dir().join(format!("skipgrad-warmup-{}", std::process::id()));
+    let data = tiny_cifar(&root);
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = ["train", "--model", "resnet8", "--dataset", "cifar10", "--iterations", "4", "--batch", "4"]
+            .map(String::from)
+            .to_vec();
+        args.extend(["--data".into(), data.display().to_string(), "--out".into(), out.display().to_string()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        skipgrad(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let first_lr = |warmup: &str, out: &Path| {
+        let (ok, _, err) = run(out, &["--warmup", warmup, "--until-iteration", "1"]);
+        assert!(ok, "{err}");
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        (first["lr"].as_f64().unwrap(), config["warmup"].clone())
+    };
+    let (on, off) = (root.join("on"), root.join("off"));
+    let (lr, recorded) = first_lr("on", &on);
+    assert!((lr - 0.01).abs() < 1e-12, "warm-up lr {lr}");
+    assert_eq!(recorded["until_train_error_below"], 0.8, "{recorded}");
+    let (lr, recorded) = first_lr("off", &off);
+    assert!((lr - 0.1).abs() < 1e-12, "lr {lr}");
+    assert!(recorded.is_null(), "{recorded}");
+    // Resuming the warm-up run without it is refused.
+    let (ok, _, err) = run(&on, &["--warmup", "off", "--resume"]);
+    assert!(!ok && err.contains("run.warmup"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
