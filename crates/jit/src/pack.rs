@@ -6,7 +6,7 @@
 
 use crate::codegen::{elem_addr, for_loop, iconst};
 use crate::conv::mul;
-use crate::transpose::{shuffle32, transpose4};
+use crate::transpose::deinterleave;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
@@ -103,12 +103,7 @@ impl PackSpec {
                     let vectors: Vec<Value> =
                         (0..p).map(|i| b.ins().load(types::F32X4, flags, src_at, 16 * i as i32)).collect();
                     // Phase vector j holds source columns w + j, w + j + p, ...
-                    let split = match *vectors.as_slice() {
-                        [a, c] => vec![shuffle32(b, a, c, [0, 2, 4, 6]), shuffle32(b, a, c, [1, 3, 5, 7])],
-                        [a, c, d, e] => transpose4(b, [a, c, d, e]).to_vec(),
-                        _ => unreachable!("2 or 4 phases"),
-                    };
-                    for (j, v) in split.into_iter().enumerate() {
+                    for (j, v) in deinterleave(b, &vectors).into_iter().enumerate() {
                         let u = ((w + j) as isize + self.pad_before[1]) as usize;
                         let e = b.ins().iadd_imm_s(dst_row, ((u % p) * self.row_len + u / p) as i64);
                         let at = elem_addr(b, dst, e);

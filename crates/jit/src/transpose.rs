@@ -83,8 +83,27 @@ impl TransposeSpec {
     }
 }
 
+/// Splits the `4p` consecutive values of `p` vectors (p = 2 or 4) into their `p` phases: vector
+/// `j` of the result holds values `j, j + p, j + 2p, j + 3p`.
+pub(crate) fn deinterleave(b: &mut FunctionBuilder, vectors: &[Value]) -> Vec<Value> {
+    match *vectors {
+        [x, y] => vec![shuffle32(b, x, y, [0, 2, 4, 6]), shuffle32(b, x, y, [1, 3, 5, 7])],
+        [r0, r1, r2, r3] => transpose4(b, [r0, r1, r2, r3]).to_vec(),
+        _ => unreachable!("2 or 4 phases, got {}", vectors.len()),
+    }
+}
+
+/// The inverse of [`deinterleave`]: `p` phase vectors back to `4p` consecutive values.
+pub(crate) fn interleave(b: &mut FunctionBuilder, phases: &[Value]) -> Vec<Value> {
+    match *phases {
+        [x, y] => vec![shuffle32(b, x, y, [0, 4, 1, 5]), shuffle32(b, x, y, [2, 6, 3, 7])],
+        [r0, r1, r2, r3] => transpose4(b, [r0, r1, r2, r3]).to_vec(),
+        _ => unreachable!("2 or 4 phases, got {}", phases.len()),
+    }
+}
+
 /// The 4x4 transpose of rows `[a, b, c, d]`: column `i` as a vector `[a_i, b_i, c_i, d_i]`.
-pub(crate) fn transpose4(b: &mut FunctionBuilder, [r0, r1, r2, r3]: [Value; 4]) -> [Value; 4] {
+fn transpose4(b: &mut FunctionBuilder, [r0, r1, r2, r3]: [Value; 4]) -> [Value; 4] {
     let lo01 = shuffle32(b, r0, r1, [0, 4, 1, 5]); // a0 b0 a1 b1
     let hi01 = shuffle32(b, r0, r1, [2, 6, 3, 7]); // a2 b2 a3 b3
     let lo23 = shuffle32(b, r2, r3, [0, 4, 1, 5]); // c0 d0 c1 d1

@@ -21,7 +21,7 @@ use crate::codegen::{elem_addr, for_loop, iconst, if_then};
 use crate::conv::{ConvArgs, ConvSpec, EpilogueAt, apply_epilogue, mul, mul_add_emit, sum_and_squares};
 use crate::expr::Width;
 use crate::pack::PackSpec;
-use crate::transpose::{shuffle32, transpose4};
+use crate::transpose::interleave;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::FunctionBuilder;
@@ -439,11 +439,7 @@ impl ConvSpec {
                 at.iter().map(|at_col| combine(b, mul_add, Width::Vector, at_col, &mut |_, j| z[j])).collect();
             // Column c of 4 tiles as one vector each; the row's pixels are the tiles' columns
             // interleaved: vector h holds pixels 4h..4h + 4.
-            let pixels = match *columns.as_slice() {
-                [y0, y1] => vec![shuffle32(b, y0, y1, [0, 4, 1, 5]), shuffle32(b, y0, y1, [2, 6, 3, 7])],
-                [y0, y1, y2, y3] => transpose4(b, [y0, y1, y2, y3]).to_vec(),
-                _ => unreachable!("Winograd output tiles are 2 or 4 wide"),
-            };
+            let pixels = interleave(b, &columns);
             let e = b.ins().iadd_imm_s(y_at, (row * ow) as i64);
             let y_base = elem_addr(b, a.y, e);
             let full: Vec<Value> = a.operands.iter().map(|&o| elem_addr(b, o, e)).collect();

@@ -15,8 +15,7 @@ use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, if_then, lo
 use crate::conv::{mul, mul_add_emit};
 use crate::expr::Width;
 use crate::pack::PackSpec;
-use crate::transpose::shuffle32;
-use crate::transpose::transpose4;
+use crate::transpose::{deinterleave, shuffle32};
 use crate::winograd::{Winograd, WinogradTiles, combine, tile_row, transform_inputs};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{AtomicRmwOp, InstBuilder, MemFlagsData, Type, Value, types};
@@ -276,13 +275,7 @@ impl WinogradGradSpec {
                         if valid == 4 * m {
                             let v: Vec<Value> =
                                 (0..m).map(|h| b.ins().load(types::F32X4, read, at, offset + 16 * h as i32)).collect();
-                            return match *v.as_slice() {
-                                [lo, hi] => {
-                                    vec![shuffle32(b, lo, hi, [0, 2, 4, 6]), shuffle32(b, lo, hi, [1, 3, 5, 7])]
-                                }
-                                [p0, p1, p2, p3] => transpose4(b, [p0, p1, p2, p3]).to_vec(),
-                                _ => unreachable!("Winograd tiles are 2 or 4 wide"),
-                            };
+                            return deinterleave(b, &v);
                         }
                         (0..m)
                             .map(|column| {
