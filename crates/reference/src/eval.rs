@@ -1,8 +1,8 @@
 //! Evaluating graphs: whole graphs from named feeds, or one node from its input values.
 
-use crate::ops::{Element, compute};
+use crate::ops::compute;
 use crate::{Error, Result};
-use skipgrad_ir::{DType, Data, Fused, Graph, NodeId, Op, Tensor, TensorType};
+use skipgrad_ir::{Fused, Graph, NodeId, Op, Tensor, TensorType};
 use std::collections::HashMap;
 
 /// Values for a graph's inputs and parameters, by name.
@@ -112,23 +112,12 @@ pub fn eval_op(op: &Op, ty: &TensorType, inputs: &[&Tensor], node: usize) -> Res
     if let Op::Fused(k) = op {
         return Ok(eval_fused(k, inputs)?.remove(0));
     }
+    // Every op computes in f64; an f32 result is the f64 result rounded once.
     let shapes: Vec<&skipgrad_ir::Shape> = inputs.iter().map(|t| t.shape()).collect();
-    let data = match ty.dtype {
-        DType::F32 => Data::F32(run::<f32>(op, node, inputs, &shapes, ty)?),
-        DType::F64 => Data::F64(run::<f64>(op, node, inputs, &shapes, ty)?),
-    };
-    Ok(Tensor::new(ty.shape.clone(), data)?)
-}
-
-fn run<T: Element>(
-    op: &Op,
-    node: usize,
-    inputs: &[&Tensor],
-    shapes: &[&skipgrad_ir::Shape],
-    ty: &TensorType,
-) -> Result<Vec<T>> {
-    let slices: Vec<&[T]> = inputs.iter().map(|t| T::slice(t.data()).expect("dtypes checked by infer")).collect();
-    compute(op, node, &slices, shapes, &ty.shape)
+    let values: Vec<Vec<f64>> = inputs.iter().map(|t| t.to_f64_vec()).collect();
+    let slices: Vec<&[f64]> = values.iter().map(|v| v.as_slice()).collect();
+    let result = compute(op, node, &slices, &shapes, &ty.shape)?;
+    Ok(Tensor::from_f64(ty.shape.clone(), ty.dtype, &result)?)
 }
 
 /// Every output of a fused node (its value first): its body, evaluated on the node's inputs.

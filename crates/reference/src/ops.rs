@@ -4,41 +4,14 @@
 //! is batch-like for the per-channel ops (bias, batch statistics, batch norm).
 
 use crate::{Error, Result};
-use num_traits::Float;
-use skipgrad_ir::{Conv2dAttrs, Data, Op, PoolAttrs, Shape, ShortcutAttrs, Tensor};
-
-/// An element type the interpreter computes in (f32 or f64).
-pub trait Element: Float + Default + std::fmt::Debug + Send + Sync + 'static {
-    /// The elements of `data` if it holds this type.
-    fn slice(data: &Data) -> Option<&[Self]>;
-    /// Converts from f64 (rounding for f32).
-    fn of(v: f64) -> Self;
-}
-
-impl Element for f32 {
-    fn slice(data: &Data) -> Option<&[Self]> {
-        if let Data::F32(v) = data { Some(v) } else { None }
-    }
-    fn of(v: f64) -> Self {
-        v as f32
-    }
-}
-
-impl Element for f64 {
-    fn slice(data: &Data) -> Option<&[Self]> {
-        if let Data::F64(v) = data { Some(v) } else { None }
-    }
-    fn of(v: f64) -> Self {
-        v
-    }
-}
+use skipgrad_ir::{Conv2dAttrs, Op, PoolAttrs, Shape, ShortcutAttrs, Tensor};
 
 /// Computes `op` on input slices of the given shapes; `out` is the inferred output shape.
-pub(crate) fn compute<T: Element>(op: &Op, node: usize, x: &[&[T]], s: &[&Shape], out: &Shape) -> Result<Vec<T>> {
+pub(crate) fn compute(op: &Op, node: usize, x: &[&[f64]], s: &[&Shape], out: &Shape) -> Result<Vec<f64>> {
     let d = |i: usize| s[i].dims();
     let n_out = out.numel();
-    let map = |f: &dyn Fn(T) -> T| x[0].iter().map(|&v| f(v)).collect::<Vec<T>>();
-    let zip = |f: &dyn Fn(T, T) -> T| x[0].iter().zip(x[1]).map(|(&a, &b)| f(a, b)).collect::<Vec<T>>();
+    let map = |f: &dyn Fn(f64) -> f64| x[0].iter().map(|&v| f(v)).collect::<Vec<f64>>();
+    let zip = |f: &dyn Fn(f64, f64) -> f64| x[0].iter().zip(x[1]).map(|(&a, &b)| f(a, b)).collect::<Vec<f64>>();
     Ok(match op {
         Op::Input { .. } | Op::Parameter { .. } | Op::Constant { .. } | Op::Fill { .. } => {
             unreachable!("sources are evaluated by eval_node")
@@ -46,18 +19,18 @@ pub(crate) fn compute<T: Element>(op: &Op, node: usize, x: &[&[T]], s: &[&Shape]
         Op::Fused(_) => unreachable!("fused nodes are evaluated by eval_op, through their body"),
         Op::Output { .. } => unreachable!("outputs of fused nodes are evaluated by evaluate"),
         Op::Conv2d(c) => {
-            let mut y = vec![T::zero(); n_out];
-            conv_taps(d(0), d(1), c, |xi, wi, yi| y[yi] = y[yi] + x[0][xi] * x[1][wi]);
+            let mut y = vec![0.0; n_out];
+            conv_taps(d(0), d(1), c, |xi, wi, yi| y[yi] += x[0][xi] * x[1][wi]);
             y
         }
         Op::Conv2dGradInput { conv, .. } => {
-            let mut dx = vec![T::zero(); n_out];
-            conv_taps(out.dims(), d(1), conv, |xi, wi, yi| dx[xi] = dx[xi] + x[0][yi] * x[1][wi]);
+            let mut dx = vec![0.0; n_out];
+            conv_taps(out.dims(), d(1), conv, |xi, wi, yi| dx[xi] += x[0][yi] * x[1][wi]);
             dx
         }
         Op::Conv2dGradWeight { conv, .. } => {
-            let mut dw = vec![T::zero(); n_out];
-            conv_taps(d(0), out.dims(), conv, |xi, wi, yi| dw[wi] = dw[wi] + x[0][xi] * x[1][yi]);
+            let mut dw = vec![0.0; n_out];
+            conv_taps(d(0), out.dims(), conv, |xi, wi, yi| dw[wi] += x[0][xi] * x[1][yi]);
             dw
         }
         Op::BiasAdd => {
@@ -83,13 +56,13 @@ pub(crate) fn compute<T: Element>(op: &Op, node: usize, x: &[&[T]], s: &[&Shape]
             if !*training {
                 return Ok((0..n_out).map(|i| dy[i] * gamma[ch.channel(i)] * istd[ch.channel(i)]).collect());
             }
-            let (mut sum_dy, mut sum_dy_xhat) = (vec![T::zero(); ch.c], vec![T::zero(); ch.c]);
+            let (mut sum_dy, mut sum_dy_xhat) = (vec![0.0; ch.c], vec![0.0; ch.c]);
             for (i, &d) in dy.iter().enumerate() {
                 let c = ch.channel(i);
-                sum_dy[c] = sum_dy[c] + d;
-                sum_dy_xhat[c] = sum_dy_xhat[c] + d * xhat(i);
+                sum_dy[c] += d;
+                sum_dy_xhat[c] += d * xhat(i);
             }
-            let m = T::of(ch.per_channel() as f64);
+            let m = ch.per_channel() as f64;
             (0..n_out)
                 .map(|i| {
                     let c = ch.channel(i);
@@ -99,42 +72,42 @@ pub(crate) fn compute<T: Element>(op: &Op, node: usize, x: &[&[T]], s: &[&Shape]
         }
         Op::BatchNormGradGamma { eps } => {
             let (ch, istd) = (Channels::of(d(0)), inv_std(x[2], *eps));
-            let mut g = vec![T::zero(); ch.c];
+            let mut g = vec![0.0; ch.c];
             for i in 0..x[0].len() {
                 let c = ch.channel(i);
-                g[c] = g[c] + x[3][i] * (x[0][i] - x[1][c]) * istd[c];
+                g[c] += x[3][i] * (x[0][i] - x[1][c]) * istd[c];
             }
             g
         }
-        Op::Relu => map(&|v| if v > T::zero() { v } else { T::zero() }),
-        Op::ReluGrad => zip(&|v, g| if v > T::zero() { g } else { T::zero() }),
+        Op::Relu => map(&|v| if v > 0.0 { v } else { 0.0 }),
+        Op::ReluGrad => zip(&|v, g| if v > 0.0 { g } else { 0.0 }),
         Op::Add => zip(&|a, b| a + b),
         Op::Sub => zip(&|a, b| a - b),
         Op::Mul => zip(&|a, b| a * b),
-        Op::Equal => zip(&|a, b| if a == b { T::one() } else { T::zero() }),
-        Op::Scale { c } => map(&|v| v * T::of(*c)),
-        Op::AddScalar { c } => map(&|v| v + T::of(*c)),
+        Op::Equal => zip(&|a, b| if a == b { 1.0 } else { 0.0 }),
+        Op::Scale { c } => map(&|v| v * c),
+        Op::AddScalar { c } => map(&|v| v + c),
         Op::StopGradient | Op::Reshape { .. } | Op::Custom { .. } => x[0].to_vec(),
         Op::ShortcutA(a) => {
-            let mut y = vec![T::zero(); n_out];
+            let mut y = vec![0.0; n_out];
             shortcut_pairs(d(0), out.dims(), a, |xi, yi| y[yi] = x[0][xi]);
             y
         }
         Op::ShortcutAGrad { shortcut, .. } => {
-            let mut dx = vec![T::zero(); n_out];
+            let mut dx = vec![0.0; n_out];
             shortcut_pairs(out.dims(), d(0), shortcut, |xi, yi| dx[xi] = x[0][yi]);
             dx
         }
         Op::MaxPool(p) => {
-            let mut y = vec![T::zero(); n_out];
+            let mut y = vec![0.0; n_out];
             pool_windows(d(0), p, |yi, window| y[yi] = x[0][argmax_of(x[0], window)]);
             y
         }
         Op::MaxPoolGrad(p) => {
-            let mut dx = vec![T::zero(); n_out];
+            let mut dx = vec![0.0; n_out];
             pool_windows(d(0), p, |yi, window| {
                 let a = argmax_of(x[0], window);
-                dx[a] = dx[a] + x[1][yi];
+                dx[a] += x[1][yi];
             });
             dx
         }
@@ -144,12 +117,12 @@ pub(crate) fn compute<T: Element>(op: &Op, node: usize, x: &[&[T]], s: &[&Shape]
             let n = out.dims()[1];
             let at = |i: usize, p: usize| if *transpose_a { x[0][p * a[1] + i] } else { x[0][i * a[1] + p] };
             let bt = |p: usize, j: usize| if *transpose_b { x[1][j * b[1] + p] } else { x[1][p * b[1] + j] };
-            let mut y = vec![T::zero(); m * n];
+            let mut y = vec![0.0; m * n];
             for i in 0..m {
                 for j in 0..n {
-                    let mut acc = T::zero();
+                    let mut acc = 0.0;
                     for p in 0..k {
-                        acc = acc + at(i, p) * bt(p, j);
+                        acc += at(i, p) * bt(p, j);
                     }
                     y[i * n + j] = acc;
                 }
@@ -157,10 +130,10 @@ pub(crate) fn compute<T: Element>(op: &Op, node: usize, x: &[&[T]], s: &[&Shape]
             y
         }
         Op::ReduceSum { axes } => {
-            let mut y = vec![T::zero(); n_out];
+            let mut y = vec![0.0; n_out];
             for (i, &v) in x[0].iter().enumerate() {
                 let j = drop_axes(i, d(0), axes);
-                y[j] = y[j] + v;
+                y[j] += v;
             }
             y
         }
@@ -171,23 +144,23 @@ pub(crate) fn compute<T: Element>(op: &Op, node: usize, x: &[&[T]], s: &[&Shape]
         }
         Op::SoftmaxCrossEntropy => {
             let (n, k) = (d(0)[0], d(0)[1]);
-            let mut total = T::zero();
+            let mut total = 0.0;
             for (row, z) in x[0].chunks(k).enumerate() {
                 let label = class_index(op, node, row, x[1][row], k)?;
-                let max = z.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
-                let lse = max + z.iter().map(|&v| (v - max).exp()).fold(T::zero(), |a, b| a + b).ln();
+                let max = z.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                let lse = max + z.iter().map(|&v| (v - max).exp()).fold(0.0, |a, b| a + b).ln();
                 total = total + lse - z[label];
             }
-            vec![total / T::of(n as f64)]
+            vec![total / n as f64]
         }
         Op::SoftmaxCrossEntropyGrad => {
             let (n, k) = (d(0)[0], d(0)[1]);
-            let scale = x[2][0] / T::of(n as f64);
+            let scale = x[2][0] / n as f64;
             let mut dz = Vec::with_capacity(n * k);
             for (row, z) in x[0].chunks(k).enumerate() {
                 let label = class_index(op, node, row, x[1][row], k)?;
                 for (j, p) in softmax_row(z).into_iter().enumerate() {
-                    let onehot = if j == label { T::one() } else { T::zero() };
+                    let onehot = if j == label { 1.0 } else { 0.0 };
                     dz.push((p - onehot) * scale);
                 }
             }
@@ -195,7 +168,7 @@ pub(crate) fn compute<T: Element>(op: &Op, node: usize, x: &[&[T]], s: &[&Shape]
         }
         Op::ArgMax => {
             let k = d(0)[1];
-            x[0].chunks(k).map(|row| T::of(argmax_of(row, 0..k) as f64)).collect()
+            x[0].chunks(k).map(|row| argmax_of(row, 0..k) as f64).collect()
         }
     })
 }
@@ -266,29 +239,29 @@ impl Channels {
     }
 }
 
-fn batch_mean<T: Element>(x: &[T], dims: &[usize]) -> Vec<T> {
+fn batch_mean(x: &[f64], dims: &[usize]) -> Vec<f64> {
     let ch = Channels::of(dims);
-    let mut sum = vec![T::zero(); ch.c];
+    let mut sum = vec![0.0; ch.c];
     for (i, &v) in x.iter().enumerate() {
         sum[ch.channel(i)] = sum[ch.channel(i)] + v;
     }
-    let m = T::of(ch.per_channel() as f64);
+    let m = ch.per_channel() as f64;
     sum.into_iter().map(|s| s / m).collect()
 }
 
-fn batch_var<T: Element>(x: &[T], dims: &[usize]) -> Vec<T> {
+fn batch_var(x: &[f64], dims: &[usize]) -> Vec<f64> {
     let (ch, mean) = (Channels::of(dims), batch_mean(x, dims));
-    let mut sq = vec![T::zero(); ch.c];
+    let mut sq = vec![0.0; ch.c];
     for (i, &v) in x.iter().enumerate() {
         let c = ch.channel(i);
-        sq[c] = sq[c] + (v - mean[c]) * (v - mean[c]);
+        sq[c] += (v - mean[c]) * (v - mean[c]);
     }
-    let m = T::of(ch.per_channel() as f64);
+    let m = ch.per_channel() as f64;
     sq.into_iter().map(|s| s / m).collect()
 }
 
-fn inv_std<T: Element>(var: &[T], eps: f64) -> Vec<T> {
-    var.iter().map(|&v| T::one() / (v + T::of(eps)).sqrt()).collect()
+fn inv_std(var: &[f64], eps: f64) -> Vec<f64> {
+    var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect()
 }
 
 /// Calls `tap(x_index, w_index, y_index)` for every product of a convolution of an input of
@@ -366,7 +339,7 @@ fn pool_windows(x: &[usize], p: &PoolAttrs, mut window: impl FnMut(usize, Vec<us
 }
 
 /// The first index in `indices` holding the largest value of `v`.
-fn argmax_of<T: Element>(v: &[T], indices: impl IntoIterator<Item = usize>) -> usize {
+fn argmax_of(v: &[f64], indices: impl IntoIterator<Item = usize>) -> usize {
     let mut best: Option<usize> = None;
     for i in indices {
         if best.is_none_or(|b| v[i] > v[b]) {
@@ -390,15 +363,15 @@ fn drop_axes(mut flat: usize, dims: &[usize], axes: &[usize]) -> usize {
     out
 }
 
-fn softmax_row<T: Element>(z: &[T]) -> Vec<T> {
-    let max = z.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
-    let e: Vec<T> = z.iter().map(|&v| (v - max).exp()).collect();
-    let sum = e.iter().fold(T::zero(), |a, &b| a + b);
+fn softmax_row(z: &[f64]) -> Vec<f64> {
+    let max = z.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+    let e: Vec<f64> = z.iter().map(|&v| (v - max).exp()).collect();
+    let sum = e.iter().fold(0.0, |a, &b| a + b);
     e.into_iter().map(|v| v / sum).collect()
 }
 
-fn class_index<T: Element>(op: &Op, node: usize, row: usize, label: T, classes: usize) -> Result<usize> {
-    let v = label.to_f64().unwrap_or(f64::NAN);
+fn class_index(op: &Op, node: usize, row: usize, label: f64, classes: usize) -> Result<usize> {
+    let v = label;
     if v >= 0.0 && v.fract() == 0.0 && (v as usize) < classes {
         Ok(v as usize)
     } else {
