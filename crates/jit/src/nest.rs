@@ -9,6 +9,7 @@
 use crate::MulAdd;
 use crate::codegen::{elem_addr, entry, for_loop, iconst, load_arg};
 use crate::expr::{Env, Expr, Width};
+use crate::transpose::shuffle32;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 use std::collections::HashMap;
@@ -149,35 +150,23 @@ impl NestSpec {
                 let vectors: Vec<Value> = locals.iter().map(|l| l.1).collect();
                 match pass {
                     Pass::Reduce { expr, finish } => {
-                        let zero_s = b.ins().f32const(0.0);
-                        let zero_v = b.ins().splat(types::F32X4, zero_s);
-                        let acc = self.segments(b, group_base, partial, &[zero_v, zero_s], &mut |b, w, at, acc| {
+                        let sum = self.sum(b, group_base, partial, &mut |b, w, at| {
                             let mut load = |b: &mut FunctionBuilder, k: usize| self.load(b, w, operands, at, k);
                             let mut env = element_env(w, mul_add, &mut load, &invariants, &scalars, &vectors);
-                            let v = expr.emit(b, &mut env);
-                            let i = if w == Width::Vector { 0 } else { 1 };
-                            let mut acc = acc.to_vec();
-                            acc[i] = b.ins().fadd(acc[i], v);
-                            acc
+                            expr.emit(b, &mut env)
                         });
-                        let mut sum = acc[1];
-                        for lane in 0..4 {
-                            let l = b.ins().extractlane(acc[0], lane);
-                            sum = b.ins().fadd(sum, l);
-                        }
                         let local = group_scalar(b, finish, mul_add, &invariants.0, &scalars, Some(sum));
                         let splat = b.ins().splat(types::F32X4, local);
                         locals.push((local, splat));
                     }
                     Pass::Map { expr, output } => {
                         let out = outputs[*output];
-                        self.segments(b, group_base, partial, &[], &mut |b, w, at, _| {
+                        self.for_elements(b, group_base, partial, &mut |b, w, at| {
                             let mut load = |b: &mut FunctionBuilder, k: usize| self.load(b, w, operands, at, k);
                             let mut env = element_env(w, mul_add, &mut load, &invariants, &scalars, &vectors);
                             let v = expr.emit(b, &mut env);
                             let addr = elem_addr(b, out, at.flat);
                             b.ins().store(flags, v, addr, 0);
-                            vec![]
                         });
                     }
                     Pass::Store { expr, output } => {
@@ -230,6 +219,56 @@ impl NestSpec {
         (s_map, v_map)
     }
 
+    /// Sums `value` (an f32x4 or an f32 at each element) over the group's elements, returned
+    /// rounded to f32: each segment in chunks of [`CHUNK`] elements summed in an f32x4, whose
+    /// lanes are then added in f64, so a sum of 32,768 values is about as accurate as its f32
+    /// rounding (one f32 accumulator per lane lost up to 1e-5 of a batch-norm gradient:
+    /// `tests/numerics.rs`). The order is fixed, so results do not depend on threads.
+    fn sum(
+        &self,
+        b: &mut FunctionBuilder,
+        group_base: Value,
+        partial: bool,
+        value: &mut dyn FnMut(&mut FunctionBuilder, Width, At) -> Value,
+    ) -> Value {
+        let zero = b.ins().f64const(0.0);
+        let zeros = b.ins().splat(types::F64X2, zero);
+        let acc = self.for_segments(b, group_base, partial, &[zeros, zeros, zero], &mut |b, base, len, acc| {
+            let zero = iconst(b, 0);
+            let last = b.ins().iadd_imm_s(len, CHUNK as i64 - 1);
+            let (_, acc) = for_loop(b, zero, last, CHUNK as i64, acc, &mut |b, first, acc| {
+                let end = b.ins().iadd_imm_s(first, CHUNK as i64);
+                let end = b.ins().umin(end, len);
+                let zero = b.ins().f32const(0.0);
+                let zero = b.ins().splat(types::F32X4, zero);
+                let (tail, chunk) = for_loop(b, first, end, 4, &[zero], &mut |b, i, c| {
+                    let at = At { flat: b.ins().iadd(base, i), inner: i };
+                    let v = value(b, Width::Vector, at);
+                    vec![b.ins().fadd(c[0], v)]
+                });
+                let high = shuffle32(b, chunk[0], chunk[0], [2, 3, 6, 7]);
+                let (lo, hi) = (b.ins().fvpromote_low(chunk[0]), b.ins().fvpromote_low(high));
+                let (lo, hi) = (b.ins().fadd(acc[0], lo), b.ins().fadd(acc[1], hi));
+                // The scalar tail: only the segment's last chunk can have one (CHUNK is a multiple of 4).
+                let (_, scalar) = for_loop(b, tail, end, 1, &acc[2..], &mut |b, i, c| {
+                    let at = At { flat: b.ins().iadd(base, i), inner: i };
+                    let v = value(b, Width::Scalar, at);
+                    let v = b.ins().fpromote(types::F64, v);
+                    vec![b.ins().fadd(c[0], v)]
+                });
+                vec![lo, hi, scalar[0]]
+            });
+            acc
+        });
+        let pairs = b.ins().fadd(acc[0], acc[1]);
+        let mut sum = acc[2];
+        for lane in 0..2 {
+            let l = b.ins().extractlane(pairs, lane);
+            sum = b.ins().fadd(sum, l);
+        }
+        b.ins().fdemote(types::F32, sum)
+    }
+
     /// Loads operand `k` at element `at`, `width` lanes wide.
     fn load(&self, b: &mut FunctionBuilder, width: Width, operands: &[Value], at: At, k: usize) -> Value {
         let index = match self.operands[k] {
@@ -240,16 +279,15 @@ impl NestSpec {
         load_at(b, width.ty(), operands[k], index)
     }
 
-    /// Loops over the group's segments and their elements: a vector loop, then a scalar tail.
-    /// `body(b, width, at, carried)` returns the new carried values; carried[0] is updated by the
-    /// vector loop and carried[1] by the scalar loop (for reductions).
-    fn segments(
+    /// Loops over the group's segments: `body(b, base, len, carried)` gets each segment's first
+    /// flat index and length and returns the new carried values.
+    fn for_segments(
         &self,
         b: &mut FunctionBuilder,
         group_base: Value,
         partial: bool,
         carried: &[Value],
-        body: &mut ElementBody,
+        body: &mut SegmentBody,
     ) -> Vec<Value> {
         let n = &self.nest;
         let zero = iconst(b, 0);
@@ -265,18 +303,28 @@ impl NestSpec {
             } else {
                 iconst(b, n.inner as i64)
             };
-            let zero = iconst(b, 0);
-            let (tail_start, carried) = for_loop(b, zero, len, 4, carried, &mut |b, i, c| {
-                let at = At { flat: b.ins().iadd(base, i), inner: i };
-                body(b, Width::Vector, at, c)
-            });
-            let (_, carried) = for_loop(b, tail_start, len, 1, &carried, &mut |b, i, c| {
-                let at = At { flat: b.ins().iadd(base, i), inner: i };
-                body(b, Width::Scalar, at, c)
-            });
-            carried
+            body(b, base, len, carried)
         });
         out
+    }
+
+    /// Runs `body(b, width, at)` at every element of the group: per segment a vector loop, then
+    /// a scalar tail.
+    fn for_elements(&self, b: &mut FunctionBuilder, group_base: Value, partial: bool, body: &mut ElementBody) {
+        self.for_segments(b, group_base, partial, &[], &mut |b, base, len, _| {
+            let zero = iconst(b, 0);
+            let (tail_start, _) = for_loop(b, zero, len, 4, &[], &mut |b, i, _| {
+                let at = At { flat: b.ins().iadd(base, i), inner: i };
+                body(b, Width::Vector, at);
+                vec![]
+            });
+            for_loop(b, tail_start, len, 1, &[], &mut |b, i, _| {
+                let at = At { flat: b.ins().iadd(base, i), inner: i };
+                body(b, Width::Scalar, at);
+                vec![]
+            });
+            vec![]
+        });
     }
 }
 
@@ -318,8 +366,15 @@ fn element_env<'a>(
     }
 }
 
-/// The body run at each element: (builder, width, position, carried values) -> new carried values.
-type ElementBody<'a> = dyn FnMut(&mut FunctionBuilder, Width, At, &[Value]) -> Vec<Value> + 'a;
+/// The body run per segment: (builder, first flat index, length, carried values) -> new carried
+/// values.
+type SegmentBody<'a> = dyn FnMut(&mut FunctionBuilder, Value, Value, &[Value]) -> Vec<Value> + 'a;
+
+/// The body run at each element: (builder, width, position).
+type ElementBody<'a> = dyn FnMut(&mut FunctionBuilder, Width, At) + 'a;
+
+/// Elements a reduction sums in f32 before adding them in f64: 16 vectors, so 16 terms per lane.
+const CHUNK: usize = 64;
 
 /// Where an element is: its flat index and its position within the segment.
 #[derive(Clone, Copy)]

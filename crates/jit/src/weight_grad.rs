@@ -4,7 +4,7 @@ use crate::MulAdd;
 use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, load_arg, thread_share};
 use crate::conv::{mul, mul_add_emit};
 use crate::pack::PackSpec;
-use crate::transpose::TransposeSpec;
+use crate::transpose::{TransposeSpec, shuffle32};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
@@ -18,9 +18,10 @@ use cranelift_frontend::FunctionBuilder;
 /// image, the thread first packs x (zero-padded, [`PackSpec`]) and transposes dy to channels-last
 /// rows ([`TransposeSpec`](crate::TransposeSpec)) into its share of a per-thread scratch, so
 /// both stay in cache while every tile sweeps them (each thread prepares every image: the result
-/// does not depend on the thread count). Tiles keep their accumulators in a scratch buffer between
-/// images (`[offsets: 2 x i64][cb * kv f32x4]` per tile) and scatter them into `dw[k][c][r][s]` at
-/// the end.
+/// does not depend on the thread count). A tile sums one image in f32 registers, then adds the
+/// sums, widened, to its f64 totals in a scratch buffer (`[offsets: 2 x i64][cb * kv x 2 f64x2]`
+/// per tile), so a sum over a batch of images is as accurate as one image's; at the end it
+/// scatters the totals, rounded, into `dw[k][c][r][s]`.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct WeightGradSpec {
     /// Batch size.
@@ -57,8 +58,9 @@ impl WeightGradSpec {
         self.groups() * self.tile_floats()
     }
 
+    /// f32 slots per tile: the two offsets, then the f64 totals (two f64x2 per accumulator).
     fn tile_floats(&self) -> usize {
-        4 + 4 * self.cb * self.kv
+        4 + 8 * self.cb * self.kv
     }
 
     /// The transpose of one image of dy to channels-last rows.
@@ -125,9 +127,9 @@ impl WeightGradSpec {
             let dy_off = b.ins().ishl_imm_u(k0, 2);
             b.ins().store(flags, x_off, tile, 0);
             b.ins().store(flags, dy_off, tile, 8);
-            let zero_s = b.ins().f32const(0.0);
-            let zero = b.ins().splat(types::F32X4, zero_s);
-            for i in 0..cb * kv {
+            let zero = b.ins().f64const(0.0);
+            let zero = b.ins().splat(types::F64X2, zero);
+            for i in 0..2 * cb * kv {
                 b.ins().store(flags, zero, tile, 16 + 16 * i as i32);
             }
             vec![]
@@ -147,8 +149,9 @@ impl WeightGradSpec {
                 let dy_off = b.ins().load(types::I64, flags, tile, 8);
                 let x0 = b.ins().iadd(x_image, x_off);
                 let dy0 = b.ins().iadd(dy_image, dy_off);
-                let init: Vec<Value> =
-                    (0..cb * kv).map(|i| b.ins().load(types::F32X4, flags, tile, 16 + 16 * i as i32)).collect();
+                let zero = b.ins().f32const(0.0);
+                let zero = b.ins().splat(types::F32X4, zero);
+                let init = vec![zero; cb * kv];
                 let (h_lo, h_hi) = (iconst(b, 0), iconst(b, oh_n as i64));
                 let (_, acc) = for_loop(b, h_lo, h_hi, 1, &init, &mut |b, oh, acc| {
                     let x_row = b.ins().imul_imm_s(oh, (self.stride[0] * row_len * 4) as i64);
@@ -195,7 +198,14 @@ impl WeightGradSpec {
                     out[1..].to_vec()
                 });
                 for (i, &a) in acc.iter().enumerate() {
-                    b.ins().store(flags, a, tile, 16 + 16 * i as i32);
+                    let high = shuffle32(b, a, a, [2, 3, 6, 7]);
+                    for (half, v) in [a, high].into_iter().enumerate() {
+                        let offset = 16 + 32 * i as i32 + 16 * half as i32;
+                        let wide = b.ins().fvpromote_low(v);
+                        let total = b.ins().load(types::F64X2, flags, tile, offset);
+                        let total = b.ins().fadd(total, wide);
+                        b.ins().store(flags, total, tile, offset);
+                    }
                 }
                 vec![]
             });
@@ -217,7 +227,8 @@ impl WeightGradSpec {
             };
             for i in 0..cb {
                 for j in 0..kv {
-                    let v = b.ins().load(types::F32X4, flags, tile, 16 + 16 * (i * kv + j) as i32);
+                    let at = 16 + 32 * (i * kv + j) as i32;
+                    let halves = [0, 16].map(|h| b.ins().load(types::F64X2, flags, tile, at + h));
                     for l in 0..4 {
                         let k = 4 * j + l;
                         let offset = ((k * self.in_channels + i) * taps * 4) as i32;
@@ -225,7 +236,8 @@ impl WeightGradSpec {
                         if k >= self.out_channels {
                             continue;
                         }
-                        let lane = b.ins().extractlane(v, l as u8);
+                        let lane = b.ins().extractlane(halves[l / 2], (l % 2) as u8);
+                        let lane = b.ins().fdemote(types::F32, lane);
                         if !self.out_channels.is_multiple_of(4 * kv) {
                             let valid = b.ins().icmp_imm_u(IntCC::UnsignedLessThan, k0, (self.out_channels - k) as i64);
                             let (store, skip) = (b.create_block(), b.create_block());
