@@ -244,6 +244,48 @@ fn inference_blocks_run_one_kernel_per_convolution() {
     }
 }
 
+/// Pre-activation blocks in inference: `relu(bn(x + conv(...)))` where the sum is also the next
+/// block's shortcut. The sum is an extra output of its group, and a group with extra outputs takes
+/// no convolution (a convolution's kernel writes one value) nor per-channel operands (nor does a
+/// kernel with several outputs): the fused graph compiles and computes what the unfused one does.
+#[test]
+fn pre_activation_inference_compiles_and_matches_the_reference() {
+    use rand::{RngExt, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let tape = Tape::trace(DType::F32);
+    let mut feeds = Feeds::new();
+    let mut param = |name: &str, dims: &[usize], lo: f32, hi: f32| {
+        let n = dims.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
+        feeds.insert(name.into(), Tensor::f32(dims, values).unwrap());
+        tape.parameter_spec(name, DType::F32, dims).unwrap()
+    };
+    let mut bn = |name: &str| BatchNorm {
+        gamma: param(&format!("{name}.weight"), &[8], 0.5, 1.5),
+        beta: param(&format!("{name}.bias"), &[8], -0.5, 0.5),
+        running_mean: param(&format!("{name}.running_mean"), &[8], -0.2, 0.2),
+        running_var: param(&format!("{name}.running_var"), &[8], 0.5, 1.5),
+        momentum: 0.1,
+        eps: 1e-5,
+    };
+    let (bn1, bn2) = (bn("bn1"), bn("bn2"));
+    let x = param("x", &[2, 8, 6, 6], -1.0, 1.0);
+    let w1 = param("w1", &[8, 8, 3, 3], -0.3, 0.3);
+    let w2 = param("w2", &[8, 8, 3, 3], -0.3, 0.3);
+    let pre = x.batch_norm(&bn1, false).unwrap().relu();
+    let sum = (&pre.conv2d(&w1, 1, 1).unwrap() + &x).unwrap();
+    let pre = sum.batch_norm(&bn2, false).unwrap().relu();
+    let y = (&pre.conv2d(&w2, 1, 1).unwrap() + &sum).unwrap();
+    let program = Program { graph: tape.graph(), outputs: vec![y.id()] };
+    let after = Pipeline::training().run(program.clone()).unwrap().pop().unwrap().program;
+    let mut compiled = compile(&after.graph, &after.outputs, &CompileOptions::default()).unwrap();
+    let got = compiled.run_tensors(&feeds).unwrap().remove(0).to_f64_vec();
+    let want = outputs(&program, &feeds).remove(0);
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "jit {a} vs reference {b}");
+    }
+}
+
 #[test]
 fn dumps_show_what_merged() {
     let net = build(&[Block::Residual { stride: 1 }], 2, 2, 4, 3, DType::F64).unwrap();

@@ -13,7 +13,8 @@ use std::sync::Arc;
 /// towards its inputs and takes a producer when the producer is elementwise, has the root's type
 /// and role, is not a program output, and all its consumers are already in the group: then no
 /// value inside the group is needed outside it. With `conv_epilogues`, a group then takes one
-/// convolution (`conv2d` or `conv2d_grad_input`) on the same terms, as the group's main loop.
+/// convolution (`conv2d` or `conv2d_grad_input`) on the same terms, as the group's main loop,
+/// unless the group has extra outputs (a convolution kernel writes one value).
 /// Groups of one node are left alone. With `conv_stats`, a forward convolution whose output
 /// feeds `batch_mean` and `batch_var` becomes one fused node with three outputs (the
 /// convolution, then the statistics through `output` nodes), so the statistics are summed while
@@ -185,7 +186,6 @@ fn find_groups(graph: &Graph, outputs: &[NodeId], conv_epilogues: bool) -> Vec<V
         if taken[root] || !nodes[root].op.is_elementwise() {
             continue;
         }
-        let mut members = vec![root];
         let fits = |p: usize, members: &[usize]| {
             !members.contains(&p) && !taken[p] && nodes[p].ty == nodes[root].ty && nodes[p].role == nodes[root].role
         };
@@ -198,19 +198,40 @@ fn find_groups(graph: &Graph, outputs: &[NodeId], conv_epilogues: bool) -> Vec<V
         let extra = |p: usize, members: &[usize]| {
             fits(p, members) && consumers[p].iter().all(|&c| members.contains(&c) || c > root)
         };
-        let mut grew = true;
-        while grew {
-            grew = false;
-            for m in members.clone() {
-                for p in nodes[m].inputs.iter().map(|i| i.index()) {
-                    if nodes[p].op.is_elementwise() && (joins(p, &members) || extra(p, &members)) {
-                        members.push(p);
-                        grew = true;
+        let grow = |with_extras: bool| {
+            let mut members = vec![root];
+            let mut grew = true;
+            while grew {
+                grew = false;
+                for m in members.clone() {
+                    for p in nodes[m].inputs.iter().map(|i| i.index()) {
+                        if nodes[p].op.is_elementwise() && (joins(p, &members) || with_extras && extra(p, &members)) {
+                            members.push(p);
+                            grew = true;
+                        }
                     }
                 }
             }
+            members
+        };
+        let has_extras = |members: &[usize]| {
+            members.iter().any(|&m| m != root && (is_output[m] || consumers[m].iter().any(|c| !members.contains(c))))
+        };
+        // A kernel with several outputs reads only operands of its outputs' shape (no per-channel
+        // parameters): a group that would need both takes no extra outputs.
+        let mut members = grow(true);
+        let per_channel = members.iter().any(|&m| {
+            nodes[m]
+                .inputs
+                .iter()
+                .any(|i| !members.contains(&i.index()) && nodes[i.index()].ty.shape != nodes[root].ty.shape)
+        });
+        if per_channel && has_extras(&members) {
+            members = grow(false);
         }
-        if conv_epilogues {
+        // A convolution's kernel writes one value: it takes a group only when nothing but the
+        // root is needed outside the group.
+        if conv_epilogues && !has_extras(&members) {
             let conv = members
                 .iter()
                 .flat_map(|&m| nodes[m].inputs.iter().map(|i| i.index()))
