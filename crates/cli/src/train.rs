@@ -220,8 +220,9 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
         if saved.metadata.contains_key("run.warmup") || args.warmup != Warmup::Auto {
             expect("run.warmup", warms_up.to_string())?;
         }
-        if saved.config != config {
-            return Err(format!("--resume: {} holds {}, this run trains {}", path.display(), saved.config, config));
+        if saved.config.as_ref() != Some(&config) {
+            let holds = saved.config.as_ref().map_or("a model the zoo does not describe".into(), |c| c.to_string());
+            return Err(format!("--resume: {} holds {holds}, this run trains {config}", path.display()));
         }
         trainer.restore(&saved.tensors).map_err(|e| format!("--resume: {}: {e}", path.display()))?;
         warmed_up = saved.metadata.get("run.warmed_up").is_some_and(|v| v == "true");
@@ -516,7 +517,7 @@ pub fn eval(args: EvalArgs) -> Result<String, String> {
     let mut trainer = Trainer::from_checkpoint(&checkpoint, options).map_err(|e| format!("{path}: {e}"))?;
     let batches = in_order(&test, &mean, batch).map_err(|e| e.to_string())?;
     let eval = trainer.evaluate(&batches).map_err(|e| e.to_string())?;
-    let model = checkpoint.config.name();
+    let model = trainer.model().name();
     Ok(if args.json {
         let value = serde_json::json!({
             "checkpoint": path.to_string(), "model": model, "dataset": format!("{:?}", args.dataset),

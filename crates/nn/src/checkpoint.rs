@@ -1,6 +1,7 @@
 //! Checkpoints in safetensors, named as torchvision names a ResNet's tensors, so PyTorch loads
-//! them with `load_state_dict(safetensors.torch.load_file(path))`. The file's metadata records
-//! the model's configuration, so [`Checkpoint::build`] rebuilds the right net. Files are written
+//! them with `load_state_dict(safetensors.torch.load_file(path))`. For a zoo net the file's
+//! metadata records its configuration, so [`Checkpoint::build`] rebuilds the right net; any other
+//! model is rebuilt by its own code, and its tensors are restored by name. Files are written
 //! to a temporary name, synced and renamed: a crash leaves the old file or the new one, never half
 //! of one.
 
@@ -26,11 +27,12 @@ const FORMAT: &str = "skipgrad.format";
 /// This format.
 const FORMAT_V1: &str = "skipgrad-checkpoint-1";
 
-/// A model's configuration and named tensors (parameters and buffers), plus free-form metadata.
+/// A model's named tensors (parameters and buffers), its configuration when it is a zoo net, plus
+/// free-form metadata.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Checkpoint {
-    /// The net the tensors belong to.
-    pub config: Config,
+    /// The zoo net the tensors belong to; `None` for a model the zoo does not describe.
+    pub config: Option<Config>,
     /// Tensors by name.
     pub tensors: BTreeMap<String, Tensor>,
     /// More metadata (strings), stored beside the configuration: the training driver records the
@@ -43,21 +45,29 @@ impl Checkpoint {
     /// current one a training run holds).
     pub fn of_scope(config: &Config, scope: &Scope, mut value: impl FnMut(&Entry) -> Tensor) -> Checkpoint {
         let tensors = scope.entries().iter().map(|e| (e.name.clone(), value(e))).collect();
-        Checkpoint { config: config.clone(), tensors, metadata: BTreeMap::new() }
+        Checkpoint { config: Some(config.clone()), tensors, metadata: BTreeMap::new() }
     }
 
     /// Builds the checkpoint's net on `tape` with its tensors' values. Every tensor must match
     /// (except [`INPUT_MEAN`], the preprocessing, and tensors under [`TRAINING_STATE`], which are
-    /// not the net's): otherwise one error lists the missing, unexpected and mis-shaped ones.
+    /// not the net's): otherwise one error lists the missing, unexpected and mis-shaped ones. A
+    /// checkpoint without a zoo configuration cannot be built here: its model's own code builds
+    /// it (the training driver restores its tensors by name).
     pub fn build(&self, tape: &Tape) -> Result<(Scope, ResNet)> {
+        let config = self.config.as_ref().ok_or_else(|| Error::Config {
+            name: "checkpoint".into(),
+            message: "it holds no zoo model's configuration: build the model with its own code and restore \
+                      the tensors by name"
+                .into(),
+        })?;
         let mut values = self.tensors.clone();
         values.remove(INPUT_MEAN);
         values.retain(|name, _| !name.starts_with(TRAINING_STATE));
         let scope = Scope::with_values(tape, values);
-        let net = ResNet::new(&scope, &self.config)?;
+        let net = ResNet::new(&scope, config)?;
         let mismatch = scope.mismatch();
         if !mismatch.is_empty() {
-            return Err(Error::Mismatch { model: self.config.name(), mismatch });
+            return Err(Error::Mismatch { model: config.name(), mismatch });
         }
         Ok((scope, net))
     }
@@ -93,7 +103,8 @@ impl Checkpoint {
             .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
             .map_err(fail)?;
         let mut metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
-        metadata.extend(config_metadata(&self.config));
+        metadata.insert(FORMAT.into(), FORMAT_V1.into());
+        metadata.extend(self.config.iter().flat_map(config_metadata));
         safetensors::serialize(views, Some(metadata)).map_err(fail)
     }
 
@@ -148,7 +159,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&temporary, path)
 }
 
-/// The configuration as metadata strings.
+/// A zoo net's configuration as metadata strings (the format's name is written beside them for
+/// every checkpoint).
 fn config_metadata(config: &Config) -> Vec<(String, String)> {
     let shortcut = match config.shortcut {
         Shortcut::A => "A",
@@ -156,7 +168,6 @@ fn config_metadata(config: &Config) -> Vec<(String, String)> {
         Shortcut::C => "C",
     };
     [
-        (FORMAT, FORMAT_V1.to_string()),
         ("skipgrad.model", config.name()),
         ("skipgrad.in_channels", config.in_channels.to_string()),
         ("skipgrad.classes", config.classes.to_string()),
@@ -168,12 +179,16 @@ fn config_metadata(config: &Config) -> Vec<(String, String)> {
     .collect()
 }
 
-/// Reads (and removes) the configuration from `metadata`.
-fn config_from(metadata: &mut BTreeMap<String, String>) -> std::result::Result<Config, String> {
+/// Reads (and removes) the format and the configuration from `metadata`: `None` when the file
+/// holds no zoo net's configuration.
+fn config_from(metadata: &mut BTreeMap<String, String>) -> std::result::Result<Option<Config>, String> {
     match metadata.remove(FORMAT).as_deref() {
         Some(FORMAT_V1) => {}
         Some(other) => return Err(format!("format {other:?}; this version reads {FORMAT_V1:?}")),
         None => return Err(format!("no {FORMAT:?} in the metadata: not a skipgrad checkpoint")),
+    }
+    if !metadata.contains_key("skipgrad.model") {
+        return Ok(None);
     }
     let mut take = |key: &str| metadata.remove(key).ok_or_else(|| format!("the metadata has no {key:?}"));
     let model = take("skipgrad.model")?;
@@ -191,5 +206,5 @@ fn config_from(metadata: &mut BTreeMap<String, String>) -> std::result::Result<C
     if config.family == Family::Cifar && config.depth < 8 {
         return Err(format!("model {model:?} is not a net"));
     }
-    Ok(config)
+    Ok(Some(config))
 }

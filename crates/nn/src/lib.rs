@@ -5,7 +5,9 @@
 //! small structs with a `forward`; [`ResNet`] builds the paper's CIFAR and ImageNet nets, plain or
 //! residual, with shortcut options A, B and C, named as torchvision names them; [`summary`] lists
 //! each layer's output shape, parameters and multiply-adds; a [`Checkpoint`] saves a net's tensors
-//! and configuration as safetensors that PyTorch loads, and rebuilds the net from them.
+//! (and a zoo net's configuration) as safetensors that PyTorch loads, and rebuilds a zoo net from
+//! them. A [`Model`] is what the training driver trains: a zoo [`Config`], or any network a
+//! researcher writes.
 //!
 //! ```
 //! use skipgrad_autodiff::Tape;
@@ -24,6 +26,7 @@
 mod checkpoint;
 mod error;
 mod layers;
+mod model;
 mod resnet;
 mod scope;
 mod summary;
@@ -31,6 +34,7 @@ mod summary;
 pub use checkpoint::{Checkpoint, INPUT_MEAN, TRAINING_STATE, write_atomically};
 pub use error::Error;
 pub use layers::{BatchNorm2d, Conv2d, Linear, MaxPool2d, Mode, global_avg_pool};
+pub use model::Model;
 pub use resnet::{
     BasicBlock, Block, Bottleneck, Config, Family, MAX_DEPTH, ResNet, Shortcut, ShortcutPath, response_std,
 };

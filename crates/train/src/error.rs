@@ -24,6 +24,9 @@ pub enum Error {
     /// A batch that does not fit the compiled step.
     #[error("{0}")]
     Batch(String),
+    /// A state tensor that is missing from a checkpoint, or of another shape there.
+    #[error("{0}")]
+    State(String),
     /// The loss stopped being a number.
     #[error("iteration {iteration}: the loss is {loss}")]
     NonFinite {

@@ -4,9 +4,10 @@ use crate::exec::{Backend, Executor};
 use crate::{Error, Result};
 use skipgrad_autodiff::{Sgd, Tape, Var, grad};
 use skipgrad_fuse::{Pipeline, Program};
+use skipgrad_ir::Tensor;
 use skipgrad_ir::{DType, Graph, NodeId, Role};
 use skipgrad_jit::{CompileOptions, compile};
-use skipgrad_nn::{Checkpoint, Config, Mode, ResNet, Scope, TRAINING_STATE as OPTIMIZER};
+use skipgrad_nn::{Checkpoint, Mode, Model, Scope, TRAINING_STATE as OPTIMIZER};
 use std::collections::{BTreeMap, HashMap};
 
 /// How a model trains.
@@ -75,12 +76,12 @@ struct Step {
     updates: Vec<String>,
 }
 
-/// Trains one model: holds its state (parameters, batch-norm buffers, SGD velocities), the
-/// compiled training step (recompiled when the learning rate changes: the rate is a constant of
-/// the traced step) and the compiled evaluation graph.
+/// Trains one model, a zoo net or any other [`Model`]: holds its state (parameters, batch-norm
+/// buffers, SGD velocities), the compiled training step (recompiled when the learning rate
+/// changes: the rate is a constant of the traced step) and the compiled evaluation graph.
 pub struct Trainer {
-    /// The model.
-    pub config: Config,
+    /// The model, traced again for each graph.
+    model: Box<dyn Model>,
     options: TrainerOptions,
     /// The model's tensors (parameters and buffers) in creation order, then the velocities.
     names: Vec<String>,
@@ -93,11 +94,13 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A trainer for `config`, its weights drawn from `options.seed`.
-    pub fn new(config: &Config, options: TrainerOptions) -> Result<Trainer> {
+    /// A trainer for `model`, its weights drawn from `options.seed`.
+    pub fn new<M: Model + Clone + 'static>(model: &M, options: TrainerOptions) -> Result<Trainer> {
         let tape = Tape::trace(DType::F32);
         let scope = Scope::new(&tape, options.seed);
-        ResNet::new(&scope, config)?;
+        let [c, h, w] = options.input;
+        let images = tape.input_spec("images", DType::F32, &[options.batch, c, h, w])?;
+        model.forward(&scope, &images, Mode::Train)?;
         let mut names = vec![];
         let mut state = BTreeMap::new();
         let mut dims = HashMap::new();
@@ -113,19 +116,36 @@ impl Trainer {
             dims.insert(name.clone(), p.shape().dims().to_vec());
             names.push(name);
         }
-        Ok(Trainer { config: config.clone(), options, names, state, dims, step: None, eval: None })
+        Ok(Trainer { model: Box::new(model.clone()), options, names, state, dims, step: None, eval: None })
     }
 
-    /// A trainer resuming from `checkpoint`'s model tensors, with zero velocities.
+    /// A trainer resuming from a zoo net's `checkpoint` (its configuration and tensors), with zero
+    /// velocities.
     pub fn from_checkpoint(checkpoint: &Checkpoint, options: TrainerOptions) -> Result<Trainer> {
         checkpoint.build(&Tape::trace(DType::F32))?;
-        let mut trainer = Trainer::new(&checkpoint.config, options)?;
-        // The model's tensors (`build` checked them all); not the input mean or optimizer state.
+        let config = checkpoint.config.as_ref().expect("build needs a configuration");
+        Trainer::with_weights(config, &checkpoint.tensors, options)
+    }
+
+    /// A trainer for `model` whose tensors take their values from `tensors` by name (a
+    /// checkpoint's, of any model), with zero velocities. A tensor of the model that `tensors`
+    /// lacks, or holds in another shape, is an error naming it; other tensors are ignored.
+    pub fn with_weights<M: Model + Clone + 'static>(
+        model: &M,
+        tensors: &BTreeMap<String, Tensor>,
+        options: TrainerOptions,
+    ) -> Result<Trainer> {
+        let mut trainer = Trainer::new(model, options)?;
         for name in trainer.names.iter().filter(|n| !n.ends_with(".momentum")) {
-            let t = &checkpoint.tensors[name];
+            let t = tensor_for(tensors, name, &trainer.dims[name])?;
             trainer.state.insert(name.clone(), t.to_f64_vec().into_iter().map(|v| v as f32).collect());
         }
         Ok(trainer)
+    }
+
+    /// The model this trainer trains.
+    pub fn model(&self) -> &dyn Model {
+        self.model.as_ref()
     }
 
     /// Runs one training step on a batch (`images` `[batch, C, H, W]`, `labels` `[batch]`) at
@@ -191,12 +211,13 @@ impl Trainer {
                 compiled.set_input(name, &self.state[name])?;
             }
         }
-        let classes = self.config.classes;
+        let batch = self.options.batch;
         let (mut loss, mut right, mut images) = (0.0f64, 0usize, 0usize);
         for b in batches {
             compiled.set_input("images", &b.images)?;
             compiled.run()?;
             let logits = compiled.output(0);
+            let classes = logits.len() / batch;
             for (row, &label) in logits.chunks_exact(classes).zip(&b.labels).take(b.valid) {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
                 let sum: f64 = row.iter().map(|&z| (z as f64 - max).exp()).sum();
@@ -223,7 +244,7 @@ impl Trainer {
                 (n.clone(), skipgrad_ir::Tensor::f32(self.dims[n].clone(), values).expect("state matches its dims"))
             })
             .collect();
-        Checkpoint { config: self.config.clone(), tensors, metadata: BTreeMap::new() }
+        Checkpoint { config: self.model.config().cloned(), tensors, metadata: BTreeMap::new() }
     }
 
     /// Every state tensor: the model's under their names, the SGD velocities as
@@ -245,14 +266,7 @@ impl Trainer {
     pub fn restore(&mut self, tensors: &BTreeMap<String, skipgrad_ir::Tensor>) -> Result<()> {
         for n in &self.names {
             let key = if n.ends_with(".momentum") { format!("{OPTIMIZER}{n}") } else { n.clone() };
-            let t = tensors.get(&key).ok_or_else(|| Error::Batch(format!("the checkpoint has no {key}")))?;
-            if t.shape().dims() != self.dims[n].as_slice() {
-                return Err(Error::Batch(format!(
-                    "{key} is {:?} in the checkpoint, {:?} in the model",
-                    t.shape().dims(),
-                    self.dims[n]
-                )));
-            }
+            let t = tensor_for(tensors, &key, &self.dims[n])?;
             self.state.insert(n.clone(), t.to_f64_vec().into_iter().map(|v| v as f32).collect());
         }
         // The compiled graphs read the state when next built.
@@ -346,10 +360,9 @@ impl Trainer {
         let [c, h, w] = self.options.input;
         let tape = Tape::trace(DType::F32);
         let scope = Scope::new(&tape, 0);
-        let net = ResNet::new(&scope, &self.config)?;
         let images = tape.input_spec("images", DType::F32, &[self.options.batch, c, h, w])?;
         let labels = tape.input_spec("labels", DType::F32, &[self.options.batch])?;
-        let logits = net.forward(&images, Mode::Train)?;
+        let logits = self.model.forward(&scope, &images, Mode::Train)?;
         let loss = logits.cross_entropy(&labels)?;
         let accuracy = tape.no_grad(|| logits.accuracy(&labels))?;
         let params = scope.parameters();
@@ -372,9 +385,8 @@ impl Trainer {
     fn build_eval(&self) -> Result<Executor> {
         let [c, h, w] = self.options.input;
         let tape = Tape::trace(DType::F32);
-        let net = ResNet::new(&Scope::new(&tape, 0), &self.config)?;
         let images = tape.input_spec("images", DType::F32, &[self.options.batch, c, h, w])?;
-        let logits = net.forward(&images, Mode::Eval)?;
+        let logits = self.model.forward(&Scope::new(&tape, 0), &images, Mode::Eval)?;
         let mut program = Program { graph: tape.graph(), outputs: vec![logits.id()] };
         if self.options.fuse {
             program = Pipeline::training().run(program)?.pop().expect("the input stage at least").program;
@@ -415,6 +427,15 @@ impl std::fmt::Display for NonFiniteValue {
         }
         Ok(())
     }
+}
+
+/// Tensor `name` of `tensors`, which must have `dims`: otherwise an error naming it.
+fn tensor_for<'a>(tensors: &'a BTreeMap<String, Tensor>, name: &str, dims: &[usize]) -> Result<&'a Tensor> {
+    let t = tensors.get(name).ok_or_else(|| Error::State(format!("the checkpoint has no {name}")))?;
+    if t.shape().dims() != dims {
+        return Err(Error::State(format!("{name} is {:?} in the checkpoint, {dims:?} in the model", t.shape().dims())));
+    }
+    Ok(t)
 }
 
 /// The name of parameter `v`.
