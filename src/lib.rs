@@ -20,7 +20,8 @@
 //! The crates behind the facade, one job each: [`ir`] (the graph), [`reference`](mod@reference) (the oracle
 //! interpreter), [`autodiff`] (the tape, gradients, custom ops, gradcheck), [`fuse`] (graph passes:
 //! fusion, with every stage kept for dumps), [`jit`] (Cranelift kernels and the compiled executor),
-//! [`nn`] (layers and the paper's model zoo), [`data`] (datasets and the loader).
+//! [`nn`] (layers, the paper's model zoo and the `Model` trait), [`data`] (datasets and the
+//! loader), [`train`] (the training driver, for the zoo's nets and any other `Model`).
 
 pub use skipgrad_autodiff as autodiff;
 pub use skipgrad_data as data;
@@ -29,6 +30,7 @@ pub use skipgrad_ir as ir;
 pub use skipgrad_jit as jit;
 pub use skipgrad_nn as nn;
 pub use skipgrad_reference as reference;
+pub use skipgrad_train as train;
 
 pub use skipgrad_autodiff::{Error, Result};
 
