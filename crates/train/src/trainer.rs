@@ -4,8 +4,7 @@ use crate::exec::{Backend, Executor};
 use crate::{Error, Result};
 use skipgrad_autodiff::{Sgd, Tape, Var, grad};
 use skipgrad_fuse::{Pipeline, Program};
-use skipgrad_ir::Tensor;
-use skipgrad_ir::{DType, Graph, NodeId, Role};
+use skipgrad_ir::{DType, Graph, NodeId, Role, Tensor};
 use skipgrad_jit::{CompileOptions, compile};
 use skipgrad_nn::{Checkpoint, Mode, Model, Scope, TRAINING_STATE as OPTIMIZER};
 use std::collections::{BTreeMap, HashMap};
@@ -94,7 +93,8 @@ pub struct Trainer {
 }
 
 impl Trainer {
-    /// A trainer for `model`, its weights drawn from `options.seed`.
+    /// A trainer for `model` (it keeps a copy, traced again for each graph it compiles), its
+    /// weights drawn from `options.seed`.
     pub fn new<M: Model + Clone + 'static>(model: &M, options: TrainerOptions) -> Result<Trainer> {
         let tape = Tape::trace(DType::F32);
         let scope = Scope::new(&tape, options.seed);
@@ -241,7 +241,7 @@ impl Trainer {
             .filter(|n| !n.ends_with(".momentum"))
             .map(|n| {
                 let values = self.state[n].clone();
-                (n.clone(), skipgrad_ir::Tensor::f32(self.dims[n].clone(), values).expect("state matches its dims"))
+                (n.clone(), Tensor::f32(self.dims[n].clone(), values).expect("state matches its dims"))
             })
             .collect();
         Checkpoint { config: self.model.config().cloned(), tensors, metadata: BTreeMap::new() }
@@ -249,13 +249,13 @@ impl Trainer {
 
     /// Every state tensor: the model's under their names, the SGD velocities as
     /// `optimizer.<parameter>.momentum` (what a resumable checkpoint holds).
-    pub fn training_state(&mut self) -> BTreeMap<String, skipgrad_ir::Tensor> {
+    pub fn training_state(&mut self) -> BTreeMap<String, Tensor> {
         self.sync();
         self.names
             .iter()
             .map(|n| {
                 let key = if n.ends_with(".momentum") { format!("{OPTIMIZER}{n}") } else { n.clone() };
-                let t = skipgrad_ir::Tensor::f32(self.dims[n].clone(), self.state[n].clone());
+                let t = Tensor::f32(self.dims[n].clone(), self.state[n].clone());
                 (key, t.expect("state matches its dims"))
             })
             .collect()
@@ -263,7 +263,7 @@ impl Trainer {
 
     /// Restores every state tensor from `tensors` (as [`Trainer::training_state`] names them);
     /// a missing or mis-shaped one is an error naming it.
-    pub fn restore(&mut self, tensors: &BTreeMap<String, skipgrad_ir::Tensor>) -> Result<()> {
+    pub fn restore(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
         for n in &self.names {
             let key = if n.ends_with(".momentum") { format!("{OPTIMIZER}{n}") } else { n.clone() };
             let t = tensor_for(tensors, &key, &self.dims[n])?;
