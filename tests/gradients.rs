@@ -105,6 +105,8 @@ proptest! {
         check(|v| &v[0] * &v[1], &ab)?;
         check(|v| Ok(v[0].scale(c)), &ab[..1])?;
         check(|v| Ok(v[0].add_scalar(c)), &ab[..1])?;
+        // A run-time factor: the gradient reaches both the tensor and the scalar.
+        check(|v| v[0].mul_scalar(&v[1]), &[ab[0].clone(), Tensor::f64([], vec![c]).unwrap()])?;
     }
 
     #[test]

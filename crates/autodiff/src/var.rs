@@ -185,6 +185,10 @@ impl Var {
     pub fn scale(&self, c: f64) -> Var {
         self.map(Op::Scale { c })
     }
+    /// `self * s` for a scalar tensor `s` (shape `[]`): a factor fed at run time.
+    pub fn mul_scalar(&self, s: &Var) -> Result<Var> {
+        self.op(Op::MulScalar, &[s])
+    }
     /// `self + c`.
     pub fn add_scalar(&self, c: f64) -> Var {
         self.map(Op::AddScalar { c })

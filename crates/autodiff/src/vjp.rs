@@ -97,6 +97,7 @@ pub(crate) fn vjp(node: &Node, x: &[Var], y: &Var, g: &Var, want: &[bool]) -> Re
         Op::Sub => smallvec![Some(g.clone()), when(1, &|| Ok(g.neg()))?],
         Op::Mul => smallvec![when(0, &|| g.mul(&x[1]))?, when(1, &|| g.mul(&x[0]))?],
         Op::Scale { c } => smallvec![Some(g.scale(*c))],
+        Op::MulScalar => smallvec![when(0, &|| g.mul_scalar(&x[1]))?, when(1, &|| g.mul(&x[0])?.sum())?],
         Op::AddScalar { .. } => smallvec![Some(g.clone())],
         Op::StopGradient | Op::ArgMax => smallvec![None],
         Op::Equal => smallvec![None, None],

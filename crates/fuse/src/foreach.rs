@@ -72,8 +72,13 @@ fn is_projection(graph: &Graph, c: usize, of: usize) -> bool {
 /// output's shape (no per-channel operands): a flat map over each of its values.
 fn is_flat_elementwise(graph: &Graph, i: usize) -> bool {
     let node = &graph.nodes()[i];
-    let same_shape =
-        |g: &Graph, n: &skipgrad_ir::Node| n.inputs.iter().all(|x| g.nodes()[x.index()].ty.shape == n.ty.shape);
+    // Every input has the node's shape, or is a scalar (a factor fed at run time).
+    let same_shape = |g: &Graph, n: &skipgrad_ir::Node| {
+        n.inputs.iter().all(|x| {
+            let shape = &g.nodes()[x.index()].ty.shape;
+            *shape == n.ty.shape || (n.op == Op::MulScalar && shape.rank() == 0)
+        })
+    };
     match &node.op {
         Op::Fused(k) => {
             let body = k.body.nodes();

@@ -217,21 +217,23 @@ fn find_groups(graph: &Graph, outputs: &[NodeId], conv_epilogues: bool) -> Vec<V
         let has_extras = |members: &[usize]| {
             members.iter().any(|&m| m != root && (is_output[m] || consumers[m].iter().any(|c| !members.contains(c))))
         };
-        // A kernel with several outputs reads only operands of its outputs' shape (no per-channel
-        // parameters): a group that would need both takes no extra outputs.
+        // A kernel with several outputs reads only operands of its outputs' shape or scalars (no
+        // per-channel parameters): a group that would need both takes no extra outputs.
         let mut members = grow(true);
         let per_channel = members.iter().any(|&m| {
-            nodes[m]
-                .inputs
-                .iter()
-                .any(|i| !members.contains(&i.index()) && nodes[i.index()].ty.shape != nodes[root].ty.shape)
+            nodes[m].inputs.iter().any(|i| {
+                let shape = &nodes[i.index()].ty.shape;
+                !members.contains(&i.index()) && *shape != nodes[root].ty.shape && shape.rank() > 0
+            })
         });
         if per_channel && has_extras(&members) {
             members = grow(false);
         }
-        // A convolution's kernel writes one value: it takes a group only when nothing but the
-        // root is needed outside the group.
-        if conv_epilogues && !has_extras(&members) {
+        // A convolution's kernel writes one value and reads its epilogue's operands per element or
+        // per channel: it takes a group only when nothing but the root is needed outside the
+        // group, and the group reads no scalar factor.
+        let reads_scalar = members.iter().any(|&m| nodes[m].op == Op::MulScalar);
+        if conv_epilogues && !has_extras(&members) && !reads_scalar {
             let conv = members
                 .iter()
                 .flat_map(|&m| nodes[m].inputs.iter().map(|i| i.index()))

@@ -157,6 +157,11 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             arity(1)?;
             out(dims(0))
         }
+        Op::MulScalar => {
+            arity(2)?;
+            rank(1, 0, "factor")?;
+            out(dims(0))
+        }
         Op::ReluGrad | Op::Add | Op::Sub | Op::Mul | Op::Equal => {
             arity(2)?;
             same(0, 1, "left", "right")?;

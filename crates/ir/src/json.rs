@@ -239,6 +239,7 @@ fn op_from_json(n: &Value, at: &str) -> Result<Op> {
         "sub" => Op::Sub,
         "mul" => Op::Mul,
         "scale" => Op::Scale { c: float("c")? },
+        "mul_scalar" => Op::MulScalar,
         "add_scalar" => Op::AddScalar { c: float("c")? },
         "stop_gradient" => Op::StopGradient,
         "shortcut_a" => Op::ShortcutA(shortcut()?),

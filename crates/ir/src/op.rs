@@ -100,6 +100,9 @@ pub enum Op {
     Mul,
     /// `x * c`.
     Scale { c: f64 },
+    /// `x * s` for a scalar tensor `s` (`f32[]`): a factor fed at run time, like a learning rate
+    /// that a schedule changes without recompiling.
+    MulScalar,
     /// `x + c`.
     AddScalar { c: f64 },
     /// Identity whose gradient is zero (`detach`).
@@ -208,6 +211,7 @@ impl Op {
             Op::Sub => "sub",
             Op::Mul => "mul",
             Op::Scale { .. } => "scale",
+            Op::MulScalar => "mul_scalar",
             Op::AddScalar { .. } => "add_scalar",
             Op::StopGradient => "stop_gradient",
             Op::ShortcutA(_) => "shortcut_a",
@@ -242,6 +246,7 @@ impl Op {
                 | Op::Mul
                 | Op::Equal
                 | Op::Scale { .. }
+                | Op::MulScalar
                 | Op::AddScalar { .. }
                 | Op::StopGradient
                 | Op::BiasAdd
@@ -309,6 +314,7 @@ impl Op {
             | Op::Add
             | Op::Sub
             | Op::Mul
+            | Op::MulScalar
             | Op::StopGradient
             | Op::Softmax
             | Op::SoftmaxCrossEntropy

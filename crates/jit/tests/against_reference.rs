@@ -173,6 +173,8 @@ proptest! {
         check(&v[..1], |g, x| add(g, Op::Relu, x))?;
         check(&v[..1], |g, x| add(g, Op::Scale { c }, x))?;
         check(&v[..1], |g, x| add(g, Op::AddScalar { c }, x))?;
+        let factor = Tensor::f32([], vec![c as f32]).unwrap();
+        check(&[v[0].clone(), factor], |g, x| add(g, Op::MulScalar, x))?;
         check(&v[..1], |g, x| add(g, Op::StopGradient, x))?;
         let n = dims.iter().product::<usize>();
         check(&v[..1], |g, x| add(g, Op::Reshape { shape: Shape::new(&[n]) }, x))?;

@@ -86,6 +86,7 @@ pub(crate) fn compute(op: &Op, node: usize, x: &[&[f64]], s: &[&Shape], out: &Sh
         Op::Mul => zip(&|a, b| a * b),
         Op::Equal => zip(&|a, b| if a == b { 1.0 } else { 0.0 }),
         Op::Scale { c } => map(&|v| v * c),
+        Op::MulScalar => map(&|v| v * x[1][0]),
         Op::AddScalar { c } => map(&|v| v + c),
         Op::StopGradient | Op::Reshape { .. } | Op::Custom { .. } => x[0].to_vec(),
         Op::ShortcutA(a) => {

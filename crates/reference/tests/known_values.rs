@@ -104,6 +104,7 @@ fn matmul_transposes_reductions_and_broadcasts() {
     let b =
         run(Op::Broadcast { axes: skipgrad_ir::Axes::from_slice(&[0]), shape: [2, 2].into() }, &[t(&[2], &[7., 8.])]);
     assert_eq!(b, vec![7., 8., 7., 8.]);
+    assert_eq!(run(Op::MulScalar, &[a.clone(), t(&[], &[0.5])]), vec![0.5, 1., 1.5, 2., 2.5, 3.]);
     let argmax = run(Op::ArgMax, &[t(&[2, 3], &[0., 5., 5., 9., 1., 2.])]);
     assert_eq!(argmax, vec![1., 0.], "first maximum wins ties");
 }

@@ -109,6 +109,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId, winograd: WinogradTiles) -> Resul
         | Op::Mul
         | Op::Equal
         | Op::Scale { .. }
+        | Op::MulScalar
         | Op::AddScalar { .. }
         | Op::StopGradient
         | Op::BiasAdd
@@ -314,6 +315,7 @@ pub(crate) fn map_rule(op: &Op) -> Option<(Expr, Vec<Operand>)> {
         Op::Mul => (x(0).mul(x(1)), full(2)),
         Op::Equal => (Expr::select(Cond::Equal, x(0), x(1), Expr::c(1.0), zero()), full(2)),
         Op::Scale { c } => (x(0).mul(Expr::c(*c)), full(1)),
+        Op::MulScalar => (x(0).mul(x(1)), vec![f, Operand::Scalar]),
         Op::AddScalar { c } => (x(0).add(Expr::c(*c)), full(1)),
         Op::StopGradient => (x(0), full(1)),
         Op::BiasAdd => (x(0).add(x(1)), vec![f, c]),
@@ -548,12 +550,16 @@ fn elementwise_outputs(
         let order: Vec<usize> = indices.iter().map(|&i| outputs[i]).collect();
         let (exprs, operands) = fused_maps_within(k, None, &order, &|i| part_of[i] == part)?;
         let len = body[order[0]].ty.shape.numel();
-        if operands.iter().any(|o| o.1 != Operand::Full) || order.iter().any(|&o| body[o].ty.shape.numel() != len) {
-            return Err("several outputs: every operand and output of a part must have the part's shape".into());
+        let flat = operands.iter().all(|o| matches!(o.1, Operand::Full | Operand::Scalar));
+        if !flat || order.iter().any(|&o| body[o].ty.shape.numel() != len) {
+            return Err(
+                "several outputs: every operand and output of a part must have the part's shape (or be a scalar)"
+                    .into(),
+            );
         }
         let spec = NestSpec {
             nest: Nest::flat(len),
-            operands: vec![Operand::Full; operands.len()],
+            operands: operands.iter().map(|o| o.1).collect(),
             outputs: exprs.len(),
             passes: exprs.into_iter().enumerate().map(|(output, expr)| Pass::Map { expr, output }).collect(),
         };
@@ -678,10 +684,10 @@ fn with_epilogue(lowered: Lowered, label: String, expr: Expr, modes: Vec<Operand
     Lowered::Steps { scratch, steps }
 }
 
-/// An elementwise kernel over an output of shape `d`: flat when every operand is `Full`, else
-/// per channel.
+/// An elementwise kernel over an output of shape `d`: flat when every operand is `Full` or
+/// `Scalar`, else per channel.
 fn map_kernel(label: String, out: NodeId, d: &[usize], expr: Expr, modes: &[Operand], inputs: Vec<NodeId>) -> Lowered {
-    if modes.iter().all(|m| *m == Operand::Full) {
+    if modes.iter().all(|m| matches!(m, Operand::Full | Operand::Scalar)) {
         let spec = NestSpec {
             nest: Nest::flat(d.iter().product()),
             operands: modes.to_vec(),
