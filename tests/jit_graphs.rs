@@ -67,3 +67,42 @@ fn memory_planning_keeps_results_and_saves_memory() {
     assert_eq!(without.shared + without.scratch, without.unplanned);
     assert!(with.shared + with.scratch < without.unplanned / 2, "{with:?} vs {without:?}");
 }
+
+/// SGD at a learning rate fed at run time (`Sgd::update_at`, what the training driver records)
+/// computes what SGD at the same constant rate does, bit for bit, in one fused update kernel.
+#[test]
+fn sgd_at_a_run_time_rate_matches_the_constant_rate_bit_for_bit() {
+    use rand::{RngExt, SeedableRng};
+    let sgd = Sgd { lr: 0.1, momentum: 0.9, weight_decay: 1e-4 };
+    let run = |at_run_time: bool| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let tape = Tape::trace(DType::F32);
+        let mut feeds = Feeds::new();
+        let lr = tape.input_spec("lr", DType::F32, &[]).unwrap();
+        feeds.insert("lr".into(), Tensor::f32([], vec![sgd.lr as f32]).unwrap());
+        let mut outputs = vec![];
+        for (name, n) in [("a", 1000), ("b", 37)] {
+            let mut tensor = |suffix: &str| {
+                let values: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+                feeds.insert(format!("{name}.{suffix}"), Tensor::f32([n], values).unwrap());
+                tape.parameter_spec(&format!("{name}.{suffix}"), DType::F32, &[n]).unwrap()
+            };
+            let (p, g, v) = (tensor("p"), tensor("g"), tensor("v"));
+            let (p, v) = if at_run_time { sgd.update_at(&lr, &p, &g, &v) } else { sgd.update(&p, &g, &v) }.unwrap();
+            outputs.extend([p.id(), v.id()]);
+        }
+        let program = skipgrad::fuse::Program { graph: tape.graph(), outputs };
+        let fused = skipgrad::fuse::Pipeline::training().run(program).unwrap().pop().unwrap().program;
+        let mut compiled = compile(&fused.graph, &fused.outputs, &CompileOptions::default()).unwrap();
+        let values: Vec<Vec<f32>> = compiled
+            .run_tensors(&feeds)
+            .unwrap()
+            .iter()
+            .map(|t| t.to_f64_vec().iter().map(|&v| v as f32).collect())
+            .collect();
+        (values, compiled.steps())
+    };
+    let (constant, kernels) = run(false);
+    assert_eq!(run(true), (constant, kernels));
+    assert_eq!(kernels, 1, "every update in one kernel");
+}

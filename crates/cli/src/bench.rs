@@ -72,7 +72,7 @@ pub fn bench(args: BenchArgs) -> Result<String, String> {
         .map_err(|e| e.to_string())
     };
     match args.mode {
-        BenchMode::Train => trainer.prepare(lr).map_err(|e| e.to_string())?,
+        BenchMode::Train => trainer.prepare().map_err(|e| e.to_string())?,
         BenchMode::Infer => {
             // The first inference compiles the graph: time it apart.
             trainer.infer(&images).map_err(|e| e.to_string())?;

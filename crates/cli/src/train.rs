@@ -6,7 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use skipgrad_data::{Loader, LoaderConfig, Position, cifar10, fashion_mnist, in_order};
 use skipgrad_ir::Tensor;
 use skipgrad_nn::{Checkpoint, Config, Family, INPUT_MEAN};
-use skipgrad_train::{Backend, Schedule, Trainer, TrainerOptions};
+use skipgrad_train::{Backend, Decay, Schedule, Trainer, TrainerOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +40,31 @@ pub enum Warmup {
     On,
     /// Never.
     Off,
+}
+
+/// How the learning rate decays over a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScheduleName {
+    /// The paper's: divided by 10 at 50% and 75% of the run.
+    Step,
+    /// Cosine annealing from --lr to zero over the run.
+    Cosine,
+}
+
+impl ScheduleName {
+    fn decay(self) -> Decay {
+        match self {
+            ScheduleName::Step => Decay::Step,
+            ScheduleName::Cosine => Decay::Cosine,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ScheduleName::Step => "step",
+            ScheduleName::Cosine => "cosine",
+        }
+    }
 }
 
 /// Everything a training run is given.
@@ -102,6 +127,11 @@ pub struct TrainArgs {
     /// CIFAR nets of 110 layers or more), on, or off.
     #[arg(long, value_enum, default_value_t = Warmup::Auto)]
     warmup: Warmup,
+    /// How the learning rate decays: step (the paper's, divided by 10 at 50% and 75% of the run)
+    /// or cosine (to zero at the end). The rate is fed to the compiled step each iteration, so
+    /// neither recompiles it.
+    #[arg(long, value_enum, default_value_t = ScheduleName::Step)]
+    schedule: ScheduleName,
 }
 
 /// The checkpoint a run writes after every epoch: the model, the optimizer's velocities, the
@@ -188,7 +218,7 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
         Warmup::Off => false,
     };
     let warmup = warms_up.then_some((args.lr / 10.0, 0.8));
-    let schedule = Schedule { base: args.lr, warmup, ..Schedule::paper(iterations) };
+    let schedule = Schedule { base: args.lr, warmup, decay: args.schedule.decay(), ..Schedule::paper(iterations) };
     let mut options = TrainerOptions::paper(batch, train.shape, args.seed);
     if let Some(t) = args.threads {
         options.threads = t as usize;
@@ -220,6 +250,10 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
         if saved.metadata.contains_key("run.warmup") || args.warmup != Warmup::Auto {
             expect("run.warmup", warms_up.to_string())?;
         }
+        // Checkpoints from before --schedule used the step schedule.
+        if saved.metadata.contains_key("run.schedule") || args.schedule != ScheduleName::Step {
+            expect("run.schedule", args.schedule.name().to_string())?;
+        }
         if saved.config.as_ref() != Some(&config) {
             let holds = saved.config.as_ref().map_or("a model the zoo does not describe".into(), |c| c.to_string());
             return Err(format!("--resume: {} holds {holds}, this run trains {config}", path.display()));
@@ -236,7 +270,8 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
     let (mut metrics, mut train_errors) = Metrics::open(&out.join("metrics.jsonl"), first)?;
     let run_config = serde_json::json!({
         "model": config.name(), "dataset": format!("{:?}", args.dataset), "batch": batch, "iterations": iterations,
-        "iterations_per_epoch": per_epoch, "lr": args.lr, "milestones": schedule.milestones, "momentum": 0.9,
+        "iterations_per_epoch": per_epoch, "lr": args.lr, "schedule": args.schedule.name(),
+        "milestones": schedule.milestones, "momentum": 0.9,
         "weight_decay": 1e-4, "seed": args.seed, "threads": trainer_threads(&args),
         "warmup": warmup.map(|(lr, below)| serde_json::json!({"lr": lr, "until_train_error_below": below})),
         "augmentation": "pad 4, random crop, random horizontal flip", "input": train.shape,
@@ -263,6 +298,7 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
         c.metadata.insert("skipgrad.pixel_scale".into(), "1/255".into());
         c.metadata.insert("run.warmed_up".into(), warmed_up.to_string());
         c.metadata.insert("run.warmup".into(), warms_up.to_string());
+        c.metadata.insert("run.schedule".into(), args.schedule.name().to_string());
         for (key, value) in [
             ("run.iteration", done),
             ("run.seed", args.seed),
@@ -555,6 +591,7 @@ impl TrainArgs {
             // A diverging run (a deep plain net) says where it first went non-finite.
             debug_nan: true,
             warmup: recipe.warmup,
+            schedule: ScheduleName::Step,
         }
     }
 }

@@ -290,3 +290,36 @@ fn warmup_is_chosen_recorded_and_kept_on_resume() {
     assert!(!ok && err.contains("run.warmup"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// `--schedule cosine` anneals the rate from --lr to zero (the metrics show each iteration's),
+/// records it in config.json, and a resume must keep it.
+#[test]
+fn a_cosine_schedule_is_followed_recorded_and_kept_on_resume() {
+    let root = std::env::temp_dir().join(format!("skipgrad-cosine-{}", std::process::id()));
+    let (data, out) = (tiny_cifar(&root), root.join("run"));
+    let run = |extra: &[&str]| {
+        let mut args = ["train", "--model", "resnet8", "--dataset", "cifar10", "--iterations", "8", "--batch", "4"]
+            .map(String::from)
+            .to_vec();
+        args.extend(["--data".into(), data.display().to_string(), "--out".into(), out.display().to_string()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        skipgrad(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (ok, _, err) = run(&["--schedule", "cosine", "--threads", "1"]);
+    assert!(ok, "{err}");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let rates: Vec<f64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|m| m["lr"].as_f64())
+        .collect();
+    let want: Vec<f64> = (0..8).map(|i| 0.05 * (1.0 + (std::f64::consts::PI * i as f64 / 8.0).cos())).collect();
+    assert_eq!(rates.len(), 8, "{metrics}");
+    assert!(rates.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12), "{rates:?} vs {want:?}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["schedule"], "cosine");
+    let (ok, _, err) = run(&["--schedule", "step", "--resume"]);
+    assert!(!ok && err.contains("run.schedule"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}

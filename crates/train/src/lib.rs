@@ -10,8 +10,8 @@ mod trainer;
 
 pub use error::Error;
 pub use exec::Backend;
-pub use schedule::Schedule;
-pub use trainer::{Evaluation, NonFiniteValue, StepStats, Trainer, TrainerOptions};
+pub use schedule::{Decay, Schedule};
+pub use trainer::{Evaluation, LEARNING_RATE, NonFiniteValue, StepStats, Trainer, TrainerOptions};
 
 /// Result type of the training driver.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -67,17 +67,16 @@ pub struct Evaluation {
     pub images: usize,
 }
 
-/// A compiled training step for one learning rate.
+/// The compiled training step; the learning rate is its input [`LEARNING_RATE`].
 struct Step {
-    lr: f64,
     compiled: Executor,
     /// Each output after the loss and accuracy: the name of the tensor it updates.
     updates: Vec<String>,
 }
 
 /// Trains one model, a zoo net or any other [`Model`]: holds its state (parameters, batch-norm
-/// buffers, SGD velocities), the compiled training step (recompiled when the learning rate
-/// changes: the rate is a constant of the traced step) and the compiled evaluation graph.
+/// buffers, SGD velocities), the compiled training step (compiled once: the learning rate is fed
+/// every step) and the compiled evaluation graph.
 pub struct Trainer {
     /// The model, traced again for each graph.
     model: Box<dyn Model>,
@@ -89,8 +88,13 @@ pub struct Trainer {
     /// Dims of every state tensor.
     dims: HashMap<String, Vec<usize>>,
     step: Option<Step>,
+    /// Times the step was compiled.
+    compilations: usize,
     eval: Option<Executor>,
 }
+
+/// The name of the training step's learning-rate input (a scalar `f32[]`, fed every step).
+pub const LEARNING_RATE: &str = "lr";
 
 impl Trainer {
     /// A trainer for `model` (it keeps a copy, traced again for each graph it compiles), its
@@ -116,7 +120,16 @@ impl Trainer {
             dims.insert(name.clone(), p.shape().dims().to_vec());
             names.push(name);
         }
-        Ok(Trainer { model: Box::new(model.clone()), options, names, state, dims, step: None, eval: None })
+        Ok(Trainer {
+            model: Box::new(model.clone()),
+            options,
+            names,
+            state,
+            dims,
+            step: None,
+            compilations: 0,
+            eval: None,
+        })
     }
 
     /// A trainer resuming from a zoo net's `checkpoint` (its configuration and tensors), with zero
@@ -151,8 +164,9 @@ impl Trainer {
     /// Runs one training step on a batch (`images` `[batch, C, H, W]`, `labels` `[batch]`) at
     /// learning rate `lr`.
     pub fn step(&mut self, images: &[f32], labels: &[f32], lr: f64, iteration: u64) -> Result<StepStats> {
-        self.prepare(lr)?;
+        self.prepare()?;
         let step = self.step.as_mut().expect("built above");
+        step.compiled.set_input(LEARNING_RATE, &[lr as f32])?;
         step.compiled.set_input("images", images)?;
         step.compiled.set_input("labels", labels)?;
         step.compiled.run()?;
@@ -169,14 +183,22 @@ impl Trainer {
         Ok(StepStats { loss, error: 1.0 - accuracy })
     }
 
-    /// Compiles the training step at `lr` now (the first [`Trainer::step`] would), so that a
-    /// benchmark can time compilation apart from running.
-    pub fn prepare(&mut self, lr: f64) -> Result<()> {
-        if self.step.as_ref().is_none_or(|s| s.lr != lr) {
+    /// Compiles the training step now (the first [`Trainer::step`] would), so that a benchmark
+    /// can time compilation apart from running. The step is compiled once: the learning rate is
+    /// one of its inputs, so a schedule never recompiles it.
+    pub fn prepare(&mut self) -> Result<()> {
+        if self.step.is_none() {
             self.sync();
-            self.step = Some(self.build_step(lr)?);
+            self.step = Some(self.build_step()?);
+            self.compilations += 1;
         }
         Ok(())
+    }
+
+    /// How many times the training step has been compiled (once per trainer, and again after a
+    /// [`Trainer::restore`]).
+    pub fn step_compilations(&self) -> usize {
+        self.compilations
     }
 
     /// Compiles the evaluation graph now, and runs it once on `images` (one batch), returning the
@@ -295,9 +317,9 @@ impl Trainer {
         }
     }
 
-    /// Traces, fuses and compiles the training step at `lr`, and feeds it the state.
-    fn build_step(&self, lr: f64) -> Result<Step> {
-        let (mut program, updates) = self.trace_step(lr)?;
+    /// Traces, fuses and compiles the training step, and feeds it the state.
+    fn build_step(&self) -> Result<Step> {
+        let (mut program, updates) = self.trace_step()?;
         if self.options.fuse {
             program = Pipeline::training().run(program)?.pop().expect("the input stage at least").program;
         }
@@ -305,7 +327,7 @@ impl Trainer {
         for name in &self.names {
             compiled.set_input(name, &self.state[name])?;
         }
-        Ok(Step { lr, compiled, updates })
+        Ok(Step { compiled, updates })
     }
 
     /// Finds where a step first produces a non-finite value: runs the step on `images` and
@@ -315,9 +337,10 @@ impl Trainer {
     /// [`Error::NonFinite`], the state is still the one before that step, so this replays it.
     pub fn first_non_finite(&mut self, images: &[f32], labels: &[f32], lr: f64) -> Result<Option<NonFiniteValue>> {
         self.sync();
-        let (program, _) = self.trace_step(lr)?;
+        let (program, _) = self.trace_step()?;
         let options = CompileOptions { threads: self.options.threads, plan_memory: false, ..CompileOptions::default() };
         let mut compiled = compile(&program.graph, &program.outputs, &options)?;
+        compiled.set_input(LEARNING_RATE, &[lr as f32])?;
         compiled.set_input("images", images)?;
         compiled.set_input("labels", labels)?;
         for name in &self.names {
@@ -354,9 +377,10 @@ impl Trainer {
         Ok(None)
     }
 
-    /// Traces the training step at `lr` (forward, loss, backward, SGD updates): the unfused
-    /// program (outputs: loss, accuracy, then each update) and the tensor each update replaces.
-    fn trace_step(&self, lr: f64) -> Result<(Program, Vec<String>)> {
+    /// Traces the training step (forward, loss, backward, SGD updates at the rate fed as
+    /// [`LEARNING_RATE`]): the unfused program (outputs: loss, accuracy, then each update) and the
+    /// tensor each update replaces.
+    fn trace_step(&self) -> Result<(Program, Vec<String>)> {
         let [c, h, w] = self.options.input;
         let tape = Tape::trace(DType::F32);
         let scope = Scope::new(&tape, 0);
@@ -367,12 +391,14 @@ impl Trainer {
         let accuracy = tape.no_grad(|| logits.accuracy(&labels))?;
         let params = scope.parameters();
         let grads = grad(&loss, &params.iter().collect::<Vec<&Var>>())?;
-        let sgd = Sgd { lr, momentum: self.options.momentum, weight_decay: self.options.weight_decay };
+        let lr = tape.input_spec(LEARNING_RATE, DType::F32, &[])?;
+        // The rate comes from the input; a NaN constant would show in the loss if anything used it.
+        let sgd = Sgd { lr: f64::NAN, momentum: self.options.momentum, weight_decay: self.options.weight_decay };
         let graph = tape.graph();
         for (p, g) in params.iter().zip(&grads) {
             let name = format!("{}.momentum", name_of(&graph, p));
             let v = tape.parameter_spec(&name, DType::F32, p.shape().dims())?;
-            sgd.update(p, g, &v)?;
+            sgd.update_at(&lr, p, g, &v)?;
         }
         let updates = tape.updates();
         let graph = tape.graph();

@@ -1,6 +1,7 @@
 //! Long-run health, alone in its test binary so that resident memory is this test's own: a
 //! compiled training step replayed 10,000 times keeps resident memory flat and its loss finite,
-//! and compiling the step anew over and over returns each dropped graph's code and buffers.
+//! and compiling the step anew over and over (after each restore) returns each dropped graph's
+//! code and buffers.
 
 use skipgrad_nn::Config;
 use skipgrad_train::{Trainer, TrainerOptions};
@@ -39,15 +40,21 @@ fn ten_thousand_steps_and_sixty_compiles_keep_memory_flat() {
     let grown = resident() as f64 - warm as f64;
     assert!(grown < 1e6, "9,500 more steps grew resident memory by {grown} bytes");
 
-    // Each new learning rate compiles the step anew and drops the old compiled graph: its code
-    // pages and buffers must go back.
-    for k in 0..10 {
-        t.prepare(0.02 + k as f64 * 1e-3).unwrap();
+    // Each restore compiles the step anew and drops the old compiled graph: its code pages and
+    // buffers must go back.
+    let state = t.training_state();
+    let recompile = |t: &mut Trainer| {
+        t.restore(&state).unwrap();
+        t.prepare().unwrap();
+    };
+    for _ in 0..10 {
+        recompile(&mut t);
     }
     let (warm, maps) = (resident(), mappings());
-    for k in 0..60 {
-        t.prepare(0.05 + k as f64 * 1e-3).unwrap();
+    for _ in 0..60 {
+        recompile(&mut t);
     }
+    assert_eq!(t.step_compilations(), 71);
     let grown = resident() as f64 - warm as f64;
     assert!(grown < 4e6, "60 more compiled-and-dropped steps grew resident memory by {grown} bytes");
     assert!(mappings() <= maps + 8, "60 compiles left {} more memory mappings", mappings() - maps);

@@ -4,7 +4,7 @@
 
 use skipgrad_data::{Loader, LoaderConfig, Position, fashion_mnist, in_order};
 use skipgrad_nn::Config;
-use skipgrad_train::{Schedule, Trainer, TrainerOptions};
+use skipgrad_train::{Decay, Schedule, Trainer, TrainerOptions};
 use std::sync::Arc;
 
 #[test]
@@ -15,6 +15,16 @@ fn the_schedule_divides_by_ten_at_half_and_three_quarters() {
     let warm = Schedule { warmup: Some((0.01, 0.8)), ..Schedule::paper(100) };
     assert_eq!((warm.lr(0, false), warm.lr(0, true)), (0.01, 0.1));
     assert!(!warm.warms_up(0.85) && warm.warms_up(0.79));
+}
+
+#[test]
+fn cosine_decay_and_a_linear_ramp() {
+    let cosine = Schedule { decay: Decay::Cosine, ..Schedule::paper(100) };
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+    assert!(close(cosine.lr(0, true), 0.1) && close(cosine.lr(50, true), 0.05) && close(cosine.lr(100, true), 0.0));
+    assert!(close(cosine.lr(25, true), 0.05 * (1.0 + std::f64::consts::FRAC_1_SQRT_2)));
+    let ramped = Schedule { ramp: 10, ..Schedule::paper(100) };
+    assert!(close(ramped.lr(0, true), 0.01) && close(ramped.lr(4, true), 0.05) && close(ramped.lr(10, true), 0.1));
 }
 
 #[test]
@@ -116,4 +126,27 @@ fn a_non_finite_step_names_its_first_non_finite_node() {
     // A healthy step has none.
     let mut healthy = trainer();
     assert_eq!(healthy.first_non_finite(&images, &labels, 0.1).unwrap(), None);
+}
+
+/// The learning rate is an input of the compiled step: 100 steps through a changing (cosine)
+/// schedule compile it once, and a step at rate 0 leaves every parameter as it was.
+#[test]
+fn a_changing_schedule_compiles_the_step_once() {
+    let config = Config { in_channels: 1, ..Config::named("resnet8").unwrap() };
+    let images: Vec<f32> = (0..4 * 8 * 8).map(|i| ((i * 7919 % 1000) as f32) / 500.0 - 1.0).collect();
+    let labels = [1.0, 3.0, 3.0, 7.0];
+    let mut trainer = Trainer::new(&config, TrainerOptions::paper(4, [1, 8, 8], 2)).unwrap();
+    for i in 0..100u64 {
+        let lr = 0.05 * (1.0 + (std::f64::consts::PI * i as f64 / 100.0).cos());
+        assert!(trainer.step(&images, &labels, lr, i).unwrap().loss.is_finite());
+    }
+    assert_eq!(trainer.step_compilations(), 1);
+    let before = trainer.checkpoint().tensors;
+    trainer.step(&images, &labels, 0.0, 100).unwrap();
+    let after = trainer.checkpoint().tensors;
+    let parameter = |name: &String| !name.contains("running") && !name.contains("num_batches");
+    let changed: Vec<&String> = before.keys().filter(|n| parameter(n) && before[*n] != after[*n]).collect();
+    assert!(changed.is_empty(), "a step at rate 0 changed {changed:?}");
+    assert_ne!(before["bn1.running_mean"], after["bn1.running_mean"], "the step ran");
+    assert_eq!(trainer.step_compilations(), 1);
 }
