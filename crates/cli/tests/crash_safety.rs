@@ -1,5 +1,5 @@
-//! Crash safety of `skipgrad train`: a run killed with SIGKILL at random moments (some of them
-//! while a checkpoint is being written) and resumed each time ends with the weights of an
+//! Crash safety of `skipgrad train`: a run killed with SIGKILL after random numbers of iterations
+//! and while a checkpoint is being written, and resumed each time, ends with the weights of an
 //! uninterrupted run, and a full disk stops a run with a clear message, leaving the last
 //! checkpoint intact.
 
@@ -43,38 +43,41 @@ fn killed_runs_resume_to_the_weights_of_an_uninterrupted_run() {
     let whole = start.elapsed();
 
     let killed = root.join("killed");
+    let iterations_done =
+        || std::fs::read_to_string(killed.join("metrics.jsonl")).map_or(0, |m| m.matches("\"iteration\"").count());
     let mut rng = rand::rngs::StdRng::seed_from_u64(std::process::id() as u64);
     let (mut kills, mut during_writes, mut resumed) = (0, 0, 0);
     for round in 0..16 {
         resumed += usize::from(killed.join("checkpoint.safetensors").exists());
+        let done_before = iterations_done();
         let mut child = train(&data, &killed).spawn().unwrap();
         let started = Instant::now();
         // Odd rounds kill as soon as a checkpoint's temporary file is seen (how many land inside
         // a write depends on timing; the full-disk test below checks deterministically that a
-        // failed write leaves the last checkpoint intact); even rounds kill at a random moment.
-        let deadline = whole.mul_f64(rng.random_range(0.05..0.5));
+        // failed write leaves the last checkpoint intact); even rounds kill after a random number
+        // of iterations (0 to 2 epochs of 12; counted in the metrics, so a busy machine does not
+        // skew where the kills fall). Both give up waiting after twice an uninterrupted run.
+        let after = rng.random_range(0..24);
         loop {
             if child.try_wait().unwrap().is_some() {
                 break;
             }
             let write_seen = round % 2 == 1 && exists_like(&killed, ".checkpoint.safetensors.tmp");
-            if write_seen || started.elapsed() >= deadline {
+            let progressed = round % 2 == 0 && iterations_done() >= done_before + after;
+            if write_seen || progressed || started.elapsed() >= whole * 2 {
                 child.kill().unwrap();
                 kills += 1;
                 during_writes += usize::from(write_seen);
                 break;
             }
-            if round % 2 == 0 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            std::thread::sleep(Duration::from_millis(1));
         }
         let status = child.wait().unwrap();
         if status.success() {
             if kills >= 3 && resumed >= 2 {
                 break;
             }
-            // The run finished before the test interrupted it enough: the deadlines are fractions
-            // of one timed run, which a busy machine skews. Start over.
+            // The run finished before the test interrupted it enough. Start over.
             std::fs::remove_dir_all(&killed).unwrap();
             (kills, during_writes, resumed) = (0, 0, 0);
         }
