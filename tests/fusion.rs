@@ -200,48 +200,72 @@ fn a_basic_block_step_meets_the_kernel_count_targets() {
     }
 }
 
+/// Parameters recorded on a tracing tape, their values drawn uniformly from one seed into feeds.
+struct Params {
+    tape: Tape,
+    rng: rand::rngs::StdRng,
+    feeds: Feeds,
+}
+
+impl Params {
+    fn new(seed: u64) -> Params {
+        use rand::SeedableRng;
+        Params { tape: Tape::trace(DType::F32), rng: rand::rngs::StdRng::seed_from_u64(seed), feeds: Feeds::new() }
+    }
+
+    /// Parameter `name` of `dims`, uniform in `[lo, hi)`.
+    fn param(&mut self, name: &str, dims: &[usize], lo: f32, hi: f32) -> Var {
+        use rand::RngExt;
+        let n = dims.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| self.rng.random_range(lo..hi)).collect();
+        self.feeds.insert(name.into(), Tensor::f32(dims, values).unwrap());
+        self.tape.parameter_spec(name, DType::F32, dims).unwrap()
+    }
+
+    /// An inference batch norm over 8 channels, its tensors named `<name>.weight` and so on.
+    fn batch_norm(&mut self, name: &str) -> BatchNorm {
+        BatchNorm {
+            gamma: self.param(&format!("{name}.weight"), &[8], 0.5, 1.5),
+            beta: self.param(&format!("{name}.bias"), &[8], -0.5, 0.5),
+            running_mean: self.param(&format!("{name}.running_mean"), &[8], -0.2, 0.2),
+            running_var: self.param(&format!("{name}.running_var"), &[8], 0.5, 1.5),
+            momentum: 0.1,
+            eps: 1e-5,
+        }
+    }
+}
+
+/// Every value of `got` (the JIT's) within 1e-4 of `want` (the reference interpreter's).
+fn assert_close(got: &[f64], want: &[f64]) {
+    for (a, b) in got.iter().zip(want) {
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "jit {a} vs reference {b}");
+    }
+}
+
 /// Inference: convolution, batch norm with running statistics, the residual add and the ReLU run
 /// in the convolution's kernel (which packs its input itself), so a basic block is 2 kernels, and
 /// its output matches the unfused graph on the reference interpreter.
 #[test]
 fn inference_blocks_run_one_kernel_per_convolution() {
-    use rand::{RngExt, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let tape = Tape::trace(DType::F32);
-    let mut feeds = Feeds::new();
-    let mut param = |name: &str, dims: &[usize], lo: f32, hi: f32| {
-        let n = dims.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
-        feeds.insert(name.into(), Tensor::f32(dims, values).unwrap());
-        tape.parameter_spec(name, DType::F32, dims).unwrap()
-    };
-    let x = param("x", &[2, 8, 6, 6], -1.0, 1.0);
+    let mut p = Params::new(11);
+    let x = p.param("x", &[2, 8, 6, 6], -1.0, 1.0);
     let mut conv_bn = |name: &str, h: &Var| {
-        let w = param(&format!("{name}.weight"), &[8, 8, 3, 3], -0.3, 0.3);
-        let bn = BatchNorm {
-            gamma: param(&format!("{name}.bn.weight"), &[8], 0.5, 1.5),
-            beta: param(&format!("{name}.bn.bias"), &[8], -0.5, 0.5),
-            running_mean: param(&format!("{name}.bn.running_mean"), &[8], -0.2, 0.2),
-            running_var: param(&format!("{name}.bn.running_var"), &[8], 0.5, 1.5),
-            momentum: 0.1,
-            eps: 1e-5,
-        };
+        let w = p.param(&format!("{name}.weight"), &[8, 8, 3, 3], -0.3, 0.3);
+        let bn = p.batch_norm(&format!("{name}.bn"));
         h.conv2d(&w, 1, 1).unwrap().batch_norm(&bn, false).unwrap()
     };
     let h = conv_bn("conv1", &x).relu();
     let y = (&conv_bn("conv2", &h) + &x).unwrap().relu();
-    let stages = Pipeline::training().run(Program { graph: tape.graph(), outputs: vec![y.id()] }).unwrap();
+    let program = Program { graph: p.tape.graph(), outputs: vec![y.id()] };
+    let stages = Pipeline::training().run(program.clone()).unwrap();
     assert_eq!(counts(&stages), "elementwise: 0, conv_epilogue: 2, conv_stats: 0, bn_backward: 0, foreach: 0");
     let after = &stages[1].program;
     let mut compiled = compile(&after.graph, &after.outputs, &CompileOptions::default()).unwrap();
     let kernels: Vec<String> = compiled.schedule().map(|(_, k)| k.name.clone()).collect();
     assert_eq!(kernels.len(), 2, "{kernels:?}");
     assert_eq!(kernels.iter().filter(|k| k.ends_with("fused_conv_epilogue")).count(), 2, "{kernels:?}");
-    let got = compiled.run_tensors(&feeds).unwrap().remove(0).to_f64_vec();
-    let want = evaluate(&tape.graph(), &feeds, &[y.id()]).unwrap().remove(0).to_f64_vec();
-    for (a, b) in got.iter().zip(&want) {
-        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "jit {a} vs reference {b}");
-    }
+    let got = compiled.run_tensors(&p.feeds).unwrap().remove(0).to_f64_vec();
+    assert_close(&got, &outputs(&program, &p.feeds)[0]);
 }
 
 /// Pre-activation blocks in inference: `relu(bn(x + conv(...)))` where the sum is also the next
@@ -250,40 +274,20 @@ fn inference_blocks_run_one_kernel_per_convolution() {
 /// kernel with several outputs): the fused graph compiles and computes what the unfused one does.
 #[test]
 fn pre_activation_inference_compiles_and_matches_the_reference() {
-    use rand::{RngExt, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
-    let tape = Tape::trace(DType::F32);
-    let mut feeds = Feeds::new();
-    let mut param = |name: &str, dims: &[usize], lo: f32, hi: f32| {
-        let n = dims.iter().product();
-        let values: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
-        feeds.insert(name.into(), Tensor::f32(dims, values).unwrap());
-        tape.parameter_spec(name, DType::F32, dims).unwrap()
-    };
-    let mut bn = |name: &str| BatchNorm {
-        gamma: param(&format!("{name}.weight"), &[8], 0.5, 1.5),
-        beta: param(&format!("{name}.bias"), &[8], -0.5, 0.5),
-        running_mean: param(&format!("{name}.running_mean"), &[8], -0.2, 0.2),
-        running_var: param(&format!("{name}.running_var"), &[8], 0.5, 1.5),
-        momentum: 0.1,
-        eps: 1e-5,
-    };
-    let (bn1, bn2) = (bn("bn1"), bn("bn2"));
-    let x = param("x", &[2, 8, 6, 6], -1.0, 1.0);
-    let w1 = param("w1", &[8, 8, 3, 3], -0.3, 0.3);
-    let w2 = param("w2", &[8, 8, 3, 3], -0.3, 0.3);
+    let mut p = Params::new(12);
+    let (bn1, bn2) = (p.batch_norm("bn1"), p.batch_norm("bn2"));
+    let x = p.param("x", &[2, 8, 6, 6], -1.0, 1.0);
+    let w1 = p.param("w1", &[8, 8, 3, 3], -0.3, 0.3);
+    let w2 = p.param("w2", &[8, 8, 3, 3], -0.3, 0.3);
     let pre = x.batch_norm(&bn1, false).unwrap().relu();
     let sum = (&pre.conv2d(&w1, 1, 1).unwrap() + &x).unwrap();
     let pre = sum.batch_norm(&bn2, false).unwrap().relu();
     let y = (&pre.conv2d(&w2, 1, 1).unwrap() + &sum).unwrap();
-    let program = Program { graph: tape.graph(), outputs: vec![y.id()] };
+    let program = Program { graph: p.tape.graph(), outputs: vec![y.id()] };
     let after = Pipeline::training().run(program.clone()).unwrap().pop().unwrap().program;
     let mut compiled = compile(&after.graph, &after.outputs, &CompileOptions::default()).unwrap();
-    let got = compiled.run_tensors(&feeds).unwrap().remove(0).to_f64_vec();
-    let want = outputs(&program, &feeds).remove(0);
-    for (a, b) in got.iter().zip(&want) {
-        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "jit {a} vs reference {b}");
-    }
+    let got = compiled.run_tensors(&p.feeds).unwrap().remove(0).to_f64_vec();
+    assert_close(&got, &outputs(&program, &p.feeds)[0]);
 }
 
 #[test]
