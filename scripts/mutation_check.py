@@ -19,6 +19,8 @@ muts = [
  ("crates/autodiff/src/vjp.rs", "Op::Sub => smallvec![Some(g.clone()), when(1, &|| Ok(g.neg()))?],", "Op::Sub => smallvec![Some(g.clone()), Some(g.clone())],", "elementwise"),
  ("crates/autodiff/src/vjp.rs", "Op::Scale { c } => smallvec![Some(g.scale(*c))],", "Op::Scale { c } => smallvec![Some(g.scale(c.abs()))],", "elementwise"),
  ("crates/autodiff/src/vjp.rs", "when(1, &|| g.mul(&x[0])?.sum())?", "when(1, &|| Ok(g.mul(&x[0])?.sum()?.scale(0.5)))?", "elementwise"),
+ ("crates/autodiff/src/vjp.rs", "when(1, &|| Ok(g.mul(y)?.div(&x[1])?.neg()))?", "when(1, &|| Ok(g.mul(y)?.div(&x[1])?))?", "elementwise"),
+ ("crates/autodiff/src/vjp.rs", "Op::Sqrt => smallvec![when(0, &|| g.div(&y.scale(2.0)))?],", "Op::Sqrt => smallvec![when(0, &|| g.div(y))?],", "elementwise"),
  ("crates/autodiff/src/vjp.rs", "when(0, &|| g.conv2d_with(&x[1], *conv))?,", "when(0, &|| Ok(g.conv2d_with(&x[1], *conv)?.scale(1.1)))?,", "conv2d_grad_input_is_differentiable"),
  ("crates/autodiff/src/vjp.rs", "when(1, &|| x[0].conv2d_with(g, *conv))?,", "when(1, &|| Ok(x[0].conv2d_with(g, *conv)?.scale(1.1)))?,", "conv2d_grad_weight_is_differentiable"),
  ("crates/reference/src/ops.rs", "conv_taps(out.dims(), d(1), conv, |xi, wi, yi| dx[xi] += x[0][yi] * x[1][wi]);", "conv_taps(out.dims(), d(1), conv, |xi, wi, yi| if wi > 0 { dx[xi] += x[0][yi] * x[1][wi] });", "conv2d"),

@@ -107,6 +107,10 @@ proptest! {
         check(|v| Ok(v[0].add_scalar(c)), &ab[..1])?;
         // A run-time factor: the gradient reaches both the tensor and the scalar.
         check(|v| v[0].mul_scalar(&v[1]), &[ab[0].clone(), Tensor::f64([], vec![c]).unwrap()])?;
+        // Division and square roots away from their poles: denominators and radicands in [0.5, 2].
+        let positive = uniform_in(seed ^ 2, &dims, 0.5, 2.0);
+        check(|v| v[0].div(&v[1]), &[ab[0].clone(), positive.clone()])?;
+        check(|v| Ok(v[0].sqrt()), &[positive])?;
     }
 
     #[test]

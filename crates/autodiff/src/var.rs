@@ -181,6 +181,14 @@ impl Var {
     pub fn mul(&self, other: &Var) -> Result<Var> {
         self.op(Op::Mul, &[other])
     }
+    /// `self / other` elementwise, same shapes.
+    pub fn div(&self, other: &Var) -> Result<Var> {
+        self.op(Op::Div, &[other])
+    }
+    /// `sqrt(self)` elementwise (NaN below zero).
+    pub fn sqrt(&self) -> Var {
+        self.map(Op::Sqrt)
+    }
     /// `self * c`.
     pub fn scale(&self, c: f64) -> Var {
         self.map(Op::Scale { c })

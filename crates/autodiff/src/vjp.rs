@@ -96,6 +96,10 @@ pub(crate) fn vjp(node: &Node, x: &[Var], y: &Var, g: &Var, want: &[bool]) -> Re
         Op::Add => smallvec![Some(g.clone()), Some(g.clone())],
         Op::Sub => smallvec![Some(g.clone()), when(1, &|| Ok(g.neg()))?],
         Op::Mul => smallvec![when(0, &|| g.mul(&x[1]))?, when(1, &|| g.mul(&x[0]))?],
+        // d(a/b) = da / b - (a/b) db / b.
+        Op::Div => smallvec![when(0, &|| g.div(&x[1]))?, when(1, &|| Ok(g.mul(y)?.div(&x[1])?.neg()))?],
+        // d sqrt(x) = dx / (2 sqrt(x)).
+        Op::Sqrt => smallvec![when(0, &|| g.div(&y.scale(2.0)))?],
         Op::Scale { c } => smallvec![Some(g.scale(*c))],
         Op::MulScalar => smallvec![when(0, &|| g.mul_scalar(&x[1]))?, when(1, &|| g.mul(&x[0])?.sum())?],
         Op::AddScalar { .. } => smallvec![Some(g.clone())],

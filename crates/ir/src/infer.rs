@@ -153,7 +153,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             same(0, 3, "input", "output gradient")?;
             out(&[c])
         }
-        Op::Relu | Op::StopGradient | Op::Scale { .. } | Op::AddScalar { .. } => {
+        Op::Relu | Op::Sqrt | Op::StopGradient | Op::Scale { .. } | Op::AddScalar { .. } => {
             arity(1)?;
             out(dims(0))
         }
@@ -162,7 +162,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType> {
             rank(1, 0, "factor")?;
             out(dims(0))
         }
-        Op::ReluGrad | Op::Add | Op::Sub | Op::Mul | Op::Equal => {
+        Op::ReluGrad | Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Equal => {
             arity(2)?;
             same(0, 1, "left", "right")?;
             out(dims(0))

@@ -238,6 +238,8 @@ fn op_from_json(n: &Value, at: &str) -> Result<Op> {
         "add" => Op::Add,
         "sub" => Op::Sub,
         "mul" => Op::Mul,
+        "div" => Op::Div,
+        "sqrt" => Op::Sqrt,
         "scale" => Op::Scale { c: float("c")? },
         "mul_scalar" => Op::MulScalar,
         "add_scalar" => Op::AddScalar { c: float("c")? },

@@ -98,6 +98,10 @@ pub enum Op {
     Sub,
     /// `a * b`, same shapes.
     Mul,
+    /// `a / b`, same shapes.
+    Div,
+    /// `sqrt(x)` (NaN below zero).
+    Sqrt,
     /// `x * c`.
     Scale { c: f64 },
     /// `x * s` for a scalar tensor `s` (`f32[]`): a factor fed at run time, like a learning rate
@@ -210,6 +214,8 @@ impl Op {
             Op::Add => "add",
             Op::Sub => "sub",
             Op::Mul => "mul",
+            Op::Div => "div",
+            Op::Sqrt => "sqrt",
             Op::Scale { .. } => "scale",
             Op::MulScalar => "mul_scalar",
             Op::AddScalar { .. } => "add_scalar",
@@ -244,6 +250,8 @@ impl Op {
                 | Op::Add
                 | Op::Sub
                 | Op::Mul
+                | Op::Div
+                | Op::Sqrt
                 | Op::Equal
                 | Op::Scale { .. }
                 | Op::MulScalar
@@ -314,6 +322,8 @@ impl Op {
             | Op::Add
             | Op::Sub
             | Op::Mul
+            | Op::Div
+            | Op::Sqrt
             | Op::MulScalar
             | Op::StopGradient
             | Op::Softmax

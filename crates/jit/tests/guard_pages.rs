@@ -58,10 +58,10 @@ fn elementwise_reduction_and_batch_norm_kernels_stay_inside_their_buffers() {
         let mut g = Graph::new();
         let a = input(&mut g, "a", &dims);
         let b = input(&mut g, "b", &dims);
-        for op in [Op::Add, Op::Sub, Op::Mul, Op::ReluGrad, Op::Equal] {
+        for op in [Op::Add, Op::Sub, Op::Mul, Op::Div, Op::ReluGrad, Op::Equal] {
             g.add_node(op, &[a, b], Role::Forward).unwrap();
         }
-        for op in [Op::Relu, Op::Scale { c: 2.0 }, Op::AddScalar { c: 1.0 }, Op::StopGradient] {
+        for op in [Op::Relu, Op::Sqrt, Op::Scale { c: 2.0 }, Op::AddScalar { c: 1.0 }, Op::StopGradient] {
             g.add_node(op, &[a], Role::Forward).unwrap();
         }
         let rank = dims.len();

@@ -84,6 +84,8 @@ pub(crate) fn compute(op: &Op, node: usize, x: &[&[f64]], s: &[&Shape], out: &Sh
         Op::Add => zip(&|a, b| a + b),
         Op::Sub => zip(&|a, b| a - b),
         Op::Mul => zip(&|a, b| a * b),
+        Op::Div => zip(&|a, b| a / b),
+        Op::Sqrt => map(&f64::sqrt),
         Op::Equal => zip(&|a, b| if a == b { 1.0 } else { 0.0 }),
         Op::Scale { c } => map(&|v| v * c),
         Op::MulScalar => map(&|v| v * x[1][0]),

@@ -105,6 +105,9 @@ fn matmul_transposes_reductions_and_broadcasts() {
         run(Op::Broadcast { axes: skipgrad_ir::Axes::from_slice(&[0]), shape: [2, 2].into() }, &[t(&[2], &[7., 8.])]);
     assert_eq!(b, vec![7., 8., 7., 8.]);
     assert_eq!(run(Op::MulScalar, &[a.clone(), t(&[], &[0.5])]), vec![0.5, 1., 1.5, 2., 2.5, 3.]);
+    assert_eq!(run(Op::Div, &[a.clone(), t(&[2, 3], &[2., 4., 1., 8., 10., 3.])]), vec![0.5, 0.5, 3., 0.5, 0.5, 2.]);
+    assert_eq!(run(Op::Sqrt, &[t(&[3], &[4., 0.25, 0.])]), vec![2., 0.5, 0.]);
+    assert!(run(Op::Sqrt, &[t(&[1], &[-1.])])[0].is_nan(), "no square root below zero");
     let argmax = run(Op::ArgMax, &[t(&[2, 3], &[0., 5., 5., 9., 1., 2.])]);
     assert_eq!(argmax, vec![1., 0.], "first maximum wins ties");
 }

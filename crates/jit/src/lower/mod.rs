@@ -107,6 +107,8 @@ pub(crate) fn lower(graph: &Graph, id: NodeId, winograd: WinogradTiles) -> Resul
         | Op::Add
         | Op::Sub
         | Op::Mul
+        | Op::Div
+        | Op::Sqrt
         | Op::Equal
         | Op::Scale { .. }
         | Op::MulScalar
@@ -313,6 +315,8 @@ pub(crate) fn map_rule(op: &Op) -> Option<(Expr, Vec<Operand>)> {
         Op::Add => (x(0).add(x(1)), full(2)),
         Op::Sub => (x(0).sub(x(1)), full(2)),
         Op::Mul => (x(0).mul(x(1)), full(2)),
+        Op::Div => (x(0).div(x(1)), full(2)),
+        Op::Sqrt => (x(0).sqrt(), full(1)),
         Op::Equal => (Expr::select(Cond::Equal, x(0), x(1), Expr::c(1.0), zero()), full(2)),
         Op::Scale { c } => (x(0).mul(Expr::c(*c)), full(1)),
         Op::MulScalar => (x(0).mul(x(1)), vec![f, Operand::Scalar]),
@@ -807,8 +811,11 @@ mod tests {
             Op::Add,
             Op::Sub,
             Op::Mul,
+            Op::Div,
+            Op::Sqrt,
             Op::Equal,
             Op::Scale { c: 2.0 },
+            Op::MulScalar,
             Op::AddScalar { c: 1.0 },
             Op::StopGradient,
             Op::BiasAdd,
