@@ -44,8 +44,8 @@ pub struct ReadmeDoctests;
 /// Everything research code usually needs.
 pub mod prelude {
     pub use skipgrad_autodiff::{
-        BatchNorm, CustomOp, Error, GradcheckOptions, GradcheckReport, Mode, Result, Sgd, Tape, Var, grad, gradcheck,
-        vjp,
+        AdamW, BatchNorm, CustomOp, Error, GradcheckOptions, GradcheckReport, Mode, Optimizer, Result, Sgd, Tape, Var,
+        grad, gradcheck, vjp,
     };
     pub use skipgrad_ir::{Conv2dAttrs, DType, Graph, NodeId, Op, Role, Shape, ShortcutAttrs, Tensor};
     pub use skipgrad_reference::{Feeds, evaluate};

@@ -28,7 +28,7 @@ pub use custom::CustomOp;
 pub use error::{Error, GradcheckFailure};
 pub use grad::{grad, vjp};
 pub use gradcheck::{GradcheckOptions, GradcheckReport, gradcheck};
-pub use optim::Sgd;
+pub use optim::{AdamW, Optimizer, Sgd};
 pub use tape::{Mode, Tape};
 pub use var::{BatchNorm, Var};
 

@@ -3,10 +3,12 @@
 //! checkpoint.
 
 use indicatif::{ProgressBar, ProgressStyle};
+use skipgrad_autodiff::{AdamW, Optimizer, Sgd};
 use skipgrad_data::{Loader, LoaderConfig, Position, cifar10, fashion_mnist, in_order};
 use skipgrad_ir::Tensor;
 use skipgrad_nn::{Checkpoint, Config, Family, INPUT_MEAN};
 use skipgrad_train::{Backend, Decay, Schedule, Trainer, TrainerOptions};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,6 +69,32 @@ impl ScheduleName {
     }
 }
 
+/// The optimizers `train` offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OptimizerName {
+    /// The paper's: SGD with momentum 0.9 and weight decay 1e-4.
+    Sgd,
+    /// AdamW (PyTorch's definition): betas 0.9 and 0.999, eps 1e-8, decoupled weight decay
+    /// --weight-decay (default 0.01).
+    Adamw,
+}
+
+impl OptimizerName {
+    /// The optimizer, with `weight_decay` instead of its default when given.
+    fn build(self, weight_decay: Option<f64>) -> Arc<dyn Optimizer + Send + Sync> {
+        match self {
+            OptimizerName::Sgd => {
+                let sgd = Sgd::paper();
+                Arc::new(Sgd { weight_decay: weight_decay.unwrap_or(sgd.weight_decay), ..sgd })
+            }
+            OptimizerName::Adamw => {
+                let adamw = AdamW::default();
+                Arc::new(AdamW { weight_decay: weight_decay.unwrap_or(adamw.weight_decay), ..adamw })
+            }
+        }
+    }
+}
+
 /// Everything a training run is given.
 #[derive(Clone, Debug, clap::Args)]
 pub struct TrainArgs {
@@ -88,9 +116,16 @@ pub struct TrainArgs {
     /// Images per step.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=65536))]
     batch: u64,
-    /// Base learning rate, divided by 10 at 50% and 75% of the run.
+    /// Base learning rate, divided by 10 at 50% and 75% of the run (AdamW is usually trained
+    /// near 0.001).
     #[arg(long, default_value_t = 0.1)]
     lr: f64,
+    /// The optimizer: sgd (the paper's, momentum 0.9) or adamw.
+    #[arg(long, value_enum, default_value_t = OptimizerName::Sgd)]
+    optimizer: OptimizerName,
+    /// Weight decay (default: 1e-4 for sgd, the paper's; 0.01 for adamw, PyTorch's).
+    #[arg(long)]
+    weight_decay: Option<f64>,
     /// Seed of the weights, the data order and the augmentation.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -189,6 +224,11 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
     if !(args.lr.is_finite() && args.lr > 0.0) {
         return Err(format!("--lr must be a positive number, got {}", args.lr));
     }
+    if let Some(decay) = args.weight_decay
+        && !(decay.is_finite() && decay >= 0.0)
+    {
+        return Err(format!("--weight-decay must be a number at least 0, got {decay}"));
+    }
     let (train, test) = load(args.dataset, args.data.as_deref())?;
     // The paper's held-out split: train on the rest, report the held-out error after each epoch.
     let (train, validation) = match args.validation {
@@ -220,6 +260,8 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
     let warmup = warms_up.then_some((args.lr / 10.0, 0.8));
     let schedule = Schedule { base: args.lr, warmup, decay: args.schedule.decay(), ..Schedule::paper(iterations) };
     let mut options = TrainerOptions::paper(batch, train.shape, args.seed);
+    options.optimizer = args.optimizer.build(args.weight_decay);
+    let optimizer = options.optimizer.clone();
     if let Some(t) = args.threads {
         options.threads = t as usize;
     }
@@ -250,9 +292,12 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
         if saved.metadata.contains_key("run.warmup") || args.warmup != Warmup::Auto {
             expect("run.warmup", warms_up.to_string())?;
         }
-        // Checkpoints from before --schedule used the step schedule.
+        // Checkpoints from before --schedule used the step schedule, and before --optimizer SGD.
         if saved.metadata.contains_key("run.schedule") || args.schedule != ScheduleName::Step {
             expect("run.schedule", args.schedule.name().to_string())?;
+        }
+        if saved.metadata.contains_key("run.optimizer") || args.optimizer != OptimizerName::Sgd {
+            expect("run.optimizer", optimizer.describe())?;
         }
         if saved.config.as_ref() != Some(&config) {
             let holds = saved.config.as_ref().map_or("a model the zoo does not describe".into(), |c| c.to_string());
@@ -271,8 +316,9 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
     let run_config = serde_json::json!({
         "model": config.name(), "dataset": format!("{:?}", args.dataset), "batch": batch, "iterations": iterations,
         "iterations_per_epoch": per_epoch, "lr": args.lr, "schedule": args.schedule.name(),
-        "milestones": schedule.milestones, "momentum": 0.9,
-        "weight_decay": 1e-4, "seed": args.seed, "threads": trainer_threads(&args),
+        "milestones": schedule.milestones, "optimizer": optimizer.name(),
+        "optimizer_settings": optimizer.settings().into_iter().collect::<BTreeMap<_, _>>(),
+        "seed": args.seed, "threads": trainer_threads(&args),
         "warmup": warmup.map(|(lr, below)| serde_json::json!({"lr": lr, "until_train_error_below": below})),
         "augmentation": "pad 4, random crop, random horizontal flip", "input": train.shape,
     });
@@ -299,6 +345,7 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
         c.metadata.insert("run.warmed_up".into(), warmed_up.to_string());
         c.metadata.insert("run.warmup".into(), warms_up.to_string());
         c.metadata.insert("run.schedule".into(), args.schedule.name().to_string());
+        c.metadata.insert("run.optimizer".into(), optimizer.describe());
         for (key, value) in [
             ("run.iteration", done),
             ("run.seed", args.seed),
@@ -333,7 +380,7 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
                 };
                 let mut message = format!("{e}: the run stops; {good}");
                 if args.debug_nan {
-                    message += &match trainer.first_non_finite(&b.images, &b.labels, lr) {
+                    message += &match trainer.first_non_finite(&b.images, &b.labels, lr, i) {
                         Ok(Some(found)) => format!("\n{found}"),
                         Ok(None) => {
                             "\nreplayed unfused, the step's values are all finite: the fused step differs from \
@@ -580,6 +627,8 @@ impl TrainArgs {
             iterations: recipe.iterations,
             batch: recipe.batch,
             lr: recipe.lr,
+            optimizer: OptimizerName::Sgd,
+            weight_decay: None,
             seed: recipe.seed,
             threads: recipe.threads,
             resume: recipe.resume && out.join(CHECKPOINT).exists(),

@@ -323,3 +323,43 @@ fn a_cosine_schedule_is_followed_recorded_and_kept_on_resume() {
     assert!(!ok && err.contains("run.schedule"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// `--optimizer adamw` trains with AdamW (its moments in the checkpoint, the settings in
+/// config.json), resumes to the weights of an uninterrupted run, and a resume with another
+/// optimizer is refused.
+#[test]
+fn adamw_is_chosen_recorded_and_kept_on_resume() {
+    let root = std::env::temp_dir().join(format!("skipgrad-adamw-{}", std::process::id()));
+    let data = tiny_cifar(&root);
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args =
+            train_args(&data, out, &["--batch", "8", "--threads", "1", "--optimizer", "adamw", "--lr", "0.002"]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        skipgrad(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (straight, interrupted) = (root.join("straight"), root.join("interrupted"));
+    let (ok, _, err) = run(&straight, &[]);
+    assert!(ok, "{err}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(straight.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["optimizer"], "adamw");
+    assert_eq!(config["optimizer_settings"]["beta2"], 0.999, "{config}");
+    let (ok, _, err) = run(&interrupted, &["--until-iteration", "5"]);
+    assert!(ok, "{err}");
+    let saved = Checkpoint::load(&interrupted.join("checkpoint.safetensors")).unwrap();
+    assert!(saved.tensors.contains_key("optimizer.fc.weight.exp_avg_sq"), "{:?}", saved.tensors.keys());
+    assert!(!saved.tensors.contains_key("optimizer.fc.weight.momentum"), "no SGD state");
+    let (ok, _, err) = skipgrad(
+        &train_args(&data, &interrupted, &["--batch", "8", "--threads", "1", "--lr", "0.002", "--resume"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!ok && err.contains("run.optimizer"), "{err}");
+    let (ok, _, err) = run(&interrupted, &["--resume"]);
+    assert!(ok, "{err}");
+    assert_eq!(losses(&interrupted), losses(&straight));
+    let [a, b] = [&straight, &interrupted].map(|r| Checkpoint::load(&r.join("model.safetensors")).unwrap());
+    assert_eq!(a.tensors, b.tensors, "bit-identical weights");
+    std::fs::remove_dir_all(&root).unwrap();
+}

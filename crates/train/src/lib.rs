@@ -1,7 +1,8 @@
-//! The training driver of skipgrad: the training step (forward, loss, backward, SGD, running
-//! statistics) is traced once with the research API, fused and JIT-compiled, then replayed every
-//! iteration; evaluation runs the separately compiled inference graph (batch norm with its
-//! running statistics).
+//! The training driver of skipgrad: the training step (forward, loss, backward, the optimizer's
+//! update, running statistics) is traced once with the research API, fused and JIT-compiled, then
+//! replayed every iteration with the learning rate and the optimizer's other scalars fed as
+//! inputs; evaluation runs the separately compiled inference graph (batch norm with its running
+//! statistics), whose own cross-entropy and accuracy ops score a batch.
 
 mod error;
 mod exec;
@@ -11,7 +12,9 @@ mod trainer;
 pub use error::Error;
 pub use exec::Backend;
 pub use schedule::{Decay, Schedule};
-pub use trainer::{Evaluation, LEARNING_RATE, NonFiniteValue, StepStats, Trainer, TrainerOptions};
+pub use trainer::{
+    Evaluation, LEARNING_RATE, NonFiniteValue, StateKind, StateTensor, StepStats, Trainer, TrainerOptions,
+};
 
 /// Result type of the training driver.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,16 +1,18 @@
-//! The compiled training step and evaluation graph of one model, and the state they share.
+//! The compiled training step and evaluation graph of one model, and the state they share: the
+//! model's parameters and buffers and the optimizer's slots, each with its [`StateKind`].
 
 use crate::exec::{Backend, Executor};
 use crate::{Error, Result};
-use skipgrad_autodiff::{Sgd, Tape, Var, grad};
+use skipgrad_autodiff::{Optimizer, Sgd, Tape, Var, grad};
 use skipgrad_fuse::{Pipeline, Program};
 use skipgrad_ir::{DType, Graph, NodeId, Role, Tensor};
 use skipgrad_jit::{CompileOptions, compile};
-use skipgrad_nn::{Checkpoint, Mode, Model, Scope, TRAINING_STATE as OPTIMIZER};
+use skipgrad_nn::{Checkpoint, Kind, Mode, Model, Scope, TRAINING_STATE};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// How a model trains.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct TrainerOptions {
     /// Images per step.
     pub batch: usize,
@@ -20,10 +22,8 @@ pub struct TrainerOptions {
     pub seed: u64,
     /// Threads the kernels run on.
     pub threads: usize,
-    /// SGD momentum (the paper's 0.9).
-    pub momentum: f64,
-    /// Weight decay (the paper's 1e-4).
-    pub weight_decay: f64,
+    /// The optimizer (the paper's: SGD with momentum 0.9 and weight decay 1e-4).
+    pub optimizer: Arc<dyn Optimizer + Send + Sync>,
     /// Run the fusion pipeline before compiling (on by default; off to debug).
     pub fuse: bool,
     /// Where the step runs: the JIT, or the reference interpreter (for debugging).
@@ -39,11 +39,56 @@ impl TrainerOptions {
             input,
             seed,
             threads,
-            momentum: 0.9,
-            weight_decay: 1e-4,
+            optimizer: Arc::new(Sgd::paper()),
             fuse: true,
             backend: Backend::Jit,
         }
+    }
+
+    /// These options with `optimizer` instead.
+    pub fn with_optimizer(self, optimizer: impl Optimizer + Send + Sync + 'static) -> TrainerOptions {
+        TrainerOptions { optimizer: Arc::new(optimizer), ..self }
+    }
+}
+
+/// What a tensor of a trainer's state is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateKind {
+    /// A model parameter: trained by the optimizer, saved in the model's checkpoint.
+    Parameter,
+    /// A model buffer its layer updates (batch norm's running statistics): saved in the model's
+    /// checkpoint, not trained.
+    Buffer,
+    /// One of the optimizer's slots for a parameter (SGD's velocity, AdamW's moments): saved
+    /// only in a resumable training state, under [`TRAINING_STATE`].
+    Optimizer,
+}
+
+/// One tensor of a trainer's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateTensor {
+    /// Its name in the graph: the model's name for it, or `<parameter>.<slot>` for an optimizer
+    /// slot.
+    pub name: String,
+    /// What it is.
+    pub kind: StateKind,
+    /// Its dims.
+    pub dims: Vec<usize>,
+}
+
+impl StateTensor {
+    /// Its name in a checkpoint: optimizer slots go under [`TRAINING_STATE`]
+    /// (`optimizer.layer1.0.conv1.weight.momentum`), the model's tensors under their own names.
+    pub fn checkpoint_key(&self) -> String {
+        match self.kind {
+            StateKind::Optimizer => format!("{TRAINING_STATE}{}", self.name),
+            StateKind::Parameter | StateKind::Buffer => self.name.clone(),
+        }
+    }
+
+    /// True for the model's own tensors (what a model checkpoint holds).
+    pub fn is_model(&self) -> bool {
+        self.kind != StateKind::Optimizer
     }
 }
 
@@ -67,73 +112,78 @@ pub struct Evaluation {
     pub images: usize,
 }
 
-/// The compiled training step; the learning rate is its input [`LEARNING_RATE`].
+/// The compiled training step; the optimizer's scalars are its inputs.
 struct Step {
     compiled: Executor,
     /// Each output after the loss and accuracy: the name of the tensor it updates.
     updates: Vec<String>,
 }
 
-/// Trains one model, a zoo net or any other [`Model`]: holds its state (parameters, batch-norm
-/// buffers, SGD velocities), the compiled training step (compiled once: the learning rate is fed
-/// every step) and the compiled evaluation graph.
+/// Trains one model, a zoo net or any other [`Model`], with any [`Optimizer`]: holds its state
+/// (parameters, batch-norm buffers, optimizer slots), the compiled training step (compiled once:
+/// the learning rate and the optimizer's other scalars are fed every step) and the compiled
+/// evaluation graphs.
 pub struct Trainer {
     /// The model, traced again for each graph.
     model: Box<dyn Model>,
     options: TrainerOptions,
-    /// The model's tensors (parameters and buffers) in creation order, then the velocities.
-    names: Vec<String>,
+    /// The model's tensors (parameters and buffers) in creation order, then the optimizer's slots.
+    tensors: Vec<StateTensor>,
     /// Values of every state tensor, current when `step` is `None` or after a sync.
     state: BTreeMap<String, Vec<f32>>,
-    /// Dims of every state tensor.
-    dims: HashMap<String, Vec<usize>>,
     step: Option<Step>,
     /// Times the step was compiled.
     compilations: usize,
-    eval: Option<Executor>,
+    /// The evaluation graph by batch size (the full batch, and a last partial one).
+    eval: HashMap<usize, Executor>,
+    /// Whether the evaluation graphs hold the current state.
+    eval_fed: bool,
 }
 
-/// The name of the training step's learning-rate input (a scalar `f32[]`, fed every step).
+/// The name of SGD's learning-rate input (a scalar `f32[]`, fed every step).
 pub const LEARNING_RATE: &str = "lr";
 
 impl Trainer {
     /// A trainer for `model` (it keeps a copy, traced again for each graph it compiles), its
-    /// weights drawn from `options.seed`.
+    /// weights drawn from `options.seed`, its optimizer slots zero.
     pub fn new<M: Model + Clone + 'static>(model: &M, options: TrainerOptions) -> Result<Trainer> {
         let tape = Tape::trace(DType::F32);
         let scope = Scope::new(&tape, options.seed);
         let [c, h, w] = options.input;
         let images = tape.input_spec("images", DType::F32, &[options.batch, c, h, w])?;
         model.forward(&scope, &images, Mode::Train)?;
-        let mut names = vec![];
+        let mut tensors = vec![];
         let mut state = BTreeMap::new();
-        let mut dims = HashMap::new();
         for e in scope.entries() {
-            names.push(e.name.clone());
-            dims.insert(e.name.clone(), e.var.shape().dims().to_vec());
+            let kind = match e.kind {
+                Kind::Parameter => StateKind::Parameter,
+                Kind::Buffer => StateKind::Buffer,
+            };
+            tensors.push(StateTensor { name: e.name.clone(), kind, dims: e.var.shape().dims().to_vec() });
             state.insert(e.name, e.init.to_f64_vec().into_iter().map(|v| v as f32).collect());
         }
-        let graph = tape.graph();
-        for p in scope.parameters() {
-            let name = format!("{}.momentum", name_of(&graph, &p));
-            state.insert(name.clone(), vec![0.0; p.shape().numel()]);
-            dims.insert(name.clone(), p.shape().dims().to_vec());
-            names.push(name);
+        let parameters: Vec<StateTensor> = tensors.iter().filter(|t| t.kind == StateKind::Parameter).cloned().collect();
+        for p in parameters {
+            for slot in options.optimizer.slots() {
+                let name = format!("{}.{slot}", p.name);
+                state.insert(name.clone(), vec![0.0; p.dims.iter().product()]);
+                tensors.push(StateTensor { name, kind: StateKind::Optimizer, dims: p.dims.clone() });
+            }
         }
         Ok(Trainer {
             model: Box::new(model.clone()),
             options,
-            names,
+            tensors,
             state,
-            dims,
             step: None,
             compilations: 0,
-            eval: None,
+            eval: HashMap::new(),
+            eval_fed: false,
         })
     }
 
     /// A trainer resuming from a zoo net's `checkpoint` (its configuration and tensors), with zero
-    /// velocities.
+    /// optimizer slots.
     pub fn from_checkpoint(checkpoint: &Checkpoint, options: TrainerOptions) -> Result<Trainer> {
         checkpoint.build(&Tape::trace(DType::F32))?;
         let config = checkpoint.config.as_ref().expect("build needs a configuration");
@@ -141,17 +191,18 @@ impl Trainer {
     }
 
     /// A trainer for `model` whose tensors take their values from `tensors` by name (a
-    /// checkpoint's, of any model), with zero velocities. A tensor of the model that `tensors`
-    /// lacks, or holds in another shape, is an error naming it; other tensors are ignored.
+    /// checkpoint's, of any model), with zero optimizer slots. A tensor of the model that
+    /// `tensors` lacks, or holds in another shape, is an error naming it; other tensors are
+    /// ignored.
     pub fn with_weights<M: Model + Clone + 'static>(
         model: &M,
         tensors: &BTreeMap<String, Tensor>,
         options: TrainerOptions,
     ) -> Result<Trainer> {
         let mut trainer = Trainer::new(model, options)?;
-        for name in trainer.names.iter().filter(|n| !n.ends_with(".momentum")) {
-            let t = tensor_for(tensors, name, &trainer.dims[name])?;
-            trainer.state.insert(name.clone(), t.to_f64_vec().into_iter().map(|v| v as f32).collect());
+        for t in trainer.tensors.iter().filter(|t| t.is_model()) {
+            let values = tensor_for(tensors, &t.name, &t.dims)?;
+            trainer.state.insert(t.name.clone(), values);
         }
         Ok(trainer)
     }
@@ -161,15 +212,31 @@ impl Trainer {
         self.model.as_ref()
     }
 
+    /// The optimizer it trains with.
+    pub fn optimizer(&self) -> &dyn Optimizer {
+        self.options.optimizer.as_ref()
+    }
+
+    /// Every tensor of the state: the model's parameters and buffers in creation order, then
+    /// the optimizer's slots.
+    pub fn state_tensors(&self) -> &[StateTensor] {
+        &self.tensors
+    }
+
     /// Runs one training step on a batch (`images` `[batch, C, H, W]`, `labels` `[batch]`) at
-    /// learning rate `lr`.
+    /// learning rate `lr`. `iteration` counts steps from 0 over the whole run (a resumed run goes
+    /// on counting): the optimizer's step is `iteration + 1` (AdamW's bias corrections).
     pub fn step(&mut self, images: &[f32], labels: &[f32], lr: f64, iteration: u64) -> Result<StepStats> {
         self.prepare()?;
+        let scalars = self.scalar_feeds(lr, iteration);
         let step = self.step.as_mut().expect("built above");
-        step.compiled.set_input(LEARNING_RATE, &[lr as f32])?;
+        for (name, value) in scalars {
+            step.compiled.set_input(name, &[value])?;
+        }
         step.compiled.set_input("images", images)?;
         step.compiled.set_input("labels", labels)?;
         step.compiled.run()?;
+        self.eval_fed = false;
         let loss = step.compiled.output(0)[0];
         let accuracy = step.compiled.output(1)[0];
         if !loss.is_finite() {
@@ -181,6 +248,14 @@ impl Trainer {
             step.compiled.set_input(&step.updates[k], &values)?;
         }
         Ok(StepStats { loss, error: 1.0 - accuracy })
+    }
+
+    /// The optimizer's scalar inputs, by name, for the step at `lr` that is the run's
+    /// `iteration` (from 0).
+    fn scalar_feeds(&self, lr: f64, iteration: u64) -> Vec<(&'static str, f32)> {
+        let optimizer = &self.options.optimizer;
+        let values = optimizer.scalar_values(lr, iteration + 1);
+        optimizer.scalars().iter().copied().zip(values.into_iter().map(|v| v as f32)).collect()
     }
 
     /// Compiles the training step now (the first [`Trainer::step`] would), so that a benchmark
@@ -201,102 +276,97 @@ impl Trainer {
         self.compilations
     }
 
-    /// Compiles the evaluation graph now, and runs it once on `images` (one batch), returning the
-    /// logits (a benchmark's inference step).
+    /// Runs the evaluation graph once on `images` (one batch), returning the logits (a
+    /// benchmark's inference step); compiles it first if needed.
     pub fn infer(&mut self, images: &[f32]) -> Result<Vec<f32>> {
-        if self.eval.is_none() {
-            self.sync();
-            self.eval = Some(self.build_eval()?);
-            let compiled = self.eval.as_mut().expect("built above");
-            for name in &self.names {
-                if !name.ends_with(".momentum") {
-                    compiled.set_input(name, &self.state[name])?;
-                }
-            }
-        }
-        let compiled = self.eval.as_mut().expect("built above");
+        let compiled = self.evaluator(self.options.batch)?;
         compiled.set_input("images", images)?;
         compiled.run()?;
         Ok(compiled.output(0))
     }
 
     /// Loss and accuracy over `batches` (from [`skipgrad_data::in_order`], of this trainer's batch
-    /// size), with batch norm in eval mode.
+    /// size), with batch norm in eval mode. The graph computes them: its cross-entropy and
+    /// accuracy ops (argmax against the labels), on a graph of the last batch's size when that
+    /// batch is partial.
     pub fn evaluate(&mut self, batches: &[skipgrad_data::Batch]) -> Result<Evaluation> {
-        self.sync();
-        if self.eval.is_none() {
-            self.eval = Some(self.build_eval()?);
-        }
-        let compiled = self.eval.as_mut().expect("built above");
-        for name in &self.names {
-            if !name.ends_with(".momentum") {
-                compiled.set_input(name, &self.state[name])?;
-            }
-        }
-        let batch = self.options.batch;
-        let (mut loss, mut right, mut images) = (0.0f64, 0usize, 0usize);
+        let [c, h, w] = self.options.input;
+        let (mut loss, mut right, mut images) = (0.0f64, 0.0f64, 0usize);
         for b in batches {
-            compiled.set_input("images", &b.images)?;
-            compiled.run()?;
-            let logits = compiled.output(0);
-            let classes = logits.len() / batch;
-            for (row, &label) in logits.chunks_exact(classes).zip(&b.labels).take(b.valid) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-                let sum: f64 = row.iter().map(|&z| (z as f64 - max).exp()).sum();
-                let label = label as usize;
-                loss += max + sum.ln() - row[label] as f64;
-                let best = (0..classes).fold(0, |best, k| if row[k] > row[best] { k } else { best });
-                right += usize::from(best == label);
+            if b.valid == 0 {
+                continue;
             }
+            if b.images.len() < b.valid * c * h * w || b.labels.len() < b.valid {
+                return Err(Error::Batch(format!(
+                    "a batch of {} valid images holds {} values and {} labels",
+                    b.valid,
+                    b.images.len(),
+                    b.labels.len()
+                )));
+            }
+            let compiled = self.evaluator(b.valid)?;
+            compiled.set_input("images", &b.images[..b.valid * c * h * w])?;
+            compiled.set_input("labels", &b.labels[..b.valid])?;
+            compiled.run()?;
+            let n = b.valid as f64;
+            loss += compiled.output(1)[0] as f64 * n;
+            right += (compiled.output(2)[0] as f64 * n).round();
             images += b.valid;
         }
         let n = images.max(1) as f64;
-        Ok(Evaluation { loss: loss / n, accuracy: right as f64 / n, images })
+        Ok(Evaluation { loss: loss / n, accuracy: right / n, images })
+    }
+
+    /// The evaluation graph for batches of `batch` images, compiled if new, holding the current
+    /// state.
+    fn evaluator(&mut self, batch: usize) -> Result<&mut Executor> {
+        if !self.eval.contains_key(&batch) {
+            let compiled = self.build_eval(batch)?;
+            self.eval.insert(batch, compiled);
+            self.eval_fed = false;
+        }
+        if !self.eval_fed {
+            self.sync();
+            for compiled in self.eval.values_mut() {
+                for t in self.tensors.iter().filter(|t| t.is_model()) {
+                    compiled.set_input(&t.name, &self.state[&t.name])?;
+                }
+            }
+            self.eval_fed = true;
+        }
+        Ok(self.eval.get_mut(&batch).expect("inserted above"))
     }
 
     /// The model's tensors as a checkpoint.
     pub fn checkpoint(&mut self) -> Checkpoint {
         self.sync();
-        let tensors = self
-            .names
-            .iter()
-            .filter(|n| !n.ends_with(".momentum"))
-            .map(|n| {
-                let values = self.state[n].clone();
-                (n.clone(), Tensor::f32(self.dims[n].clone(), values).expect("state matches its dims"))
-            })
-            .collect();
+        let tensors = self.tensors.iter().filter(|t| t.is_model()).map(|t| (t.name.clone(), self.tensor(t))).collect();
         Checkpoint { config: self.model.config().cloned(), tensors, metadata: BTreeMap::new() }
     }
 
-    /// Every state tensor: the model's under their names, the SGD velocities as
-    /// `optimizer.<parameter>.momentum` (what a resumable checkpoint holds).
+    /// Every state tensor under its [`StateTensor::checkpoint_key`]: the model's under their
+    /// names, the optimizer's slots under `optimizer.<parameter>.<slot>` (what a resumable
+    /// checkpoint holds).
     pub fn training_state(&mut self) -> BTreeMap<String, Tensor> {
         self.sync();
-        self.names
-            .iter()
-            .map(|n| {
-                let key = if n.ends_with(".momentum") { format!("{OPTIMIZER}{n}") } else { n.clone() };
-                let t = Tensor::f32(self.dims[n].clone(), self.state[n].clone());
-                (key, t.expect("state matches its dims"))
-            })
-            .collect()
+        self.tensors.iter().map(|t| (t.checkpoint_key(), self.tensor(t))).collect()
     }
 
     /// Restores every state tensor from `tensors` (as [`Trainer::training_state`] names them);
     /// a missing or mis-shaped one is an error naming it.
     pub fn restore(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-        for n in &self.names {
-            let key = if n.ends_with(".momentum") { format!("{OPTIMIZER}{n}") } else { n.clone() };
-            let t = tensor_for(tensors, &key, &self.dims[n])?;
-            self.state.insert(n.clone(), t.to_f64_vec().into_iter().map(|v| v as f32).collect());
+        let mut restored = BTreeMap::new();
+        for t in &self.tensors {
+            restored.insert(t.name.clone(), tensor_for(tensors, &t.checkpoint_key(), &t.dims)?);
         }
-        // The compiled graphs read the state when next built.
+        self.state = restored;
+        // The compiled graphs read the state when next built or evaluated.
         self.step = None;
+        self.eval_fed = false;
         Ok(())
     }
 
-    /// The value of state tensor `name` (a model tensor, or `<parameter>.momentum`).
+    /// The value of state tensor `name` (a model tensor, or `<parameter>.<slot>`).
     pub fn value(&mut self, name: &str) -> Option<&[f32]> {
         self.sync();
         self.state.get(name).map(|v| v.as_slice())
@@ -307,12 +377,17 @@ impl Trainer {
         self.step.as_ref().and_then(|s| s.compiled.kernel_calls())
     }
 
+    /// State tensor `t` as a tensor.
+    fn tensor(&self, t: &StateTensor) -> Tensor {
+        Tensor::f32(t.dims.clone(), self.state[&t.name].clone()).expect("state matches its dims")
+    }
+
     /// Copies the compiled step's current state into `state`.
     fn sync(&mut self) {
         let Some(step) = &self.step else { return };
-        for name in &self.names {
-            if let Some(values) = step.compiled.input(name) {
-                self.state.insert(name.clone(), values);
+        for t in &self.tensors {
+            if let Some(values) = step.compiled.input(&t.name) {
+                self.state.insert(t.name.clone(), values);
             }
         }
     }
@@ -324,8 +399,8 @@ impl Trainer {
             program = Pipeline::training().run(program)?.pop().expect("the input stage at least").program;
         }
         let mut compiled = Executor::new(self.options.backend, program, self.options.threads)?;
-        for name in &self.names {
-            compiled.set_input(name, &self.state[name])?;
+        for t in &self.tensors {
+            compiled.set_input(&t.name, &self.state[&t.name])?;
         }
         Ok(Step { compiled, updates })
     }
@@ -334,17 +409,26 @@ impl Trainer {
     /// `labels` at `lr` from the current state, unfused on the JIT, with every intermediate kept, and
     /// returns the first node (in graph order, which is topological) holding a NaN or an
     /// infinity, or `None` when every value is finite. After [`Trainer::step`] returned
-    /// [`Error::NonFinite`], the state is still the one before that step, so this replays it.
-    pub fn first_non_finite(&mut self, images: &[f32], labels: &[f32], lr: f64) -> Result<Option<NonFiniteValue>> {
+    /// [`Error::NonFinite`], the state is still the one before that step, so this replays it
+    /// (with the same `lr` and `iteration`).
+    pub fn first_non_finite(
+        &mut self,
+        images: &[f32],
+        labels: &[f32],
+        lr: f64,
+        iteration: u64,
+    ) -> Result<Option<NonFiniteValue>> {
         self.sync();
         let (program, _) = self.trace_step()?;
         let options = CompileOptions { threads: self.options.threads, plan_memory: false, ..CompileOptions::default() };
         let mut compiled = compile(&program.graph, &program.outputs, &options)?;
-        compiled.set_input(LEARNING_RATE, &[lr as f32])?;
+        for (name, value) in self.scalar_feeds(lr, iteration) {
+            compiled.set_input(name, &[value])?;
+        }
         compiled.set_input("images", images)?;
         compiled.set_input("labels", labels)?;
-        for name in &self.names {
-            compiled.set_input(name, &self.state[name])?;
+        for t in &self.tensors {
+            compiled.set_input(&t.name, &self.state[&t.name])?;
         }
         compiled.run();
         let graph = &program.graph;
@@ -377,8 +461,8 @@ impl Trainer {
         Ok(None)
     }
 
-    /// Traces the training step (forward, loss, backward, SGD updates at the rate fed as
-    /// [`LEARNING_RATE`]): the unfused program (outputs: loss, accuracy, then each update) and the
+    /// Traces the training step (forward, loss, backward, the optimizer's updates with its
+    /// scalars as inputs): the unfused program (outputs: loss, accuracy, then each update) and the
     /// tensor each update replaces.
     fn trace_step(&self) -> Result<(Program, Vec<String>)> {
         let [c, h, w] = self.options.input;
@@ -391,14 +475,18 @@ impl Trainer {
         let accuracy = tape.no_grad(|| logits.accuracy(&labels))?;
         let params = scope.parameters();
         let grads = grad(&loss, &params.iter().collect::<Vec<&Var>>())?;
-        let lr = tape.input_spec(LEARNING_RATE, DType::F32, &[])?;
-        // The rate comes from the input; a NaN constant would show in the loss if anything used it.
-        let sgd = Sgd { lr: f64::NAN, momentum: self.options.momentum, weight_decay: self.options.weight_decay };
+        let optimizer = &self.options.optimizer;
+        let scalars =
+            optimizer.scalars().iter().map(|s| tape.input_spec(s, DType::F32, &[])).collect::<Result<Vec<Var>, _>>()?;
         let graph = tape.graph();
         for (p, g) in params.iter().zip(&grads) {
-            let name = format!("{}.momentum", name_of(&graph, p));
-            let v = tape.parameter_spec(&name, DType::F32, p.shape().dims())?;
-            sgd.update_at(&lr, p, g, &v)?;
+            let name = name_of(&graph, p);
+            let slots = optimizer
+                .slots()
+                .iter()
+                .map(|s| tape.parameter_spec(&format!("{name}.{s}"), DType::F32, p.shape().dims()));
+            let slots = slots.collect::<Result<Vec<Var>, _>>()?;
+            optimizer.record(&scalars, p, g, &slots)?;
         }
         let updates = tape.updates();
         let graph = tape.graph();
@@ -407,13 +495,17 @@ impl Trainer {
         Ok((Program { graph, outputs }, targets))
     }
 
-    /// Traces and compiles the evaluation graph: the logits with batch norm in eval mode.
-    fn build_eval(&self) -> Result<Executor> {
+    /// Traces and compiles the evaluation graph for batches of `batch` images: batch norm in eval
+    /// mode; outputs the logits, the mean cross-entropy and the accuracy against the input
+    /// `labels`.
+    fn build_eval(&self, batch: usize) -> Result<Executor> {
         let [c, h, w] = self.options.input;
         let tape = Tape::trace(DType::F32);
-        let images = tape.input_spec("images", DType::F32, &[self.options.batch, c, h, w])?;
+        let images = tape.input_spec("images", DType::F32, &[batch, c, h, w])?;
+        let labels = tape.input_spec("labels", DType::F32, &[batch])?;
         let logits = self.model.forward(&Scope::new(&tape, 0), &images, Mode::Eval)?;
-        let mut program = Program { graph: tape.graph(), outputs: vec![logits.id()] };
+        let (loss, accuracy) = (logits.cross_entropy(&labels)?, logits.accuracy(&labels)?);
+        let mut program = Program { graph: tape.graph(), outputs: vec![logits.id(), loss.id(), accuracy.id()] };
         if self.options.fuse {
             program = Pipeline::training().run(program)?.pop().expect("the input stage at least").program;
         }
@@ -455,13 +547,13 @@ impl std::fmt::Display for NonFiniteValue {
     }
 }
 
-/// Tensor `name` of `tensors`, which must have `dims`: otherwise an error naming it.
-fn tensor_for<'a>(tensors: &'a BTreeMap<String, Tensor>, name: &str, dims: &[usize]) -> Result<&'a Tensor> {
+/// The values of tensor `name` of `tensors`, which must have `dims`: otherwise an error naming it.
+fn tensor_for(tensors: &BTreeMap<String, Tensor>, name: &str, dims: &[usize]) -> Result<Vec<f32>> {
     let t = tensors.get(name).ok_or_else(|| Error::State(format!("the checkpoint has no {name}")))?;
     if t.shape().dims() != dims {
         return Err(Error::State(format!("{name} is {:?} in the checkpoint, {dims:?} in the model", t.shape().dims())));
     }
-    Ok(t)
+    Ok(t.to_f64_vec().into_iter().map(|v| v as f32).collect())
 }
 
 /// The name of parameter `v`.

@@ -111,13 +111,13 @@ fn a_non_finite_step_names_its_first_non_finite_node() {
     poisoned.restore(&state).unwrap();
     let error = poisoned.step(&images, &labels, 0.1, 0).unwrap_err();
     assert!(matches!(error, skipgrad_train::Error::NonFinite { iteration: 0, .. }), "{error}");
-    let found = poisoned.first_non_finite(&images, &labels, 0.1).unwrap().expect("a non-finite value");
+    let found = poisoned.first_non_finite(&images, &labels, 0.1, 0).unwrap().expect("a non-finite value");
     assert_eq!((found.parameter.as_deref(), found.non_finite), (Some(name), 1), "{found}");
 
     // (Its loss may stay finite: batch norm maps an infinite variance to zeros.)
     let mut overflowing = trainer();
     let huge: Vec<f32> = images.iter().map(|v| v * 3e37).collect();
-    let found = overflowing.first_non_finite(&huge, &labels, 0.1).unwrap().expect("a non-finite value");
+    let found = overflowing.first_non_finite(&huge, &labels, 0.1, 0).unwrap().expect("a non-finite value");
     assert_eq!(found.parameter, None, "{found}");
     assert!(found.inputs.iter().all(|i| i.contains(": 0 of ")), "its inputs are finite: {found}");
     let text = found.to_string();
@@ -125,7 +125,7 @@ fn a_non_finite_step_names_its_first_non_finite_node() {
 
     // A healthy step has none.
     let mut healthy = trainer();
-    assert_eq!(healthy.first_non_finite(&images, &labels, 0.1).unwrap(), None);
+    assert_eq!(healthy.first_non_finite(&images, &labels, 0.1, 0).unwrap(), None);
 }
 
 /// The learning rate is an input of the compiled step: 100 steps through a changing (cosine)
@@ -148,5 +148,17 @@ fn a_changing_schedule_compiles_the_step_once() {
     let changed: Vec<&String> = before.keys().filter(|n| parameter(n) && before[*n] != after[*n]).collect();
     assert!(changed.is_empty(), "a step at rate 0 changed {changed:?}");
     assert_ne!(before["bn1.running_mean"], after["bn1.running_mean"], "the step ran");
+    assert_eq!(trainer.step_compilations(), 1);
+
+    // AdamW's bias corrections change every step too, as inputs.
+    let options = TrainerOptions::paper(4, [1, 8, 8], 2).with_optimizer(skipgrad_autodiff::AdamW::default());
+    let mut trainer = Trainer::new(&config, options).unwrap();
+    let losses: Vec<f32> = (0..100u64)
+        .map(|i| {
+            let lr = 0.0005 * (1.0 + (std::f64::consts::PI * i as f64 / 100.0).cos());
+            trainer.step(&images, &labels, lr, i).unwrap().loss
+        })
+        .collect();
+    assert!(losses[99] < 0.5 * losses[0], "AdamW fits the batch: {} -> {}", losses[0], losses[99]);
     assert_eq!(trainer.step_compilations(), 1);
 }

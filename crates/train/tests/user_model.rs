@@ -4,10 +4,11 @@
 //! alone load into a new trainer that evaluates identically; mismatched tensors are errors that
 //! name them.
 
+use skipgrad_autodiff::AdamW;
 use skipgrad_autodiff::Var;
 use skipgrad_data::Batch;
 use skipgrad_nn::{BatchNorm2d, Checkpoint, Conv2d, Linear, Mode, Model, Result, Scope, global_avg_pool};
-use skipgrad_train::{Trainer, TrainerOptions};
+use skipgrad_train::{StateKind, Trainer, TrainerOptions};
 use std::collections::BTreeMap;
 
 /// A stem, `blocks` pre-activation blocks (batch norm and ReLU before each convolution, nothing
@@ -53,28 +54,59 @@ fn batch(i: u64) -> (Vec<f32>, Vec<f32>) {
 }
 
 fn train(trainer: &mut Trainer, iterations: std::ops::Range<u64>) -> Vec<f32> {
+    let lr = if trainer.optimizer().name() == "adamw" { 0.003 } else { 0.05 };
     iterations
         .map(|i| {
             let (images, labels) = batch(i);
-            trainer.step(&images, &labels, 0.05, i).unwrap().loss
+            trainer.step(&images, &labels, lr, i).unwrap().loss
         })
         .collect()
 }
 
 #[test]
 fn a_user_model_trains_and_resumes_bit_for_bit() {
-    let mut whole = Trainer::new(&MODEL, options()).unwrap();
+    trains_and_resumes_bit_for_bit(options());
+}
+
+/// AdamW's moments are state like SGD's velocities, and its step count comes from the
+/// iteration, so a resumed run continues its bias corrections where they were.
+#[test]
+fn a_user_model_trains_and_resumes_bit_for_bit_with_adamw() {
+    let options = options().with_optimizer(AdamW::default());
+    let trainer = Trainer::new(&MODEL, options.clone()).unwrap();
+    let kinds: Vec<(&str, StateKind)> = trainer
+        .state_tensors()
+        .iter()
+        .map(|t| (t.name.as_str(), t.kind))
+        .filter(|(n, _)| n.starts_with("fc."))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("fc.weight", StateKind::Parameter),
+            ("fc.bias", StateKind::Parameter),
+            ("fc.weight.exp_avg", StateKind::Optimizer),
+            ("fc.weight.exp_avg_sq", StateKind::Optimizer),
+            ("fc.bias.exp_avg", StateKind::Optimizer),
+            ("fc.bias.exp_avg_sq", StateKind::Optimizer),
+        ]
+    );
+    trains_and_resumes_bit_for_bit(options);
+}
+
+fn trains_and_resumes_bit_for_bit(options: TrainerOptions) {
+    let mut whole = Trainer::new(&MODEL, options.clone()).unwrap();
     let losses = train(&mut whole, 0..8);
     assert!(losses[7] < losses[0], "the loss falls: {losses:?}");
 
-    let mut first = Trainer::new(&MODEL, options()).unwrap();
+    let mut first = Trainer::new(&MODEL, options.clone()).unwrap();
     train(&mut first, 0..4);
     // The whole state by name, through a file's bytes: no zoo configuration in it.
     let saved = Checkpoint { config: None, tensors: first.training_state(), metadata: BTreeMap::new() };
     assert_eq!(first.model().config(), None);
     let loaded = Checkpoint::from_bytes("state.safetensors", &saved.to_bytes().unwrap()).unwrap();
     assert_eq!(loaded, saved);
-    let mut resumed = Trainer::new(&MODEL, TrainerOptions { seed: 99, ..options() }).unwrap();
+    let mut resumed = Trainer::new(&MODEL, TrainerOptions { seed: 99, ..options }).unwrap();
     resumed.restore(&loaded.tensors).unwrap();
     assert_eq!(train(&mut resumed, 4..8), losses[4..]);
     assert_eq!(resumed.training_state(), whole.training_state());
