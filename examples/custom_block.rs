@@ -2,17 +2,17 @@
 //! the same driver as the zoo's nets. The block is the pre-activation residual block (He et al.,
 //! "Identity Mappings in Deep Residual Networks", 2016): `x + conv2(relu(bn2(conv1(relu(bn1(x))))))`,
 //! with a 1x1 projection where the shape changes. The net trains on Fashion-MNIST for 300
-//! iterations with the paper's recipe, saves its whole state by tensor name halfway, resumes
-//! from that file in a new trainer to the same weights bit for bit, and reports its test
-//! accuracy.
+//! iterations with the paper's recipe through the driver `skipgrad train` uses (metrics, a
+//! checkpoint, evaluation): stopped halfway as if interrupted, resumed by a new trainer from the
+//! checkpoint (bit for bit as an uninterrupted run: `crates/train/tests/user_model.rs`), and
+//! tested.
 //!
 //! Run: `cargo run --release --example custom_block` (needs `apt-get install dataset-fashion-mnist`).
 
-use skipgrad::data::{Loader, LoaderConfig, Position, fashion_mnist, in_order};
-use skipgrad::nn::{BatchNorm2d, Checkpoint, Conv2d, Linear, Mode, Model, Scope, global_avg_pool};
+use skipgrad::data::fashion_mnist;
+use skipgrad::nn::{BatchNorm2d, Conv2d, Linear, Mode, Model, Scope, global_avg_pool};
 use skipgrad::prelude::*;
-use skipgrad::train::{Schedule, Trainer, TrainerOptions};
-use std::sync::Arc;
+use skipgrad::train::{Length, RunData, RunOptions, Trainer, TrainerOptions, run};
 
 /// The pre-activation block: batch norm and ReLU come before each convolution, and nothing
 /// follows the addition.
@@ -81,46 +81,27 @@ impl Model for PreActNet {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (train, test) = fashion_mnist(None)?;
+    let data = RunData::new(train, test);
     let model = PreActNet { widths: vec![16, 32] };
-    let (batch, iterations, seed) = (64, 300, 7);
-    let options = TrainerOptions::paper(batch, [1, 28, 28], seed);
-    let mean = Arc::new(train.mean_image());
-    let train = Arc::new(train);
-    let loader_config = LoaderConfig { batch, seed, shuffle: true, augment: true, drop_last: true };
-    let loader_at = |batch| Loader::new(train.clone(), mean.clone(), loader_config, Position { epoch: 0, batch });
-    let schedule = Schedule::paper(iterations);
-    let state_file = std::env::temp_dir().join(format!("preact-state-{}.safetensors", std::process::id()));
+    let options = TrainerOptions::paper(64, [1, 28, 28], 7);
+    let out = std::env::temp_dir().join(format!("preact-run-{}", std::process::id()));
+    let plan = RunOptions { progress: false, ..RunOptions::new(&out, Length::Iterations(300)) };
 
-    // Train, saving the whole state (weights, running statistics, velocities) halfway.
-    let mut trainer = Trainer::new(&model, options.clone())?;
-    let (mut loader, mut losses) = (loader_at(0)?, vec![]);
-    for i in 0..iterations {
-        let b = loader.next_batch();
-        losses.push(trainer.step(&b.images, &b.labels, schedule.lr(i, true), i)?.loss);
-        if i == iterations / 2 - 1 {
-            Checkpoint { config: None, tensors: trainer.training_state(), metadata: Default::default() }
-                .save(&state_file)?;
-        }
-    }
+    // Train until iteration 150, as if interrupted: the driver leaves a resumable checkpoint.
+    let interrupted = RunOptions { until_iteration: Some(150), ..plan.clone() };
+    let half = run(&mut Trainer::new(&model, options.clone())?, &data, &interrupted)?;
+    println!("{}: stopped after iteration {}, state in {}", half.model, half.iterations, half.saved.display());
 
-    // Resume from the file in a new trainer: the second half reaches the same weights.
-    let mut resumed = Trainer::new(&model, options)?;
-    resumed.restore(&Checkpoint::load(&state_file)?.tensors)?;
-    let mut loader = loader_at(iterations / 2)?;
-    for i in iterations / 2..iterations {
-        let b = loader.next_batch();
-        resumed.step(&b.images, &b.labels, schedule.lr(i, true), i)?;
-    }
-    std::fs::remove_file(&state_file)?;
+    // A new trainer resumes from the checkpoint and finishes the run.
+    let mut trainer = Trainer::new(&model, options)?;
+    let done = run(&mut trainer, &data, &RunOptions { resume: true, ..plan })?;
+    let test = done.test.expect("a finished run is tested");
     println!(
-        "{}: {} iterations; the resumed run's state is bit-identical: {}",
-        model.name(),
-        iterations,
-        resumed.training_state() == trainer.training_state()
+        "resumed, {} iterations: training error {:.1}% over the last tenth",
+        done.iterations,
+        100.0 * done.train_error
     );
-    let eval = trainer.evaluate(&in_order(&test, &mean, batch)?)?;
-    println!("test accuracy {:.2}% ({} images)", 100.0 * eval.accuracy, eval.images);
-    let mean_of = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
-    println!("loss {:.4} -> {:.4}", mean_of(&losses[..20]), mean_of(&losses[losses.len() - 20..]));
+    println!("test accuracy {:.2}% ({} images), model in {}", 100.0 * test.accuracy, test.images, done.saved.display());
+    std::fs::remove_dir_all(&out)?;
     Ok(())
 }

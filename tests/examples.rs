@@ -55,8 +55,8 @@ fn debugging_switches_work_on_the_example() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A new block, as the zoo writes its own, in a `Model` the training driver trains: it learns
-/// Fashion-MNIST, resumes bit for bit from its saved state, and reports a test accuracy.
+/// A new block, as the zoo writes its own, in a `Model` the training driver trains: stopped
+/// halfway and resumed from its checkpoint, it learns Fashion-MNIST and reports a test accuracy.
 #[test]
 fn custom_block_example_trains() {
     if skipgrad::data::fashion_mnist(None).is_err() && std::env::var_os("CI").is_none() {
@@ -66,13 +66,11 @@ fn custom_block_example_trains() {
     let out = Command::new(example("custom_block")).output().expect("example starts");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "example failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("the resumed run's state is bit-identical: true"), "{stdout}");
-    let accuracy: f64 = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("test accuracy ")?.split('%').next()?.parse().ok())
-        .unwrap_or_default();
-    assert!(accuracy > 60.0, "{stdout}");
-    let last = stdout.lines().last().unwrap_or_default();
-    let losses: Vec<f64> = last.trim_start_matches("loss ").split(" -> ").filter_map(|v| v.parse().ok()).collect();
-    assert!(losses.len() == 2 && losses[1] < 0.5 * losses[0], "{stdout}");
+    assert!(stdout.contains("stopped after iteration 150, state in "), "{stdout}");
+    let percent = |prefix: &str| -> f64 {
+        let after = |l: &str| l.split(prefix).nth(1)?.split('%').next()?.parse().ok();
+        stdout.lines().find_map(after).unwrap_or(f64::NAN)
+    };
+    assert!(percent("training error ") < 40.0, "{stdout}");
+    assert!(percent("test accuracy ") > 60.0, "{stdout}");
 }

@@ -48,7 +48,11 @@ pub fn experiment(e: Experiment) -> Result<String, String> {
                 for (k, kind) in ["plain", "resnet"].into_iter().enumerate() {
                     let dir = out.join(format!("{kind}{depth}"));
                     let r = run(TrainArgs::for_run(&recipe, &format!("{kind}{depth}"), None, dir.clone()))?;
-                    row += &format!("| {:.2}% | {:.2}% ", 100.0 * r.train_error, 100.0 * (1.0 - r.test_accuracy));
+                    row += &format!(
+                        "| {:.2}% | {:.2}% ",
+                        100.0 * r.train_error,
+                        100.0 * (1.0 - r.test.map_or(f64::NAN, |t| t.accuracy))
+                    );
                     panels[k].1.push(curves(&dir)?);
                 }
                 table += &format!("{row}|\n");
@@ -61,8 +65,11 @@ pub fn experiment(e: Experiment) -> Result<String, String> {
             for (name, option) in [("A", Shortcut::A), ("B", Shortcut::B), ("C", Shortcut::C)] {
                 let dir = out.join(format!("{model}-{name}"));
                 let r = run(TrainArgs::for_run(&recipe, &model, Some(option), dir.clone()))?;
-                table +=
-                    &format!("| {name} | {:.2}% | {:.2}% |\n", 100.0 * r.train_error, 100.0 * (1.0 - r.test_accuracy));
+                table += &format!(
+                    "| {name} | {:.2}% | {:.2}% |\n",
+                    100.0 * r.train_error,
+                    100.0 * (1.0 - r.test.map_or(f64::NAN, |t| t.accuracy))
+                );
                 runs.push(curves(&dir)?);
             }
             finish(&out, "shortcuts", table, &[(format!("{model}: options A, B, C"), runs)])

@@ -123,7 +123,7 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
     let err = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success(), "the run cannot have written its checkpoint");
     assert!(err.contains("cannot write the checkpoint of iteration 24") && err.contains("too large"), "{err}");
-    assert!(err.contains("checkpoint.safetensors still holds iteration 12; --resume continues from it"), "{err}");
+    assert!(err.contains("checkpoint.safetensors still holds iteration 12; resuming continues from it"), "{err}");
     assert_eq!(std::fs::read(&checkpoint).unwrap(), before, "the last checkpoint is intact");
     assert!(!exists_like(&out, ".checkpoint.safetensors.tmp"), "no temporary file is left behind");
     // What a kill during writes leaves behind is removed when the run resumes; other files stay.

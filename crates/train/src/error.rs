@@ -1,7 +1,7 @@
 //! Errors of the training driver.
 
 /// An error building, compiling or running a training step.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Building the model failed.
     #[error(transparent)]
@@ -27,6 +27,38 @@ pub enum Error {
     /// A state tensor that is missing from a checkpoint, or of another shape there.
     #[error("{0}")]
     State(String),
+    /// A run's directory or one of its files could not be read or written.
+    #[error("{}: {message}", path.display())]
+    Io {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A checkpoint that this run cannot resume from: unreadable, or written by a run with other
+    /// settings (named).
+    #[error("cannot resume from {}: {message}", path.display())]
+    Resume {
+        /// The checkpoint.
+        path: std::path::PathBuf,
+        /// Why not.
+        message: String,
+    },
+    /// A run could not write its checkpoint (the message says what the file on disk still holds).
+    #[error("cannot write the checkpoint of iteration {iteration}: {message}")]
+    Save {
+        /// The iteration the checkpoint was to hold.
+        iteration: u64,
+        /// Why, and what is on disk.
+        message: String,
+    },
+    /// The data could not be batched.
+    #[error(transparent)]
+    Data(#[from] skipgrad_data::Error),
+    /// A run stopped because its loss went non-finite: where, the last good checkpoint, and
+    /// (when asked) the first node that made a non-finite value.
+    #[error("{0}")]
+    Diverged(String),
     /// The loss stopped being a number.
     #[error("iteration {iteration}: the loss is {loss}")]
     NonFinite {

@@ -6,11 +6,13 @@
 
 mod error;
 mod exec;
+mod run;
 mod schedule;
 mod trainer;
 
 pub use error::Error;
 pub use exec::Backend;
+pub use run::{CHECKPOINT, Length, MODEL, RunData, RunOptions, RunResult, run};
 pub use schedule::{Decay, Schedule};
 pub use trainer::{
     Evaluation, LEARNING_RATE, NonFiniteValue, StateKind, StateTensor, StepStats, Trainer, TrainerOptions,

@@ -11,6 +11,16 @@ pub enum Decay {
     Cosine,
 }
 
+impl Decay {
+    /// Its name in configurations and checkpoints: `step` or `cosine`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Decay::Step => "step",
+            Decay::Cosine => "cosine",
+        }
+    }
+}
+
 /// The paper's schedule, scaled to any run: a base rate divided by 10 at each milestone, given as
 /// fractions of the run's iterations (the paper's 32k and 48k of 64k are 0.5 and 0.75), with an
 /// optional warm-up rate used until the training error first falls below a threshold (ResNet-110:

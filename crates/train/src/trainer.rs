@@ -212,6 +212,11 @@ impl Trainer {
         self.model.as_ref()
     }
 
+    /// The options it was made with.
+    pub fn options(&self) -> &TrainerOptions {
+        &self.options
+    }
+
     /// The optimizer it trains with.
     pub fn optimizer(&self) -> &dyn Optimizer {
         self.options.optimizer.as_ref()

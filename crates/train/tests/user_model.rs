@@ -140,3 +140,51 @@ fn mismatched_tensors_are_named() {
     let error = Trainer::with_weights(&wider, &tensors, options()).err().unwrap().to_string();
     assert_eq!(error, "the checkpoint has no fc.bias");
 }
+
+/// A synthetic dataset of `n` 1x8x8 images of 10 classes.
+fn dataset(n: usize, salt: usize) -> skipgrad_data::Dataset {
+    let images = (0..n * 64).map(|k| ((k * 7919 + salt * 104_729) % 251) as u8).collect();
+    let labels = (0..n).map(|k| ((k * 3 + salt) % 10) as u8).collect();
+    skipgrad_data::Dataset { images, labels, shape: [1, 8, 8], classes: 10 }
+}
+
+/// The run driver trains a user model as `skipgrad train` trains the zoo's: a run stopped after
+/// iteration 20 of 32 and resumed by a new trainer ends with the weights, optimizer state, losses
+/// and test result of an uninterrupted run, bit for bit; it writes its configuration, metrics,
+/// checkpoint and model; and it refuses to resume a run of another model or optimizer.
+#[test]
+fn the_run_driver_resumes_a_user_model_bit_for_bit() {
+    use skipgrad_train::{Length, RunData, RunOptions, run};
+    let root = std::env::temp_dir().join(format!("skipgrad-driver-{}", std::process::id()));
+    let data = RunData::new(dataset(64, 1), dataset(10, 2));
+    let plan = |dir: &str| RunOptions { progress: false, ..RunOptions::new(root.join(dir), Length::Epochs(2)) };
+    let mut straight = Trainer::new(&MODEL, options()).unwrap();
+    let whole = run(&mut straight, &data, &plan("straight")).unwrap();
+    assert_eq!((whole.iterations, whole.stopped, whole.test.map(|t| t.images)), (32, false, Some(10)));
+
+    let interrupted = RunOptions { until_iteration: Some(20), ..plan("interrupted") };
+    let half = run(&mut Trainer::new(&MODEL, options()).unwrap(), &data, &interrupted).unwrap();
+    assert_eq!((half.iterations, half.stopped, half.test), (20, true, None));
+    let mut resumed = Trainer::new(&MODEL, options()).unwrap();
+    let rest = run(&mut resumed, &data, &RunOptions { resume: true, ..plan("interrupted") }).unwrap();
+    assert_eq!(rest.test, whole.test);
+    assert_eq!(resumed.training_state(), straight.training_state());
+    let losses = |dir: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(root.join(dir).join("metrics.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].to_string()).collect()
+    };
+    assert_eq!(losses("interrupted"), losses("straight"));
+    for file in ["config.json", "metrics.jsonl", "checkpoint.safetensors", "model.safetensors"] {
+        assert!(root.join("straight").join(file).exists(), "{file}");
+    }
+
+    // Another model, or another optimizer, cannot resume this run.
+    let wider = PreAct { width: 16, ..MODEL };
+    let error =
+        run(&mut Trainer::new(&wider, options()).unwrap(), &data, &RunOptions { resume: true, ..plan("straight") });
+    assert!(error.unwrap_err().to_string().contains("run.model"));
+    let adamw = Trainer::new(&MODEL, options().with_optimizer(AdamW::default()));
+    let error = run(&mut adamw.unwrap(), &data, &RunOptions { resume: true, ..plan("straight") });
+    assert!(error.unwrap_err().to_string().contains("run.optimizer"));
+    std::fs::remove_dir_all(&root).unwrap();
+}
