@@ -106,3 +106,79 @@ fn sgd_at_a_run_time_rate_matches_the_constant_rate_bit_for_bit() {
     assert_eq!(run(true), (constant, kernels));
     assert_eq!(kernels, 1, "every update in one kernel");
 }
+
+proptest! {
+    #![proptest_config(config(8))]
+
+    /// State updated in place (`CompileOptions::updates`): the new parameters, velocities and
+    /// running statistics of random training steps, written straight into their inputs' buffers,
+    /// give the values a step that copies them back gives, bit for bit, over three steps; in the
+    /// fused program every update is in place, and the graph holds less dedicated memory.
+    #[test]
+    fn state_updated_in_place_matches_copying_it_back(blocks in prop::collection::vec(block(), 1..3), channels in prop::sample::select(vec![2usize, 8]), seed: u64) {
+        let net = build(&blocks, 2, channels, 6, seed, DType::F32).unwrap();
+        let graph = net.tape.graph();
+        let updates = net.tape.updates();
+        let first_update = net.outputs.len() - updates.len();
+        let names: Vec<String> = updates.iter().map(|(t, _)| graph.source_name(t.id()).unwrap().to_string()).collect();
+        let program = skipgrad::fuse::Program { graph: graph.clone(), outputs: net.outputs.iter().map(|v| v.id()).collect() };
+        let fused = skipgrad::fuse::Pipeline::training().run(program).unwrap().pop().unwrap().program;
+        let run = |in_place: bool| {
+            let pairs = if in_place { names.iter().enumerate().map(|(k, n)| (n.clone(), first_update + k)).collect() } else { vec![] };
+            let options = CompileOptions { threads: 2, updates: pairs, ..CompileOptions::default() };
+            let mut c = compile(&fused.graph, &fused.outputs, &options).unwrap();
+            for (name, t) in &net.feeds {
+                c.set_input(name, &t.to_f64_vec().into_iter().map(|v| v as f32).collect::<Vec<_>>()).unwrap();
+            }
+            let mut outputs = vec![];
+            for _ in 0..3 {
+                c.run();
+                outputs.push((0..fused.outputs.len()).map(|k| c.output(k).unwrap().to_vec()).collect::<Vec<_>>());
+                for (k, name) in names.iter().enumerate() {
+                    if !c.in_place(first_update + k) {
+                        let values = c.output(first_update + k).unwrap().to_vec();
+                        c.set_input(name, &values).unwrap();
+                    }
+                }
+            }
+            let in_place: Vec<bool> = (0..names.len()).map(|k| c.in_place(first_update + k)).collect();
+            (outputs, in_place, c.memory().dedicated)
+        };
+        let (copied, none, copying_memory) = run(false);
+        let (updated, all, in_place_memory) = run(true);
+        prop_assert!(none.iter().all(|&b| !b));
+        prop_assert!(all.iter().all(|&b| b), "every update in place: {:?}", all);
+        prop_assert!(copied == updated, "in place differs from copying back");
+        prop_assert!(in_place_memory < copying_memory);
+    }
+}
+
+/// An update is written in place only when that is safe: here a kernel after the update still
+/// reads the old value, so the update gets a buffer of its own, and both outputs are right.
+#[test]
+fn an_update_whose_input_is_read_later_is_not_in_place() {
+    let tape = Tape::trace(DType::F32);
+    let p = tape.parameter_spec("p", DType::F32, &[5]).unwrap();
+    let doubled = p.scale(2.0);
+    let later = p.add_scalar(1.0);
+    let options = CompileOptions { updates: vec![("p".into(), 0)], ..CompileOptions::default() };
+    let mut c = compile(&tape.graph(), &[doubled.id(), later.id()], &options).unwrap();
+    assert!(!c.in_place(0), "p is read after its update is written");
+    c.set_input("p", &[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+    c.run();
+    assert_eq!(c.output(0).unwrap(), &[2.0, 4.0, 6.0, 8.0, 10.0]);
+    assert_eq!(c.output(1).unwrap(), &[2.0, 3.0, 4.0, 5.0, 6.0]);
+    // Without the later reader the same update is in place.
+    let mut c = compile(&tape.graph(), &[doubled.id()], &options).unwrap();
+    assert!(c.in_place(0));
+    c.set_input("p", &[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+    c.run();
+    assert_eq!(c.output(0).unwrap(), &[2.0, 4.0, 6.0, 8.0, 10.0]);
+    // A name the graph lacks, or an output it has not, is an error naming it.
+    let bad = CompileOptions { updates: vec![("q".into(), 0)], ..CompileOptions::default() };
+    let error = compile(&tape.graph(), &[doubled.id()], &bad).err().unwrap().to_string();
+    assert!(error.contains("\"q\""), "{error}");
+    let bad = CompileOptions { updates: vec![("p".into(), 3)], ..CompileOptions::default() };
+    let error = compile(&tape.graph(), &[doubled.id()], &bad).err().unwrap().to_string();
+    assert!(error.contains("no output 3"), "{error}");
+}

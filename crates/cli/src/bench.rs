@@ -1,6 +1,7 @@
 //! `skipgrad bench`: the compiled training (or inference) step of a model timed on random data:
 //! median, min and max step time, images per second, GFLOP/s, compile time and peak memory.
 
+use crate::train::OptimizerName;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use skipgrad_nn::{Config, summary};
@@ -43,6 +44,13 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// The optimizer of the training step.
+    #[arg(long, value_enum, default_value_t = OptimizerName::Sgd)]
+    optimizer: OptimizerName,
+    /// Copy every updated state tensor back after each step instead of writing it in place
+    /// (what the step did before in-place updates; to measure the difference).
+    #[arg(long)]
+    copy_state: bool,
 }
 
 /// Runs the benchmark; returns its report.
@@ -53,6 +61,8 @@ pub fn bench(args: BenchArgs) -> Result<String, String> {
     let batch = args.batch as usize;
     let macs = summary(&config, input).map_err(|e| e.to_string())?.multiply_adds as f64;
     let mut options = TrainerOptions::paper(batch, input, 0);
+    options.optimizer = args.optimizer.build(None);
+    options.update_in_place = !args.copy_state;
     if let Some(t) = args.threads {
         options.threads = t as usize;
     }
@@ -103,6 +113,7 @@ pub fn bench(args: BenchArgs) -> Result<String, String> {
             "model": config.name(), "mode": mode, "batch": batch, "input": input,
             "threads": threads, "steps": args.steps, "median_s": median, "min_s": min, "max_s": max,
             "images_per_s": batch as f64 / median, "gflops": gflops, "compile_s": compile, "peak_rss_mb": peak,
+            "optimizer": args.optimizer.build(None).describe(), "updates_in_place": trainer.updates_in_place().map(|(k, _)| k),
         });
         format!("{value}\n")
     } else {

@@ -69,7 +69,7 @@ pub enum OptimizerName {
 
 impl OptimizerName {
     /// The optimizer, with `weight_decay` instead of its default when given.
-    fn build(self, weight_decay: Option<f64>) -> Arc<dyn Optimizer + Send + Sync> {
+    pub fn build(self, weight_decay: Option<f64>) -> Arc<dyn Optimizer + Send + Sync> {
         match self {
             OptimizerName::Sgd => {
                 let sgd = Sgd::paper();

@@ -28,6 +28,12 @@ pub struct CompileOptions {
     /// minimal filtering: F(2x2, 3x3) multiplies 2.25x less than direct, F(4x4, 3x3) 4x less.
     /// [`WinogradTiles::Off`] makes every convolution direct.
     pub winograd: WinogradTiles,
+    /// State the graph updates: (input or parameter name, output index) when output `k` is the
+    /// new value of that input (a parameter after an optimizer step, a running statistic). Each
+    /// output is written straight into its input's buffer when that is safe (no later kernel
+    /// reads the input, and the writing kernel reads each element before writing it), so a
+    /// training step updates its state in place; [`CompiledGraph::in_place`] says which were.
+    pub updates: Vec<(String, usize)>,
 }
 
 impl Default for CompileOptions {
@@ -39,6 +45,7 @@ impl Default for CompileOptions {
             guard: Guard::None,
             plan_memory: true,
             winograd: WinogradTiles::default(),
+            updates: vec![],
         }
     }
 }
@@ -101,6 +108,12 @@ pub struct CompiledGraph {
     codes: Vec<KernelCode>,
     stats: CompileStats,
     memory: MemoryReport,
+    /// Per output: whether it is written into the input it updates ([`CompileOptions::updates`]).
+    in_place: Vec<bool>,
+    /// The first step that writes an update in place (every other output is computed before it).
+    updates_from: usize,
+    /// The profile of a run's first part, until [`CompiledGraph::run_updates`] prints it.
+    pending_profile: Option<Vec<KernelProfile>>,
     /// Print a profile after every run (`SKIPGRAD_PROFILE`).
     print_profile: bool,
     pool: ThreadPool,
@@ -161,7 +174,7 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
     let mut feeds = HashMap::new();
     let mut kernel_of = HashMap::new();
     // Lower every needed node; remember how each is filled and which steps it has.
-    let mut planned: Vec<(NodeId, usize, Vec<Slot>, u64)> = Vec::new();
+    let mut planned: Vec<PlannedStep> = Vec::new();
     let mut constants: Vec<(usize, Vec<f32>)> = Vec::new();
     let mut computed = vec![false; nodes.len()];
     // Scratch areas: length and how steps touch them, as (spec, argument position); identical
@@ -213,6 +226,8 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
     }
     let (code, codes, stats) = compiler.finish()?;
     let plan = options.plan_memory && options.guard == Guard::None;
+    let (alias_of, in_place, updates_from) =
+        update_aliases(graph, outputs, &options.updates, &feeds, &planned, &codes)?;
 
     // Lifetimes of computed intermediates; everything else has a buffer of its own.
     let mut lifetimes: Vec<Option<Lifetime>> = vec![None; nodes.len()];
@@ -265,6 +280,11 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
         memory.unplanned += 4 * nodes[i].ty.shape.numel();
     }
     for i in 0..nodes.len() {
+        if let Some(target) = alias_of[i] {
+            // Sources come before the values computed from them.
+            place[i] = place[target];
+            continue;
+        }
         if !needed[i] || place[i].is_some() {
             continue;
         }
@@ -375,10 +395,88 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
         codes,
         stats,
         memory,
+        in_place,
+        updates_from,
+        pending_profile: None,
         print_profile: std::env::var_os(PROFILE_ENV).is_some_and(|v| !v.is_empty() && v != "0"),
         pool: ThreadPool::new(options.threads),
         code,
     })
+}
+
+/// A planned kernel call: the node, its kernel, its argument slots (inputs, then the output) and
+/// its groups.
+type PlannedStep = (NodeId, usize, Vec<Slot>, u64);
+
+/// Which outputs take the buffer of the input they update ([`CompileOptions::updates`]): per node,
+/// the source whose buffer it shares, per output whether it does, and the first step that writes
+/// one. An output shares when one kernel call writes it, after every output that is not an
+/// update is computed, no later call reads the input, and that call reads each element of the
+/// input only before writing it ([`crate::KernelSpec::reads_before_writes`]).
+fn update_aliases(
+    graph: &Graph,
+    outputs: &[NodeId],
+    updates: &[(String, usize)],
+    feeds: &HashMap<String, Option<NodeId>>,
+    planned: &[PlannedStep],
+    codes: &[KernelCode],
+) -> Result<(Vec<Option<usize>>, Vec<bool>, usize)> {
+    let nodes = graph.nodes();
+    let mut alias_of: Vec<Option<usize>> = vec![None; nodes.len()];
+    let mut in_place = vec![false; outputs.len()];
+    let mut taken = vec![false; nodes.len()];
+    let mentions = |args: &[Slot], node: usize| -> Vec<usize> {
+        (0..args.len()).filter(|&a| matches!(args[a], Slot::Node(n) if n == node)).collect()
+    };
+    // The kernel calls of the node that produces `value` (a fused node's, for its outputs).
+    let calls = |value: NodeId| -> Vec<usize> {
+        let producer = match nodes[value.index()].op {
+            Op::Output { .. } => nodes[value.index()].inputs[0],
+            _ => value,
+        };
+        (0..planned.len()).filter(|&s| planned[s].0 == producer).collect()
+    };
+    // The last call computing an output that is not an update (the loss, metrics).
+    let is_update = |j: usize| updates.iter().any(|(_, k)| *k == j);
+    let others_done =
+        (0..outputs.len()).filter(|&j| !is_update(j)).flat_map(|j| calls(outputs[j])).max().map_or(0, |s| s + 1);
+    let mut updates_from = planned.len();
+    for (name, k) in updates {
+        let target = feeds.get(name).ok_or_else(|| {
+            Error::Feed(format!("the update of {name:?}: the graph has no input or parameter of that name"))
+        })?;
+        let value = *outputs.get(*k).ok_or_else(|| {
+            Error::Feed(format!("the update of {name:?}: there is no output {k} (the graph has {})", outputs.len()))
+        })?;
+        let Some(target) = *target else { continue };
+        let (t, v) = (target.index(), value.index());
+        if nodes[t].ty != nodes[v].ty {
+            return Err(Error::Feed(format!(
+                "the update of {name:?}: output {k} is {}, the input is {}",
+                nodes[v].ty, nodes[t].ty
+            )));
+        }
+        if taken[t] || alias_of[v].is_some() || t == v || outputs.contains(&target) {
+            continue;
+        }
+        let [writer] = calls(value)[..] else { continue };
+        if writer < others_done {
+            continue;
+        }
+        let (_, kernel, args, _) = &planned[writer];
+        let Some(&written) = mentions(args, v).last() else { continue };
+        let read_later = planned[writer + 1..].iter().any(|(_, _, args, _)| !mentions(args, t).is_empty());
+        let safe = mentions(args, t).into_iter().all(|read| codes[*kernel].spec.reads_before_writes(read, written));
+        if !read_later && safe {
+            alias_of[v] = Some(t);
+            taken[t] = true;
+            updates_from = updates_from.min(writer);
+            for (j, &o) in outputs.iter().enumerate() {
+                in_place[j] |= o == value;
+            }
+        }
+    }
+    Ok((alias_of, in_place, updates_from))
 }
 
 impl CompiledGraph {
@@ -404,18 +502,47 @@ impl CompiledGraph {
     /// Runs every kernel once, in order, on the current inputs. With `SKIPGRAD_PROFILE=1` in the
     /// environment at compile time, prints a per-kernel profile of the run to stderr.
     pub fn run(&mut self) {
+        self.run_until_updates();
+        self.run_updates();
+    }
+
+    /// Runs the kernels before the first one that writes an update in place
+    /// ([`CompileOptions::updates`]): every output that is not such an update is then computed,
+    /// and the inputs still hold their old values, so a caller can check the loss before the
+    /// state changes. [`run_updates`](CompiledGraph::run_updates) runs the rest.
+    pub fn run_until_updates(&mut self) {
         if self.print_profile {
-            let profile = self.profile();
-            eprintln!("{}", profile_table(&profile));
-            return;
+            let mut rows = self.profile_rows();
+            self.run_timed(0..self.updates_from, &mut rows);
+            self.pending_profile = Some(rows);
+        } else {
+            self.run_steps(0..self.updates_from);
         }
-        for step in &self.steps {
+    }
+
+    /// Runs the kernels that [`run_until_updates`](CompiledGraph::run_until_updates) left: the
+    /// two together are one [`run`](CompiledGraph::run) (which prints its profile here, with
+    /// `SKIPGRAD_PROFILE`).
+    pub fn run_updates(&mut self) {
+        let range = self.updates_from..self.steps.len();
+        if self.print_profile {
+            let mut rows = self.pending_profile.take().unwrap_or_else(|| self.profile_rows());
+            self.run_timed(range, &mut rows);
+            eprintln!("{}", profile_table(&sorted_profile(rows)));
+        } else {
+            self.run_steps(range);
+        }
+    }
+
+    fn run_steps(&mut self, range: std::ops::Range<usize>) {
+        for step in &self.steps[range] {
             // SAFETY: `args` point into `self.storage`, whose buffers are at least as large as
             // every value placed in them and never resized; each kernel reads only its operands and
             // writes only its outputs, within the extents its spec was generated for (checked by
             // the guard-page tests); values sharing a buffer are never live at once (the plan's
-            // invariant, tested in `plan.rs`); `&mut self` keeps every other access out until the
-            // pool returns.
+            // invariant, tested in `plan.rs`; an update shares its input's buffer only when the
+            // input is not read after it is written: `update_aliases`); `&mut self` keeps every
+            // other access out until the pool returns.
             unsafe { self.pool.run(self.code.fns[step.kernel], step.args.as_ptr(), step.groups) };
         }
     }
@@ -423,21 +550,29 @@ impl CompiledGraph {
     /// Runs once like [`run`](CompiledGraph::run), timing every kernel call: returns, per distinct
     /// kernel, its calls, seconds, work and the nodes it computes, slowest first.
     pub fn profile(&mut self) -> Vec<KernelProfile> {
-        let mut rows: Vec<KernelProfile> = self
-            .codes
-            .iter()
-            .map(|c| KernelProfile {
-                name: c.name.clone(),
-                calls: 0,
-                seconds: 0.0,
-                flops: None,
-                bytes: 0.0,
-                nodes: vec![],
-            })
-            .collect();
-        for step in &self.steps {
+        let mut rows = self.profile_rows();
+        self.run_timed(0..self.steps.len(), &mut rows);
+        sorted_profile(rows)
+    }
+
+    /// One empty profile row per distinct kernel.
+    fn profile_rows(&self) -> Vec<KernelProfile> {
+        let row = |c: &KernelCode| KernelProfile {
+            name: c.name.clone(),
+            calls: 0,
+            seconds: 0.0,
+            flops: None,
+            bytes: 0.0,
+            nodes: vec![],
+        };
+        self.codes.iter().map(row).collect()
+    }
+
+    /// Runs `range` of the steps, adding each call's time and work to its kernel's row.
+    fn run_timed(&mut self, range: std::ops::Range<usize>, rows: &mut [KernelProfile]) {
+        for step in &self.steps[range] {
             let start = std::time::Instant::now();
-            // SAFETY: as in `run`.
+            // SAFETY: as in `run_steps`.
             unsafe { self.pool.run(self.code.fns[step.kernel], step.args.as_ptr(), step.groups) };
             let row = &mut rows[step.kernel];
             row.seconds += start.elapsed().as_secs_f64();
@@ -448,9 +583,6 @@ impl CompiledGraph {
                 row.nodes.push(step.node);
             }
         }
-        rows.retain(|r| r.calls > 0);
-        rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
-        rows
     }
 
     /// Bytes of tensors the kernels read and write in one run, each tensor counted once per call.
@@ -469,6 +601,12 @@ impl CompiledGraph {
             .iter()
             .map(|&o| Ok(Tensor::f32(self.types[o.index()].shape.clone(), self.slice(o).unwrap_or(&[]).to_vec())?))
             .collect()
+    }
+
+    /// Whether output `k` is written straight into the input it updates
+    /// ([`CompileOptions::updates`]): after a run that input already holds the new value.
+    pub fn in_place(&self, k: usize) -> bool {
+        self.in_place.get(k).copied().unwrap_or(false)
     }
 
     /// The current value of output `k` (in the order given to [`compile`]).
@@ -529,6 +667,13 @@ impl CompiledGraph {
     pub fn schedule(&self) -> impl Iterator<Item = (NodeId, &KernelCode)> + '_ {
         self.steps.iter().map(|s| (s.node, &self.codes[s.kernel]))
     }
+}
+
+/// The rows of kernels that ran, slowest first.
+fn sorted_profile(mut rows: Vec<KernelProfile>) -> Vec<KernelProfile> {
+    rows.retain(|r| r.calls > 0);
+    rows.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    rows
 }
 
 /// A profile as a table: kernel, calls, milliseconds, share of the run, GFLOP/s (compute-bound

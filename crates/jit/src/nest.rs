@@ -89,7 +89,10 @@ pub enum Pass {
     /// Sums `expr` over the group's elements; `finish` (which reads the sum as [`Expr::Acc`])
     /// becomes the next local.
     Reduce { expr: Expr, finish: Expr },
-    /// Writes `expr` at every element of the group to output `output`.
+    /// Writes `expr` at every element of the group to output `output`. Consecutive maps share one
+    /// walk over the elements, which evaluates every map's expression at an element before it
+    /// stores any: so an output may share memory with a `Full` operand those maps read (an
+    /// optimizer's state updated in place).
     Map { expr: Expr, output: usize },
     /// Writes the group-invariant `expr` to element `group` of output `output`.
     Store { expr: Expr, output: usize },
@@ -109,6 +112,21 @@ pub struct NestSpec {
 }
 
 impl NestSpec {
+    /// Whether pointer `written` (an output) may share memory with pointer `read` (an operand):
+    /// `read` is `Full` and `written` is stored by the last run of maps, after which no pass
+    /// reads (see [`Pass::Map`]).
+    pub(crate) fn reads_before_writes(&self, read: usize, written: usize) -> bool {
+        let n = self.operands.len();
+        if self.operands.get(read) != Some(&Operand::Full) || written < n || written >= n + self.outputs {
+            return false;
+        }
+        let maps = self.passes.iter().rev().take_while(|p| matches!(p, Pass::Map { .. })).count();
+        let (before, last_maps) = self.passes.split_at(self.passes.len() - maps);
+        let writes =
+            |p: &Pass| matches!(p, Pass::Map { output, .. } | Pass::Store { output, .. } if *output == written - n);
+        last_maps.iter().any(writes) && !before.iter().any(writes)
+    }
+
     /// Emits the kernel's body into `b`, whose function has the signature described above.
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
         let (args, begin, end) = entry(b);
@@ -140,11 +158,19 @@ impl NestSpec {
                 })
                 .collect();
             let mut locals: Vec<(Value, Value)> = Vec::new();
-            for pass in &self.passes {
-                let exprs: Vec<&Expr> = match pass {
-                    Pass::Reduce { expr, finish } => vec![expr, finish],
-                    Pass::Map { expr, .. } | Pass::Store { expr, .. } => vec![expr],
-                };
+            let mut passes = self.passes.as_slice();
+            while let Some(pass) = passes.first() {
+                // Consecutive maps share one walk over the elements (see `Pass::Map`).
+                let maps = passes.iter().take_while(|p| matches!(p, Pass::Map { .. })).count().max(1);
+                let (now, rest) = passes.split_at(maps);
+                passes = rest;
+                let exprs: Vec<&Expr> = now
+                    .iter()
+                    .flat_map(|p| match p {
+                        Pass::Reduce { expr, finish } => vec![expr, finish],
+                        Pass::Map { expr, .. } | Pass::Store { expr, .. } => vec![expr],
+                    })
+                    .collect();
                 let invariants = self.hoist(b, &exprs, &group_values, &locals, mul_add);
                 let scalars: Vec<Value> = locals.iter().map(|l| l.0).collect();
                 let vectors: Vec<Value> = locals.iter().map(|l| l.1).collect();
@@ -159,14 +185,17 @@ impl NestSpec {
                         let splat = b.ins().splat(types::F32X4, local);
                         locals.push((local, splat));
                     }
-                    Pass::Map { expr, output } => {
-                        let out = outputs[*output];
+                    Pass::Map { .. } => {
                         self.for_elements(b, group_base, partial, &mut |b, w, at| {
                             let mut load = |b: &mut FunctionBuilder, k: usize| self.load(b, w, operands, at, k);
                             let mut env = element_env(w, mul_add, &mut load, &invariants, &scalars, &vectors);
-                            let v = expr.emit(b, &mut env);
-                            let addr = elem_addr(b, out, at.flat);
-                            b.ins().store(flags, v, addr, 0);
+                            // Every value first, then every store.
+                            let values: Vec<Value> = exprs.iter().map(|e| e.emit(b, &mut env)).collect();
+                            for (map, v) in now.iter().zip(values) {
+                                let Pass::Map { output, .. } = map else { unreachable!("a run of maps") };
+                                let addr = elem_addr(b, outputs[*output], at.flat);
+                                b.ins().store(flags, v, addr, 0);
+                            }
                         });
                     }
                     Pass::Store { expr, output } => {

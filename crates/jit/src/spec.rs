@@ -107,6 +107,32 @@ impl KernelSpec {
         }
     }
 
+    /// Whether the kernel's argument `written` (an output) may share memory with its argument
+    /// `read` (an operand): every element of `read` is read only where `written` is written, and
+    /// before it is (an optimizer's state updated in place). A nest: `read` is a `Full` operand
+    /// and `written` is stored by the last run of maps (which evaluates every map before storing
+    /// any, and after which nothing reads). A foreach: the same, within the one part that reads
+    /// `read`. Otherwise, for the kernel's own output, its [`in_place_operands`](Self::in_place_operands).
+    pub fn reads_before_writes(&self, read: usize, written: usize) -> bool {
+        match self {
+            KernelSpec::Nest(s) => s.reads_before_writes(read, written),
+            KernelSpec::Foreach(f) => {
+                let mut readers = f.parts.iter().filter(|p| p.args[..p.nest.operands.len()].contains(&read));
+                match (readers.next(), readers.next()) {
+                    (Some(part), None) => {
+                        let local = |a: usize| part.args.iter().position(|&x| x == a);
+                        match (local(read), local(written)) {
+                            (Some(r), Some(w)) => part.nest.reads_before_writes(r, w),
+                            _ => false,
+                        }
+                    }
+                    _ => false,
+                }
+            }
+            _ => written + 1 == self.arity() && self.in_place_operands().contains(&read),
+        }
+    }
+
     /// Floating-point operations per run, for compute-bound kernels.
     pub fn flops(&self) -> Option<f64> {
         match self {

@@ -35,12 +35,18 @@ pub(crate) enum Executor {
 }
 
 impl Executor {
-    /// Prepares `program` on `backend`.
-    pub(crate) fn new(backend: Backend, program: Program, threads: usize) -> Result<Executor> {
+    /// Prepares `program` on `backend`; on the JIT, each of `updates` (an input's name and the
+    /// output that is its new value) is written in place where that is safe.
+    pub(crate) fn new(
+        backend: Backend,
+        program: Program,
+        threads: usize,
+        updates: Vec<(String, usize)>,
+    ) -> Result<Executor> {
         let sources: Vec<(String, NodeId)> = program.graph.sources().map(|(id, name)| (name.to_string(), id)).collect();
         Ok(match backend {
             Backend::Jit => {
-                let options = CompileOptions { threads, ..CompileOptions::default() };
+                let options = CompileOptions { threads, updates, ..CompileOptions::default() };
                 Executor::Jit {
                     compiled: Box::new(compile(&program.graph, &program.outputs, &options)?),
                     ids: sources.into_iter().collect(),
@@ -78,11 +84,26 @@ impl Executor {
 
     /// Runs the graph once.
     pub(crate) fn run(&mut self) -> Result<()> {
+        self.run_until_updates()?;
+        self.run_updates();
+        Ok(())
+    }
+
+    /// Runs the graph up to the kernels that write state in place: every other output is then
+    /// computed and the state is as it was (the whole graph, on the interpreter).
+    pub(crate) fn run_until_updates(&mut self) -> Result<()> {
         match self {
-            Executor::Jit { compiled, .. } => compiled.run(),
+            Executor::Jit { compiled, .. } => compiled.run_until_updates(),
             Executor::Reference { graph, outputs, feeds, results, .. } => *results = evaluate(graph, feeds, outputs)?,
         }
         Ok(())
+    }
+
+    /// Runs what [`Executor::run_until_updates`] left.
+    pub(crate) fn run_updates(&mut self) {
+        if let Executor::Jit { compiled, .. } = self {
+            compiled.run_updates();
+        }
     }
 
     /// Output `k` of the last run.
@@ -90,6 +111,14 @@ impl Executor {
         match self {
             Executor::Jit { compiled, .. } => compiled.output(k).expect("an output of the program").to_vec(),
             Executor::Reference { results, .. } => results[k].to_f64_vec().into_iter().map(|v| v as f32).collect(),
+        }
+    }
+
+    /// Whether output `k` is written into the input it updates (so nothing needs copying back).
+    pub(crate) fn in_place(&self, k: usize) -> bool {
+        match self {
+            Executor::Jit { compiled, .. } => compiled.in_place(k),
+            Executor::Reference { .. } => false,
         }
     }
 

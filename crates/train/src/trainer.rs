@@ -28,6 +28,10 @@ pub struct TrainerOptions {
     pub fuse: bool,
     /// Where the step runs: the JIT, or the reference interpreter (for debugging).
     pub backend: Backend,
+    /// Write each new parameter, optimizer slot and running statistic straight into its own
+    /// buffer inside the compiled step (on by default); off, the step's outputs are copied back
+    /// after every run (to measure what that costs).
+    pub update_in_place: bool,
 }
 
 impl TrainerOptions {
@@ -42,6 +46,7 @@ impl TrainerOptions {
             optimizer: Arc::new(Sgd::paper()),
             fuse: true,
             backend: Backend::Jit,
+            update_in_place: true,
         }
     }
 
@@ -240,17 +245,21 @@ impl Trainer {
         }
         step.compiled.set_input("images", images)?;
         step.compiled.set_input("labels", labels)?;
-        step.compiled.run()?;
-        self.eval_fed = false;
+        // The loss is checked before the state changes: a non-finite step leaves it as it was.
+        step.compiled.run_until_updates()?;
         let loss = step.compiled.output(0)[0];
         let accuracy = step.compiled.output(1)[0];
         if !loss.is_finite() {
             return Err(Error::NonFinite { iteration, loss });
         }
-        // Feed each update back into the tensor it updates.
-        for k in 0..step.updates.len() {
-            let values = step.compiled.output(2 + k);
-            step.compiled.set_input(&step.updates[k], &values)?;
+        step.compiled.run_updates();
+        self.eval_fed = false;
+        // Feed back each update not already written into the tensor it updates.
+        for (k, name) in step.updates.iter().enumerate() {
+            if !step.compiled.in_place(2 + k) {
+                let values = step.compiled.output(2 + k);
+                step.compiled.set_input(name, &values)?;
+            }
         }
         Ok(StepStats { loss, error: 1.0 - accuracy })
     }
@@ -377,6 +386,14 @@ impl Trainer {
         self.state.get(name).map(|v| v.as_slice())
     }
 
+    /// How many of the step's state updates are written in place, of how many (once it is
+    /// built): the rest are copied back after every step.
+    pub fn updates_in_place(&self) -> Option<(usize, usize)> {
+        let step = self.step.as_ref()?;
+        let n = step.updates.len();
+        Some(((0..n).filter(|&k| step.compiled.in_place(2 + k)).count(), n))
+    }
+
     /// Kernel calls of the compiled training step (once it is built).
     pub fn kernel_calls(&self) -> Option<usize> {
         self.step.as_ref().and_then(|s| s.compiled.kernel_calls())
@@ -403,7 +420,12 @@ impl Trainer {
         if self.options.fuse {
             program = Pipeline::training().run(program)?.pop().expect("the input stage at least").program;
         }
-        let mut compiled = Executor::new(self.options.backend, program, self.options.threads)?;
+        // Output 2 + k is the new value of `updates[k]`: written in place where safe.
+        let in_place = match self.options.update_in_place {
+            true => updates.iter().enumerate().map(|(k, name)| (name.clone(), 2 + k)).collect(),
+            false => vec![],
+        };
+        let mut compiled = Executor::new(self.options.backend, program, self.options.threads, in_place)?;
         for t in &self.tensors {
             compiled.set_input(&t.name, &self.state[&t.name])?;
         }
@@ -514,7 +536,7 @@ impl Trainer {
         if self.options.fuse {
             program = Pipeline::training().run(program)?.pop().expect("the input stage at least").program;
         }
-        Executor::new(self.options.backend, program, self.options.threads)
+        Executor::new(self.options.backend, program, self.options.threads, vec![])
     }
 }
 

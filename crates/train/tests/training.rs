@@ -162,3 +162,30 @@ fn a_changing_schedule_compiles_the_step_once() {
     assert!(losses[99] < 0.5 * losses[0], "AdamW fits the batch: {} -> {}", losses[0], losses[99]);
     assert_eq!(trainer.step_compilations(), 1);
 }
+
+/// The compiled step writes every new parameter, optimizer slot and running statistic into its
+/// own buffer (nothing is copied back), with the results of copying them back, bit for bit, for
+/// SGD and AdamW.
+#[test]
+fn the_step_updates_its_state_in_place() {
+    let config = Config { in_channels: 1, ..Config::named("resnet8").unwrap() };
+    let images: Vec<f32> = (0..4 * 8 * 8).map(|i| ((i * 7919 % 1000) as f32) / 500.0 - 1.0).collect();
+    let labels = [1.0, 3.0, 3.0, 7.0];
+    let sgd = TrainerOptions::paper(4, [1, 8, 8], 2);
+    let adamw = sgd.clone().with_optimizer(skipgrad_autodiff::AdamW::default());
+    for options in [sgd, adamw] {
+        let train = |in_place: bool| {
+            let mut trainer =
+                Trainer::new(&config, TrainerOptions { update_in_place: in_place, ..options.clone() }).unwrap();
+            let losses: Vec<f32> = (0..4).map(|i| trainer.step(&images, &labels, 0.01, i).unwrap().loss).collect();
+            (losses, trainer.training_state(), trainer.updates_in_place().unwrap())
+        };
+        let (losses, state, (in_place, updates)) = train(true);
+        assert_eq!(in_place, updates, "{}: every update in place", options.optimizer.name());
+        // Each parameter and slot, and two running statistics per batch norm.
+        assert!(updates > 2 * state.len() / 3, "{updates} updates of {} state tensors", state.len());
+        let (copied_losses, copied_state, (none, _)) = train(false);
+        assert_eq!(none, 0);
+        assert_eq!((losses, state), (copied_losses, copied_state));
+    }
+}
