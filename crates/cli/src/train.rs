@@ -155,6 +155,9 @@ pub struct TrainArgs {
     /// neither recompiles it.
     #[arg(long, value_enum, default_value_t = ScheduleName::Step)]
     schedule: ScheduleName,
+    /// A linear warm-up: iteration i < N runs at (i + 1) / N of the scheduled rate (0: none).
+    #[arg(long, default_value_t = 0)]
+    ramp: u64,
 }
 
 /// Runs the training; returns the final summary line.
@@ -228,6 +231,7 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
         base: args.lr,
         warmup: warms_up.then_some((args.lr / 10.0, 0.8)),
         decay: args.schedule.decay(),
+        ramp: args.ramp,
         ..Schedule::paper(0)
     };
     run_options.resume = args.resume;
@@ -347,6 +351,7 @@ impl TrainArgs {
             debug_nan: true,
             warmup: recipe.warmup,
             schedule: ScheduleName::Step,
+            ramp: 0,
         }
     }
 }

@@ -363,3 +363,39 @@ fn adamw_is_chosen_recorded_and_kept_on_resume() {
     assert_eq!(a.tensors, b.tensors, "bit-identical weights");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// `--ramp N` warms the rate up linearly over the first N iterations (iteration i at (i + 1) / N
+/// of the schedule's rate), records it, and a resume must keep it.
+#[test]
+fn a_linear_ramp_is_followed_recorded_and_kept_on_resume() {
+    let root = std::env::temp_dir().join(format!("skipgrad-ramp-{}", std::process::id()));
+    let (data, out) = (tiny_cifar(&root), root.join("run"));
+    let run = |extra: &[&str]| {
+        let mut args = ["train", "--model", "resnet8", "--dataset", "cifar10", "--iterations", "8", "--batch", "4"]
+            .map(String::from)
+            .to_vec();
+        args.extend(["--data".into(), data.display().to_string(), "--out".into(), out.display().to_string()]);
+        args.extend(["--threads".into(), "1".into()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        skipgrad(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (ok, _, err) = run(&["--ramp", "4", "--until-iteration", "6"]);
+    assert!(ok, "{err}");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let rates: Vec<f64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|m| m["lr"].as_f64())
+        .collect();
+    // The step schedule's milestones at 4 and 6 of 8 iterations follow the ramp.
+    let want = [0.025, 0.05, 0.075, 0.1, 0.01, 0.01];
+    assert!(rates.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12) && rates.len() == 6, "{rates:?}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["ramp"], 4);
+    let (ok, _, err) = run(&["--resume"]);
+    assert!(!ok && err.contains("run.ramp"), "{err}");
+    let (ok, _, err) = run(&["--ramp", "4", "--resume"]);
+    assert!(ok, "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}

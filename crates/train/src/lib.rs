@@ -14,9 +14,7 @@ pub use error::Error;
 pub use exec::Backend;
 pub use run::{CHECKPOINT, Length, MODEL, RunData, RunOptions, RunResult, run};
 pub use schedule::{Decay, Schedule};
-pub use trainer::{
-    Evaluation, LEARNING_RATE, NonFiniteValue, StateKind, StateTensor, StepStats, Trainer, TrainerOptions,
-};
+pub use trainer::{Evaluation, NonFiniteValue, StateKind, StateTensor, StepStats, Trainer, TrainerOptions};
 
 /// Result type of the training driver.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -264,6 +264,7 @@ fn settings(trainer: &Trainer, schedule: &Schedule) -> Vec<(&'static str, String
         ("run.iterations", schedule.iterations.to_string()),
         ("run.warmup", schedule.warmup.is_some().to_string()),
         ("run.schedule", schedule.decay.name().to_string()),
+        ("run.ramp", schedule.ramp.to_string()),
         ("run.optimizer", trainer.optimizer().describe()),
     ]
 }
@@ -273,6 +274,7 @@ fn settings(trainer: &Trainer, schedule: &Schedule) -> Vec<(&'static str, String
 fn legacy_setting(key: &str) -> Option<String> {
     match key {
         "run.schedule" => Some("step".into()),
+        "run.ramp" => Some("0".into()),
         "run.optimizer" => Some(skipgrad_autodiff::Optimizer::describe(&skipgrad_autodiff::Sgd::paper())),
         _ => None,
     }

@@ -145,9 +145,6 @@ pub struct Trainer {
     eval_fed: bool,
 }
 
-/// The name of SGD's learning-rate input (a scalar `f32[]`, fed every step).
-pub const LEARNING_RATE: &str = "lr";
-
 impl Trainer {
     /// A trainer for `model` (it keeps a copy, traced again for each graph it compiles), its
     /// weights drawn from `options.seed`, its optimizer slots zero.
