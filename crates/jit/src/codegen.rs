@@ -1,8 +1,9 @@
 //! Small Cranelift emission helpers shared by every kernel generator: the counted loop, entry
-//! block, argument loads and element addressing.
+//! block, argument loads, element addressing, the target's multiply-add and lane shuffles.
 
+use crate::MulAdd;
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{BlockArg, InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_codegen::ir::{BlockArg, ConstantData, Endianness, InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
 /// The body of a counted loop: (builder, index, carried values) -> new carried values.
@@ -105,4 +106,31 @@ pub(crate) fn iconst(b: &mut FunctionBuilder, v: i64) -> Value {
 pub(crate) fn elem_addr(b: &mut FunctionBuilder, base: Value, element: Value) -> Value {
     let bytes = b.ins().ishl_imm_u(element, 2);
     b.ins().iadd(base, bytes)
+}
+
+/// `a * b + c` in the target's preferred form.
+pub(crate) fn mul_add_emit(b: &mut FunctionBuilder, mul_add: MulAdd, x: Value, y: Value, acc: Value) -> Value {
+    match mul_add {
+        MulAdd::Fused => b.ins().fma(x, y, acc),
+        MulAdd::Separate => {
+            let p = b.ins().fmul(x, y);
+            b.ins().fadd(acc, p)
+        }
+    }
+}
+
+/// `v * c` for an integer `v` (an index or an offset) and a constant `c`.
+pub(crate) fn mul(b: &mut FunctionBuilder, v: Value, c: usize) -> Value {
+    b.ins().imul_imm_s(v, c as i64)
+}
+
+/// Lanes `lanes` of the concatenation `[x, y]` (indices 0..8), as one f32x4. These masks are the
+/// unpack instructions of SSE2, which Cranelift's x64 backend matches.
+pub(crate) fn shuffle32(b: &mut FunctionBuilder, x: Value, y: Value, lanes: [u8; 4]) -> Value {
+    let little = MemFlagsData::new().with_endianness(Endianness::Little);
+    let bytes: Vec<u8> = lanes.iter().flat_map(|&l| (0..4).map(move |k| 4 * l + k)).collect();
+    let mask = b.func.dfg.immediates.push(ConstantData::from(bytes));
+    let (x, y) = (b.ins().bitcast(types::I8X16, little, x), b.ins().bitcast(types::I8X16, little, y));
+    let v = b.ins().shuffle(x, y, mask);
+    b.ins().bitcast(types::F32X4, little, v)
 }

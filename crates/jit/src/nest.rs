@@ -7,9 +7,9 @@
 //! which nests do not use).
 
 use crate::MulAdd;
+use crate::codegen::shuffle32;
 use crate::codegen::{elem_addr, entry, for_loop, iconst, load_arg};
 use crate::expr::{Env, Expr, Width};
-use crate::transpose::shuffle32;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 use std::collections::HashMap;

@@ -2,6 +2,9 @@
 
 use crate::MulAdd;
 use crate::conv::ConvSpec;
+use crate::conv::sub_pixel::SubPixelSpec;
+use crate::conv::weight_grad::WeightGradSpec;
+use crate::conv::winograd_grad::WinogradGradSpec;
 use crate::copy::CopySpec;
 use crate::foreach::ForeachSpec;
 use crate::matmul::MatMulSpec;
@@ -9,9 +12,6 @@ use crate::maxpool::PoolSpec;
 use crate::nest::{NestSpec, Operand, Pass};
 use crate::peak::PeakSpec;
 use crate::rows::{Imports, RowOp, RowSpec};
-use crate::sub_pixel::SubPixelSpec;
-use crate::weight_grad::WeightGradSpec;
-use crate::winograd_grad::WinogradGradSpec;
 use cranelift_codegen::ir::Type;
 use cranelift_frontend::FunctionBuilder;
 

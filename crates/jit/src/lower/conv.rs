@@ -3,13 +3,13 @@
 //! or a weight gradient.
 
 use super::{Buf, Lowered, Planned};
+use crate::conv::pack::PackSpec;
+use crate::conv::sub_pixel::SubPixelSpec;
+use crate::conv::weight_grad::WeightGradSpec;
+use crate::conv::winograd::{Winograd, WinogradTiles};
+use crate::conv::winograd_grad::WinogradGradSpec;
 use crate::conv::{ConvShape, ConvSpec, Interleave, WeightLayout, register_tile};
-use crate::pack::PackSpec;
 use crate::spec::KernelSpec;
-use crate::sub_pixel::SubPixelSpec;
-use crate::weight_grad::WeightGradSpec;
-use crate::winograd::{Winograd, WinogradTiles};
-use crate::winograd_grad::WinogradGradSpec;
 use skipgrad_ir::NodeId;
 
 /// The packing of each image (`planes` input channels, `in_hw`) of an input for a convolution with this kernel, stride, output

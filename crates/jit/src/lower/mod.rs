@@ -5,6 +5,7 @@
 mod conv;
 
 use self::conv::{conv, sub_pixel_grad_input, weight_grad};
+use crate::conv::winograd::WinogradTiles;
 use crate::conv::{Epilogue, WeightLayout};
 use crate::copy::CopySpec;
 use crate::expr::{Cond, Expr};
@@ -14,7 +15,6 @@ use crate::maxpool::PoolSpec;
 use crate::nest::{Nest, NestSpec, Operand, Pass};
 use crate::rows::{RowOp, RowSpec};
 use crate::spec::KernelSpec;
-use crate::winograd::WinogradTiles;
 use crate::{Error, Result};
 use skipgrad_ir::{DType, Fused, Graph, NodeId, Op};
 

@@ -18,10 +18,11 @@
 
 use crate::MulAdd;
 use crate::codegen::{elem_addr, for_loop, iconst, if_then};
-use crate::conv::{ConvArgs, ConvSpec, EpilogueAt, apply_epilogue, mul, mul_add_emit, sum_and_squares};
+use crate::codegen::{mul, mul_add_emit};
+use crate::conv::pack::PackSpec;
+use crate::conv::transpose::interleave;
+use crate::conv::{ConvArgs, ConvSpec, EpilogueAt, apply_epilogue, sum_and_squares};
 use crate::expr::Width;
-use crate::pack::PackSpec;
-use crate::transpose::interleave;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::FunctionBuilder;

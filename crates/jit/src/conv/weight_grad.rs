@@ -1,10 +1,11 @@
 //! Convolution weight gradients: the forward convolution's register tile with the roles swapped.
 
 use crate::MulAdd;
+use crate::codegen::shuffle32;
 use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, load_arg, thread_share};
-use crate::conv::{mul, mul_add_emit};
-use crate::pack::PackSpec;
-use crate::transpose::{TransposeSpec, shuffle32};
+use crate::codegen::{mul, mul_add_emit};
+use crate::conv::pack::PackSpec;
+use crate::conv::transpose::TransposeSpec;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;

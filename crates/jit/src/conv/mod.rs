@@ -1,4 +1,9 @@
-//! Convolution kernels on NCHW tensors.
+//! Convolution kernels on NCHW tensors: the direct kernel and the framework every convolution
+//! kernel shares (this file), and in this folder the image packing (`pack`), Winograd forward and
+//! backward-data (`winograd`) and weight gradients (`winograd_grad`), the direct weight gradient
+//! (`weight_grad`), stride-2 backward-data by phases (`sub_pixel`), the channels-last transposes
+//! (`transpose`) and the batch statistics' serial tail (`stats`). Emission helpers any kernel uses
+//! (loops, multiply-add, lane shuffles) are in `codegen`.
 //!
 //! A convolution kernel reads its NCHW input directly: whenever its groups reach a new image, it
 //! first *packs* that image ([`PackSpec`](crate::PackSpec)) into the thread's share of a
@@ -14,17 +19,27 @@
 //! transposed without copying). [`WeightGradSpec`](crate::WeightGradSpec) is the same tile with the
 //! roles swapped: vectors of output channels times broadcast input pixels, reduced over pixels.
 
+pub(crate) mod pack;
+pub(crate) mod stats;
+pub(crate) mod sub_pixel;
+pub(crate) mod transpose;
+pub(crate) mod weight_grad;
+pub(crate) mod winograd;
+pub(crate) mod winograd_grad;
+
 use crate::MulAdd;
-use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, if_then, load_arg, thread_share};
+use crate::codegen::{
+    elem_addr, entry_with_thread, for_loop, iconst, if_then, load_arg, mul, mul_add_emit, thread_share,
+};
 use crate::expr::{Env, Expr, Width};
 use crate::nest::Operand;
-use crate::pack::PackSpec;
-use crate::stats::StatsSpec;
-use crate::winograd::Winograd;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{AtomicRmwOp, InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
+use pack::PackSpec;
+use stats::StatsSpec;
 use std::collections::HashMap;
+use winograd::Winograd;
 
 /// Where the weight of output channel `o`, input channel `i` and tap `(r, s)` is: at element
 /// `base + o * o_stride + i * i_stride + r * r_stride + s * s_stride`.
@@ -554,19 +569,4 @@ pub(crate) fn register_tile(channels: usize, max_n: usize, fixed_n: Option<usize
         }
     }
     best
-}
-
-/// `a * b + c` in the target's preferred form.
-pub(crate) fn mul_add_emit(b: &mut FunctionBuilder, mul_add: MulAdd, x: Value, y: Value, acc: Value) -> Value {
-    match mul_add {
-        MulAdd::Fused => b.ins().fma(x, y, acc),
-        MulAdd::Separate => {
-            let p = b.ins().fmul(x, y);
-            b.ins().fadd(acc, p)
-        }
-    }
-}
-
-pub(crate) fn mul(b: &mut FunctionBuilder, v: Value, c: usize) -> Value {
-    b.ins().imul_imm_s(v, c as i64)
 }

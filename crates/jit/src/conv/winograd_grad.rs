@@ -3,7 +3,7 @@
 //! `dg = Gᵀ [Σ_tiles (A dy Aᵀ) ⊙ (Bᵀ d B)] G`: per position `ξ` of the n x n transform, a
 //! product `S[ξ][k][c] = Σ_t DY[ξ][k][t] V[ξ][c][t]` over every tile of every image, 2.25x
 //! (F(2x2, 3x3)) or 4x (F(4x4, 3x3)) fewer multiply-adds than the direct gradient. The
-//! transforms are emitted from the tables of [`crate::winograd::Transform`].
+//! transforms are emitted from the tables of [`crate::conv::winograd::Transform`].
 //!
 //! Groups are fixed chunks of images (their number does not depend on the thread count). A group
 //! sums its images' products into its own partials; the thread that finishes the last group (an
@@ -11,12 +11,13 @@
 //! the sums back into `dw[k][c][r][s]`, so the result does not depend on the thread count.
 
 use crate::MulAdd;
+use crate::codegen::shuffle32;
 use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, if_then, load_arg, thread_share};
-use crate::conv::{mul, mul_add_emit};
+use crate::codegen::{mul, mul_add_emit};
+use crate::conv::pack::PackSpec;
+use crate::conv::transpose::deinterleave;
+use crate::conv::winograd::{Winograd, WinogradTiles, combine, tile_row, transform_inputs};
 use crate::expr::Width;
-use crate::pack::PackSpec;
-use crate::transpose::{deinterleave, shuffle32};
-use crate::winograd::{Winograd, WinogradTiles, combine, tile_row, transform_inputs};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{AtomicRmwOp, InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;

@@ -2,8 +2,8 @@
 //! weight-gradient kernel reads the output gradient as vectors of channels. The weight-gradient
 //! kernel emits it per image into per-thread scratch.
 
-use crate::codegen::{for_loop, iconst};
-use cranelift_codegen::ir::{ConstantData, Endianness, InstBuilder, MemFlagsData, Value, types};
+use crate::codegen::{for_loop, iconst, shuffle32};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
 /// `dst[p][c] = src[c][p]` for every pixel `p` and channel `c` of one image, where each
@@ -114,15 +114,4 @@ fn transpose4(b: &mut FunctionBuilder, [r0, r1, r2, r3]: [Value; 4]) -> [Value; 
         shuffle32(b, hi01, hi23, [0, 1, 4, 5]),
         shuffle32(b, hi01, hi23, [2, 3, 6, 7]),
     ]
-}
-
-/// Lanes `lanes` of the concatenation `[x, y]` (indices 0..8), as one f32x4. These masks are the
-/// unpack instructions of SSE2, which Cranelift's x64 backend matches.
-pub(crate) fn shuffle32(b: &mut FunctionBuilder, x: Value, y: Value, lanes: [u8; 4]) -> Value {
-    let little = MemFlagsData::new().with_endianness(Endianness::Little);
-    let bytes: Vec<u8> = lanes.iter().flat_map(|&l| (0..4).map(move |k| 4 * l + k)).collect();
-    let mask = b.func.dfg.immediates.push(ConstantData::from(bytes));
-    let (x, y) = (b.ins().bitcast(types::I8X16, little, x), b.ins().bitcast(types::I8X16, little, y));
-    let v = b.ins().shuffle(x, y, mask);
-    b.ins().bitcast(types::F32X4, little, v)
 }

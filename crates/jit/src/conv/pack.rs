@@ -4,9 +4,9 @@
 //! emit it for one image at a time into per-thread scratch, so the packed copy stays in cache and
 //! is never a kernel of its own.
 
+use crate::codegen::mul;
 use crate::codegen::{elem_addr, for_loop, iconst};
-use crate::conv::mul;
-use crate::transpose::deinterleave;
+use crate::conv::transpose::deinterleave;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
