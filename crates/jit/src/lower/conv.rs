@@ -12,45 +12,50 @@ use crate::conv::{ConvShape, ConvSpec, Interleave, WeightLayout, register_tile};
 use crate::spec::KernelSpec;
 use skipgrad_ir::NodeId;
 
-/// The packing of each image (`planes` input channels, `in_hw`) of an input for a convolution with this kernel, stride, output
-/// size and register tile width `vb`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn conv_pack(
-    planes: usize,
-    in_hw: [usize; 2],
-    dilation: [usize; 2],
-    pad_before: [isize; 2],
-    kernel_h: usize,
-    stride: [usize; 2],
-    out_hw: [usize; 2],
-    vb: usize,
-    kernel_w: usize,
-) -> PackSpec {
+/// Where a convolution's taps read, as its kernels see it: output pixel `o` and tap `r` read input
+/// pixel `(o * stride + r - pad) / dilation` when that divides (a dilated input has holes:
+/// backward-data reads dy dilated by the forward stride).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Geometry {
+    /// Batch, input channels, output channels.
+    pub nck: [usize; 3],
+    /// The input's height and width (before dilation and padding).
+    pub in_hw: [usize; 2],
+    /// The kernel's height and width.
+    pub kernel: [usize; 2],
+    /// Between output pixels.
+    pub stride: [usize; 2],
+    /// Between input pixels.
+    pub dilation: [usize; 2],
+    /// Before the first input pixel (negative: input pixels are skipped).
+    pub pad: [isize; 2],
+    /// The output's height and width.
+    pub out_hw: [usize; 2],
+}
+
+/// The packing of each image of a convolution's input for a direct kernel whose register tile is
+/// `vb` vectors wide.
+fn conv_pack(g: &Geometry, vb: usize) -> PackSpec {
+    let ([kernel_h, kernel_w], stride, out_hw) = (g.kernel, g.stride, g.out_hw);
     let rows = (out_hw[0] - 1) * stride[0] + kernel_h;
     let padded_w = (out_hw[1] - 1) * stride[1] + kernel_w;
     let row_len = padded_w.div_ceil(stride[1]).max(ConvSpec::min_row_len(out_hw[1], vb, kernel_w, stride[1]));
+    let (planes, in_hw, dilation, pad_before) = (g.nck[1], g.in_hw, g.dilation, g.pad);
     PackSpec { planes, in_hw, dilation, pad_before, rows, phases: stride[1], row_len }
 }
 
-/// A convolution of `x` (packed with `dilation` and `pad`): direct, or by the Winograd tiling
-/// `winograd` chooses when it applies (3x3, stride 1, output sizes a multiple of the tile, 8 or
-/// more input channels). `[n, c, k]` is (batch, input channels, output channels). The step's inputs are `x`,
-/// `w`, then the per-thread scratch: epilogue operands and statistics go before the scratch.
-#[allow(clippy::too_many_arguments)]
+/// A convolution of `x` with weights `w` (read through `weights`): direct, or by the Winograd
+/// tiling `winograd` chooses when it applies (3x3, stride 1, output sizes a multiple of the tile,
+/// 8 or more input channels). The step's inputs are `x`, `w`, then the per-thread scratch:
+/// epilogue operands and statistics go before the scratch.
 pub(super) fn conv(
     id: NodeId,
-    x: NodeId,
-    w: NodeId,
-    [n, c, k]: [usize; 3],
-    in_hw: [usize; 2],
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    dilation: [usize; 2],
-    pad: [isize; 2],
-    out_hw: [usize; 2],
+    [x, w]: [NodeId; 2],
+    g: Geometry,
     weights: WeightLayout,
     winograd: WinogradTiles,
 ) -> Lowered {
+    let Geometry { nck: [n, c, k], in_hw, kernel, stride, dilation, pad, out_hw } = g;
     // Few output channels leave F(4x4, 3x3)'s larger input transform most of the work: the
     // stem's input gradient (16 -> 3 channels) ran 15% slower by F(4x4) than by F(2x2).
     let winograd = if k < 8 { winograd.min(WinogradTiles::F2) } else { winograd };
@@ -80,7 +85,7 @@ pub(super) fn conv(
         // Register tile: kb output channels by vb vectors of 4 pixels.
         None => {
             let (kb, vb) = register_tile(k, out_hw[1].div_ceil(4), None);
-            (conv_pack(c, in_hw, dilation, pad, kernel[0], stride, out_hw, vb, kernel[1]), kb, vb, "conv2d")
+            (conv_pack(&g, vb), kb, vb, "conv2d")
         }
     };
     let shape = ConvShape { batch: n, in_channels: c, out_channels: k, kernel, stride, out_hw };
@@ -112,13 +117,10 @@ pub(super) fn conv(
 /// `a = (p + P - r0) / S`. Each phase convolves the (undilated) dy, packed alike for every phase,
 /// with its sub-kernel, read through weight strides, and stores its outputs interleaved into dx; a
 /// phase that receives no tap stores zeros, so every element of dx is written.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn sub_pixel_grad_input(
     id: NodeId,
-    dy_id: NodeId,
-    w_id: NodeId,
-    dy: &[usize],
-    w: &[usize],
+    [dy_id, w_id]: [NodeId; 2],
+    [dy, w]: [&[usize]; 2],
     stride: usize,
     pad: [usize; 2],
     input_hw: [usize; 2],
@@ -213,12 +215,9 @@ pub(super) fn sub_pixel_grad_input(
 /// The weight gradient by Winograd F(m x m, 3x3) (the tile `winograd` chooses for the output):
 /// one [`WinogradGradSpec`] kernel, with its partials and counter scratch and a per-thread
 /// scratch for each image's packed x and the transforms of a block.
-#[allow(clippy::too_many_arguments)]
 fn winograd_weight_grad(
     label: String,
-    id: NodeId,
-    x_id: NodeId,
-    dy_id: NodeId,
+    [id, x_id, dy_id]: [NodeId; 3],
     x: &[usize],
     out_hw: [usize; 2],
     k: usize,
@@ -261,14 +260,11 @@ fn winograd_weight_grad(
 
 /// The weight gradient as channel tiles: one [`WeightGradSpec`] kernel, with its accumulator
 /// scratch and a per-thread scratch for each image's packed x and channels-last dy.
-#[allow(clippy::too_many_arguments)]
+/// `[id, x_id, dy_id]` are the gradient's node and its operands' (x and dy, of dims `[x, dy]`).
 pub(super) fn weight_grad(
     label: String,
-    id: NodeId,
-    x_id: NodeId,
-    dy_id: NodeId,
-    x: &[usize],
-    dy: &[usize],
+    [id, x_id, dy_id]: [NodeId; 3],
+    [x, dy]: [&[usize]; 2],
     kernel: [usize; 2],
     stride: [usize; 2],
     pad: [isize; 2],
@@ -277,7 +273,7 @@ pub(super) fn weight_grad(
     let (n, c, k) = (x[0], x[1], dy[1]);
     let out_hw = [dy[2], dy[3]];
     if winograd != WinogradTiles::Off && WinogradGradSpec::applies(kernel, stride, out_hw, c, k) {
-        return winograd_weight_grad(label, id, x_id, dy_id, x, out_hw, k, pad, winograd);
+        return winograd_weight_grad(label, [id, x_id, dy_id], x, out_hw, k, pad, winograd);
     }
     let kv = if k > 4 { 2 } else { 1 };
     let dy_row = k.div_ceil(4 * kv) * 4 * kv;

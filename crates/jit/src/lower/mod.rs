@@ -4,7 +4,7 @@
 
 mod conv;
 
-use self::conv::{conv, sub_pixel_grad_input, weight_grad};
+use self::conv::{Geometry, conv, sub_pixel_grad_input, weight_grad};
 use crate::conv::winograd::WinogradTiles;
 use crate::conv::{Epilogue, WeightLayout};
 use crate::copy::CopySpec;
@@ -248,7 +248,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId, winograd: WinogradTiles) -> Resul
         Op::Conv2dGradWeight { conv: a, kernel_hw } => {
             let (x, dy) = (dims(0)?, dims(1)?);
             let pad = [a.pad[0] as isize, a.pad[1] as isize];
-            weight_grad(label(), id, inputs[0], inputs[1], &x, &dy, *kernel_hw, a.stride, pad, winograd)
+            weight_grad(label(), [id, inputs[0], inputs[1]], [&x, &dy], *kernel_hw, a.stride, pad, winograd)
         }
         Op::ShortcutA(a) => {
             let (x, y) = (dims(0)?, node.ty.shape.dims().to_vec());
@@ -418,44 +418,36 @@ fn lower_conv(
         Op::Conv2d(a) => {
             let pad = [a.pad[0] as isize, a.pad[1] as isize];
             let kcrs = WeightLayout::kcrs(x[1], r, s);
-            conv(
-                id,
-                inputs[0],
-                inputs[1],
-                [x[0], x[1], w[0]],
-                [x[2], x[3]],
-                [r, s],
-                a.stride,
-                [1, 1],
+            let g = Geometry {
+                nck: [x[0], x[1], w[0]],
+                in_hw: [x[2], x[3]],
+                kernel: [r, s],
+                stride: a.stride,
+                dilation: [1, 1],
                 pad,
-                [out[2], out[3]],
-                kcrs,
-                winograd,
-            )
+                out_hw: [out[2], out[3]],
+            };
+            conv(id, inputs, g, kcrs, winograd)
         }
         Op::Conv2dGradInput { conv: a, input_hw } => {
             let dy = x;
             if a.stride != [1, 1] && a.stride[0] == a.stride[1] {
-                return sub_pixel_grad_input(id, inputs[0], inputs[1], dy, w, a.stride[0], a.pad, *input_hw);
+                return sub_pixel_grad_input(id, inputs, [dy, w], a.stride[0], a.pad, *input_hw);
             }
             // Stride 1 (or unequal strides): dx is the stride-1 convolution of dy, dilated by the
             // stride and padded by R-1-P, with the weights transposed and flipped.
             let pad = [r as isize - 1 - a.pad[0] as isize, s as isize - 1 - a.pad[1] as isize];
             let layout = WeightLayout::transposed_flipped(w[1], r, s);
-            conv(
-                id,
-                inputs[0],
-                inputs[1],
-                [dy[0], dy[1], w[1]],
-                [dy[2], dy[3]],
-                [r, s],
-                [1, 1],
-                a.stride,
+            let g = Geometry {
+                nck: [dy[0], dy[1], w[1]],
+                in_hw: [dy[2], dy[3]],
+                kernel: [r, s],
+                stride: [1, 1],
+                dilation: a.stride,
                 pad,
-                *input_hw,
-                layout,
-                winograd,
-            )
+                out_hw: *input_hw,
+            };
+            conv(id, inputs, g, layout, winograd)
         }
         _ => unreachable!("lower_conv is called for convolutions"),
     }
