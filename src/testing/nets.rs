@@ -51,15 +51,19 @@ pub struct Net {
 }
 
 impl Net {
+    /// A trained parameter, uniform in `[lo, hi)`.
     fn param(&mut self, name: &str, dims: &[usize], lo: f64, hi: f64) -> Result<Var> {
+        let v = self.state(name, dims, lo, hi)?;
+        self.trainable.push(v.clone());
+        Ok(v)
+    }
+
+    /// State that is not trained (a running statistic, an optimizer slot), uniform in `[lo, hi)`.
+    fn state(&mut self, name: &str, dims: &[usize], lo: f64, hi: f64) -> Result<Var> {
         let n: usize = dims.iter().product();
         let values: Vec<f64> = (0..n).map(|_| self.rng.random_range(lo..hi)).collect();
         self.feeds.insert(name.into(), tensor(self.dtype, dims, values));
-        let v = self.tape.parameter_spec(name, self.dtype, dims)?;
-        if !name.contains("running") && !name.ends_with(".momentum") {
-            self.trainable.push(v.clone());
-        }
-        Ok(v)
+        self.tape.parameter_spec(name, self.dtype, dims)
     }
     fn conv_bn(&mut self, x: &Var, name: &str, out: usize, kernel: usize, stride: usize) -> Result<Var> {
         self.conv_bn_padded(x, name, out, kernel, stride, kernel / 2)
@@ -79,8 +83,8 @@ impl Net {
         let bn = BatchNorm {
             gamma: self.param(&format!("{name}.bn.weight"), &[out], 0.5, 1.5)?,
             beta: self.param(&format!("{name}.bn.bias"), &[out], -0.5, 0.5)?,
-            running_mean: self.param(&format!("{name}.bn.running_mean"), &[out], -0.1, 0.1)?,
-            running_var: self.param(&format!("{name}.bn.running_var"), &[out], 0.9, 1.1)?,
+            running_mean: self.state(&format!("{name}.bn.running_mean"), &[out], -0.1, 0.1)?,
+            running_var: self.state(&format!("{name}.bn.running_var"), &[out], 0.9, 1.1)?,
             momentum: 0.1,
             eps: 1e-5,
         };
@@ -151,7 +155,7 @@ pub fn build(blocks: &[Block], batch: usize, channels: usize, hw: usize, seed: u
     let sgd = Sgd { lr: 0.1, momentum: 0.9, weight_decay: 1e-4 };
     for (p, g) in net.trainable.clone().iter().zip(&grads) {
         let name = net.tape.graph().source_name(p.id()).expect("a parameter").to_string();
-        let v = net.param(&format!("{name}.momentum"), p.shape().dims(), -0.1, 0.1)?;
+        let v = net.state(&format!("{name}.momentum"), p.shape().dims(), -0.1, 0.1)?;
         sgd.update(p, g, &v)?;
     }
     net.outputs.push(loss);
