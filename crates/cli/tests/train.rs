@@ -96,6 +96,27 @@ fn train_args(data: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// `train` of resnet8 for 8 iterations of 4 images on the tiny CIFAR-10 in `data`, into `out`,
+/// with `extra`: (success, stdout, stderr).
+fn eight_steps(data: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) {
+    let mut args = ["train", "--model", "resnet8", "--dataset", "cifar10", "--iterations", "8", "--batch", "4"]
+        .map(String::from)
+        .to_vec();
+    args.extend(["--data".into(), data.display().to_string(), "--out".into(), out.display().to_string()]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    skipgrad(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The learning rate of each iteration in a run's metrics.
+fn rates(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|m| m["lr"].as_f64())
+        .collect()
+}
+
 /// The losses of a run's metrics, by iteration.
 fn losses(run: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -297,24 +318,12 @@ fn warmup_is_chosen_recorded_and_kept_on_resume() {
 fn a_cosine_schedule_is_followed_recorded_and_kept_on_resume() {
     let root = std::env::temp_dir().join(format!("skipgrad-cosine-{}", std::process::id()));
     let (data, out) = (tiny_cifar(&root), root.join("run"));
-    let run = |extra: &[&str]| {
-        let mut args = ["train", "--model", "resnet8", "--dataset", "cifar10", "--iterations", "8", "--batch", "4"]
-            .map(String::from)
-            .to_vec();
-        args.extend(["--data".into(), data.display().to_string(), "--out".into(), out.display().to_string()]);
-        args.extend(extra.iter().map(|a| a.to_string()));
-        skipgrad(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    };
+    let run = |extra: &[&str]| eight_steps(&data, &out, extra);
     let (ok, _, err) = run(&["--schedule", "cosine", "--threads", "1"]);
     assert!(ok, "{err}");
-    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    let rates: Vec<f64> = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter_map(|m| m["lr"].as_f64())
-        .collect();
+    let rates = rates(&out);
     let want: Vec<f64> = (0..8).map(|i| 0.05 * (1.0 + (std::f64::consts::PI * i as f64 / 8.0).cos())).collect();
-    assert_eq!(rates.len(), 8, "{metrics}");
+    assert_eq!(rates.len(), 8, "{rates:?}");
     assert!(rates.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12), "{rates:?} vs {want:?}");
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
@@ -370,23 +379,10 @@ fn adamw_is_chosen_recorded_and_kept_on_resume() {
 fn a_linear_ramp_is_followed_recorded_and_kept_on_resume() {
     let root = std::env::temp_dir().join(format!("skipgrad-ramp-{}", std::process::id()));
     let (data, out) = (tiny_cifar(&root), root.join("run"));
-    let run = |extra: &[&str]| {
-        let mut args = ["train", "--model", "resnet8", "--dataset", "cifar10", "--iterations", "8", "--batch", "4"]
-            .map(String::from)
-            .to_vec();
-        args.extend(["--data".into(), data.display().to_string(), "--out".into(), out.display().to_string()]);
-        args.extend(["--threads".into(), "1".into()]);
-        args.extend(extra.iter().map(|a| a.to_string()));
-        skipgrad(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    };
+    let run = |extra: &[&str]| eight_steps(&data, &out, &[&["--threads", "1"], extra].concat());
     let (ok, _, err) = run(&["--ramp", "4", "--until-iteration", "6"]);
     assert!(ok, "{err}");
-    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    let rates: Vec<f64> = metrics
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter_map(|m| m["lr"].as_f64())
-        .collect();
+    let rates = rates(&out);
     // The step schedule's milestones at 4 and 6 of 8 iterations follow the ramp.
     let want = [0.025, 0.05, 0.075, 0.1, 0.01, 0.01];
     assert!(rates.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12) && rates.len() == 6, "{rates:?}");
