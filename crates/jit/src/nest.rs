@@ -115,7 +115,7 @@ impl NestSpec {
     /// Whether pointer `written` (an output) may share memory with pointer `read` (an operand):
     /// `read` is `Full` and `written` is stored by the last run of maps, after which no pass
     /// reads (see [`Pass::Map`]).
-    pub(crate) fn reads_before_writes(&self, read: usize, written: usize) -> bool {
+    pub fn reads_before_writes(&self, read: usize, written: usize) -> bool {
         let n = self.operands.len();
         if self.operands.get(read) != Some(&Operand::Full) || written < n || written >= n + self.outputs {
             return false;

@@ -9,7 +9,7 @@ use crate::copy::CopySpec;
 use crate::foreach::ForeachSpec;
 use crate::matmul::MatMulSpec;
 use crate::maxpool::PoolSpec;
-use crate::nest::{NestSpec, Operand, Pass};
+use crate::nest::{NestSpec, Operand};
 use crate::peak::PeakSpec;
 use crate::rows::{Imports, RowOp, RowSpec};
 use cranelift_codegen::ir::Type;
@@ -82,21 +82,14 @@ impl KernelSpec {
     }
     /// Argument positions of the operands the kernel's output (its last argument) may overwrite
     /// in place: each is read only at the elements the output writes, before writing them, and
-    /// not after. For a nest, the `Full` operands when the output is written by the last pass
-    /// alone, a map (each group covers its own elements); for a convolution, its `Full` epilogue
-    /// operands (read in registers just before the store).
+    /// not after. For a nest, the operands [`NestSpec::reads_before_writes`] allows (`Full`
+    /// operands, the output stored by the last run of maps); for a convolution, its `Full`
+    /// epilogue operands (read in registers just before the store).
     pub fn in_place_operands(&self) -> Vec<usize> {
         match self {
             KernelSpec::Nest(s) => {
-                let out = s.outputs.saturating_sub(1);
-                let writes =
-                    |p: &Pass| matches!(p, Pass::Map { output, .. } | Pass::Store { output, .. } if *output == out);
-                match s.passes.split_last() {
-                    Some((Pass::Map { output, .. }, before)) if *output == out && !before.iter().any(writes) => {
-                        (0..s.operands.len()).filter(|&k| s.operands[k] == Operand::Full).collect()
-                    }
-                    _ => vec![],
-                }
+                let last = (s.operands.len() + s.outputs).saturating_sub(1);
+                (0..s.operands.len()).filter(|&k| s.reads_before_writes(k, last)).collect()
             }
             // Each phase writes its own elements of dx.
             KernelSpec::SubPixel(s) => KernelSpec::Conv(s.phases[0].clone()).in_place_operands(),
