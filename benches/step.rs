@@ -2,11 +2,12 @@
 //! statistics, and the SGD update with momentum and weight decay) traced with the research API,
 //! JIT-compiled, and replayed.
 //!
-//! `cargo bench --bench step` reports, for ResNet-20, -56 and -110 at batch 128, three variants
+//! `cargo bench --bench step` reports, for ResNet-20, -56 and -110 at batch 128, five variants
 //! of the step: the unfused graph, the graph after the training fusion pipeline with direct
 //! convolutions ("fused-direct"), the same with Winograd F(2x2, 3x3) convolutions where they
-//! apply ("fused-f2"), and with F(4x4, 3x3) tiles where they multiply less ("fused", the
-//! default): nodes, kernel calls, tensor traffic (bytes each kernel call reads
+//! apply ("fused-f2"), with F(4x4, 3x3) tiles where they multiply less in one image's tile rows
+//! ("fused-f4rows"), and also across 4 images' lanes at the 8x8 stage ("fused", the default):
+//! nodes, kernel calls, tensor traffic (bytes each kernel call reads
 //! and writes, each tensor once), kernels compiled and reused, compile time, the memory the
 //! compiled step holds (planned, and without planning), and the step time on 1 and 2 threads with
 //! the achieved GFLOP/s (3 x 2 x the paper's forward multiply-adds per image x batch, whatever
@@ -133,6 +134,7 @@ fn main() {
             ("unfused", &unfused, WinogradTiles::Off),
             ("fused-direct", &fused, WinogradTiles::Off),
             ("fused-f2", &fused, WinogradTiles::F2),
+            ("fused-f4rows", &fused, WinogradTiles::F4Rows),
             ("fused", &fused, WinogradTiles::F4),
         ]
         .into_iter()

@@ -43,6 +43,7 @@ impl std::fmt::Display for Backend {
         match self {
             Backend::Reference => write!(f, "reference f32"),
             Backend::Jit(WinogradTiles::F4) => write!(f, "jit F(4x4)"),
+            Backend::Jit(WinogradTiles::F4Rows) => write!(f, "jit F(4x4), lanes in rows only"),
             Backend::Jit(WinogradTiles::F2) => write!(f, "jit F(2x2)"),
             Backend::Jit(WinogradTiles::Off) => write!(f, "jit direct"),
         }

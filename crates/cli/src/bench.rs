@@ -4,6 +4,7 @@
 use crate::train::OptimizerName;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
+use skipgrad_jit::WinogradTiles;
 use skipgrad_nn::{Config, summary};
 use skipgrad_train::{Trainer, TrainerOptions};
 use std::time::Instant;
@@ -51,6 +52,33 @@ pub struct BenchArgs {
     /// (what the step did before in-place updates; to measure the difference).
     #[arg(long)]
     copy_state: bool,
+    /// Which 3x3 stride-1 convolutions use Winograd tiles (to compare whole processes).
+    #[arg(long, value_enum, default_value_t = Winograd::F4)]
+    winograd: Winograd,
+}
+
+/// `--winograd`: the JIT's [`WinogradTiles`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Winograd {
+    /// Every convolution direct.
+    Off,
+    /// F(2x2, 3x3) only.
+    F2,
+    /// F(4x4, 3x3) where it multiplies least, with each vector in one image's tile rows.
+    F4Rows,
+    /// The default: also F(4x4, 3x3) across 4 images' lanes where a tile row is too narrow.
+    F4,
+}
+
+impl Winograd {
+    fn tiles(self) -> WinogradTiles {
+        match self {
+            Winograd::Off => WinogradTiles::Off,
+            Winograd::F2 => WinogradTiles::F2,
+            Winograd::F4Rows => WinogradTiles::F4Rows,
+            Winograd::F4 => WinogradTiles::F4,
+        }
+    }
 }
 
 /// Runs the benchmark; returns its report.
@@ -63,6 +91,7 @@ pub fn bench(args: BenchArgs) -> Result<String, String> {
     let mut options = TrainerOptions::paper(batch, input, 0);
     options.optimizer = args.optimizer.build(None);
     options.update_in_place = !args.copy_state;
+    options.winograd = args.winograd.tiles();
     if let Some(t) = args.threads {
         options.threads = t as usize;
     }
@@ -114,16 +143,26 @@ pub fn bench(args: BenchArgs) -> Result<String, String> {
             "threads": threads, "steps": args.steps, "median_s": median, "min_s": min, "max_s": max,
             "images_per_s": batch as f64 / median, "gflops": gflops, "compile_s": compile, "peak_rss_mb": peak,
             "optimizer": args.optimizer.build(None).describe(), "updates_in_place": trainer.updates_in_place().map(|(k, _)| k),
+            "winograd": clap::ValueEnum::to_possible_value(&args.winograd).map(|v| v.get_name().to_string()),
         });
         format!("{value}\n")
     } else {
         format!(
-            "{} {mode}, batch {batch} of {c}x{h}x{w}, {threads} threads: median {median:.3} s (min {min:.3}, max {max:.3}) over {} steps, {:.0} images/s, {gflops:.1} GFLOP/s; compiled in {compile:.2} s; peak memory {peak:.0} MB\n",
+            "{} {mode}, batch {batch} of {c}x{h}x{w}, {threads} threads: median {} s (min {}, max {}) over {} steps, {:.0} images/s, {gflops:.1} GFLOP/s; compiled in {compile:.2} s; peak memory {peak:.0} MB\n",
             config.name(),
+            significant(median),
+            significant(min),
+            significant(max),
             args.steps,
             batch as f64 / median
         )
     })
+}
+
+/// `seconds` to 4 significant digits (a batch-1 inference step takes milliseconds).
+fn significant(seconds: f64) -> String {
+    let decimals = (3.0 - seconds.max(1e-9).log10().floor()).clamp(0.0, 9.0) as usize;
+    format!("{seconds:.decimals$}")
 }
 
 /// The process's peak resident set size in bytes (Linux `VmHWM`).

@@ -34,7 +34,15 @@ fn bench_reports_step_times_throughput_and_memory() {
         assert!((v["images_per_s"].as_f64().unwrap() - 4.0 / median).abs() < 1e-6 * 4.0 / median, "{out}");
         assert!(v["gflops"].as_f64().unwrap() > 0.0 && v["peak_rss_mb"].as_f64().unwrap() > 1.0, "{out}");
         assert_eq!((v["mode"].as_str(), v["steps"].as_u64(), v["threads"].as_u64()), (Some(mode), Some(3), Some(1)));
+        assert_eq!(v["winograd"].as_str(), Some("f4"), "{out}");
     }
+    // The Winograd tiles are a setting, reported with the figures.
+    let (ok, out, err) =
+        skipgrad(&["bench", "--model", "resnet8", "--batch", "4", "--steps", "1", "--winograd", "off", "--json"]);
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["winograd"].as_str(), Some("off"), "{out}");
+    let (ok, _, err) = skipgrad(&["bench", "--model", "resnet8", "--winograd", "f8"]);
+    assert!(!ok && err.contains("--winograd"), "{err}");
     let (ok, out, _) = skipgrad(&["bench", "--model", "resnet8", "--batch", "2", "--input", "3x8x8", "--steps", "1"]);
     assert!(ok && out.starts_with("resnet8 train, batch 2 of 3x8x8") && out.contains("images/s"), "{out}");
     let (ok, _, err) = skipgrad(&["bench", "--model", "resnet8", "--steps", "0"]);

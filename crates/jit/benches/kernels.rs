@@ -248,7 +248,7 @@ fn main() {
         let f4 = |pass: &str| {
             let outputs = if pass == "backward-data" { case.c } else { case.k };
             (pass == "backward-weight" || outputs >= 8)
-                && Winograd::for_output([out_hw, out_hw], WinogradTiles::F4).is_some_and(|w| w.m == 4)
+                && Winograd::for_output([out_hw, out_hw], WinogradTiles::F4, batch).is_some_and(|w| w.m == 4)
         };
         let passes = ["forward", "backward-data", "backward-weight"].into_iter().flat_map(|pass| {
             if !winograd_applies(pass) {

@@ -22,14 +22,14 @@ pub enum KernelSpec {
     Nest(NestSpec),
     /// Independent elementwise nests in one kernel (every parameter's update).
     Foreach(ForeachSpec),
-    /// Direct convolution (forward, or backward-data on a dilated input), packing its input
-    /// image by image.
-    Conv(ConvSpec),
+    /// A convolution (forward, or backward-data on a dilated input), direct or by Winograd tiles,
+    /// packing its input image by image (or 4 at a time, across the lanes).
+    Conv(Box<ConvSpec>),
     /// Strided backward-data: sub-pixel phases storing interleaved into dx.
     SubPixel(SubPixelSpec),
     /// Convolution weight gradient: channel tiles over channels-last dy.
     WeightGrad(WeightGradSpec),
-    /// Convolution weight gradient by Winograd F(2x2, 3x3) (3x3, stride 1).
+    /// Convolution weight gradient by Winograd F(m x m, 3x3) (3x3, stride 1).
     WinogradGrad(WinogradGradSpec),
     /// Strided, channel-offset copies (the option-A shortcut and its gradient).
     Copy(CopySpec),
@@ -76,7 +76,7 @@ impl KernelSpec {
                 RowOp::CrossEntropyGrad => 4,
             },
             KernelSpec::Conv(s) => 4 + s.epilogue.as_ref().map_or(0, |e| e.operands.len()) + 4 * usize::from(s.stats),
-            KernelSpec::SubPixel(s) => KernelSpec::Conv(s.phases[0].clone()).arity(),
+            KernelSpec::SubPixel(s) => KernelSpec::Conv(Box::new(s.phases[0].clone())).arity(),
             KernelSpec::Peak(_) => 1,
         }
     }
@@ -92,7 +92,7 @@ impl KernelSpec {
                 (0..s.operands.len()).filter(|&k| s.reads_before_writes(k, last)).collect()
             }
             // Each phase writes its own elements of dx.
-            KernelSpec::SubPixel(s) => KernelSpec::Conv(s.phases[0].clone()).in_place_operands(),
+            KernelSpec::SubPixel(s) => KernelSpec::Conv(Box::new(s.phases[0].clone())).in_place_operands(),
             KernelSpec::Conv(c) => c.epilogue.as_ref().map_or(vec![], |e| {
                 e.operands.iter().enumerate().filter(|(_, m)| **m == Operand::Full).map(|(k, _)| 2 + k).collect()
             }),

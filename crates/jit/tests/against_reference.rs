@@ -118,7 +118,7 @@ proptest! {
     #[test]
     fn winograd_f4_convolutions(n in 1..3usize, c in 8..48usize, k in 1..12usize, th in 1..5usize, ow in prop::sample::select(vec![12usize, 16, 24, 28, 32]), p in 0..3usize, seed: u64) {
         let oh = 4 * th;
-        prop_assert_eq!(Winograd::for_output([oh, ow], WinogradTiles::F4).map(|w| w.m), Some(4));
+        prop_assert_eq!(Winograd::for_output([oh, ow], WinogradTiles::F4, n).map(|w| w.m), Some(4));
         let [h, w] = [oh + 2 - 2 * p, ow + 2 - 2 * p];
         let a = Conv2dAttrs::square(1, p);
         let x = random(seed, &[n, c, h, w], -1.0, 1.0);
@@ -147,11 +147,42 @@ proptest! {
     }
 
     /// The weight gradient by F(4x4, 3x3) where it multiplies least: widths with whole and
-    /// partial vectors of tiles, blocks of tile rows (32 high) or several images per block.
+    /// partial vectors of tiles, blocks of tile rows (32 high) or several images per block (at 12
+    /// wide, batches of 4 and 8 take lanes across images).
     #[test]
     fn winograd_f4_weight_gradients(n in 1..10usize, c4 in 2..9usize, k2 in 1..5usize, th in 1..9usize, ow in prop::sample::select(vec![12usize, 16, 28, 32]), p in 0..3usize, seed: u64) {
         let (c, k, oh) = (4 * c4, 2 * k2, 4 * th);
-        prop_assert_eq!(Winograd::for_output([oh, ow], WinogradTiles::F4).map(|w| w.m), Some(4));
+        prop_assert_eq!(Winograd::for_output([oh, ow], WinogradTiles::F4, n).map(|w| w.m), Some(4));
+        let [h, w] = [oh + 2 - 2 * p, ow + 2 - 2 * p];
+        let a = Conv2dAttrs::square(1, p);
+        let x = random(seed, &[n, c, h, w], -1.0, 1.0);
+        let dy = random(seed ^ 2, &[n, k, oh, ow], -1.0, 1.0);
+        check_within(&[x, dy], 1e-5, |g, i| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [3, 3] }, i))?;
+    }
+
+    /// Outputs fewer than 4 tiles of 4 wide, in batches of 4, 8 or 12, take F(4x4, 3x3) with each
+    /// vector's lanes across 4 images (forward and input gradient): one to four tile rows per
+    /// group, padding 0 to 2 (a crop of the packed input at 0).
+    #[test]
+    fn winograd_f4_convolutions_across_images(sets in 1..4usize, c in 8..24usize, k in 8..14usize, th in 1..5usize, ow in prop::sample::select(vec![4usize, 8, 12]), p in 0..3usize, seed: u64) {
+        let (n, oh) = (4 * sets, 4 * th);
+        prop_assert_eq!(Winograd::for_output([oh, ow], WinogradTiles::F4, n).map(|w| (w.m, w.images)), Some((4, 4)));
+        let [h, w] = [oh + 2 - 2 * p, ow + 2 - 2 * p];
+        let a = Conv2dAttrs::square(1, p);
+        let x = random(seed, &[n, c, h, w], -1.0, 1.0);
+        let wt = random(seed ^ 1, &[k, c, 3, 3], -1.0, 1.0);
+        let wt_t = random(seed ^ 3, &[c, k, 3, 3], -1.0, 1.0);
+        let dy = random(seed ^ 2, &[n, c, oh, ow], -1.0, 1.0);
+        check_within(&[x, wt], 1e-5, |g, i| add(g, Op::Conv2d(a), i))?;
+        check_within(&[dy, wt_t], 1e-5, |g, i| add(g, Op::Conv2dGradInput { conv: a, input_hw: [h, w] }, i))?;
+    }
+
+    /// The weight gradient with lanes across images: several sets of 4 images per block of
+    /// products, or (48 rows of 12) blocks of tile rows, chunks of sets summed in order.
+    #[test]
+    fn winograd_f4_weight_gradients_across_images(sets in 1..6usize, c4 in 2..5usize, k2 in 1..5usize, th in 1..13usize, ow in prop::sample::select(vec![4usize, 8, 12]), p in 0..3usize, seed: u64) {
+        let (n, c, k, oh) = (4 * sets, 4 * c4, 2 * k2, 4 * th);
+        prop_assert_eq!(Winograd::for_output([oh, ow], WinogradTiles::F4, n).map(|w| (w.m, w.images)), Some((4, 4)));
         let [h, w] = [oh + 2 - 2 * p, ow + 2 - 2 * p];
         let a = Conv2dAttrs::square(1, p);
         let x = random(seed, &[n, c, h, w], -1.0, 1.0);
@@ -345,13 +376,15 @@ fn unsupported_ops_are_typed_errors() {
 }
 
 /// The default tiles: F(4x4, 3x3) at 32x32 for 16 output channels, F(2x2, 3x3) for 3 (the stem's
-/// input gradient, whose input transform would dominate) and at 8x8 (half-empty vectors).
+/// input gradient, whose input transform would dominate); at 8x8, F(4x4, 3x3) across 4 images'
+/// lanes, and F(2x2, 3x3) for a batch of 2 (a tile row of F(4x4) would leave half of each vector
+/// empty).
 #[test]
 fn winograd_tiles_follow_the_channels_and_the_size() {
-    let kernel = |c: usize, k: usize, hw: usize| {
+    let kernel_in_batch = |n: usize, c: usize, k: usize, hw: usize| {
         let mut g = Graph::new();
         let x = g
-            .add_source(Op::Input { name: "x".into() }, TensorType::new(DType::F32, [2, c, hw, hw]), Role::Forward)
+            .add_source(Op::Input { name: "x".into() }, TensorType::new(DType::F32, [n, c, hw, hw]), Role::Forward)
             .unwrap();
         let w = g
             .add_source(Op::Input { name: "w".into() }, TensorType::new(DType::F32, [k, c, 3, 3]), Role::Forward)
@@ -360,7 +393,9 @@ fn winograd_tiles_follow_the_channels_and_the_size() {
         let compiled = compile(&g, &[y], &CompileOptions::default()).unwrap();
         compiled.kernel_for(y).unwrap().name.clone()
     };
+    let kernel = |c: usize, k: usize, hw: usize| kernel_in_batch(2, c, k, hw);
     assert!(kernel(16, 16, 32).ends_with("conv2d_winograd4"), "{}", kernel(16, 16, 32));
     assert!(kernel(16, 3, 32).ends_with("conv2d_winograd"), "{}", kernel(16, 3, 32));
     assert!(kernel(64, 64, 8).ends_with("conv2d_winograd"), "{}", kernel(64, 64, 8));
+    assert!(kernel_in_batch(8, 64, 64, 8).ends_with("conv2d_winograd4_images"), "{}", kernel_in_batch(8, 64, 64, 8));
 }

@@ -117,6 +117,11 @@ fn convolution_kernels_stay_inside_their_buffers() {
         (2, 8, 8, 12, 12, 3, 1, 1),
         (1, 8, 4, 16, 28, 3, 1, 1),
         (1, 8, 8, 34, 34, 3, 1, 0),
+        // F(4x4, 3x3) with lanes across 4 images: 8x8, one tile wide with a crop (padding 0),
+        // and (weight gradient) blocks of tile rows, 12 wide.
+        (4, 8, 8, 8, 8, 3, 1, 1),
+        (8, 8, 8, 18, 6, 3, 1, 0),
+        (4, 8, 8, 48, 12, 3, 1, 1),
     ] {
         let mut g = Graph::new();
         let x = input(&mut g, "x", &[n, c, h, w]);
@@ -136,7 +141,10 @@ fn convolution_kernels_stay_inside_their_buffers() {
 /// partial tiles, forward and stride-1 and stride-2 input gradients.
 #[test]
 fn fused_convolution_epilogues_stay_inside_their_buffers() {
-    for (n, c, k, h, w, r, s, p) in [(2, 3, 5, 7, 9, 3, 1, 1), (1, 2, 4, 5, 13, 3, 2, 1), (1, 4, 8, 6, 5, 1, 2, 0)] {
+    // The last: F(4x4, 3x3) with lanes across 4 images (forward and input gradient).
+    let cases =
+        [(2, 3, 5, 7, 9, 3, 1, 1), (1, 2, 4, 5, 13, 3, 2, 1), (1, 4, 8, 6, 5, 1, 2, 0), (4, 8, 8, 8, 8, 3, 1, 1)];
+    for (n, c, k, h, w, r, s, p) in cases {
         let [oh, ow] = [(h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1];
         let a = Conv2dAttrs::square(s, p);
         for (conv, ins, out) in [
@@ -171,7 +179,10 @@ fn fused_convolution_epilogues_stay_inside_their_buffers() {
 /// into two `output` nodes) at odd widths and partial tiles.
 #[test]
 fn convolutions_with_batch_statistics_stay_inside_their_buffers() {
-    for (n, c, k, h, w, r, s, p) in [(2, 3, 5, 7, 9, 3, 1, 1), (1, 2, 4, 5, 13, 3, 2, 1), (3, 4, 8, 6, 5, 1, 2, 0)] {
+    // The last: F(4x4, 3x3) with lanes across 4 images.
+    let cases =
+        [(2, 3, 5, 7, 9, 3, 1, 1), (1, 2, 4, 5, 13, 3, 2, 1), (3, 4, 8, 6, 5, 1, 2, 0), (8, 8, 8, 8, 8, 3, 1, 1)];
+    for (n, c, k, h, w, r, s, p) in cases {
         let [oh, ow] = [(h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1];
         let mut body = Graph::new();
         let x = input(&mut body, &Fused::placeholder(0), &[n, c, h, w]);

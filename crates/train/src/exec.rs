@@ -2,6 +2,7 @@
 //! debugging a step that misbehaves).
 
 use crate::Result;
+use crate::TrainerOptions;
 use skipgrad_fuse::Program;
 use skipgrad_ir::{Graph, NodeId, Tensor};
 use skipgrad_jit::{CompileOptions, CompiledGraph, compile};
@@ -35,18 +36,15 @@ pub(crate) enum Executor {
 }
 
 impl Executor {
-    /// Prepares `program` on `backend`; on the JIT, each of `updates` (an input's name and the
-    /// output that is its new value) is written in place where that is safe.
-    pub(crate) fn new(
-        backend: Backend,
-        program: Program,
-        threads: usize,
-        updates: Vec<(String, usize)>,
-    ) -> Result<Executor> {
+    /// Prepares `program` on the backend `options` name (on its threads, with its Winograd
+    /// tiles); on the JIT, each of `updates` (an input's name and the output that is its new
+    /// value) is written in place where that is safe.
+    pub(crate) fn new(program: Program, options: &TrainerOptions, updates: Vec<(String, usize)>) -> Result<Executor> {
         let sources: Vec<(String, NodeId)> = program.graph.sources().map(|(id, name)| (name.to_string(), id)).collect();
-        Ok(match backend {
+        Ok(match options.backend {
             Backend::Jit => {
-                let options = CompileOptions { threads, updates, ..CompileOptions::default() };
+                let (threads, winograd) = (options.threads, options.winograd);
+                let options = CompileOptions { threads, updates, winograd, ..CompileOptions::default() };
                 Executor::Jit {
                     compiled: Box::new(compile(&program.graph, &program.outputs, &options)?),
                     ids: sources.into_iter().collect(),

@@ -6,7 +6,7 @@ use crate::{Error, Result};
 use skipgrad_autodiff::{Optimizer, Sgd, Tape, Var, grad};
 use skipgrad_fuse::{Pipeline, Program};
 use skipgrad_ir::{DType, Graph, NodeId, Role, Tensor};
-use skipgrad_jit::{CompileOptions, compile};
+use skipgrad_jit::{CompileOptions, WinogradTiles, compile};
 use skipgrad_nn::{Checkpoint, Kind, Mode, Model, Scope, TRAINING_STATE};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -32,6 +32,9 @@ pub struct TrainerOptions {
     /// buffer inside the compiled step (on by default); off, the step's outputs are copied back
     /// after every run (to measure what that costs).
     pub update_in_place: bool,
+    /// Which 3x3 stride-1 convolutions the JIT computes by Winograd's minimal filtering, and
+    /// with which tiles (the default: F(4x4, 3x3) where it multiplies least).
+    pub winograd: WinogradTiles,
 }
 
 impl TrainerOptions {
@@ -47,6 +50,7 @@ impl TrainerOptions {
             fuse: true,
             backend: Backend::Jit,
             update_in_place: true,
+            winograd: WinogradTiles::default(),
         }
     }
 
@@ -422,7 +426,7 @@ impl Trainer {
             true => updates.iter().enumerate().map(|(k, name)| (name.clone(), 2 + k)).collect(),
             false => vec![],
         };
-        let mut compiled = Executor::new(self.options.backend, program, self.options.threads, in_place)?;
+        let mut compiled = Executor::new(program, &self.options, in_place)?;
         for t in &self.tensors {
             compiled.set_input(&t.name, &self.state[&t.name])?;
         }
@@ -444,7 +448,8 @@ impl Trainer {
     ) -> Result<Option<NonFiniteValue>> {
         self.sync();
         let (program, _) = self.trace_step()?;
-        let options = CompileOptions { threads: self.options.threads, plan_memory: false, ..CompileOptions::default() };
+        let (threads, winograd) = (self.options.threads, self.options.winograd);
+        let options = CompileOptions { threads, winograd, plan_memory: false, ..CompileOptions::default() };
         let mut compiled = compile(&program.graph, &program.outputs, &options)?;
         for (name, value) in self.scalar_feeds(lr, iteration) {
             compiled.set_input(name, &[value])?;
@@ -533,7 +538,7 @@ impl Trainer {
         if self.options.fuse {
             program = Pipeline::training().run(program)?.pop().expect("the input stage at least").program;
         }
-        Executor::new(self.options.backend, program, self.options.threads, vec![])
+        Executor::new(program, &self.options, vec![])
     }
 }
 

@@ -122,8 +122,8 @@ pub struct ConvSpec {
     /// channel, its sum and sum of squares to a scratch of partials, and the last thread to
     /// finish reduces them in f64, in a fixed order, to the per-channel mean and variance.
     pub stats: bool,
-    /// With `Some`, a 3x3 stride-1 convolution computed by Winograd F(2x2, 3x3) on this tiling
-    /// (see [`Winograd`]); the pack then has two width phases.
+    /// With `Some`, a 3x3 stride-1 convolution computed by Winograd F(m x m, 3x3) on this tiling
+    /// (see [`Winograd`]); the input is then packed as [`Winograd::pack`] says.
     pub winograd: Option<Winograd>,
 }
 
@@ -162,10 +162,11 @@ pub struct Epilogue {
 }
 
 impl ConvSpec {
-    /// Groups: one per (image, block of `kb` output channels, output row).
+    /// Groups: one per (image, block of `kb` output channels, output row), or for Winograd, one
+    /// per block of tile rows of each image (or set of images across the lanes).
     pub fn groups(&self) -> usize {
-        if self.winograd.is_some() {
-            return self.shape.batch * self.winograd_groups_per_image();
+        if let Some(w) = self.winograd {
+            return self.shape.batch / w.images * self.winograd_groups_per_set();
         }
         self.shape.batch * (self.shape.out_channels / self.kb) * self.shape.out_hw[0]
     }
@@ -346,14 +347,14 @@ impl ConvSpec {
     /// The reduction of this kernel's statistics partials.
     fn statistics(&self) -> StatsSpec {
         let [oh, ow] = self.shape.out_hw;
-        if self.winograd.is_some() {
+        if let Some(w) = self.winograd {
             // One entry per group, every channel in one block.
             let channels = self.shape.out_channels;
-            let rows = self.winograd_groups_per_image();
+            let rows = self.winograd_groups_per_set();
             return StatsSpec {
                 channels,
                 kb: channels,
-                batch: self.shape.batch,
+                batch: self.shape.batch / w.images,
                 rows,
                 tiles: 1,
                 count: self.shape.batch * oh * ow,

@@ -1,18 +1,20 @@
 //! Packing a convolution's input: a scatter of NCHW planes into a zero-padded layout whose width
 //! is split into stride phases, so every tap reads contiguous f32x4 rows (two and four phases are
-//! split 8 or 16 columns at a time with vector shuffles). Convolution kernels
-//! emit it for one image at a time into per-thread scratch, so the packed copy stays in cache and
-//! is never a kernel of its own.
+//! split 8 or 16 columns at a time with vector shuffles), or whose elements interleave 4 images
+//! lane by lane, so that a vector holds one pixel of 4 images (4x4 transposes). Convolution
+//! kernels emit it for one image (or 4) at a time into per-thread scratch, so the packed copy
+//! stays in cache and is never a kernel of its own.
 
 use crate::codegen::mul;
 use crate::codegen::{elem_addr, for_loop, iconst};
-use crate::conv::transpose::deinterleave;
+use crate::conv::transpose::{deinterleave, transpose4};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
-/// Scatter of NCHW planes into the packed, padded, phase-split layout (optionally dilated).
-/// Positions it never writes (the padding) stay zero: the scratch starts zeroed and every packing
-/// into it writes the same positions.
+/// Scatter of NCHW planes into the packed, padded, phase-split layout (optionally dilated), of one
+/// image, or of several interleaved lane by lane (`[plane][row][column][image]`). Positions it
+/// never writes (the padding) stay zero: the scratch starts zeroed and every packing into it
+/// writes the same positions.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct PackSpec {
     /// Planes packed at once (the channels of one image).
@@ -29,12 +31,23 @@ pub struct PackSpec {
     pub phases: usize,
     /// Packed elements per row and phase.
     pub row_len: usize,
+    /// Images packed together, interleaved lane by lane: 1, or 4 (then with one phase and no
+    /// dilation).
+    pub images: usize,
 }
 
 impl PackSpec {
     /// Elements of the packed buffer.
     pub fn len(&self) -> usize {
-        self.planes * self.rows * self.phases * self.row_len
+        self.planes * self.rows * self.line()
+    }
+    /// Elements of one packed row (every phase, every image).
+    pub fn line(&self) -> usize {
+        self.phases * self.row_len * self.images
+    }
+    /// Where column `u` of the padded input (its first image) is, from the start of a packed row.
+    pub fn column(&self, u: usize) -> usize {
+        ((u % self.phases) * self.row_len + u / self.phases) * self.images
     }
     /// True when the packed buffer is empty.
     pub fn is_empty(&self) -> bool {
@@ -50,14 +63,54 @@ impl PackSpec {
     }
 
     /// Emits the packing of planes `src_plane..src_plane + planes` of `src` into planes
-    /// `0..planes` at `dst` (a convolution kernel packs one image at a time into per-thread scratch).
+    /// `0..planes` at `dst` (a convolution kernel packs one image at a time into per-thread
+    /// scratch), and with several images, of the next images' planes into the following lanes.
     pub(crate) fn emit(&self, b: &mut FunctionBuilder, src: Value, dst: Value, src_plane: Value) {
         let (lo, hi) = (iconst(b, 0), iconst(b, self.planes as i64));
         for_loop(b, lo, hi, 1, &[], &mut |b, plane, _| {
             let from = b.ins().iadd(src_plane, plane);
-            self.emit_plane(b, src, dst, from, plane);
+            if self.images == 1 {
+                self.emit_plane(b, src, dst, from, plane);
+            } else {
+                self.emit_lanes(b, src, dst, from, plane);
+            }
             vec![]
         });
+    }
+
+    /// Emits the packing of plane `src_plane` of `src` and the same plane of the next 3 images
+    /// into lanes 0 to 3 of plane `dst_plane` of `dst`: 4 columns of the 4 images at a time,
+    /// transposed so that each vector holds one column's pixel of every image.
+    fn emit_lanes(&self, b: &mut FunctionBuilder, src: Value, dst: Value, src_plane: Value, dst_plane: Value) {
+        debug_assert!(self.images == 4 && self.phases == 1 && self.dilation == [1, 1]);
+        let flags = MemFlagsData::new().with_notrap();
+        let [h_in, w_in] = self.in_hw;
+        let image = (self.planes * h_in * w_in * 4) as i32; // bytes between images
+        let cols = self.valid(1, self.row_len);
+        for h in self.valid(0, self.rows) {
+            let u = (h as isize + self.pad_before[0]) as usize;
+            let src_row = plane_offset(b, src_plane, h_in * w_in, h * w_in);
+            let src_at = elem_addr(b, src, src_row);
+            let dst_row = plane_offset(b, dst_plane, self.rows * self.line(), u * self.line());
+            let dst_at = elem_addr(b, dst, dst_row);
+            let column = |w: usize| (4 * self.column((w as isize + self.pad_before[1]) as usize)) as i32;
+            let mut w = cols.start;
+            while w + 4 <= cols.end {
+                let rows: Vec<Value> =
+                    (0..4).map(|i| b.ins().load(types::F32X4, flags, src_at, i * image + 4 * w as i32)).collect();
+                for (j, v) in transpose4(b, [rows[0], rows[1], rows[2], rows[3]]).into_iter().enumerate() {
+                    b.ins().store(flags, v, dst_at, column(w + j));
+                }
+                w += 4;
+            }
+            // A width (or crop) that leaves a partial group of columns: one element at a time.
+            for w in w..cols.end {
+                for i in 0..4 {
+                    let v = b.ins().load(types::F32, flags, src_at, i * image + 4 * w as i32);
+                    b.ins().store(flags, v, dst_at, column(w) + 4 * i);
+                }
+            }
+        }
     }
 
     /// Emits the packing of plane `src_plane` of `src` into plane `dst_plane` of `dst`.

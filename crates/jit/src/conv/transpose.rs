@@ -103,7 +103,7 @@ pub(crate) fn interleave(b: &mut FunctionBuilder, phases: &[Value]) -> Vec<Value
 }
 
 /// The 4x4 transpose of rows `[a, b, c, d]`: column `i` as a vector `[a_i, b_i, c_i, d_i]`.
-fn transpose4(b: &mut FunctionBuilder, [r0, r1, r2, r3]: [Value; 4]) -> [Value; 4] {
+pub(crate) fn transpose4(b: &mut FunctionBuilder, [r0, r1, r2, r3]: [Value; 4]) -> [Value; 4] {
     let lo01 = shuffle32(b, r0, r1, [0, 4, 1, 5]); // a0 b0 a1 b1
     let hi01 = shuffle32(b, r0, r1, [2, 6, 3, 7]); // a2 b2 a3 b3
     let lo23 = shuffle32(b, r2, r3, [0, 4, 1, 5]); // c0 d0 c1 d1

@@ -15,6 +15,12 @@
 //! vectors, transforms those patches, multiplies, and transforms the products back, applying the
 //! epilogue and accumulating the batch statistics while the outputs are in registers. The
 //! transformed data of one group stays in cache.
+//!
+//! Where one tile row is too narrow to fill a vector (an 8x8 output has 2 tiles of 4 per row),
+//! the lanes go across images instead ([`Winograd::images`]): a group is a block of tile rows of 4
+//! consecutive images packed lane by lane, each vector holds the same tile of the 4 images, and
+//! the output transform's 4x4 transpose turns a tile's columns into 4 pixels of each image. The
+//! transforms and products are the same code; only where the vectors are differs.
 
 use crate::MulAdd;
 use crate::codegen::{elem_addr, for_loop, iconst, if_then};
@@ -35,9 +41,14 @@ pub enum WinogradTiles {
     Off,
     /// F(2x2, 3x3) wherever it applies (even output sizes, 8 or more input channels).
     F2,
+    /// Also F(4x4, 3x3), with each vector's lanes in one image's tile row only (what
+    /// [`F4`](Self::F4) does where a tile row fills a vector): to compare lanes across images
+    /// with the F(2x2, 3x3) tiles they replace at narrow outputs.
+    F4Rows,
     /// Also F(4x4, 3x3), where it multiplies least (output sizes a multiple of 4, with few tiles
-    /// wasted padding rows to whole vectors) and the convolution has 8 or more output channels.
-    /// The default.
+    /// wasted padding rows to whole vectors) and the convolution has 8 or more output channels;
+    /// across 4 images' lanes where a tile row cannot fill a vector and the batch is a multiple
+    /// of 4. The default.
     #[default]
     F4,
 }
@@ -97,44 +108,73 @@ pub struct Winograd {
     pub m: usize,
     /// Tile rows (m output rows each) per group.
     pub tile_rows: usize,
-    /// Tiles per tile row, padded up to whole vectors of 4.
+    /// Tiles per tile row, padded up to whole vectors of 4 when `images` is 1.
     pub row_tiles: usize,
+    /// Images across each vector's lanes: 1 (a vector holds 4 consecutive tiles of one tile row)
+    /// or 4 (a vector holds the same tile of 4 consecutive images; a group covers its tile rows
+    /// in all 4).
+    pub images: usize,
 }
 
 impl Winograd {
     /// The tiling of an output of `out_hw` with tiles of `m` (2 or 4: the sizes with a
-    /// [`Transform`]), or `None` when its sizes are not multiples of `m`. A group covers the
-    /// fewest whole tile rows that give at least 16 tiles.
+    /// [`Transform`]) in vectors of one image's consecutive tiles, or `None` when its sizes are not
+    /// multiples of `m`. A group covers the fewest whole tile rows that give at least 16 tiles.
     pub fn with_tile(m: usize, out_hw: [usize; 2]) -> Option<Self> {
+        Self::tiled(m, out_hw, 1)
+    }
+
+    /// The tiling of an output of `out_hw` with tiles of `m` in vectors across 4 images (the same
+    /// tile of each), or `None` when its sizes are not multiples of `m`. A group covers the
+    /// fewest whole tile rows that give at least 16 tiles in the 4 images.
+    pub fn across_images(m: usize, out_hw: [usize; 2]) -> Option<Self> {
+        Self::tiled(m, out_hw, 4)
+    }
+
+    fn tiled(m: usize, out_hw: [usize; 2], images: usize) -> Option<Self> {
         let [h, w] = out_hw;
         if !matches!(m, 2 | 4) || h == 0 || w == 0 || !h.is_multiple_of(m) || !w.is_multiple_of(m) {
             return None;
         }
         let (th, tw) = (h / m, w / m);
-        let row_tiles = tw.div_ceil(4) * 4;
-        let tile_rows = (1..=th).find(|r| th.is_multiple_of(*r) && r * row_tiles >= 16).unwrap_or(th);
-        Some(Winograd { m, tile_rows, row_tiles })
+        let row_tiles = if images == 1 { tw.div_ceil(4) * 4 } else { tw };
+        let tile_rows = (1..=th).find(|r| th.is_multiple_of(*r) && r * row_tiles * images >= 16).unwrap_or(th);
+        Some(Winograd { m, tile_rows, row_tiles, images })
     }
 
-    /// The tiling `tiles` chooses for an output of `out_hw`: of the tile sizes it allows, the
-    /// one with the fewest multiplies per output (padding tiles counted), or `None` when none
-    /// applies.
-    pub fn for_output(out_hw: [usize; 2], tiles: WinogradTiles) -> Option<Self> {
+    /// The tiling `tiles` chooses for a batch of `batch` outputs of `out_hw`: of the tile sizes it
+    /// allows, the one with the fewest multiplies per output (padding tiles counted), or `None`
+    /// when none applies. Lanes go across images only where one tile row cannot fill a vector
+    /// (fewer than 4 tiles wide) and the batch divides into fours: elsewhere one image's tiles
+    /// waste few lanes, and its packed copy is 4 times smaller.
+    pub fn for_output(out_hw: [usize; 2], tiles: WinogradTiles, batch: usize) -> Option<Self> {
         let sizes: &[usize] = match tiles {
             WinogradTiles::Off => &[],
             WinogradTiles::F2 => &[2],
-            WinogradTiles::F4 => &[2, 4],
+            WinogradTiles::F4Rows | WinogradTiles::F4 => &[2, 4],
         };
         let multiplies = |t: &Winograd| {
             let n = t.m + 2;
             (n * n * t.row_tiles) as f64 / (t.m * t.m * (out_hw[1] / t.m)) as f64
         };
-        sizes.iter().filter_map(|&m| Self::with_tile(m, out_hw)).min_by(|a, b| multiplies(a).total_cmp(&multiplies(b)))
+        let narrow = out_hw[1] / 4 < 4;
+        let across = (tiles == WinogradTiles::F4 && narrow && batch > 0 && batch.is_multiple_of(4))
+            .then(|| Self::across_images(4, out_hw))
+            .flatten();
+        let rows = sizes.iter().filter_map(|&m| Self::with_tile(m, out_hw));
+        rows.chain(across).min_by(|a, b| multiplies(a).total_cmp(&multiplies(b)))
     }
 
-    /// Tiles per group (padding included).
-    pub fn tiles(&self) -> usize {
-        self.tile_rows * self.row_tiles
+    /// Lane slots per group of each transform position: its tiles (padding included) times the
+    /// images across the lanes. Transformed inputs and products hold this many values per
+    /// channel and position, 4 per vector.
+    pub fn slots(&self) -> usize {
+        self.tile_rows * self.row_slots()
+    }
+
+    /// Lane slots per tile row.
+    pub(crate) fn row_slots(&self) -> usize {
+        self.row_tiles * self.images
     }
 
     /// The transform's matrices.
@@ -154,6 +194,39 @@ impl Winograd {
     /// Transform positions per tile, n².
     pub fn positions(&self) -> usize {
         self.n() * self.n()
+    }
+
+    /// How this tiling packs each image (or 4, across lanes) of a convolution input with `planes`
+    /// channels of `in_hw` and `pad_before` zero rows and columns, for an output of `out_hw`: m
+    /// width phases so that 4 consecutive tiles' patches are contiguous, or one phase with the
+    /// images in the lanes.
+    pub fn pack(&self, planes: usize, in_hw: [usize; 2], pad_before: [isize; 2], out_hw: [usize; 2]) -> PackSpec {
+        let (phases, row_len) = if self.images == 1 { (self.m, self.row_tiles + 1) } else { (1, out_hw[1] + 2) };
+        let rows = out_hw[0] + 2;
+        PackSpec { planes, in_hw, dilation: [1, 1], pad_before, rows, phases, row_len, images: self.images }
+    }
+
+    /// Byte offset, from a tile row's pixel `p`, of the vector `h` of pixels that a vector of
+    /// slots turns into (the output transform's stores, the gradient's dy loads): the next 4
+    /// pixels of the row, or with lanes across images, the same 4 pixels of image `h` (images
+    /// `image_len` elements apart).
+    pub(crate) fn pixel_vector(&self, h: usize, image_len: usize) -> i32 {
+        (if self.images == 1 { 16 * h } else { 4 * h * image_len }) as i32
+    }
+
+    /// The kernel name's suffix for this tiling: `winograd` (F(2x2, 3x3)), `winograd4`, or
+    /// `winograd4_images` (lanes across images).
+    pub fn label(&self) -> &'static str {
+        match (self.m, self.images) {
+            (2, _) => "winograd",
+            (_, 1) => "winograd4",
+            _ => "winograd4_images",
+        }
+    }
+
+    /// Pixels of a tile row per vector of slots: 4 tiles of m, or one tile (of 4 images).
+    pub(crate) fn vector_pixels(&self) -> usize {
+        4 * self.m / self.images
     }
 }
 
@@ -178,12 +251,13 @@ impl ConvSpec {
         let round = |n: usize| n.div_ceil(4) * 4;
         let u = round(self.pack.len());
         let v = u + positions * c * k;
-        let m = v + positions * c * w.tiles();
-        Areas { u, v, m, len: m + positions * k * w.tiles() }
+        let m = v + positions * c * w.slots();
+        Areas { u, v, m, len: m + positions * k * w.slots() }
     }
 
-    /// Groups per image of a Winograd convolution.
-    pub(crate) fn winograd_groups_per_image(&self) -> usize {
+    /// Groups per image (or per set of 4 images, with lanes across images) of a Winograd
+    /// convolution.
+    pub(crate) fn winograd_groups_per_set(&self) -> usize {
         let tiling = self.tiling();
         self.shape.out_hw[0] / tiling.m / tiling.tile_rows
     }
@@ -206,18 +280,20 @@ impl ConvSpec {
         let at = |b: &mut FunctionBuilder, offset: usize| b.ins().iadd_imm_s(a.packed, 4 * offset as i64);
         let (u, v, m) = (at(b, areas.u), at(b, areas.v), at(b, areas.m));
         self.weight_transform(b, mul_add, a.w, u);
-        let per_image = self.winograd_groups_per_image();
+        let tiling = self.tiling();
+        let per_set = self.winograd_groups_per_set();
         let no_image = iconst(b, -1);
         for_loop(b, begin, end, 1, &[no_image], &mut |b, g, packed| {
-            let n = b.ins().udiv_imm_u(g, per_image as i64);
-            let block = b.ins().urem_imm_u(g, per_image as i64);
+            // The set's first image, and the block of tile rows.
+            let set = b.ins().udiv_imm_u(g, per_set as i64);
+            let n = mul(b, set, tiling.images);
+            let block = b.ins().urem_imm_u(g, per_set as i64);
             let new_image = b.ins().icmp(IntCC::NotEqual, n, packed[0]);
             if_then(b, new_image, &mut |b| {
                 let first_plane = mul(b, n, self.shape.in_channels);
                 self.pack.emit(b, a.x, a.packed, first_plane);
             });
-            let tiling = self.tiling();
-            transform_inputs(b, mul_add, &self.pack, tiling, a.packed, v, tiling.tiles(), block);
+            transform_inputs(b, mul_add, &self.pack, tiling, a.packed, v, tiling.slots(), block);
             self.products(b, mul_add, u, v, m);
             let partials = a.stats.map(|s| {
                 let offset = b.ins().imul_imm_s(g, (self.shape.out_channels * 2 * 4) as i64);
@@ -272,7 +348,7 @@ impl ConvSpec {
     /// `M[ξ][k][t] = Σ_c U[ξ][c][k] V[ξ][c][t]`: per position, register tiles of `kb` output
     /// channels by `vb` vectors of tiles.
     fn products(&self, b: &mut FunctionBuilder, mul_add: MulAdd, u: Value, v: Value, m: Value) {
-        let (cn, kn, tiles) = (self.shape.in_channels, self.shape.out_channels, self.tiling().tiles());
+        let (cn, kn, tiles) = (self.shape.in_channels, self.shape.out_channels, self.tiling().slots());
         let (kb, vb, positions) = (self.kb, self.vb, self.tiling().positions());
         let unroll = (1..=4).rev().find(|d| cn.is_multiple_of(*d)).unwrap_or(1);
         let read = MemFlagsData::new().with_notrap().with_readonly();
@@ -355,7 +431,9 @@ impl ConvSpec {
         let w = self.tiling();
         let kn = self.shape.out_channels;
         let [oh, ow] = self.shape.out_hw;
-        let (full_vectors, last_tiles) = ((ow / w.m) / 4, (ow / w.m) % 4);
+        // Whole vectors of slots per tile row, and the pixels of a last, partial one.
+        let full_vectors = (ow / w.m) * w.images / 4;
+        let last_pixels = w.m * ((ow / w.m) * w.images % 4);
         let write = MemFlagsData::new().with_notrap();
         let lo = iconst(b, 0);
         let (k_hi, r_hi, tv_hi) = (iconst(b, kn as i64), iconst(b, w.tile_rows as i64), iconst(b, full_vectors as i64));
@@ -367,7 +445,7 @@ impl ConvSpec {
                 let nk = b.ins().iadd(nk, k);
                 mul(b, nk, oh * ow)
             };
-            let m_k = mul(b, k, w.tiles());
+            let m_k = mul(b, k, w.slots());
             let zero = b.ins().f32const(0.0);
             let zeros = b.ins().splat(types::F32X4, zero);
             let stats0 = [zeros, zeros, zero, zero];
@@ -377,7 +455,7 @@ impl ConvSpec {
                     let t = mul(b, tv, 4);
                     let e = b.ins().iadd(m_row, t);
                     let m_at = elem_addr(b, m, e);
-                    let px = mul(b, tv, 4 * w.m);
+                    let px = mul(b, tv, w.vector_pixels());
                     let y_at = b.ins().iadd(y_row, px);
                     self.output_segment(b, mul_add, a, &channel, m_at, y_at, valid, s)
                 };
@@ -385,7 +463,7 @@ impl ConvSpec {
                     segment(b, tv, 4 * w.m, [s[0], s[1], s[2], s[3]]).to_vec()
                 });
                 let s = [s[0], s[1], s[2], s[3]];
-                let s = if last_tiles > 0 { segment(b, tv_hi, w.m * last_tiles, s) } else { s };
+                let s = if last_pixels > 0 { segment(b, tv_hi, last_pixels, s) } else { s };
                 s.to_vec()
             });
             if let Some(at) = partials {
@@ -404,9 +482,10 @@ impl ConvSpec {
         });
     }
 
-    /// One vector of 4 tiles (products at `m_at`) to the m x `valid` output pixels starting at
-    /// element `y_at` of the output (and the next m - 1 rows), updating the statistics
-    /// `[vector sum, vector squares, scalar sum, scalar squares]`.
+    /// One vector of slots (products at `m_at`) to the m x `valid` output pixels starting at
+    /// element `y_at` of the output (and the next m - 1 rows; with lanes across images, in each of
+    /// the 4 images), updating the statistics `[vector sum, vector squares, scalar sum, scalar
+    /// squares]`.
     #[allow(clippy::too_many_arguments)]
     fn output_segment(
         &self,
@@ -421,10 +500,10 @@ impl ConvSpec {
     ) -> [Value; 4] {
         let w = self.tiling();
         let (at, n) = (w.transform().at, w.n());
-        let (kn, ow) = (self.shape.out_channels, self.shape.out_hw[1]);
+        let (kn, [oh, ow]) = (self.shape.out_channels, self.shape.out_hw);
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
-        let stride = kn * w.tiles() * 4; // bytes between positions
+        let stride = kn * w.slots() * 4; // bytes between positions
         let with_stats = a.stats.is_some();
         // Output row `row` is row `row` of Aᵀ M (n values, M loaded as needed) times A; M is
         // loaded again for every row, which keeps registers free for the epilogue.
@@ -438,8 +517,8 @@ impl ConvSpec {
                 .collect();
             let columns: Vec<Value> =
                 at.iter().map(|at_col| combine(b, mul_add, Width::Vector, at_col, &mut |_, j| z[j])).collect();
-            // Column c of 4 tiles as one vector each; the row's pixels are the tiles' columns
-            // interleaved: vector h holds pixels 4h..4h + 4.
+            // Column c of the slots as one vector each, interleaved: vector h holds the row's
+            // pixels 4h..4h + 4 (of 4 tiles), or with lanes across images, image h's 4 pixels.
             let pixels = interleave(b, &columns);
             let e = b.ins().iadd_imm_s(y_at, (row * ow) as i64);
             let y_base = elem_addr(b, a.y, e);
@@ -447,9 +526,10 @@ impl ConvSpec {
             for (h, &v) in pixels.iter().enumerate() {
                 let lanes = valid.saturating_sub(4 * h).min(4);
                 if lanes == 4 {
-                    let at = EpilogueAt { full: &full, full_offset: 16 * h as i32, channel, channel_offset: 0 };
+                    let offset = w.pixel_vector(h, kn * oh * ow);
+                    let at = EpilogueAt { full: &full, full_offset: offset, channel, channel_offset: 0 };
                     let v = apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, v, Width::Vector);
-                    b.ins().store(write, v, y_base, 16 * h as i32);
+                    b.ins().store(write, v, y_base, offset);
                     if with_stats {
                         let [s, q] = sum_and_squares(b, mul_add, Some([stats[0], stats[1]]), v);
                         (stats[0], stats[1]) = (s, q);
@@ -473,9 +553,10 @@ impl ConvSpec {
     }
 }
 
-/// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for each channel `c` of a packed image `xp` (m width phases) and
-/// each tile `t` of tile-row block `block` of `w`, four tiles per vector; `V` has `stride`
-/// elements per channel (at least `w.tiles()`: the gradient puts several images side by side).
+/// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for each channel `c` of a packed image `xp` (m width phases, or 4
+/// images in the lanes) and each slot `t` of tile-row block `block` of `w`, four per vector; `V`
+/// has `stride` elements per channel (at least `w.slots()`: the gradient puts several images
+/// side by side).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn transform_inputs(
     b: &mut FunctionBuilder,
@@ -488,34 +569,35 @@ pub(crate) fn transform_inputs(
     block: Value,
 ) {
     let cn = pack.planes;
-    let [rows, phases, row_len] = [pack.rows, pack.phases, pack.row_len];
-    debug_assert_eq!(phases, w.m, "a Winograd input is packed with m width phases");
+    debug_assert_eq!((pack.images, pack.phases), (w.images, if w.images == 1 { w.m } else { 1 }), "packed as `w.pack`");
     let (bt, n) = (w.transform().bt, w.n());
-    let line = phases * row_len; // elements per packed row
+    let (rows, line) = (pack.rows, pack.line()); // packed rows, elements per packed row
     let read = MemFlagsData::new().with_notrap().with_readonly();
     let write = MemFlagsData::new().with_notrap();
     let first_row = mul(b, block, w.m * w.tile_rows); // padded row of the block's first tile
     let (lo, c_hi, r_hi, tv_hi) =
-        (iconst(b, 0), iconst(b, cn as i64), iconst(b, w.tile_rows as i64), iconst(b, (w.row_tiles / 4) as i64));
+        (iconst(b, 0), iconst(b, cn as i64), iconst(b, w.tile_rows as i64), iconst(b, (w.row_slots() / 4) as i64));
     for_loop(b, lo, c_hi, 1, &[], &mut |b, c, _| {
         let plane = mul(b, c, rows * line);
         let v_plane = mul(b, c, stride);
         for_loop(b, lo, r_hi, 1, &[], &mut |b, r, _| {
             let (row, v_row) = tile_row(b, w, [first_row, r], [plane, v_plane], line);
             for_loop(b, lo, tv_hi, 1, &[], &mut |b, tv, _| {
-                let col = mul(b, tv, 4);
+                let col = mul(b, tv, pack.column(w.vector_pixels()));
                 let e = b.ins().iadd(row, col);
                 let d_at = elem_addr(b, xp, e);
-                let e = b.ins().iadd(v_row, col);
+                let slot = mul(b, tv, 4);
+                let e = b.ins().iadd(v_row, slot);
                 let v_at = elem_addr(b, v, e);
                 // Row i of Bᵀ d combines rows of d, loaded as needed (column m tx + j of the
-                // padded input is phase j % m, position tx + j / m); it is then transformed by
-                // B and stored. Loading rows again for each i keeps few vectors live.
+                // padded input is phase j % m, position tx + j / m, or with 4 images in the
+                // lanes, column m tx + j); it is then transformed by B and stored. Loading rows
+                // again for each i keeps few vectors live.
                 for (i, bt_row) in bt.iter().enumerate() {
                     let t: Vec<Value> = (0..n)
                         .map(|j| {
                             combine(b, mul_add, Width::Vector, bt_row, &mut |b, r| {
-                                let offset = (r * line + (j % w.m) * row_len + j / w.m) as i32 * 4;
+                                let offset = (r * line + pack.column(j)) as i32 * 4;
                                 b.ins().load(types::F32X4, read, d_at, offset)
                             })
                         })
@@ -535,8 +617,8 @@ pub(crate) fn transform_inputs(
 }
 
 /// Where tile row `r` of a block whose first tile row starts at image row `first_row` is: the
-/// element of its first image row (`plane + (first_row + m r) * line`) and of its first tile in a
-/// transform buffer (`tiles + r * row_tiles`).
+/// element of its first image row (`plane + (first_row + m r) * line`) and of its first slot in a
+/// transform buffer (`tiles + r * row_slots`).
 pub(crate) fn tile_row(
     b: &mut FunctionBuilder,
     w: Winograd,
@@ -547,7 +629,7 @@ pub(crate) fn tile_row(
     let rows = mul(b, r, w.m);
     let row = b.ins().iadd(first_row, rows);
     let e = mul(b, row, line);
-    let t = mul(b, r, w.row_tiles);
+    let t = mul(b, r, w.row_slots());
     (b.ins().iadd(plane, e), b.ins().iadd(tiles, t))
 }
 
@@ -628,16 +710,23 @@ mod tests {
 
     #[test]
     fn tile_size_is_the_one_that_multiplies_least() {
-        let m = |hw, tiles| Winograd::for_output(hw, tiles).map(|w| w.m);
-        assert_eq!(m([32, 32], WinogradTiles::F4), Some(4));
-        assert_eq!(m([16, 16], WinogradTiles::F4), Some(4));
-        // 8 wide: 2 tiles of 4 fill half a vector; 4 tiles of 2 fill it.
-        assert_eq!(m([8, 8], WinogradTiles::F4), Some(2));
-        assert_eq!(m([56, 56], WinogradTiles::F4), Some(4));
-        assert_eq!(m([14, 14], WinogradTiles::F4), Some(2));
-        assert_eq!(m([32, 32], WinogradTiles::F2), Some(2));
-        assert_eq!(m([32, 32], WinogradTiles::Off), None);
-        assert_eq!(m([7, 7], WinogradTiles::F4), None);
+        let m = |hw, tiles, batch| Winograd::for_output(hw, tiles, batch).map(|w| (w.m, w.images));
+        assert_eq!(m([32, 32], WinogradTiles::F4, 128), Some((4, 1)));
+        assert_eq!(m([16, 16], WinogradTiles::F4, 128), Some((4, 1)));
+        // 8 wide: 2 tiles of 4 fill half a vector, the same tile of 4 images fills it; without
+        // 4 images (or lanes across them), 4 tiles of 2 fill it.
+        assert_eq!(m([8, 8], WinogradTiles::F4, 128), Some((4, 4)));
+        assert_eq!(m([8, 8], WinogradTiles::F4, 6), Some((2, 1)));
+        assert_eq!(m([8, 8], WinogradTiles::F4Rows, 128), Some((2, 1)));
+        // 56 wide: 14 tiles of 4 waste 2 lanes in 16, and stay in one image's rows.
+        assert_eq!(m([56, 56], WinogradTiles::F4, 128), Some((4, 1)));
+        assert_eq!(m([14, 14], WinogradTiles::F4, 128), Some((2, 1)));
+        assert_eq!(m([32, 32], WinogradTiles::F2, 128), Some((2, 1)));
+        assert_eq!(m([32, 32], WinogradTiles::Off, 128), None);
+        assert_eq!(m([7, 7], WinogradTiles::F4, 128), None);
         assert_eq!(Winograd::with_tile(3, [9, 9]), None);
+        // A group: at least 16 slots, in whole tile rows that divide the image.
+        let w = Winograd::for_output([8, 8], WinogradTiles::F4, 128).unwrap();
+        assert_eq!((w.tile_rows, w.row_tiles, w.slots()), (2, 2, 16));
     }
 }

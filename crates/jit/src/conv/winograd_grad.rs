@@ -5,8 +5,8 @@
 //! (F(2x2, 3x3)) or 4x (F(4x4, 3x3)) fewer multiply-adds than the direct gradient. The
 //! transforms are emitted from the tables of [`crate::conv::winograd::Transform`].
 //!
-//! Groups are fixed chunks of images (their number does not depend on the thread count). A group
-//! sums its images' products into its own partials; the thread that finishes the last group (an
+//! Groups are fixed chunks of images (their number does not depend on the thread count; with lanes
+//! across images, chunks of sets of 4). A group sums its images' products into its own partials; the thread that finishes the last group (an
 //! atomic count, as for the batch statistics) adds the groups' partials in order and transforms
 //! the sums back into `dw[k][c][r][s]`, so the result does not depend on the thread count.
 
@@ -40,13 +40,14 @@ pub struct WinogradGradSpec {
     pub out_hw: [usize; 2],
     /// How each image of x is packed (zero-padded, m width phases).
     pub pack: PackSpec,
-    /// Tile rows per block of an image, and tiles per tile row.
+    /// Tile rows per block of an image, tiles per tile row, images across the lanes.
     pub tiling: Winograd,
-    /// Groups: chunks of images.
+    /// Groups: chunks of image sets.
     pub chunks: usize,
-    /// Images whose tiles are multiplied together (several when one image has few tiles: each
-    /// product then runs over at least 64 tiles).
-    pub images_per_block: usize,
+    /// Image sets (one image, or `tiling.images` across the lanes) whose tiles are multiplied
+    /// together (several when one set has few tiles: each product then runs over at least 64
+    /// slots).
+    pub sets_per_block: usize,
 }
 
 impl WinogradGradSpec {
@@ -70,24 +71,25 @@ impl WinogradGradSpec {
             && out_channels.is_multiple_of(KB)
     }
 
-    /// The tiling of an output of `out_hw` (whose sizes [`applies`](Self::applies) accepts) for
-    /// the gradient: the tile size `tiles` chooses for the convolution, in blocks of whole tile
-    /// rows with at least 64 tiles (or the whole image).
-    pub fn tiling(out_hw: [usize; 2], tiles: WinogradTiles) -> Winograd {
-        let m = Winograd::for_output(out_hw, tiles).map_or(2, |w| w.m);
-        let (th, row_tiles) = (out_hw[0] / m, (out_hw[1] / m).div_ceil(4) * 4);
-        let tile_rows = (1..=th).find(|r| th.is_multiple_of(*r) && r * row_tiles >= 64).unwrap_or(th);
-        Winograd { m, tile_rows, row_tiles }
+    /// The tiling of a batch of `batch` outputs of `out_hw` (whose sizes
+    /// [`applies`](Self::applies) accepts) for the gradient: the tiles and lanes `tiles` (not
+    /// `Off`) chooses for the convolution, in blocks of whole tile rows with at least 64 slots (or
+    /// the whole image).
+    pub fn tiling(out_hw: [usize; 2], tiles: WinogradTiles, batch: usize) -> Winograd {
+        let w = Winograd::for_output(out_hw, tiles, batch).expect("F(2x2, 3x3) tiles every even output");
+        let th = out_hw[0] / w.m;
+        let tile_rows = (1..=th).find(|r| th.is_multiple_of(*r) && r * w.row_slots() >= 64).unwrap_or(th);
+        Winograd { tile_rows, ..w }
     }
 
-    /// Images per block of products for an output of `out_hw` tiled as `tiling`.
-    pub fn images_per_block(out_hw: [usize; 2], tiling: Winograd) -> usize {
-        if tiling.tile_rows < out_hw[0] / tiling.m { 1 } else { 64usize.div_ceil(tiling.tiles()) }
+    /// Image sets per block of products for an output of `out_hw` tiled as `tiling`.
+    pub fn sets_per_block(out_hw: [usize; 2], tiling: Winograd) -> usize {
+        if tiling.tile_rows < out_hw[0] / tiling.m { 1 } else { 64usize.div_ceil(tiling.slots()) }
     }
 
-    /// Tiles per block of products (`V` and `DY` have this many per channel).
-    fn block_tiles(&self) -> usize {
-        self.images_per_block * self.tiling.tiles()
+    /// Slots per block of products (`V` and `DY` have this many per channel).
+    fn block_slots(&self) -> usize {
+        self.sets_per_block * self.tiling.slots()
     }
 
     /// Groups (chunks of images).
@@ -123,8 +125,8 @@ impl WinogradGradSpec {
     fn areas(&self) -> (usize, usize, usize) {
         let positions = self.tiling.positions();
         let v = self.pack.len().div_ceil(4) * 4;
-        let d = v + positions * self.in_channels * self.block_tiles();
-        (v, d, d + positions * self.out_channels * self.block_tiles())
+        let d = v + positions * self.in_channels * self.block_slots();
+        (v, d, d + positions * self.out_channels * self.block_slots())
     }
 
     /// Kernel body: args are x, dy (both NCHW), the partials scratch, a counter scratch (2 f32
@@ -153,39 +155,41 @@ impl WinogradGradSpec {
                 b.ins().store(flags, zero, at, 0);
                 vec![]
             });
-            // Images g * batch / chunks up to (g + 1) * batch / chunks.
+            // Image sets g * sets / chunks up to (g + 1) * sets / chunks.
+            let (images, sets) = (self.tiling.images, self.batch / self.tiling.images);
             let first = {
-                let e = mul(b, g, self.batch);
+                let e = mul(b, g, sets);
                 b.ins().udiv_imm_u(e, self.chunks as i64)
             };
             let last = {
                 let next = b.ins().iadd_imm_s(g, 1);
-                let e = mul(b, next, self.batch);
+                let e = mul(b, next, sets);
                 b.ins().udiv_imm_u(e, self.chunks as i64)
             };
-            let (lo, per_image) = (iconst(b, 0), iconst(b, (self.tiling.tiles() / 4) as i64));
-            let stride = self.block_tiles();
+            let (lo, per_set) = (iconst(b, 0), iconst(b, (self.tiling.slots() / 4) as i64));
+            let stride = self.block_slots();
             if blocks > 1 {
-                // Each image in blocks of tile rows (one image per block).
-                for_loop(b, first, last, 1, &[], &mut |b, n, _| {
+                // Each set in blocks of tile rows (one set per block).
+                for_loop(b, first, last, 1, &[], &mut |b, set, _| {
+                    let n = mul(b, set, images);
                     let first_plane = mul(b, n, self.in_channels);
                     self.pack.emit(b, x, xp, first_plane);
                     let hi = iconst(b, blocks as i64);
                     for_loop(b, lo, hi, 1, &[], &mut |b, block, _| {
                         transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v, stride, block);
                         self.transform_dy(b, mul_add, dy, d, rows, n, block);
-                        self.products(b, mul_add, v, d, part, per_image);
+                        self.products(b, mul_add, v, d, part, per_set);
                         vec![]
                     });
                     vec![]
                 });
             } else {
-                // Blocks of up to `images_per_block` whole images, side by side in V and DY (the
+                // Blocks of up to `sets_per_block` whole image sets, side by side in V and DY (the
                 // last block of the chunk may hold fewer).
-                let ipb = self.images_per_block as i64;
-                let images = b.ins().isub(last, first);
+                let ipb = self.sets_per_block as i64;
+                let count = b.ins().isub(last, first);
                 let steps = {
-                    let e = b.ins().iadd_imm_s(images, ipb - 1);
+                    let e = b.ins().iadd_imm_s(count, ipb - 1);
                     b.ins().udiv_imm_u(e, ipb)
                 };
                 for_loop(b, lo, steps, 1, &[], &mut |b, step, _| {
@@ -199,16 +203,17 @@ impl WinogradGradSpec {
                         b.ins().umin(left, most)
                     };
                     for_loop(b, lo, count, 1, &[], &mut |b, i, _| {
-                        let n = b.ins().iadd(n0, i);
+                        let set = b.ins().iadd(n0, i);
+                        let n = mul(b, set, images);
                         let first_plane = mul(b, n, self.in_channels);
                         self.pack.emit(b, x, xp, first_plane);
-                        let offset = mul(b, i, 4 * self.tiling.tiles());
+                        let offset = mul(b, i, 4 * self.tiling.slots());
                         let (v_i, d_i) = (b.ins().iadd(v, offset), b.ins().iadd(d, offset));
                         transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v_i, stride, lo);
                         self.transform_dy(b, mul_add, dy, d_i, rows, n, lo);
                         vec![]
                     });
-                    let vectors = b.ins().imul(count, per_image);
+                    let vectors = b.ins().imul(count, per_set);
                     self.products(b, mul_add, v, d, part, vectors);
                     vec![]
                 });
@@ -229,10 +234,11 @@ impl WinogradGradSpec {
         b.seal_all_blocks();
     }
 
-    /// `DY[ξ][k][t] = (A dy Aᵀ)[ξ]` for each output channel `k` and tile `t` of block `block` of
-    /// image `n`, four tiles per vector: each of the tile's m rows is 4m consecutive pixels, split
-    /// into its m columns (the tiles past the width, in the last vector, are zero), transformed
-    /// by Aᵀ on the right into `rows` (m x n vectors of scratch), then by A on the left.
+    /// `DY[ξ][k][t] = (A dy Aᵀ)[ξ]` for each output channel `k` and slot `t` of block `block` of
+    /// image `n` (and the next 3, with lanes across images), four slots per vector: each of the
+    /// tiles' m rows is 4m consecutive pixels (or the same m = 4 pixels of 4 images), split into
+    /// its m columns (the tiles past the width, in the last vector, are zero), transformed by Aᵀ
+    /// on the right into `rows` (m x n vectors of scratch), then by A on the left.
     #[allow(clippy::too_many_arguments)]
     fn transform_dy(
         &self,
@@ -246,15 +252,15 @@ impl WinogradGradSpec {
     ) {
         let w = self.tiling;
         let (m, size) = (w.m, w.n());
-        let (kn, [oh, ow], tiles) = (self.out_channels, self.out_hw, self.block_tiles());
+        let (kn, [oh, ow], tiles) = (self.out_channels, self.out_hw, self.block_slots());
         // Column j of Aᵀ: the coefficients of A's row j.
         let a_rows: Vec<Vec<f32>> = (0..size).map(|j| w.transform().at.iter().map(|row| row[j]).collect()).collect();
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
         let first_row = mul(b, block, m * w.tile_rows);
         let lo = iconst(b, 0);
-        // Whole vectors of 4 tiles (4m pixels), then a partial one padded with zeros.
-        let (full, last) = ((ow / m) / 4, m * ((ow / m) % 4));
+        // Whole vectors of slots, then a partial one padded with zeros.
+        let (full, last) = ((ow / m) * w.images / 4, m * ((ow / m) * w.images % 4));
         let hi = [kn, w.tile_rows, full].map(|n| iconst(b, n as i64));
         for_loop(b, lo, hi[0], 1, &[], &mut |b, k, _| {
             let plane = {
@@ -266,16 +272,17 @@ impl WinogradGradSpec {
             for_loop(b, lo, hi[1], 1, &[], &mut |b, r, _| {
                 let (row, d_row) = tile_row(b, w, [first_row, r], [plane, d_k], ow);
                 let segment = |b: &mut FunctionBuilder, tv: Value, valid: usize| {
-                    let px = mul(b, tv, 4 * m);
+                    let px = mul(b, tv, w.vector_pixels());
                     let e = b.ins().iadd(row, px);
                     let at = elem_addr(b, dy, e);
-                    // Row i of the tiles: column c of 4 tiles per vector; past `valid` pixels,
+                    // Row i of the tiles: column c of the slots per vector; past `valid` pixels,
                     // zeros.
                     let columns = |b: &mut FunctionBuilder, i: usize| -> Vec<Value> {
                         let offset = (i * ow * 4) as i32;
                         if valid == 4 * m {
-                            let v: Vec<Value> =
-                                (0..m).map(|h| b.ins().load(types::F32X4, read, at, offset + 16 * h as i32)).collect();
+                            let v: Vec<Value> = (0..m)
+                                .map(|h| b.ins().load(types::F32X4, read, at, offset + w.pixel_vector(h, kn * oh * ow)))
+                                .collect();
                             return deinterleave(b, &v);
                         }
                         (0..m)
@@ -300,7 +307,7 @@ impl WinogradGradSpec {
                         }
                     }
                     // A W: DY[i][j] = Σ_r A[i][r] W[r][j].
-                    let t = mul(b, tv, 4); // 4 tiles per 4m pixels
+                    let t = mul(b, tv, 4); // 4 slots per vector
                     let e = b.ins().iadd(d_row, t);
                     let out = elem_addr(b, d, e);
                     for (i, a_row) in a_rows.iter().enumerate() {
@@ -330,12 +337,12 @@ impl WinogradGradSpec {
     /// output channels by 4 input channels, each a vector over 4 tiles, summed across lanes at
     /// the end (4 sums per vector) and added to the group's partials.
     fn products(&self, b: &mut FunctionBuilder, mul_add: MulAdd, v: Value, d: Value, part: Value, vectors: Value) {
-        let (cn, kn, tiles) = (self.in_channels, self.out_channels, self.block_tiles());
+        let (cn, kn, tiles) = (self.in_channels, self.out_channels, self.block_slots());
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let flags = MemFlagsData::new().with_notrap();
         let lo = iconst(b, 0);
         let hi = [self.tiling.positions(), kn / KB, cn / CB].map(|n| iconst(b, n as i64));
-        let unroll = [4, 2, 1].into_iter().find(|u| (self.tiling.tiles() / 4).is_multiple_of(*u)).unwrap_or(1);
+        let unroll = [4, 2, 1].into_iter().find(|u| (self.tiling.slots() / 4).is_multiple_of(*u)).unwrap_or(1);
         for_loop(b, lo, hi[0], 1, &[], &mut |b, xi, _| {
             let v_xi = mul(b, xi, cn * tiles);
             let d_xi = mul(b, xi, kn * tiles);

@@ -41,7 +41,7 @@ fn conv_pack(g: &Geometry, vb: usize) -> PackSpec {
     let padded_w = (out_hw[1] - 1) * stride[1] + kernel_w;
     let row_len = padded_w.div_ceil(stride[1]).max(ConvSpec::min_row_len(out_hw[1], vb, kernel_w, stride[1]));
     let (planes, in_hw, dilation, pad_before) = (g.nck[1], g.in_hw, g.dilation, g.pad);
-    PackSpec { planes, in_hw, dilation, pad_before, rows, phases: stride[1], row_len }
+    PackSpec { planes, in_hw, dilation, pad_before, rows, phases: stride[1], row_len, images: 1 }
 }
 
 /// A convolution of `x` with weights `w` (read through `weights`): direct, or by the Winograd
@@ -59,33 +59,22 @@ pub(super) fn conv(
     // Few output channels leave F(4x4, 3x3)'s larger input transform most of the work: the
     // stem's input gradient (16 -> 3 channels) ran 15% slower by F(4x4) than by F(2x2).
     let winograd = if k < 8 { winograd.min(WinogradTiles::F2) } else { winograd };
-    let tiling = Winograd::for_output(out_hw, winograd).filter(|_| {
+    let tiling = Winograd::for_output(out_hw, winograd, n).filter(|_| {
         // Few input channels leave the transforms most of the work (the 3-channel stem).
         kernel == [3, 3] && stride == [1, 1] && dilation == [1, 1] && c >= 8
     });
     let (pack, kb, vb, label) = match tiling {
-        // Products: kb output channels by vb vectors of 4 tiles, vb dividing the group's vectors;
-        // the input packed with m width phases, so that 4 tiles' patches are contiguous.
+        // Products: kb output channels by vb vectors of 4 slots, vb dividing the group's vectors.
         Some(tiling) => {
-            let vectors = tiling.tiles() / 4;
+            let vectors = tiling.slots() / 4;
             let (kb, vb) = register_tile(k, vectors, None);
             let vb = (1..=vb).rev().find(|v| vectors.is_multiple_of(*v)).unwrap_or(1);
-            let rows = out_hw[0] + 2;
-            let pack = PackSpec {
-                planes: c,
-                in_hw,
-                dilation,
-                pad_before: pad,
-                rows,
-                phases: tiling.m,
-                row_len: tiling.row_tiles + 1,
-            };
-            (pack, kb, vb, if tiling.m == 4 { "conv2d_winograd4" } else { "conv2d_winograd" })
+            (tiling.pack(c, in_hw, pad, out_hw), kb, vb, format!("conv2d_{}", tiling.label()))
         }
         // Register tile: kb output channels by vb vectors of 4 pixels.
         None => {
             let (kb, vb) = register_tile(k, out_hw[1].div_ceil(4), None);
-            (conv_pack(&g, vb), kb, vb, "conv2d")
+            (conv_pack(&g, vb), kb, vb, "conv2d".into())
         }
     };
     let shape = ConvShape { batch: n, in_channels: c, out_channels: k, kernel, stride, out_hw };
@@ -103,8 +92,8 @@ pub(super) fn conv(
     };
     let scratch = vec![spec.scratch_len()];
     let steps = vec![Planned {
-        label: label.into(),
-        spec: KernelSpec::Conv(spec),
+        label,
+        spec: KernelSpec::Conv(Box::new(spec)),
         inputs: vec![Buf::Node(x), Buf::Node(w), Buf::PerThread(0)],
         output: Buf::Node(id),
     }];
@@ -159,6 +148,7 @@ pub(super) fn sub_pixel_grad_input(
         rows,
         phases: 1,
         row_len,
+        images: 1,
     };
     let (kh, kw) = (kernel[0], kernel[1]);
     let specs = all
@@ -224,20 +214,12 @@ fn winograd_weight_grad(
     pad: [isize; 2],
     winograd: WinogradTiles,
 ) -> Lowered {
-    let tiling = WinogradGradSpec::tiling(out_hw, winograd);
-    let pack = PackSpec {
-        planes: x[1],
-        in_hw: [x[2], x[3]],
-        dilation: [1, 1],
-        pad_before: pad,
-        rows: out_hw[0] + 2,
-        phases: tiling.m,
-        row_len: tiling.row_tiles + 1,
-    };
-    // Chunks of images: enough for the threads to share, few enough that adding the partials
+    let tiling = WinogradGradSpec::tiling(out_hw, winograd, x[0]);
+    let pack = tiling.pack(x[1], [x[2], x[3]], pad, out_hw);
+    // Chunks of image sets: enough for the threads to share, few enough that adding the partials
     // stays small; a constant, so the result does not depend on the thread count.
-    let chunks = x[0].min(8);
-    let images_per_block = WinogradGradSpec::images_per_block(out_hw, tiling);
+    let chunks = (x[0] / tiling.images).min(8);
+    let sets_per_block = WinogradGradSpec::sets_per_block(out_hw, tiling);
     let spec = WinogradGradSpec {
         batch: x[0],
         in_channels: x[1],
@@ -246,11 +228,11 @@ fn winograd_weight_grad(
         pack,
         tiling,
         chunks,
-        images_per_block,
+        sets_per_block,
     };
     let scratch = vec![spec.partials_len(), 2, spec.thread_scratch_len()];
     let steps = vec![Planned {
-        label: format!("{label}_winograd"),
+        label: format!("{label}_{}", tiling.label()),
         spec: KernelSpec::WinogradGrad(spec),
         inputs: vec![Buf::Node(x_id), Buf::Node(dy_id), Buf::Scratch(0), Buf::Scratch(1), Buf::PerThread(2)],
         output: Buf::Node(id),
@@ -286,6 +268,7 @@ pub(super) fn weight_grad(
         rows: (out_hw[0] - 1) * stride[0] + kernel[0],
         phases: 1,
         row_len: (out_hw[1] - 1) * stride[1] + kernel[1],
+        images: 1,
     };
     let spec =
         WeightGradSpec { batch: n, in_channels: c, out_channels: k, dy_row, pack, kernel, stride, out_hw, cb, kv };
