@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use skipgrad::fuse::{Pipeline, Program, counts};
 use skipgrad::ir::{Fused, TensorType};
-use skipgrad::jit::{CompileOptions, compile};
+use skipgrad::jit::{CompileOptions, KernelSpec, compile};
 use skipgrad::prelude::*;
 use skipgrad::reference::kink_distance;
 
@@ -143,11 +143,18 @@ fn a_basic_block_step_fuses_bn_add_relu() {
     assert_eq!((merged[0].covers.len(), merged[0].outputs.len()), (12, 20));
 }
 
-/// Kernel calls per role of the node each computes: (forward, backward, update).
+/// Whether a kernel transforms a Winograd convolution's weights: it reads the weights alone, and
+/// runs once per step (in inference, once while the weights stay the same), not per image.
+fn transforms_weights(kernel: &skipgrad::jit::KernelCode) -> bool {
+    matches!(kernel.spec, KernelSpec::WinogradWeights(_))
+}
+
+/// Kernel calls over activations per role of the node each computes: (forward, backward,
+/// update). Weight transforms are not counted.
 fn kernels_by_role(p: &Program) -> [usize; 3] {
     let compiled = compile(&p.graph, &p.outputs, &CompileOptions::default()).unwrap();
     let mut counts = [0; 3];
-    for (node, _) in compiled.schedule() {
+    for (node, _) in compiled.schedule().filter(|(_, k)| !transforms_weights(k)) {
         counts[match p.graph.node(node).unwrap().role {
             Role::Forward => 0,
             Role::Backward => 1,
@@ -243,8 +250,9 @@ fn assert_close(got: &[f64], want: &[f64]) {
 }
 
 /// Inference: convolution, batch norm with running statistics, the residual add and the ReLU run
-/// in the convolution's kernel (which packs its input itself), so a basic block is 2 kernels, and
-/// its output matches the unfused graph on the reference interpreter.
+/// in the convolution's kernel (which packs its input itself), so a basic block is 2 kernels over
+/// activations (and a transform of each convolution's weights), and its output matches the
+/// unfused graph on the reference interpreter.
 #[test]
 fn inference_blocks_run_one_kernel_per_convolution() {
     let mut p = Params::new(11);
@@ -261,9 +269,12 @@ fn inference_blocks_run_one_kernel_per_convolution() {
     assert_eq!(counts(&stages), "elementwise: 0, conv_epilogue: 2, conv_stats: 0, bn_backward: 0, foreach: 0");
     let after = &stages[1].program;
     let mut compiled = compile(&after.graph, &after.outputs, &CompileOptions::default()).unwrap();
-    let kernels: Vec<String> = compiled.schedule().map(|(_, k)| k.name.clone()).collect();
+    let kernels: Vec<String> =
+        compiled.schedule().filter(|(_, k)| !transforms_weights(k)).map(|(_, k)| k.name.clone()).collect();
     assert_eq!(kernels.len(), 2, "{kernels:?}");
     assert_eq!(kernels.iter().filter(|k| k.ends_with("fused_conv_epilogue")).count(), 2, "{kernels:?}");
+    // Each (Winograd) convolution's weights are transformed by a kernel of their own.
+    assert_eq!(compiled.schedule().filter(|(_, k)| transforms_weights(k)).count(), 2);
     let got = compiled.run_tensors(&p.feeds).unwrap().remove(0).to_f64_vec();
     assert_close(&got, &outputs(&program, &p.feeds)[0]);
 }

@@ -60,6 +60,32 @@ struct Step {
     groups: u64,
     /// Bytes of the tensors the call reads and writes (each counted once).
     bytes: u64,
+    /// For a call whose output depends only on inputs that are fed (a Winograd weight
+    /// transform): what it saw of them when it last ran, so that it runs again only after one is
+    /// fed again.
+    cache: Option<Cache>,
+}
+
+/// What a cached call read when it last ran: its operands' storage buffers and the number of
+/// times each had been fed ([`CompiledGraph::set_input`]) then.
+struct Cache {
+    buffers: Vec<usize>,
+    seen: Vec<u64>,
+}
+
+impl Step {
+    /// Whether the call can be skipped because none of its operands was fed since it last ran
+    /// (given how often each buffer has been fed); a call that is not skipped records `fed`.
+    fn unchanged(&mut self, fed: &[u64]) -> bool {
+        let Some(c) = &mut self.cache else { return false };
+        if c.buffers.iter().zip(&c.seen).all(|(&b, &s)| fed[b] == s) {
+            return true;
+        }
+        for (&b, s) in c.buffers.iter().zip(&mut c.seen) {
+            *s = fed[b];
+        }
+        false
+    }
 }
 
 /// One distinct kernel's share of a profiled run.
@@ -96,6 +122,8 @@ pub struct CompiledGraph {
     outputs: Vec<NodeId>,
     /// Inputs that feed cross-entropy labels, with their class count: checked when fed.
     labels: HashMap<NodeId, usize>,
+    /// Per storage buffer: how many times an input placed in it was fed.
+    fed: Vec<u64>,
     kernel_of: HashMap<NodeId, usize>,
     codes: Vec<KernelCode>,
     stats: CompileStats,
@@ -123,7 +151,7 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
     let mut compiler = Compiler::new(target);
     let scheduled = schedule(graph, outputs, options, &mut compiler)?;
     let (code, codes, stats) = compiler.finish()?;
-    let Layout { storage, place, scratch_place, memory, in_place, updates_from, blocks } =
+    let Layout { storage, place, scratch_place, memory, in_place, updates_from, cached, kept, blocks } =
         layout(graph, outputs, options, &scheduled, &codes)?;
     let Schedule { needed, calls: planned, feeds, kernel_of, per_thread, .. } = scheduled;
 
@@ -150,6 +178,7 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
                     Slot::Scratch(k) if per_thread[k] => {
                         (scratch_place[k], storage[scratch_place[k]].len(), "per-thread-scratch".into())
                     }
+                    Slot::Scratch(k) if kept[k] => (scratch_place[k], storage[scratch_place[k]].len(), "kept".into()),
                     Slot::Scratch(k) => (scratch_place[k], storage[scratch_place[k]].len(), "scratch".into()),
                 })
                 .collect();
@@ -164,7 +193,11 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
                 .map(|(_, len, _)| 4 * *len as u64)
                 .sum();
             let args = located.iter().map(|(b, _, _)| storage[*b].as_ptr()).collect();
-            Step { node, kernel, args, groups, bytes }
+            let cache = cached[index].then(|| {
+                let buffers: Vec<usize> = located[..located.len() - 1].iter().map(|(b, _, _)| *b).collect();
+                Cache { seen: vec![u64::MAX; buffers.len()], buffers }
+            });
+            Step { node, kernel, args, groups, bytes, cache }
         })
         .collect();
     if debug::dump_dir().is_some() {
@@ -191,6 +224,7 @@ pub fn compile(graph: &Graph, outputs: &[NodeId], options: &CompileOptions) -> R
         debug::dump_files("kernels", &files);
     }
     Ok(CompiledGraph {
+        fed: vec![0; storage.len()],
         storage,
         place,
         types: nodes.iter().map(|n| n.ty.clone()).collect(),
@@ -228,11 +262,15 @@ impl CompiledGraph {
             return Err(Error::Feed(format!("{name:?}: label {v} in row {row} is not a class index in 0..{classes}")));
         }
         self.slice_mut(id).copy_from_slice(values);
+        self.fed[self.place[id.index()].expect("fed inputs are placed")] += 1;
         Ok(())
     }
 
-    /// Runs every kernel once, in order, on the current inputs. With `SKIPGRAD_PROFILE=1` in the
-    /// environment at compile time, prints a per-kernel profile of the run to stderr.
+    /// Runs every kernel once, in order, on the current inputs, except the kernels whose result
+    /// depends only on inputs that were not fed since they last ran (the Winograd weight
+    /// transforms of a graph whose weights are fed once: an inference graph's). With
+    /// `SKIPGRAD_PROFILE=1` in the environment at compile time, prints a per-kernel profile of the
+    /// run to stderr (a skipped kernel counts no call).
     pub fn run(&mut self) {
         self.run_until_updates();
         self.run_updates();
@@ -267,7 +305,10 @@ impl CompiledGraph {
     }
 
     fn run_steps(&mut self, range: std::ops::Range<usize>) {
-        for step in &self.steps[range] {
+        for step in &mut self.steps[range] {
+            if step.unchanged(&self.fed) {
+                continue;
+            }
             // SAFETY: `args` point into `self.storage`, whose buffers are at least as large as
             // every value placed in them and never resized; each kernel reads only its operands and
             // writes only its outputs, within the extents its spec was generated for (checked by
@@ -302,7 +343,10 @@ impl CompiledGraph {
 
     /// Runs `range` of the steps, adding each call's time and work to its kernel's row.
     fn run_timed(&mut self, range: std::ops::Range<usize>, rows: &mut [KernelProfile]) {
-        for step in &self.steps[range] {
+        for step in &mut self.steps[range] {
+            if step.unchanged(&self.fed) {
+                continue;
+            }
             let start = std::time::Instant::now();
             // SAFETY: as in `run_steps`.
             unsafe { self.pool.run(self.code.fns[step.kernel], step.args.as_ptr(), step.groups) };

@@ -41,7 +41,7 @@ pub use conv::pack::PackSpec;
 pub use conv::sub_pixel::SubPixelSpec;
 pub use conv::transpose::TransposeSpec;
 pub use conv::weight_grad::WeightGradSpec;
-pub use conv::winograd::{F2, F4, Transform, Winograd, WinogradTiles};
+pub use conv::winograd::{F2, F4, Transform, Winograd, WinogradTiles, WinogradWeightsSpec};
 pub use conv::winograd_grad::WinogradGradSpec;
 pub use conv::{ConvShape, ConvSpec, Interleave, WeightLayout};
 pub use copy::CopySpec;

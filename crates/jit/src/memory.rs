@@ -2,7 +2,8 @@
 //! lifetimes do not overlap share blocks (`plan.rs`), a kernel's output may take the block of an
 //! operand it reads for the last time (`KernelSpec::in_place_operands`), an update may take its
 //! input's own buffer (`CompileOptions::updates`), identical kernels share scratch areas, and
-//! inputs, parameters, constants and outputs get buffers of their own.
+//! inputs, parameters, constants and outputs get buffers of their own, as do the kept scratch
+//! areas of the steps that need not run again while their inputs are unchanged (`cached`).
 
 use crate::buffer::{Buffer, Guard};
 use crate::plan::{Lifetime, assign};
@@ -46,6 +47,11 @@ pub(crate) struct Layout {
     pub in_place: Vec<bool>,
     /// The first call that writes an update in place.
     pub updates_from: usize,
+    /// Per call: whether it computes a kept scratch area from inputs and parameters that no
+    /// kernel writes, so that it need not run again while they are not fed again.
+    pub cached: Vec<bool>,
+    /// Per scratch area: whether it keeps a cached call's result between runs, in its own buffer.
+    pub kept: Vec<bool>,
     /// Shared blocks of intermediates.
     pub blocks: usize,
 }
@@ -59,9 +65,27 @@ pub(crate) fn layout(
     codes: &[KernelCode],
 ) -> Result<Layout> {
     let nodes = graph.nodes();
-    let Schedule { needed, computed, calls: planned, constants, feeds, scratch_keys, .. } = schedule;
+    let Schedule { needed, computed, calls: planned, constants, feeds, scratch_keys, kept: keepable, .. } = schedule;
     let plan = options.plan_memory && options.guard == Guard::None;
     let (alias_of, in_place, updates_from) = update_aliases(graph, outputs, &options.updates, feeds, planned, codes)?;
+    // A call writing a kept area from sources that no update overwrites computes the same
+    // values until they are fed again; its area then keeps them in a buffer of its own.
+    let overwritten: Vec<bool> = (0..nodes.len()).map(|i| alias_of.contains(&Some(i))).collect();
+    let cached: Vec<bool> = planned
+        .iter()
+        .map(|(_, _, slots, _)| match slots.split_last() {
+            Some((Slot::Scratch(k), inputs)) if keepable[*k] => {
+                inputs.iter().all(|slot| matches!(*slot, Slot::Node(i) if nodes[i].op.is_source() && !overwritten[i]))
+            }
+            _ => false,
+        })
+        .collect();
+    let mut kept = vec![false; scratch_keys.len()];
+    for (call, (_, _, slots, _)) in planned.iter().enumerate() {
+        if let (true, Some(Slot::Scratch(k))) = (cached[call], slots.last()) {
+            kept[*k] = true;
+        }
+    }
 
     // Lifetimes of computed intermediates; everything else has a buffer of its own.
     let mut lifetimes: Vec<Option<Lifetime>> = vec![None; nodes.len()];
@@ -140,22 +164,22 @@ pub(crate) fn layout(
     // identical kernels never write them.
     let mut scratch_place: Vec<usize> = Vec::with_capacity(scratch_keys.len());
     let mut by_key: HashMap<ScratchKey, usize> = HashMap::new();
-    for key in scratch_keys {
+    for (k, key) in scratch_keys.iter().enumerate() {
         memory.unplanned += 4 * key.0;
         let key = key.clone();
-        let existing = if plan { by_key.get(&key).copied() } else { None };
+        let existing = if plan && !kept[k] { by_key.get(&key).copied() } else { None };
         let at = existing.unwrap_or_else(|| {
             storage.push(Buffer::zeroed(key.0, options.guard));
             memory.scratch += 4 * key.0;
             storage.len() - 1
         });
-        if plan {
+        if plan && !kept[k] {
             by_key.insert(key, at);
         }
         scratch_place.push(at);
     }
     let blocks = block_sizes.len();
-    Ok(Layout { storage, place, scratch_place, memory, in_place, updates_from, blocks })
+    Ok(Layout { storage, place, scratch_place, memory, in_place, updates_from, cached, kept, blocks })
 }
 
 /// Which outputs take the buffer of the input they update ([`CompileOptions::updates`]): per node,

@@ -4,6 +4,7 @@ use crate::MulAdd;
 use crate::conv::ConvSpec;
 use crate::conv::sub_pixel::SubPixelSpec;
 use crate::conv::weight_grad::WeightGradSpec;
+use crate::conv::winograd::WinogradWeightsSpec;
 use crate::conv::winograd_grad::WinogradGradSpec;
 use crate::copy::CopySpec;
 use crate::foreach::ForeachSpec;
@@ -31,6 +32,8 @@ pub enum KernelSpec {
     WeightGrad(WeightGradSpec),
     /// Convolution weight gradient by Winograd F(m x m, 3x3) (3x3, stride 1).
     WinogradGrad(WinogradGradSpec),
+    /// A Winograd convolution's weights, transformed for its kernel.
+    WinogradWeights(WinogradWeightsSpec),
     /// Strided, channel-offset copies (the option-A shortcut and its gradient).
     Copy(CopySpec),
     /// Matrix multiply.
@@ -53,6 +56,7 @@ impl KernelSpec {
             KernelSpec::SubPixel(s) => s.groups(),
             KernelSpec::WeightGrad(s) => s.groups(),
             KernelSpec::WinogradGrad(s) => s.groups(),
+            KernelSpec::WinogradWeights(s) => s.groups(),
             KernelSpec::Copy(s) => s.batch,
             KernelSpec::MatMul(s) => s.m,
             KernelSpec::Rows(s) => s.groups(),
@@ -65,7 +69,7 @@ impl KernelSpec {
         match self {
             KernelSpec::Nest(s) => s.operands.len() + s.outputs,
             KernelSpec::Foreach(s) => s.arity(),
-            KernelSpec::Copy(_) => 2,
+            KernelSpec::Copy(_) | KernelSpec::WinogradWeights(_) => 2,
             KernelSpec::WeightGrad(_) => 5,
             KernelSpec::WinogradGrad(_) => 6,
             KernelSpec::MatMul(_) => 3,
@@ -137,6 +141,7 @@ impl KernelSpec {
             KernelSpec::MatMul(s) => Some(2.0 * (s.m * s.n * s.k) as f64),
             KernelSpec::Nest(_)
             | KernelSpec::Foreach(_)
+            | KernelSpec::WinogradWeights(_)
             | KernelSpec::Copy(_)
             | KernelSpec::Rows(_)
             | KernelSpec::Pool(_) => None,
@@ -150,6 +155,7 @@ impl KernelSpec {
             KernelSpec::SubPixel(s) => s.build(b, ptr, mul_add),
             KernelSpec::WeightGrad(s) => s.build(b, ptr, mul_add),
             KernelSpec::WinogradGrad(s) => s.build(b, ptr, mul_add),
+            KernelSpec::WinogradWeights(s) => s.build(b, ptr, mul_add),
             KernelSpec::Copy(s) => s.build(b, ptr),
             KernelSpec::MatMul(s) => s.build(b, ptr, mul_add),
             KernelSpec::Rows(s) => s.build(b, ptr, imports),

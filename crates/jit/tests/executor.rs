@@ -201,3 +201,61 @@ fn elementwise_chains_run_in_place() {
     let want: Vec<f32> = values.iter().map(|v| (3.0 * v.max(0.0)) * (3.0 * v.max(0.0)) + 1.0).collect();
     assert_eq!(results[0], want);
 }
+
+/// A Winograd convolution's weight transform is a kernel of its own whose result is kept between
+/// runs: it runs again only after its weights are fed again, and the convolution always equals the
+/// reference for the weights it was last fed. A graph that updates its weights in place
+/// transforms them on every run.
+#[test]
+fn winograd_weight_transforms_run_again_only_when_their_weights_are_fed() {
+    use skipgrad_ir::{Conv2dAttrs, Tensor};
+    use skipgrad_reference::{Feeds, evaluate};
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[4, 16, 8, 8]);
+    let w = input(&mut g, "w", &[16, 16, 3, 3]);
+    let y = g.add_node(Op::Conv2d(Conv2dAttrs::square(1, 1)), &[x, w], Role::Forward).unwrap();
+    let values = |seed: usize, n: usize| -> Vec<f32> {
+        (0..n).map(|i| ((i * 7919 + seed) % 997) as f32 / 498.5 - 1.0).collect()
+    };
+    let reference = |xv: &[f32], wv: &[f32]| -> Vec<f32> {
+        let mut feeds = Feeds::new();
+        feeds.insert("x".into(), Tensor::f32([4, 16, 8, 8], xv.to_vec()).unwrap());
+        feeds.insert("w".into(), Tensor::f32([16, 16, 3, 3], wv.to_vec()).unwrap());
+        evaluate(&g, &feeds, &[y]).unwrap()[0].to_f64_vec().into_iter().map(|v| v as f32).collect()
+    };
+    let close = |got: &[f32], want: &[f32]| got.iter().zip(want).all(|(a, b)| (a - b).abs() <= 1e-4 * b.abs().max(1.0));
+    let transforms = |c: &mut skipgrad_jit::CompiledGraph| {
+        c.profile().iter().filter(|k| k.name.ends_with("_weights")).map(|k| k.calls).sum::<usize>()
+    };
+    let mut c = compile(&g, &[y], &CompileOptions::default()).unwrap();
+    assert!(c.kernel_for(y).unwrap().name.contains("winograd"), "{}", c.kernel_for(y).unwrap().name);
+    let (x1, w1, w2) = (values(1, 4 * 16 * 64), values(2, 16 * 16 * 9), values(3, 16 * 16 * 9));
+    c.set_input("x", &x1).unwrap();
+    c.set_input("w", &w1).unwrap();
+    assert_eq!(transforms(&mut c), 1, "the first run transforms the weights");
+    assert!(close(c.output(0).unwrap(), &reference(&x1, &w1)));
+    let x2 = values(4, 4 * 16 * 64);
+    c.set_input("x", &x2).unwrap();
+    assert_eq!(transforms(&mut c), 0, "new images alone reuse the transformed weights");
+    assert!(close(c.output(0).unwrap(), &reference(&x2, &w1)));
+    c.set_input("w", &w2).unwrap();
+    assert_eq!(transforms(&mut c), 1, "weights fed again are transformed again");
+    assert!(close(c.output(0).unwrap(), &reference(&x2, &w2)));
+    c.run();
+    assert!(close(c.output(0).unwrap(), &reference(&x2, &w2)));
+
+    // Output 1, the weights halved, is written into the weights in place: every run transforms.
+    let mut updating = g.clone();
+    let half = updating.add_node(Op::Scale { c: 0.5 }, &[w], Role::Forward).unwrap();
+    let options = CompileOptions { updates: vec![("w".into(), 1)], ..CompileOptions::default() };
+    let mut c = compile(&updating, &[y, half], &options).unwrap();
+    assert!(c.in_place(1));
+    c.set_input("x", &x1).unwrap();
+    c.set_input("w", &w1).unwrap();
+    let mut w_now = w1.clone();
+    for _ in 0..3 {
+        assert_eq!(transforms(&mut c), 1);
+        assert!(close(c.output(0).unwrap(), &reference(&x1, &w_now)));
+        w_now.iter_mut().for_each(|v| *v *= 0.5);
+    }
+}

@@ -9,8 +9,8 @@
 //! convolution's register tile. The matrices are tables ([`Transform`]); every transform is
 //! emitted from them, skipping zeros and multiplying only by coefficients other than ±1.
 //!
-//! One kernel does everything, per thread: it transforms the weights into its share of per-thread
-//! scratch once per run, then for each group (an image's block of tile rows) packs the image
+//! A kernel of its own transforms the weights ([`WinogradWeightsSpec`]); the convolution kernel
+//! then, per thread, for each group (an image's block of tile rows) packs the image
 //! (when new) with m width phases, so that the patches of 4 consecutive tiles are contiguous
 //! vectors, transforms those patches, multiplies, and transforms the products back, applying the
 //! epilogue and accumulating the batch statistics while the outputs are in registers. The
@@ -23,14 +23,14 @@
 //! transforms and products are the same code; only where the vectors are differs.
 
 use crate::MulAdd;
-use crate::codegen::{elem_addr, for_loop, iconst, if_then};
+use crate::codegen::{elem_addr, entry, for_loop, iconst, if_then, load_arg};
 use crate::codegen::{mul, mul_add_emit};
 use crate::conv::pack::PackSpec;
 use crate::conv::transpose::interleave;
-use crate::conv::{ConvArgs, ConvSpec, EpilogueAt, apply_epilogue, sum_and_squares};
+use crate::conv::{ConvArgs, ConvSpec, EpilogueAt, WeightLayout, apply_epilogue, sum_and_squares};
 use crate::expr::Width;
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
 /// Which 3x3 stride-1 convolutions a compilation computes by Winograd's minimal filtering, in
@@ -179,11 +179,7 @@ impl Winograd {
 
     /// The transform's matrices.
     pub fn transform(&self) -> &'static Transform {
-        match self.m {
-            2 => &F2,
-            4 => &F4,
-            m => unreachable!("no Winograd F({m}x{m}, 3x3) table: tilings come from `with_tile`"),
-        }
+        table(self.m)
     }
 
     /// Input patch size n = m + 2.
@@ -230,89 +226,49 @@ impl Winograd {
     }
 }
 
-/// Offsets (f32 elements, multiples of 4) of a Winograd kernel's areas in its per-thread
-/// scratch: the packed image, the transformed weights `U[ξ][c][k]`, the transformed inputs
-/// `V[ξ][c][t]` and the products `M[ξ][k][t]`, and the total.
-struct Areas {
-    u: usize,
-    v: usize,
-    m: usize,
-    len: usize,
+/// The weights of a Winograd F(m x m, 3x3) convolution transformed: `U[ξ][c][k] = (G g Gᵀ)[ξ]`
+/// for every filter `g` (output channel `k`, input channel `c`, read through the weight layout),
+/// into the buffer the convolution kernel reads as its weights. A kernel of its own, so that it
+/// runs once per run rather than once per thread, and not at all while the weights are not fed
+/// again (its output is kept between runs: see [`crate::CompiledGraph::run`]).
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct WinogradWeightsSpec {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Where the weights are.
+    pub weights: WeightLayout,
+    /// Output tile size m: 2 or 4.
+    pub m: usize,
 }
 
-impl ConvSpec {
-    fn tiling(&self) -> Winograd {
-        self.winograd.expect("a Winograd convolution")
+impl WinogradWeightsSpec {
+    /// Groups: one per output channel.
+    pub fn groups(&self) -> usize {
+        self.out_channels
     }
 
-    fn areas(&self) -> Areas {
-        let w = self.tiling();
-        let (c, k, positions) = (self.shape.in_channels, self.shape.out_channels, w.positions());
-        let round = |n: usize| n.div_ceil(4) * 4;
-        let u = round(self.pack.len());
-        let v = u + positions * c * k;
-        let m = v + positions * c * w.slots();
-        Areas { u, v, m, len: m + positions * k * w.slots() }
+    /// f32 elements of the transformed weights, `(m + 2)²` per filter.
+    pub fn len(&self) -> usize {
+        (self.m + 2) * (self.m + 2) * self.in_channels * self.out_channels
     }
 
-    /// Groups per image (or per set of 4 images, with lanes across images) of a Winograd
-    /// convolution.
-    pub(crate) fn winograd_groups_per_set(&self) -> usize {
-        let tiling = self.tiling();
-        self.shape.out_hw[0] / tiling.m / tiling.tile_rows
+    /// True when there are no weights.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
-    /// f32 elements of one thread's scratch for a Winograd convolution.
-    pub(crate) fn winograd_scratch_len(&self) -> usize {
-        self.areas().len
-    }
-
-    /// Emits a Winograd convolution: this thread's weight transform, then groups `begin..end`.
-    pub(crate) fn emit_winograd(
-        &self,
-        b: &mut FunctionBuilder,
-        mul_add: MulAdd,
-        a: &ConvArgs,
-        begin: Value,
-        end: Value,
-    ) {
-        let areas = self.areas();
-        let at = |b: &mut FunctionBuilder, offset: usize| b.ins().iadd_imm_s(a.packed, 4 * offset as i64);
-        let (u, v, m) = (at(b, areas.u), at(b, areas.v), at(b, areas.m));
-        self.weight_transform(b, mul_add, a.w, u);
-        let tiling = self.tiling();
-        let per_set = self.winograd_groups_per_set();
-        let no_image = iconst(b, -1);
-        for_loop(b, begin, end, 1, &[no_image], &mut |b, g, packed| {
-            // The set's first image, and the block of tile rows.
-            let set = b.ins().udiv_imm_u(g, per_set as i64);
-            let n = mul(b, set, tiling.images);
-            let block = b.ins().urem_imm_u(g, per_set as i64);
-            let new_image = b.ins().icmp(IntCC::NotEqual, n, packed[0]);
-            if_then(b, new_image, &mut |b| {
-                let first_plane = mul(b, n, self.shape.in_channels);
-                self.pack.emit(b, a.x, a.packed, first_plane);
-            });
-            transform_inputs(b, mul_add, &self.pack, tiling, a.packed, v, tiling.slots(), block);
-            self.products(b, mul_add, u, v, m);
-            let partials = a.stats.map(|s| {
-                let offset = b.ins().imul_imm_s(g, (self.shape.out_channels * 2 * 4) as i64);
-                b.ins().iadd(s[0], offset)
-            });
-            self.output_transform(b, mul_add, a, m, partials, n, block);
-            vec![n]
-        });
-    }
-
-    /// `U[ξ][c][k] = (G g Gᵀ)[ξ]` for every filter `g` (output channel `k`, input channel `c`),
-    /// read through the weight layout.
-    fn weight_transform(&self, b: &mut FunctionBuilder, mul_add: MulAdd, w: Value, u: Value) {
-        let (cn, kn) = (self.shape.in_channels, self.shape.out_channels);
-        let (wl, n, g_rows) = (self.weights, self.tiling().n(), self.tiling().transform().g);
+    /// Kernel body: args are the weights and U.
+    pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
+        let (args, begin, end) = entry(b);
+        let [w, u] = [0, 1].map(|k| load_arg(b, ptr, args, k));
+        let (cn, kn) = (self.in_channels, self.out_channels);
+        let (wl, n, g_rows) = (self.weights, self.m + 2, table(self.m).g);
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
-        let (lo, k_hi, c_hi) = (iconst(b, 0), iconst(b, kn as i64), iconst(b, cn as i64));
-        for_loop(b, lo, k_hi, 1, &[], &mut |b, k, _| {
+        let (lo, c_hi) = (iconst(b, 0), iconst(b, cn as i64));
+        for_loop(b, begin, end, 1, &[], &mut |b, k, _| {
             for_loop(b, lo, c_hi, 1, &[], &mut |b, c, _| {
                 let ko = b.ins().imul_imm_s(k, wl.o as i64);
                 let ci = b.ins().imul_imm_s(c, wl.i as i64);
@@ -342,6 +298,80 @@ impl ConvSpec {
                 vec![]
             });
             vec![]
+        });
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+    }
+}
+
+/// Offsets (f32 elements, multiples of 4) of a Winograd kernel's areas in its per-thread
+/// scratch: the packed image, the transformed inputs `V[ξ][c][t]` and the products `M[ξ][k][t]`,
+/// and the total.
+struct Areas {
+    v: usize,
+    m: usize,
+    len: usize,
+}
+
+impl ConvSpec {
+    fn tiling(&self) -> Winograd {
+        self.winograd.expect("a Winograd convolution")
+    }
+
+    fn areas(&self) -> Areas {
+        let w = self.tiling();
+        let (c, k, positions) = (self.shape.in_channels, self.shape.out_channels, w.positions());
+        let v = self.pack.len().div_ceil(4) * 4;
+        let m = v + positions * c * w.slots();
+        Areas { v, m, len: m + positions * k * w.slots() }
+    }
+
+    /// Groups per image (or per set of 4 images, with lanes across images) of a Winograd
+    /// convolution.
+    pub(crate) fn winograd_groups_per_set(&self) -> usize {
+        let tiling = self.tiling();
+        self.shape.out_hw[0] / tiling.m / tiling.tile_rows
+    }
+
+    /// f32 elements of one thread's scratch for a Winograd convolution.
+    pub(crate) fn winograd_scratch_len(&self) -> usize {
+        self.areas().len
+    }
+
+    /// Emits groups `begin..end` of a Winograd convolution, whose weights argument holds the
+    /// transformed weights `U[ξ][c][k]` ([`WinogradWeightsSpec`]).
+    pub(crate) fn emit_winograd(
+        &self,
+        b: &mut FunctionBuilder,
+        mul_add: MulAdd,
+        a: &ConvArgs,
+        begin: Value,
+        end: Value,
+    ) {
+        let areas = self.areas();
+        let at = |b: &mut FunctionBuilder, offset: usize| b.ins().iadd_imm_s(a.packed, 4 * offset as i64);
+        let (u, v, m) = (a.w, at(b, areas.v), at(b, areas.m));
+        let tiling = self.tiling();
+        let per_set = self.winograd_groups_per_set();
+        let no_image = iconst(b, -1);
+        for_loop(b, begin, end, 1, &[no_image], &mut |b, g, packed| {
+            // The set's first image, and the block of tile rows.
+            let set = b.ins().udiv_imm_u(g, per_set as i64);
+            let n = mul(b, set, tiling.images);
+            let block = b.ins().urem_imm_u(g, per_set as i64);
+            let new_image = b.ins().icmp(IntCC::NotEqual, n, packed[0]);
+            if_then(b, new_image, &mut |b| {
+                let first_plane = mul(b, n, self.shape.in_channels);
+                self.pack.emit(b, a.x, a.packed, first_plane);
+            });
+            transform_inputs(b, mul_add, &self.pack, tiling, a.packed, v, tiling.slots(), block);
+            self.products(b, mul_add, u, v, m);
+            let partials = a.stats.map(|s| {
+                let offset = b.ins().imul_imm_s(g, (self.shape.out_channels * 2 * 4) as i64);
+                b.ins().iadd(s[0], offset)
+            });
+            self.output_transform(b, mul_add, a, m, partials, n, block);
+            vec![n]
         });
     }
 
@@ -550,6 +580,15 @@ impl ConvSpec {
             }
         }
         stats
+    }
+}
+
+/// The matrices of F(m x m, 3x3).
+fn table(m: usize) -> &'static Transform {
+    match m {
+        2 => &F2,
+        4 => &F4,
+        m => unreachable!("no Winograd F({m}x{m}, 3x3) table: tilings come from `with_tile`"),
     }
 }
 

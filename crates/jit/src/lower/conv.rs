@@ -6,7 +6,7 @@ use super::{Buf, Lowered, Planned};
 use crate::conv::pack::PackSpec;
 use crate::conv::sub_pixel::SubPixelSpec;
 use crate::conv::weight_grad::WeightGradSpec;
-use crate::conv::winograd::{Winograd, WinogradTiles};
+use crate::conv::winograd::{Winograd, WinogradTiles, WinogradWeightsSpec};
 use crate::conv::winograd_grad::WinogradGradSpec;
 use crate::conv::{ConvShape, ConvSpec, Interleave, WeightLayout, register_tile};
 use crate::spec::KernelSpec;
@@ -46,8 +46,9 @@ fn conv_pack(g: &Geometry, vb: usize) -> PackSpec {
 
 /// A convolution of `x` with weights `w` (read through `weights`): direct, or by the Winograd
 /// tiling `winograd` chooses when it applies (3x3, stride 1, output sizes a multiple of the tile,
-/// 8 or more input channels). The step's inputs are `x`, `w`, then the per-thread scratch:
-/// epilogue operands and statistics go before the scratch.
+/// 8 or more input channels), after a step that transforms the weights into a kept scratch area.
+/// The convolution step (the last) reads `x`, `w` (or the transformed weights), then the
+/// per-thread scratch: epilogue operands and statistics go before the scratch.
 pub(super) fn conv(
     id: NodeId,
     [x, w]: [NodeId; 2],
@@ -90,14 +91,25 @@ pub(super) fn conv(
         stats: false,
         winograd: tiling,
     };
-    let scratch = vec![spec.scratch_len()];
-    let steps = vec![Planned {
+    let pack_len = spec.scratch_len();
+    let conv = |weights: Buf, pack: usize| Planned {
         label,
         spec: KernelSpec::Conv(Box::new(spec)),
-        inputs: vec![Buf::Node(x), Buf::Node(w), Buf::PerThread(0)],
+        inputs: vec![Buf::Node(x), weights, Buf::PerThread(pack)],
         output: Buf::Node(id),
-    }];
-    Lowered::Steps { scratch, steps }
+    };
+    let Some(tiling) = tiling else {
+        return Lowered::Steps { scratch: vec![pack_len], steps: vec![conv(Buf::Node(w), 0)] };
+    };
+    let transform = WinogradWeightsSpec { in_channels: c, out_channels: k, weights, m: tiling.m };
+    let scratch = vec![transform.len(), pack_len];
+    let weights_step = Planned {
+        label: format!("winograd{}_weights", if tiling.m == 2 { "" } else { "4" }),
+        spec: KernelSpec::WinogradWeights(transform),
+        inputs: vec![Buf::Node(w)],
+        output: Buf::Kept(0),
+    };
+    Lowered::Steps { scratch, steps: vec![weights_step, conv(Buf::Kept(0), 1)] }
 }
 
 /// The input gradient of a strided convolution as one small stride-1 convolution per output

@@ -28,6 +28,9 @@ pub(crate) enum Buf {
     /// Scratch buffer `k`, one share of its length per thread: the kernel picks its share by
     /// thread index.
     PerThread(usize),
+    /// Scratch buffer `k`, kept between runs: written by a step that computes it from its inputs
+    /// alone (a transform of weights), which need not run again while they are unchanged.
+    Kept(usize),
 }
 
 /// One kernel call: reads `inputs`, writes `output`.
@@ -662,11 +665,12 @@ fn body_id(k: &Fused, i: usize) -> NodeId {
 
 /// Attaches an epilogue (`Load(0)` = the convolution's value, `Load(1..)` = `operands`) to a
 /// lowered convolution writing node `id`: every convolution lowers to one kernel writing the
-/// node, which applies it in registers before its stores.
+/// node (its last step, after a Winograd weight transform), which applies it in registers before
+/// its stores.
 fn with_epilogue(lowered: Lowered, label: String, expr: Expr, modes: Vec<Operand>, operands: Vec<NodeId>) -> Lowered {
     let Lowered::Steps { scratch, mut steps } = lowered else { unreachable!("convolutions lower to steps") };
-    let [Planned { spec, inputs, label: l, .. }] = &mut steps[..] else {
-        unreachable!("a convolution lowers to one kernel")
+    let Some(Planned { spec, inputs, label: l, .. }) = steps.last_mut() else {
+        unreachable!("a convolution lowers to its kernel, last")
     };
     let epilogue = Some(Epilogue { expr, operands: modes });
     match spec {
