@@ -5,9 +5,10 @@
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use skipgrad_ir::{Axes, Conv2dAttrs, DType, Graph, NodeId, Op, Role, Shape, ShortcutAttrs, Tensor, TensorType};
-use skipgrad_jit::{CompileOptions, MulAdd, Target, Winograd, WinogradTiles, compile};
+use skipgrad_ir::{Axes, Conv2dAttrs, DType, Fused, Graph, NodeId, Op, Role, Shape, ShortcutAttrs, Tensor, TensorType};
+use skipgrad_jit::{CompileOptions, KernelSpec, MulAdd, Target, Winograd, WinogradTiles, compile};
 use skipgrad_reference::{Feeds, evaluate};
+use std::sync::Arc;
 
 fn config(cases: u32) -> ProptestConfig {
     let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
@@ -175,6 +176,51 @@ proptest! {
         let dy = random(seed ^ 2, &[n, c, oh, ow], -1.0, 1.0);
         check_within(&[x, wt], 1e-5, |g, i| add(g, Op::Conv2d(a), i))?;
         check_within(&[dy, wt_t], 1e-5, |g, i| add(g, Op::Conv2dGradInput { conv: a, input_hw: [h, w] }, i))?;
+    }
+
+    /// At batch 1 a Winograd convolution has fewer blocks of tile rows than 4, so its output
+    /// channels are split into parts, a group each (2 to 4, whole register tiles: 8 to 32
+    /// channels): the output and the batch statistics that each part writes for its own channels
+    /// match the reference.
+    #[test]
+    fn winograd_convolutions_split_by_output_channels(c in 8..24usize, k8 in 1..5usize, hw in prop::sample::select(vec![8usize, 16]), seed: u64) {
+        let k = 8 * k8;
+        let x = random(seed, &[1, c, hw, hw], -1.0, 1.0);
+        let wt = random(seed ^ 1, &[k, c, 3, 3], -1.0, 1.0);
+        // The convolution with its batch statistics, as the fusion pass makes it.
+        let stats = |g: &mut Graph, i: &[NodeId]| -> NodeId {
+            let mut body = Graph::new();
+            let source = |body: &mut Graph, j: usize, dims: &[usize]| {
+                let name = Fused::placeholder(j);
+                body.add_source(Op::Input { name }, TensorType::new(DType::F32, dims), Role::Forward).unwrap()
+            };
+            let (bx, bw) = (source(&mut body, 0, &[1, c, hw, hw]), source(&mut body, 1, &[k, c, 3, 3]));
+            let y = add(&mut body, Op::Conv2d(Conv2dAttrs::square(1, 1)), &[bx, bw]);
+            add(&mut body, Op::BatchMean, &[y]);
+            add(&mut body, Op::BatchVar, &[y]);
+            let fused = Fused { rule: "conv_stats".into(), body: Arc::new(body), covers: vec![], outputs: vec![2, 3, 4] };
+            add(g, Op::Fused(fused), i)
+        };
+        let split = {
+            let mut g = Graph::new();
+            let ids = [("x0", [1, c, hw, hw]), ("x1", [k, c, 3, 3])].map(|(name, dims)| {
+                g.add_source(Op::Input { name: name.into() }, TensorType::new(DType::F32, dims), Role::Forward).unwrap()
+            });
+            let y = stats(&mut g, &ids);
+            let compiled = compile(&g, &[y], &CompileOptions::default()).unwrap();
+            match &compiled.kernel_for(y).unwrap().spec {
+                KernelSpec::Conv(spec) => spec.winograd.map_or(0, |w| w.channel_parts),
+                other => panic!("{other:?}"),
+            }
+        };
+        prop_assert!(split > 1, "{} parts", split);
+        check_within(&[x.clone(), wt.clone()], 1e-5, |g, i| stats(g, i))?;
+        for index in [1, 2] {
+            check_within(&[x.clone(), wt.clone()], 1e-5, |g, i| {
+                let fused = stats(g, i);
+                add(g, Op::Output { index }, &[fused])
+            })?;
+        }
     }
 
     /// The weight gradient with lanes across images: several sets of 4 images per block of

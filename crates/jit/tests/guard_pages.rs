@@ -122,6 +122,8 @@ fn convolution_kernels_stay_inside_their_buffers() {
         (4, 8, 8, 8, 8, 3, 1, 1),
         (8, 8, 8, 18, 6, 3, 1, 0),
         (4, 8, 8, 48, 12, 3, 1, 1),
+        // Batch 1: too few blocks of tile rows, so the output channels are split into parts.
+        (1, 8, 16, 8, 8, 3, 1, 1),
     ] {
         let mut g = Graph::new();
         let x = input(&mut g, "x", &[n, c, h, w]);
@@ -141,9 +143,15 @@ fn convolution_kernels_stay_inside_their_buffers() {
 /// partial tiles, forward and stride-1 and stride-2 input gradients.
 #[test]
 fn fused_convolution_epilogues_stay_inside_their_buffers() {
-    // The last: F(4x4, 3x3) with lanes across 4 images (forward and input gradient).
-    let cases =
-        [(2, 3, 5, 7, 9, 3, 1, 1), (1, 2, 4, 5, 13, 3, 2, 1), (1, 4, 8, 6, 5, 1, 2, 0), (4, 8, 8, 8, 8, 3, 1, 1)];
+    // The last two: F(4x4, 3x3) with lanes across 4 images, and at batch 1 with the output
+    // channels split into parts (forward and input gradient).
+    let cases = [
+        (2, 3, 5, 7, 9, 3, 1, 1),
+        (1, 2, 4, 5, 13, 3, 2, 1),
+        (1, 4, 8, 6, 5, 1, 2, 0),
+        (4, 8, 8, 8, 8, 3, 1, 1),
+        (1, 16, 16, 16, 16, 3, 1, 1),
+    ];
     for (n, c, k, h, w, r, s, p) in cases {
         let [oh, ow] = [(h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1];
         let a = Conv2dAttrs::square(s, p);
@@ -179,9 +187,15 @@ fn fused_convolution_epilogues_stay_inside_their_buffers() {
 /// into two `output` nodes) at odd widths and partial tiles.
 #[test]
 fn convolutions_with_batch_statistics_stay_inside_their_buffers() {
-    // The last: F(4x4, 3x3) with lanes across 4 images.
-    let cases =
-        [(2, 3, 5, 7, 9, 3, 1, 1), (1, 2, 4, 5, 13, 3, 2, 1), (3, 4, 8, 6, 5, 1, 2, 0), (8, 8, 8, 8, 8, 3, 1, 1)];
+    // The last two: F(4x4, 3x3) with lanes across 4 images, and at batch 1 with the output
+    // channels split into parts (each writing its own channels' statistics).
+    let cases = [
+        (2, 3, 5, 7, 9, 3, 1, 1),
+        (1, 2, 4, 5, 13, 3, 2, 1),
+        (3, 4, 8, 6, 5, 1, 2, 0),
+        (8, 8, 8, 8, 8, 3, 1, 1),
+        (1, 8, 16, 16, 16, 3, 1, 1),
+    ];
     for (n, c, k, h, w, r, s, p) in cases {
         let [oh, ow] = [(h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1];
         let mut body = Graph::new();

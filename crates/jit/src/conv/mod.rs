@@ -166,7 +166,7 @@ impl ConvSpec {
     /// per block of tile rows of each image (or set of images across the lanes).
     pub fn groups(&self) -> usize {
         if let Some(w) = self.winograd {
-            return self.shape.batch / w.images * self.winograd_groups_per_set();
+            return self.shape.batch / w.images * self.winograd_blocks_per_set() * w.channel_parts;
         }
         self.shape.batch * (self.shape.out_channels / self.kb) * self.shape.out_hw[0]
     }
@@ -177,8 +177,8 @@ impl ConvSpec {
     /// f32 elements of the statistics a `stats` kernel writes: (sum, squares) per output channel
     /// of every tile.
     pub fn stats_len(&self) -> usize {
-        if self.winograd.is_some() {
-            return self.groups() * self.shape.out_channels * 2;
+        if let Some(w) = self.winograd {
+            return self.groups() / w.channel_parts * self.shape.out_channels * 2;
         }
         self.groups() * self.tiles_per_row() * self.kb * 2
     }
@@ -348,9 +348,10 @@ impl ConvSpec {
     fn statistics(&self) -> StatsSpec {
         let [oh, ow] = self.shape.out_hw;
         if let Some(w) = self.winograd {
-            // One entry per group, every channel in one block.
+            // One entry per block of tile rows, every channel (its channel parts' groups write
+            // their own channels).
             let channels = self.shape.out_channels;
-            let rows = self.winograd_groups_per_set();
+            let rows = self.winograd_blocks_per_set();
             return StatsSpec {
                 channels,
                 kb: channels,

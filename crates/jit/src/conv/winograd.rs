@@ -114,6 +114,10 @@ pub struct Winograd {
     /// or 4 (a vector holds the same tile of 4 consecutive images; a group covers its tile rows
     /// in all 4).
     pub images: usize,
+    /// Parts of the output channels a convolution's block of tile rows is split into, one group
+    /// each (more than 1 when the blocks alone are too few to share among threads, as at batch 1;
+    /// the weight gradient has groups of its own and takes 1).
+    pub channel_parts: usize,
 }
 
 impl Winograd {
@@ -139,7 +143,7 @@ impl Winograd {
         let (th, tw) = (h / m, w / m);
         let row_tiles = if images == 1 { tw.div_ceil(4) * 4 } else { tw };
         let tile_rows = (1..=th).find(|r| th.is_multiple_of(*r) && r * row_tiles * images >= 16).unwrap_or(th);
-        Some(Winograd { m, tile_rows, row_tiles, images })
+        Some(Winograd { m, tile_rows, row_tiles, images, channel_parts: 1 })
     }
 
     /// The tiling `tiles` chooses for a batch of `batch` outputs of `out_hw`: of the tile sizes it
@@ -326,9 +330,9 @@ impl ConvSpec {
         Areas { v, m, len: m + positions * k * w.slots() }
     }
 
-    /// Groups per image (or per set of 4 images, with lanes across images) of a Winograd
-    /// convolution.
-    pub(crate) fn winograd_groups_per_set(&self) -> usize {
+    /// Blocks of tile rows per image (or per set of 4 images, with lanes across images) of a
+    /// Winograd convolution; each is `channel_parts` groups.
+    pub(crate) fn winograd_blocks_per_set(&self) -> usize {
         let tiling = self.tiling();
         self.shape.out_hw[0] / tiling.m / tiling.tile_rows
     }
@@ -352,52 +356,69 @@ impl ConvSpec {
         let at = |b: &mut FunctionBuilder, offset: usize| b.ins().iadd_imm_s(a.packed, 4 * offset as i64);
         let (u, v, m) = (a.w, at(b, areas.v), at(b, areas.m));
         let tiling = self.tiling();
-        let per_set = self.winograd_groups_per_set();
-        let no_image = iconst(b, -1);
-        for_loop(b, begin, end, 1, &[no_image], &mut |b, g, packed| {
-            // The set's first image, and the block of tile rows.
-            let set = b.ins().udiv_imm_u(g, per_set as i64);
+        let (per_set, parts) = (self.winograd_blocks_per_set(), tiling.channel_parts);
+        let part_len = self.shape.out_channels / parts; // output channels per part
+        let none = iconst(b, -1);
+        // Carried: the image packed, and the block (of every set) whose inputs V holds.
+        for_loop(b, begin, end, 1, &[none, none], &mut |b, g, done| {
+            // The set's first image, the block of tile rows, the part of the output channels.
+            let row = b.ins().udiv_imm_u(g, parts as i64);
+            let part = b.ins().urem_imm_u(g, parts as i64);
+            let set = b.ins().udiv_imm_u(row, per_set as i64);
             let n = mul(b, set, tiling.images);
-            let block = b.ins().urem_imm_u(g, per_set as i64);
-            let new_image = b.ins().icmp(IntCC::NotEqual, n, packed[0]);
+            let block = b.ins().urem_imm_u(row, per_set as i64);
+            let new_image = b.ins().icmp(IntCC::NotEqual, n, done[0]);
             if_then(b, new_image, &mut |b| {
                 let first_plane = mul(b, n, self.shape.in_channels);
                 self.pack.emit(b, a.x, a.packed, first_plane);
             });
-            transform_inputs(b, mul_add, &self.pack, tiling, a.packed, v, tiling.slots(), block);
-            self.products(b, mul_add, u, v, m);
+            let new_block = b.ins().icmp(IntCC::NotEqual, row, done[1]);
+            if_then(b, new_block, &mut |b| {
+                transform_inputs(b, mul_add, &self.pack, tiling, a.packed, v, tiling.slots(), block);
+            });
+            let k0 = mul(b, part, part_len);
+            let k_end = b.ins().iadd_imm_s(k0, part_len as i64);
+            self.products(b, mul_add, u, v, m, [k0, k_end]);
             let partials = a.stats.map(|s| {
-                let offset = b.ins().imul_imm_s(g, (self.shape.out_channels * 2 * 4) as i64);
+                let offset = b.ins().imul_imm_s(row, (self.shape.out_channels * 2 * 4) as i64);
                 b.ins().iadd(s[0], offset)
             });
-            self.output_transform(b, mul_add, a, m, partials, n, block);
-            vec![n]
+            self.output_transform(b, mul_add, a, m, partials, n, block, [k0, k_end]);
+            vec![n, row]
         });
     }
 
-    /// `M[ξ][k][t] = Σ_c U[ξ][c][k] V[ξ][c][t]`: per position, register tiles of `kb` output
-    /// channels by `vb` vectors of tiles.
-    fn products(&self, b: &mut FunctionBuilder, mul_add: MulAdd, u: Value, v: Value, m: Value) {
+    /// `M[ξ][k][t] = Σ_c U[ξ][c][k] V[ξ][c][t]` for the output channels `k0..k_end` (whole
+    /// register tiles): per position, register tiles of `kb` output channels by `vb` vectors of
+    /// slots.
+    fn products(
+        &self,
+        b: &mut FunctionBuilder,
+        mul_add: MulAdd,
+        u: Value,
+        v: Value,
+        m: Value,
+        [k0, k_end]: [Value; 2],
+    ) {
         let (cn, kn, tiles) = (self.shape.in_channels, self.shape.out_channels, self.tiling().slots());
         let (kb, vb, positions) = (self.kb, self.vb, self.tiling().positions());
         let unroll = (1..=4).rev().find(|d| cn.is_multiple_of(*d)).unwrap_or(1);
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
         let lo = iconst(b, 0);
-        let hi = [positions, kn / kb, tiles / (4 * vb), cn].map(|n| iconst(b, n as i64));
+        let hi = [positions, tiles / (4 * vb), cn].map(|n| iconst(b, n as i64));
         for_loop(b, lo, hi[0], 1, &[], &mut |b, xi, _| {
             let u_xi = mul(b, xi, cn * kn);
             let v_xi = mul(b, xi, cn * tiles);
             let m_xi = mul(b, xi, kn * tiles);
-            for_loop(b, lo, hi[1], 1, &[], &mut |b, kblock, _| {
-                let k0 = mul(b, kblock, kb);
+            for_loop(b, k0, k_end, kb as i64, &[], &mut |b, k0, _| {
                 let u0 = b.ins().iadd(u_xi, k0);
-                for_loop(b, lo, hi[2], 1, &[], &mut |b, tb, _| {
+                for_loop(b, lo, hi[1], 1, &[], &mut |b, tb, _| {
                     let t0 = mul(b, tb, 4 * vb);
                     let v0 = b.ins().iadd(v_xi, t0);
                     let zero = b.ins().f32const(0.0);
                     let zero = b.ins().splat(types::F32X4, zero);
-                    let (_, acc) = for_loop(b, lo, hi[3], unroll as i64, &vec![zero; kb * vb], &mut |b, c, acc| {
+                    let (_, acc) = for_loop(b, lo, hi[2], unroll as i64, &vec![zero; kb * vb], &mut |b, c, acc| {
                         let u_c = {
                             let e = mul(b, c, kn);
                             let e = b.ins().iadd(u0, e);
@@ -443,7 +464,8 @@ impl ConvSpec {
         });
     }
 
-    /// `Y = Aᵀ M A` for every output channel and tile of group `block` of image `n`: m output
+    /// `Y = Aᵀ M A` for output channels `k0..k_end` and every tile of block `block` of image `n`
+    /// (and the next 3, with lanes across images): m output
     /// rows of 4m pixels per vector of 4 tiles, interleaved from the tiles' columns, through the
     /// epilogue into the output, with each channel's sum and sum of squares written to
     /// `partials` (when computing statistics).
@@ -457,6 +479,7 @@ impl ConvSpec {
         partials: Option<Value>,
         n: Value,
         block: Value,
+        [k0, k_end]: [Value; 2],
     ) {
         let w = self.tiling();
         let kn = self.shape.out_channels;
@@ -466,9 +489,9 @@ impl ConvSpec {
         let last_pixels = w.m * ((ow / w.m) * w.images % 4);
         let write = MemFlagsData::new().with_notrap();
         let lo = iconst(b, 0);
-        let (k_hi, r_hi, tv_hi) = (iconst(b, kn as i64), iconst(b, w.tile_rows as i64), iconst(b, full_vectors as i64));
+        let (r_hi, tv_hi) = (iconst(b, w.tile_rows as i64), iconst(b, full_vectors as i64));
         let first_row = mul(b, block, w.m * w.tile_rows);
-        for_loop(b, lo, k_hi, 1, &[], &mut |b, k, _| {
+        for_loop(b, k0, k_end, 1, &[], &mut |b, k, _| {
             let channel: Vec<Value> = a.operands.iter().map(|&o| elem_addr(b, o, k)).collect();
             let plane = {
                 let nk = mul(b, n, kn);

@@ -78,6 +78,14 @@ pub(super) fn conv(
             (conv_pack(&g, vb), kb, vb, "conv2d".into())
         }
     };
+    // Fewer than 4 blocks of tile rows in the batch (batch 1): split the output channels into up
+    // to 4 parts of whole register tiles, a group each, so that the threads share the work.
+    let tiling = tiling.map(|t| {
+        let blocks = n / t.images * (out_hw[0] / t.m / t.tile_rows);
+        let divides = |p: &usize| (k / kb).is_multiple_of(*p);
+        let parts = (1..=4).filter(divides).find(|p| blocks * p >= 4).or((1..=4).rev().find(divides));
+        Winograd { channel_parts: parts.unwrap_or(1), ..t }
+    });
     let shape = ConvShape { batch: n, in_channels: c, out_channels: k, kernel, stride, out_hw };
     let spec = ConvSpec {
         shape,
