@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
-"""skipgrad's training step against PyTorch's, side by side, as BENCHMARKS.md records it.
+"""skipgrad's training (or inference) step against PyTorch's, side by side, as BENCHMARKS.md records it.
 
 Each round runs, one after the other on the same net, PyTorch eager, PyTorch channels-last
-(`pytorch_step_memory.py`) and skipgrad (`skipgrad bench`), so a change in the machine's speed
-affects all three alike. It prints one markdown row per net: the median step time of each over
-the rounds, skipgrad's images per second, and the medians of the per-round ratios. Needs PyTorch
-(`pip install torch`) and a release build of the command (`cargo build --release -p skipgrad-cli`);
+(`pytorch_step_memory.py`), with `--compiled` also `torch.compile` (channels-last), and skipgrad
+(`skipgrad bench`), so a change in the machine's speed affects all of them alike. It prints one
+markdown row per net: the median step time of each over the rounds, skipgrad's images per second,
+and the medians of the per-round ratios. Needs PyTorch (`pip install torch`, and torchvision for
+the ImageNet nets) and a release build of the command (`cargo build --release -p skipgrad-cli`);
 it does not run in CI:
 
-    python3 benches/against_pytorch.py [--depths 20,56,110] [--rounds 3] [--threads 2]
-        [--steps 5] [--batch 128]
+    python3 benches/against_pytorch.py [--models resnet20,resnet56,resnet110] [--mode train|infer]
+        [--rounds 3] [--threads 2] [--steps 5] [--batch 128] [--compiled]
+
+CIFAR nets (resnetD with D = 6n + 2) run on 3x32x32 images, the ImageNet nets (resnet18 to
+resnet152, torchvision's definitions) on 3x224x224.
 """
 
 import argparse
@@ -20,6 +24,7 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+IMAGENET = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}
 
 
 def median_step(command, pattern):
@@ -34,36 +39,48 @@ def median_step(command, pattern):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--depths", default="20,56,110")
+    parser.add_argument("--models", default="resnet20,resnet56,resnet110")
+    parser.add_argument("--mode", choices=["train", "infer"], default="train")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--compiled", action="store_true", help="also time torch.compile (channels-last)")
     args = parser.parse_args()
     skipgrad = ROOT / "target" / "release" / "skipgrad"
     if not skipgrad.exists():
         sys.exit(f"{skipgrad} is missing: run `cargo build --release -p skipgrad-cli` first")
     common = ["--threads", str(args.threads), "--steps", str(args.steps), "--batch", str(args.batch)]
+    common += ["--mode", args.mode]
+    modes = [("eager", []), ("channels-last", ["--channels-last"])]
+    if args.compiled:
+        modes.append(("compiled", ["--channels-last", "--compile"]))
     print(
-        "| model | rounds | PyTorch eager s/step | PyTorch channels-last s/step | skipgrad s/step "
-        "| skipgrad images/s | skipgrad / eager | skipgrad / channels-last |"
+        f"| model | rounds | {' | '.join(f'PyTorch {m} s/step' for m, _ in modes)} | skipgrad s/step "
+        f"| skipgrad images/s | {' | '.join(f'skipgrad / {m}' for m, _ in modes)} |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for depth in [int(d) for d in args.depths.split(",")]:
-        eager, last, ours = [], [], []
+    print("|---" * (4 + 2 * len(modes)) + "|")
+    for model in args.models.split(","):
+        if model in IMAGENET:
+            net = ["--model", model]
+        elif model.startswith("resnet") and model[6:].isdigit():
+            net = ["--depth", model[6:]]
+        else:
+            sys.exit(f"--models: {model!r} is neither a CIFAR resnetD nor one of {sorted(IMAGENET)}")
+        torch_times = {m: [] for m, _ in modes}
+        ours = []
         for _ in range(args.rounds):
-            torch = [sys.executable, "benches/pytorch_step_memory.py", "--depth", str(depth)] + common
-            eager.append(median_step(torch, r"median step ([0-9.]+) s"))
-            last.append(median_step(torch + ["--channels-last"], r"median step ([0-9.]+) s"))
-            bench = [str(skipgrad), "bench", "--model", f"resnet{depth}", "--warmup", "1"] + common
+            for m, flags in modes:
+                torch = [sys.executable, "benches/pytorch_step_memory.py"] + net + common + flags
+                torch_times[m].append(median_step(torch, r"median step ([0-9.]+) s"))
+            bench = [str(skipgrad), "bench", "--model", model, "--warmup", "1"] + common
             ours.append(median_step(bench, r"median ([0-9.]+) s"))
-        by_eager = statistics.median(s / e for s, e in zip(ours, eager))
-        by_last = statistics.median(s / c for s, c in zip(ours, last))
-        fmt = lambda xs: ", ".join(f"{x:.3f}" for x in xs)  # noqa: E731
+        fmt = lambda xs: ", ".join(f"{x:.4g}" for x in xs)  # noqa: E731
+        ratios = [statistics.median(s / t for s, t in zip(ours, torch_times[m])) for m, _ in modes]
         images = args.batch / statistics.median(ours)
         print(
-            f"| ResNet-{depth} | {args.rounds} | {fmt(eager)} | {fmt(last)} | {fmt(ours)} | {images:.0f} "
-            f"| **{by_eager:.2f}** | {by_last:.2f} |",
+            f"| {model} | {args.rounds} | {' | '.join(fmt(torch_times[m]) for m, _ in modes)} | {fmt(ours)} "
+            f"| {images:.0f} | {' | '.join(f'**{r:.2f}**' for r in ratios)} |",
             flush=True,
         )
 
