@@ -39,6 +39,7 @@ use cranelift_frontend::FunctionBuilder;
 use pack::PackSpec;
 use stats::StatsSpec;
 use std::collections::HashMap;
+use transpose::interleave;
 use winograd::Winograd;
 
 /// Where the weight of output channel `o`, input channel `i` and tap `(r, s)` is: at element
@@ -209,7 +210,7 @@ impl ConvSpec {
             self.emit_winograd(b, mul_add, &a, begin, end);
         } else {
             let no_image = iconst(b, -1);
-            self.emit(b, mul_add, &a, begin, end, no_image);
+            self.emit(b, mul_add, &a, begin, end, no_image, None);
         }
         let stats = a.stats;
         if let Some([partials, counter, mean, var]) = stats {
@@ -249,7 +250,10 @@ impl ConvSpec {
     }
 
     /// Emits groups `begin..end`. `image` is the image already packed in this thread's scratch
-    /// (-1 for none); returns the image packed at the end.
+    /// (-1 for none); returns the image packed at the end. With `odd`, a sub-pixel phase of the
+    /// same rows and width one column to the right of this one (stride 2): each tile computes
+    /// both and stores them interleaved ([`ConvSpec::store`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn emit(
         &self,
         b: &mut FunctionBuilder,
@@ -258,6 +262,7 @@ impl ConvSpec {
         begin: Value,
         end: Value,
         image: Value,
+        odd: Option<&ConvSpec>,
     ) -> Value {
         let (x, w, y, xp) = (a.x, a.w, a.y, a.packed);
         let operands = &a.operands;
@@ -296,18 +301,24 @@ impl ConvSpec {
                 self.pack.emit(b, x, xp, first_plane);
             });
             // Element offsets: the packed input row for this output row (channel 0); the first
-            // weight of this channel block; the output row of channel kb * self.kb.
-            let x_row = {
-                let r0 = mul(b, oh, self.shape.stride[0]);
-                let row = b.ins().iadd_imm_s(r0, self.origin[0] as i64);
+            // weight of this channel block; the output row of channel kb * self.kb. (The odd
+            // phase's, by its own origin and weights.)
+            let x_row = |b: &mut FunctionBuilder, spec: &ConvSpec| {
+                let r0 = mul(b, oh, spec.shape.stride[0]);
+                let row = b.ins().iadd_imm_s(r0, spec.origin[0] as i64);
                 let e = mul(b, row, phases * row_len);
-                b.ins().iadd_imm_s(e, self.origin[1] as i64)
+                b.ins().iadd_imm_s(e, spec.origin[1] as i64)
             };
             let k0 = mul(b, kb, self.kb);
-            let w0 = {
-                let scaled = b.ins().imul_imm_s(k0, self.weights.o as i64);
-                b.ins().iadd_imm_s(scaled, self.weights.base as i64)
+            let w0 = |b: &mut FunctionBuilder, spec: &ConvSpec| {
+                let scaled = b.ins().imul_imm_s(k0, spec.weights.o as i64);
+                b.ins().iadd_imm_s(scaled, spec.weights.base as i64)
             };
+            let (x_row_odd, w0_odd) = match odd {
+                Some(o) => (Some(x_row(b, o)), Some(w0(b, o))),
+                None => (None, None),
+            };
+            let (x_row, w0) = (x_row(b, self), w0(b, self));
             let y_row = {
                 let nk = mul(b, n, self.shape.out_channels);
                 let plane = b.ins().iadd(nk, k0);
@@ -318,20 +329,26 @@ impl ConvSpec {
                 let e = mul(b, row, y_row_len);
                 b.ins().iadd_imm_s(e, col0 as i64)
             };
+            let tile = |b: &mut FunctionBuilder, t: Value, col: Value, vb: usize, valid: Option<usize>| {
+                let st = stats_at(b, g, t);
+                let acc = self.accumulate(b, mul_add, [xp, w], [x_row, w0], col, vb);
+                let odd = match (odd, x_row_odd, w0_odd) {
+                    (Some(o), Some(x_row), Some(w0)) => Some(o.accumulate(b, mul_add, [xp, w], [x_row, w0], col, vb)),
+                    _ => None,
+                };
+                self.store(b, mul_add, y, operands, st, [y_row, k0], col, valid, &acc, odd.as_deref());
+            };
             let tiles = iconst(b, full_tiles as i64);
             let zero = iconst(b, 0);
-            for_loop(b, zero, tiles, 1, &[], &mut |b, tile, _| {
-                let col = mul(b, tile, tile_w);
-                let st = stats_at(b, g, tile);
-                self.tile(b, mul_add, [xp, w, y], operands, st, [x_row, w0, y_row, k0], col, self.vb, None);
+            for_loop(b, zero, tiles, 1, &[], &mut |b, t, _| {
+                let col = mul(b, t, tile_w);
+                tile(b, t, col, self.vb, None);
                 vec![]
             });
             if last > 0 {
                 let col = iconst(b, (full_tiles * tile_w) as i64);
                 let t = iconst(b, full_tiles as i64);
-                let st = stats_at(b, g, t);
-                let vb = last.div_ceil(4);
-                self.tile(b, mul_add, [xp, w, y], operands, st, [x_row, w0, y_row, k0], col, vb, Some(last));
+                tile(b, t, col, last.div_ceil(4), Some(last));
             }
             vec![n]
         });
@@ -371,21 +388,17 @@ impl ConvSpec {
         }
     }
 
-    /// One register tile: `kb` channels by `vb` vectors starting at output column `col`; with
-    /// `valid`, only that many pixels are stored.
-    #[allow(clippy::too_many_arguments)]
-    fn tile(
+    /// The accumulators of one register tile, `kb` channels by `vb` vectors starting at output
+    /// column `col`: the packed input from element `x_row`, the weights from element `w0`.
+    fn accumulate(
         &self,
         b: &mut FunctionBuilder,
         mul_add: MulAdd,
-        [xp, w, y]: [Value; 3],
-        operands: &[Value],
-        stats_at: Option<Value>,
-        [x_row, w0, y_row, k0]: [Value; 4],
+        [xp, w]: [Value; 2],
+        [x_row, w0]: [Value; 2],
         col: Value,
         vb: usize,
-        valid: Option<usize>,
-    ) {
+    ) -> Vec<Value> {
         let [rows, phases, row_len] = self.packed();
         let [kh, kw] = self.shape.kernel;
         let flags = MemFlagsData::new().with_notrap().with_readonly();
@@ -436,6 +449,29 @@ impl ConvSpec {
             }
             acc
         });
+        acc
+    }
+
+    /// Stores a register tile's accumulators `acc` (`kb` channels by `acc.len() / kb` vectors
+    /// from output column `col`; with `valid`, only that many pixels) through the epilogue,
+    /// adding their statistics at `stats_at`. With `odd`, the accumulators of the phase one
+    /// column to the right of a stride-2 output: each pair of vectors is interleaved lane by lane
+    /// into two whole vectors of consecutive pixels (no statistics).
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &self,
+        b: &mut FunctionBuilder,
+        mul_add: MulAdd,
+        y: Value,
+        operands: &[Value],
+        stats_at: Option<Value>,
+        [y_row, k0]: [Value; 2],
+        col: Value,
+        valid: Option<usize>,
+        acc: &[Value],
+        odd: Option<&[Value]>,
+    ) {
+        let vb = acc.len() / self.kb;
         let out_flags = MemFlagsData::new().with_notrap();
         // Interleaved outputs are `step` elements apart and stored lane by lane.
         let (step, plane) = match &self.interleave {
@@ -463,23 +499,36 @@ impl ConvSpec {
             // Statistics of this channel's stored values: vector and scalar partial sums.
             let (mut vector, mut scalar): (Option<[Value; 2]>, Option<[Value; 2]>) = (None, None);
             for j in 0..vb {
-                let v = acc[k * vb + j];
                 let offset = k as i32 * plane + (16 * step * j) as i32;
                 let lanes = valid.map_or(4, |n| n.saturating_sub(4 * j).min(4));
-                if lanes == 4 && step == 1 {
-                    let v = epilogue(b, v, Width::Vector, k, offset);
-                    b.ins().store(out_flags, v, y_base, offset);
-                    if stats_at.is_some() {
-                        vector = Some(sum_and_squares(b, mul_add, vector, v));
+                // What to store from `offset`: (vector, byte offset, valid lanes, bytes between
+                // lanes): this tile's vector, or the pair interleaved into consecutive pixels.
+                let stores: Vec<(Value, i32, usize, usize)> = match odd {
+                    None => vec![(acc[k * vb + j], offset, lanes, 4 * step)],
+                    Some(odd) => {
+                        let zipped = interleave(b, &[acc[k * vb + j], odd[k * vb + j]]);
+                        vec![
+                            (zipped[0], offset, (2 * lanes).min(4), 4),
+                            (zipped[1], offset + 16, (2 * lanes).saturating_sub(4), 4),
+                        ]
                     }
-                } else {
-                    for lane in 0..lanes {
-                        let e = b.ins().extractlane(v, lane as u8);
-                        let at = offset + (4 * step * lane) as i32;
-                        let e = epilogue(b, e, Width::Scalar, k, at);
-                        b.ins().store(out_flags, e, y_base, at);
+                };
+                for (v, offset, lanes, spacing) in stores {
+                    if lanes == 4 && spacing == 4 {
+                        let v = epilogue(b, v, Width::Vector, k, offset);
+                        b.ins().store(out_flags, v, y_base, offset);
                         if stats_at.is_some() {
-                            scalar = Some(sum_and_squares(b, mul_add, scalar, e));
+                            vector = Some(sum_and_squares(b, mul_add, vector, v));
+                        }
+                    } else {
+                        for lane in 0..lanes {
+                            let e = b.ins().extractlane(v, lane as u8);
+                            let at = offset + (spacing * lane) as i32;
+                            let e = epilogue(b, e, Width::Scalar, k, at);
+                            b.ins().store(out_flags, e, y_base, at);
+                            if stats_at.is_some() {
+                                scalar = Some(sum_and_squares(b, mul_add, scalar, e));
+                            }
                         }
                     }
                 }
@@ -552,19 +601,20 @@ pub(crate) fn sum_and_squares(
     }
 }
 
-/// Register-tile sizes within the 16 xmm registers: `accumulators + live inputs + 1 broadcast <=
-/// 12`, leaving room for the temporaries of the x64 multiply-add lowering (13 registers already
-/// spilled; the code-quality test guards this), maximising the accumulators (enough of them hide the multiply-add latency), for a tile
-/// of `kb` (a divisor of `channels`, at most 6) by `n`, where `n` is at most `max_n` and the tile
-/// holds `n` (or `fixed_n` when given) live input vectors.
-pub(crate) fn register_tile(channels: usize, max_n: usize, fixed_n: Option<usize>) -> (usize, usize) {
+/// Register-tile sizes within the 16 xmm registers: `sets` tiles of accumulators (2 for a pair
+/// of sub-pixel width phases computed together) + live inputs + 1 broadcast <= 12, leaving room
+/// for the temporaries of the x64 multiply-add lowering (13 registers already spilled; the
+/// code-quality test guards this), maximising the accumulators (enough of them hide the
+/// multiply-add latency), for a tile of `kb` (a divisor of `channels`, at most 6) by `n`, where
+/// `n` is at most `max_n` and the tile holds `n` (or `fixed_n` when given) live input vectors.
+pub(crate) fn register_tile(channels: usize, max_n: usize, fixed_n: Option<usize>, sets: usize) -> (usize, usize) {
     let mut best = (1, 1);
     for kb in (1..=6).filter(|d| channels.is_multiple_of(*d)) {
         let n = match fixed_n {
             Some(n) => n,
-            None => (11 / (kb + 1)).min(max_n).max(1),
+            None => (11 / (sets * kb + 1)).min(max_n).max(1),
         };
-        let regs = |(k, n): (usize, usize)| k * n + n + 1;
+        let regs = |(k, n): (usize, usize)| sets * k * n + n + 1;
         let better = kb * n > best.0 * best.1 || (kb * n == best.0 * best.1 && regs((kb, n)) < regs(best));
         if regs((kb, n)) <= 12 && better {
             best = (kb, n);

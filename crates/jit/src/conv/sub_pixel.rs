@@ -1,5 +1,7 @@
 //! Strided backward-data as one kernel: the sub-pixel phases of the input gradient, each a small
-//! stride-1 convolution storing its outputs interleaved into dx.
+//! stride-1 convolution storing its outputs interleaved into dx; at stride 2, the two width
+//! phases of each row phase computed together, so that their outputs interleave into whole
+//! vectors of dx.
 
 use crate::MulAdd;
 use crate::codegen::{entry_with_thread, iconst, part_range};
@@ -16,12 +18,24 @@ use cranelift_frontend::FunctionBuilder;
 pub struct SubPixelSpec {
     /// One convolution per output phase.
     pub phases: Vec<ConvSpec>,
+    /// Phases `2i` and `2i + 1` are one row phase's even and odd columns (stride 2, as many
+    /// outputs each, the same register tile), computed by the same tiles and stored interleaved
+    /// into whole vectors; otherwise each phase stores lane by lane.
+    pub paired: bool,
 }
 
 impl SubPixelSpec {
-    /// Groups: every phase's, in order.
+    /// What runs as one: each phase, or each pair of phases.
+    fn runs(&self) -> Vec<(&ConvSpec, Option<&ConvSpec>)> {
+        match self.paired {
+            true => self.phases.chunks(2).map(|p| (&p[0], p.get(1))).collect(),
+            false => self.phases.iter().map(|p| (p, None)).collect(),
+        }
+    }
+
+    /// Groups: every phase's (or pair's), in order.
     pub fn groups(&self) -> usize {
-        self.phases.iter().map(|p| p.groups()).sum()
+        self.runs().iter().map(|(p, _)| p.groups()).sum()
     }
 
     /// Floating-point operations of one pass.
@@ -36,10 +50,10 @@ impl SubPixelSpec {
         let a = self.phases[0].load_args(b, ptr, args, thread);
         let mut image = iconst(b, -1);
         let mut first = 0;
-        for phase in &self.phases {
+        for (phase, odd) in self.runs() {
             let groups = phase.groups();
             let (from, to) = part_range(b, begin, end, first, groups);
-            image = phase.emit(b, mul_add, &a, from, to, image);
+            image = phase.emit(b, mul_add, &a, from, to, image, odd);
             first += groups;
         }
         b.ins().return_(&[]);

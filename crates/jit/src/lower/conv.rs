@@ -68,13 +68,13 @@ pub(super) fn conv(
         // Products: kb output channels by vb vectors of 4 slots, vb dividing the group's vectors.
         Some(tiling) => {
             let vectors = tiling.slots() / 4;
-            let (kb, vb) = register_tile(k, vectors, None);
+            let (kb, vb) = register_tile(k, vectors, None, 1);
             let vb = (1..=vb).rev().find(|v| vectors.is_multiple_of(*v)).unwrap_or(1);
             (tiling.pack(c, in_hw, pad, out_hw), kb, vb, format!("conv2d_{}", tiling.label()))
         }
         // Register tile: kb output channels by vb vectors of 4 pixels.
         None => {
-            let (kb, vb) = register_tile(k, out_hw[1].div_ceil(4), None);
+            let (kb, vb) = register_tile(k, out_hw[1].div_ceil(4), None, 1);
             (conv_pack(&g, vb), kb, vb, "conv2d".into())
         }
     };
@@ -124,8 +124,9 @@ pub(super) fn conv(
 /// phase (sub-pixel decomposition), all in one [`SubPixelSpec`] kernel: output rows `h = S i + p`
 /// receive only the taps `r = r0 + S t` with `r0 = (p + P) mod S`, from dy rows `i + a - t`,
 /// `a = (p + P - r0) / S`. Each phase convolves the (undilated) dy, packed alike for every phase,
-/// with its sub-kernel, read through weight strides, and stores its outputs interleaved into dx; a
-/// phase that receives no tap stores zeros, so every element of dx is written.
+/// with its sub-kernel, read through weight strides, and stores its outputs interleaved into dx
+/// (at stride 2, paired with its row's other width phase, in whole vectors); a phase that
+/// receives no tap stores zeros, so every element of dx is written.
 pub(super) fn sub_pixel_grad_input(
     id: NodeId,
     [dy_id, w_id]: [NodeId; 2],
@@ -152,14 +153,30 @@ pub(super) fn sub_pixel_grad_input(
         .collect();
     let has_taps = |p: &[Axis; 2]| p[0].1 > 0 && p[1].1 > 0;
     let phases: Vec<[Axis; 2]> = all.iter().map(|p| p.1).filter(has_taps).collect();
+    // At stride 2, when each row phase's two width phases have as many outputs, they run as a
+    // pair whose outputs interleave into whole vectors of dx. The pair shares one register tile,
+    // with a set of accumulators for each of its phases that has taps (a phase without any adds
+    // only zeros).
+    let paired = stride == 2 && all.len() == 4 && all.chunks(2).all(|p| p[0].1[1].3 == p[1].1[1].3);
+    let tiles: Vec<(usize, usize)> = (0..all.len())
+        .map(|i| {
+            let sets = if paired { [i, i ^ 1].iter().filter(|&&j| has_taps(&all[j].1)).count() } else { 1 };
+            register_tile(c, all[i].1[1].3.div_ceil(4), None, sets.max(1))
+        })
+        .collect();
     // One packed dy serves every phase: pad so that each phase's first window starts inside it.
     let before = |axis: usize| phases.iter().map(|p| (p[axis].1 - 1).saturating_sub(p[axis].2)).max().unwrap_or(0);
     let pad_before = [before(0), before(1)];
     let origin = |p: &[Axis; 2], axis: usize| p[axis].2 + pad_before[axis] + 1 - p[axis].1;
-    let tile = |p: &[Axis; 2]| register_tile(c, p[1].3.div_ceil(4), None);
     let rows = phases.iter().map(|p| origin(p, 0) + p[0].3 + p[0].1 - 1).max().unwrap_or(1);
-    let row_len =
-        phases.iter().map(|p| origin(p, 1) + ConvSpec::min_row_len(p[1].3, tile(p).1, p[1].1, 1)).max().unwrap_or(1);
+    let row_len = (0..all.len())
+        .filter(|&i| has_taps(&all[i].1))
+        .map(|i| {
+            let p = &all[i].1;
+            origin(p, 1) + ConvSpec::min_row_len(p[1].3, tiles[i].1, p[1].1, 1)
+        })
+        .max()
+        .unwrap_or(1);
     let pack = PackSpec {
         planes: k,
         in_hw: [dy[2], dy[3]],
@@ -173,9 +190,9 @@ pub(super) fn sub_pixel_grad_input(
     let (kh, kw) = (kernel[0], kernel[1]);
     let specs = all
         .iter()
-        .map(|(at, p)| {
+        .zip(&tiles)
+        .map(|((at, p), &(kb, vb))| {
             let [(r0h, th, _, oh), (r0w, tw, _, ow)] = *p;
-            let (kb, vb) = tile(p);
             let interleave = Some(Interleave { stride, offset: *at, full_hw: input_hw });
             // Output channels are c, input channels k.
             let shape = |kernel| ConvShape {
@@ -215,7 +232,7 @@ pub(super) fn sub_pixel_grad_input(
         .collect();
     let step = Planned {
         label: "conv2d_grad_input_sub_pixel".into(),
-        spec: KernelSpec::SubPixel(SubPixelSpec { phases: specs }),
+        spec: KernelSpec::SubPixel(SubPixelSpec { phases: specs, paired }),
         inputs: vec![Buf::Node(dy_id), Buf::Node(w_id), Buf::PerThread(0)],
         output: Buf::Node(id),
     };
@@ -279,7 +296,7 @@ pub(super) fn weight_grad(
     }
     let kv = if k > 4 { 2 } else { 1 };
     let dy_row = k.div_ceil(4 * kv) * 4 * kv;
-    let (cb, _) = register_tile(c, kv, Some(kv));
+    let (cb, _) = register_tile(c, kv, Some(kv), 1);
     let pack = PackSpec {
         planes: c,
         in_hw: [x[2], x[3]],
