@@ -248,9 +248,9 @@ pub struct WinogradWeightsSpec {
 }
 
 impl WinogradWeightsSpec {
-    /// Groups: one per output channel.
+    /// Groups: one per block of 4 output channels (the last may hold fewer).
     pub fn groups(&self) -> usize {
-        self.out_channels
+        self.out_channels.div_ceil(4)
     }
 
     /// f32 elements of the transformed weights, `(m + 2)²` per filter.
@@ -263,7 +263,9 @@ impl WinogradWeightsSpec {
         self.len() == 0
     }
 
-    /// Kernel body: args are the weights and U.
+    /// Kernel body: args are the weights and U. A group transforms the filters of 4 consecutive
+    /// output channels at once, one per lane (`U[ξ][c][k..k + 4]` is a vector); a last block of
+    /// fewer channels, one filter at a time.
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
         let (args, begin, end) = entry(b);
         let [w, u] = [0, 1].map(|k| load_arg(b, ptr, args, k));
@@ -271,34 +273,69 @@ impl WinogradWeightsSpec {
         let (wl, n, g_rows) = (self.weights, self.m + 2, table(self.m).g);
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
-        let (lo, c_hi) = (iconst(b, 0), iconst(b, cn as i64));
-        for_loop(b, begin, end, 1, &[], &mut |b, k, _| {
-            for_loop(b, lo, c_hi, 1, &[], &mut |b, c, _| {
-                let ko = b.ins().imul_imm_s(k, wl.o as i64);
-                let ci = b.ins().imul_imm_s(c, wl.i as i64);
-                let e = b.ins().iadd(ko, ci);
-                let e = b.ins().iadd_imm_s(e, wl.base as i64);
-                let g_at = elem_addr(b, w, e);
-                let g: Vec<Vec<Value>> = (0..3)
-                    .map(|r: isize| {
-                        (0..3)
-                            .map(|s: isize| b.ins().load(types::F32, read, g_at, (r * wl.r + s * wl.s) as i32 * 4))
-                            .collect()
-                    })
-                    .collect();
-                let e = b.ins().imul_imm_s(c, kn as i64);
-                let e = b.ins().iadd(e, k);
-                let u_at = elem_addr(b, u, e);
-                // Row i of G g (3 values), then row i of (G g) Gᵀ.
-                for (i, g_row) in g_rows.iter().enumerate() {
-                    let gg: Vec<Value> =
-                        (0..3).map(|s| combine(b, mul_add, Width::Scalar, g_row, &mut |_, r| g[r][s])).collect();
-                    for (j, g_col) in g_rows.iter().enumerate() {
-                        let value = combine(b, mul_add, Width::Scalar, g_col, &mut |_, s| gg[s]);
-                        let position = n * i + j;
-                        b.ins().store(write, value, u_at, (position * cn * kn * 4) as i32);
-                    }
+        // Filter (k0 + lane, c) from `g_at` (filter (k0, c)); U's element (c, k0) at `u_at`.
+        let tap = |b: &mut FunctionBuilder, g_at: Value, lane: usize, r: isize, s: isize| {
+            b.ins().load(types::F32, read, g_at, (lane as isize * wl.o + r * wl.r + s * wl.s) as i32 * 4)
+        };
+        let transform = |b: &mut FunctionBuilder, width: Width, g: &[Vec<Value>], u_at: Value| {
+            // Row i of G g (3 values), then row i of (G g) Gᵀ.
+            for (i, g_row) in g_rows.iter().enumerate() {
+                let gg: Vec<Value> = (0..3).map(|s| combine(b, mul_add, width, g_row, &mut |_, r| g[r][s])).collect();
+                for (j, g_col) in g_rows.iter().enumerate() {
+                    let value = combine(b, mul_add, width, g_col, &mut |_, s| gg[s]);
+                    b.ins().store(write, value, u_at, ((n * i + j) * cn * kn * 4) as i32);
                 }
+            }
+        };
+        let full = iconst(b, (kn / 4) as i64);
+        let (lo, c_hi) = (iconst(b, 0), iconst(b, cn as i64));
+        for_loop(b, begin, end, 1, &[], &mut |b, block, _| {
+            let k0 = mul(b, block, 4);
+            let whole = b.ins().icmp(IntCC::UnsignedLessThan, block, full);
+            for_loop(b, lo, c_hi, 1, &[], &mut |b, c, _| {
+                let g_at = {
+                    let ko = b.ins().imul_imm_s(k0, wl.o as i64);
+                    let ci = b.ins().imul_imm_s(c, wl.i as i64);
+                    let e = b.ins().iadd(ko, ci);
+                    let e = b.ins().iadd_imm_s(e, wl.base as i64);
+                    elem_addr(b, w, e)
+                };
+                let u_at = |b: &mut FunctionBuilder, lane: usize| {
+                    let e = b.ins().imul_imm_s(c, kn as i64);
+                    let e = b.ins().iadd(e, k0);
+                    let e = b.ins().iadd_imm_s(e, lane as i64);
+                    elem_addr(b, u, e)
+                };
+                if_then(b, whole, &mut |b| {
+                    let zero = b.ins().f32const(0.0);
+                    let zero = b.ins().splat(types::F32X4, zero);
+                    let g: Vec<Vec<Value>> = (0..3)
+                        .map(|r| {
+                            (0..3)
+                                .map(|s| {
+                                    (0..4).fold(zero, |v, lane| {
+                                        let x = tap(b, g_at, lane, r, s);
+                                        b.ins().insertlane(v, x, lane as u8)
+                                    })
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    let at = u_at(b, 0);
+                    transform(b, Width::Vector, &g, at);
+                });
+                if kn % 4 == 0 {
+                    return vec![];
+                }
+                let partial = b.ins().icmp(IntCC::UnsignedGreaterThanOrEqual, block, full);
+                if_then(b, partial, &mut |b| {
+                    for lane in 0..kn % 4 {
+                        let g: Vec<Vec<Value>> =
+                            (0..3).map(|r| (0..3).map(|s| tap(b, g_at, lane, r, s)).collect()).collect();
+                        let at = u_at(b, lane);
+                        transform(b, Width::Scalar, &g, at);
+                    }
+                });
                 vec![]
             });
             vec![]
