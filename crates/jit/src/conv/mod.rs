@@ -163,7 +163,7 @@ pub struct Epilogue {
 }
 
 impl ConvSpec {
-    /// Groups: one per (image, block of `kb` output channels, output row), or for Winograd, one
+    /// Groups: one per (image, output row, block of `kb` output channels), or for Winograd, one
     /// per block of tile rows of each image (or set of images across the lanes).
     pub fn groups(&self) -> usize {
         if let Some(w) = self.winograd {
@@ -290,10 +290,19 @@ impl ConvSpec {
         };
 
         let (_, packed) = for_loop(b, begin, end, 1, &[image], &mut |b, g, packed| {
-            let oh = b.ins().urem_imm_u(g, oh_n as i64);
-            let t = b.ins().udiv_imm_u(g, oh_n as i64);
-            let kb = b.ins().urem_imm_u(t, kblocks as i64);
-            let n = b.ins().udiv_imm_u(t, kblocks as i64);
+            // Groups run (image, output row, channel block): consecutive groups read the same
+            // input rows while they are in cache. Statistics partials stay laid out by (image,
+            // channel block, row), the order the reduction reads.
+            let kb = b.ins().urem_imm_u(g, kblocks as i64);
+            let t = b.ins().udiv_imm_u(g, kblocks as i64);
+            let oh = b.ins().urem_imm_u(t, oh_n as i64);
+            let n = b.ins().udiv_imm_u(t, oh_n as i64);
+            let partial_row = {
+                let e = mul(b, n, kblocks);
+                let e = b.ins().iadd(e, kb);
+                let e = mul(b, e, oh_n);
+                b.ins().iadd(e, oh)
+            };
             // A new image: pack it into this thread's scratch.
             let new_image = b.ins().icmp(IntCC::NotEqual, n, packed[0]);
             if_then(b, new_image, &mut |b| {
@@ -330,7 +339,7 @@ impl ConvSpec {
                 b.ins().iadd_imm_s(e, col0 as i64)
             };
             let tile = |b: &mut FunctionBuilder, t: Value, col: Value, vb: usize, valid: Option<usize>| {
-                let st = stats_at(b, g, t);
+                let st = stats_at(b, partial_row, t);
                 let acc = self.accumulate(b, mul_add, [xp, w], [x_row, w0], col, vb);
                 let odd = match (odd, x_row_odd, w0_odd) {
                     (Some(o), Some(x_row), Some(w0)) => Some(o.accumulate(b, mul_add, [xp, w], [x_row, w0], col, vb)),
