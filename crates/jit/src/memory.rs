@@ -65,7 +65,7 @@ pub(crate) fn layout(
     codes: &[KernelCode],
 ) -> Result<Layout> {
     let nodes = graph.nodes();
-    let Schedule { needed, computed, calls: planned, constants, feeds, scratch_keys, kept: keepable, .. } = schedule;
+    let Schedule { needed, computed, calls: planned, constants, feeds, scratch_keys, keepable, .. } = schedule;
     let plan = options.plan_memory && options.guard == Guard::None;
     let (alias_of, in_place, updates_from) = update_aliases(graph, outputs, &options.updates, feeds, planned, codes)?;
     // A call writing a kept area from sources that no update overwrites computes the same

@@ -44,7 +44,7 @@ pub(crate) struct Schedule {
     /// Scratch areas with one share per thread (a kernel's working copy of one image).
     pub per_thread: Vec<bool>,
     /// Scratch areas a call may keep between runs ([`Buf::Kept`]).
-    pub kept: Vec<bool>,
+    pub keepable: Vec<bool>,
 }
 
 /// Schedules the part of `graph` that `outputs` depend on, compiling each new kernel with
@@ -89,7 +89,7 @@ pub(crate) fn schedule(
     // Scratch areas with one share per thread (a kernel's working copy of one image), and those
     // kept between runs.
     let mut per_thread: Vec<bool> = Vec::new();
-    let mut kept: Vec<bool> = Vec::new();
+    let mut keepable: Vec<bool> = Vec::new();
     for (i, id) in graph.ids().enumerate() {
         if let Op::Input { name } | Op::Parameter { name } = &nodes[i].op {
             feeds.insert(name.clone(), needed[i].then_some(id));
@@ -105,7 +105,7 @@ pub(crate) fn schedule(
                 let first_scratch = scratch_keys.len();
                 scratch_keys.extend(lengths.iter().map(|&len| (len, vec![])));
                 per_thread.resize(scratch_keys.len(), false);
-                kept.resize(scratch_keys.len(), false);
+                keepable.resize(scratch_keys.len(), false);
                 for step in steps {
                     let kernel = compiler.kernel(&step.label, &step.spec)?;
                     kernel_of.insert(id, kernel);
@@ -121,7 +121,7 @@ pub(crate) fn schedule(
                             Slot::Scratch(k)
                         }
                         Buf::Kept(k) => {
-                            kept[first_scratch + k] = true;
+                            keepable[first_scratch + k] = true;
                             Slot::Scratch(first_scratch + k)
                         }
                     };
@@ -137,5 +137,5 @@ pub(crate) fn schedule(
             }
         }
     }
-    Ok(Schedule { needed, computed, calls: planned, constants, feeds, kernel_of, scratch_keys, per_thread, kept })
+    Ok(Schedule { needed, computed, calls: planned, constants, feeds, kernel_of, scratch_keys, per_thread, keepable })
 }

@@ -83,6 +83,37 @@ fn check_within(
     Ok(())
 }
 
+/// A 3x3 stride-1 convolution with padding `p` from `c` to `k` channels over `n` images, whose
+/// output is `out_hw`, forward and input gradient against the reference. F(4x4, 3x3)'s transforms
+/// (coefficients up to 8 and down to 1/24) round more than F(2x2, 3x3)'s: within 1e-5 of the
+/// output's largest magnitude.
+fn check_f4_convolution([n, c, k]: [usize; 3], [oh, ow]: [usize; 2], p: usize, seed: u64) -> Result<(), TestCaseError> {
+    let [h, w] = [oh + 2 - 2 * p, ow + 2 - 2 * p];
+    let a = Conv2dAttrs::square(1, p);
+    let x = random(seed, &[n, c, h, w], -1.0, 1.0);
+    let wt = random(seed ^ 1, &[k, c, 3, 3], -1.0, 1.0);
+    let wt_t = random(seed ^ 3, &[c, k, 3, 3], -1.0, 1.0);
+    let dy = random(seed ^ 2, &[n, c, oh, ow], -1.0, 1.0);
+    check_within(&[x, wt], 1e-5, |g, i| add(g, Op::Conv2d(a), i))?;
+    check_within(&[dy, wt_t], 1e-5, |g, i| add(g, Op::Conv2dGradInput { conv: a, input_hw: [h, w] }, i))
+}
+
+/// The weight gradient of a 3x3 stride-1 convolution with padding `p` from `c` to `k` channels
+/// over `n` images, whose output is `out_hw`, against the reference: a long sum, within 1e-5 of
+/// the largest magnitude.
+fn check_weight_gradient(
+    [n, c, k]: [usize; 3],
+    [oh, ow]: [usize; 2],
+    p: usize,
+    seed: u64,
+) -> Result<(), TestCaseError> {
+    let [h, w] = [oh + 2 - 2 * p, ow + 2 - 2 * p];
+    let a = Conv2dAttrs::square(1, p);
+    let x = random(seed, &[n, c, h, w], -1.0, 1.0);
+    let dy = random(seed ^ 2, &[n, k, oh, ow], -1.0, 1.0);
+    check_within(&[x, dy], 1e-5, |g, i| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [3, 3] }, i))
+}
+
 fn add(g: &mut Graph, op: Op, inputs: &[NodeId]) -> NodeId {
     g.add_node(op, inputs, Role::Forward).unwrap()
 }
@@ -120,16 +151,7 @@ proptest! {
     fn winograd_f4_convolutions(n in 1..3usize, c in 8..48usize, k in 1..12usize, th in 1..5usize, ow in prop::sample::select(vec![12usize, 16, 24, 28, 32]), p in 0..3usize, seed: u64) {
         let oh = 4 * th;
         prop_assert_eq!(Winograd::for_output([oh, ow], WinogradTiles::F4, n).map(|w| w.m), Some(4));
-        let [h, w] = [oh + 2 - 2 * p, ow + 2 - 2 * p];
-        let a = Conv2dAttrs::square(1, p);
-        let x = random(seed, &[n, c, h, w], -1.0, 1.0);
-        let wt = random(seed ^ 1, &[k, c, 3, 3], -1.0, 1.0);
-        let wt_t = random(seed ^ 3, &[c, k, 3, 3], -1.0, 1.0);
-        let dy = random(seed ^ 2, &[n, c, oh, ow], -1.0, 1.0);
-        // F(4x4, 3x3)'s transforms (coefficients up to 8 and down to 1/24) round more than
-        // F(2x2, 3x3)'s: within 1e-5 of the output's largest magnitude.
-        check_within(&[x, wt], 1e-5, |g, i| add(g, Op::Conv2d(a), i))?;
-        check_within(&[dy, wt_t], 1e-5, |g, i| add(g, Op::Conv2dGradInput { conv: a, input_hw: [h, w] }, i))?;
+        check_f4_convolution([n, c, k], [oh, ow], p, seed)?;
     }
 
     /// The Winograd weight gradient (3x3 stride 1, input channels a multiple of 4, even output
@@ -140,11 +162,7 @@ proptest! {
     fn winograd_weight_gradients(n in 1..12usize, c4 in 2..5usize, k2 in 1..6usize, th in 1..9usize, tw in 1..17usize, p in 0..3usize, seed: u64) {
         let (c, k, oh, ow) = (4 * c4, 2 * k2, 2 * th, 2 * tw);
         prop_assume!(oh + 2 > 2 * p);
-        let [h, w] = [oh + 2 - 2 * p, ow + 2 - 2 * p];
-        let a = Conv2dAttrs::square(1, p);
-        let x = random(seed, &[n, c, h, w], -1.0, 1.0);
-        let dy = random(seed ^ 2, &[n, k, oh, ow], -1.0, 1.0);
-        check_within(&[x, dy], 1e-5, |g, i| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [3, 3] }, i))?;
+        check_weight_gradient([n, c, k], [oh, ow], p, seed)?;
     }
 
     /// The weight gradient by F(4x4, 3x3) where it multiplies least: widths with whole and
@@ -154,11 +172,7 @@ proptest! {
     fn winograd_f4_weight_gradients(n in 1..10usize, c4 in 2..9usize, k2 in 1..5usize, th in 1..9usize, ow in prop::sample::select(vec![12usize, 16, 28, 32]), p in 0..3usize, seed: u64) {
         let (c, k, oh) = (4 * c4, 2 * k2, 4 * th);
         prop_assert_eq!(Winograd::for_output([oh, ow], WinogradTiles::F4, n).map(|w| w.m), Some(4));
-        let [h, w] = [oh + 2 - 2 * p, ow + 2 - 2 * p];
-        let a = Conv2dAttrs::square(1, p);
-        let x = random(seed, &[n, c, h, w], -1.0, 1.0);
-        let dy = random(seed ^ 2, &[n, k, oh, ow], -1.0, 1.0);
-        check_within(&[x, dy], 1e-5, |g, i| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [3, 3] }, i))?;
+        check_weight_gradient([n, c, k], [oh, ow], p, seed)?;
     }
 
     /// Outputs fewer than 4 tiles of 4 wide, in batches of 4, 8 or 12, take F(4x4, 3x3) with each
@@ -168,14 +182,7 @@ proptest! {
     fn winograd_f4_convolutions_across_images(sets in 1..4usize, c in 8..24usize, k in 8..14usize, th in 1..5usize, ow in prop::sample::select(vec![4usize, 8, 12]), p in 0..3usize, seed: u64) {
         let (n, oh) = (4 * sets, 4 * th);
         prop_assert_eq!(Winograd::for_output([oh, ow], WinogradTiles::F4, n).map(|w| (w.m, w.images)), Some((4, 4)));
-        let [h, w] = [oh + 2 - 2 * p, ow + 2 - 2 * p];
-        let a = Conv2dAttrs::square(1, p);
-        let x = random(seed, &[n, c, h, w], -1.0, 1.0);
-        let wt = random(seed ^ 1, &[k, c, 3, 3], -1.0, 1.0);
-        let wt_t = random(seed ^ 3, &[c, k, 3, 3], -1.0, 1.0);
-        let dy = random(seed ^ 2, &[n, c, oh, ow], -1.0, 1.0);
-        check_within(&[x, wt], 1e-5, |g, i| add(g, Op::Conv2d(a), i))?;
-        check_within(&[dy, wt_t], 1e-5, |g, i| add(g, Op::Conv2dGradInput { conv: a, input_hw: [h, w] }, i))?;
+        check_f4_convolution([n, c, k], [oh, ow], p, seed)?;
     }
 
     /// At batch 1 a Winograd convolution has fewer blocks of tile rows than 4, so its output
@@ -229,11 +236,7 @@ proptest! {
     fn winograd_f4_weight_gradients_across_images(sets in 1..6usize, c4 in 2..5usize, k2 in 1..5usize, th in 1..13usize, ow in prop::sample::select(vec![4usize, 8, 12]), p in 0..3usize, seed: u64) {
         let (n, c, k, oh) = (4 * sets, 4 * c4, 2 * k2, 4 * th);
         prop_assert_eq!(Winograd::for_output([oh, ow], WinogradTiles::F4, n).map(|w| (w.m, w.images)), Some((4, 4)));
-        let [h, w] = [oh + 2 - 2 * p, ow + 2 - 2 * p];
-        let a = Conv2dAttrs::square(1, p);
-        let x = random(seed, &[n, c, h, w], -1.0, 1.0);
-        let dy = random(seed ^ 2, &[n, k, oh, ow], -1.0, 1.0);
-        check_within(&[x, dy], 1e-5, |g, i| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [3, 3] }, i))?;
+        check_weight_gradient([n, c, k], [oh, ow], p, seed)?;
     }
 }
 
