@@ -124,6 +124,10 @@ fn convolution_kernels_stay_inside_their_buffers() {
         (4, 8, 8, 48, 12, 3, 1, 1),
         // Batch 1: too few blocks of tile rows, so the output channels are split into parts.
         (1, 8, 16, 8, 8, 3, 1, 1),
+        // Stride 2 at even widths: the input gradient's width phases in pairs (a partial vector
+        // at 10 wide; 1x1, whose odd phases have no taps).
+        (2, 3, 4, 8, 10, 3, 2, 1),
+        (1, 4, 8, 6, 6, 1, 2, 0),
     ] {
         let mut g = Graph::new();
         let x = input(&mut g, "x", &[n, c, h, w]);
@@ -143,14 +147,15 @@ fn convolution_kernels_stay_inside_their_buffers() {
 /// partial tiles, forward and stride-1 and stride-2 input gradients.
 #[test]
 fn fused_convolution_epilogues_stay_inside_their_buffers() {
-    // The last two: F(4x4, 3x3) with lanes across 4 images, and at batch 1 with the output
-    // channels split into parts (forward and input gradient).
+    // Then F(4x4, 3x3) with lanes across 4 images, at batch 1 with the output channels split
+    // into parts, and stride 2 at an even width (the input gradient's width phases in pairs).
     let cases = [
         (2, 3, 5, 7, 9, 3, 1, 1),
         (1, 2, 4, 5, 13, 3, 2, 1),
         (1, 4, 8, 6, 5, 1, 2, 0),
         (4, 8, 8, 8, 8, 3, 1, 1),
         (1, 16, 16, 16, 16, 3, 1, 1),
+        (2, 3, 4, 8, 10, 3, 2, 1),
     ];
     for (n, c, k, h, w, r, s, p) in cases {
         let [oh, ow] = [(h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1];
