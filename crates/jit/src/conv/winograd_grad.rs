@@ -6,9 +6,10 @@
 //! transforms are emitted from the tables of [`crate::conv::winograd::Transform`].
 //!
 //! Groups are fixed chunks of images (their number does not depend on the thread count; with lanes
-//! across images, chunks of sets of 4). A group sums its images' products into its own partials; the thread that finishes the last group (an
-//! atomic count, as for the batch statistics) adds the groups' partials in order and transforms
-//! the sums back into `dw[k][c][r][s]`, so the result does not depend on the thread count.
+//! across images, chunks of sets of 4). A group sums its images' products into its own partials;
+//! the thread that finishes the last group (an atomic count, as for the batch statistics) adds the
+//! groups' partials in order and transforms the sums back into `dw[k][c][r][s]`, so the result
+//! does not depend on the thread count.
 
 use crate::MulAdd;
 use crate::codegen::shuffle32;
@@ -186,24 +187,24 @@ impl WinogradGradSpec {
             } else {
                 // Blocks of up to `sets_per_block` whole image sets, side by side in V and DY (the
                 // last block of the chunk may hold fewer).
-                let ipb = self.sets_per_block as i64;
+                let per_block = self.sets_per_block as i64;
                 let count = b.ins().isub(last, first);
                 let steps = {
-                    let e = b.ins().iadd_imm_s(count, ipb - 1);
-                    b.ins().udiv_imm_u(e, ipb)
+                    let e = b.ins().iadd_imm_s(count, per_block - 1);
+                    b.ins().udiv_imm_u(e, per_block)
                 };
                 for_loop(b, lo, steps, 1, &[], &mut |b, step, _| {
-                    let n0 = {
-                        let e = b.ins().imul_imm_s(step, ipb);
+                    let set0 = {
+                        let e = b.ins().imul_imm_s(step, per_block);
                         b.ins().iadd(first, e)
                     };
-                    let left = b.ins().isub(last, n0);
+                    let left = b.ins().isub(last, set0);
                     let count = {
-                        let most = iconst(b, ipb);
+                        let most = iconst(b, per_block);
                         b.ins().umin(left, most)
                     };
                     for_loop(b, lo, count, 1, &[], &mut |b, i, _| {
-                        let set = b.ins().iadd(n0, i);
+                        let set = b.ins().iadd(set0, i);
                         let n = mul(b, set, images);
                         let first_plane = mul(b, n, self.in_channels);
                         self.pack.emit(b, x, xp, first_plane);
