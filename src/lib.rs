@@ -21,10 +21,12 @@
 //! interpreter), [`autodiff`] (the tape, gradients, custom ops, gradcheck), [`fuse`] (graph passes:
 //! fusion, with every stage kept for dumps), [`jit`] (Cranelift kernels and the compiled executor),
 //! [`nn`] (layers, the paper's model zoo and the `Model` trait), [`data`] (datasets and the
-//! loader), [`train`] (the training driver, for the zoo's nets and any other `Model`).
+//! loader), [`train`] (the training driver, for the zoo's nets and any other `Model`), [`dist`]
+//! (collectives for data-parallel training: one process, or MPI with the `mpi` feature).
 
 pub use skipgrad_autodiff as autodiff;
 pub use skipgrad_data as data;
+pub use skipgrad_dist as dist;
 pub use skipgrad_fuse as fuse;
 pub use skipgrad_ir as ir;
 pub use skipgrad_jit as jit;

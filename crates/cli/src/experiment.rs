@@ -4,6 +4,7 @@
 
 use crate::plot::{Curves, curves, write};
 use crate::train::{Recipe, TrainArgs, run};
+use skipgrad_dist::Single;
 use skipgrad_nn::Shortcut;
 use std::path::PathBuf;
 
@@ -47,7 +48,7 @@ pub fn experiment(e: Experiment) -> Result<String, String> {
                 let mut row = format!("| {depth} ");
                 for (k, kind) in ["plain", "resnet"].into_iter().enumerate() {
                     let dir = out.join(format!("{kind}{depth}"));
-                    let r = run(TrainArgs::for_run(&recipe, &format!("{kind}{depth}"), None, dir.clone()))?;
+                    let r = run(TrainArgs::for_run(&recipe, &format!("{kind}{depth}"), None, dir.clone()), &Single)?;
                     row += &format!(
                         "| {:.2}% | {:.2}% ",
                         100.0 * r.train_error,
@@ -64,7 +65,7 @@ pub fn experiment(e: Experiment) -> Result<String, String> {
             let mut runs = vec![];
             for (name, option) in [("A", Shortcut::A), ("B", Shortcut::B), ("C", Shortcut::C)] {
                 let dir = out.join(format!("{model}-{name}"));
-                let r = run(TrainArgs::for_run(&recipe, &model, Some(option), dir.clone()))?;
+                let r = run(TrainArgs::for_run(&recipe, &model, Some(option), dir.clone()), &Single)?;
                 table += &format!(
                     "| {name} | {:.2}% | {:.2}% |\n",
                     100.0 * r.train_error,

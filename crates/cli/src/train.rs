@@ -1,9 +1,11 @@
 //! `skipgrad train` and `skipgrad eval`: the command-line arguments of a run of the paper's
 //! recipe on Fashion-MNIST or CIFAR-10, handed to the training driver
-//! ([`skipgrad_train::run`]), which writes the metrics, checkpoints and the final model.
+//! ([`skipgrad_train::run_distributed`]), which writes the metrics, checkpoints and the final
+//! model; `train --distributed` runs it on every rank `mpirun` starts (cargo feature `mpi`).
 
 use skipgrad_autodiff::{AdamW, Optimizer, Sgd};
 use skipgrad_data::{cifar10, fashion_mnist, in_order};
+use skipgrad_dist::{Collective, Single};
 use skipgrad_nn::{Checkpoint, Config, Family, INPUT_MEAN};
 use skipgrad_train::{Backend, Decay, Length, RunData, RunOptions, RunResult, Schedule, Trainer, TrainerOptions};
 use std::path::{Path, PathBuf};
@@ -158,19 +160,63 @@ pub struct TrainArgs {
     /// A linear warm-up: iteration i < N runs at (i + 1) / N of the scheduled rate (0: none).
     #[arg(long, default_value_t = 0)]
     ramp: u64,
+    /// Data-parallel training on every rank `mpirun -np N` starts (needs a build with
+    /// `--features mpi`): --batch is the batch over all ranks and must divide by N; each rank
+    /// trains on its slice, the ranks sum their gradients every step, rank 0 writes the files.
+    /// --threads defaults to this machine's cores divided among its ranks.
+    #[arg(long)]
+    distributed: bool,
 }
 
 /// Runs the training; returns the final summary line.
 pub fn train(args: TrainArgs) -> Result<String, String> {
-    let r = run(args)?;
+    if args.distributed {
+        return distributed(args);
+    }
+    summarize(&run(args, &Single)?)
+}
+
+/// Runs the training on the ranks `mpirun` started: rank 0 returns the summary line, the
+/// others an empty one. An error on any rank is printed there and stops every rank.
+#[cfg(feature = "mpi")]
+fn distributed(args: TrainArgs) -> Result<String, String> {
+    let world = skipgrad_dist::Mpi::initialize().ok_or("--distributed: MPI was already initialized")?;
+    let result = run(args, &world).and_then(|r| summarize(&r));
+    match result {
+        Ok(line) if world.rank() == 0 => Ok(line),
+        Ok(_) => Ok(String::new()),
+        Err(message) => {
+            // One write: mpirun prints its abort notice between the pieces of a formatted line.
+            let line = format!("skipgrad ({}): {message}; stopping every rank\n", world.describe());
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+            world.abort(1)
+        }
+    }
+}
+
+/// Without MPI, `--distributed` says how to get it.
+#[cfg(not(feature = "mpi"))]
+fn distributed(_: TrainArgs) -> Result<String, String> {
+    Err("--distributed needs MPI, which this build left out: install Open MPI (or MPICH) and libclang, \
+         rebuild with `cargo build --release -p skipgrad-cli --features mpi`, and start the run with \
+         `mpirun -np N target/release/skipgrad train --distributed ...` (README: Training on several processes)"
+        .into())
+}
+
+/// The final line of a run.
+fn summarize(r: &RunResult) -> Result<String, String> {
     let Some(test) = r.test.filter(|_| !r.stopped) else {
         return Ok(format!(
             "{}: stopped after iteration {} of {}; --resume continues\n",
             r.model, r.iterations, r.planned
         ));
     };
+    let ranks = match r.ranks {
+        1 => String::new(),
+        n => format!(" on {n} ranks ({:.1} s summing gradients)", r.communication),
+    };
     Ok(format!(
-        "{}: {} iterations in {:.0} s ({:.1} s waiting for data), test accuracy {:.2}% ({} images), model in {}\n",
+        "{}: {} iterations in {:.0} s{ranks} ({:.1} s waiting for data), test accuracy {:.2}% ({} images), model in {}\n",
         r.model,
         r.iterations,
         r.seconds,
@@ -181,9 +227,16 @@ pub fn train(args: TrainArgs) -> Result<String, String> {
     ))
 }
 
-/// Runs the training through the driver ([`skipgrad_train::run`]): builds the zoo net, the
-/// trainer, the data and the schedule from the arguments.
-pub fn run(args: TrainArgs) -> Result<RunResult, String> {
+/// Runs the training through the driver ([`skipgrad_train::run_distributed`]) on `world`:
+/// builds the zoo net, the trainer, the data and the schedule from the arguments.
+pub fn run(args: TrainArgs, world: &dyn Collective) -> Result<RunResult, String> {
+    let ranks = world.size() as u64;
+    if !args.batch.is_multiple_of(ranks) {
+        return Err(format!(
+            "--batch {} does not divide among {ranks} ranks: give a multiple of {ranks} (it is the batch over all ranks)",
+            args.batch
+        ));
+    }
     if !(args.lr.is_finite() && args.lr > 0.0) {
         return Err(format!("--lr must be a positive number, got {}", args.lr));
     }
@@ -211,11 +264,13 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
         Warmup::On => true,
         Warmup::Off => false,
     };
-    let mut options = TrainerOptions::paper(args.batch as usize, train.shape, args.seed);
+    let mut options = TrainerOptions::paper((args.batch / ranks) as usize, train.shape, args.seed);
     options.optimizer = args.optimizer.build(args.weight_decay);
-    if let Some(t) = args.threads {
-        options.threads = t as usize;
-    }
+    // The ranks on this machine share its cores.
+    options.threads = match args.threads {
+        Some(t) => t as usize,
+        None => (options.threads / world.local_size()).max(1),
+    };
     options.backend = match args.backend {
         BackendName::Jit => Backend::Jit,
         BackendName::Reference => Backend::Reference,
@@ -240,7 +295,7 @@ pub fn run(args: TrainArgs) -> Result<RunResult, String> {
     run_options.notes.insert("dataset".into(), format!("{:?}", args.dataset).into());
     let data = RunData { train: Arc::new(train), test, validation };
     let mut trainer = Trainer::new(&config, options).map_err(|e| e.to_string())?;
-    skipgrad_train::run(&mut trainer, &data, &run_options).map_err(|e| match e {
+    skipgrad_train::run_distributed(&mut trainer, &data, &run_options, world).map_err(|e| match e {
         // The driver names the setting; the command names its flag.
         skipgrad_train::Error::Resume { .. } => format!("--resume: {e}"),
         e => e.to_string(),
@@ -352,6 +407,7 @@ impl TrainArgs {
             warmup: recipe.warmup,
             schedule: ScheduleName::Step,
             ramp: 0,
+            distributed: false,
         }
     }
 }

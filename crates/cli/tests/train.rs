@@ -395,3 +395,11 @@ fn a_linear_ramp_is_followed_recorded_and_kept_on_resume() {
     assert!(ok, "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// A build without the `mpi` feature says how to get data-parallel training.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn distributed_training_without_mpi_says_how_to_build_it() {
+    let (ok, _, err) = skipgrad(&["train", "--distributed", "--model", "resnet8", "--iterations", "1"]);
+    assert!(!ok && err.contains("rebuild with `cargo build --release -p skipgrad-cli --features mpi`"), "{err}");
+}

@@ -59,6 +59,9 @@ pub enum Error {
     /// (when asked) the first node that made a non-finite value.
     #[error("{0}")]
     Diverged(String),
+    /// The ranks of a data-parallel run disagree (what they were given, or the world's size).
+    #[error("{0}")]
+    Distributed(String),
     /// The loss stopped being a number.
     #[error("iteration {iteration}: the loss is {loss}")]
     NonFinite {

@@ -12,7 +12,7 @@ mod trainer;
 
 pub use error::Error;
 pub use exec::Backend;
-pub use run::{CHECKPOINT, Length, MODEL, RunData, RunOptions, RunResult, run};
+pub use run::{CHECKPOINT, Length, MODEL, RunData, RunOptions, RunResult, run, run_distributed};
 pub use schedule::{Decay, Schedule};
 pub use trainer::{Evaluation, NonFiniteValue, StateKind, StateTensor, StepStats, Trainer, TrainerOptions};
 

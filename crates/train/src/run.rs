@@ -4,11 +4,17 @@
 //! stopped early, a stop with the last good checkpoint named when the loss goes non-finite, and
 //! `resume`, which ends with the weights an uninterrupted run has, bit for bit. Every file is
 //! written to a temporary name and renamed.
+//!
+//! [`run_distributed`] runs the same on a world of processes (data parallel, on MPI): every rank
+//! draws the same batches and keeps its own slice of each; the ranks sum their gradients (and
+//! running statistics, loss and accuracy) in one flat buffer per step and every rank applies the
+//! same update, so their states stay equal. Rank 0 alone writes files.
 
 use crate::{Error, Evaluation, Result, Schedule, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use skipgrad_data::{Batch, Dataset, Loader, LoaderConfig, Position, in_order};
+use skipgrad_dist::{Collective, Single};
 use skipgrad_ir::Tensor;
 use skipgrad_nn::{Checkpoint, INPUT_MEAN};
 use std::collections::BTreeMap;
@@ -118,6 +124,10 @@ pub struct RunResult {
     pub seconds: f64,
     /// Of those, seconds the step waited for the loader's next batch.
     pub data_wait: f64,
+    /// Of those, seconds spent summing the ranks' gradients (0 in a world of one).
+    pub communication: f64,
+    /// Processes the run was divided among.
+    pub ranks: usize,
     /// The checkpoint (stopped early) or the final model's file.
     pub saved: PathBuf,
 }
@@ -126,7 +136,27 @@ pub struct RunResult {
 /// optimizer are the run's; a resumed run must have the same, and the same schedule, length and
 /// model (the checkpoint records them), or it is refused with the setting named.
 pub fn run(trainer: &mut Trainer, data: &RunData, options: &RunOptions) -> Result<RunResult> {
-    let (batch, seed) = (trainer.options().batch, trainer.options().seed);
+    run_distributed(trainer, data, options, &Single)
+}
+
+/// [`run`] on every rank of `world`, data parallel: the batch is the trainer's batch times the
+/// world's size, and each rank trains on its slice. Every rank must be given the same model,
+/// trainer options (but threads), data and options, or the run is refused; rank 0's initial
+/// state (or the checkpoint it resumes from, which only rank 0 reads) is broadcast to the others;
+/// rank 0 alone writes the run's files; a resume refuses a checkpoint of another world size.
+/// Batch norm keeps each rank's own batch statistics (as PyTorch's DDP does); the running
+/// statistics are averaged over the ranks. An error on one rank returns on that rank only: call
+/// [`Collective::abort`] then, or the others wait forever.
+pub fn run_distributed(
+    trainer: &mut Trainer,
+    data: &RunData,
+    options: &RunOptions,
+    world: &dyn Collective,
+) -> Result<RunResult> {
+    let (ranks, rank) = (world.size(), world.rank());
+    let writes = rank == 0;
+    let (local, seed) = (trainer.options().batch, trainer.options().seed);
+    let batch = local * ranks;
     if data.train.shape != trainer.options().input {
         return Err(Error::Batch(format!(
             "the model takes {:?} images, the training set has {:?}",
@@ -148,23 +178,33 @@ pub fn run(trainer: &mut Trainer, data: &RunData, options: &RunOptions) -> Resul
     };
     let schedule = Schedule { iterations, ..options.schedule.clone() };
     let mean = Arc::new(data.train.mean_image());
-    let test_batches = in_order(&data.test, &mean, batch)?;
-    let validation_batches = data.validation.as_ref().map(|v| in_order(v, &mean, batch)).transpose()?;
+    // Each rank evaluates its share of the batches, of the trainer's batch size.
+    let test_batches = shard(in_order(&data.test, &mean, local)?, world);
+    let validation_batches = data.validation.as_ref().map(|v| in_order(v, &mean, local)).transpose()?;
+    let validation_batches = validation_batches.map(|b| shard(b, world));
     let out = &options.out;
-    std::fs::create_dir_all(out).map_err(|e| io_error(out, "cannot create the run directory", e))?;
-    remove_stale_temporaries(out)?;
+    if writes {
+        std::fs::create_dir_all(out).map_err(|e| io_error(out, "cannot create the run directory", e))?;
+        remove_stale_temporaries(out)?;
+    }
 
-    let settings = settings(trainer, &schedule);
-    let (first, mut warmed_up) = if options.resume {
+    let settings = settings(trainer, &schedule, ranks);
+    agree(world, &settings, data, options)?;
+    let (first, warmed_up) = if options.resume && writes {
         resume(trainer, &out.join(CHECKPOINT), &settings)?
     } else {
         (0, schedule.warmup.is_none())
     };
+    let (first, mut warmed_up) = broadcast_state(world, trainer, first, warmed_up)?;
     let at = Position { epoch: first / per_epoch, batch: first % per_epoch };
     let mut loader = Loader::new(data.train.clone(), mean.clone(), loader_config, at)?;
-    let (mut metrics, mut train_errors) = Metrics::open(&out.join("metrics.jsonl"), first)?;
+    let (mut metrics, mut train_errors) = match writes {
+        true => Metrics::open(&out.join("metrics.jsonl"), first)?,
+        false => (Metrics::none(), vec![]),
+    };
     let mut config = json!({
-        "model": trainer.model().name(), "batch": batch, "iterations": iterations,
+        "model": trainer.model().name(), "batch": batch, "ranks": ranks, "batch_per_rank": local,
+        "iterations": iterations,
         "iterations_per_epoch": per_epoch, "lr": schedule.base, "schedule": schedule.decay.name(),
         "milestones": schedule.milestones, "ramp": schedule.ramp,
         "warmup": schedule.warmup.map(|(lr, below)| json!({"lr": lr, "until_train_error_below": below})),
@@ -176,17 +216,25 @@ pub fn run(trainer: &mut Trainer, data: &RunData, options: &RunOptions) -> Resul
     for (key, value) in &options.notes {
         config[key] = value.clone();
     }
-    write_atomically(&out.join("config.json"), format!("{config:#}\n").as_bytes())?;
+    if writes {
+        write_atomically(&out.join("config.json"), format!("{config:#}\n").as_bytes())?;
+    }
 
-    // A bar on stderr when it is a terminal; epoch lines go to stderr either way.
-    let bar = if options.progress { ProgressBar::new(iterations) } else { ProgressBar::hidden() };
+    // A bar on stderr when it is a terminal; epoch lines go to stderr either way (rank 0's).
+    let bar = if options.progress && writes { ProgressBar::new(iterations) } else { ProgressBar::hidden() };
     bar.set_position(first);
     let style = ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]");
     bar.set_style(style.expect("a valid template"));
-    let say = |line: String| if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) };
+    let say = |line: String| match (writes, bar.is_hidden()) {
+        (false, _) => {}
+        (true, true) => eprintln!("{line}"),
+        (true, false) => bar.println(line),
+    };
     let start = Instant::now();
     // Time the step spends waiting for the loader's background thread (the loader should keep up).
     let mut data_wait = 0.0;
+    // Time the ranks spend summing their gradients, and the buffer they sum.
+    let (mut communication, mut summed) = (0.0, vec![]);
     let mut last_eval = None;
     let stop = options.until_iteration.unwrap_or(iterations).min(iterations);
     let saver = Saver { out, mean: &mean, shape: data.train.shape, settings: &settings };
@@ -197,15 +245,35 @@ pub fn run(trainer: &mut Trainer, data: &RunData, options: &RunOptions) -> Resul
         let b = loader.next_batch();
         data_wait += waiting.elapsed().as_secs_f64();
         let lr = schedule.lr(i, warmed_up);
-        let stats = match trainer.step(&b.images, &b.labels, lr, i) {
+        // This rank's slice of the batch (all of it in a world of one).
+        let image = b.images.len() / batch;
+        let images = &b.images[rank * local * image..(rank + 1) * local * image];
+        let labels = &b.labels[rank * local..(rank + 1) * local];
+        let stepped = match ranks {
+            1 => trainer.step(images, labels, lr, i),
+            _ => {
+                trainer.gradients(images, labels, &mut summed)?;
+                let summing = Instant::now();
+                world.allreduce_sum_f32(&mut summed);
+                communication += summing.elapsed().as_secs_f64();
+                trainer.apply_gradients(&summed, ranks, lr, i)
+            }
+        };
+        let stats = match stepped {
             Ok(stats) => stats,
-            Err(e @ Error::NonFinite { .. }) => return Err(diverged(trainer, e, &b, lr, i, saved_at, options)),
+            Err(e @ Error::NonFinite { .. }) => {
+                return Err(diverged(trainer, e, (images, labels), lr, i, saved_at, options));
+            }
             Err(e) => return Err(e),
         };
         warmed_up = warmed_up || schedule.warms_up(stats.error as f64);
         train_errors.push(stats.error as f64);
         let seconds = start.elapsed().as_secs_f64();
-        metrics.line(json!({"iteration": i + 1, "epoch": b.position.epoch, "loss": stats.loss, "train_error": stats.error, "lr": lr, "seconds": seconds, "data_wait_seconds": data_wait}))?;
+        let mut line = json!({"iteration": i + 1, "epoch": b.position.epoch, "loss": stats.loss, "train_error": stats.error, "lr": lr, "seconds": seconds, "data_wait_seconds": data_wait});
+        if ranks > 1 {
+            line["communication_seconds"] = communication.into();
+        }
+        metrics.line(line)?;
         let images_per_second = (i + 1 - first) as f64 * batch as f64 / seconds;
         bar.set_message(format!(
             "loss {:.3} error {:.1}% {images_per_second:.0} img/s",
@@ -214,18 +282,20 @@ pub fn run(trainer: &mut Trainer, data: &RunData, options: &RunOptions) -> Resul
         ));
         bar.inc(1);
         if (i + 1) % per_epoch == 0 || i + 1 == iterations {
-            let eval = trainer.evaluate(&test_batches)?;
+            let eval = evaluate(trainer, &test_batches, world)?;
             let epoch = i / per_epoch + 1;
             let mut line = json!({"epoch": epoch, "iteration": i + 1, "test_loss": eval.loss, "test_accuracy": eval.accuracy, "seconds": start.elapsed().as_secs_f64()});
             if let Some(batches) = &validation_batches {
-                let held = trainer.evaluate(batches)?;
+                let held = evaluate(trainer, batches, world)?;
                 line["validation_loss"] = held.loss.into();
                 line["validation_accuracy"] = held.accuracy.into();
             }
             metrics.line(line)?;
             say(format!("epoch {epoch}: test accuracy {:.2}%, test loss {:.4}", 100.0 * eval.accuracy, eval.loss));
             last_eval = Some(eval);
-            saver.checkpoint(trainer, i + 1, warmed_up, &mut saved_at)?;
+            if writes {
+                saver.checkpoint(trainer, i + 1, warmed_up, &mut saved_at)?;
+            }
         }
     }
     bar.finish_and_clear();
@@ -239,28 +309,35 @@ pub fn run(trainer: &mut Trainer, data: &RunData, options: &RunOptions) -> Resul
         train_error: mean_of_last_tenth(&train_errors),
         seconds: start.elapsed().as_secs_f64(),
         data_wait,
+        communication,
+        ranks,
         saved,
     };
     if stop < iterations {
-        saver.checkpoint(trainer, stop, warmed_up, &mut saved_at)?;
+        if writes {
+            saver.checkpoint(trainer, stop, warmed_up, &mut saved_at)?;
+        }
         return Ok(result(None, out.join(CHECKPOINT)));
     }
     let model_path = out.join(MODEL);
-    saver.model(trainer, &model_path)?;
+    if writes {
+        saver.model(trainer, &model_path)?;
+    }
     let eval = match last_eval {
         Some(e) => e,
-        None => trainer.evaluate(&test_batches)?,
+        None => evaluate(trainer, &test_batches, world)?,
     };
     Ok(result(Some(eval), model_path))
 }
 
 /// The settings a checkpoint records as `run.<key>` and a resume must match: the model, the
-/// seed, batch, length, warm-up, schedule and optimizer.
-fn settings(trainer: &Trainer, schedule: &Schedule) -> Vec<(&'static str, String)> {
+/// seed, batch (over all ranks), length, warm-up, schedule, optimizer and world size.
+fn settings(trainer: &Trainer, schedule: &Schedule, ranks: usize) -> Vec<(&'static str, String)> {
     vec![
         ("run.model", trainer.model().name()),
         ("run.seed", trainer.options().seed.to_string()),
-        ("run.batch", trainer.options().batch.to_string()),
+        ("run.batch", (trainer.options().batch * ranks).to_string()),
+        ("run.ranks", ranks.to_string()),
         ("run.iterations", schedule.iterations.to_string()),
         ("run.warmup", schedule.warmup.is_some().to_string()),
         ("run.schedule", schedule.decay.name().to_string()),
@@ -275,6 +352,7 @@ fn legacy_setting(key: &str) -> Option<String> {
     match key {
         "run.schedule" => Some("step".into()),
         "run.ramp" => Some("0".into()),
+        "run.ranks" => Some("1".into()),
         "run.optimizer" => Some(skipgrad_autodiff::Optimizer::describe(&skipgrad_autodiff::Sgd::paper())),
         _ => None,
     }
@@ -305,12 +383,85 @@ fn resume(trainer: &mut Trainer, path: &Path, settings: &[(&'static str, String)
     Ok((done.ok_or_else(|| refuse("it has no run.iteration".into()))?, warmed_up))
 }
 
+/// Checks that every rank of `world` was given what rank 0 was: the settings, the learning
+/// rate's schedule, the augmentation and the data's sizes (rank 0 sends its own); a rank that
+/// differs fails, naming what differs.
+fn agree(world: &dyn Collective, settings: &[(&str, String)], data: &RunData, options: &RunOptions) -> Result<()> {
+    if world.size() == 1 {
+        return Ok(());
+    }
+    let s = &options.schedule;
+    let count = |d: Option<&Dataset>| d.map_or("none".into(), |d| format!("{} of {:?}", d.len(), d.shape));
+    let mine: Vec<String> = settings
+        .iter()
+        .map(|(key, value)| format!("{} {value}", key.trim_start_matches("run.")))
+        .chain([
+            format!("lr {}", s.base),
+            format!("milestones {:?}", s.milestones),
+            format!("augmentation {}", options.augment),
+            format!("training images {}", count(Some(&data.train))),
+            format!("test images {}", count(Some(&data.test))),
+            format!("validation images {}", count(data.validation.as_ref())),
+        ])
+        .collect();
+    let mut first = mine.join("\n").into_bytes();
+    world.broadcast_bytes(&mut first, 0);
+    let first = String::from_utf8_lossy(&first);
+    let differ: Vec<String> =
+        mine.iter().zip(first.lines()).filter(|(a, b)| a != b).map(|(a, b)| format!("{a} (rank 0: {b})")).collect();
+    if !differ.is_empty() {
+        return Err(Error::Distributed(format!(
+            "this rank was started with other settings or data than rank 0 (every rank must be given the same \
+             command, but --threads): {}",
+            differ.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Gives every rank rank 0's state and where its run is (`first`, `warmed_up`, which rank 0 may
+/// have read from a checkpoint): returns them.
+fn broadcast_state(world: &dyn Collective, trainer: &mut Trainer, first: u64, warmed_up: bool) -> Result<(u64, bool)> {
+    if world.size() == 1 {
+        return Ok((first, warmed_up));
+    }
+    let mut place = [first, warmed_up as u64];
+    world.broadcast_u64(&mut place, 0);
+    let mut state = trainer.training_state();
+    for tensor in state.values_mut() {
+        let mut values: Vec<f32> = tensor.to_f64_vec().into_iter().map(|v| v as f32).collect();
+        world.broadcast_f32(&mut values, 0);
+        *tensor = Tensor::f32(tensor.shape().dims().to_vec(), values)?;
+    }
+    trainer.restore(&state)?;
+    Ok((place[0], place[1] == 1))
+}
+
+/// This rank's share of `batches`: every `size`-th, from its rank.
+fn shard(batches: Vec<Batch>, world: &dyn Collective) -> Vec<Batch> {
+    let (size, rank) = (world.size(), world.rank());
+    batches.into_iter().enumerate().filter(|(k, _)| k % size == rank).map(|(_, b)| b).collect()
+}
+
+/// Loss and accuracy over every rank's share of an evaluation set ([`shard`]).
+fn evaluate(trainer: &mut Trainer, shard: &[Batch], world: &dyn Collective) -> Result<Evaluation> {
+    let mine = trainer.evaluate(shard)?;
+    if world.size() == 1 {
+        return Ok(mine);
+    }
+    let n = mine.images as f64;
+    let mut sums = [mine.loss * n, (mine.accuracy * n).round(), n];
+    world.allreduce_sum_f64(&mut sums);
+    let images = sums[2].max(1.0);
+    Ok(Evaluation { loss: sums[0] / images, accuracy: sums[1] / images, images: sums[2] as usize })
+}
+
 /// The error that stops a run whose loss went non-finite: the last good checkpoint, and with
 /// `debug_nan` the first node that produced a non-finite value.
 fn diverged(
     trainer: &mut Trainer,
     error: Error,
-    b: &Batch,
+    (images, labels): (&[f32], &[f32]),
     lr: f64,
     iteration: u64,
     saved_at: Option<u64>,
@@ -323,7 +474,7 @@ fn diverged(
     };
     let mut message = format!("{error}: the run stops; {good}");
     if options.debug_nan {
-        message += &match trainer.first_non_finite(&b.images, &b.labels, lr, iteration) {
+        message += &match trainer.first_non_finite(images, labels, lr, iteration) {
             Ok(Some(found)) => format!("\n{found}"),
             Ok(None) => "\nreplayed unfused, the step's values are all finite: the fused step differs from the \
                          unfused one (please report it with this run's config.json)"
@@ -391,10 +542,15 @@ fn mean_of_last_tenth(errors: &[f64]) -> f64 {
 /// A JSON-lines file of metrics, appended line by line.
 struct Metrics {
     path: PathBuf,
-    file: std::io::BufWriter<std::fs::File>,
+    file: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 impl Metrics {
+    /// Metrics that go nowhere (the ranks but rank 0).
+    fn none() -> Metrics {
+        Metrics { path: PathBuf::new(), file: None }
+    }
+
     /// The metrics file of a run starting at iteration `first`, and the training errors of the
     /// iterations before it: lines of later iterations (from an interrupted run) are dropped.
     fn open(path: &Path, first: u64) -> Result<(Metrics, Vec<f64>)> {
@@ -414,11 +570,12 @@ impl Metrics {
         let errors = errors.collect();
         write_atomically(path, kept.as_bytes())?;
         let file = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| io_error(path, "", e))?;
-        Ok((Metrics { path: path.to_path_buf(), file: std::io::BufWriter::new(file) }, errors))
+        Ok((Metrics { path: path.to_path_buf(), file: Some(std::io::BufWriter::new(file)) }, errors))
     }
 
     fn line(&mut self, value: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{value}").and_then(|_| self.file.flush()).map_err(|e| io_error(&self.path, "", e))
+        let Some(file) = &mut self.file else { return Ok(()) };
+        writeln!(file, "{value}").and_then(|_| file.flush()).map_err(|e| io_error(&self.path, "", e))
     }
 }
 

@@ -1,6 +1,8 @@
 //! The compiled training step and evaluation graph of one model, and the state they share: the
 //! model's parameters and buffers and the optimizer's slots, each with its [`StateKind`].
 
+mod split;
+
 use crate::exec::{Backend, Executor};
 use crate::{Error, Result};
 use skipgrad_autodiff::{Optimizer, Sgd, Tape, Var, grad};
@@ -141,6 +143,9 @@ pub struct Trainer {
     /// Values of every state tensor, current when `step` is `None` or after a sync.
     state: BTreeMap<String, Vec<f32>>,
     step: Option<Step>,
+    /// The data-parallel step's two graphs ([`Trainer::gradients`]); at most one of `step` and
+    /// `split` is built, and it holds the current state.
+    split: Option<split::SplitStep>,
     /// Times the step was compiled.
     compilations: usize,
     /// The evaluation graph by batch size (the full batch, and a last partial one).
@@ -182,6 +187,7 @@ impl Trainer {
             tensors,
             state,
             step: None,
+            split: None,
             compilations: 0,
             eval: HashMap::new(),
             eval_fed: false,
@@ -279,6 +285,7 @@ impl Trainer {
     pub fn prepare(&mut self) -> Result<()> {
         if self.step.is_none() {
             self.sync();
+            self.split = None;
             self.step = Some(self.build_step()?);
             self.compilations += 1;
         }
@@ -377,6 +384,7 @@ impl Trainer {
         self.state = restored;
         // The compiled graphs read the state when next built or evaluated.
         self.step = None;
+        self.split = None;
         self.eval_fed = false;
         Ok(())
     }
@@ -390,6 +398,9 @@ impl Trainer {
     /// How many of the step's state updates are written in place, of how many (once it is
     /// built): the rest are copied back after every step.
     pub fn updates_in_place(&self) -> Option<(usize, usize)> {
+        if let Some(split) = &self.split {
+            return Some(split.updates_in_place());
+        }
         let step = self.step.as_ref()?;
         let n = step.updates.len();
         Some(((0..n).filter(|&k| step.compiled.in_place(2 + k)).count(), n))
@@ -397,7 +408,10 @@ impl Trainer {
 
     /// Kernel calls of the compiled training step (once it is built).
     pub fn kernel_calls(&self) -> Option<usize> {
-        self.step.as_ref().and_then(|s| s.compiled.kernel_calls())
+        match &self.split {
+            Some(split) => split.kernel_calls(),
+            None => self.step.as_ref().and_then(|s| s.compiled.kernel_calls()),
+        }
     }
 
     /// State tensor `t` as a tensor.
@@ -407,9 +421,13 @@ impl Trainer {
 
     /// Copies the compiled step's current state into `state`.
     fn sync(&mut self) {
-        let Some(step) = &self.step else { return };
         for t in &self.tensors {
-            if let Some(values) = step.compiled.input(&t.name) {
+            let values = match (&self.step, &self.split) {
+                (Some(step), _) => step.compiled.input(&t.name),
+                (None, Some(split)) => split.value(&t.name),
+                (None, None) => return,
+            };
+            if let Some(values) = values {
                 self.state.insert(t.name.clone(), values);
             }
         }
@@ -494,16 +512,9 @@ impl Trainer {
     /// scalars as inputs): the unfused program (outputs: loss, accuracy, then each update) and the
     /// tensor each update replaces.
     fn trace_step(&self) -> Result<(Program, Vec<String>)> {
-        let [c, h, w] = self.options.input;
         let tape = Tape::trace(DType::F32);
         let scope = Scope::new(&tape, 0);
-        let images = tape.input_spec("images", DType::F32, &[self.options.batch, c, h, w])?;
-        let labels = tape.input_spec("labels", DType::F32, &[self.options.batch])?;
-        let logits = self.model.forward(&scope, &images, Mode::Train)?;
-        let loss = logits.cross_entropy(&labels)?;
-        let accuracy = tape.no_grad(|| logits.accuracy(&labels))?;
-        let params = scope.parameters();
-        let grads = grad(&loss, &params.iter().collect::<Vec<&Var>>())?;
+        let (loss, accuracy, params, grads) = self.trace_backward(&tape, &scope)?;
         let optimizer = &self.options.optimizer;
         let scalars =
             optimizer.scalars().iter().map(|s| tape.input_spec(s, DType::F32, &[])).collect::<Result<Vec<Var>, _>>()?;
@@ -522,6 +533,21 @@ impl Trainer {
         let targets: Vec<String> = updates.iter().map(|(t, _)| name_of(&graph, t)).collect();
         let outputs = [loss.id(), accuracy.id()].into_iter().chain(updates.iter().map(|(_, new)| new.id())).collect();
         Ok((Program { graph, outputs }, targets))
+    }
+
+    /// Traces forward on the trainer's batch (inputs `images` and `labels`), the loss, the
+    /// accuracy and backward: the loss, the accuracy, the parameters and their gradients (what
+    /// the whole step and the data-parallel gradient graph share).
+    fn trace_backward(&self, tape: &Tape, scope: &Scope) -> Result<(Var, Var, Vec<Var>, Vec<Var>)> {
+        let [c, h, w] = self.options.input;
+        let images = tape.input_spec("images", DType::F32, &[self.options.batch, c, h, w])?;
+        let labels = tape.input_spec("labels", DType::F32, &[self.options.batch])?;
+        let logits = self.model.forward(scope, &images, Mode::Train)?;
+        let loss = logits.cross_entropy(&labels)?;
+        let accuracy = tape.no_grad(|| logits.accuracy(&labels))?;
+        let params = scope.parameters();
+        let grads = grad(&loss, &params.iter().collect::<Vec<&Var>>())?;
+        Ok((loss, accuracy, params, grads))
     }
 
     /// Traces and compiles the evaluation graph for batches of `batch` images: batch norm in eval
