@@ -19,6 +19,7 @@
 //! transposed without copying). [`WeightGradSpec`](crate::WeightGradSpec) is the same tile with the
 //! roles swapped: vectors of output channels times broadcast input pixels, reduced over pixels.
 
+pub(crate) mod factored;
 pub(crate) mod pack;
 pub(crate) mod stats;
 pub(crate) mod sub_pixel;

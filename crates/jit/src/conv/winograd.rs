@@ -7,7 +7,7 @@
 //! `U = G g Gᵀ`, and the output tile is `Y = Aᵀ M A` with `M[ξ] = Σ_c U[ξ][c] V[ξ][c]` for each of
 //! the n² positions `ξ`: n² small matrix products over the channels, done with the direct
 //! convolution's register tile. The matrices are tables ([`Transform`]); every transform is
-//! emitted from them, skipping zeros and multiplying only by coefficients other than ±1.
+//! emitted from them ([`Factored`]: shared subexpressions once, zeros skipped, ±1 free).
 //!
 //! A kernel of its own transforms the weights ([`WinogradWeightsSpec`]); the convolution kernel
 //! then, per thread, for each group (an image's block of tile rows) packs the image
@@ -25,6 +25,7 @@
 use crate::MulAdd;
 use crate::codegen::{elem_addr, entry, for_loop, iconst, if_then, load_arg};
 use crate::codegen::{mul, mul_add_emit};
+use crate::conv::factored::Factored;
 use crate::conv::pack::PackSpec;
 use crate::conv::transpose::interleave;
 use crate::conv::{ConvArgs, ConvSpec, EpilogueAt, WeightLayout, apply_epilogue, sum_and_squares};
@@ -270,7 +271,7 @@ impl WinogradWeightsSpec {
         let (args, begin, end) = entry(b);
         let [w, u] = [0, 1].map(|k| load_arg(b, ptr, args, k));
         let (cn, kn) = (self.in_channels, self.out_channels);
-        let (wl, n, g_rows) = (self.weights, self.m + 2, table(self.m).g);
+        let (wl, n, g_matrix) = (self.weights, self.m + 2, Factored::new(table(self.m).g));
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
         // Filter (k0 + lane, c) from `g_at` (filter (k0, c)); U's element (c, k0) at `u_at`.
@@ -278,11 +279,11 @@ impl WinogradWeightsSpec {
             b.ins().load(types::F32, read, g_at, (lane as isize * wl.o + r * wl.r + s * wl.s) as i32 * 4)
         };
         let transform = |b: &mut FunctionBuilder, width: Width, g: &[Vec<Value>], u_at: Value| {
-            // Row i of G g (3 values), then row i of (G g) Gᵀ.
-            for (i, g_row) in g_rows.iter().enumerate() {
-                let gg: Vec<Value> = (0..3).map(|s| combine(b, mul_add, width, g_row, &mut |_, r| g[r][s])).collect();
-                for (j, g_col) in g_rows.iter().enumerate() {
-                    let value = combine(b, mul_add, width, g_col, &mut |_, s| gg[s]);
+            // G g column by column (3 columns of n), then each row of it times Gᵀ.
+            let gg: Vec<Vec<Value>> = (0..3).map(|s| g_matrix.emit(b, mul_add, width, &mut |_, r| g[r][s])).collect();
+            let u: Vec<Vec<Value>> = (0..n).map(|i| g_matrix.emit(b, mul_add, width, &mut |_, s| gg[s][i])).collect();
+            for (i, row) in u.into_iter().enumerate() {
+                for (j, value) in row.into_iter().enumerate() {
                     b.ins().store(write, value, u_at, ((n * i + j) * cn * kn * 4) as i32);
                 }
             }
@@ -589,51 +590,53 @@ impl ConvSpec {
         mut stats: [Value; 4],
     ) -> [Value; 4] {
         let w = self.tiling();
-        let (at, n) = (w.transform().at, w.n());
+        let (at, n) = (Factored::new(w.transform().at), w.n());
         let (kn, [oh, ow]) = (self.shape.out_channels, self.shape.out_hw);
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
         let stride = kn * w.slots() * 4; // bytes between positions
         let with_stats = a.stats.is_some();
-        // Output row `row` is row `row` of Aᵀ M (n values, M loaded as needed) times A; M is
-        // loaded again for every row, which keeps registers free for the epilogue.
-        for (row, at_row) in at.iter().enumerate() {
-            let z: Vec<Value> = (0..n)
+        // Output row `row` is row `row` of Aᵀ M (n values) times A. The rows of one group of Aᵀ
+        // (computed together: see `Factored`) are computed column by column from the rows of M
+        // they read, loaded again for each group, which keeps registers free for the epilogue.
+        for g in 0..at.groups.len() {
+            let z: Vec<Vec<Value>> = (0..n)
                 .map(|j| {
-                    combine(b, mul_add, Width::Vector, at_row, &mut |b, i| {
+                    at.emit_group(b, mul_add, Width::Vector, g, &mut |b, i| {
                         b.ins().load(types::F32X4, read, m_at, ((n * i + j) * stride) as i32)
                     })
                 })
                 .collect();
-            let columns: Vec<Value> =
-                at.iter().map(|at_col| combine(b, mul_add, Width::Vector, at_col, &mut |_, j| z[j])).collect();
-            // Column c of the slots as one vector each, interleaved: vector h holds the row's
-            // pixels 4h..4h + 4 (of 4 tiles), or with lanes across images, image h's 4 pixels.
-            let pixels = interleave(b, &columns);
-            let e = b.ins().iadd_imm_s(y_at, (row * ow) as i64);
-            let y_base = elem_addr(b, a.y, e);
-            let full: Vec<Value> = a.operands.iter().map(|&o| elem_addr(b, o, e)).collect();
-            for (h, &v) in pixels.iter().enumerate() {
-                let lanes = valid.saturating_sub(4 * h).min(4);
-                if lanes == 4 {
-                    let offset = w.pixel_vector(h, kn * oh * ow);
-                    let at = EpilogueAt { full: &full, full_offset: offset, channel, channel_offset: 0 };
-                    let v = apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, v, Width::Vector);
-                    b.ins().store(write, v, y_base, offset);
-                    if with_stats {
-                        let [s, q] = sum_and_squares(b, mul_add, Some([stats[0], stats[1]]), v);
-                        (stats[0], stats[1]) = (s, q);
-                    }
-                } else {
-                    for lane in 0..lanes {
-                        let x = b.ins().extractlane(v, lane as u8);
-                        let offset = (16 * h + 4 * lane) as i32;
+            for (k, &row) in at.groups[g].rows.iter().enumerate() {
+                let columns = at.emit(b, mul_add, Width::Vector, &mut |_, j| z[j][k]);
+                // Column c of the slots as one vector each, interleaved: vector h holds the row's
+                // pixels 4h..4h + 4 (of 4 tiles), or with lanes across images, image h's 4 pixels.
+                let pixels = interleave(b, &columns);
+                let e = b.ins().iadd_imm_s(y_at, (row * ow) as i64);
+                let y_base = elem_addr(b, a.y, e);
+                let full: Vec<Value> = a.operands.iter().map(|&o| elem_addr(b, o, e)).collect();
+                for (h, &v) in pixels.iter().enumerate() {
+                    let lanes = valid.saturating_sub(4 * h).min(4);
+                    if lanes == 4 {
+                        let offset = w.pixel_vector(h, kn * oh * ow);
                         let at = EpilogueAt { full: &full, full_offset: offset, channel, channel_offset: 0 };
-                        let x = apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, x, Width::Scalar);
-                        b.ins().store(write, x, y_base, offset);
+                        let v = apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, v, Width::Vector);
+                        b.ins().store(write, v, y_base, offset);
                         if with_stats {
-                            let [s, q] = sum_and_squares(b, mul_add, Some([stats[2], stats[3]]), x);
-                            (stats[2], stats[3]) = (s, q);
+                            let [s, q] = sum_and_squares(b, mul_add, Some([stats[0], stats[1]]), v);
+                            (stats[0], stats[1]) = (s, q);
+                        }
+                    } else {
+                        for lane in 0..lanes {
+                            let x = b.ins().extractlane(v, lane as u8);
+                            let offset = (16 * h + 4 * lane) as i32;
+                            let at = EpilogueAt { full: &full, full_offset: offset, channel, channel_offset: 0 };
+                            let x = apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, x, Width::Scalar);
+                            b.ins().store(write, x, y_base, offset);
+                            if with_stats {
+                                let [s, q] = sum_and_squares(b, mul_add, Some([stats[2], stats[3]]), x);
+                                (stats[2], stats[3]) = (s, q);
+                            }
                         }
                     }
                 }
@@ -669,7 +672,7 @@ pub(crate) fn transform_inputs(
 ) {
     let cn = pack.planes;
     debug_assert_eq!((pack.images, pack.phases), (w.images, if w.images == 1 { w.m } else { 1 }), "packed as `w.pack`");
-    let (bt, n) = (w.transform().bt, w.n());
+    let (bt, n) = (Factored::new(w.transform().bt), w.n());
     let (rows, line) = (pack.rows, pack.line()); // packed rows, elements per packed row
     let read = MemFlagsData::new().with_notrap().with_readonly();
     let write = MemFlagsData::new().with_notrap();
@@ -688,23 +691,26 @@ pub(crate) fn transform_inputs(
                 let slot = mul(b, tv, 4);
                 let e = b.ins().iadd(v_row, slot);
                 let v_at = elem_addr(b, v, e);
-                // Row i of Bᵀ d combines rows of d, loaded as needed (column m tx + j of the
-                // padded input is phase j % m, position tx + j / m, or with 4 images in the
-                // lanes, column m tx + j); it is then transformed by B and stored. Loading rows
-                // again for each i keeps few vectors live.
-                for (i, bt_row) in bt.iter().enumerate() {
-                    let t: Vec<Value> = (0..n)
+                // The rows of Bᵀ d of one group of Bᵀ (rows computed together: see
+                // `Factored`), column by column from the rows of d they read (column m tx + j of
+                // the padded input is phase j % m, position tx + j / m, or with 4 images in the
+                // lanes, column m tx + j); then each row times B, stored. Loading d's rows again
+                // for each group keeps few vectors live.
+                for g in 0..bt.groups.len() {
+                    let columns: Vec<Vec<Value>> = (0..n)
                         .map(|j| {
-                            combine(b, mul_add, Width::Vector, bt_row, &mut |b, r| {
+                            bt.emit_group(b, mul_add, Width::Vector, g, &mut |b, r| {
                                 let offset = (r * line + pack.column(j)) as i32 * 4;
                                 b.ins().load(types::F32X4, read, d_at, offset)
                             })
                         })
                         .collect();
-                    for (j, bt_col) in bt.iter().enumerate() {
-                        let value = combine(b, mul_add, Width::Vector, bt_col, &mut |_, s| t[s]);
-                        let position = n * i + j;
-                        b.ins().store(write, value, v_at, (position * cn * stride * 4) as i32);
+                    for (k, &i) in bt.groups[g].rows.iter().enumerate() {
+                        let row = bt.emit(b, mul_add, Width::Vector, &mut |_, s| columns[s][k]);
+                        for (j, value) in row.into_iter().enumerate() {
+                            let position = n * i + j;
+                            b.ins().store(write, value, v_at, (position * cn * stride * 4) as i32);
+                        }
                     }
                 }
                 vec![]
@@ -730,50 +736,6 @@ pub(crate) fn tile_row(
     let e = mul(b, row, line);
     let t = mul(b, r, w.row_slots());
     (b.ins().iadd(plane, e), b.ins().iadd(tiles, t))
-}
-
-/// `Σ_j coefficients[j] x_j` of `width` values: zero coefficients are skipped, ±1 are an
-/// addition or subtraction, others a multiply-add. `x(b, j)` emits operand `j` when it is needed
-/// (a load can then fold into the instruction that uses it).
-pub(crate) fn combine(
-    b: &mut FunctionBuilder,
-    mul_add: MulAdd,
-    width: Width,
-    coefficients: &[f32],
-    x: &mut dyn FnMut(&mut FunctionBuilder, usize) -> Value,
-) -> Value {
-    let terms: Vec<(usize, f32)> = coefficients.iter().copied().enumerate().filter(|t| t.1 != 0.0).collect();
-    let constant = |b: &mut FunctionBuilder, c: f32| {
-        let c = b.ins().f32const(c);
-        match width {
-            Width::Scalar => c,
-            Width::Vector => b.ins().splat(types::F32X4, c),
-        }
-    };
-    // Start from a term of coefficient 1 when there is one: it costs nothing.
-    let first = terms.iter().position(|t| t.1 == 1.0).unwrap_or(0);
-    let Some(&(j, c)) = terms.get(first) else { return constant(b, 0.0) };
-    let x0 = x(b, j);
-    let mut acc = match c {
-        1.0 => x0,
-        -1.0 => b.ins().fneg(x0),
-        _ => {
-            let c = constant(b, c);
-            b.ins().fmul(c, x0)
-        }
-    };
-    for &(j, c) in terms.iter().enumerate().filter(|(k, _)| *k != first).map(|(_, t)| t) {
-        let xj = x(b, j);
-        acc = match c {
-            1.0 => b.ins().fadd(acc, xj),
-            -1.0 => b.ins().fsub(acc, xj),
-            _ => {
-                let c = constant(b, c);
-                mul_add_emit(b, mul_add, c, xj, acc)
-            }
-        };
-    }
-    acc
 }
 
 #[cfg(test)]

@@ -15,9 +15,10 @@ use crate::MulAdd;
 use crate::codegen::shuffle32;
 use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, if_then, load_arg, thread_share};
 use crate::codegen::{mul, mul_add_emit};
+use crate::conv::factored::Factored;
 use crate::conv::pack::PackSpec;
 use crate::conv::transpose::deinterleave;
-use crate::conv::winograd::{Winograd, WinogradTiles, combine, tile_row, transform_inputs};
+use crate::conv::winograd::{Winograd, WinogradTiles, tile_row, transform_inputs};
 use crate::expr::Width;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{AtomicRmwOp, InstBuilder, MemFlagsData, Type, Value, types};
@@ -254,8 +255,9 @@ impl WinogradGradSpec {
         let w = self.tiling;
         let (m, size) = (w.m, w.n());
         let (kn, [oh, ow], tiles) = (self.out_channels, self.out_hw, self.block_slots());
-        // Column j of Aᵀ: the coefficients of A's row j.
+        // A (Aᵀ's transpose: row j holds column j of Aᵀ), factored.
         let a_rows: Vec<Vec<f32>> = (0..size).map(|j| w.transform().at.iter().map(|row| row[j]).collect()).collect();
+        let a_matrix = Factored::new(&a_rows.iter().map(Vec::as_slice).collect::<Vec<_>>());
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
         let first_row = mul(b, block, m * w.tile_rows);
@@ -302,8 +304,8 @@ impl WinogradGradSpec {
                     // Rows times Aᵀ: W[i][j] = Σ_c dy[i][c] Aᵀ[c][j], kept in `rows`.
                     for i in 0..m {
                         let cols = columns(b, i);
-                        for (j, a_row) in a_rows.iter().enumerate() {
-                            let value = combine(b, mul_add, Width::Vector, a_row, &mut |_, c| cols[c]);
+                        let row = a_matrix.emit(b, mul_add, Width::Vector, &mut |_, c| cols[c]);
+                        for (j, value) in row.into_iter().enumerate() {
                             b.ins().store(write, value, rows, ((i * size + j) * 16) as i32);
                         }
                     }
@@ -311,11 +313,11 @@ impl WinogradGradSpec {
                     let t = mul(b, tv, 4); // 4 slots per vector
                     let e = b.ins().iadd(d_row, t);
                     let out = elem_addr(b, d, e);
-                    for (i, a_row) in a_rows.iter().enumerate() {
-                        for j in 0..size {
-                            let value = combine(b, mul_add, Width::Vector, a_row, &mut |b, r| {
-                                b.ins().load(types::F32X4, read, rows, ((r * size + j) * 16) as i32)
-                            });
+                    for j in 0..size {
+                        let column = a_matrix.emit(b, mul_add, Width::Vector, &mut |b, r| {
+                            b.ins().load(types::F32X4, read, rows, ((r * size + j) * 16) as i32)
+                        });
+                        for (i, value) in column.into_iter().enumerate() {
                             let position = size * i + j;
                             b.ins().store(write, value, out, (position * kn * tiles * 4) as i32);
                         }
@@ -408,8 +410,9 @@ impl WinogradGradSpec {
     /// at a time (`rows`: this thread's scratch for 3 x n vectors).
     fn finish(&self, b: &mut FunctionBuilder, mul_add: MulAdd, partials: Value, rows: Value, dw: Value) {
         let (cn, kn, size) = (self.in_channels, self.out_channels, self.tiling.n());
-        // Column r of G: the coefficients of Gᵀ's row r.
+        // Gᵀ (row r holds column r of G), factored.
         let gt: Vec<Vec<f32>> = (0..3).map(|r| self.tiling.transform().g.iter().map(|row| row[r]).collect()).collect();
+        let gt = Factored::new(&gt.iter().map(Vec::as_slice).collect::<Vec<_>>());
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
         let lo = iconst(b, 0);
@@ -436,8 +439,8 @@ impl WinogradGradSpec {
                 // Gᵀ S, column by column (3 x n, kept in `rows`), then times G, row by row (3 x 3).
                 for j in 0..size {
                     let s: Vec<Value> = (0..size).map(|i| sum(b, size * i + j)).collect();
-                    for (r, g) in gt.iter().enumerate() {
-                        let value = combine(b, mul_add, Width::Vector, g, &mut |_, i| s[i]);
+                    let column = gt.emit(b, mul_add, Width::Vector, &mut |_, i| s[i]);
+                    for (r, value) in column.into_iter().enumerate() {
                         b.ins().store(write, value, rows, ((r * size + j) * 16) as i32);
                     }
                 }
@@ -448,10 +451,10 @@ impl WinogradGradSpec {
                     elem_addr(b, dw, e)
                 };
                 for r in 0..3 {
-                    for (s, g) in gt.iter().enumerate() {
-                        let value = combine(b, mul_add, Width::Vector, g, &mut |b, j| {
-                            b.ins().load(types::F32X4, read, rows, ((r * size + j) * 16) as i32)
-                        });
+                    let row = gt.emit(b, mul_add, Width::Vector, &mut |b, j| {
+                        b.ins().load(types::F32X4, read, rows, ((r * size + j) * 16) as i32)
+                    });
+                    for (s, value) in row.into_iter().enumerate() {
                         for lane in 0..4 {
                             let x = b.ins().extractlane(value, lane as u8);
                             b.ins().store(write, x, out, ((lane * 9 + 3 * r + s) * 4) as i32);
