@@ -184,12 +184,25 @@ impl Factored {
         x: &mut dyn FnMut(&mut FunctionBuilder, usize) -> Value,
     ) -> Vec<Value> {
         let mut y: Vec<Option<Value>> = vec![None; self.rows];
+        self.emit_each(b, mul_add, width, x, &mut |_, r, v| y[r] = Some(v));
+        y.into_iter().map(|v| v.expect("every row is in a group")).collect()
+    }
+
+    /// Every row's value handed to `row(b, r, value)` as soon as its group is computed (a store
+    /// there keeps fewer values live than [`Factored::emit`]).
+    pub(crate) fn emit_each(
+        &self,
+        b: &mut FunctionBuilder,
+        mul_add: MulAdd,
+        width: Width,
+        x: &mut dyn FnMut(&mut FunctionBuilder, usize) -> Value,
+        row: &mut dyn FnMut(&mut FunctionBuilder, usize, Value),
+    ) {
         for (g, group) in self.groups.iter().enumerate() {
             for (&r, v) in group.rows.iter().zip(self.emit_group(b, mul_add, width, g, x)) {
-                y[r] = Some(v);
+                row(b, r, v);
             }
         }
-        y.into_iter().map(|v| v.expect("every row is in a group")).collect()
     }
 }
 

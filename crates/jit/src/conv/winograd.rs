@@ -281,11 +281,11 @@ impl WinogradWeightsSpec {
         let transform = |b: &mut FunctionBuilder, width: Width, g: &[Vec<Value>], u_at: Value| {
             // G g column by column (3 columns of n), then each row of it times Gᵀ.
             let gg: Vec<Vec<Value>> = (0..3).map(|s| g_matrix.emit(b, mul_add, width, &mut |_, r| g[r][s])).collect();
-            let u: Vec<Vec<Value>> = (0..n).map(|i| g_matrix.emit(b, mul_add, width, &mut |_, s| gg[s][i])).collect();
-            for (i, row) in u.into_iter().enumerate() {
-                for (j, value) in row.into_iter().enumerate() {
+            let rows: Vec<Vec<Value>> = (0..n).map(|i| gg.iter().map(|column| column[i]).collect()).collect();
+            for (i, row) in rows.iter().enumerate() {
+                g_matrix.emit_each(b, mul_add, width, &mut |_, s| row[s], &mut |b, j, value| {
                     b.ins().store(write, value, u_at, ((n * i + j) * cn * kn * 4) as i32);
-                }
+                });
             }
         };
         let full = iconst(b, (kn / 4) as i64);
@@ -706,11 +706,10 @@ pub(crate) fn transform_inputs(
                         })
                         .collect();
                     for (k, &i) in bt.groups[g].rows.iter().enumerate() {
-                        let row = bt.emit(b, mul_add, Width::Vector, &mut |_, s| columns[s][k]);
-                        for (j, value) in row.into_iter().enumerate() {
+                        bt.emit_each(b, mul_add, Width::Vector, &mut |_, s| columns[s][k], &mut |b, j, value| {
                             let position = n * i + j;
                             b.ins().store(write, value, v_at, (position * cn * stride * 4) as i32);
-                        }
+                        });
                     }
                 }
                 vec![]

@@ -304,23 +304,22 @@ impl WinogradGradSpec {
                     // Rows times Aᵀ: W[i][j] = Σ_c dy[i][c] Aᵀ[c][j], kept in `rows`.
                     for i in 0..m {
                         let cols = columns(b, i);
-                        let row = a_matrix.emit(b, mul_add, Width::Vector, &mut |_, c| cols[c]);
-                        for (j, value) in row.into_iter().enumerate() {
+                        a_matrix.emit_each(b, mul_add, Width::Vector, &mut |_, c| cols[c], &mut |b, j, value| {
                             b.ins().store(write, value, rows, ((i * size + j) * 16) as i32);
-                        }
+                        });
                     }
                     // A W: DY[i][j] = Σ_r A[i][r] W[r][j].
                     let t = mul(b, tv, 4); // 4 slots per vector
                     let e = b.ins().iadd(d_row, t);
                     let out = elem_addr(b, d, e);
                     for j in 0..size {
-                        let column = a_matrix.emit(b, mul_add, Width::Vector, &mut |b, r| {
+                        let load = &mut |b: &mut FunctionBuilder, r: usize| {
                             b.ins().load(types::F32X4, read, rows, ((r * size + j) * 16) as i32)
-                        });
-                        for (i, value) in column.into_iter().enumerate() {
+                        };
+                        a_matrix.emit_each(b, mul_add, Width::Vector, load, &mut |b, i, value| {
                             let position = size * i + j;
                             b.ins().store(write, value, out, (position * kn * tiles * 4) as i32);
-                        }
+                        });
                     }
                 };
                 for_loop(b, lo, hi[2], 1, &[], &mut |b, tv, _| {
@@ -439,10 +438,9 @@ impl WinogradGradSpec {
                 // Gᵀ S, column by column (3 x n, kept in `rows`), then times G, row by row (3 x 3).
                 for j in 0..size {
                     let s: Vec<Value> = (0..size).map(|i| sum(b, size * i + j)).collect();
-                    let column = gt.emit(b, mul_add, Width::Vector, &mut |_, i| s[i]);
-                    for (r, value) in column.into_iter().enumerate() {
+                    gt.emit_each(b, mul_add, Width::Vector, &mut |_, i| s[i], &mut |b, r, value| {
                         b.ins().store(write, value, rows, ((r * size + j) * 16) as i32);
-                    }
+                    });
                 }
                 let out = {
                     let e = mul(b, k, cn);
