@@ -7,6 +7,7 @@ use skipgrad_fuse::Program;
 use skipgrad_ir::{Graph, NodeId, Tensor};
 use skipgrad_jit::{CompileOptions, CompiledGraph, compile};
 use skipgrad_reference::{Feeds, evaluate};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// Which executor runs the training step and the evaluation graph.
@@ -106,9 +107,16 @@ impl Executor {
 
     /// Output `k` of the last run.
     pub(crate) fn output(&self, k: usize) -> Vec<f32> {
+        self.output_values(k).into_owned()
+    }
+
+    /// Output `k` of the last run, borrowed where the backend holds it as f32 (the JIT).
+    pub(crate) fn output_values(&self, k: usize) -> Cow<'_, [f32]> {
         match self {
-            Executor::Jit { compiled, .. } => compiled.output(k).expect("an output of the program").to_vec(),
-            Executor::Reference { results, .. } => results[k].to_f64_vec().into_iter().map(|v| v as f32).collect(),
+            Executor::Jit { compiled, .. } => Cow::Borrowed(compiled.output(k).expect("an output of the program")),
+            Executor::Reference { results, .. } => {
+                Cow::Owned(results[k].to_f64_vec().into_iter().map(|v| v as f32).collect())
+            }
         }
     }
 
@@ -122,10 +130,16 @@ impl Executor {
 
     /// The current value of input or parameter `name`.
     pub(crate) fn input(&self, name: &str) -> Option<Vec<f32>> {
+        self.input_values(name).map(Cow::into_owned)
+    }
+
+    /// The current value of input or parameter `name`, borrowed where the backend holds it as
+    /// f32 (the JIT).
+    pub(crate) fn input_values(&self, name: &str) -> Option<Cow<'_, [f32]>> {
         match self {
-            Executor::Jit { compiled, ids } => ids.get(name).and_then(|&id| compiled.value(id)).map(|v| v.to_vec()),
+            Executor::Jit { compiled, ids } => ids.get(name).and_then(|&id| compiled.value(id)).map(Cow::Borrowed),
             Executor::Reference { feeds, .. } => {
-                feeds.get(name).map(|t| t.to_f64_vec().into_iter().map(|v| v as f32).collect())
+                feeds.get(name).map(|t| Cow::Owned(t.to_f64_vec().into_iter().map(|v| v as f32).collect()))
             }
         }
     }

@@ -74,11 +74,9 @@ impl Trainer {
         into.clear();
         into.reserve(split.len());
         let outputs = split.parameters.len() + split.buffers.len();
-        for k in 0..outputs {
-            into.extend(split.gradients.output(2 + k));
+        for k in (2..2 + outputs).chain([0, 1]) {
+            into.extend_from_slice(&split.gradients.output_values(k));
         }
-        into.extend(split.gradients.output(0));
-        into.extend(split.gradients.output(1));
         Ok(())
     }
 
@@ -127,9 +125,9 @@ impl Trainer {
                 split.update.set_input(name, &values)?;
             }
         }
-        // The gradient graph reads the new parameters.
+        // The gradient graph reads the new parameters (copied without allocating).
         for (name, _) in &split.parameters {
-            let values = split.update.input(name).expect("the update graph holds every parameter");
+            let values = split.update.input_values(name).expect("the update graph holds every parameter");
             split.gradients.set_input(name, &values)?;
         }
         self.eval_fed = false;
