@@ -13,8 +13,10 @@ use skipgrad_fuse::{Pipeline, Program};
 use skipgrad_ir::DType;
 use skipgrad_nn::Scope;
 
-/// The suffix of the update graph's input that holds a parameter's summed gradient.
-const GRAD: &str = ".grad";
+/// The update graph's input that holds the summed gradient of `parameter`.
+fn grad_input(parameter: &str) -> String {
+    format!("{parameter}.grad")
+}
 
 /// The two graphs of a data-parallel step and the layout of the buffer between them.
 pub(super) struct SplitStep {
@@ -26,6 +28,8 @@ pub(super) struct SplitStep {
     pub(super) update: Executor,
     /// The parameters, in the buffer's order.
     parameters: Vec<(String, usize)>,
+    /// The update graph's input for each parameter's gradient (`<parameter>.grad`).
+    grad_inputs: Vec<String>,
     /// The running statistics the gradient graph updates, in the buffer's order.
     buffers: Vec<(String, usize)>,
     /// The tensor each output of the update graph replaces.
@@ -107,8 +111,8 @@ impl Trainer {
             return Err(Error::NonFinite { iteration, loss });
         }
         let mut at = 0;
-        for (name, n) in &split.parameters {
-            split.update.set_input(&format!("{name}{GRAD}"), &split.scaled[at..at + n])?;
+        for ((_, n), input) in split.parameters.iter().zip(&split.grad_inputs) {
+            split.update.set_input(input, &split.scaled[at..at + n])?;
             at += n;
         }
         for (name, n) in &split.buffers {
@@ -162,6 +166,7 @@ impl Trainer {
         let mut split = SplitStep {
             gradients: Executor::new(fuse(gradients)?, &self.options, vec![])?,
             update: Executor::new(fuse(update)?, &self.options, in_place)?,
+            grad_inputs: parameters.iter().map(|(name, _)| grad_input(name)).collect(),
             parameters,
             buffers,
             updated,
@@ -207,7 +212,7 @@ impl Trainer {
             optimizer.scalars().iter().map(|s| tape.input_spec(s, DType::F32, &[])).collect::<Result<Vec<Var>, _>>()?;
         for p in self.tensors.iter().filter(|t| t.kind == StateKind::Parameter) {
             let param = tape.parameter_spec(&p.name, DType::F32, &p.dims)?;
-            let grad = tape.input_spec(&format!("{}{GRAD}", p.name), DType::F32, &p.dims)?;
+            let grad = tape.input_spec(&grad_input(&p.name), DType::F32, &p.dims)?;
             let slots =
                 optimizer.slots().iter().map(|s| tape.parameter_spec(&format!("{}.{s}", p.name), DType::F32, &p.dims));
             optimizer.record(&scalars, &param, &grad, &slots.collect::<Result<Vec<Var>, _>>()?)?;
