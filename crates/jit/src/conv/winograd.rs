@@ -197,6 +197,14 @@ impl Winograd {
         self.n() * self.n()
     }
 
+    /// Elements between consecutive positions of a transform buffer that holds `len` elements per
+    /// position: `len` rounded up to an odd number of 64-byte lines. A transform writes (or
+    /// reads) all n² positions of a tile at once; at a multiple of 4 KB apart, as `len` often
+    /// is, those streams all fell into one set of the L1 cache (8 ways for F(4x4)'s 36).
+    pub fn position_stride(len: usize) -> usize {
+        (len.div_ceil(16) | 1) * 16
+    }
+
     /// How this tiling packs each image (or 4, across lanes) of a convolution input with `planes`
     /// channels of `in_hw` and `pad_before` zero rows and columns, for an output of `out_hw`: m
     /// width phases so that 4 consecutive tiles' patches are contiguous, or one phase with the
@@ -254,9 +262,10 @@ impl WinogradWeightsSpec {
         self.out_channels.div_ceil(4)
     }
 
-    /// f32 elements of the transformed weights, `(m + 2)²` per filter.
+    /// f32 elements of the transformed weights: `(m + 2)²` positions of every filter's value,
+    /// [`Winograd::position_stride`] apart.
     pub fn len(&self) -> usize {
-        (self.m + 2) * (self.m + 2) * self.in_channels * self.out_channels
+        (self.m + 2) * (self.m + 2) * Winograd::position_stride(self.in_channels * self.out_channels)
     }
 
     /// True when there are no weights.
@@ -272,6 +281,7 @@ impl WinogradWeightsSpec {
         let [w, u] = [0, 1].map(|k| load_arg(b, ptr, args, k));
         let (cn, kn) = (self.in_channels, self.out_channels);
         let (wl, n, g_matrix) = (self.weights, self.m + 2, Factored::new(table(self.m).g));
+        let u_position = Winograd::position_stride(cn * kn);
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
         // Filter (k0 + lane, c) from `g_at` (filter (k0, c)); U's element (c, k0) at `u_at`.
@@ -284,7 +294,7 @@ impl WinogradWeightsSpec {
             let rows: Vec<Vec<Value>> = (0..n).map(|i| gg.iter().map(|column| column[i]).collect()).collect();
             for (i, row) in rows.iter().enumerate() {
                 g_matrix.emit_each(b, mul_add, width, &mut |_, s| row[s], &mut |b, j, value| {
-                    b.ins().store(write, value, u_at, ((n * i + j) * cn * kn * 4) as i32);
+                    b.ins().store(write, value, u_at, ((n * i + j) * u_position * 4) as i32);
                 });
             }
         };
@@ -348,11 +358,13 @@ impl WinogradWeightsSpec {
 
 /// Offsets (f32 elements, multiples of 4) of a Winograd kernel's areas in its per-thread
 /// scratch: the packed image, the transformed inputs `V[ξ][c][t]` and the products `M[ξ][k][t]`,
-/// and the total.
+/// and the total; and the elements between positions of `V` and of `M`.
 struct Areas {
     v: usize,
     m: usize,
     len: usize,
+    v_position: usize,
+    m_position: usize,
 }
 
 impl ConvSpec {
@@ -363,9 +375,11 @@ impl ConvSpec {
     fn areas(&self) -> Areas {
         let w = self.tiling();
         let (c, k, positions) = (self.shape.in_channels, self.shape.out_channels, w.positions());
+        let (v_position, m_position) =
+            (Winograd::position_stride(c * w.slots()), Winograd::position_stride(k * w.slots()));
         let v = self.pack.len().div_ceil(4) * 4;
-        let m = v + positions * c * w.slots();
-        Areas { v, m, len: m + positions * k * w.slots() }
+        let m = v + positions * v_position;
+        Areas { v, m, len: m + positions * m_position, v_position, m_position }
     }
 
     /// Blocks of tile rows per image (or per set of 4 images, with lanes across images) of a
@@ -412,7 +426,8 @@ impl ConvSpec {
             });
             let new_block = b.ins().icmp(IntCC::NotEqual, row, done[1]);
             if_then(b, new_block, &mut |b| {
-                transform_inputs(b, mul_add, &self.pack, tiling, a.packed, v, tiling.slots(), block);
+                let strides = [tiling.slots(), areas.v_position];
+                transform_inputs(b, mul_add, &self.pack, tiling, a.packed, v, strides, block);
             });
             let k0 = mul(b, part, part_len);
             let k_end = b.ins().iadd_imm_s(k0, part_len as i64);
@@ -440,15 +455,17 @@ impl ConvSpec {
     ) {
         let (cn, kn, tiles) = (self.shape.in_channels, self.shape.out_channels, self.tiling().slots());
         let (kb, vb, positions) = (self.kb, self.vb, self.tiling().positions());
+        let Areas { v_position, m_position, .. } = self.areas();
+        let u_position = Winograd::position_stride(cn * kn);
         let unroll = (1..=4).rev().find(|d| cn.is_multiple_of(*d)).unwrap_or(1);
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
         let lo = iconst(b, 0);
         let hi = [positions, tiles / (4 * vb), cn].map(|n| iconst(b, n as i64));
         for_loop(b, lo, hi[0], 1, &[], &mut |b, xi, _| {
-            let u_xi = mul(b, xi, cn * kn);
-            let v_xi = mul(b, xi, cn * tiles);
-            let m_xi = mul(b, xi, kn * tiles);
+            let u_xi = mul(b, xi, u_position);
+            let v_xi = mul(b, xi, v_position);
+            let m_xi = mul(b, xi, m_position);
             for_loop(b, k0, k_end, kb as i64, &[], &mut |b, k0, _| {
                 let u0 = b.ins().iadd(u_xi, k0);
                 for_loop(b, lo, hi[1], 1, &[], &mut |b, tb, _| {
@@ -594,7 +611,7 @@ impl ConvSpec {
         let (kn, [oh, ow]) = (self.shape.out_channels, self.shape.out_hw);
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
-        let stride = kn * w.slots() * 4; // bytes between positions
+        let stride = self.areas().m_position * 4; // bytes between positions
         let with_stats = a.stats.is_some();
         // Output row `row` is row `row` of Aᵀ M (n values) times A. The rows of one group of Aᵀ
         // (computed together: see `Factored`) are computed column by column from the rows of M
@@ -657,8 +674,8 @@ fn table(m: usize) -> &'static Transform {
 
 /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for each channel `c` of a packed image `xp` (m width phases, or 4
 /// images in the lanes) and each slot `t` of tile-row block `block` of `w`, four per vector; `V`
-/// has `stride` elements per channel (at least `w.slots()`: the gradient puts several images
-/// side by side).
+/// has `strides[0]` elements per channel (at least `w.slots()`: the gradient puts several images
+/// side by side) and `strides[1]` per position ([`Winograd::position_stride`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn transform_inputs(
     b: &mut FunctionBuilder,
@@ -667,7 +684,7 @@ pub(crate) fn transform_inputs(
     w: Winograd,
     xp: Value,
     v: Value,
-    stride: usize,
+    [stride, position_stride]: [usize; 2],
     block: Value,
 ) {
     let cn = pack.planes;
@@ -708,7 +725,7 @@ pub(crate) fn transform_inputs(
                     for (k, &i) in bt.groups[g].rows.iter().enumerate() {
                         bt.emit_each(b, mul_add, Width::Vector, &mut |_, s| columns[s][k], &mut |b, j, value| {
                             let position = n * i + j;
-                            b.ins().store(write, value, v_at, (position * cn * stride * 4) as i32);
+                            b.ins().store(write, value, v_at, (position * position_stride * 4) as i32);
                         });
                     }
                 }
@@ -788,5 +805,17 @@ mod tests {
         // A group: at least 16 slots, in whole tile rows that divide the image.
         let w = Winograd::for_output([8, 8], WinogradTiles::F4, 128).unwrap();
         assert_eq!((w.tile_rows, w.row_tiles, w.slots()), (2, 2, 16));
+    }
+
+    #[test]
+    fn positions_fall_into_distinct_cache_sets() {
+        // An L1 set is a 64-byte line's address modulo 4 KB (64 sets): the 36 positions of
+        // F(4x4) must not share one, whatever the elements per position (channels x slots).
+        for len in (1..=4096).chain([16 * 64, 32 * 64, 64 * 64, 128 * 64, 256 * 256]) {
+            let stride = Winograd::position_stride(len);
+            assert!(stride >= len && stride < len + 32 && stride.is_multiple_of(16), "{len} -> {stride}");
+            let sets: std::collections::HashSet<usize> = (0..36).map(|p| p * stride * 4 / 64 % 64).collect();
+            assert_eq!(sets.len(), 36, "{len} elements per position -> stride {stride}");
+        }
     }
 }

@@ -123,12 +123,18 @@ impl WinogradGradSpec {
         rows + 4 * self.tiling.m.max(3) * self.tiling.n()
     }
 
+    /// Elements between positions of `V` and of `DY`.
+    fn position_strides(&self) -> [usize; 2] {
+        [self.in_channels, self.out_channels].map(|c| Winograd::position_stride(c * self.block_slots()))
+    }
+
     /// Offsets of `V`, `DY` and the row-transformed dy tile in a thread's scratch.
     fn areas(&self) -> (usize, usize, usize) {
         let positions = self.tiling.positions();
+        let [v_position, d_position] = self.position_strides();
         let v = self.pack.len().div_ceil(4) * 4;
-        let d = v + positions * self.in_channels * self.block_slots();
-        (v, d, d + positions * self.out_channels * self.block_slots())
+        let d = v + positions * v_position;
+        (v, d, d + positions * d_position)
     }
 
     /// Kernel body: args are x, dy (both NCHW), the partials scratch, a counter scratch (2 f32
@@ -169,7 +175,7 @@ impl WinogradGradSpec {
                 b.ins().udiv_imm_u(e, self.chunks as i64)
             };
             let (lo, per_set) = (iconst(b, 0), iconst(b, (self.tiling.slots() / 4) as i64));
-            let stride = self.block_slots();
+            let strides = [self.block_slots(), self.position_strides()[0]];
             if blocks > 1 {
                 // Each set in blocks of tile rows (one set per block).
                 for_loop(b, first, last, 1, &[], &mut |b, set, _| {
@@ -178,7 +184,7 @@ impl WinogradGradSpec {
                     self.pack.emit(b, x, xp, first_plane);
                     let hi = iconst(b, blocks as i64);
                     for_loop(b, lo, hi, 1, &[], &mut |b, block, _| {
-                        transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v, stride, block);
+                        transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v, strides, block);
                         self.transform_dy(b, mul_add, dy, d, rows, n, block);
                         self.products(b, mul_add, v, d, part, per_set);
                         vec![]
@@ -211,7 +217,7 @@ impl WinogradGradSpec {
                         self.pack.emit(b, x, xp, first_plane);
                         let offset = mul(b, i, 4 * self.tiling.slots());
                         let (v_i, d_i) = (b.ins().iadd(v, offset), b.ins().iadd(d, offset));
-                        transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v_i, stride, lo);
+                        transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v_i, strides, lo);
                         self.transform_dy(b, mul_add, dy, d_i, rows, n, lo);
                         vec![]
                     });
@@ -255,6 +261,7 @@ impl WinogradGradSpec {
         let w = self.tiling;
         let (m, size) = (w.m, w.n());
         let (kn, [oh, ow], tiles) = (self.out_channels, self.out_hw, self.block_slots());
+        let d_position = self.position_strides()[1];
         // A (Aᵀ's transpose: row j holds column j of Aᵀ), factored.
         let a_rows: Vec<Vec<f32>> = (0..size).map(|j| w.transform().at.iter().map(|row| row[j]).collect()).collect();
         let a_matrix = Factored::new(&a_rows.iter().map(Vec::as_slice).collect::<Vec<_>>());
@@ -318,7 +325,7 @@ impl WinogradGradSpec {
                         };
                         a_matrix.emit_each(b, mul_add, Width::Vector, load, &mut |b, i, value| {
                             let position = size * i + j;
-                            b.ins().store(write, value, out, (position * kn * tiles * 4) as i32);
+                            b.ins().store(write, value, out, (position * d_position * 4) as i32);
                         });
                     }
                 };
@@ -345,9 +352,10 @@ impl WinogradGradSpec {
         let lo = iconst(b, 0);
         let hi = [self.tiling.positions(), kn / KB, cn / CB].map(|n| iconst(b, n as i64));
         let unroll = [4, 2, 1].into_iter().find(|u| (self.tiling.slots() / 4).is_multiple_of(*u)).unwrap_or(1);
+        let [v_position, d_position] = self.position_strides();
         for_loop(b, lo, hi[0], 1, &[], &mut |b, xi, _| {
-            let v_xi = mul(b, xi, cn * tiles);
-            let d_xi = mul(b, xi, kn * tiles);
+            let v_xi = mul(b, xi, v_position);
+            let d_xi = mul(b, xi, d_position);
             let p_xi = mul(b, xi, kn * cn);
             for_loop(b, lo, hi[1], 1, &[], &mut |b, kblock, _| {
                 let k0 = mul(b, kblock, KB);
