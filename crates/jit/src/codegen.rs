@@ -10,7 +10,10 @@ use cranelift_frontend::FunctionBuilder;
 pub(crate) type LoopBody<'a> = dyn FnMut(&mut FunctionBuilder, Value, &[Value]) -> Vec<Value> + 'a;
 
 /// A counted loop `for i in (lo..).step_by(step) while i + step <= hi`, test at the top, carrying
-/// `carried` through `body`. Returns the first `i` not run and the final carried values.
+/// `carried` through `body`. Returns the first `i` not run and the final carried values. The body
+/// block takes the carried values as parameters of its own, so that inside it each is used only
+/// where the body uses it: a multiply-add can then add into an accumulator's register
+/// (vendor/cranelift-codegen/PATCH.md).
 pub(crate) fn for_loop(
     b: &mut FunctionBuilder,
     lo: Value,
@@ -21,7 +24,7 @@ pub(crate) fn for_loop(
 ) -> (Value, Vec<Value>) {
     let types: Vec<Type> = carried.iter().map(|&v| b.func.dfg.value_type(v)).collect();
     let (head, body_block, exit) = (b.create_block(), b.create_block(), b.create_block());
-    for blk in [head, exit] {
+    for blk in [head, body_block, exit] {
         b.append_block_param(blk, types::I64);
         for &t in &types {
             b.append_block_param(blk, t);
@@ -35,9 +38,11 @@ pub(crate) fn for_loop(
     let params = b.block_params(head).to_vec();
     let next = b.ins().iadd_imm_s(params[0], step);
     let fits = b.ins().icmp(IntCC::UnsignedLessThanOrEqual, next, hi);
-    b.ins().brif(fits, body_block, &[], exit, &args(params[0], &params[1..]));
+    let passed = args(params[0], &params[1..]);
+    b.ins().brif(fits, body_block, &passed, exit, &passed);
     b.switch_to_block(body_block);
-    let new = body(b, params[0], &params[1..]);
+    let inside = b.block_params(body_block).to_vec();
+    let new = body(b, inside[0], &inside[1..]);
     b.ins().jump(head, &args(next, &new));
     b.switch_to_block(exit);
     let out = b.block_params(exit).to_vec();

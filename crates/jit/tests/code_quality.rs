@@ -1,5 +1,7 @@
 //! The hot 3x3 convolution kernels keep every floating-point value in registers: their generated
-//! code (Cranelift's register-allocated vcode) never moves an xmm register to or from the stack.
+//! code (Cranelift's register-allocated vcode) never moves an xmm register to or from the stack,
+//! and never copies a register only for a multiply-add to overwrite it (the multiply-adds add
+//! into their accumulators: vendor/cranelift-codegen/PATCH.md).
 
 use skipgrad_ir::{Conv2dAttrs, DType, Graph, NodeId, Op, Role, TensorType};
 use skipgrad_jit::{CompileOptions, compile};
@@ -13,8 +15,30 @@ fn vector_spills(vcode: &str) -> Vec<&str> {
     vcode.lines().filter(|l| l.contains("%xmm") && l.contains("(%rsp)")).collect()
 }
 
+/// Pairs of lines where a register is copied and the next instruction, a multiply-add, writes
+/// the copy: the multiply-add's destination was a value still needed elsewhere.
+fn copies_into_multiply_adds(vcode: &str) -> Vec<String> {
+    let lines: Vec<&str> = vcode.lines().map(str::trim).collect();
+    lines
+        .windows(2)
+        .filter(|pair| {
+            let copied = pair[0].strip_prefix("movdqa %xmm").and_then(|rest| rest.split(", ").nth(1));
+            copied.is_some_and(|dst| pair[1].starts_with("vfmadd") && pair[1].ends_with(dst))
+        })
+        .map(|pair| pair.join(" / "))
+        .collect()
+}
+
 #[test]
-fn resnet_3x3_convolutions_do_not_spill() {
+fn the_copy_finder_sees_a_copy_before_a_multiply_add() {
+    let vcode =
+        "  movdqa %xmm0, %xmm1\n  vfmadd213ps %xmm3, %xmm8, %xmm1\n  movdqa %xmm5, %xmm2\n  vaddps %xmm2, %xmm1, %xmm1";
+    assert_eq!(copies_into_multiply_adds(vcode).len(), 1);
+    assert!(copies_into_multiply_adds("  vfmadd231ps %xmm8, %xmm10, %xmm5").is_empty());
+}
+
+#[test]
+fn resnet_3x3_convolutions_keep_values_in_registers() {
     // Every distinct 3x3 convolution of CIFAR ResNet-20/56: (in, out, size, stride).
     for (c, k, hw, s) in
         [(3, 16, 32, 1), (16, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1), (32, 64, 16, 2), (64, 64, 8, 1)]
@@ -46,6 +70,13 @@ fn resnet_3x3_convolutions_do_not_spill() {
                 "{c}->{k} {hw}x{hw} stride {s} {pass} ({}) spills:\n{}",
                 code.name,
                 spills.join("\n")
+            );
+            let copies = copies_into_multiply_adds(&code.vcode);
+            assert!(
+                copies.is_empty(),
+                "{c}->{k} {hw}x{hw} stride {s} {pass} ({}) copies registers for multiply-adds:\n{}",
+                code.name,
+                copies.join("\n")
             );
         }
     }

@@ -415,8 +415,8 @@ impl ConvSpec {
         let zero_s = b.ins().f32const(0.0);
         let zero = b.ins().splat(types::F32X4, zero_s);
         let acc0 = vec![zero; self.kb * vb];
-        // Few taps leave little work per channel: unroll over channels so the loop's back-edge
-        // moves (one per accumulator, from the x64 multiply-add lowering) are paid less often.
+        // Few taps leave little work per channel: unroll over channels so the loop's own
+        // instructions are paid less often.
         let unroll = self.channel_unroll();
         // No taps (a sub-pixel phase no window reaches): the outputs are zero.
         let channels = if kh * kw == 0 { 0 } else { self.shape.in_channels };
@@ -444,12 +444,12 @@ impl ConvSpec {
                         let xs: Vec<Value> =
                             (0..vb).map(|j| b.ins().load(types::F32X4, flags, x_c, base + 16 * j as i32)).collect();
                         for k in 0..self.kb {
+                            // One broadcast per weight, held for the tile's vectors (the
+                            // multiply-add adds into the accumulator's register).
                             let offset = (self.weights.at(k, 0, r, s) - self.weights.base) as i32 * 4;
+                            let wk = b.ins().load(types::F32, flags, w_c, offset + u * w_channel_bytes);
+                            let wv = b.ins().splat(types::F32X4, wk);
                             for (j, &xv) in xs.iter().enumerate() {
-                                // A broadcast load per use: the multiply-add then overwrites it
-                                // instead of a copy (x64's FMA destroys a multiplicand).
-                                let wk = b.ins().load(types::F32, flags, w_c, offset + u * w_channel_bytes);
-                                let wv = b.ins().splat(types::F32X4, wk);
                                 let a = &mut acc[k * vb + j];
                                 *a = mul_add_emit(b, mul_add, wv, xv, *a);
                             }
@@ -611,22 +611,26 @@ pub(crate) fn sum_and_squares(
     }
 }
 
+/// xmm registers a register tile may take (see [`register_tile`]).
+const REGISTERS: usize = 15;
+
 /// Register-tile sizes within the 16 xmm registers: `sets` tiles of accumulators (2 for a pair
-/// of sub-pixel width phases computed together) + live inputs + 1 broadcast <= 12, leaving room
-/// for the temporaries of the x64 multiply-add lowering (13 registers already spilled; the
-/// code-quality test guards this), maximising the accumulators (enough of them hide the
-/// multiply-add latency), for a tile of `kb` (a divisor of `channels`, at most 6) by `n`, where
-/// `n` is at most `max_n` and the tile holds `n` (or `fixed_n` when given) live input vectors.
+/// of sub-pixel width phases computed together) + live inputs + 1 broadcast <= 15, leaving one
+/// for the product of a separate multiply and add (a fused one adds into the accumulator's
+/// register: see vendor/cranelift-codegen/PATCH.md; the code-quality test guards against
+/// spills), maximising the accumulators (enough of them hide the multiply-add latency), for a
+/// tile of `kb` (a divisor of `channels`, at most 6) by `n`, where `n` is at most `max_n` and the
+/// tile holds `n` (or `fixed_n` when given) live input vectors.
 pub(crate) fn register_tile(channels: usize, max_n: usize, fixed_n: Option<usize>, sets: usize) -> (usize, usize) {
     let mut best = (1, 1);
     for kb in (1..=6).filter(|d| channels.is_multiple_of(*d)) {
         let n = match fixed_n {
             Some(n) => n,
-            None => (11 / (sets * kb + 1)).min(max_n).max(1),
+            None => ((REGISTERS - 1) / (sets * kb + 1)).min(max_n).max(1),
         };
         let regs = |(k, n): (usize, usize)| sets * k * n + n + 1;
         let better = kb * n > best.0 * best.1 || (kb * n == best.0 * best.1 && regs((kb, n)) < regs(best));
-        if regs((kb, n)) <= 12 && better {
+        if regs((kb, n)) <= REGISTERS && better {
             best = (kb, n);
         }
     }

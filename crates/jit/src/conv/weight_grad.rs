@@ -160,8 +160,7 @@ impl WeightGradSpec {
                     let dy_row = b.ins().imul_imm_s(oh, (ow_n * self.dy_row * 4) as i64);
                     let dy_row = b.ins().iadd(dy0, dy_row);
                     let dy_end = b.ins().iadd_imm_s(dy_row, (ow_n * self.dy_row * 4) as i64);
-                    // Unrolled: the x64 multiply-add lowering ends each iteration with a move per
-                    // accumulator back to its loop register; four pixels per iteration pay that once.
+                    // Unrolled: four pixels per pass of the loop's own instructions.
                     let pixel_bytes = (self.dy_row * 4) as i64;
                     let x_step = (self.stride[1] * 4) as i32;
                     let body = |b: &mut FunctionBuilder, dy_at: Value, carried: &[Value], pixels: usize| {
@@ -174,15 +173,12 @@ impl WeightGradSpec {
                                 .map(|j| b.ins().load(types::F32X4, read, dy_at, dy_off + 16 * j as i32))
                                 .collect();
                             for i in 0..cb {
+                                // One broadcast per input pixel, held for the tile's vectors (see
+                                // the convolution's products).
+                                let x =
+                                    b.ins().load(types::F32, read, x_at, i as i32 * plane_bytes + p as i32 * x_step);
+                                let x = b.ins().splat(types::F32X4, x);
                                 for (j, &d) in dys.iter().enumerate() {
-                                    // A broadcast load per use (see the convolution's products).
-                                    let x = b.ins().load(
-                                        types::F32,
-                                        read,
-                                        x_at,
-                                        i as i32 * plane_bytes + p as i32 * x_step,
-                                    );
-                                    let x = b.ins().splat(types::F32X4, x);
                                     acc[i * kv + j] = mul_add_emit(b, mul_add, x, d, acc[i * kv + j]);
                                 }
                             }

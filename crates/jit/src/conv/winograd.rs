@@ -490,12 +490,12 @@ impl ConvSpec {
                                 .map(|j| b.ins().load(types::F32X4, read, v_c, ((step * tiles + 4 * j) * 4) as i32))
                                 .collect();
                             for k in 0..kb {
+                                // One broadcast per weight, held for the tile's vectors: the
+                                // multiply-add adds into the accumulator's register
+                                // (vfmadd231ps), leaving the weight as it is.
+                                let wk = b.ins().load(types::F32, read, u_c, ((step * kn + k) * 4) as i32);
+                                let wv = b.ins().splat(types::F32X4, wk);
                                 for (j, &x) in xs.iter().enumerate() {
-                                    // A broadcast load per use: the multiply-add then
-                                    // overwrites it instead of a copy (x64's FMA destroys a
-                                    // multiplicand), one instruction instead of two.
-                                    let wk = b.ins().load(types::F32, read, u_c, ((step * kn + k) * 4) as i32);
-                                    let wv = b.ins().splat(types::F32X4, wk);
                                     acc[k * vb + j] = mul_add_emit(b, mul_add, wv, x, acc[k * vb + j]);
                                 }
                             }

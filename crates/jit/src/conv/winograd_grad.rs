@@ -373,8 +373,7 @@ impl WinogradGradSpec {
                     };
                     let zero = b.ins().f32const(0.0);
                     let zero = b.ins().splat(types::F32X4, zero);
-                    // Unrolled: the x64 multiply-add lowering ends each iteration with a move per
-                    // accumulator, paid once per `unroll` vectors of tiles.
+                    // Unrolled: the loop's own instructions paid once per `unroll` vectors of tiles.
                     let (_, acc) = for_loop(b, lo, vectors, unroll as i64, &[zero; KB * CB], &mut |b, tv, acc| {
                         let offset = mul(b, tv, 16);
                         let (d_t, v_t) = (b.ins().iadd(d0, offset), b.ins().iadd(v0, offset));
