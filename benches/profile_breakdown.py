@@ -41,6 +41,8 @@ def graph(dump):
 
 def kind(nodes, node, kernel):
     """What kernel `kernel`, computing node `node`, does, as a row label."""
+    if kernel.endswith("conv2d_weights"):
+        return "direct input gradients' weights rewritten"
     if kernel.endswith("_weights"):
         return "Winograd weight transforms"
     dims, op, inputs = nodes[node]

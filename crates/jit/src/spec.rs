@@ -2,6 +2,7 @@
 
 use crate::MulAdd;
 use crate::conv::ConvSpec;
+use crate::conv::relayout::WeightRelayoutSpec;
 use crate::conv::sub_pixel::SubPixelSpec;
 use crate::conv::weight_grad::WeightGradSpec;
 use crate::conv::winograd::WinogradWeightsSpec;
@@ -34,6 +35,8 @@ pub enum KernelSpec {
     WinogradGrad(WinogradGradSpec),
     /// A Winograd convolution's weights, transformed for its kernel.
     WinogradWeights(WinogradWeightsSpec),
+    /// A direct convolution's weights, rewritten into PyTorch's layout for its kernel.
+    WeightRelayout(WeightRelayoutSpec),
     /// Strided, channel-offset copies (the option-A shortcut and its gradient).
     Copy(CopySpec),
     /// Matrix multiply.
@@ -57,6 +60,7 @@ impl KernelSpec {
             KernelSpec::WeightGrad(s) => s.groups(),
             KernelSpec::WinogradGrad(s) => s.groups(),
             KernelSpec::WinogradWeights(s) => s.groups(),
+            KernelSpec::WeightRelayout(s) => s.groups(),
             KernelSpec::Copy(s) => s.batch,
             KernelSpec::MatMul(s) => s.m,
             KernelSpec::Rows(s) => s.groups(),
@@ -69,7 +73,7 @@ impl KernelSpec {
         match self {
             KernelSpec::Nest(s) => s.operands.len() + s.outputs,
             KernelSpec::Foreach(s) => s.arity(),
-            KernelSpec::Copy(_) | KernelSpec::WinogradWeights(_) => 2,
+            KernelSpec::Copy(_) | KernelSpec::WinogradWeights(_) | KernelSpec::WeightRelayout(_) => 2,
             KernelSpec::WeightGrad(_) => 5,
             KernelSpec::WinogradGrad(_) => 6,
             KernelSpec::MatMul(_) => 3,
@@ -142,6 +146,7 @@ impl KernelSpec {
             KernelSpec::Nest(_)
             | KernelSpec::Foreach(_)
             | KernelSpec::WinogradWeights(_)
+            | KernelSpec::WeightRelayout(_)
             | KernelSpec::Copy(_)
             | KernelSpec::Rows(_)
             | KernelSpec::Pool(_) => None,
@@ -156,6 +161,7 @@ impl KernelSpec {
             KernelSpec::WeightGrad(s) => s.build(b, ptr, mul_add),
             KernelSpec::WinogradGrad(s) => s.build(b, ptr, mul_add),
             KernelSpec::WinogradWeights(s) => s.build(b, ptr, mul_add),
+            KernelSpec::WeightRelayout(s) => s.build(b, ptr),
             KernelSpec::Copy(s) => s.build(b, ptr),
             KernelSpec::MatMul(s) => s.build(b, ptr, mul_add),
             KernelSpec::Rows(s) => s.build(b, ptr, imports),

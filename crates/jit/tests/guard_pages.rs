@@ -108,6 +108,10 @@ fn convolution_kernels_stay_inside_their_buffers() {
         (1, 4, 8, 6, 5, 1, 2, 0),
         (1, 3, 4, 4, 4, 3, 1, 3),
         (1, 5, 12, 5, 7, 3, 1, 1),
+        // The input gradient's weights rewritten for the direct kernel in blocks of 16 output
+        // channels, with a partial last block (3x3 at odd sizes, and 1x1).
+        (1, 20, 4, 5, 7, 3, 1, 1),
+        (1, 36, 8, 6, 6, 1, 1, 0),
         // Winograd F(2x2, 3x3) (forward, input and weight gradients): partial vectors of tiles,
         // several images per block, padding 0.
         (2, 8, 8, 6, 10, 3, 1, 1),

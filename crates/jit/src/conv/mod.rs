@@ -2,7 +2,8 @@
 //! kernel shares (this file), and in this folder the image packing (`pack`), Winograd forward and
 //! backward-data (`winograd`) and weight gradients (`winograd_grad`), the direct weight gradient
 //! (`weight_grad`), stride-2 backward-data by phases (`sub_pixel`), the channels-last transposes
-//! (`transpose`) and the batch statistics' serial tail (`stats`). Emission helpers any kernel uses
+//! (`transpose`), the weights rewritten into PyTorch's layout for a direct kernel (`relayout`)
+//! and the batch statistics' serial tail (`stats`). Emission helpers any kernel uses
 //! (loops, multiply-add, lane shuffles) are in `codegen`.
 //!
 //! A convolution kernel reads its NCHW input directly: whenever its groups reach a new image, it
@@ -21,6 +22,7 @@
 
 pub(crate) mod factored;
 pub(crate) mod pack;
+pub(crate) mod relayout;
 pub(crate) mod stats;
 pub(crate) mod sub_pixel;
 pub(crate) mod transpose;

@@ -4,6 +4,7 @@
 
 use super::{Buf, Lowered, Planned};
 use crate::conv::pack::PackSpec;
+use crate::conv::relayout::WeightRelayoutSpec;
 use crate::conv::sub_pixel::SubPixelSpec;
 use crate::conv::weight_grad::WeightGradSpec;
 use crate::conv::winograd::{Winograd, WinogradTiles, WinogradWeightsSpec};
@@ -86,12 +87,16 @@ pub(super) fn conv(
         let parts = (1..=4).filter(divides).find(|p| blocks * p >= 4).or((1..=4).rev().find(divides));
         Winograd { channel_parts: parts.unwrap_or(1), ..t }
     });
+    // A direct kernel reads its weights in PyTorch's layout: another (the input gradient's
+    // transposed, flipped view) is rewritten first into a kept copy.
+    let relayout = (tiling.is_none() && weights != WeightLayout::kcrs(c, kernel[0], kernel[1]))
+        .then_some(WeightRelayoutSpec { from: weights, out_channels: k, in_channels: c, kernel });
     let shape = ConvShape { batch: n, in_channels: c, out_channels: k, kernel, stride, out_hw };
     let spec = ConvSpec {
         shape,
         pack,
         origin: [0, 0],
-        weights,
+        weights: relayout.as_ref().map_or(weights, WeightRelayoutSpec::to),
         kb,
         vb,
         epilogue: None,
@@ -106,6 +111,18 @@ pub(super) fn conv(
         inputs: vec![Buf::Node(x), weights, Buf::PerThread(pack)],
         output: Buf::Node(id),
     };
+    if let Some(relayout) = relayout {
+        let weights_step = Planned {
+            label: "conv2d_weights".into(),
+            spec: KernelSpec::WeightRelayout(relayout.clone()),
+            inputs: vec![Buf::Node(w)],
+            output: Buf::Kept(0),
+        };
+        return Lowered::Steps {
+            scratch: vec![relayout.len(), pack_len],
+            steps: vec![weights_step, conv(Buf::Kept(0), 1)],
+        };
+    }
     let Some(tiling) = tiling else {
         return Lowered::Steps { scratch: vec![pack_len], steps: vec![conv(Buf::Node(w), 0)] };
     };
@@ -204,13 +221,14 @@ pub(super) fn sub_pixel_grad_input(
                 out_hw: [oh, ow],
             };
             let (shape, origin, weights) = if has_taps(p) {
-                // The sub-kernel tap (t'h, t'w) is w[k][c][r0h + S (Th-1-t'h)][r0w + S (Tw-1-t'w)].
+                // The sub-kernel tap (t'h, t'w) is w[k][c][r0h + S (Th-1-t'h)][r0w + S (Tw-1-t'w)],
+                // which the rewritten weights hold at wt[c][k][kh-1-r0h-S (Th-1) + S t'h][...].
                 let weights = WeightLayout {
-                    base: ((r0h + stride * (th - 1)) * kw + r0w + stride * (tw - 1)) as isize,
-                    o: (kh * kw) as isize,
-                    i: (c * kh * kw) as isize,
-                    r: -((stride * kw) as isize),
-                    s: -(stride as isize),
+                    base: ((kh - 1 - r0h - stride * (th - 1)) * kw + kw - 1 - r0w - stride * (tw - 1)) as isize,
+                    o: (k * kh * kw) as isize,
+                    i: (kh * kw) as isize,
+                    r: (stride * kw) as isize,
+                    s: stride as isize,
                 };
                 (shape([th, tw]), [origin(p, 0), origin(p, 1)], weights)
             } else {
@@ -230,13 +248,27 @@ pub(super) fn sub_pixel_grad_input(
             }
         })
         .collect();
+    // The phases read the weights rewritten as the transposed convolution's, flipped, in
+    // PyTorch's layout (one reduction channel after another).
+    let relayout = WeightRelayoutSpec {
+        from: WeightLayout::transposed_flipped(c, kh, kw),
+        out_channels: c,
+        in_channels: k,
+        kernel: [kh, kw],
+    };
+    let weights_step = Planned {
+        label: "conv2d_weights".into(),
+        spec: KernelSpec::WeightRelayout(relayout.clone()),
+        inputs: vec![Buf::Node(w_id)],
+        output: Buf::Kept(0),
+    };
     let step = Planned {
         label: "conv2d_grad_input_sub_pixel".into(),
         spec: KernelSpec::SubPixel(SubPixelSpec { phases: specs, paired }),
-        inputs: vec![Buf::Node(dy_id), Buf::Node(w_id), Buf::PerThread(0)],
+        inputs: vec![Buf::Node(dy_id), Buf::Kept(0), Buf::PerThread(1)],
         output: Buf::Node(id),
     };
-    Lowered::Steps { scratch: vec![pack.len()], steps: vec![step] }
+    Lowered::Steps { scratch: vec![relayout.len(), pack.len()], steps: vec![weights_step, step] }
 }
 
 /// The weight gradient by Winograd F(m x m, 3x3) (the tile `winograd` chooses for the output):
