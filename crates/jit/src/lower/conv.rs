@@ -112,29 +112,24 @@ pub(super) fn conv(
         output: Buf::Node(id),
     };
     if let Some(relayout) = relayout {
-        let weights_step = Planned {
-            label: "conv2d_weights".into(),
-            spec: KernelSpec::WeightRelayout(relayout.clone()),
-            inputs: vec![Buf::Node(w)],
-            output: Buf::Kept(0),
-        };
-        return Lowered::Steps {
-            scratch: vec![relayout.len(), pack_len],
-            steps: vec![weights_step, conv(Buf::Kept(0), 1)],
-        };
+        let len = relayout.len();
+        let weights_step = kept_weights("conv2d_weights", KernelSpec::WeightRelayout(relayout), w);
+        return Lowered::Steps { scratch: vec![len, pack_len], steps: vec![weights_step, conv(Buf::Kept(0), 1)] };
     }
     let Some(tiling) = tiling else {
         return Lowered::Steps { scratch: vec![pack_len], steps: vec![conv(Buf::Node(w), 0)] };
     };
     let transform = WinogradWeightsSpec { in_channels: c, out_channels: k, weights, m: tiling.m };
     let scratch = vec![transform.len(), pack_len];
-    let weights_step = Planned {
-        label: format!("winograd{}_weights", if tiling.m == 2 { "" } else { "4" }),
-        spec: KernelSpec::WinogradWeights(transform),
-        inputs: vec![Buf::Node(w)],
-        output: Buf::Kept(0),
-    };
+    let label = if tiling.m == 2 { "winograd_weights" } else { "winograd4_weights" };
+    let weights_step = kept_weights(label, KernelSpec::WinogradWeights(transform), w);
     Lowered::Steps { scratch, steps: vec![weights_step, conv(Buf::Kept(0), 1)] }
+}
+
+/// The step computing a convolution's weights as its kernel reads them (Winograd-transformed or
+/// rewritten) from the weights `w`, into kept scratch area 0.
+fn kept_weights(label: &str, spec: KernelSpec, w: NodeId) -> Planned {
+    Planned { label: label.into(), spec, inputs: vec![Buf::Node(w)], output: Buf::Kept(0) }
 }
 
 /// The input gradient of a strided convolution as one small stride-1 convolution per output
@@ -256,19 +251,15 @@ pub(super) fn sub_pixel_grad_input(
         in_channels: k,
         kernel: [kh, kw],
     };
-    let weights_step = Planned {
-        label: "conv2d_weights".into(),
-        spec: KernelSpec::WeightRelayout(relayout.clone()),
-        inputs: vec![Buf::Node(w_id)],
-        output: Buf::Kept(0),
-    };
+    let len = relayout.len();
+    let weights_step = kept_weights("conv2d_weights", KernelSpec::WeightRelayout(relayout), w_id);
     let step = Planned {
         label: "conv2d_grad_input_sub_pixel".into(),
         spec: KernelSpec::SubPixel(SubPixelSpec { phases: specs, paired }),
         inputs: vec![Buf::Node(dy_id), Buf::Kept(0), Buf::PerThread(1)],
         output: Buf::Node(id),
     };
-    Lowered::Steps { scratch: vec![relayout.len(), pack.len()], steps: vec![weights_step, step] }
+    Lowered::Steps { scratch: vec![len, pack.len()], steps: vec![weights_step, step] }
 }
 
 /// The weight gradient by Winograd F(m x m, 3x3) (the tile `winograd` chooses for the output):
