@@ -64,20 +64,17 @@ fn resnet_3x3_convolutions_keep_values_in_registers() {
         let compiled = compile(&g, &ids, &CompileOptions::default()).unwrap();
         for (pass, id) in nodes {
             let code = compiled.kernel_for(id).unwrap();
-            let spills = vector_spills(&code.vcode);
-            assert!(
-                spills.is_empty(),
-                "{c}->{k} {hw}x{hw} stride {s} {pass} ({}) spills:\n{}",
-                code.name,
-                spills.join("\n")
-            );
-            let copies = copies_into_multiply_adds(&code.vcode);
-            assert!(
-                copies.is_empty(),
-                "{c}->{k} {hw}x{hw} stride {s} {pass} ({}) copies registers for multiply-adds:\n{}",
-                code.name,
-                copies.join("\n")
-            );
+            let spills = vector_spills(&code.vcode).into_iter().map(String::from).collect();
+            for (what, lines) in
+                [("spills", spills), ("copies registers for multiply-adds", copies_into_multiply_adds(&code.vcode))]
+            {
+                assert!(
+                    lines.is_empty(),
+                    "{c}->{k} {hw}x{hw} stride {s} {pass} ({}) {what}:\n{}",
+                    code.name,
+                    lines.join("\n")
+                );
+            }
         }
     }
 }
