@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use skipgrad::fuse::{Pipeline, Program, counts};
 use skipgrad::ir::{Fused, TensorType};
-use skipgrad::jit::{CompileOptions, KernelSpec, compile};
+use skipgrad::jit::{CompileOptions, compile};
 use skipgrad::prelude::*;
 use skipgrad::reference::kink_distance;
 
@@ -143,18 +143,12 @@ fn a_basic_block_step_fuses_bn_add_relu() {
     assert_eq!((merged[0].covers.len(), merged[0].outputs.len()), (12, 20));
 }
 
-/// Whether a kernel transforms a Winograd convolution's weights: it reads the weights alone, and
-/// runs once per step (in inference, once while the weights stay the same), not per image.
-fn transforms_weights(kernel: &skipgrad::jit::KernelCode) -> bool {
-    matches!(kernel.spec, KernelSpec::WinogradWeights(_))
-}
-
 /// Kernel calls over activations per role of the node each computes: (forward, backward,
 /// update). Weight transforms are not counted.
 fn kernels_by_role(p: &Program) -> [usize; 3] {
     let compiled = compile(&p.graph, &p.outputs, &CompileOptions::default()).unwrap();
     let mut counts = [0; 3];
-    for (node, _) in compiled.schedule().filter(|(_, k)| !transforms_weights(k)) {
+    for (node, _) in compiled.schedule().filter(|(_, k)| !k.spec.transforms_weights()) {
         counts[match p.graph.node(node).unwrap().role {
             Role::Forward => 0,
             Role::Backward => 1,
@@ -172,7 +166,7 @@ fn passes_by_role(p: &Program, dims: &[usize]) -> [usize; 3] {
     let g = &p.graph;
     let is_activation = |id: NodeId| g.node(id).unwrap().ty.shape.dims() == dims;
     let mut counts = [0; 3];
-    for (node, _) in compiled.schedule().filter(|(_, k)| !transforms_weights(k)) {
+    for (node, _) in compiled.schedule().filter(|(_, k)| !k.spec.transforms_weights()) {
         let n = g.node(node).unwrap();
         let extra_outputs = g.ids().filter(|&o| {
             let out = g.node(o).unwrap();
@@ -319,11 +313,11 @@ fn inference_blocks_run_one_kernel_per_convolution() {
     let after = &stages[1].program;
     let mut compiled = compile(&after.graph, &after.outputs, &CompileOptions::default()).unwrap();
     let kernels: Vec<String> =
-        compiled.schedule().filter(|(_, k)| !transforms_weights(k)).map(|(_, k)| k.name.clone()).collect();
+        compiled.schedule().filter(|(_, k)| !k.spec.transforms_weights()).map(|(_, k)| k.name.clone()).collect();
     assert_eq!(kernels.len(), 2, "{kernels:?}");
     assert_eq!(kernels.iter().filter(|k| k.ends_with("fused_conv_epilogue")).count(), 2, "{kernels:?}");
     // Each (Winograd) convolution's weights are transformed by a kernel of their own.
-    assert_eq!(compiled.schedule().filter(|(_, k)| transforms_weights(k)).count(), 2);
+    assert_eq!(compiled.schedule().filter(|(_, k)| k.spec.transforms_weights()).count(), 2);
     let got = compiled.run_tensors(&p.feeds).unwrap().remove(0).to_f64_vec();
     assert_close(&got, &outputs(&program, &p.feeds)[0]);
 }

@@ -134,6 +134,12 @@ impl KernelSpec {
         }
     }
 
+    /// Whether the kernel computes a convolution's weights as another kernel reads them
+    /// (Winograd-transformed or rewritten): it reads only weights, never activations.
+    pub fn transforms_weights(&self) -> bool {
+        matches!(self, KernelSpec::WinogradWeights(_) | KernelSpec::WeightRelayout(_))
+    }
+
     /// Floating-point operations per run, for compute-bound kernels.
     pub fn flops(&self) -> Option<f64> {
         match self {
