@@ -98,6 +98,20 @@ fn elementwise_reduction_and_batch_norm_kernels_stay_inside_their_buffers() {
 }
 
 #[test]
+fn matrix_products_stay_inside_their_buffers() {
+    // (m, k, n): blocks of 16 columns and of 4, dot products in steps of 8, and their tails.
+    for (m, k, n) in [(1, 1, 1), (3, 9, 21), (2, 17, 16), (5, 3, 37), (1, 8, 4)] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let mut g = Graph::new();
+            let a = input(&mut g, "a", &if ta { [k, m] } else { [m, k] });
+            let b = input(&mut g, "b", &if tb { [n, k] } else { [k, n] });
+            g.add_node(Op::MatMul { transpose_a: ta, transpose_b: tb }, &[a, b], Role::Forward).unwrap();
+            run_guarded(&g, &[("a", m * k), ("b", k * n)]);
+        }
+    }
+}
+
+#[test]
 fn convolution_kernels_stay_inside_their_buffers() {
     // (n, c, k, h, w, kernel, stride, pad): odd widths, partial register tiles, all kernel sizes.
     for (n, c, k, h, w, r, s, p) in [
