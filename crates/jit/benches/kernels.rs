@@ -8,6 +8,7 @@
 //!    (stride-1 passes also by Winograd: F(4x4, 3x3) and F(2x2, 3x3) where the default takes
 //!    F(4x4, 3x3), and direct; GFLOP/s count the direct convolution's operations, so they
 //!    compare times);
+//!    Then the 1x1 convolutions of ResNet-50's bottlenecks at batch 16 (direct), the same way;
 //! 4. memory-bound kernels (batch norm, ReLU, add) as GB/s and fraction of copy bandwidth.
 //!
 //! Times are medians of repeated runs: this thread's CPU time for 1-thread runs (robust to the
@@ -171,6 +172,51 @@ fn selected(row: &str) -> bool {
     std::env::var("BENCH_FILTER").map_or(true, |f| row.contains(&f))
 }
 
+/// The graph of one pass ("forward", "backward-data" or "backward-weight") of `case`'s
+/// convolution with a square `kernel` (padded to keep the size at stride 1), at `batch`.
+fn conv_graph(case: &ConvCase, kernel: usize, batch: usize, pass: &str) -> (Graph, NodeId) {
+    let a = Conv2dAttrs::square(case.stride, kernel / 2);
+    let out_hw = (case.hw + 2 * (kernel / 2) - kernel) / case.stride + 1;
+    let mut g = Graph::new();
+    let out = match pass {
+        "forward" => {
+            let x = input(&mut g, "x", &[batch, case.c, case.hw, case.hw]);
+            let w = input(&mut g, "w", &[case.k, case.c, kernel, kernel]);
+            g.add_node(Op::Conv2d(a), &[x, w], Role::Forward).unwrap()
+        }
+        "backward-data" => {
+            let dy = input(&mut g, "dy", &[batch, case.k, out_hw, out_hw]);
+            let w = input(&mut g, "w", &[case.k, case.c, kernel, kernel]);
+            g.add_node(Op::Conv2dGradInput { conv: a, input_hw: [case.hw, case.hw] }, &[dy, w], Role::Backward).unwrap()
+        }
+        _ => {
+            let x = input(&mut g, "x", &[batch, case.c, case.hw, case.hw]);
+            let dy = input(&mut g, "dy", &[batch, case.k, out_hw, out_hw]);
+            g.add_node(Op::Conv2dGradWeight { conv: a, kernel_hw: [kernel, kernel] }, &[x, dy], Role::Backward).unwrap()
+        }
+    };
+    (g, out)
+}
+
+/// Times `graph` (its output and direct operation count) on 1 and 2 threads and prints its row.
+fn conv_row(
+    name: &str,
+    pass: &str,
+    (g, out, flops): (&Graph, NodeId, f64),
+    target: &Target,
+    calibration: &Calibration,
+    winograd: WinogradTiles,
+) {
+    let t1 = time_graph_with(g, out, 1, target, winograd);
+    let t2 = time_graph_with(g, out, 2, target, winograd);
+    let fraction = fraction_of_ceiling(g, out, flops, target, calibration, winograd);
+    let (g1, g2) = (flops / t1 / 1e9, flops / t2 / 1e9);
+    println!("| {name} | {pass} | {g1:.1} | {:.0}% | {g2:.1} | {:.2} |", 100.0 * fraction, t1 / t2);
+    if std::env::var_os("BENCH_PROFILE").is_some() {
+        print_profile(g, out, target, winograd);
+    }
+}
+
 fn main() {
     let target = Target::host().expect("host target");
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -235,7 +281,6 @@ fn main() {
     println!("| conv | pass | 1 thread GFLOP/s | % ceiling (interleaved) | 2 threads GFLOP/s | 2T / 1T |");
     println!("|---|---|---|---|---|---|");
     for case in &cases {
-        let a = Conv2dAttrs::square(case.stride, 1);
         let out_hw = (case.hw + 2 - 3) / case.stride + 1;
         let flops = 2.0 * (batch * case.k * out_hw * out_hw * case.c * 9) as f64;
         // Stride-1 passes run by Winograd (the default where it applies: at least 8 input
@@ -266,38 +311,35 @@ fn main() {
             if !selected(&format!("{} {pass}{algorithm}", case.name)) {
                 continue;
             }
-            let mut g = Graph::new();
-            let out = match pass {
-                "forward" => {
-                    let x = input(&mut g, "x", &[batch, case.c, case.hw, case.hw]);
-                    let w = input(&mut g, "w", &[case.k, case.c, 3, 3]);
-                    g.add_node(Op::Conv2d(a), &[x, w], Role::Forward).unwrap()
-                }
-                "backward-data" => {
-                    let dy = input(&mut g, "dy", &[batch, case.k, out_hw, out_hw]);
-                    let w = input(&mut g, "w", &[case.k, case.c, 3, 3]);
-                    g.add_node(Op::Conv2dGradInput { conv: a, input_hw: [case.hw, case.hw] }, &[dy, w], Role::Backward)
-                        .unwrap()
-                }
-                _ => {
-                    let x = input(&mut g, "x", &[batch, case.c, case.hw, case.hw]);
-                    let dy = input(&mut g, "dy", &[batch, case.k, out_hw, out_hw]);
-                    g.add_node(Op::Conv2dGradWeight { conv: a, kernel_hw: [3, 3] }, &[x, dy], Role::Backward).unwrap()
-                }
-            };
-            let t1 = time_graph_with(&g, out, 1, &target, winograd);
-            let t2 = time_graph_with(&g, out, 2, &target, winograd);
-            let fraction = fraction_of_ceiling(&g, out, flops, &target, &calibration, winograd);
-            let (g1, g2) = (flops / t1 / 1e9, flops / t2 / 1e9);
-            println!(
-                "| {} | {pass}{algorithm} | {g1:.1} | {:.0}% | {g2:.1} | {:.2} |",
-                case.name,
-                100.0 * fraction,
-                t1 / t2
-            );
-            if std::env::var_os("BENCH_PROFILE").is_some() {
-                print_profile(&g, out, &target, winograd);
+            let (g, out) = conv_graph(case, 3, batch, pass);
+            conv_row(case.name, &format!("{pass}{algorithm}"), (&g, out, flops), &target, &calibration, winograd);
+        }
+    }
+
+    // 3b. The pointwise (1x1) convolutions of ResNet-50's bottlenecks, batch 16, direct.
+    let batch = 16;
+    let pointwise = [
+        ConvCase { name: "64->256 56x56", c: 64, k: 256, hw: 56, stride: 1 },
+        ConvCase { name: "256->64 56x56", c: 256, k: 64, hw: 56, stride: 1 },
+        ConvCase { name: "512->128 28x28", c: 512, k: 128, hw: 28, stride: 1 },
+        ConvCase { name: "1024->256 14x14", c: 1024, k: 256, hw: 14, stride: 1 },
+        ConvCase { name: "256->1024 14x14", c: 256, k: 1024, hw: 14, stride: 1 },
+        ConvCase { name: "2048->512 7x7", c: 2048, k: 512, hw: 7, stride: 1 },
+        ConvCase { name: "512->2048 7x7", c: 512, k: 2048, hw: 7, stride: 1 },
+        ConvCase { name: "512->1024 28x28 s2", c: 512, k: 1024, hw: 28, stride: 2 },
+    ];
+    println!("\n## 1x1 convolutions of ResNet-50, batch {batch}\n");
+    println!("| conv | pass | 1 thread GFLOP/s | % ceiling (interleaved) | 2 threads GFLOP/s | 2T / 1T |");
+    println!("|---|---|---|---|---|---|");
+    for case in &pointwise {
+        for pass in ["forward", "backward-data", "backward-weight"] {
+            if !selected(&format!("{} {pass}", case.name)) {
+                continue;
             }
+            let (g, out) = conv_graph(case, 1, batch, pass);
+            let out_hw = (case.hw - 1) / case.stride + 1;
+            let flops = 2.0 * (batch * case.k * out_hw * out_hw * case.c) as f64;
+            conv_row(case.name, pass, (&g, out, flops), &target, &calibration, WinogradTiles::Off);
         }
     }
 

@@ -38,6 +38,7 @@ mod target;
 pub use buffer::Guard;
 pub use compiler::{CompileStats, Kernel, KernelCode};
 pub use conv::pack::PackSpec;
+pub use conv::pointwise_grad::PointwiseWeightGradSpec;
 pub use conv::relayout::WeightRelayoutSpec;
 pub use conv::sub_pixel::SubPixelSpec;
 pub use conv::transpose::TransposeSpec;

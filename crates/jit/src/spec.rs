@@ -2,6 +2,7 @@
 
 use crate::MulAdd;
 use crate::conv::ConvSpec;
+use crate::conv::pointwise_grad::PointwiseWeightGradSpec;
 use crate::conv::relayout::WeightRelayoutSpec;
 use crate::conv::sub_pixel::SubPixelSpec;
 use crate::conv::weight_grad::WeightGradSpec;
@@ -31,6 +32,8 @@ pub enum KernelSpec {
     SubPixel(SubPixelSpec),
     /// Convolution weight gradient: channel tiles over channels-last dy.
     WeightGrad(WeightGradSpec),
+    /// Weight gradient of a 1x1, stride-1, unpadded convolution: dot products along pixels.
+    PointwiseWeightGrad(PointwiseWeightGradSpec),
     /// Convolution weight gradient by Winograd F(m x m, 3x3) (3x3, stride 1).
     WinogradGrad(WinogradGradSpec),
     /// A Winograd convolution's weights, transformed for its kernel.
@@ -58,6 +61,7 @@ impl KernelSpec {
             KernelSpec::Conv(s) => s.groups(),
             KernelSpec::SubPixel(s) => s.groups(),
             KernelSpec::WeightGrad(s) => s.groups(),
+            KernelSpec::PointwiseWeightGrad(s) => s.groups(),
             KernelSpec::WinogradGrad(s) => s.groups(),
             KernelSpec::WinogradWeights(s) => s.groups(),
             KernelSpec::WeightRelayout(s) => s.groups(),
@@ -75,6 +79,7 @@ impl KernelSpec {
             KernelSpec::Foreach(s) => s.arity(),
             KernelSpec::Copy(_) | KernelSpec::WinogradWeights(_) | KernelSpec::WeightRelayout(_) => 2,
             KernelSpec::WeightGrad(_) => 5,
+            KernelSpec::PointwiseWeightGrad(_) => 4,
             KernelSpec::WinogradGrad(_) => 6,
             KernelSpec::MatMul(_) => 3,
             KernelSpec::Pool(s) => 2 + s.grad as usize,
@@ -146,6 +151,7 @@ impl KernelSpec {
             KernelSpec::Conv(s) => Some(s.shape.flops()),
             KernelSpec::SubPixel(s) => Some(s.flops()),
             KernelSpec::WeightGrad(s) => Some(s.flops()),
+            KernelSpec::PointwiseWeightGrad(s) => Some(s.flops()),
             KernelSpec::WinogradGrad(s) => Some(s.flops()),
             KernelSpec::Peak(s) => Some(s.flops_per_group()),
             KernelSpec::MatMul(s) => Some(2.0 * (s.m * s.n * s.k) as f64),
@@ -165,6 +171,7 @@ impl KernelSpec {
             KernelSpec::Conv(s) => s.build(b, ptr, mul_add),
             KernelSpec::SubPixel(s) => s.build(b, ptr, mul_add),
             KernelSpec::WeightGrad(s) => s.build(b, ptr, mul_add),
+            KernelSpec::PointwiseWeightGrad(s) => s.build(b, ptr, mul_add),
             KernelSpec::WinogradGrad(s) => s.build(b, ptr, mul_add),
             KernelSpec::WinogradWeights(s) => s.build(b, ptr, mul_add),
             KernelSpec::WeightRelayout(s) => s.build(b, ptr),

@@ -1,4 +1,5 @@
-//! The hot 3x3 convolution kernels keep every floating-point value in registers: their generated
+//! The hot 3x3 convolution kernels and the 1x1 weight gradients keep every floating-point value in
+//! registers: their generated
 //! code (Cranelift's register-allocated vcode) never moves an xmm register to or from the stack,
 //! and never copies a register only for a multiply-add to overwrite it (the multiply-adds add
 //! into their accumulators: vendor/cranelift-codegen/PATCH.md).
@@ -75,6 +76,27 @@ fn resnet_3x3_convolutions_keep_values_in_registers() {
                     lines.join("\n")
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn pointwise_weight_gradients_keep_values_in_registers() {
+    // ResNet-50's 1x1 weight gradients (in, out, size), and one whose images take two chunks with
+    // a tail of pixels in the second.
+    for (c, k, hw) in [(64, 256, 56), (256, 1024, 14), (2048, 512, 7), (512, 2048, 7), (64, 64, 47)] {
+        let mut g = Graph::new();
+        let a = Conv2dAttrs::square(1, 0);
+        let x = input(&mut g, "x", &[2, c, hw, hw]);
+        let dy = input(&mut g, "dy", &[2, k, hw, hw]);
+        let id = g.add_node(Op::Conv2dGradWeight { conv: a, kernel_hw: [1, 1] }, &[x, dy], Role::Backward).unwrap();
+        let compiled = compile(&g, &[id], &CompileOptions::default()).unwrap();
+        let code = compiled.kernel_for(id).unwrap();
+        let spills = vector_spills(&code.vcode).into_iter().map(String::from).collect();
+        for (what, lines) in
+            [("spills", spills), ("copies registers for multiply-adds", copies_into_multiply_adds(&code.vcode))]
+        {
+            assert!(lines.is_empty(), "{c}->{k} {hw}x{hw} ({}) {what}:\n{}", code.name, lines.join("\n"));
         }
     }
 }

@@ -146,6 +146,12 @@ fn convolution_kernels_stay_inside_their_buffers() {
         // at 10 wide; 1x1, whose odd phases have no taps).
         (2, 3, 4, 8, 10, 3, 2, 1),
         (1, 4, 8, 6, 6, 1, 2, 0),
+        // 1x1 weight gradients as dot products: a partial tile of input channels, a tail of 3
+        // pixels, odd output channels, more output channels than input; two chunks of pixels.
+        (2, 8, 6, 3, 5, 1, 1, 0),
+        (1, 7, 3, 5, 5, 1, 1, 0),
+        (2, 2, 1024, 9, 9, 1, 1, 0),
+        (1, 64, 64, 47, 47, 1, 1, 0),
     ] {
         let mut g = Graph::new();
         let x = input(&mut g, "x", &[n, c, h, w]);

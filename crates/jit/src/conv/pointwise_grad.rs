@@ -1,0 +1,354 @@
+//! The weight gradient of a pointwise convolution (1x1, stride 1, no padding) as dot products
+//! along pixels, reading x and dy as they are stored (NCHW): no packing, no transpose.
+
+use crate::MulAdd;
+use crate::codegen::{elem_addr, entry, for_loop, iconst, if_then, load_arg, mul, mul_add_emit, shuffle32};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
+use cranelift_frontend::FunctionBuilder;
+
+/// `dw[k][c] = sum over images n and pixels p of dy[n][k][p] * x[n][c][p]`, where a 1x1, stride-1,
+/// unpadded convolution's planes are rows of `pixels` contiguous elements.
+///
+/// A tile is `kb` output channels by up to `cb` input channels; its accumulators are f32x4
+/// vectors along pixels (lane `l` sums pixels `p = l mod 4`), `kb` vectors of dy and one of x
+/// loaded per step of 4 pixels. Consecutive tiles share their rows of the operand with more
+/// channels (`by_output_channels`: dy's; else x's), read from L1, against new rows of the other,
+/// whose chunk stays in L2 while every tile reads it. The batch is swept in chunks, all of this
+/// thread's tiles per chunk, of at most [`CHUNK_BYTES`] of that operand: `chunk` pixels of one
+/// image, or `images` whole images. Each tile keeps its running f32 sums in a scratch between
+/// chunks.
+///
+/// Accuracy: every `flush` images (so that no f32 lane sums more than about 1024 products, or
+/// one image's), the running sums are added, widened, to f64 totals; at the end the totals' lanes
+/// are added in f64 and rounded once into `dw`.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct PointwiseWeightGradSpec {
+    /// Batch size.
+    pub batch: usize,
+    /// Input channels (x's planes per image).
+    pub in_channels: usize,
+    /// Output channels (dy's planes per image).
+    pub out_channels: usize,
+    /// Pixels per plane (height times width).
+    pub pixels: usize,
+    /// Output channels per tile (a divisor of `out_channels`).
+    pub kb: usize,
+    /// Input channels per tile (the last tile of each block of output channels takes the rest).
+    pub cb: usize,
+    /// Pixels per chunk of an image (a multiple of 4; every pixel, rounded up, when a chunk holds
+    /// whole images).
+    pub chunk: usize,
+    /// Whole images per chunk (1 when an image takes several chunks).
+    pub images: usize,
+    /// Images whose products the running f32 sums take before they go into the f64 totals (a
+    /// multiple of `images`).
+    pub flush: usize,
+    /// Consecutive tiles share their output channels (dy has more channels than x), else their
+    /// input channels.
+    pub by_output_channels: bool,
+}
+
+/// The most bytes of a chunk of the operand every tile reads in turn (so kept in L2).
+pub const CHUNK_BYTES: usize = 512 << 10;
+
+/// Bytes of an accumulator's running f32x4 sums (a tile's come first in its scratch).
+const RUNNING: usize = 16;
+/// Bytes of an accumulator's two f64x2 totals (after the tile's running sums).
+const TOTALS: usize = 32;
+
+impl PointwiseWeightGradSpec {
+    /// The tiling for these sizes: `kb` 2 (1 for an odd number of output channels) by `cb`
+    /// filling 12 accumulators (13 registers to 15 with the loads), chunks of dy of at most
+    /// [`CHUNK_BYTES`] in equal parts, flushes after about 1024 products per lane.
+    pub fn new(batch: usize, in_channels: usize, out_channels: usize, pixels: usize) -> Self {
+        let kb = if out_channels.is_multiple_of(2) { 2 } else { 1 };
+        let cb = (12 / kb).min(in_channels);
+        let by_output_channels = out_channels > in_channels;
+        let image_bytes = 4 * out_channels.min(in_channels) * pixels;
+        let chunks = image_bytes.div_ceil(CHUNK_BYTES);
+        let chunk = pixels.div_ceil(chunks).div_ceil(4) * 4;
+        let flush = (4096 / pixels).clamp(1, batch);
+        let images = (CHUNK_BYTES / image_bytes).clamp(1, flush);
+        let flush = flush / images * images;
+        PointwiseWeightGradSpec {
+            batch,
+            in_channels,
+            out_channels,
+            pixels,
+            kb,
+            cb,
+            chunk,
+            images,
+            flush,
+            by_output_channels,
+        }
+    }
+
+    /// Groups: one per tile (block of input channels, block of output channels).
+    pub fn groups(&self) -> usize {
+        self.in_channels.div_ceil(self.cb) * (self.out_channels / self.kb)
+    }
+
+    /// f32 elements of the accumulator scratch (one full tile's worth per group).
+    pub fn scratch_len(&self) -> usize {
+        self.groups() * self.tile_bytes() / 4
+    }
+
+    fn tile_bytes(&self) -> usize {
+        self.kb * self.cb * (RUNNING + TOTALS)
+    }
+
+    /// Floating-point operations of one pass (2 per multiply-add).
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.out_channels * self.in_channels * self.pixels) as f64
+    }
+
+    /// Kernel body: args are x, dy (both NCHW), the accumulator scratch, dw.
+    pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
+        let (args, begin, end) = entry(b);
+        let [x, dy, scratch, dw] = [0, 1, 2, 3].map(|k| load_arg(b, ptr, args, k));
+        let kblocks = self.out_channels / self.kb;
+        let (full_cb, rest_cb) = (self.in_channels / self.cb, self.in_channels % self.cb);
+        let flags = MemFlagsData::new().with_notrap();
+        let tile_addr = |b: &mut FunctionBuilder, g: Value| {
+            let off = mul(b, g, self.tile_bytes());
+            b.ins().iadd(scratch, off)
+        };
+        // (first output channel, first input channel, whether the tile is a partial one) of g.
+        let cblocks = self.in_channels.div_ceil(self.cb);
+        let decode = |b: &mut FunctionBuilder, g: Value| {
+            let (kblk, cblk) = if self.by_output_channels {
+                (b.ins().udiv_imm_u(g, cblocks as i64), b.ins().urem_imm_u(g, cblocks as i64))
+            } else {
+                (b.ins().urem_imm_u(g, kblocks as i64), b.ins().udiv_imm_u(g, kblocks as i64))
+            };
+            let partial = b.ins().icmp_imm_u(IntCC::Equal, cblk, full_cb as i64);
+            (mul(b, kblk, self.kb), mul(b, cblk, self.cb), partial)
+        };
+        // Runs `body` with the tile's input-channel count: `cb`, or the rest for a partial tile.
+        let by_width = |b: &mut FunctionBuilder, partial: Value, body: &mut dyn FnMut(&mut FunctionBuilder, usize)| {
+            if rest_cb == 0 {
+                return body(b, self.cb);
+            }
+            let (whole, part, done) = (b.create_block(), b.create_block(), b.create_block());
+            b.ins().brif(partial, part, &[], whole, &[]);
+            for (block, width) in [(whole, self.cb), (part, rest_cb)] {
+                b.switch_to_block(block);
+                body(b, width);
+                b.ins().jump(done, &[]);
+            }
+            b.switch_to_block(done);
+        };
+
+        // Zero this thread's running sums and totals.
+        for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
+            let tile = tile_addr(b, g);
+            let zero = b.ins().f32const(0.0);
+            let zero = b.ins().splat(types::F32X4, zero);
+            for i in 0..self.tile_bytes() / 16 {
+                b.ins().store(flags, zero, tile, 16 * i as i32);
+            }
+            vec![]
+        });
+
+        let chunks = self.pixels.div_ceil(self.chunk);
+        let (sets_lo, sets_hi) = (iconst(b, 0), iconst(b, self.batch.div_ceil(self.images) as i64));
+        for_loop(b, sets_lo, sets_hi, 1, &[], &mut |b, set, _| {
+            // Images n0..n1; after them, the running sums go into the totals.
+            let n0 = mul(b, set, self.images);
+            let n1 = {
+                let end = b.ins().iadd_imm_s(n0, self.images as i64);
+                let batch = iconst(b, self.batch as i64);
+                b.ins().umin(end, batch)
+            };
+            let flushes = {
+                let within = b.ins().urem_imm_u(n1, self.flush as i64);
+                let period_end = b.ins().icmp_imm_u(IntCC::Equal, within, 0);
+                let last = b.ins().icmp_imm_u(IntCC::Equal, n1, self.batch as i64);
+                b.ins().bor(period_end, last)
+            };
+            let (ch_lo, ch_hi) = (iconst(b, 0), iconst(b, chunks as i64));
+            for_loop(b, ch_lo, ch_hi, 1, &[], &mut |b, ch, _| {
+                let p_lo = mul(b, ch, self.chunk);
+                let p_end = b.ins().iadd_imm_s(p_lo, self.chunk as i64);
+                let p_all = iconst(b, self.pixels as i64);
+                let p_hi = b.ins().umin(p_end, p_all);
+                let last_chunk = b.ins().icmp_imm_u(IntCC::Equal, ch, chunks as i64 - 1);
+                let flush_now = b.ins().band(last_chunk, flushes);
+                for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
+                    let tile = tile_addr(b, g);
+                    let (k0, c0, partial) = decode(b, g);
+                    by_width(b, partial, &mut |b, width| {
+                        let flags = MemFlagsData::new().with_notrap();
+                        let running: Vec<Value> = self
+                            .slots(width)
+                            .map(|i| b.ins().load(types::F32X4, flags, tile, (RUNNING * i) as i32))
+                            .collect();
+                        let (_, acc) = for_loop(b, n0, n1, 1, &running, &mut |b, n, acc| {
+                            // The tile's first planes in image n.
+                            let dy0 = {
+                                let e = mul(b, n, self.out_channels);
+                                let e = b.ins().iadd(e, k0);
+                                let e = mul(b, e, self.pixels);
+                                elem_addr(b, dy, e)
+                            };
+                            let x0 = {
+                                let e = mul(b, n, self.in_channels);
+                                let e = b.ins().iadd(e, c0);
+                                let e = mul(b, e, self.pixels);
+                                elem_addr(b, x, e)
+                            };
+                            let at = Planes { dy0, x0, width };
+                            self.sweep(b, mul_add, &at, acc, [p_lo, p_hi], last_chunk)
+                        });
+                        self.keep(b, tile, width, &acc, flush_now);
+                    });
+                    vec![]
+                });
+                vec![]
+            });
+            vec![]
+        });
+
+        // Scatter: dw[k0 + k][c0 + c] = the lanes of accumulator (k, c), summed in f64.
+        for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
+            let tile = tile_addr(b, g);
+            let (k0, c0, partial) = decode(b, g);
+            let out = {
+                let e = mul(b, k0, self.in_channels);
+                let e = b.ins().iadd(e, c0);
+                elem_addr(b, dw, e)
+            };
+            by_width(b, partial, &mut |b, width| {
+                for k in 0..self.kb {
+                    for c in 0..width {
+                        let at = self.totals_at(k * self.cb + c);
+                        let [lo, hi] = [0, 16].map(|h| b.ins().load(types::F64X2, flags, tile, at + h));
+                        let pairs = b.ins().fadd(lo, hi);
+                        let (a, z) = (b.ins().extractlane(pairs, 0), b.ins().extractlane(pairs, 1));
+                        let sum = b.ins().fadd(a, z);
+                        let sum = b.ins().fdemote(types::F32, sum);
+                        b.ins().store(flags, sum, out, ((k * self.in_channels + c) * 4) as i32);
+                    }
+                }
+            });
+            vec![]
+        });
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+    }
+
+    /// Byte offset of accumulator `i`'s f64 totals in its tile.
+    fn totals_at(&self, i: usize) -> i32 {
+        (self.kb * self.cb * RUNNING + i * TOTALS) as i32
+    }
+
+    /// Slots of a tile's scratch that a tile `width` input channels wide uses, in the order of
+    /// its accumulators (output channel, then input channel).
+    fn slots(&self, width: usize) -> impl Iterator<Item = usize> + use<> {
+        let cb = self.cb;
+        (0..self.kb).flat_map(move |k| (0..width).map(move |c| k * cb + c))
+    }
+
+    /// The tile's accumulators `acc` (`kb` by `at.width`, index `k * at.width + c`) after adding
+    /// pixels `p_lo..p_hi` (whole vectors), and with `tail` (the last chunk) the last
+    /// `pixels % 4` pixels one by one into lane 0.
+    fn sweep(
+        &self,
+        b: &mut FunctionBuilder,
+        mul_add: MulAdd,
+        at: &Planes,
+        acc: &[Value],
+        [p_lo, p_hi]: [Value; 2],
+        tail: Value,
+    ) -> Vec<Value> {
+        let read = MemFlagsData::new().with_notrap().with_readonly();
+        let plane = (self.pixels * 4) as i32;
+        // `vectors` steps of 4 pixels from pixel `p`: kb vectors of dy held, one of x at a time.
+        let step = |b: &mut FunctionBuilder, p: Value, acc: &[Value], vectors: usize, ty: Type| {
+            let bytes = b.ins().ishl_imm_u(p, 2);
+            let (dy_at, x_at) = (b.ins().iadd(at.dy0, bytes), b.ins().iadd(at.x0, bytes));
+            let mut acc = acc.to_vec();
+            let lane = |b: &mut FunctionBuilder, base: Value, offset: i32| {
+                if ty == types::F32X4 {
+                    b.ins().load(ty, read, base, offset)
+                } else {
+                    let s = b.ins().load(types::F32, read, base, offset);
+                    b.ins().scalar_to_vector(types::F32X4, s)
+                }
+            };
+            let bytes_per = if ty == types::F32X4 { 16 } else { 4 };
+            for v in 0..vectors as i32 {
+                let dys: Vec<Value> = (0..self.kb as i32).map(|k| lane(b, dy_at, k * plane + v * bytes_per)).collect();
+                for c in 0..at.width {
+                    let xv = lane(b, x_at, c as i32 * plane + v * bytes_per);
+                    for (k, &d) in dys.iter().enumerate() {
+                        let a = &mut acc[k * at.width + c];
+                        *a = mul_add_emit(b, mul_add, d, xv, *a);
+                    }
+                }
+            }
+            acc
+        };
+        let (rest, acc) = for_loop(b, p_lo, p_hi, 8, acc, &mut |b, p, acc| step(b, p, acc, 2, types::F32X4));
+        let (_, acc) = for_loop(b, rest, p_hi, 4, &acc, &mut |b, p, acc| step(b, p, acc, 1, types::F32X4));
+        let tail_pixels = self.pixels % 4;
+        if tail_pixels == 0 {
+            return acc;
+        }
+        // The last pixels, each a vector with one lane (zeros above), in the last chunk (every
+        // chunk, when chunks hold whole images).
+        let first = iconst(b, (self.pixels - tail_pixels) as i64);
+        if self.chunk >= self.pixels {
+            return step(b, first, &acc, tail_pixels, types::F32);
+        }
+        // Both targets take the sums as parameters of their own, so that each is used once in
+        // either (and the multiply-adds add into their registers, as in `for_loop`).
+        let (with_tail, done) = (b.create_block(), b.create_block());
+        for &a in &acc {
+            b.append_block_param(with_tail, types::F32X4);
+            b.append_block_param(done, b.func.dfg.value_type(a));
+        }
+        let pass: Vec<_> = acc.iter().map(|&a| a.into()).collect();
+        b.ins().brif(tail, with_tail, &pass, done, &pass);
+        b.switch_to_block(with_tail);
+        let inside = b.block_params(with_tail).to_vec();
+        let tailed = step(b, first, &inside, tail_pixels, types::F32);
+        let pass: Vec<_> = tailed.iter().map(|&a| a.into()).collect();
+        b.ins().jump(done, &pass);
+        b.switch_to_block(done);
+        b.block_params(done).to_vec()
+    }
+
+    /// Stores the tile's running sums `acc`; with `flush`, adds them, widened, to the totals and
+    /// restarts them at zero.
+    fn keep(&self, b: &mut FunctionBuilder, tile: Value, width: usize, acc: &[Value], flush: Value) {
+        let flags = MemFlagsData::new().with_notrap();
+        for (i, &a) in self.slots(width).zip(acc) {
+            b.ins().store(flags, a, tile, (RUNNING * i) as i32);
+        }
+        if_then(b, flush, &mut |b| {
+            let zero = b.ins().f32const(0.0);
+            let zero = b.ins().splat(types::F32X4, zero);
+            for (i, &a) in self.slots(width).zip(acc) {
+                let high = shuffle32(b, a, a, [2, 3, 6, 7]);
+                for (half, v) in [a, high].into_iter().enumerate() {
+                    let offset = self.totals_at(i) + 16 * half as i32;
+                    let wide = b.ins().fvpromote_low(v);
+                    let total = b.ins().load(types::F64X2, flags, tile, offset);
+                    let total = b.ins().fadd(total, wide);
+                    b.ins().store(flags, total, tile, offset);
+                }
+                b.ins().store(flags, zero, tile, (RUNNING * i) as i32);
+            }
+        });
+    }
+}
+
+/// Where a tile's planes start in this image, and how many input channels it has.
+struct Planes {
+    dy0: Value,
+    x0: Value,
+    width: usize,
+}
