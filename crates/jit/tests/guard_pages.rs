@@ -180,6 +180,8 @@ fn fused_convolution_epilogues_stay_inside_their_buffers() {
         (4, 8, 8, 8, 8, 3, 1, 1),
         (1, 16, 16, 16, 16, 3, 1, 1),
         (2, 3, 4, 8, 10, 3, 2, 1),
+        // A pointwise convolution 7 wide, run as one row of its 49 pixels.
+        (2, 3, 5, 7, 7, 1, 1, 0),
     ];
     for (n, c, k, h, w, r, s, p) in cases {
         let [oh, ow] = [(h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1];
@@ -224,6 +226,8 @@ fn convolutions_with_batch_statistics_stay_inside_their_buffers() {
         (3, 4, 8, 6, 5, 1, 2, 0),
         (8, 8, 8, 8, 8, 3, 1, 1),
         (1, 8, 16, 16, 16, 3, 1, 1),
+        // A pointwise convolution 7 wide, run as one row of its 49 pixels.
+        (2, 3, 5, 7, 7, 1, 1, 0),
     ];
     for (n, c, k, h, w, r, s, p) in cases {
         let [oh, ow] = [(h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1];

@@ -46,6 +46,19 @@ fn conv_pack(g: &Geometry, vb: usize) -> PackSpec {
     PackSpec { planes, in_hw, dilation, pad_before, rows, phases: stride[1], row_len, images: 1 }
 }
 
+/// A pointwise convolution (1x1, stride 1, unpadded) whose rows would leave lanes of a register
+/// tile idle (14 or 7 pixels wide: 16 or 8 lanes) as one row of all its pixels: its planes are
+/// contiguous, so the packed image holds the same data, and the tiles run across row ends.
+fn pointwise_as_one_row(g: Geometry) -> Geometry {
+    let pointwise = g.kernel == [1, 1] && g.stride == [1, 1] && g.dilation == [1, 1] && g.pad == [0, 0];
+    let (_, vb) = register_tile(g.nck[2], g.out_hw[1].div_ceil(4), None, 1);
+    if !pointwise || g.out_hw[1].is_multiple_of(4 * vb) {
+        return g;
+    }
+    let pixels = g.out_hw[0] * g.out_hw[1];
+    Geometry { in_hw: [1, pixels], out_hw: [1, pixels], ..g }
+}
+
 /// A convolution of `x` with weights `w` (read through `weights`): direct, or by the Winograd
 /// tiling `winograd` chooses when it applies (3x3, stride 1, output sizes a multiple of the tile,
 /// 8 or more input channels), after a step that transforms the weights into a kept scratch area.
@@ -58,6 +71,7 @@ pub(super) fn conv(
     weights: WeightLayout,
     winograd: WinogradTiles,
 ) -> Lowered {
+    let g = pointwise_as_one_row(g);
     let Geometry { nck: [n, c, k], in_hw, kernel, stride, dilation, pad, out_hw } = g;
     // Few output channels leave F(4x4, 3x3)'s larger input transform most of the work: the
     // stem's input gradient (16 -> 3 channels) ran 15% slower by F(4x4) than by F(2x2).
