@@ -82,7 +82,7 @@ impl KernelSpec {
             KernelSpec::PointwiseWeightGrad(_) => 4,
             KernelSpec::WinogradGrad(_) => 6,
             KernelSpec::MatMul(_) => 3,
-            KernelSpec::Pool(s) => 2 + s.grad as usize,
+            KernelSpec::Pool(s) => 3 + s.grad as usize,
             KernelSpec::Rows(s) => match s.op {
                 RowOp::Softmax | RowOp::ArgMax => 2,
                 RowOp::CrossEntropy => 3,

@@ -422,8 +422,14 @@ proptest! {
         let a = skipgrad_ir::PoolAttrs { kernel: [kernel; 2], stride: [stride; 2], pad: [pad; 2] };
         let [oh, ow] = [(h + 2 * pad - kernel) / stride + 1, (w + 2 * pad - kernel) / stride + 1];
         let x = random(seed, &[n, c, h, w], -1.0, 1.0);
+        // Also with ties (values in steps of 0.5): the gradient goes to the first maximum in scan
+        // order.
+        let tied = x.to_f64_vec().iter().map(|v| (v * 2.0).round() as f32 / 2.0).collect();
+        let tied = Tensor::f32(&[n, c, h, w][..], tied).unwrap();
+        let dy = random(seed ^ 1, &[n, c, oh, ow], -1.0, 1.0);
         check(std::slice::from_ref(&x), |g, i| add(g, Op::MaxPool(a), i))?;
-        check(&[x, random(seed ^ 1, &[n, c, oh, ow], -1.0, 1.0)], |g, i| add(g, Op::MaxPoolGrad(a), i))?;
+        check(&[x, dy.clone()], |g, i| add(g, Op::MaxPoolGrad(a), i))?;
+        check(&[tied, dy], |g, i| add(g, Op::MaxPoolGrad(a), i))?;
     }
 }
 

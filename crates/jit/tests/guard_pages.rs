@@ -52,6 +52,7 @@ fn elementwise_reduction_and_batch_norm_kernels_stay_inside_their_buffers() {
         vec![3, 5],
         vec![2, 3, 5],
         vec![3, 5, 3, 3],
+        vec![2, 3, 9, 13],
         vec![2, 4, 2, 2],
         vec![2, 3, 1, 1],
     ] {
@@ -75,9 +76,16 @@ fn elementwise_reduction_and_batch_norm_kernels_stay_inside_their_buffers() {
         let n: usize = dims.iter().product();
         let mut feeds = vec![("a", n), ("b", n)];
         if rank == 4 {
-            let pool = skipgrad_ir::PoolAttrs { kernel: [3, 3], stride: [2, 2], pad: [1, 1] };
-            let y = g.add_node(Op::MaxPool(pool), &[a], Role::Forward).unwrap();
-            g.add_node(Op::MaxPoolGrad(pool), &[a, y], Role::Backward).unwrap();
+            // Max pooling reads a packed plane in whole vectors of 4 outputs: the stem's window,
+            // and others whose rows end in partial vectors.
+            for (k, s, p) in [(3, 2, 1), (2, 1, 0), (3, 1, 1), (2, 2, 1)] {
+                if dims[2] + 2 * p < k || dims[3] + 2 * p < k {
+                    continue;
+                }
+                let pool = skipgrad_ir::PoolAttrs { kernel: [k, k], stride: [s, s], pad: [p, p] };
+                let y = g.add_node(Op::MaxPool(pool), &[a], Role::Forward).unwrap();
+                g.add_node(Op::MaxPoolGrad(pool), &[a, y], Role::Backward).unwrap();
+            }
         }
         if rank >= 2 {
             let c = dims[1];

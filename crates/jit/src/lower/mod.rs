@@ -298,7 +298,10 @@ pub(crate) fn lower(graph: &Graph, id: NodeId, winograd: WinogradTiles) -> Resul
             let out_hw = if grad { dims(1)? } else { node.ty.shape.dims().to_vec() };
             let spec =
                 PoolSpec { planes: x[0] * x[1], in_hw: [x[2], x[3]], out_hw: [out_hw[2], out_hw[3]], attrs: *a, grad };
-            single(label(), KernelSpec::Pool(spec), inputs, id)
+            let scratch = vec![spec.scratch_len()];
+            let inputs = inputs.into_iter().map(Buf::Node).chain([Buf::PerThread(0)]).collect();
+            let step = Planned { label: label(), spec: KernelSpec::Pool(spec), inputs, output: Buf::Node(id) };
+            Lowered::Steps { scratch, steps: vec![step] }
         }
     })
 }
