@@ -32,7 +32,7 @@ pub enum KernelSpec {
     SubPixel(SubPixelSpec),
     /// Convolution weight gradient: channel tiles over channels-last dy.
     WeightGrad(WeightGradSpec),
-    /// Weight gradient of a 1x1, stride-1, unpadded convolution: dot products along pixels.
+    /// Weight gradient of a 1x1, unpadded convolution: dot products along pixels.
     PointwiseWeightGrad(PointwiseWeightGradSpec),
     /// Convolution weight gradient by Winograd F(m x m, 3x3) (3x3, stride 1).
     WinogradGrad(WinogradGradSpec),
@@ -79,7 +79,7 @@ impl KernelSpec {
             KernelSpec::Foreach(s) => s.arity(),
             KernelSpec::Copy(_) | KernelSpec::WinogradWeights(_) | KernelSpec::WeightRelayout(_) => 2,
             KernelSpec::WeightGrad(_) => 5,
-            KernelSpec::PointwiseWeightGrad(_) => 4,
+            KernelSpec::PointwiseWeightGrad(_) => 5,
             KernelSpec::WinogradGrad(_) => 6,
             KernelSpec::MatMul(_) => 3,
             KernelSpec::Pool(s) => 3 + s.grad as usize,

@@ -353,30 +353,34 @@ proptest! {
 proptest! {
     #![proptest_config(config(24))]
 
-    /// The weight gradient of a 1x1, stride-1, unpadded convolution runs as dot products along
-    /// pixels: tiles of 2 (or 1, for odd output channels) by up to 6 input channels with a partial
-    /// last one, pixel counts with a tail of 1 to 3, several images per f64 flush, and (with 1024
-    /// or more output channels) several chunks of pixels.
+    /// The weight gradient of a 1x1, unpadded convolution runs as dot products along pixels (at
+    /// stride 2, of x gathered chunk by chunk): tiles of 2 (or 1, for odd output channels) by up
+    /// to 6 input channels with a partial last one, pixel counts with a tail of 1 to 3, several
+    /// images per f64 flush and per chunk, odd input sizes at stride 2.
     #[test]
-    fn pointwise_weight_gradients(n in 1..4usize, c in 1..15usize, k in prop::sample::select(vec![1usize, 2, 3, 8, 1024]), h in 1..11usize, w in 1..11usize, seed: u64) {
-        let a = Conv2dAttrs::square(1, 0);
+    fn pointwise_weight_gradients(n in 1..4usize, c in 1..15usize, k in prop::sample::select(vec![1usize, 2, 3, 8, 1024]), h in 1..11usize, w in 1..11usize, stride in 1..3usize, seed: u64) {
+        let a = Conv2dAttrs::square(stride, 0);
+        let [oh, ow] = [(h - 1) / stride + 1, (w - 1) / stride + 1];
         let x = random(seed, &[n, c, h, w], -1.0, 1.0);
-        let dy = random(seed ^ 2, &[n, k, h, w], -1.0, 1.0);
+        let dy = random(seed ^ 2, &[n, k, oh, ow], -1.0, 1.0);
         check_within(&[x, dy], 1e-5, |g, i| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [1, 1] }, i))?;
     }
 }
 
 /// Pointwise weight gradients over images large enough that the f32 running sums go into the
 /// f64 totals every 2 images (3 images: a whole period and a partial one), and that an image
-/// takes 2 chunks (the 1-pixel tail in the second).
+/// takes 2 chunks (the 1-pixel tail in the second; at stride 2, chunks of whole output rows).
 #[test]
 fn pointwise_weight_gradients_in_chunks_and_flush_periods() {
-    for (n, c, k, hw, flush, chunks) in [(3, 5, 4, 37, 2, 1), (1, 64, 64, 47, 1, 2)] {
-        let spec = skipgrad_jit::PointwiseWeightGradSpec::new(n, c, k, hw * hw);
+    for (n, c, k, hw, stride, flush, chunks) in
+        [(3, 5, 4, 37, 1, 2, 1), (1, 64, 64, 47, 1, 1, 2), (2, 64, 64, 93, 2, 1, 2)]
+    {
+        let spec = skipgrad_jit::PointwiseWeightGradSpec::new(n, c, k, [hw, hw], stride);
         assert_eq!((spec.flush, spec.pixels.div_ceil(spec.chunk)), (flush, chunks));
-        let a = Conv2dAttrs::square(1, 0);
+        let a = Conv2dAttrs::square(stride, 0);
+        let out = (hw - 1) / stride + 1;
         let x = random(7, &[n, c, hw, hw], -1.0, 1.0);
-        let dy = random(8, &[n, k, hw, hw], -1.0, 1.0);
+        let dy = random(8, &[n, k, out, out], -1.0, 1.0);
         check_within(&[x, dy], 1e-5, |g, i| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [1, 1] }, i)).unwrap();
     }
 }

@@ -82,13 +82,21 @@ fn resnet_3x3_convolutions_keep_values_in_registers() {
 
 #[test]
 fn pointwise_weight_gradients_keep_values_in_registers() {
-    // ResNet-50's 1x1 weight gradients (in, out, size), and one whose images take two chunks with
-    // a tail of pixels in the second.
-    for (c, k, hw) in [(64, 256, 56), (256, 1024, 14), (2048, 512, 7), (512, 2048, 7), (64, 64, 47)] {
+    // ResNet-50's 1x1 weight gradients (in, out, input size, stride), and one whose images take
+    // two chunks with a tail of pixels in the second.
+    for (c, k, hw, s) in [
+        (64, 256, 56, 1),
+        (256, 1024, 14, 1),
+        (2048, 512, 7, 1),
+        (512, 2048, 7, 1),
+        (64, 64, 47, 1),
+        (512, 1024, 28, 2),
+    ] {
         let mut g = Graph::new();
-        let a = Conv2dAttrs::square(1, 0);
+        let a = Conv2dAttrs::square(s, 0);
+        let out = (hw - 1) / s + 1;
         let x = input(&mut g, "x", &[2, c, hw, hw]);
-        let dy = input(&mut g, "dy", &[2, k, hw, hw]);
+        let dy = input(&mut g, "dy", &[2, k, out, out]);
         let id = g.add_node(Op::Conv2dGradWeight { conv: a, kernel_hw: [1, 1] }, &[x, dy], Role::Backward).unwrap();
         let compiled = compile(&g, &[id], &CompileOptions::default()).unwrap();
         let code = compiled.kernel_for(id).unwrap();
@@ -96,7 +104,7 @@ fn pointwise_weight_gradients_keep_values_in_registers() {
         for (what, lines) in
             [("spills", spills), ("copies registers for multiply-adds", copies_into_multiply_adds(&code.vcode))]
         {
-            assert!(lines.is_empty(), "{c}->{k} {hw}x{hw} ({}) {what}:\n{}", code.name, lines.join("\n"));
+            assert!(lines.is_empty(), "{c}->{k} {hw}x{hw} stride {s} ({}) {what}:\n{}", code.name, lines.join("\n"));
         }
     }
 }

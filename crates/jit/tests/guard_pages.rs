@@ -160,6 +160,9 @@ fn convolution_kernels_stay_inside_their_buffers() {
         (1, 7, 3, 5, 5, 1, 1, 0),
         (2, 2, 1024, 9, 9, 1, 1, 0),
         (1, 64, 64, 47, 47, 1, 1, 0),
+        // At stride 2, x gathered a chunk of output rows at a time (odd sizes, two chunks).
+        (2, 3, 1024, 9, 7, 1, 2, 0),
+        (1, 64, 64, 93, 93, 1, 2, 0),
     ] {
         let mut g = Graph::new();
         let x = input(&mut g, "x", &[n, c, h, w]);

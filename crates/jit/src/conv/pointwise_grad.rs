@@ -1,14 +1,18 @@
-//! The weight gradient of a pointwise convolution (1x1, stride 1, no padding) as dot products
-//! along pixels, reading x and dy as they are stored (NCHW): no packing, no transpose.
+//! The weight gradient of a pointwise convolution (1x1, no padding) as dot products along
+//! pixels, reading dy as it is stored (NCHW), and x too at stride 1 (at stride 2, each chunk of x
+//! is first gathered into the thread's scratch): no transpose.
 
 use crate::MulAdd;
-use crate::codegen::{elem_addr, entry, for_loop, iconst, if_then, load_arg, mul, mul_add_emit, shuffle32};
+use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, if_then, load_arg, mul, mul_add_emit};
+use crate::codegen::{shuffle32, thread_share};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
 /// `dw[k][c] = sum over images n and pixels p of dy[n][k][p] * x[n][c][p]`, where a 1x1, stride-1,
-/// unpadded convolution's planes are rows of `pixels` contiguous elements.
+/// unpadded convolution's planes are rows of `pixels` contiguous elements. At a larger stride,
+/// `x[n][c][p]` is the input pixel `(i s, j s)` of output pixel `p = i out_w + j`: every thread
+/// gathers each chunk's (whole output rows) into its scratch before its tiles read it.
 ///
 /// A tile is `kb` output channels by up to `cb` input channels; its accumulators are f32x4
 /// vectors along pixels (lane `l` sums pixels `p = l mod 4`), `kb` vectors of dy and one of x
@@ -30,14 +34,20 @@ pub struct PointwiseWeightGradSpec {
     pub in_channels: usize,
     /// Output channels (dy's planes per image).
     pub out_channels: usize,
-    /// Pixels per plane (height times width).
+    /// Output pixels per plane (height times width).
     pub pixels: usize,
+    /// Stride (both axes).
+    pub stride: usize,
+    /// x's height and width.
+    pub in_hw: [usize; 2],
+    /// Output width.
+    pub out_w: usize,
     /// Output channels per tile (a divisor of `out_channels`).
     pub kb: usize,
     /// Input channels per tile (the last tile of each block of output channels takes the rest).
     pub cb: usize,
-    /// Pixels per chunk of an image (a multiple of 4; every pixel, rounded up, when a chunk holds
-    /// whole images).
+    /// Pixels per chunk of an image (a multiple of 4, and of output rows at a stride above 1;
+    /// every pixel, rounded up, when a chunk holds whole images).
     pub chunk: usize,
     /// Whole images per chunk (1 when an image takes several chunks).
     pub images: usize,
@@ -60,14 +70,20 @@ const TOTALS: usize = 32;
 impl PointwiseWeightGradSpec {
     /// The tiling for these sizes: `kb` 2 (1 for an odd number of output channels) by `cb`
     /// filling 12 accumulators (13 registers to 15 with the loads), chunks of dy of at most
-    /// [`CHUNK_BYTES`] in equal parts, flushes after about 1024 products per lane.
-    pub fn new(batch: usize, in_channels: usize, out_channels: usize, pixels: usize) -> Self {
+    /// [`CHUNK_BYTES`] in equal parts, flushes after about 1024 products per lane; for x of
+    /// `[batch][in_channels][in_hw]` at `stride`.
+    pub fn new(batch: usize, in_channels: usize, out_channels: usize, in_hw: [usize; 2], stride: usize) -> Self {
         let kb = if out_channels.is_multiple_of(2) { 2 } else { 1 };
         let cb = (12 / kb).min(in_channels);
         let by_output_channels = out_channels > in_channels;
+        let [oh, ow] = in_hw.map(|d| (d - 1) / stride + 1);
+        let pixels = oh * ow;
         let image_bytes = 4 * out_channels.min(in_channels) * pixels;
         let chunks = image_bytes.div_ceil(CHUNK_BYTES);
         let chunk = pixels.div_ceil(chunks).div_ceil(4) * 4;
+        // Gathered chunks are whole output rows, and whole vectors.
+        let rows_step = if stride > 1 { 4 / gcd(ow, 4) } else { 1 };
+        let chunk = if stride > 1 { chunk.div_ceil(ow).div_ceil(rows_step) * rows_step * ow } else { chunk };
         let flush = (4096 / pixels).clamp(1, batch);
         let images = (CHUNK_BYTES / image_bytes).clamp(1, flush);
         let flush = flush / images * images;
@@ -76,6 +92,9 @@ impl PointwiseWeightGradSpec {
             in_channels,
             out_channels,
             pixels,
+            stride,
+            in_hw,
+            out_w: ow,
             kb,
             cb,
             chunk,
@@ -88,6 +107,12 @@ impl PointwiseWeightGradSpec {
     /// Groups: one per tile (block of input channels, block of output channels).
     pub fn groups(&self) -> usize {
         self.in_channels.div_ceil(self.cb) * (self.out_channels / self.kb)
+    }
+
+    /// f32 elements of one thread's scratch: the gathered x of a chunk of every image of a set
+    /// (none at stride 1).
+    pub fn thread_scratch_len(&self) -> usize {
+        if self.stride > 1 { self.images * self.in_channels * self.chunk } else { 0 }
     }
 
     /// f32 elements of the accumulator scratch (one full tile's worth per group).
@@ -104,10 +129,12 @@ impl PointwiseWeightGradSpec {
         2.0 * (self.batch * self.out_channels * self.in_channels * self.pixels) as f64
     }
 
-    /// Kernel body: args are x, dy (both NCHW), the accumulator scratch, dw.
+    /// Kernel body: args are x, dy (both NCHW), the accumulator scratch, the per-thread scratch
+    /// ([`thread_scratch_len`](Self::thread_scratch_len) per thread), dw.
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
-        let (args, begin, end) = entry(b);
-        let [x, dy, scratch, dw] = [0, 1, 2, 3].map(|k| load_arg(b, ptr, args, k));
+        let (args, begin, end, thread) = entry_with_thread(b);
+        let [x, dy, scratch, per_thread, dw] = [0, 1, 2, 3, 4].map(|k| load_arg(b, ptr, args, k));
+        let gathered = thread_share(b, per_thread, thread, self.thread_scratch_len());
         let kblocks = self.out_channels / self.kb;
         let (full_cb, rest_cb) = (self.in_channels / self.cb, self.in_channels % self.cb);
         let flags = MemFlagsData::new().with_notrap();
@@ -176,6 +203,9 @@ impl PointwiseWeightGradSpec {
                 let p_hi = b.ins().umin(p_end, p_all);
                 let last_chunk = b.ins().icmp_imm_u(IntCC::Equal, ch, chunks as i64 - 1);
                 let flush_now = b.ins().band(last_chunk, flushes);
+                if self.stride > 1 {
+                    self.gather(b, x, gathered, [n0, n1], [p_lo, p_hi]);
+                }
                 for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
                     let tile = tile_addr(b, g);
                     let (k0, c0, partial) = decode(b, g);
@@ -193,13 +223,22 @@ impl PointwiseWeightGradSpec {
                                 let e = mul(b, e, self.pixels);
                                 elem_addr(b, dy, e)
                             };
-                            let x0 = {
+                            // x's row for pixel 0 (at a stride, as if the gathered chunk's
+                            // rows started at pixel p_lo).
+                            let (x0, x_plane) = if self.stride > 1 {
+                                let e = b.ins().isub(n, n0);
+                                let e = mul(b, e, self.in_channels);
+                                let e = b.ins().iadd(e, c0);
+                                let e = mul(b, e, self.chunk);
+                                let e = b.ins().isub(e, p_lo);
+                                (elem_addr(b, gathered, e), self.chunk)
+                            } else {
                                 let e = mul(b, n, self.in_channels);
                                 let e = b.ins().iadd(e, c0);
                                 let e = mul(b, e, self.pixels);
-                                elem_addr(b, x, e)
+                                (elem_addr(b, x, e), self.pixels)
                             };
-                            let at = Planes { dy0, x0, width };
+                            let at = Planes { dy0, x0, x_plane: (4 * x_plane) as i32, width };
                             self.sweep(b, mul_add, &at, acc, [p_lo, p_hi], last_chunk)
                         });
                         self.keep(b, tile, width, &acc, flush_now);
@@ -237,6 +276,52 @@ impl PointwiseWeightGradSpec {
         });
         b.ins().return_(&[]);
         b.seal_all_blocks();
+    }
+
+    /// Gathers pixels `p_lo..p_hi` (whole output rows) of every input channel of images `n0..n1`
+    /// into `gathered` (`[image - n0][channel][pixel - p_lo]`, `chunk` per channel).
+    fn gather(
+        &self,
+        b: &mut FunctionBuilder,
+        x: Value,
+        gathered: Value,
+        [n0, n1]: [Value; 2],
+        [p_lo, p_hi]: [Value; 2],
+    ) {
+        let flags = MemFlagsData::new().with_notrap();
+        let [h, w] = self.in_hw;
+        let (s, ow) = (self.stride, self.out_w);
+        let planes_lo = mul(b, n0, self.in_channels);
+        let planes_hi = mul(b, n1, self.in_channels);
+        let row_lo = b.ins().udiv_imm_u(p_lo, ow as i64);
+        let row_hi = b.ins().iadd_imm_s(p_hi, ow as i64 - 1);
+        let row_hi = b.ins().udiv_imm_u(row_hi, ow as i64);
+        for_loop(b, planes_lo, planes_hi, 1, &[], &mut |b, plane, _| {
+            let to_plane = {
+                let e = b.ins().isub(plane, planes_lo);
+                mul(b, e, self.chunk)
+            };
+            let from_plane = mul(b, plane, h * w);
+            for_loop(b, row_lo, row_hi, 1, &[], &mut |b, i, _| {
+                let from = {
+                    let e = mul(b, i, s * w);
+                    let e = b.ins().iadd(from_plane, e);
+                    elem_addr(b, x, e)
+                };
+                let to = {
+                    let e = mul(b, i, ow);
+                    let e = b.ins().isub(e, p_lo);
+                    let e = b.ins().iadd(to_plane, e);
+                    elem_addr(b, gathered, e)
+                };
+                for j in 0..ow {
+                    let v = b.ins().load(types::F32, flags.with_readonly(), from, (4 * s * j) as i32);
+                    b.ins().store(flags, v, to, 4 * j as i32);
+                }
+                vec![]
+            });
+            vec![]
+        });
     }
 
     /// Byte offset of accumulator `i`'s f64 totals in its tile.
@@ -282,7 +367,7 @@ impl PointwiseWeightGradSpec {
             for v in 0..vectors as i32 {
                 let dys: Vec<Value> = (0..self.kb as i32).map(|k| lane(b, dy_at, k * plane + v * bytes_per)).collect();
                 for c in 0..at.width {
-                    let xv = lane(b, x_at, c as i32 * plane + v * bytes_per);
+                    let xv = lane(b, x_at, c as i32 * at.x_plane + v * bytes_per);
                     for (k, &d) in dys.iter().enumerate() {
                         let a = &mut acc[k * at.width + c];
                         *a = mul_add_emit(b, mul_add, d, xv, *a);
@@ -346,9 +431,16 @@ impl PointwiseWeightGradSpec {
     }
 }
 
-/// Where a tile's planes start in this image, and how many input channels it has.
+/// Where a tile's planes start in this image (pixel 0 of its first output and input channels),
+/// bytes between its x planes, and how many input channels it has.
 struct Planes {
     dy0: Value,
     x0: Value,
+    x_plane: i32,
     width: usize,
+}
+
+/// The greatest common divisor.
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }

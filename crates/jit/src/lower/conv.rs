@@ -317,8 +317,9 @@ fn winograd_weight_grad(
 
 /// The weight gradient as channel tiles: one [`WeightGradSpec`] kernel, with its accumulator
 /// scratch and a per-thread scratch for each image's packed x and channels-last dy; a pointwise
-/// convolution's (1x1, stride 1, unpadded) as dot products along pixels, reading x and dy as they
-/// are stored ([`PointwiseWeightGradSpec`], with its accumulator scratch).
+/// convolution's (1x1, unpadded) as dot products along pixels, reading dy as it is stored, and x
+/// too at stride 1 ([`PointwiseWeightGradSpec`], with its accumulator scratch and a per-thread
+/// scratch for the gathered x at a stride).
 /// `[id, x_id, dy_id]` are the gradient's node and its operands' (x and dy, of dims `[x, dy]`).
 pub(super) fn weight_grad(
     label: String,
@@ -334,15 +335,15 @@ pub(super) fn weight_grad(
     if winograd != WinogradTiles::Off && WinogradGradSpec::applies(kernel, stride, out_hw, c, k) {
         return winograd_weight_grad(label, [id, x_id, dy_id], x, out_hw, k, pad, winograd);
     }
-    if kernel == [1, 1] && stride == [1, 1] && pad == [0, 0] {
-        let spec = PointwiseWeightGradSpec::new(n, c, k, out_hw[0] * out_hw[1]);
+    if kernel == [1, 1] && stride[0] == stride[1] && pad == [0, 0] {
+        let spec = PointwiseWeightGradSpec::new(n, c, k, [x[2], x[3]], stride[0]);
         let steps = vec![Planned {
             label,
             spec: KernelSpec::PointwiseWeightGrad(spec.clone()),
-            inputs: vec![Buf::Node(x_id), Buf::Node(dy_id), Buf::Scratch(0)],
+            inputs: vec![Buf::Node(x_id), Buf::Node(dy_id), Buf::Scratch(0), Buf::PerThread(1)],
             output: Buf::Node(id),
         }];
-        return Lowered::Steps { scratch: vec![spec.scratch_len()], steps };
+        return Lowered::Steps { scratch: vec![spec.scratch_len(), spec.thread_scratch_len()], steps };
     }
     let kv = if k > 4 { 2 } else { 1 };
     let dy_row = k.div_ceil(4 * kv) * 4 * kv;
