@@ -150,6 +150,9 @@ fn convolution_kernels_stay_inside_their_buffers() {
         (4, 8, 8, 48, 12, 3, 1, 1),
         // Batch 1: too few blocks of tile rows, so the output channels are split into parts.
         (1, 8, 16, 8, 8, 3, 1, 1),
+        // Odd outputs: the weight gradient's F(2x2, 3x3) tiles half outside (dy read as zeros).
+        (2, 8, 8, 7, 7, 3, 1, 1),
+        (1, 8, 4, 5, 9, 3, 1, 1),
         // Stride 2 at even widths: the input gradient's width phases in pairs (a partial vector
         // at 10 wide; 1x1, whose odd phases have no taps).
         (2, 3, 4, 8, 10, 3, 2, 1),

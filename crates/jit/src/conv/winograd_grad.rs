@@ -38,7 +38,8 @@ pub struct WinogradGradSpec {
     pub in_channels: usize,
     /// Output channels (even).
     pub out_channels: usize,
-    /// Output height and width (even).
+    /// Output height and width (odd sizes are tiled as the next even ones, dy read as zero past
+    /// them: see [`WinogradGradSpec::applies`]).
     pub out_hw: [usize; 2],
     /// How each image of x is packed (zero-padded, m width phases).
     pub pack: PackSpec,
@@ -53,8 +54,10 @@ pub struct WinogradGradSpec {
 }
 
 impl WinogradGradSpec {
-    /// Whether the Winograd weight gradient applies: 3x3, stride 1, even output sizes, input
-    /// channels a multiple of 4 (at least 8), even output channels.
+    /// Whether the Winograd weight gradient applies: 3x3, stride 1, input channels a multiple of 4
+    /// (at least 8), even output channels, and even output sizes, or odd ones whose F(2x2, 3x3)
+    /// tiles (the last row and column of tiles half outside, as zeros of dy) still multiply at
+    /// most 6 times per output against the direct gradient's 9 (7x7: 5.2).
     pub fn applies(
         kernel: [usize; 2],
         stride: [usize; 2],
@@ -62,31 +65,40 @@ impl WinogradGradSpec {
         in_channels: usize,
         out_channels: usize,
     ) -> bool {
+        let tiled = Self::tiled_hw(out_hw);
+        let even = out_hw == tiled;
         kernel == [3, 3]
             && stride == [1, 1]
             && out_hw[0] > 0
-            && out_hw[0].is_multiple_of(2)
             && out_hw[1] > 0
-            && out_hw[1].is_multiple_of(2)
+            && (even || 4 * tiled[0] * tiled[1] <= 6 * out_hw[0] * out_hw[1])
             && in_channels >= 8
             && in_channels.is_multiple_of(CB)
             && out_channels.is_multiple_of(KB)
     }
 
+    /// The output's sizes rounded up to even: what the tiles cover.
+    pub fn tiled_hw(out_hw: [usize; 2]) -> [usize; 2] {
+        out_hw.map(|d| d.div_ceil(2) * 2)
+    }
+
     /// The tiling of a batch of `batch` outputs of `out_hw` (whose sizes
     /// [`applies`](Self::applies) accepts) for the gradient: the tiles and lanes `tiles` (not
-    /// `Off`) chooses for the convolution, in blocks of whole tile rows with at least 64 slots (or
-    /// the whole image).
+    /// `Off`) chooses for the convolution (F(2x2, 3x3) in one image's lanes for odd sizes), in
+    /// blocks of whole tile rows with at least 64 slots (or the whole image).
     pub fn tiling(out_hw: [usize; 2], tiles: WinogradTiles, batch: usize) -> Winograd {
-        let w = Winograd::for_output(out_hw, tiles, batch).expect("F(2x2, 3x3) tiles every even output");
-        let th = out_hw[0] / w.m;
+        let tiled = Self::tiled_hw(out_hw);
+        let w =
+            if tiled == out_hw { Winograd::for_output(out_hw, tiles, batch) } else { Winograd::with_tile(2, tiled) };
+        let w = w.expect("F(2x2, 3x3) tiles every even output");
+        let th = tiled[0] / w.m;
         let tile_rows = (1..=th).find(|r| th.is_multiple_of(*r) && r * w.row_slots() >= 64).unwrap_or(th);
         Winograd { tile_rows, ..w }
     }
 
     /// Image sets per block of products for an output of `out_hw` tiled as `tiling`.
     pub fn sets_per_block(out_hw: [usize; 2], tiling: Winograd) -> usize {
-        if tiling.tile_rows < out_hw[0] / tiling.m { 1 } else { 64usize.div_ceil(tiling.slots()) }
+        if tiling.tile_rows < Self::tiled_hw(out_hw)[0] / tiling.m { 1 } else { 64usize.div_ceil(tiling.slots()) }
     }
 
     /// Slots per block of products (`V` and `DY` have this many per channel).
@@ -148,7 +160,7 @@ impl WinogradGradSpec {
         let d = b.ins().iadd_imm_s(xp, 4 * d_at as i64);
         let rows = b.ins().iadd_imm_s(xp, 4 * rows_at as i64);
         let flags = MemFlagsData::new().with_notrap();
-        let blocks = self.out_hw[0] / self.tiling.m / self.tiling.tile_rows;
+        let blocks = Self::tiled_hw(self.out_hw)[0] / self.tiling.m / self.tiling.tile_rows;
         for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
             let part = {
                 let offset = mul(b, g, 4 * self.partial_len());
@@ -269,8 +281,12 @@ impl WinogradGradSpec {
         let write = MemFlagsData::new().with_notrap();
         let first_row = mul(b, block, m * w.tile_rows);
         let lo = iconst(b, 0);
-        // Whole vectors of slots, then a partial one padded with zeros.
-        let (full, last) = ((ow / m) * w.images / 4, m * ((ow / m) * w.images % 4));
+        // Whole vectors of slots, then a partial one padded with zeros (the pixels of its tiles
+        // inside the width).
+        let (full, last) = match w.images {
+            1 => (ow / (4 * m), ow % (4 * m)),
+            _ => ((ow / m) * w.images / 4, m * ((ow / m) * w.images % 4)),
+        };
         let hi = [kn, w.tile_rows, full].map(|n| iconst(b, n as i64));
         for_loop(b, lo, hi[0], 1, &[], &mut |b, k, _| {
             let plane = {
@@ -308,9 +324,32 @@ impl WinogradGradSpec {
                             })
                             .collect()
                     };
-                    // Rows times Aᵀ: W[i][j] = Σ_c dy[i][c] Aᵀ[c][j], kept in `rows`.
+                    // Rows times Aᵀ: W[i][j] = Σ_c dy[i][c] Aᵀ[c][j], kept in `rows`. A row of the
+                    // last tile row may lie past an odd height: zeros there.
                     for i in 0..m {
-                        let cols = columns(b, i);
+                        let cols = if oh.is_multiple_of(m) || i < oh % m {
+                            columns(b, i)
+                        } else {
+                            let image_row = {
+                                let e = mul(b, r, m);
+                                let e = b.ins().iadd(first_row, e);
+                                b.ins().iadd_imm_s(e, i as i64)
+                            };
+                            let inside = b.ins().icmp_imm_u(IntCC::UnsignedLessThan, image_row, oh as i64);
+                            let (load, done) = (b.create_block(), b.create_block());
+                            let zero = b.ins().f32const(0.0);
+                            let zero = b.ins().splat(types::F32X4, zero);
+                            for _ in 0..m {
+                                b.append_block_param(done, types::F32X4);
+                            }
+                            let zeros = vec![zero.into(); m];
+                            b.ins().brif(inside, load, &[], done, &zeros);
+                            b.switch_to_block(load);
+                            let loaded: Vec<_> = columns(b, i).into_iter().map(Into::into).collect();
+                            b.ins().jump(done, &loaded);
+                            b.switch_to_block(done);
+                            b.block_params(done).to_vec()
+                        };
                         a_matrix.emit_each(b, mul_add, Width::Vector, &mut |_, c| cols[c], &mut |b, j, value| {
                             b.ins().store(write, value, rows, ((i * size + j) * 16) as i32);
                         });
