@@ -210,7 +210,6 @@ impl PointwiseWeightGradSpec {
                     let tile = tile_addr(b, g);
                     let (k0, c0, partial) = decode(b, g);
                     by_width(b, partial, &mut |b, width| {
-                        let flags = MemFlagsData::new().with_notrap();
                         let running: Vec<Value> = self
                             .slots(width)
                             .map(|i| b.ins().load(types::F32X4, flags, tile, (RUNNING * i) as i32))

@@ -291,19 +291,7 @@ fn winograd_weight_grad(
 ) -> Lowered {
     let tiling = WinogradGradSpec::tiling(out_hw, winograd, x[0]);
     let pack = tiling.pack(x[1], [x[2], x[3]], pad, WinogradGradSpec::tiled_hw(out_hw));
-    // Chunks of image sets: enough for the threads to share, few enough that adding the partials
-    // stays small; a constant, so the result does not depend on the thread count.
-    let sets = x[0] / tiling.images;
-    let (chunks, sets_per_block) = if WinogradGradSpec::tiled_hw(out_hw) == out_hw {
-        (sets.min(8), WinogradGradSpec::sets_per_block(out_hw, tiling))
-    } else {
-        // Odd sizes (ResNet-50's 7x7 stage, 512 channels): with many channels, the partials a
-        // block adds into pass over memory, so blocks of 128 slots or more (at most half the
-        // sets each) and a chunk per block. At batch 16, 8 chunks of 2 images took 380 ms, 2 of
-        // 8 images 94 ms, the direct gradient 230 ms (profiled, 2 threads).
-        let per_block = sets.div_ceil(2).min(128usize.div_ceil(tiling.slots()));
-        (sets.div_ceil(per_block).min(8), per_block)
-    };
+    let (chunks, sets_per_block) = WinogradGradSpec::blocking(out_hw, tiling, x[0]);
     let spec = WinogradGradSpec {
         batch: x[0],
         in_channels: x[1],
