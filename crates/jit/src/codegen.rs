@@ -1,5 +1,5 @@
 //! Small Cranelift emission helpers shared by every kernel generator: the counted loop, entry
-//! block, argument loads, element addressing, the target's multiply-add and lane shuffles.
+//! block, argument loads, element addressing, the target's multiply-add, lane shuffles and fills.
 
 use crate::MulAdd;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -138,4 +138,21 @@ pub(crate) fn shuffle32(b: &mut FunctionBuilder, x: Value, y: Value, lanes: [u8;
     let (x, y) = (b.ins().bitcast(types::I8X16, little, x), b.ins().bitcast(types::I8X16, little, y));
     let v = b.ins().shuffle(x, y, mask);
     b.ins().bitcast(types::F32X4, little, v)
+}
+
+/// Stores `value` (an f32) into `len` elements from `at`: vectors of 4, then a tail.
+pub(crate) fn fill(b: &mut FunctionBuilder, at: Value, len: usize, value: Value) {
+    let flags = MemFlagsData::new().with_notrap();
+    let vector = b.ins().splat(types::F32X4, value);
+    let (lo, hi) = (iconst(b, 0), iconst(b, len as i64));
+    let (tail, _) = for_loop(b, lo, hi, 4, &[], &mut |b, i, _| {
+        let a = elem_addr(b, at, i);
+        b.ins().store(flags, vector, a, 0);
+        vec![]
+    });
+    for_loop(b, tail, hi, 1, &[], &mut |b, i, _| {
+        let a = elem_addr(b, at, i);
+        b.ins().store(flags, value, a, 0);
+        vec![]
+    });
 }

@@ -1,6 +1,6 @@
 //! Strided, channel-offset copies between NCHW tensors: the option-A shortcut and its gradient.
 
-use crate::codegen::{elem_addr, entry, for_loop, iconst, load_arg};
+use crate::codegen::{elem_addr, entry, fill, for_loop, iconst, load_arg};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, types};
 use cranelift_frontend::FunctionBuilder;
 
@@ -32,22 +32,10 @@ impl CopySpec {
         for_loop(b, begin, end, 1, &[], &mut |b, n, _| {
             let image = dc * dh * dw;
             let dst_image = b.ins().imul_imm_s(n, image as i64);
-            // Zero the destination image, four lanes at a time, then the tail.
-            let zero_s = b.ins().f32const(0.0);
-            let zero_v = b.ins().splat(types::F32X4, zero_s);
-            let (lo, hi) = (iconst(b, 0), iconst(b, image as i64));
-            let (tail, _) = for_loop(b, lo, hi, 4, &[], &mut |b, i, _| {
-                let e = b.ins().iadd(dst_image, i);
-                let a = elem_addr(b, dst, e);
-                b.ins().store(flags, zero_v, a, 0);
-                vec![]
-            });
-            for_loop(b, tail, hi, 1, &[], &mut |b, i, _| {
-                let e = b.ins().iadd(dst_image, i);
-                let a = elem_addr(b, dst, e);
-                b.ins().store(flags, zero_s, a, 0);
-                vec![]
-            });
+            // Zero the destination image.
+            let zero = b.ins().f32const(0.0);
+            let at = elem_addr(b, dst, dst_image);
+            fill(b, at, image, zero);
             let (c_lo, c_hi) = (iconst(b, 0), iconst(b, self.channels as i64));
             for_loop(b, c_lo, c_hi, 1, &[], &mut |b, c, _| {
                 let plane = |b: &mut FunctionBuilder, channels: usize, first: usize, hw: usize| {

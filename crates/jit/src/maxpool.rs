@@ -1,6 +1,6 @@
 //! Max pooling and its gradient (the ImageNet stem), four outputs of a row at a time.
 
-use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, load_arg, mul, thread_share};
+use crate::codegen::{elem_addr, entry_with_thread, fill, for_loop, iconst, load_arg, mul, thread_share};
 use crate::conv::pack::PackSpec;
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{ConstantData, InstBuilder, MemFlagsData, Type, Value, types};
@@ -184,21 +184,4 @@ struct Row {
     x_plane: Value,
     y_plane: Value,
     oh: Value,
-}
-
-/// Stores `value` (an f32) into `len` elements from `at`: vectors of 4, then a tail.
-fn fill(b: &mut FunctionBuilder, at: Value, len: usize, value: Value) {
-    let flags = MemFlagsData::new().with_notrap();
-    let vector = b.ins().splat(types::F32X4, value);
-    let (lo, hi) = (iconst(b, 0), iconst(b, len as i64));
-    let (tail, _) = for_loop(b, lo, hi, 4, &[], &mut |b, i, _| {
-        let a = elem_addr(b, at, i);
-        b.ins().store(flags, vector, a, 0);
-        vec![]
-    });
-    for_loop(b, tail, hi, 1, &[], &mut |b, i, _| {
-        let a = elem_addr(b, at, i);
-        b.ins().store(flags, value, a, 0);
-        vec![]
-    });
 }
