@@ -114,6 +114,38 @@ fn check_weight_gradient(
     check_within(&[x, dy], 1e-5, |g, i| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [3, 3] }, i))
 }
 
+/// A convolution with its batch statistics (outputs: y, mean, variance), fused as the fusion
+/// pass makes it, of inputs `i` of shapes `[x, w]`.
+fn conv_with_stats(g: &mut Graph, i: &[NodeId], [x, w]: [&Shape; 2], a: Conv2dAttrs) -> NodeId {
+    let mut body = Graph::new();
+    let source = |body: &mut Graph, j: usize, shape: &Shape| {
+        let name = Fused::placeholder(j);
+        body.add_source(Op::Input { name }, TensorType::new(DType::F32, shape.clone()), Role::Forward).unwrap()
+    };
+    let (bx, bw) = (source(&mut body, 0, x), source(&mut body, 1, w));
+    let y = add(&mut body, Op::Conv2d(a), &[bx, bw]);
+    add(&mut body, Op::BatchMean, &[y]);
+    add(&mut body, Op::BatchVar, &[y]);
+    let fused = Fused { rule: "conv_stats".into(), body: Arc::new(body), covers: vec![], outputs: vec![2, 3, 4] };
+    add(g, Op::Fused(fused), i)
+}
+
+/// Checks each output of `stats` (a [`conv_with_stats`] node) on `values` against the reference,
+/// within 1e-5 of the largest magnitude (the statistics are sums over the batch).
+fn check_conv_with_stats(
+    values: &[Tensor],
+    stats: impl Fn(&mut Graph, &[NodeId]) -> NodeId,
+) -> Result<(), TestCaseError> {
+    check_within(values, 1e-5, &stats)?;
+    for index in [1, 2] {
+        check_within(values, 1e-5, |g, i| {
+            let fused = stats(g, i);
+            add(g, Op::Output { index }, &[fused])
+        })?;
+    }
+    Ok(())
+}
+
 fn add(g: &mut Graph, op: Op, inputs: &[NodeId]) -> NodeId {
     g.add_node(op, inputs, Role::Forward).unwrap()
 }
@@ -195,20 +227,7 @@ proptest! {
         let k = 8 * k8;
         let x = random(seed, &[1, c, hw, hw], -1.0, 1.0);
         let wt = random(seed ^ 1, &[k, c, 3, 3], -1.0, 1.0);
-        // The convolution with its batch statistics, as the fusion pass makes it.
-        let stats = |g: &mut Graph, i: &[NodeId]| -> NodeId {
-            let mut body = Graph::new();
-            let source = |body: &mut Graph, j: usize, dims: &[usize]| {
-                let name = Fused::placeholder(j);
-                body.add_source(Op::Input { name }, TensorType::new(DType::F32, dims), Role::Forward).unwrap()
-            };
-            let (bx, bw) = (source(&mut body, 0, &[1, c, hw, hw]), source(&mut body, 1, &[k, c, 3, 3]));
-            let y = add(&mut body, Op::Conv2d(Conv2dAttrs::square(1, 1)), &[bx, bw]);
-            add(&mut body, Op::BatchMean, &[y]);
-            add(&mut body, Op::BatchVar, &[y]);
-            let fused = Fused { rule: "conv_stats".into(), body: Arc::new(body), covers: vec![], outputs: vec![2, 3, 4] };
-            add(g, Op::Fused(fused), i)
-        };
+        let stats = |g: &mut Graph, i: &[NodeId]| conv_with_stats(g, i, [x.shape(), wt.shape()], Conv2dAttrs::square(1, 1));
         let split = {
             let mut g = Graph::new();
             let ids = [("x0", [1, c, hw, hw]), ("x1", [k, c, 3, 3])].map(|(name, dims)| {
@@ -222,13 +241,18 @@ proptest! {
             }
         };
         prop_assert!(split > 1, "{} parts", split);
-        check_within(&[x.clone(), wt.clone()], 1e-5, |g, i| stats(g, i))?;
-        for index in [1, 2] {
-            check_within(&[x.clone(), wt.clone()], 1e-5, |g, i| {
-                let fused = stats(g, i);
-                add(g, Op::Output { index }, &[fused])
-            })?;
-        }
+        check_conv_with_stats(&[x.clone(), wt.clone()], stats)?;
+    }
+
+    /// A direct convolution (1x1 or 3x3 with fewer than 8 input channels, or strided) with its
+    /// batch statistics, for any number of output channels: the register tile's last block of
+    /// output channels may be partial, and stores and writes statistics for its channels only.
+    #[test]
+    fn direct_convolutions_with_batch_statistics(n in 1..3usize, c in 1..8usize, k in 1..20usize, hw in 1..12usize, r in prop::sample::select(vec![1usize, 3]), s in 1..3usize, seed: u64) {
+        let a = Conv2dAttrs::square(s, r / 2);
+        let x = random(seed, &[n, c, hw, hw], -1.0, 1.0);
+        let wt = random(seed ^ 1, &[k, c, r, r], -1.0, 1.0);
+        check_conv_with_stats(&[x.clone(), wt.clone()], |g, i| conv_with_stats(g, i, [x.shape(), wt.shape()], a))?;
     }
 
     /// The weight gradient with lanes across images: several sets of 4 images per block of

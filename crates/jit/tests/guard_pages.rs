@@ -166,6 +166,10 @@ fn convolution_kernels_stay_inside_their_buffers() {
         // At stride 2, x gathered a chunk of output rows at a time (odd sizes, two chunks).
         (2, 3, 1024, 9, 7, 1, 2, 0),
         (1, 64, 64, 93, 93, 1, 2, 0),
+        // A last block of output channels smaller than the register tile's (16 = 6 + 6 + 4;
+        // the input gradient's pairs of width phases, 16 = 5 x 3 + 1).
+        (2, 3, 16, 7, 9, 3, 2, 1),
+        (1, 16, 8, 8, 10, 3, 2, 1),
     ] {
         let mut g = Graph::new();
         let x = input(&mut g, "x", &[n, c, h, w]);
@@ -196,6 +200,9 @@ fn fused_convolution_epilogues_stay_inside_their_buffers() {
         (2, 3, 4, 8, 10, 3, 2, 1),
         // A pointwise convolution 7 wide, run as one row of its 49 pixels.
         (2, 3, 5, 7, 7, 1, 1, 0),
+        // A last block of output channels smaller than the register tile's.
+        (2, 3, 16, 7, 9, 3, 2, 1),
+        (1, 16, 8, 8, 10, 3, 2, 1),
     ];
     for (n, c, k, h, w, r, s, p) in cases {
         let [oh, ow] = [(h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1];
@@ -242,6 +249,9 @@ fn convolutions_with_batch_statistics_stay_inside_their_buffers() {
         (1, 8, 16, 16, 16, 3, 1, 1),
         // A pointwise convolution 7 wide, run as one row of its 49 pixels.
         (2, 3, 5, 7, 7, 1, 1, 0),
+        // A last block of output channels smaller than the register tile's.
+        (2, 3, 16, 7, 9, 3, 2, 1),
+        (1, 16, 8, 8, 10, 3, 2, 1),
     ];
     for (n, c, k, h, w, r, s, p) in cases {
         let [oh, ow] = [(h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1];

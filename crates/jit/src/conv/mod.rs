@@ -15,7 +15,8 @@
 //! only scatters, and one image's packed copy stays in cache while every tile reads it.
 //!
 //! [`ConvSpec`] computes a register tile of `kb` output channels by `vb` vectors of output
-//! pixels. Per tap it loads `vb` input vectors and broadcasts `kb` weights (read through
+//! pixels (and a tile of the channels left over, when `kb` does not divide them: 64 channels run
+//! as 10 tiles of 6 and one of 4, 12 accumulators where 4 by 2 would hold 8). Per tap it loads `vb` input vectors and broadcasts `kb` weights (read through
 //! [`WeightLayout`] strides, so the backward-data pass reads the forward weights flipped and
 //! transposed without copying). [`WeightGradSpec`](crate::WeightGradSpec) is the same tile with the
 //! roles swapped: vectors of output channels times broadcast input pixels, reduced over pixels.
@@ -114,7 +115,8 @@ pub struct ConvSpec {
     pub origin: [usize; 2],
     /// Where the weights are.
     pub weights: WeightLayout,
-    /// Output channels per register tile.
+    /// Output channels per register tile; the last block of output channels may hold fewer
+    /// (a direct kernel emits a tile of the rest), Winograd's divide the channels.
     pub kb: usize,
     /// f32x4 vectors of output pixels per register tile.
     pub vb: usize,
@@ -173,7 +175,12 @@ impl ConvSpec {
         if let Some(w) = self.winograd {
             return self.shape.batch / w.images * self.winograd_blocks_per_set() * w.channel_parts;
         }
-        self.shape.batch * (self.shape.out_channels / self.kb) * self.shape.out_hw[0]
+        self.shape.batch * self.kblocks() * self.shape.out_hw[0]
+    }
+    /// Blocks of output channels: of `kb` each, the last holding the rest (a direct kernel's
+    /// `kb` need not divide the channels; Winograd's does).
+    pub fn kblocks(&self) -> usize {
+        self.shape.out_channels.div_ceil(self.kb)
     }
     /// Tiles per output row: whole tiles of `4 * vb` pixels, and a partial one.
     pub fn tiles_per_row(&self) -> usize {
@@ -283,7 +290,9 @@ impl ConvSpec {
         };
         let [_, phases, row_len] = self.packed();
         let [oh_n, ow_n] = self.shape.out_hw;
-        let kblocks = self.shape.out_channels / self.kb;
+        let kblocks = self.kblocks();
+        // Output channels in the last block (`kb` unless it divides them).
+        let last_kb = self.shape.out_channels - (kblocks - 1) * self.kb;
         let tile_w = 4 * self.vb;
         let full_tiles = ow_n / tile_w;
         let last = ow_n % tile_w; // pixels in a final partial tile
@@ -297,13 +306,13 @@ impl ConvSpec {
             // Groups run (image, output row, channel block): consecutive groups read the same
             // input rows while they are in cache. Statistics partials stay laid out by (image,
             // channel block, row), the order the reduction reads.
-            let kb = b.ins().urem_imm_u(g, kblocks as i64);
+            let kblock = b.ins().urem_imm_u(g, kblocks as i64);
             let t = b.ins().udiv_imm_u(g, kblocks as i64);
             let oh = b.ins().urem_imm_u(t, oh_n as i64);
             let n = b.ins().udiv_imm_u(t, oh_n as i64);
             let partial_row = {
                 let e = mul(b, n, kblocks);
-                let e = b.ins().iadd(e, kb);
+                let e = b.ins().iadd(e, kblock);
                 let e = mul(b, e, oh_n);
                 b.ins().iadd(e, oh)
             };
@@ -314,7 +323,7 @@ impl ConvSpec {
                 self.pack.emit(b, x, xp, first_plane);
             });
             // Element offsets: the packed input row for this output row (channel 0); the first
-            // weight of this channel block; the output row of channel kb * self.kb. (The odd
+            // weight of this channel block; the output row of channel kblock * self.kb. (The odd
             // phase's, by its own origin and weights.)
             let x_row = |b: &mut FunctionBuilder, spec: &ConvSpec| {
                 let r0 = mul(b, oh, spec.shape.stride[0]);
@@ -322,7 +331,7 @@ impl ConvSpec {
                 let e = mul(b, row, phases * row_len);
                 b.ins().iadd_imm_s(e, spec.origin[1] as i64)
             };
-            let k0 = mul(b, kb, self.kb);
+            let k0 = mul(b, kblock, self.kb);
             let w0 = |b: &mut FunctionBuilder, spec: &ConvSpec| {
                 let scaled = b.ins().imul_imm_s(k0, spec.weights.o as i64);
                 b.ins().iadd_imm_s(scaled, spec.weights.base as i64)
@@ -342,26 +351,42 @@ impl ConvSpec {
                 let e = mul(b, row, y_row_len);
                 b.ins().iadd_imm_s(e, col0 as i64)
             };
-            let tile = |b: &mut FunctionBuilder, t: Value, col: Value, vb: usize, valid: Option<usize>| {
+            // A tile of `kb` channels by `vb` vectors from column `col` (index `t` in its row).
+            let tile = |b: &mut FunctionBuilder, kb: usize, t: Value, col: Value, vb: usize, valid: Option<usize>| {
                 let st = stats_at(b, partial_row, t);
-                let acc = self.accumulate(b, mul_add, [xp, w], [x_row, w0], col, vb);
+                let at = [x_row, w0];
+                let acc = self.accumulate(b, mul_add, [xp, w], at, col, [kb, vb]);
                 let odd = match (odd, x_row_odd, w0_odd) {
-                    (Some(o), Some(x_row), Some(w0)) => Some(o.accumulate(b, mul_add, [xp, w], [x_row, w0], col, vb)),
+                    (Some(o), Some(x_row), Some(w0)) => {
+                        Some(o.accumulate(b, mul_add, [xp, w], [x_row, w0], col, [kb, vb]))
+                    }
                     _ => None,
                 };
-                self.store(b, mul_add, y, operands, st, [y_row, k0], col, valid, &acc, odd.as_deref());
+                let tile = [kb, vb];
+                self.store(b, mul_add, y, operands, st, [y_row, k0], col, tile, valid, &acc, odd.as_deref());
             };
-            let tiles = iconst(b, full_tiles as i64);
-            let zero = iconst(b, 0);
-            for_loop(b, zero, tiles, 1, &[], &mut |b, t, _| {
-                let col = mul(b, t, tile_w);
-                tile(b, t, col, self.vb, None);
-                vec![]
-            });
-            if last > 0 {
-                let col = iconst(b, (full_tiles * tile_w) as i64);
-                let t = iconst(b, full_tiles as i64);
-                tile(b, t, col, last.div_ceil(4), Some(last));
+            // The row's tiles, of `kb` channels.
+            let row = |b: &mut FunctionBuilder, kb: usize| {
+                let tiles = iconst(b, full_tiles as i64);
+                let zero = iconst(b, 0);
+                for_loop(b, zero, tiles, 1, &[], &mut |b, t, _| {
+                    let col = mul(b, t, tile_w);
+                    tile(b, kb, t, col, self.vb, None);
+                    vec![]
+                });
+                if last > 0 {
+                    let col = iconst(b, (full_tiles * tile_w) as i64);
+                    let t = iconst(b, full_tiles as i64);
+                    tile(b, kb, t, col, last.div_ceil(4), Some(last));
+                }
+            };
+            if last_kb == self.kb {
+                row(b, self.kb);
+            } else {
+                let is_last = b.ins().icmp_imm_u(IntCC::Equal, kblock, kblocks as i64 - 1);
+                let not_last = b.ins().icmp_imm_u(IntCC::NotEqual, kblock, kblocks as i64 - 1);
+                if_then(b, not_last, &mut |b| row(b, self.kb));
+                if_then(b, is_last, &mut |b| row(b, last_kb));
             }
             vec![n]
         });
@@ -402,7 +427,8 @@ impl ConvSpec {
     }
 
     /// The accumulators of one register tile, `kb` channels by `vb` vectors starting at output
-    /// column `col`: the packed input from element `x_row`, the weights from element `w0`.
+    /// column `col` (channel-major): the packed input from element `x_row`, the weights from
+    /// element `w0`.
     fn accumulate(
         &self,
         b: &mut FunctionBuilder,
@@ -410,14 +436,14 @@ impl ConvSpec {
         [xp, w]: [Value; 2],
         [x_row, w0]: [Value; 2],
         col: Value,
-        vb: usize,
+        [kb, vb]: [usize; 2],
     ) -> Vec<Value> {
         let [rows, phases, row_len] = self.packed();
         let [kh, kw] = self.shape.kernel;
         let flags = MemFlagsData::new().with_notrap().with_readonly();
         let zero_s = b.ins().f32const(0.0);
         let zero = b.ins().splat(types::F32X4, zero_s);
-        let acc0 = vec![zero; self.kb * vb];
+        let acc0 = vec![zero; kb * vb];
         // Few taps leave little work per channel: unroll over channels so the loop's own
         // instructions are paid less often.
         let unroll = self.channel_unroll();
@@ -446,7 +472,7 @@ impl ConvSpec {
                         let base = ((r * phases + phase) * row_len + q) as i32 * 4 + u * x_channel_bytes;
                         let xs: Vec<Value> =
                             (0..vb).map(|j| b.ins().load(types::F32X4, flags, x_c, base + 16 * j as i32)).collect();
-                        for k in 0..self.kb {
+                        for k in 0..kb {
                             // One broadcast per weight, held for the tile's vectors (the
                             // multiply-add adds into the accumulator's register).
                             let offset = (self.weights.at(k, 0, r, s) - self.weights.base) as i32 * 4;
@@ -465,8 +491,8 @@ impl ConvSpec {
         acc
     }
 
-    /// Stores a register tile's accumulators `acc` (`kb` channels by `acc.len() / kb` vectors
-    /// from output column `col`; with `valid`, only that many pixels) through the epilogue,
+    /// Stores a register tile's accumulators `acc` (`kb` channels by `vb` vectors from output
+    /// column `col`; with `valid`, only that many pixels) through the epilogue,
     /// adding their statistics at `stats_at`. With `odd`, the accumulators of the phase one
     /// column to the right of a stride-2 output: each pair of vectors is interleaved lane by lane
     /// into two whole vectors of consecutive pixels (no statistics).
@@ -480,11 +506,11 @@ impl ConvSpec {
         stats_at: Option<Value>,
         [y_row, k0]: [Value; 2],
         col: Value,
+        [kb, vb]: [usize; 2],
         valid: Option<usize>,
         acc: &[Value],
         odd: Option<&[Value]>,
     ) {
-        let vb = acc.len() / self.kb;
         let out_flags = MemFlagsData::new().with_notrap();
         // Interleaved outputs are `step` elements apart and stored lane by lane.
         let (step, plane) = match &self.interleave {
@@ -508,7 +534,7 @@ impl ConvSpec {
             };
             apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, v, width)
         };
-        for k in 0..self.kb {
+        for k in 0..kb {
             // Statistics of this channel's stored values: vector and scalar partial sums.
             let (mut vector, mut scalar): (Option<[Value; 2]>, Option<[Value; 2]>) = (None, None);
             for j in 0..vb {
@@ -617,25 +643,78 @@ pub(crate) fn sum_and_squares(
 /// xmm registers a register tile may take (see [`register_tile`]).
 const REGISTERS: usize = 15;
 
+/// Whether a register tile's blocks of channels must divide the channels.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum ChannelBlocks {
+    /// Every block is whole (Winograd's products and the weight gradients need this).
+    Dividing,
+    /// The last block may hold fewer channels (a direct [`ConvSpec`] emits it as its own tile).
+    LastPartial,
+}
+
 /// Register-tile sizes within the 16 xmm registers: `sets` tiles of accumulators (2 for a pair
 /// of sub-pixel width phases computed together) + live inputs + 1 broadcast <= 15, leaving one
 /// for the product of a separate multiply and add (a fused one adds into the accumulator's
 /// register: see vendor/cranelift-codegen/PATCH.md; the code-quality test guards against
 /// spills), maximising the accumulators (enough of them hide the multiply-add latency), for a
-/// tile of `kb` (a divisor of `channels`, at most 6) by `n`, where `n` is at most `max_n` and the
-/// tile holds `n` (or `fixed_n` when given) live input vectors.
-pub(crate) fn register_tile(channels: usize, max_n: usize, fixed_n: Option<usize>, sets: usize) -> (usize, usize) {
+/// tile of `kb` (at most 6, and at most `channels`) by `n`, where `n` is at most `max_n` and the
+/// tile holds `n` (or `fixed_n` when given) live input vectors. With [`ChannelBlocks::Dividing`],
+/// `kb` divides `channels`; otherwise the tile maximises the accumulators a block averages
+/// (64 channels: 10 blocks of 6 and one of 4 by 2 vectors, 11.6 against 8 for blocks of 4).
+pub(crate) fn register_tile(
+    channels: usize,
+    max_n: usize,
+    fixed_n: Option<usize>,
+    sets: usize,
+    blocks: ChannelBlocks,
+) -> (usize, usize) {
+    let allowed = |kb: &usize| match blocks {
+        ChannelBlocks::Dividing => channels.is_multiple_of(*kb),
+        ChannelBlocks::LastPartial => *kb <= channels,
+    };
+    let regs = |(kb, n): (usize, usize)| sets * kb * n + n + 1;
+    // More accumulators per block on average (n * channels / blocks: compare n / blocks by
+    // cross-multiplying), then fewer registers.
+    let better = |(ka, na): (usize, usize), (kb, nb): (usize, usize)| {
+        let (a, b) = (na * channels.div_ceil(kb), nb * channels.div_ceil(ka));
+        a > b || (a == b && regs((ka, na)) < regs((kb, nb)))
+    };
     let mut best = (1, 1);
-    for kb in (1..=6).filter(|d| channels.is_multiple_of(*d)) {
+    for kb in (1..=6).filter(allowed) {
         let n = match fixed_n {
             Some(n) => n,
             None => ((REGISTERS - 1) / (sets * kb + 1)).min(max_n).max(1),
         };
-        let regs = |(k, n): (usize, usize)| sets * k * n + n + 1;
-        let better = kb * n > best.0 * best.1 || (kb * n == best.0 * best.1 && regs((kb, n)) < regs(best));
-        if regs((kb, n)) <= REGISTERS && better {
+        if regs((kb, n)) <= REGISTERS && better((kb, n), best) {
             best = (kb, n);
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ChannelBlocks, REGISTERS, register_tile};
+
+    /// Every tile fits the registers and has at most `channels` rows; dividing tiles divide, and
+    /// a tile with a partial last block averages at least as many accumulators per block.
+    #[test]
+    fn register_tiles_fit_and_partial_blocks_never_lose() {
+        for channels in 1..=2048 {
+            for (max_n, sets) in [(1, 1), (2, 1), (14, 1), (14, 2), (4, 2)] {
+                let average = |(kb, n): (usize, usize)| (n * channels) as f64 / channels.div_ceil(kb) as f64;
+                let dividing = register_tile(channels, max_n, None, sets, ChannelBlocks::Dividing);
+                let partial = register_tile(channels, max_n, None, sets, ChannelBlocks::LastPartial);
+                for (kb, n) in [dividing, partial] {
+                    let registers = sets * kb * n + n + 1;
+                    assert!(kb <= channels && n <= max_n && registers <= REGISTERS, "{channels}: {kb}x{n}");
+                }
+                assert!(channels.is_multiple_of(dividing.0), "{channels}: {dividing:?}");
+                assert!(average(partial) >= average(dividing), "{channels}: {partial:?} < {dividing:?}");
+            }
+        }
+        // ResNet-50's power-of-two channel counts get 12 accumulators (one tile of 4 left over).
+        assert_eq!(register_tile(64, 14, None, 1, ChannelBlocks::LastPartial), (6, 2));
+        assert_eq!(register_tile(64, 14, None, 1, ChannelBlocks::Dividing), (4, 2));
+    }
 }

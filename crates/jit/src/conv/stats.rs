@@ -8,7 +8,8 @@ use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
 /// Reduces a `stats` convolution's partials (sum and sum of squares per output channel of every
-/// tile, laid out `[group][tile][channel in block][2]` with groups `(image, channel block, row)`)
+/// tile, laid out `[group][tile][channel in block][2]` with groups `(image, channel block, row)`;
+/// a last block of fewer channels leaves its other entries unread)
 /// to `mean = sum / count` and `var = squares / count - mean^2` (clamped at 0).
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct StatsSpec {
@@ -29,7 +30,7 @@ pub(crate) struct StatsSpec {
 impl StatsSpec {
     /// Emits the reduction for every channel: reads `partials`, writes `mean` and `var`.
     pub(crate) fn emit(&self, b: &mut FunctionBuilder, partials: Value, mean: Value, var: Value) {
-        let blocks = self.channels / self.kb;
+        let blocks = self.channels.div_ceil(self.kb);
         let flags = MemFlagsData::new().with_notrap();
         let (begin, end) = (iconst(b, 0), iconst(b, self.channels as i64));
         for_loop(b, begin, end, 1, &[], &mut |b, k, _| {

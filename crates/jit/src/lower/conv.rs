@@ -10,7 +10,7 @@ use crate::conv::sub_pixel::SubPixelSpec;
 use crate::conv::weight_grad::WeightGradSpec;
 use crate::conv::winograd::{Winograd, WinogradTiles, WinogradWeightsSpec};
 use crate::conv::winograd_grad::WinogradGradSpec;
-use crate::conv::{ConvShape, ConvSpec, Interleave, WeightLayout, register_tile};
+use crate::conv::{ChannelBlocks, ConvShape, ConvSpec, Interleave, WeightLayout, register_tile};
 use crate::spec::KernelSpec;
 use skipgrad_ir::NodeId;
 
@@ -51,7 +51,7 @@ fn conv_pack(g: &Geometry, vb: usize) -> PackSpec {
 /// contiguous, so the packed image holds the same data, and the tiles run across row ends.
 fn pointwise_as_one_row(g: Geometry) -> Geometry {
     let pointwise = g.kernel == [1, 1] && g.stride == [1, 1] && g.dilation == [1, 1] && g.pad == [0, 0];
-    let (_, vb) = register_tile(g.nck[2], g.out_hw[1].div_ceil(4), None, 1);
+    let (_, vb) = register_tile(g.nck[2], g.out_hw[1].div_ceil(4), None, 1, ChannelBlocks::LastPartial);
     if !pointwise || g.out_hw[1].is_multiple_of(4 * vb) {
         return g;
     }
@@ -84,13 +84,13 @@ pub(super) fn conv(
         // Products: kb output channels by vb vectors of 4 slots, vb dividing the group's vectors.
         Some(tiling) => {
             let vectors = tiling.slots() / 4;
-            let (kb, vb) = register_tile(k, vectors, None, 1);
+            let (kb, vb) = register_tile(k, vectors, None, 1, ChannelBlocks::Dividing);
             let vb = (1..=vb).rev().find(|v| vectors.is_multiple_of(*v)).unwrap_or(1);
             (tiling.pack(c, in_hw, pad, out_hw), kb, vb, format!("conv2d_{}", tiling.label()))
         }
         // Register tile: kb output channels by vb vectors of 4 pixels.
         None => {
-            let (kb, vb) = register_tile(k, out_hw[1].div_ceil(4), None, 1);
+            let (kb, vb) = register_tile(k, out_hw[1].div_ceil(4), None, 1, ChannelBlocks::LastPartial);
             (conv_pack(&g, vb), kb, vb, "conv2d".into())
         }
     };
@@ -188,7 +188,7 @@ pub(super) fn sub_pixel_grad_input(
     let tiles: Vec<(usize, usize)> = (0..all.len())
         .map(|i| {
             let sets = if paired { [i, i ^ 1].iter().filter(|&&j| has_taps(&all[j].1)).count() } else { 1 };
-            register_tile(c, all[i].1[1].3.div_ceil(4), None, sets.max(1))
+            register_tile(c, all[i].1[1].3.div_ceil(4), None, sets.max(1), ChannelBlocks::LastPartial)
         })
         .collect();
     // One packed dy serves every phase: pad so that each phase's first window starts inside it.
@@ -344,7 +344,7 @@ pub(super) fn weight_grad(
     }
     let kv = if k > 4 { 2 } else { 1 };
     let dy_row = k.div_ceil(4 * kv) * 4 * kv;
-    let (cb, _) = register_tile(c, kv, Some(kv), 1);
+    let (cb, _) = register_tile(c, kv, Some(kv), 1, ChannelBlocks::Dividing);
     let pack = PackSpec {
         planes: c,
         in_hw: [x[2], x[3]],
