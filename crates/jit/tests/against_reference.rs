@@ -410,6 +410,29 @@ fn pointwise_weight_gradients_in_chunks_and_flush_periods() {
     }
 }
 
+/// A Winograd weight gradient whose partials take 1 MB or more a chunk (128 channels each way)
+/// runs in 2 chunks (an odd batch: 2 and 3 images), summed in order.
+#[test]
+fn winograd_weight_gradients_with_large_partials() {
+    let (n, c, k, hw) = (5, 128, 128, 6);
+    let a = Conv2dAttrs::square(1, 1);
+    let x = random(9, &[n, c, hw, hw], -1.0, 1.0);
+    let dy = random(10, &[n, k, hw, hw], -1.0, 1.0);
+    let gradient = |g: &mut Graph, i: &[NodeId]| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [3, 3] }, i);
+    let mut g = Graph::new();
+    let ids = [("x", x.shape()), ("dy", dy.shape())].map(|(name, shape)| {
+        g.add_source(Op::Input { name: name.into() }, TensorType::new(DType::F32, shape.clone()), Role::Forward)
+            .unwrap()
+    });
+    let out = gradient(&mut g, &ids);
+    let compiled = compile(&g, &[out], &CompileOptions::default()).unwrap();
+    match &compiled.kernel_for(out).unwrap().spec {
+        KernelSpec::WinogradGrad(spec) => assert_eq!(spec.chunks, 2),
+        other => panic!("{other:?}"),
+    }
+    check_within(&[x, dy], 1e-5, gradient).unwrap();
+}
+
 proptest! {
     #![proptest_config(config(48))]
 

@@ -24,6 +24,10 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{AtomicRmwOp, InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
+/// Bytes of one chunk's partials from which a gradient takes 2 chunks (see
+/// [`WinogradGradSpec::blocking`]).
+const LARGE_PARTIALS: usize = 1 << 20;
+
 /// Output channels per register tile of the products.
 const KB: usize = 2;
 /// Input channels per register tile (one vector of sums).
@@ -97,23 +101,36 @@ impl WinogradGradSpec {
     }
 
     /// Chunks of image sets (the groups) and image sets per block of products, for a batch of
-    /// `batch` outputs of `out_hw` tiled as `tiling`. Chunks: enough for the threads to share, few
-    /// enough that adding their partials stays small; a constant, so that the result does not
-    /// depend on the thread count. Blocks: at least 64 slots, one set when a set has several
-    /// blocks of tile rows.
+    /// `batch` outputs of `out_hw` tiled as `tiling`, from `in_channels` to `out_channels`.
+    /// Chunks: enough for the threads to share, few enough that their partials stay in cache and
+    /// adding them stays small; a constant, so that the result does not depend on the thread
+    /// count. Blocks: at least 64 slots, one set when a set has several blocks of tile rows.
+    ///
+    /// Partials of [`LARGE_PARTIALS`] bytes or more a chunk take 2 chunks: ResNet-50's 14x14
+    /// stage (256 channels, 4 MB a chunk) took 224 ms in 8 chunks and 130-134 in 2 (6 calls), the
+    /// 28x28 stage (128 channels, 2.4 MB) 88 ms in 8, 62 in 4, 56-60 in 2, and 71-80 in 3 (one
+    /// thread then has twice the other's work); the 56x56 stage (0.6 MB) 44-46 ms either way
+    /// (profiled, batch 16, 2 threads).
     ///
     /// Odd sizes (ResNet-50's 7x7 stage, 512 channels) take blocks of 128 slots or more, at most
     /// half the sets each, and a chunk per block: with many channels, the partials a block adds
     /// into (16 MB a chunk) pass over memory. At batch 16, 8 chunks of 2 images took 380 ms, 2 of
     /// 8 images 94 ms, the direct gradient 230 ms (profiled, 2 threads).
-    pub fn blocking(out_hw: [usize; 2], tiling: Winograd, batch: usize) -> (usize, usize) {
+    pub fn blocking(
+        out_hw: [usize; 2],
+        tiling: Winograd,
+        batch: usize,
+        [in_channels, out_channels]: [usize; 2],
+    ) -> (usize, usize) {
         let sets = batch / tiling.images;
         if Self::tiled_hw(out_hw) != out_hw {
             let per_block = sets.div_ceil(2).min(128usize.div_ceil(tiling.slots()));
             return (sets.div_ceil(per_block).min(8), per_block);
         }
         let whole_images = tiling.tile_rows == Self::tiled_hw(out_hw)[0] / tiling.m;
-        (sets.min(8), if whole_images { 64usize.div_ceil(tiling.slots()) } else { 1 })
+        let partial_bytes = 4 * tiling.positions() * in_channels * out_channels;
+        let chunks = if partial_bytes >= LARGE_PARTIALS { 2 } else { 8 };
+        (sets.min(chunks), if whole_images { 64usize.div_ceil(tiling.slots()) } else { 1 })
     }
 
     /// Slots per block of products (`V` and `DY` have this many per channel).

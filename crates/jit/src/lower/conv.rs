@@ -291,7 +291,7 @@ fn winograd_weight_grad(
 ) -> Lowered {
     let tiling = WinogradGradSpec::tiling(out_hw, winograd, x[0]);
     let pack = tiling.pack(x[1], [x[2], x[3]], pad, WinogradGradSpec::tiled_hw(out_hw));
-    let (chunks, sets_per_block) = WinogradGradSpec::blocking(out_hw, tiling, x[0]);
+    let (chunks, sets_per_block) = WinogradGradSpec::blocking(out_hw, tiling, x[0], [x[1], k]);
     let spec = WinogradGradSpec {
         batch: x[0],
         in_channels: x[1],
