@@ -201,9 +201,15 @@ impl ConvSpec {
         let want = (8 / taps.max(1)).max(1);
         (1..=want).rev().find(|u| self.shape.in_channels.is_multiple_of(*u)).unwrap_or(1)
     }
-    /// Packed row length this spec needs so that every tile's loads stay in the row.
-    pub fn min_row_len(out_w: usize, vb: usize, kernel_w: usize, stride_w: usize) -> usize {
-        out_w.div_ceil(4 * vb) * 4 * vb + (kernel_w - 1) / stride_w
+    /// Packed row length this spec needs so that every tile's loads stay in the row (a row's
+    /// last, partial tile loads only the vectors that hold its pixels).
+    pub fn min_row_len(out_w: usize, kernel_w: usize, stride_w: usize) -> usize {
+        out_w.div_ceil(4) * 4 + (kernel_w - 1) / stride_w
+    }
+    /// Whether the kernel reads its input where it is, unpacked: the packing would copy each
+    /// image as it is (see [`PackSpec::is_identity`]).
+    pub fn reads_input_in_place(&self) -> bool {
+        self.winograd.is_none() && self.pack.is_identity()
     }
 
     /// The packed image's rows, phases and row length.
@@ -316,12 +322,18 @@ impl ConvSpec {
                 let e = mul(b, e, oh_n);
                 b.ins().iadd(e, oh)
             };
-            // A new image: pack it into this thread's scratch.
-            let new_image = b.ins().icmp(IntCC::NotEqual, n, packed[0]);
-            if_then(b, new_image, &mut |b| {
-                let first_plane = mul(b, n, self.shape.in_channels);
-                self.pack.emit(b, x, xp, first_plane);
-            });
+            // A new image: pack it into this thread's scratch (or read it where it is).
+            let xp = if self.reads_input_in_place() {
+                let first = mul(b, n, self.pack.len());
+                elem_addr(b, x, first)
+            } else {
+                let new_image = b.ins().icmp(IntCC::NotEqual, n, packed[0]);
+                if_then(b, new_image, &mut |b| {
+                    let first_plane = mul(b, n, self.shape.in_channels);
+                    self.pack.emit(b, x, xp, first_plane);
+                });
+                xp
+            };
             // Element offsets: the packed input row for this output row (channel 0); the first
             // weight of this channel block; the output row of channel kblock * self.kb. (The odd
             // phase's, by its own origin and weights.)
@@ -393,10 +405,16 @@ impl ConvSpec {
         packed[0]
     }
 
-    /// f32 elements of one thread's scratch: one packed image (and, for Winograd, the
-    /// transformed weights, inputs and products of one group).
+    /// f32 elements of one thread's scratch: one packed image (none when the input is read in
+    /// place; for Winograd, also the transformed weights, inputs and products of one group).
     pub fn scratch_len(&self) -> usize {
-        if self.winograd.is_some() { self.winograd_scratch_len() } else { self.pack.len() }
+        if self.winograd.is_some() {
+            self.winograd_scratch_len()
+        } else if self.reads_input_in_place() {
+            0
+        } else {
+            self.pack.len()
+        }
     }
 
     /// The reduction of this kernel's statistics partials.

@@ -49,6 +49,15 @@ impl PackSpec {
     pub fn column(&self, u: usize) -> usize {
         ((u % self.phases) * self.row_len + u / self.phases) * self.images
     }
+    /// Whether packing copies each image as it is (one phase, no padding, crop or dilation, rows
+    /// and row length the source's), so that a kernel can read the source in place.
+    pub fn is_identity(&self) -> bool {
+        self.images == 1
+            && self.phases == 1
+            && self.dilation == [1, 1]
+            && self.pad_before == [0, 0]
+            && [self.rows, self.row_len] == self.in_hw
+    }
     /// True when the packed buffer is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -35,13 +35,12 @@ pub(super) struct Geometry {
     pub out_hw: [usize; 2],
 }
 
-/// The packing of each image of a convolution's input for a direct kernel whose register tile is
-/// `vb` vectors wide.
-fn conv_pack(g: &Geometry, vb: usize) -> PackSpec {
+/// The packing of each image of a convolution's input for a direct kernel.
+fn conv_pack(g: &Geometry) -> PackSpec {
     let ([kernel_h, kernel_w], stride, out_hw) = (g.kernel, g.stride, g.out_hw);
     let rows = (out_hw[0] - 1) * stride[0] + kernel_h;
     let padded_w = (out_hw[1] - 1) * stride[1] + kernel_w;
-    let row_len = padded_w.div_ceil(stride[1]).max(ConvSpec::min_row_len(out_hw[1], vb, kernel_w, stride[1]));
+    let row_len = padded_w.div_ceil(stride[1]).max(ConvSpec::min_row_len(out_hw[1], kernel_w, stride[1]));
     let (planes, in_hw, dilation, pad_before) = (g.nck[1], g.in_hw, g.dilation, g.pad);
     PackSpec { planes, in_hw, dilation, pad_before, rows, phases: stride[1], row_len, images: 1 }
 }
@@ -91,7 +90,7 @@ pub(super) fn conv(
         // Register tile: kb output channels by vb vectors of 4 pixels.
         None => {
             let (kb, vb) = register_tile(k, out_hw[1].div_ceil(4), None, 1, ChannelBlocks::LastPartial);
-            (conv_pack(&g, vb), kb, vb, "conv2d".into())
+            (conv_pack(&g), kb, vb, "conv2d".into())
         }
     };
     // Fewer than 4 blocks of tile rows in the batch (batch 1): split the output channels into up
@@ -200,7 +199,7 @@ pub(super) fn sub_pixel_grad_input(
         .filter(|&i| has_taps(&all[i].1))
         .map(|i| {
             let p = &all[i].1;
-            origin(p, 1) + ConvSpec::min_row_len(p[1].3, tiles[i].1, p[1].1, 1)
+            origin(p, 1) + ConvSpec::min_row_len(p[1].3, p[1].1, 1)
         })
         .max()
         .unwrap_or(1);
