@@ -147,27 +147,63 @@ impl Winograd {
         Some(Winograd { m, tile_rows, row_tiles, images, channel_parts: 1 })
     }
 
+    /// The tiling of an output of `out_hw` that is not a multiple of `m` in one image's tiles of
+    /// the next multiple, whose outputs past `out_hw` are not stored (the forward convolution and
+    /// its input gradient; see [`Winograd::for_convolution`]): a block is the whole image, so
+    /// that its last tile row is the only partial one. `None` when `out_hw` is a multiple of `m`.
+    pub fn cropped(m: usize, out_hw: [usize; 2]) -> Option<Self> {
+        if out_hw.iter().all(|d| d.is_multiple_of(m)) {
+            return None;
+        }
+        let w = Self::tiled(m, out_hw.map(|d| d.div_ceil(m) * m), 1)?;
+        Some(Winograd { tile_rows: out_hw[0].div_ceil(m), ..w })
+    }
+
+    /// The tile sizes `tiles` allows.
+    fn sizes(tiles: WinogradTiles) -> &'static [usize] {
+        match tiles {
+            WinogradTiles::Off => &[],
+            WinogradTiles::F2 => &[2],
+            WinogradTiles::F4Rows | WinogradTiles::F4 => &[2, 4],
+        }
+    }
+
+    /// Multiplies per output pixel of `out_hw` (padding tiles and lanes counted), per pair of
+    /// channels: 9 for a direct convolution.
+    pub fn multiplies(&self, out_hw: [usize; 2]) -> f64 {
+        let n = self.m + 2;
+        let per_image = self.row_slots() / self.images;
+        (n * n * out_hw[0].div_ceil(self.m) * per_image) as f64 / (out_hw[0] * out_hw[1]) as f64
+    }
+
     /// The tiling `tiles` chooses for a batch of `batch` outputs of `out_hw`: of the tile sizes it
     /// allows, the one with the fewest multiplies per output (padding tiles counted), or `None`
     /// when none applies. Lanes go across images only where one tile row cannot fill a vector
     /// (fewer than 4 tiles wide) and the batch divides into fours: elsewhere one image's tiles
     /// waste few lanes, and its packed copy is 4 times smaller.
     pub fn for_output(out_hw: [usize; 2], tiles: WinogradTiles, batch: usize) -> Option<Self> {
-        let sizes: &[usize] = match tiles {
-            WinogradTiles::Off => &[],
-            WinogradTiles::F2 => &[2],
-            WinogradTiles::F4Rows | WinogradTiles::F4 => &[2, 4],
-        };
-        let multiplies = |t: &Winograd| {
-            let n = t.m + 2;
-            (n * n * t.row_tiles) as f64 / (t.m * t.m * (out_hw[1] / t.m)) as f64
-        };
         let narrow = out_hw[1] / 4 < 4;
         let across = (tiles == WinogradTiles::F4 && narrow && batch > 0 && batch.is_multiple_of(4))
             .then(|| Self::across_images(4, out_hw))
             .flatten();
-        let rows = sizes.iter().filter_map(|&m| Self::with_tile(m, out_hw));
-        rows.chain(across).min_by(|a, b| multiplies(a).total_cmp(&multiplies(b)))
+        let rows = Self::sizes(tiles).iter().filter_map(|&m| Self::with_tile(m, out_hw));
+        rows.chain(across).min_by(|a, b| a.multiplies(out_hw).total_cmp(&b.multiplies(out_hw)))
+    }
+
+    /// [`Winograd::for_output`], or a [`Winograd::cropped`] tiling where that multiplies less
+    /// (and at most 6 times per output, against 9 for the direct kernel): ResNet-50's 14x14
+    /// stage by F(4x4, 3x3) tiles of 16x16 (2.9 against F(2x2)'s 4.6), its 7x7 stage by F(2x2)
+    /// tiles of 8x8 (5.2).
+    pub fn for_convolution(out_hw: [usize; 2], tiles: WinogradTiles, batch: usize) -> Option<Self> {
+        let exact = Self::for_output(out_hw, tiles, batch);
+        let cropped =
+            Self::sizes(tiles).iter().filter_map(|&m| Self::cropped(m, out_hw)).filter(|w| w.multiplies(out_hw) <= 6.0);
+        exact.into_iter().chain(cropped).min_by(|a, b| a.multiplies(out_hw).total_cmp(&b.multiplies(out_hw)))
+    }
+
+    /// Tile rows covering `out_rows` output rows (the last partial for a cropped tiling).
+    pub fn tile_rows_of(&self, out_rows: usize) -> usize {
+        out_rows.div_ceil(self.m)
     }
 
     /// Lane slots per group of each transform position: its tiles (padding included) times the
@@ -386,7 +422,7 @@ impl ConvSpec {
     /// Winograd convolution; each is `channel_parts` groups.
     pub(crate) fn winograd_blocks_per_set(&self) -> usize {
         let tiling = self.tiling();
-        self.shape.out_hw[0] / tiling.m / tiling.tile_rows
+        tiling.tile_rows_of(self.shape.out_hw[0]) / tiling.tile_rows
     }
 
     /// f32 elements of one thread's scratch for a Winograd convolution.
@@ -539,12 +575,16 @@ impl ConvSpec {
         let w = self.tiling();
         let kn = self.shape.out_channels;
         let [oh, ow] = self.shape.out_hw;
-        // Whole vectors of slots per tile row, and the pixels of a last, partial one.
-        let full_vectors = (ow / w.m) * w.images / 4;
-        let last_pixels = w.m * ((ow / w.m) * w.images % 4);
+        // Whole vectors of slots per tile row, and the pixels of a last, partial one (a cropped
+        // tiling's last tiles, or a row's last vector of fewer than 4 tiles).
+        let full_vectors = ow / w.vector_pixels();
+        let last_pixels = ow % w.vector_pixels();
+        // The rows of the last tile row of a cropped tiling (its block is the whole image).
+        let last_rows = oh % w.m;
         let write = MemFlagsData::new().with_notrap();
         let lo = iconst(b, 0);
-        let (r_hi, tv_hi) = (iconst(b, w.tile_rows as i64), iconst(b, full_vectors as i64));
+        let whole_rows = w.tile_rows - usize::from(last_rows > 0);
+        let (r_hi, tv_hi) = (iconst(b, whole_rows as i64), iconst(b, full_vectors as i64));
         let first_row = mul(b, block, w.m * w.tile_rows);
         for_loop(b, k0, k_end, 1, &[], &mut |b, k, _| {
             let channel: Vec<Value> = a.operands.iter().map(|&o| elem_addr(b, o, k)).collect();
@@ -557,15 +597,16 @@ impl ConvSpec {
             let zero = b.ins().f32const(0.0);
             let zeros = b.ins().splat(types::F32X4, zero);
             let stats0 = [zeros, zeros, zero, zero];
-            let (_, stats) = for_loop(b, lo, r_hi, 1, &stats0, &mut |b, r, s| {
+            // Tile row `r`, `rows` of its m output rows stored.
+            let tile_row_out = |b: &mut FunctionBuilder, r: Value, rows: usize, s: &[Value]| {
                 let (y_row, m_row) = tile_row(b, w, [first_row, r], [plane, m_k], ow);
-                let segment = |b: &mut FunctionBuilder, tv: Value, valid: usize, s: [Value; 4]| {
+                let segment = |b: &mut FunctionBuilder, tv: Value, pixels: usize, s: [Value; 4]| {
                     let t = mul(b, tv, 4);
                     let e = b.ins().iadd(m_row, t);
                     let m_at = elem_addr(b, m, e);
                     let px = mul(b, tv, w.vector_pixels());
                     let y_at = b.ins().iadd(y_row, px);
-                    self.output_segment(b, mul_add, a, &channel, m_at, y_at, valid, s)
+                    self.output_segment(b, mul_add, a, &channel, m_at, y_at, [rows, pixels], s)
                 };
                 let (_, s) = for_loop(b, lo, tv_hi, 1, s, &mut |b, tv, s| {
                     segment(b, tv, 4 * w.m, [s[0], s[1], s[2], s[3]]).to_vec()
@@ -573,7 +614,9 @@ impl ConvSpec {
                 let s = [s[0], s[1], s[2], s[3]];
                 let s = if last_pixels > 0 { segment(b, tv_hi, last_pixels, s) } else { s };
                 s.to_vec()
-            });
+            };
+            let (_, stats) = for_loop(b, lo, r_hi, 1, &stats0, &mut |b, r, s| tile_row_out(b, r, w.m, s));
+            let stats = if last_rows > 0 { tile_row_out(b, r_hi, last_rows, &stats) } else { stats };
             if let Some(at) = partials {
                 let [mut sum, mut squares] = [stats[2], stats[3]];
                 for lane in 0..4 {
@@ -590,10 +633,10 @@ impl ConvSpec {
         });
     }
 
-    /// One vector of slots (products at `m_at`) to the m x `valid` output pixels starting at
-    /// element `y_at` of the output (and the next m - 1 rows; with lanes across images, in each of
-    /// the 4 images), updating the statistics `[vector sum, vector squares, scalar sum, scalar
-    /// squares]`.
+    /// One vector of slots (products at `m_at`) to the `rows` x `pixels` output pixels starting
+    /// at element `y_at` of the output (`rows` of the tiles' m, each from `y_at` on; with lanes
+    /// across images, in each of the 4 images), updating the statistics `[vector sum, vector
+    /// squares, scalar sum, scalar squares]`.
     #[allow(clippy::too_many_arguments)]
     fn output_segment(
         &self,
@@ -603,7 +646,7 @@ impl ConvSpec {
         channel: &[Value],
         m_at: Value,
         y_at: Value,
-        valid: usize,
+        [rows, valid]: [usize; 2],
         mut stats: [Value; 4],
     ) -> [Value; 4] {
         let w = self.tiling();
@@ -624,7 +667,7 @@ impl ConvSpec {
                     })
                 })
                 .collect();
-            for (k, &row) in at.groups[g].rows.iter().enumerate() {
+            for (k, &row) in at.groups[g].rows.iter().enumerate().filter(|(_, row)| **row < rows) {
                 let columns = at.emit(b, mul_add, Width::Vector, &mut |_, j| z[j][k]);
                 // Column c of the slots as one vector each, interleaved: vector h holds the row's
                 // pixels 4h..4h + 4 (of 4 tiles), or with lanes across images, image h's 4 pixels.

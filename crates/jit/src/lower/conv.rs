@@ -59,8 +59,9 @@ fn pointwise_as_one_row(g: Geometry) -> Geometry {
 }
 
 /// A convolution of `x` with weights `w` (read through `weights`): direct, or by the Winograd
-/// tiling `winograd` chooses when it applies (3x3, stride 1, output sizes a multiple of the tile,
-/// 8 or more input channels), after a step that transforms the weights into a kept scratch area.
+/// tiling `winograd` chooses when it applies (3x3, stride 1, 8 or more input channels; tiles
+/// past an output size that is not a multiple of theirs are cropped), after a step that
+/// transforms the weights into a kept scratch area.
 /// The convolution step (the last) reads `x`, `w` (or the transformed weights), then the
 /// per-thread scratch: epilogue operands and statistics go before the scratch.
 pub(super) fn conv(
@@ -75,7 +76,7 @@ pub(super) fn conv(
     // Few output channels leave F(4x4, 3x3)'s larger input transform most of the work: the
     // stem's input gradient (16 -> 3 channels) ran 15% slower by F(4x4) than by F(2x2).
     let winograd = if k < 8 { winograd.min(WinogradTiles::F2) } else { winograd };
-    let tiling = Winograd::for_output(out_hw, winograd, n).filter(|_| {
+    let tiling = Winograd::for_convolution(out_hw, winograd, n).filter(|_| {
         // Few input channels leave the transforms most of the work (the 3-channel stem).
         kernel == [3, 3] && stride == [1, 1] && dilation == [1, 1] && c >= 8
     });
@@ -85,7 +86,8 @@ pub(super) fn conv(
             let vectors = tiling.slots() / 4;
             let (kb, vb) = register_tile(k, vectors, None, 1, ChannelBlocks::Dividing);
             let vb = (1..=vb).rev().find(|v| vectors.is_multiple_of(*v)).unwrap_or(1);
-            (tiling.pack(c, in_hw, pad, out_hw), kb, vb, format!("conv2d_{}", tiling.label()))
+            let tiled_hw = out_hw.map(|d| d.div_ceil(tiling.m) * tiling.m);
+            (tiling.pack(c, in_hw, pad, tiled_hw), kb, vb, format!("conv2d_{}", tiling.label()))
         }
         // Register tile: kb output channels by vb vectors of 4 pixels.
         None => {
@@ -96,7 +98,7 @@ pub(super) fn conv(
     // Fewer than 4 blocks of tile rows in the batch (batch 1): split the output channels into up
     // to 4 parts of whole register tiles, a group each, so that the threads share the work.
     let tiling = tiling.map(|t| {
-        let blocks = n / t.images * (out_hw[0] / t.m / t.tile_rows);
+        let blocks = n / t.images * (t.tile_rows_of(out_hw[0]) / t.tile_rows);
         let divides = |p: &usize| (k / kb).is_multiple_of(*p);
         let parts = (1..=4).filter(divides).find(|p| blocks * p >= 4).or((1..=4).rev().find(divides));
         Winograd { channel_parts: parts.unwrap_or(1), ..t }
