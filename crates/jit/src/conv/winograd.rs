@@ -201,9 +201,10 @@ impl Winograd {
         exact.into_iter().chain(cropped).min_by(|a, b| a.multiplies(out_hw).total_cmp(&b.multiplies(out_hw)))
     }
 
-    /// Tile rows covering `out_rows` output rows (the last partial for a cropped tiling).
-    pub fn tile_rows_of(&self, out_rows: usize) -> usize {
-        out_rows.div_ceil(self.m)
+    /// What the tiles of an output of `out_hw` cover: its sizes rounded up to multiples of m
+    /// (larger for a cropped tiling).
+    pub fn tiled_hw(&self, out_hw: [usize; 2]) -> [usize; 2] {
+        out_hw.map(|d| d.div_ceil(self.m) * self.m)
     }
 
     /// Lane slots per group of each transform position: its tiles (padding included) times the
@@ -422,7 +423,7 @@ impl ConvSpec {
     /// Winograd convolution; each is `channel_parts` groups.
     pub(crate) fn winograd_blocks_per_set(&self) -> usize {
         let tiling = self.tiling();
-        tiling.tile_rows_of(self.shape.out_hw[0]) / tiling.tile_rows
+        tiling.tiled_hw(self.shape.out_hw)[0] / tiling.m / tiling.tile_rows
     }
 
     /// f32 elements of one thread's scratch for a Winograd convolution.

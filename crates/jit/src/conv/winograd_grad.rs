@@ -42,8 +42,8 @@ pub struct WinogradGradSpec {
     pub in_channels: usize,
     /// Output channels (even).
     pub out_channels: usize,
-    /// Output height and width (odd sizes are tiled as the next even ones, dy read as zero past
-    /// them: see [`WinogradGradSpec::applies`]).
+    /// Output height and width (a cropped tiling covers the next multiples of its tile, dy read
+    /// as zero past them: see [`WinogradGradSpec::applies`]).
     pub out_hw: [usize; 2],
     /// How each image of x is packed (zero-padded, m width phases).
     pub pack: PackSpec,
@@ -58,44 +58,43 @@ pub struct WinogradGradSpec {
 }
 
 impl WinogradGradSpec {
-    /// Whether the Winograd weight gradient applies: 3x3, stride 1, input channels a multiple of 4
-    /// (at least 8), even output channels, and even output sizes, or odd ones whose F(2x2, 3x3)
-    /// tiles (the last row and column of tiles half outside, as zeros of dy) still multiply at
-    /// most 6 times per output against the direct gradient's 9 (7x7: 5.2).
+    /// Whether the Winograd weight gradient applies to a batch of `batch` outputs of `out_hw`
+    /// with the tiles `tiles` allows: 3x3, stride 1, input channels a multiple of 4 (at least 8),
+    /// even output channels, and a tiling ([`WinogradGradSpec::convolution_tiling`]): exact, or
+    /// cropped (the last row and column of tiles partly outside, read as zeros of dy) where that
+    /// multiplies at most 6 times per output against the direct gradient's 9 (7x7 by F(2x2):
+    /// 5.2).
     pub fn applies(
         kernel: [usize; 2],
         stride: [usize; 2],
         out_hw: [usize; 2],
-        in_channels: usize,
-        out_channels: usize,
+        [in_channels, out_channels]: [usize; 2],
+        tiles: WinogradTiles,
+        batch: usize,
     ) -> bool {
-        let tiled = Self::tiled_hw(out_hw);
-        let even = out_hw == tiled;
         kernel == [3, 3]
             && stride == [1, 1]
-            && out_hw[0] > 0
-            && out_hw[1] > 0
-            && (even || 4 * tiled[0] * tiled[1] <= 6 * out_hw[0] * out_hw[1])
             && in_channels >= 8
             && in_channels.is_multiple_of(CB)
             && out_channels.is_multiple_of(KB)
+            && Self::convolution_tiling(out_hw, tiles, batch).is_some()
     }
 
-    /// The output's sizes rounded up to even: what the tiles cover.
-    pub fn tiled_hw(out_hw: [usize; 2]) -> [usize; 2] {
-        out_hw.map(|d| d.div_ceil(2) * 2)
+    /// The convolution's tiling the gradient takes: [`Winograd::for_output`] where the tiles fit
+    /// the output, else [`Winograd::for_convolution`]'s cropped one. (ResNet-50's 14x14 stage
+    /// by cropped F(4x4, 3x3) tiles read 125 and 185 ms against 142 and 151 by F(2x2), 2 pairs
+    /// on a noisy machine: not a clear win, so exact tiles come first.)
+    fn convolution_tiling(out_hw: [usize; 2], tiles: WinogradTiles, batch: usize) -> Option<Winograd> {
+        Winograd::for_output(out_hw, tiles, batch).or_else(|| Winograd::for_convolution(out_hw, tiles, batch))
     }
 
     /// The tiling of a batch of `batch` outputs of `out_hw` (whose sizes
     /// [`applies`](Self::applies) accepts) for the gradient: the tiles and lanes `tiles` (not
-    /// `Off`) chooses for the convolution (F(2x2, 3x3) in one image's lanes for odd sizes), in
-    /// blocks of whole tile rows with at least 64 slots (or the whole image).
+    /// `Off`) chooses for the convolution, in blocks of whole tile rows with at least 64 slots
+    /// (or the whole image).
     pub fn tiling(out_hw: [usize; 2], tiles: WinogradTiles, batch: usize) -> Winograd {
-        let tiled = Self::tiled_hw(out_hw);
-        let w =
-            if tiled == out_hw { Winograd::for_output(out_hw, tiles, batch) } else { Winograd::with_tile(2, tiled) };
-        let w = w.expect("F(2x2, 3x3) tiles every even output");
-        let th = tiled[0] / w.m;
+        let w = Self::convolution_tiling(out_hw, tiles, batch).expect("a tiling, where the gradient applies");
+        let th = w.tiled_hw(out_hw)[0] / w.m;
         let tile_rows = (1..=th).find(|r| th.is_multiple_of(*r) && r * w.row_slots() >= 64).unwrap_or(th);
         Winograd { tile_rows, ..w }
     }
@@ -112,7 +111,7 @@ impl WinogradGradSpec {
     /// thread then has twice the other's work); the 56x56 stage (0.6 MB) 44-46 ms either way
     /// (profiled, batch 16, 2 threads).
     ///
-    /// Odd sizes (ResNet-50's 7x7 stage, 512 channels) take blocks of 128 slots or more, at most
+    /// Cropped tilings (ResNet-50's 7x7 stage, 512 channels) take blocks of 128 slots or more, at most
     /// half the sets each, and a chunk per block: with many channels, the partials a block adds
     /// into (16 MB a chunk) pass over memory. At batch 16, 8 chunks of 2 images took 380 ms, 2 of
     /// 8 images 94 ms, the direct gradient 230 ms (profiled, 2 threads).
@@ -123,11 +122,12 @@ impl WinogradGradSpec {
         [in_channels, out_channels]: [usize; 2],
     ) -> (usize, usize) {
         let sets = batch / tiling.images;
-        if Self::tiled_hw(out_hw) != out_hw {
+        let tiled = tiling.tiled_hw(out_hw);
+        if tiled != out_hw {
             let per_block = sets.div_ceil(2).min(128usize.div_ceil(tiling.slots()));
             return (sets.div_ceil(per_block).min(8), per_block);
         }
-        let whole_images = tiling.tile_rows == Self::tiled_hw(out_hw)[0] / tiling.m;
+        let whole_images = tiling.tile_rows == tiled[0] / tiling.m;
         let partial_bytes = 4 * tiling.positions() * in_channels * out_channels;
         let chunks = if partial_bytes >= LARGE_PARTIALS { 2 } else { 8 };
         (sets.min(chunks), if whole_images { 64usize.div_ceil(tiling.slots()) } else { 1 })
@@ -192,7 +192,7 @@ impl WinogradGradSpec {
         let d = b.ins().iadd_imm_s(xp, 4 * d_at as i64);
         let rows = b.ins().iadd_imm_s(xp, 4 * rows_at as i64);
         let flags = MemFlagsData::new().with_notrap();
-        let blocks = Self::tiled_hw(self.out_hw)[0] / self.tiling.m / self.tiling.tile_rows;
+        let blocks = self.tiling.tiled_hw(self.out_hw)[0] / self.tiling.m / self.tiling.tile_rows;
         for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
             let part = {
                 let offset = mul(b, g, 4 * self.partial_len());

@@ -86,7 +86,7 @@ pub(super) fn conv(
             let vectors = tiling.slots() / 4;
             let (kb, vb) = register_tile(k, vectors, None, 1, ChannelBlocks::Dividing);
             let vb = (1..=vb).rev().find(|v| vectors.is_multiple_of(*v)).unwrap_or(1);
-            let tiled_hw = out_hw.map(|d| d.div_ceil(tiling.m) * tiling.m);
+            let tiled_hw = tiling.tiled_hw(out_hw);
             (tiling.pack(c, in_hw, pad, tiled_hw), kb, vb, format!("conv2d_{}", tiling.label()))
         }
         // Register tile: kb output channels by vb vectors of 4 pixels.
@@ -98,7 +98,7 @@ pub(super) fn conv(
     // Fewer than 4 blocks of tile rows in the batch (batch 1): split the output channels into up
     // to 4 parts of whole register tiles, a group each, so that the threads share the work.
     let tiling = tiling.map(|t| {
-        let blocks = n / t.images * (t.tile_rows_of(out_hw[0]) / t.tile_rows);
+        let blocks = n / t.images * (t.tiled_hw(out_hw)[0] / t.m / t.tile_rows);
         let divides = |p: &usize| (k / kb).is_multiple_of(*p);
         let parts = (1..=4).filter(divides).find(|p| blocks * p >= 4).or((1..=4).rev().find(divides));
         Winograd { channel_parts: parts.unwrap_or(1), ..t }
@@ -291,7 +291,7 @@ fn winograd_weight_grad(
     winograd: WinogradTiles,
 ) -> Lowered {
     let tiling = WinogradGradSpec::tiling(out_hw, winograd, x[0]);
-    let pack = tiling.pack(x[1], [x[2], x[3]], pad, WinogradGradSpec::tiled_hw(out_hw));
+    let pack = tiling.pack(x[1], [x[2], x[3]], pad, tiling.tiled_hw(out_hw));
     let (chunks, sets_per_block) = WinogradGradSpec::blocking(out_hw, tiling, x[0], [x[1], k]);
     let spec = WinogradGradSpec {
         batch: x[0],
@@ -330,7 +330,7 @@ pub(super) fn weight_grad(
 ) -> Lowered {
     let (n, c, k) = (x[0], x[1], dy[1]);
     let out_hw = [dy[2], dy[3]];
-    if winograd != WinogradTiles::Off && WinogradGradSpec::applies(kernel, stride, out_hw, c, k) {
+    if winograd != WinogradTiles::Off && WinogradGradSpec::applies(kernel, stride, out_hw, [c, k], winograd, n) {
         return winograd_weight_grad(label, [id, x_id, dy_id], x, out_hw, k, pad, winograd);
     }
     if kernel == [1, 1] && stride[0] == stride[1] && pad == [0, 0] {
