@@ -410,6 +410,32 @@ fn pointwise_weight_gradients_in_chunks_and_flush_periods() {
     }
 }
 
+/// Weight gradients whose transposed dy takes more than a block of rows, swept block by block:
+/// the stem's 7x7, stride 2, 64 channels at outputs 16 rows of 256 (blocks of 4 rows), and 9
+/// rows 256 wide (blocks of 4, 4 and 1 rows).
+#[test]
+fn weight_gradients_in_blocks_of_rows() {
+    for (n, c, k, [h, w], r, s, p) in [(2, 3, 64, [32, 512], 7, 2, 3), (1, 2, 64, [9, 256], 3, 1, 1)] {
+        let a = Conv2dAttrs::square(s, p);
+        let [oh, ow] = [h, w].map(|d| (d + 2 * p - r) / s + 1);
+        let x = random(11, &[n, c, h, w], -1.0, 1.0);
+        let dy = random(12, &[n, k, oh, ow], -1.0, 1.0);
+        let gradient = |g: &mut Graph, i: &[NodeId]| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [r, r] }, i);
+        let mut g = Graph::new();
+        let ids = [("x", x.shape()), ("dy", dy.shape())].map(|(name, shape)| {
+            g.add_source(Op::Input { name: name.into() }, TensorType::new(DType::F32, shape.clone()), Role::Forward)
+                .unwrap()
+        });
+        let node = gradient(&mut g, &ids);
+        let compiled = compile(&g, &[node], &CompileOptions::default()).unwrap();
+        match &compiled.kernel_for(node).unwrap().spec {
+            KernelSpec::WeightGrad(spec) => assert_eq!(spec.block_rows(), 4),
+            other => panic!("{other:?}"),
+        }
+        check_within(&[x, dy], 1e-5, gradient).unwrap();
+    }
+}
+
 /// A Winograd weight gradient whose partials take 1 MB or more a chunk (128 channels each way)
 /// runs in 2 chunks (an odd batch: 2 and 3 images), summed in order.
 #[test]

@@ -15,14 +15,17 @@ use cranelift_frontend::FunctionBuilder;
 /// channels accumulates `x[n][c][oh * S + r][ow * S + s] * dy[n][oh][ow][k..k + 4]` over every
 /// output pixel, broadcasting x and reading dy channels-last.
 ///
-/// Loop order: images outermost, then this thread's tiles, then the image's pixels. For each
-/// image, the thread first packs x (zero-padded, [`PackSpec`]) and transposes dy to channels-last
-/// rows ([`TransposeSpec`](crate::TransposeSpec)) into its share of a per-thread scratch, so
-/// both stay in cache while every tile sweeps them (each thread prepares every image: the result
-/// does not depend on the thread count). A tile sums one image in f32 registers, then adds the
-/// sums, widened, to its f64 totals in a scratch buffer (`[offsets: 2 x i64][cb * kv x 2 f64x2]`
-/// per tile), so a sum over a batch of images is as accurate as one image's; at the end it
-/// scatters the totals, rounded, into `dw[k][c][r][s]`.
+/// Loop order: images outermost, then blocks of output rows, then this thread's tiles, then the
+/// block's pixels. For each image, the thread first packs x (zero-padded, [`PackSpec`]) and
+/// transposes dy to channels-last rows ([`TransposeSpec`](crate::TransposeSpec)) into its share
+/// of a per-thread scratch (each thread prepares every image: the result does not depend on the
+/// thread count); every tile then sweeps one block of rows ([`WeightGradSpec::block_rows`], at
+/// most [`BLOCK_BYTES`] of transposed dy, so that it stays in cache) before the next block. A
+/// tile sums one image in f32, in registers within a block and in its running sums between
+/// blocks, then adds the sums, widened, to its f64 totals (a scratch buffer of
+/// `[offsets: 2 x i64][cb * kv x 2 f64x2 totals][cb * kv f32x4 running sums]` per tile), so a
+/// sum over a batch of images is as accurate as one image's; at the end it scatters the totals,
+/// rounded, into `dw[k][c][r][s]`.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct WeightGradSpec {
     /// Batch size.
@@ -59,9 +62,22 @@ impl WeightGradSpec {
         self.groups() * self.tile_floats()
     }
 
-    /// f32 slots per tile: the two offsets, then the f64 totals (two f64x2 per accumulator).
+    /// f32 slots per tile: the two offsets, the f64 totals (two f64x2 per accumulator), then the
+    /// running f32x4 sums.
     fn tile_floats(&self) -> usize {
-        4 + 8 * self.cb * self.kv
+        4 + 12 * self.cb * self.kv
+    }
+
+    /// Byte offset of accumulator `i`'s running sums in its tile.
+    fn running_at(&self, i: usize) -> i32 {
+        (16 + 32 * self.cb * self.kv + 16 * i) as i32
+    }
+
+    /// Output rows per block: as many as keep a block's transposed dy within [`BLOCK_BYTES`]
+    /// (the 7x7 stem's 112 rows of 64 channels, 28 KB each: 9).
+    pub fn block_rows(&self) -> usize {
+        let row_bytes = 4 * self.out_hw[1] * self.dy_row;
+        (BLOCK_BYTES / row_bytes.max(1)).clamp(1, self.out_hw[0].max(1))
     }
 
     /// The transpose of one image of dy to channels-last rows.
@@ -77,6 +93,10 @@ impl WeightGradSpec {
 
 /// Output pixels per iteration of the weight gradient's innermost loop.
 const UNROLL: usize = 4;
+
+/// The most bytes of transposed dy that a block of output rows takes (so kept in L2 while every
+/// tile sweeps it): with the stem's whole images of 3.2 MB, each tile streamed its image from L3.
+pub const BLOCK_BYTES: usize = 256 << 10;
 
 impl WeightGradSpec {
     /// Floating-point operations of one pass (2 per multiply-add).
@@ -130,11 +150,13 @@ impl WeightGradSpec {
             b.ins().store(flags, dy_off, tile, 8);
             let zero = b.ins().f64const(0.0);
             let zero = b.ins().splat(types::F64X2, zero);
-            for i in 0..2 * cb * kv {
+            for i in 0..3 * cb * kv {
                 b.ins().store(flags, zero, tile, 16 + 16 * i as i32);
             }
             vec![]
         });
+        let block_rows = self.block_rows();
+        let row_blocks = oh_n.div_ceil(block_rows);
         let (n_lo, n_hi) = (iconst(b, 0), iconst(b, self.batch as i64));
         for_loop(b, n_lo, n_hi, 1, &[], &mut |b, n, _| {
             let first_plane = mul(b, n, self.in_channels);
@@ -144,57 +166,82 @@ impl WeightGradSpec {
                 elem_addr(b, dy, e)
             };
             self.dy_rows().emit_image(b, dy_planes, dy_image);
-            for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
-                let tile = tile_addr(b, g);
-                let x_off = b.ins().load(types::I64, flags, tile, 0);
-                let dy_off = b.ins().load(types::I64, flags, tile, 8);
-                let x0 = b.ins().iadd(x_image, x_off);
-                let dy0 = b.ins().iadd(dy_image, dy_off);
-                let zero = b.ins().f32const(0.0);
-                let zero = b.ins().splat(types::F32X4, zero);
-                let init = vec![zero; cb * kv];
-                let (h_lo, h_hi) = (iconst(b, 0), iconst(b, oh_n as i64));
-                let (_, acc) = for_loop(b, h_lo, h_hi, 1, &init, &mut |b, oh, acc| {
-                    let x_row = b.ins().imul_imm_s(oh, (self.stride[0] * row_len * 4) as i64);
-                    let x_row = b.ins().iadd(x0, x_row);
-                    let dy_row = b.ins().imul_imm_s(oh, (ow_n * self.dy_row * 4) as i64);
-                    let dy_row = b.ins().iadd(dy0, dy_row);
-                    let dy_end = b.ins().iadd_imm_s(dy_row, (ow_n * self.dy_row * 4) as i64);
-                    // Unrolled: four pixels per pass of the loop's own instructions.
-                    let pixel_bytes = (self.dy_row * 4) as i64;
-                    let x_step = (self.stride[1] * 4) as i32;
-                    let body = |b: &mut FunctionBuilder, dy_at: Value, carried: &[Value], pixels: usize| {
-                        let x_at = carried[0];
-                        let mut acc = carried[1..].to_vec();
-                        let read = flags.with_readonly();
-                        for p in 0..pixels {
-                            let dy_off = (p as i64 * pixel_bytes) as i32;
-                            let dys: Vec<Value> = (0..kv)
-                                .map(|j| b.ins().load(types::F32X4, read, dy_at, dy_off + 16 * j as i32))
-                                .collect();
-                            for i in 0..cb {
-                                // One broadcast per input pixel, held for the tile's vectors (see
-                                // the convolution's products).
-                                let x =
-                                    b.ins().load(types::F32, read, x_at, i as i32 * plane_bytes + p as i32 * x_step);
-                                let x = b.ins().splat(types::F32X4, x);
-                                for (j, &d) in dys.iter().enumerate() {
-                                    acc[i * kv + j] = mul_add_emit(b, mul_add, x, d, acc[i * kv + j]);
+            let (rb_lo, rb_hi) = (iconst(b, 0), iconst(b, row_blocks as i64));
+            for_loop(b, rb_lo, rb_hi, 1, &[], &mut |b, rb, _| {
+                let h_lo = mul(b, rb, block_rows);
+                let h_hi = {
+                    let e = b.ins().iadd_imm_s(h_lo, block_rows as i64);
+                    let rows = iconst(b, oh_n as i64);
+                    b.ins().umin(e, rows)
+                };
+                for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
+                    let tile = tile_addr(b, g);
+                    let x_off = b.ins().load(types::I64, flags, tile, 0);
+                    let dy_off = b.ins().load(types::I64, flags, tile, 8);
+                    let x0 = b.ins().iadd(x_image, x_off);
+                    let dy0 = b.ins().iadd(dy_image, dy_off);
+                    let init: Vec<Value> =
+                        (0..cb * kv).map(|i| b.ins().load(types::F32X4, flags, tile, self.running_at(i))).collect();
+                    let (_, acc) = for_loop(b, h_lo, h_hi, 1, &init, &mut |b, oh, acc| {
+                        let x_row = b.ins().imul_imm_s(oh, (self.stride[0] * row_len * 4) as i64);
+                        let x_row = b.ins().iadd(x0, x_row);
+                        let dy_row = b.ins().imul_imm_s(oh, (ow_n * self.dy_row * 4) as i64);
+                        let dy_row = b.ins().iadd(dy0, dy_row);
+                        let dy_end = b.ins().iadd_imm_s(dy_row, (ow_n * self.dy_row * 4) as i64);
+                        // Unrolled: four pixels per pass of the loop's own instructions.
+                        let pixel_bytes = (self.dy_row * 4) as i64;
+                        let x_step = (self.stride[1] * 4) as i32;
+                        let body = |b: &mut FunctionBuilder, dy_at: Value, carried: &[Value], pixels: usize| {
+                            let x_at = carried[0];
+                            let mut acc = carried[1..].to_vec();
+                            let read = flags.with_readonly();
+                            for p in 0..pixels {
+                                let dy_off = (p as i64 * pixel_bytes) as i32;
+                                let dys: Vec<Value> = (0..kv)
+                                    .map(|j| b.ins().load(types::F32X4, read, dy_at, dy_off + 16 * j as i32))
+                                    .collect();
+                                for i in 0..cb {
+                                    // One broadcast per input pixel, held for the tile's vectors (see
+                                    // the convolution's products).
+                                    let x = b.ins().load(
+                                        types::F32,
+                                        read,
+                                        x_at,
+                                        i as i32 * plane_bytes + p as i32 * x_step,
+                                    );
+                                    let x = b.ins().splat(types::F32X4, x);
+                                    for (j, &d) in dys.iter().enumerate() {
+                                        acc[i * kv + j] = mul_add_emit(b, mul_add, x, d, acc[i * kv + j]);
+                                    }
                                 }
                             }
-                        }
-                        let next_x = b.ins().iadd_imm_s(x_at, pixels as i64 * x_step as i64);
-                        std::iter::once(next_x).chain(acc).collect::<Vec<Value>>()
-                    };
-                    let carried: Vec<Value> = std::iter::once(x_row).chain(acc.iter().copied()).collect();
-                    let (rest, carried) =
-                        for_loop(b, dy_row, dy_end, UNROLL as i64 * pixel_bytes, &carried, &mut |b, at, c| {
-                            body(b, at, c, UNROLL)
-                        });
-                    let (_, out) = for_loop(b, rest, dy_end, pixel_bytes, &carried, &mut |b, at, c| body(b, at, c, 1));
-                    out[1..].to_vec()
+                            let next_x = b.ins().iadd_imm_s(x_at, pixels as i64 * x_step as i64);
+                            std::iter::once(next_x).chain(acc).collect::<Vec<Value>>()
+                        };
+                        let carried: Vec<Value> = std::iter::once(x_row).chain(acc.iter().copied()).collect();
+                        let (rest, carried) =
+                            for_loop(b, dy_row, dy_end, UNROLL as i64 * pixel_bytes, &carried, &mut |b, at, c| {
+                                body(b, at, c, UNROLL)
+                            });
+                        let (_, out) =
+                            for_loop(b, rest, dy_end, pixel_bytes, &carried, &mut |b, at, c| body(b, at, c, 1));
+                        out[1..].to_vec()
+                    });
+                    for (i, &a) in acc.iter().enumerate() {
+                        b.ins().store(flags, a, tile, self.running_at(i));
+                    }
+                    vec![]
                 });
-                for (i, &a) in acc.iter().enumerate() {
+                vec![]
+            });
+            // The image's sums into the totals, widened; the running sums back to zero.
+            for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
+                let tile = tile_addr(b, g);
+                let zero = b.ins().f32const(0.0);
+                let zero = b.ins().splat(types::F32X4, zero);
+                for i in 0..cb * kv {
+                    let a = b.ins().load(types::F32X4, flags, tile, self.running_at(i));
+                    b.ins().store(flags, zero, tile, self.running_at(i));
                     let high = shuffle32(b, a, a, [2, 3, 6, 7]);
                     for (half, v) in [a, high].into_iter().enumerate() {
                         let offset = 16 + 32 * i as i32 + 16 * half as i32;
