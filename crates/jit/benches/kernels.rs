@@ -8,7 +8,8 @@
 //!    (stride-1 passes also by Winograd: F(4x4, 3x3) and F(2x2, 3x3) where the default takes
 //!    F(4x4, 3x3), and direct; GFLOP/s count the direct convolution's operations, so they
 //!    compare times);
-//!    Then the 1x1 convolutions of ResNet-50's bottlenecks at batch 16 (direct), the same way;
+//!    Then the 1x1 convolutions of ResNet-50's bottlenecks at batch 16 (direct), the same way,
+//!    and its 3x3 convolutions at 14x14 and 7x7 (by cropped Winograd tiles, and direct);
 //! 4. memory-bound kernels (batch norm, ReLU, add) as GB/s and fraction of copy bandwidth.
 //!
 //! Times are medians of repeated runs: this thread's CPU time for 1-thread runs (robust to the
@@ -340,6 +341,30 @@ fn main() {
             let out_hw = (case.hw - 1) / case.stride + 1;
             let flops = 2.0 * (batch * case.k * out_hw * out_hw * case.c) as f64;
             conv_row(case.name, pass, (&g, out, flops), &target, &calibration, WinogradTiles::Off);
+        }
+    }
+
+    // 3c. ResNet-50's 3x3 convolutions whose outputs are not a multiple of F(4x4, 3x3)'s tile,
+    // batch 16: by cropped Winograd tiles (the default: F(4x4) tiles of 16x16 at 14x14, F(2x2)
+    // tiles of 8x8 at 7x7; the weight gradient takes exact F(2x2) tiles at 14x14) and direct.
+    let cropped = [
+        ConvCase { name: "256->256 14x14", c: 256, k: 256, hw: 14, stride: 1 },
+        ConvCase { name: "512->512 7x7", c: 512, k: 512, hw: 7, stride: 1 },
+    ];
+    println!("\n## 3x3 convolutions of ResNet-50 at 14x14 and 7x7, batch {batch}\n");
+    println!("| conv | pass | 1 thread GFLOP/s | % ceiling (interleaved) | 2 threads GFLOP/s | 2T / 1T |");
+    println!("|---|---|---|---|---|---|");
+    for case in &cropped {
+        let flops = 2.0 * (batch * case.k * case.hw * case.hw * case.c * 9) as f64;
+        for pass in ["forward", "backward-data", "backward-weight"] {
+            for (algorithm, winograd) in [(" (Winograd)", WinogradTiles::F4), (" (direct)", WinogradTiles::Off)] {
+                let row = format!("{pass}{algorithm}");
+                if !selected(&format!("{} {row}", case.name)) {
+                    continue;
+                }
+                let (g, out) = conv_graph(case, 3, batch, pass);
+                conv_row(case.name, &row, (&g, out, flops), &target, &calibration, winograd);
+            }
         }
     }
 
