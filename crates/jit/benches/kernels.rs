@@ -199,6 +199,12 @@ fn conv_graph(case: &ConvCase, kernel: usize, batch: usize, pass: &str) -> (Grap
     (g, out)
 }
 
+/// The header of a table of [`conv_row`]s.
+fn print_conv_header() {
+    println!("| conv | pass | 1 thread GFLOP/s | % ceiling (interleaved) | 2 threads GFLOP/s | 2T / 1T |");
+    println!("|---|---|---|---|---|---|");
+}
+
 /// Times `graph` (its output and direct operation count) on 1 and 2 threads and prints its row.
 fn conv_row(
     name: &str,
@@ -279,8 +285,7 @@ fn main() {
     println!("\n## 3x3 convolutions, batch {batch}\n");
     println!("GFLOP/s are medians; \"% ceiling\" is the median of (kernel / ceiling) over runs interleaved with a");
     println!("short calibration run, so it does not move with the clock speed.\n");
-    println!("| conv | pass | 1 thread GFLOP/s | % ceiling (interleaved) | 2 threads GFLOP/s | 2T / 1T |");
-    println!("|---|---|---|---|---|---|");
+    print_conv_header();
     for case in &cases {
         let out_hw = (case.hw + 2 - 3) / case.stride + 1;
         let flops = 2.0 * (batch * case.k * out_hw * out_hw * case.c * 9) as f64;
@@ -330,8 +335,7 @@ fn main() {
         ConvCase { name: "512->1024 28x28 s2", c: 512, k: 1024, hw: 28, stride: 2 },
     ];
     println!("\n## 1x1 convolutions of ResNet-50, batch {batch}\n");
-    println!("| conv | pass | 1 thread GFLOP/s | % ceiling (interleaved) | 2 threads GFLOP/s | 2T / 1T |");
-    println!("|---|---|---|---|---|---|");
+    print_conv_header();
     for case in &pointwise {
         for pass in ["forward", "backward-data", "backward-weight"] {
             if !selected(&format!("{} {pass}", case.name)) {
@@ -352,8 +356,7 @@ fn main() {
         ConvCase { name: "512->512 7x7", c: 512, k: 512, hw: 7, stride: 1 },
     ];
     println!("\n## 3x3 convolutions of ResNet-50 at 14x14 and 7x7, batch {batch}\n");
-    println!("| conv | pass | 1 thread GFLOP/s | % ceiling (interleaved) | 2 threads GFLOP/s | 2T / 1T |");
-    println!("|---|---|---|---|---|---|");
+    print_conv_header();
     for case in &cropped {
         let flops = 2.0 * (batch * case.k * case.hw * case.hw * case.c * 9) as f64;
         for pass in ["forward", "backward-data", "backward-weight"] {

@@ -146,6 +146,22 @@ fn check_conv_with_stats(
     Ok(())
 }
 
+/// The spec of the kernel that computes `build`'s node, over inputs of `values`' shapes.
+fn kernel_spec(values: &[&Tensor], build: impl Fn(&mut Graph, &[NodeId]) -> NodeId) -> KernelSpec {
+    let mut g = Graph::new();
+    let ids: Vec<NodeId> = values
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let ty = TensorType::new(DType::F32, t.shape().clone());
+            g.add_source(Op::Input { name: format!("x{i}") }, ty, Role::Forward).unwrap()
+        })
+        .collect();
+    let node = build(&mut g, &ids);
+    let compiled = compile(&g, &[node], &CompileOptions::default()).unwrap();
+    compiled.kernel_for(node).unwrap().spec.clone()
+}
+
 fn add(g: &mut Graph, op: Op, inputs: &[NodeId]) -> NodeId {
     g.add_node(op, inputs, Role::Forward).unwrap()
 }
@@ -228,17 +244,9 @@ proptest! {
         let x = random(seed, &[1, c, hw, hw], -1.0, 1.0);
         let wt = random(seed ^ 1, &[k, c, 3, 3], -1.0, 1.0);
         let stats = |g: &mut Graph, i: &[NodeId]| conv_with_stats(g, i, [x.shape(), wt.shape()], Conv2dAttrs::square(1, 1));
-        let split = {
-            let mut g = Graph::new();
-            let ids = [("x0", [1, c, hw, hw]), ("x1", [k, c, 3, 3])].map(|(name, dims)| {
-                g.add_source(Op::Input { name: name.into() }, TensorType::new(DType::F32, dims), Role::Forward).unwrap()
-            });
-            let y = stats(&mut g, &ids);
-            let compiled = compile(&g, &[y], &CompileOptions::default()).unwrap();
-            match &compiled.kernel_for(y).unwrap().spec {
-                KernelSpec::Conv(spec) => spec.winograd.map_or(0, |w| w.channel_parts),
-                other => panic!("{other:?}"),
-            }
+        let split = match kernel_spec(&[&x, &wt], stats) {
+            KernelSpec::Conv(spec) => spec.winograd.map_or(0, |w| w.channel_parts),
+            other => panic!("{other:?}"),
         };
         prop_assert!(split > 1, "{} parts", split);
         check_conv_with_stats(&[x.clone(), wt.clone()], stats)?;
@@ -421,14 +429,7 @@ fn weight_gradients_in_blocks_of_rows() {
         let x = random(11, &[n, c, h, w], -1.0, 1.0);
         let dy = random(12, &[n, k, oh, ow], -1.0, 1.0);
         let gradient = |g: &mut Graph, i: &[NodeId]| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [r, r] }, i);
-        let mut g = Graph::new();
-        let ids = [("x", x.shape()), ("dy", dy.shape())].map(|(name, shape)| {
-            g.add_source(Op::Input { name: name.into() }, TensorType::new(DType::F32, shape.clone()), Role::Forward)
-                .unwrap()
-        });
-        let node = gradient(&mut g, &ids);
-        let compiled = compile(&g, &[node], &CompileOptions::default()).unwrap();
-        match &compiled.kernel_for(node).unwrap().spec {
+        match kernel_spec(&[&x, &dy], gradient) {
             KernelSpec::WeightGrad(spec) => assert_eq!(spec.block_rows(), 4),
             other => panic!("{other:?}"),
         }
@@ -445,14 +446,7 @@ fn winograd_weight_gradients_with_large_partials() {
     let x = random(9, &[n, c, hw, hw], -1.0, 1.0);
     let dy = random(10, &[n, k, hw, hw], -1.0, 1.0);
     let gradient = |g: &mut Graph, i: &[NodeId]| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [3, 3] }, i);
-    let mut g = Graph::new();
-    let ids = [("x", x.shape()), ("dy", dy.shape())].map(|(name, shape)| {
-        g.add_source(Op::Input { name: name.into() }, TensorType::new(DType::F32, shape.clone()), Role::Forward)
-            .unwrap()
-    });
-    let out = gradient(&mut g, &ids);
-    let compiled = compile(&g, &[out], &CompileOptions::default()).unwrap();
-    match &compiled.kernel_for(out).unwrap().spec {
+    match kernel_spec(&[&x, &dy], gradient) {
         KernelSpec::WinogradGrad(spec) => assert_eq!(spec.chunks, 2),
         other => panic!("{other:?}"),
     }
