@@ -582,6 +582,7 @@ impl ConvSpec {
         let last_pixels = ow % w.vector_pixels();
         // The rows of the last tile row of a cropped tiling (its block is the whole image).
         let last_rows = oh % w.m;
+        debug_assert!(last_rows == 0 || (w.images == 1 && w.tile_rows == oh.div_ceil(w.m)), "a cropped block: {w:?}");
         let write = MemFlagsData::new().with_notrap();
         let lo = iconst(b, 0);
         let whole_rows = w.tile_rows - usize::from(last_rows > 0);
