@@ -118,7 +118,6 @@ impl WeightGradSpec {
         let (cb, kv) = (self.cb, self.kv);
         let cblocks = self.in_channels / cb;
         let tile_bytes = (self.tile_floats() * 4) as i64;
-        let plane_bytes = (rows * row_len * 4) as i32;
         let flags = MemFlagsData::new().with_notrap();
         let tile_addr = |b: &mut FunctionBuilder, g: Value| {
             let off = b.ins().imul_imm_s(g, tile_bytes);
@@ -176,60 +175,7 @@ impl WeightGradSpec {
                 };
                 for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
                     let tile = tile_addr(b, g);
-                    let x_off = b.ins().load(types::I64, flags, tile, 0);
-                    let dy_off = b.ins().load(types::I64, flags, tile, 8);
-                    let x0 = b.ins().iadd(x_image, x_off);
-                    let dy0 = b.ins().iadd(dy_image, dy_off);
-                    let init: Vec<Value> =
-                        (0..cb * kv).map(|i| b.ins().load(types::F32X4, flags, tile, self.running_at(i))).collect();
-                    let (_, acc) = for_loop(b, h_lo, h_hi, 1, &init, &mut |b, oh, acc| {
-                        let x_row = b.ins().imul_imm_s(oh, (self.stride[0] * row_len * 4) as i64);
-                        let x_row = b.ins().iadd(x0, x_row);
-                        let dy_row = b.ins().imul_imm_s(oh, (ow_n * self.dy_row * 4) as i64);
-                        let dy_row = b.ins().iadd(dy0, dy_row);
-                        let dy_end = b.ins().iadd_imm_s(dy_row, (ow_n * self.dy_row * 4) as i64);
-                        // Unrolled: four pixels per pass of the loop's own instructions.
-                        let pixel_bytes = (self.dy_row * 4) as i64;
-                        let x_step = (self.stride[1] * 4) as i32;
-                        let body = |b: &mut FunctionBuilder, dy_at: Value, carried: &[Value], pixels: usize| {
-                            let x_at = carried[0];
-                            let mut acc = carried[1..].to_vec();
-                            let read = flags.with_readonly();
-                            for p in 0..pixels {
-                                let dy_off = (p as i64 * pixel_bytes) as i32;
-                                let dys: Vec<Value> = (0..kv)
-                                    .map(|j| b.ins().load(types::F32X4, read, dy_at, dy_off + 16 * j as i32))
-                                    .collect();
-                                for i in 0..cb {
-                                    // One broadcast per input pixel, held for the tile's vectors (see
-                                    // the convolution's products).
-                                    let x = b.ins().load(
-                                        types::F32,
-                                        read,
-                                        x_at,
-                                        i as i32 * plane_bytes + p as i32 * x_step,
-                                    );
-                                    let x = b.ins().splat(types::F32X4, x);
-                                    for (j, &d) in dys.iter().enumerate() {
-                                        acc[i * kv + j] = mul_add_emit(b, mul_add, x, d, acc[i * kv + j]);
-                                    }
-                                }
-                            }
-                            let next_x = b.ins().iadd_imm_s(x_at, pixels as i64 * x_step as i64);
-                            std::iter::once(next_x).chain(acc).collect::<Vec<Value>>()
-                        };
-                        let carried: Vec<Value> = std::iter::once(x_row).chain(acc.iter().copied()).collect();
-                        let (rest, carried) =
-                            for_loop(b, dy_row, dy_end, UNROLL as i64 * pixel_bytes, &carried, &mut |b, at, c| {
-                                body(b, at, c, UNROLL)
-                            });
-                        let (_, out) =
-                            for_loop(b, rest, dy_end, pixel_bytes, &carried, &mut |b, at, c| body(b, at, c, 1));
-                        out[1..].to_vec()
-                    });
-                    for (i, &a) in acc.iter().enumerate() {
-                        b.ins().store(flags, a, tile, self.running_at(i));
-                    }
+                    self.sweep_rows(b, mul_add, tile, [x_image, dy_image], [h_lo, h_hi]);
                     vec![]
                 });
                 vec![]
@@ -300,5 +246,70 @@ impl WeightGradSpec {
         });
         b.ins().return_(&[]);
         b.seal_all_blocks();
+    }
+
+    /// Adds to the running sums of the tile at `tile` (its scratch: the byte offsets of its first
+    /// x and dy elements in an image, then its sums) the products of output rows `h_lo..h_hi` of
+    /// the image packed at `x_image` and transposed at `dy_image`.
+    fn sweep_rows(
+        &self,
+        b: &mut FunctionBuilder,
+        mul_add: MulAdd,
+        tile: Value,
+        [x_image, dy_image]: [Value; 2],
+        [h_lo, h_hi]: [Value; 2],
+    ) {
+        let (cb, kv) = (self.cb, self.kv);
+        let [rows, row_len] = [self.pack.rows, self.pack.row_len];
+        let ow_n = self.out_hw[1];
+        let plane_bytes = (rows * row_len * 4) as i32;
+        let flags = MemFlagsData::new().with_notrap();
+        let x_off = b.ins().load(types::I64, flags, tile, 0);
+        let dy_off = b.ins().load(types::I64, flags, tile, 8);
+        let x0 = b.ins().iadd(x_image, x_off);
+        let dy0 = b.ins().iadd(dy_image, dy_off);
+        let init: Vec<Value> =
+            (0..cb * kv).map(|i| b.ins().load(types::F32X4, flags, tile, self.running_at(i))).collect();
+        let (_, acc) = for_loop(b, h_lo, h_hi, 1, &init, &mut |b, oh, acc| {
+            let x_row = b.ins().imul_imm_s(oh, (self.stride[0] * row_len * 4) as i64);
+            let x_row = b.ins().iadd(x0, x_row);
+            let dy_row = b.ins().imul_imm_s(oh, (ow_n * self.dy_row * 4) as i64);
+            let dy_row = b.ins().iadd(dy0, dy_row);
+            let dy_end = b.ins().iadd_imm_s(dy_row, (ow_n * self.dy_row * 4) as i64);
+            // Unrolled: four pixels per pass of the loop's own instructions.
+            let pixel_bytes = (self.dy_row * 4) as i64;
+            let x_step = (self.stride[1] * 4) as i32;
+            let body = |b: &mut FunctionBuilder, dy_at: Value, carried: &[Value], pixels: usize| {
+                let x_at = carried[0];
+                let mut acc = carried[1..].to_vec();
+                let read = flags.with_readonly();
+                for p in 0..pixels {
+                    let dy_off = (p as i64 * pixel_bytes) as i32;
+                    let dys: Vec<Value> =
+                        (0..kv).map(|j| b.ins().load(types::F32X4, read, dy_at, dy_off + 16 * j as i32)).collect();
+                    for i in 0..cb {
+                        // One broadcast per input pixel, held for the tile's vectors (see
+                        // the convolution's products).
+                        let x = b.ins().load(types::F32, read, x_at, i as i32 * plane_bytes + p as i32 * x_step);
+                        let x = b.ins().splat(types::F32X4, x);
+                        for (j, &d) in dys.iter().enumerate() {
+                            acc[i * kv + j] = mul_add_emit(b, mul_add, x, d, acc[i * kv + j]);
+                        }
+                    }
+                }
+                let next_x = b.ins().iadd_imm_s(x_at, pixels as i64 * x_step as i64);
+                std::iter::once(next_x).chain(acc).collect::<Vec<Value>>()
+            };
+            let carried: Vec<Value> = std::iter::once(x_row).chain(acc.iter().copied()).collect();
+            let (rest, carried) =
+                for_loop(b, dy_row, dy_end, UNROLL as i64 * pixel_bytes, &carried, &mut |b, at, c| {
+                    body(b, at, c, UNROLL)
+                });
+            let (_, out) = for_loop(b, rest, dy_end, pixel_bytes, &carried, &mut |b, at, c| body(b, at, c, 1));
+            out[1..].to_vec()
+        });
+        for (i, &a) in acc.iter().enumerate() {
+            b.ins().store(flags, a, tile, self.running_at(i));
+        }
     }
 }
