@@ -1,8 +1,9 @@
-//! The hot 3x3 convolution kernels and the 1x1 weight gradients keep every floating-point value in
-//! registers: their generated
-//! code (Cranelift's register-allocated vcode) never moves an xmm register to or from the stack,
-//! and never copies a register only for a multiply-add to overwrite it (the multiply-adds add
-//! into their accumulators: vendor/cranelift-codegen/PATCH.md).
+//! The hot 3x3 convolution kernels, the 1x1 convolutions and the 1x1 weight gradients keep every
+//! floating-point value in registers: their generated code (Cranelift's register-allocated vcode)
+//! never moves an xmm register to or from the stack, never copies a register only for a
+//! multiply-add to overwrite it (the multiply-adds add into their accumulators), and broadcasts
+//! each weight straight from memory, not through a register and a shuffle
+//! (vendor/cranelift-codegen/PATCH.md has both patches).
 
 use skipgrad_ir::{Conv2dAttrs, DType, Graph, NodeId, Op, Role, TensorType};
 use skipgrad_jit::{CompileOptions, compile};
@@ -30,6 +31,27 @@ fn copies_into_multiply_adds(vcode: &str) -> Vec<String> {
         .collect()
 }
 
+/// Lines that broadcast a lane of a register (a load, then a shuffle on the floating-point
+/// pipes) where a broadcast from memory (a load alone) would do.
+fn register_broadcasts(vcode: &str) -> Vec<String> {
+    vcode.lines().map(str::trim).filter(|l| l.starts_with("vbroadcastss %xmm")).map(String::from).collect()
+}
+
+/// Every way `vcode` falls short of the above, by name.
+fn shortfalls(vcode: &str) -> [(&'static str, Vec<String>); 3] {
+    [
+        ("spills", vector_spills(vcode).into_iter().map(String::from).collect()),
+        ("copies registers for multiply-adds", copies_into_multiply_adds(vcode)),
+        ("broadcasts through a register", register_broadcasts(vcode)),
+    ]
+}
+
+#[test]
+fn the_broadcast_finder_tells_registers_from_memory() {
+    let vcode = "  vbroadcastss 0x400(%r9, %r15, 4), %xmm10\n  vbroadcastss %xmm14, %xmm14";
+    assert_eq!(register_broadcasts(vcode), ["vbroadcastss %xmm14, %xmm14"]);
+}
+
 #[test]
 fn the_copy_finder_sees_a_copy_before_a_multiply_add() {
     let vcode =
@@ -38,40 +60,38 @@ fn the_copy_finder_sees_a_copy_before_a_multiply_add() {
     assert!(copies_into_multiply_adds("  vfmadd231ps %xmm8, %xmm10, %xmm5").is_empty());
 }
 
-#[test]
-fn resnet_3x3_convolutions_keep_values_in_registers() {
-    // Every distinct 3x3 convolution of CIFAR ResNet-20/56: (in, out, size, stride).
-    for (c, k, hw, s) in
-        [(3, 16, 32, 1), (16, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1), (32, 64, 16, 2), (64, 64, 8, 1)]
-    {
+/// The forward, input-gradient and weight-gradient nodes of a `kernel` x `kernel` convolution from
+/// `c` to `k` channels on `hw` x `hw` images (batch 2) with stride `s`, padded to keep the size.
+fn convolution_passes(g: &mut Graph, [c, k, hw, s]: [usize; 4], kernel: usize) -> [(&'static str, NodeId); 3] {
+    let a = Conv2dAttrs::square(s, kernel / 2);
+    let out = (hw + 2 * (kernel / 2) - kernel) / s + 1;
+    let x = input(g, "x", &[2, c, hw, hw]);
+    let w = input(g, "w", &[k, c, kernel, kernel]);
+    let dy = input(g, "dy", &[2, k, out, out]);
+    let node = |g: &mut Graph, op: Op, inputs: &[NodeId], role: Role| g.add_node(op, inputs, role).unwrap();
+    [
+        ("forward", node(g, Op::Conv2d(a), &[x, w], Role::Forward)),
+        ("backward-data", node(g, Op::Conv2dGradInput { conv: a, input_hw: [hw, hw] }, &[dy, w], Role::Backward)),
+        (
+            "backward-weight",
+            node(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [kernel; 2] }, &[x, dy], Role::Backward),
+        ),
+    ]
+}
+
+/// Compiles every pass of each convolution `[in, out, size, stride]` and checks its kernel's code.
+fn check_convolutions(shapes: &[[usize; 4]], kernel: usize) {
+    for &shape in shapes {
         let mut g = Graph::new();
-        let a = Conv2dAttrs::square(s, 1);
-        let out = (hw + 2 - 3) / s + 1;
-        let x = input(&mut g, "x", &[2, c, hw, hw]);
-        let w = input(&mut g, "w", &[k, c, 3, 3]);
-        let dy = input(&mut g, "dy", &[2, k, out, out]);
-        let nodes = [
-            ("forward", g.add_node(Op::Conv2d(a), &[x, w], Role::Forward).unwrap()),
-            (
-                "backward-data",
-                g.add_node(Op::Conv2dGradInput { conv: a, input_hw: [hw, hw] }, &[dy, w], Role::Backward).unwrap(),
-            ),
-            (
-                "backward-weight",
-                g.add_node(Op::Conv2dGradWeight { conv: a, kernel_hw: [3, 3] }, &[x, dy], Role::Backward).unwrap(),
-            ),
-        ];
-        let ids: Vec<NodeId> = nodes.iter().map(|n| n.1).collect();
-        let compiled = compile(&g, &ids, &CompileOptions::default()).unwrap();
+        let nodes = convolution_passes(&mut g, shape, kernel);
+        let compiled = compile(&g, &nodes.map(|n| n.1), &CompileOptions::default()).unwrap();
         for (pass, id) in nodes {
             let code = compiled.kernel_for(id).unwrap();
-            let spills = vector_spills(&code.vcode).into_iter().map(String::from).collect();
-            for (what, lines) in
-                [("spills", spills), ("copies registers for multiply-adds", copies_into_multiply_adds(&code.vcode))]
-            {
+            for (what, lines) in shortfalls(&code.vcode) {
+                let [c, k, hw, s] = shape;
                 assert!(
                     lines.is_empty(),
-                    "{c}->{k} {hw}x{hw} stride {s} {pass} ({}) {what}:\n{}",
+                    "{kernel}x{kernel} {c}->{k} {hw}x{hw} stride {s} {pass} ({}) {what}:\n{}",
                     code.name,
                     lines.join("\n")
                 );
@@ -81,30 +101,27 @@ fn resnet_3x3_convolutions_keep_values_in_registers() {
 }
 
 #[test]
-fn pointwise_weight_gradients_keep_values_in_registers() {
-    // ResNet-50's 1x1 weight gradients (in, out, input size, stride), and one whose images take
-    // two chunks with a tail of pixels in the second.
-    for (c, k, hw, s) in [
-        (64, 256, 56, 1),
-        (256, 1024, 14, 1),
-        (2048, 512, 7, 1),
-        (512, 2048, 7, 1),
-        (64, 64, 47, 1),
-        (512, 1024, 28, 2),
-    ] {
-        let mut g = Graph::new();
-        let a = Conv2dAttrs::square(s, 0);
-        let out = (hw - 1) / s + 1;
-        let x = input(&mut g, "x", &[2, c, hw, hw]);
-        let dy = input(&mut g, "dy", &[2, k, out, out]);
-        let id = g.add_node(Op::Conv2dGradWeight { conv: a, kernel_hw: [1, 1] }, &[x, dy], Role::Backward).unwrap();
-        let compiled = compile(&g, &[id], &CompileOptions::default()).unwrap();
-        let code = compiled.kernel_for(id).unwrap();
-        let spills = vector_spills(&code.vcode).into_iter().map(String::from).collect();
-        for (what, lines) in
-            [("spills", spills), ("copies registers for multiply-adds", copies_into_multiply_adds(&code.vcode))]
-        {
-            assert!(lines.is_empty(), "{c}->{k} {hw}x{hw} stride {s} ({}) {what}:\n{}", code.name, lines.join("\n"));
-        }
-    }
+fn resnet_3x3_convolutions_keep_values_in_registers() {
+    // Every distinct 3x3 convolution of CIFAR ResNet-20/56: [in, out, size, stride].
+    check_convolutions(
+        &[[3, 16, 32, 1], [16, 16, 32, 1], [16, 32, 32, 2], [32, 32, 16, 1], [32, 64, 16, 2], [64, 64, 8, 1]],
+        3,
+    );
+}
+
+#[test]
+fn pointwise_convolutions_keep_values_in_registers() {
+    // ResNet-50's 1x1 convolutions, and one whose weight gradient takes two chunks per image with
+    // a tail of pixels in the second.
+    check_convolutions(
+        &[
+            [64, 256, 56, 1],
+            [256, 1024, 14, 1],
+            [2048, 512, 7, 1],
+            [512, 2048, 7, 1],
+            [64, 64, 47, 1],
+            [512, 1024, 28, 2],
+        ],
+        1,
+    );
 }

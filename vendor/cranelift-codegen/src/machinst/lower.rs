@@ -199,6 +199,12 @@ pub struct Lower<'func, I: VCodeInst> {
     /// See doc comment on `ValueUseState` for more details.
     value_ir_uses: SecondaryMap<Value, ValueUseState>,
 
+    /// Use-counts per SSA value, counting only the instructions that use it
+    /// directly: unlike `value_ir_uses`, a value is not `Multiple` because an
+    /// instruction using it is itself used several times (skipgrad patch: see
+    /// PATCH.md).
+    value_direct_uses: SecondaryMap<Value, ValueUseState>,
+
     /// Actual uses of each SSA value so far, incremented while lowering.
     value_lowered_uses: SecondaryMap<Value, u32>,
 
@@ -484,7 +490,7 @@ impl<'func, I: VCodeInst> Lower<'func, I> {
             block_end_colors[bb] = InstColor::new(cur_color);
         }
 
-        let value_ir_uses = compute_use_states(f, sret_param);
+        let (value_ir_uses, value_direct_uses) = compute_use_states(f, sret_param);
 
         Ok(Lower {
             f,
@@ -495,6 +501,7 @@ impl<'func, I: VCodeInst> Lower<'func, I> {
             block_end_colors,
             side_effect_inst_entry_colors,
             value_ir_uses,
+            value_direct_uses,
             value_lowered_uses: SecondaryMap::default(),
             inst_sunk: FxHashSet::default(),
             cur_scan_entry_color: None,
@@ -1220,6 +1227,27 @@ impl<'func, I: VCodeInst> Lower<'func, I> {
         self.value_ir_uses[val] == ValueUseState::Once
     }
 
+    /// The side-effecting instruction (a load) defining `val`, if the instruction being lowered
+    /// may sink it: `val` is its only result, the instruction being lowered is the only one
+    /// using `val` directly, and no other side effect lies between them. Unlike
+    /// `get_value_as_source_or_const`, the instruction being lowered may itself be used
+    /// several times, so a caller must know that no user of it looks through it to `val`
+    /// (skipgrad patch: see PATCH.md).
+    pub fn sole_user_may_sink(&self, val: Value) -> Option<Inst> {
+        let src_inst = self.f.dfg.value_def(val).inst()?;
+        let src_entry_color = self.side_effect_inst_entry_colors[src_inst];
+        let cur = self.cur_scan_entry_color?;
+        if src_entry_color.get() != 0
+            && self.value_direct_uses[val] == ValueUseState::Once
+            && self.num_outputs(src_inst) == 1
+            && src_entry_color.get() + 1 == cur.get()
+        {
+            Some(src_inst)
+        } else {
+            None
+        }
+    }
+
     pub fn block_successor_label(&self, block: Block, succ: usize) -> MachLabel {
         trace!("block_successor_label: block {block} succ {succ}");
         let lowered = self
@@ -1237,11 +1265,15 @@ impl<'func, I: VCodeInst> Lower<'func, I> {
 
 /// Pre-analysis: compute `value_ir_uses`. See comment on
 /// `ValueUseState` for a description of what this analysis
-/// computes.
+/// computes. Also returns the direct use counts (skipgrad patch: see
+/// `Lower::value_direct_uses`).
 fn compute_use_states(
     f: &Function,
     sret_param: Option<Value>,
-) -> SecondaryMap<Value, ValueUseState> {
+) -> (
+    SecondaryMap<Value, ValueUseState>,
+    SecondaryMap<Value, ValueUseState>,
+) {
     // We perform the analysis without recursion, so we don't
     // overflow the stack on long chains of ops in the input.
     //
@@ -1260,6 +1292,7 @@ fn compute_use_states(
     // efficient than a full indirect-use-counting pass.
 
     let mut value_ir_uses = SecondaryMap::with_default(ValueUseState::Unused);
+    let mut value_direct_uses = SecondaryMap::with_default(ValueUseState::Unused);
 
     if let Some(sret_param) = sret_param {
         // There's an implicit use of the struct-return parameter in each
@@ -1303,6 +1336,7 @@ fn compute_use_states(
         // additional use on each operand.
         for arg in f.dfg.inst_values(inst) {
             debug_assert!(f.dfg.value_is_real(arg));
+            value_direct_uses[arg].inc();
             let old = value_ir_uses[arg];
             value_ir_uses[arg].inc();
             let new = value_ir_uses[arg];
@@ -1343,7 +1377,7 @@ fn compute_use_states(
         }
     }
 
-    value_ir_uses
+    (value_ir_uses, value_direct_uses)
 }
 
 /// Definition of a "root" instruction for the calculation of `ValueUseState`.

@@ -625,6 +625,22 @@ impl Context for IsleContext<'_, '_, MInst, X64Backend> {
         self.sinkable_load_exact(val).map(SinkableLoad32)
     }
 
+    /// skipgrad patch (see PATCH.md): a 32-bit load used directly by the
+    /// instruction being lowered alone, which may be used several times.
+    fn splat_sinkable_load_32(&mut self, val: Value) -> Option<SinkableLoad32> {
+        if self.lower_ctx.dfg().value_type(val).bits() != 32 {
+            return None;
+        }
+        let inst = self.lower_ctx.sole_user_may_sink(val)?;
+        let (addr_input, offset) =
+            is_mergeable_load(self.lower_ctx, inst, MergeableLoadSize::Exact)?;
+        Some(SinkableLoad32(SinkableLoad {
+            inst,
+            addr_input,
+            offset,
+        }))
+    }
+
     fn sinkable_load_64(&mut self, val: Value) -> Option<SinkableLoad64> {
         if self.lower_ctx.dfg().value_type(val).bits() != 64 {
             return None;
