@@ -386,10 +386,10 @@ proptest! {
 proptest! {
     #![proptest_config(config(24))]
 
-    /// The weight gradient of a 1x1, unpadded convolution runs as dot products along pixels (at
-    /// stride 2, of x gathered chunk by chunk): tiles of 2 (or 1, for odd output channels) by up
-    /// to 6 input channels with a partial last one, pixel counts with a tail of 1 to 3, several
-    /// images per f64 flush and per chunk, odd input sizes at stride 2.
+    /// The weight gradient of a 1x1, unpadded convolution runs as dot products along pixels (of
+    /// images this small, joined: the batch's x and dy gathered as one row per channel, padded
+    /// to whole vectors): tiles of 2 (or 1, for odd output channels) by up to 6 input channels
+    /// with a partial last one, rows with 1 to 3 lanes of padding, odd input sizes at stride 2.
     #[test]
     fn pointwise_weight_gradients(n in 1..4usize, c in 1..15usize, k in prop::sample::select(vec![1usize, 2, 3, 8, 1024]), h in 1..11usize, w in 1..11usize, stride in 1..3usize, seed: u64) {
         let a = Conv2dAttrs::square(stride, 0);
@@ -414,6 +414,26 @@ fn pointwise_weight_gradients_in_chunks_and_flush_periods() {
         let out = (hw - 1) / stride + 1;
         let x = random(7, &[n, c, hw, hw], -1.0, 1.0);
         let dy = random(8, &[n, k, out, out], -1.0, 1.0);
+        check_within(&[x, dy], 1e-5, |g, i| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [1, 1] }, i)).unwrap();
+    }
+}
+
+/// Pointwise weight gradients of small images join sets of images into rows of about 768 pixels
+/// or more: ResNet-50's 7x7 in one set of 16, its 14x14 in sets of 4 (checked here at batch 8:
+/// two sets, at stride 1 and 2); 28x28 images stay unjoined.
+#[test]
+fn pointwise_weight_gradients_of_small_images_join_sets() {
+    use skipgrad_jit::PointwiseWeightGradSpec as Spec;
+    for (n, c, k, hw, stride, images) in [(16, 2048, 512, 7, 1, 16), (16, 1024, 2048, 28, 2, 4), (8, 5, 7, 14, 1, 4)] {
+        let spec = Spec::new(n, c, k, [hw, hw], stride);
+        assert!(spec.joined && spec.images == images && spec.row() >= 768, "{spec:?}");
+    }
+    assert!(!Spec::new(16, 512, 128, [28, 28], 1).joined);
+    for (n, c, k, hw, stride) in [(8, 5, 7, 14, 1), (8, 6, 3, 28, 2)] {
+        let a = Conv2dAttrs::square(stride, 0);
+        let out = (hw - 1) / stride + 1;
+        let x = random(9, &[n, c, hw, hw], -1.0, 1.0);
+        let dy = random(10, &[n, k, out, out], -1.0, 1.0);
         check_within(&[x, dy], 1e-5, |g, i| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [1, 1] }, i)).unwrap();
     }
 }

@@ -157,14 +157,19 @@ fn convolution_kernels_stay_inside_their_buffers() {
         // at 10 wide; 1x1, whose odd phases have no taps).
         (2, 3, 4, 8, 10, 3, 2, 1),
         (1, 4, 8, 6, 6, 1, 2, 0),
-        // 1x1 weight gradients as dot products: a partial tile of input channels, a tail of 3
-        // pixels, odd output channels, more output channels than input; two chunks of pixels.
+        // 1x1 weight gradients as dot products: small images joined into rows of whole sets
+        // (a partial tile of input channels, odd output channels, more output channels than
+        // input; 3 images of 49 pixels padded to 148); large ones in two chunks of pixels with
+        // a tail of 3.
         (2, 8, 6, 3, 5, 1, 1, 0),
         (1, 7, 3, 5, 5, 1, 1, 0),
         (2, 2, 1024, 9, 9, 1, 1, 0),
+        (3, 6, 10, 7, 7, 1, 1, 0),
         (1, 64, 64, 47, 47, 1, 1, 0),
-        // At stride 2, x gathered a chunk of output rows at a time (odd sizes, two chunks).
+        // At stride 2, x gathered: joined (3 images of 25 pixels), or a chunk of output rows at
+        // a time (odd sizes, two chunks).
         (2, 3, 1024, 9, 7, 1, 2, 0),
+        (3, 5, 6, 9, 9, 1, 2, 0),
         (1, 64, 64, 93, 93, 1, 2, 0),
         // Cropped Winograd tiles (forward and input gradient): F(4x4, 3x3) at 14x14 and 9x9.
         (2, 8, 8, 14, 14, 3, 1, 1),

@@ -1,6 +1,8 @@
 //! The weight gradient of a pointwise convolution (1x1, no padding) as dot products along
 //! pixels, reading dy as it is stored (NCHW), and x too at stride 1 (at stride 2, each chunk of x
-//! is first gathered into the thread's scratch): no transpose.
+//! is first gathered into the thread's scratch): no transpose. Small images (fewer than
+//! [`JOIN_BELOW`] pixels) are laid end to end instead: each set of images' x and dy gathered as
+//! one long row per channel.
 
 use crate::MulAdd;
 use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, if_then, load_arg, mul, mul_add_emit};
@@ -22,6 +24,13 @@ use cranelift_frontend::FunctionBuilder;
 /// thread's tiles per chunk, of at most [`CHUNK_BYTES`] of that operand: `chunk` pixels of one
 /// image, or `images` whole images. Each tile keeps its running f32 sums in a scratch between
 /// chunks.
+///
+/// Small images would make short rows, and a tile pays for each row it starts (ResNet-50's 7x7
+/// gradients ran at 55% of the ceiling against 85-98% at 56x56). Below [`JOIN_BELOW`] pixels the
+/// kernel is `joined`: sets of `images` images (a divisor of the batch) are gathered by every
+/// thread into its scratch as `[channel][image][pixel]`, x's channels then dy's, each channel one
+/// row of [`row`](Self::row) elements zero-padded to whole vectors (at least about [`MIN_ROW`]
+/// pixels), and each tile sweeps its rows once per set.
 ///
 /// Accuracy: every `flush` images (so that no f32 lane sums more than about 1024 products, or
 /// one image's), the running sums are added, widened, to f64 totals; at the end the totals' lanes
@@ -57,7 +66,18 @@ pub struct PointwiseWeightGradSpec {
     /// Consecutive tiles share their output channels (dy has more channels than x), else their
     /// input channels.
     pub by_output_channels: bool,
+    /// Sets of images laid end to end in gathered rows of x and dy (see above).
+    pub joined: bool,
 }
+
+/// Images of fewer pixels than this are `joined` (14x14 and 7x7 are; 28x28 is not).
+pub const JOIN_BELOW: usize = 256;
+
+/// Pixels a joined set's row should reach. Each set costs every tile a pass of its running sums
+/// through memory (about 16 MB for a 2048 by 512 gradient), so sets of few pixels spend their
+/// time there: ResNet-50's 7x7 gradients ran at 26% of the ceiling in sets of 1 image, 56% in
+/// sets of 4 and 75% in sets of 16 (784 pixels); its 14x14 ones best in sets of 4.
+const MIN_ROW: usize = 768;
 
 /// The most bytes of a chunk of the operand every tile reads in turn (so kept in L2).
 pub const CHUNK_BYTES: usize = 512 << 10;
@@ -69,8 +89,9 @@ const TOTALS: usize = 32;
 
 impl PointwiseWeightGradSpec {
     /// The tiling for these sizes: `kb` 2 (1 for an odd number of output channels) by `cb`
-    /// filling 12 accumulators (13 registers to 15 with the loads), chunks of dy of at most
-    /// [`CHUNK_BYTES`] in equal parts, flushes after about 1024 products per lane; for x of
+    /// filling 12 accumulators (13 registers to 15 with the loads), chunks of the operand with
+    /// fewer channels of at most [`CHUNK_BYTES`] in equal parts (joined, sets of a divisor of the
+    /// batch), flushes after about 1024 products per lane; for x of
     /// `[batch][in_channels][in_hw]` at `stride`.
     pub fn new(batch: usize, in_channels: usize, out_channels: usize, in_hw: [usize; 2], stride: usize) -> Self {
         let kb = if out_channels.is_multiple_of(2) { 2 } else { 1 };
@@ -86,6 +107,18 @@ impl PointwiseWeightGradSpec {
         let chunk = if stride > 1 { chunk.div_ceil(ow).div_ceil(rows_step) * rows_step * ow } else { chunk };
         let flush = (4096 / pixels).clamp(1, batch);
         let images = (CHUNK_BYTES / image_bytes).clamp(1, flush);
+        let joined = pixels < JOIN_BELOW;
+        // Joined, the fewest images (a divisor of the batch, at most a flush period's) whose row
+        // is at least MIN_ROW pixels long, else as many as a flush period allows.
+        let images = if joined {
+            let mut sets = (1..=flush).filter(|i| batch.is_multiple_of(*i));
+            let fits = sets.clone().find(|i| i * pixels >= MIN_ROW);
+            fits.or_else(|| sets.next_back()).unwrap_or(1)
+        } else {
+            images
+        };
+        // Joined, a chunk is every pixel of the set's images.
+        let chunk = if joined { pixels.div_ceil(4) * 4 } else { chunk };
         let flush = flush / images * images;
         PointwiseWeightGradSpec {
             batch,
@@ -101,7 +134,14 @@ impl PointwiseWeightGradSpec {
             images,
             flush,
             by_output_channels,
+            joined,
         }
+    }
+
+    /// Elements of a joined kernel's gathered row per channel: a set's pixels, rounded up to
+    /// whole vectors.
+    pub fn row(&self) -> usize {
+        (self.images * self.pixels).div_ceil(4) * 4
     }
 
     /// Groups: one per tile (block of input channels, block of output channels).
@@ -109,10 +149,16 @@ impl PointwiseWeightGradSpec {
         self.in_channels.div_ceil(self.cb) * (self.out_channels / self.kb)
     }
 
-    /// f32 elements of one thread's scratch: the gathered x of a chunk of every image of a set
-    /// (none at stride 1).
+    /// f32 elements of one thread's scratch: joined, a set's gathered x and dy; else the
+    /// gathered x of a chunk of every image of a set (none at stride 1).
     pub fn thread_scratch_len(&self) -> usize {
-        if self.stride > 1 { self.images * self.in_channels * self.chunk } else { 0 }
+        if self.joined {
+            (self.in_channels + self.out_channels) * self.row()
+        } else if self.stride > 1 {
+            self.images * self.in_channels * self.chunk
+        } else {
+            0
+        }
     }
 
     /// f32 elements of the accumulator scratch (one full tile's worth per group).
@@ -203,7 +249,9 @@ impl PointwiseWeightGradSpec {
                 let p_hi = b.ins().umin(p_end, p_all);
                 let last_chunk = b.ins().icmp_imm_u(IntCC::Equal, ch, chunks as i64 - 1);
                 let flush_now = b.ins().band(last_chunk, flushes);
-                if self.stride > 1 {
+                if self.joined {
+                    self.gather_joined(b, [x, dy], gathered, n0);
+                } else if self.stride > 1 {
                     self.gather(b, x, gathered, [n0, n1], [p_lo, p_hi]);
                 }
                 for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
@@ -214,6 +262,25 @@ impl PointwiseWeightGradSpec {
                             .slots(width)
                             .map(|i| b.ins().load(types::F32X4, flags, tile, (RUNNING * i) as i32))
                             .collect();
+                        if self.joined {
+                            // The tile's rows of the set, x's first, then dy's.
+                            let row = self.row();
+                            let x0 = {
+                                let e = mul(b, c0, row);
+                                elem_addr(b, gathered, e)
+                            };
+                            let dy0 = {
+                                let e = b.ins().iadd_imm_s(k0, self.in_channels as i64);
+                                let e = mul(b, e, row);
+                                elem_addr(b, gathered, e)
+                            };
+                            let plane = (4 * row) as i32;
+                            let at = Planes { dy0, x0, x_plane: plane, dy_plane: plane, width };
+                            let whole = [iconst(b, 0), iconst(b, row as i64)];
+                            let acc = self.sweep(b, mul_add, &at, &running, whole, last_chunk);
+                            self.keep(b, tile, width, &acc, flush_now);
+                            return;
+                        }
                         let (_, acc) = for_loop(b, n0, n1, 1, &running, &mut |b, n, acc| {
                             // The tile's first planes in image n.
                             let dy0 = {
@@ -237,7 +304,8 @@ impl PointwiseWeightGradSpec {
                                 let e = mul(b, e, self.pixels);
                                 (elem_addr(b, x, e), self.pixels)
                             };
-                            let at = Planes { dy0, x0, x_plane: (4 * x_plane) as i32, width };
+                            let dy_plane = (4 * self.pixels) as i32;
+                            let at = Planes { dy0, x0, x_plane: (4 * x_plane) as i32, dy_plane, width };
                             self.sweep(b, mul_add, &at, acc, [p_lo, p_hi], last_chunk)
                         });
                         self.keep(b, tile, width, &acc, flush_now);
@@ -323,6 +391,82 @@ impl PointwiseWeightGradSpec {
         });
     }
 
+    /// Gathers the `images` images from `n0` into `gathered` as a joined kernel's rows: x's
+    /// channels, then dy's, each `[image][pixel]` over [`row`](Self::row) elements, the last
+    /// vector's lanes past the set's pixels zero.
+    fn gather_joined(&self, b: &mut FunctionBuilder, [x, dy]: [Value; 2], gathered: Value, n0: Value) {
+        let flags = MemFlagsData::new().with_notrap();
+        let (row, pixels, images) = (self.row(), self.pixels, self.images);
+        let [h, w] = self.in_hw;
+        let (s, ow) = (self.stride, self.out_w);
+        // Channel `c` of image `n0 + i` of `tensor` (`channels` planes of `plane` elements each)
+        // into row `first_row + c` from element `i * pixels`; `copy` moves one plane.
+        let rows = |b: &mut FunctionBuilder,
+                    tensor: Value,
+                    [channels, plane, first_row]: [usize; 3],
+                    copy: &dyn Fn(&mut FunctionBuilder, Value, Value)| {
+            let (lo, hi) = (iconst(b, 0), iconst(b, channels as i64));
+            for_loop(b, lo, hi, 1, &[], &mut |b, c, _| {
+                let to_row = {
+                    let e = b.ins().iadd_imm_s(c, first_row as i64);
+                    let e = mul(b, e, row);
+                    elem_addr(b, gathered, e)
+                };
+                let (first, last) = (iconst(b, 0), iconst(b, images as i64));
+                for_loop(b, first, last, 1, &[], &mut |b, i, _| {
+                    let from = {
+                        let n = b.ins().iadd(n0, i);
+                        let e = mul(b, n, channels);
+                        let e = b.ins().iadd(e, c);
+                        let e = mul(b, e, plane);
+                        elem_addr(b, tensor, e)
+                    };
+                    let to = {
+                        let e = mul(b, i, pixels);
+                        elem_addr(b, to_row, e)
+                    };
+                    copy(b, from, to);
+                    vec![]
+                });
+                let zero = b.ins().f32const(0.0);
+                for p in images * pixels..row {
+                    b.ins().store(flags, zero, to_row, (4 * p) as i32);
+                }
+                vec![]
+            });
+        };
+        // `len` contiguous elements, by vectors and then one by one.
+        let contiguous = |len: usize| {
+            move |b: &mut FunctionBuilder, from: Value, to: Value| {
+                let read = flags.with_readonly();
+                for v in 0..len / 4 {
+                    let x = b.ins().load(types::F32X4, read, from, (16 * v) as i32);
+                    b.ins().store(flags, x, to, (16 * v) as i32);
+                }
+                for p in len / 4 * 4..len {
+                    let x = b.ins().load(types::F32, read, from, (4 * p) as i32);
+                    b.ins().store(flags, x, to, (4 * p) as i32);
+                }
+            }
+        };
+        // At a stride, every `s`-th pixel of every `s`-th row.
+        let strided = move |b: &mut FunctionBuilder, from: Value, to: Value| {
+            let read = flags.with_readonly();
+            for i in 0..pixels / ow {
+                for j in 0..ow {
+                    let x = b.ins().load(types::F32, read, from, (4 * (i * s * w + j * s)) as i32);
+                    b.ins().store(flags, x, to, (4 * (i * ow + j)) as i32);
+                }
+            }
+        };
+        if s == 1 {
+            rows(b, x, [self.in_channels, h * w, 0], &contiguous(pixels));
+        } else {
+            rows(b, x, [self.in_channels, h * w, 0], &strided);
+        }
+        rows(b, dy, [self.out_channels, pixels, self.in_channels], &contiguous(pixels));
+    }
+
     /// Byte offset of accumulator `i`'s f64 totals in its tile.
     fn totals_at(&self, i: usize) -> i32 {
         (self.kb * self.cb * RUNNING + i * TOTALS) as i32
@@ -348,7 +492,7 @@ impl PointwiseWeightGradSpec {
         tail: Value,
     ) -> Vec<Value> {
         let read = MemFlagsData::new().with_notrap().with_readonly();
-        let plane = (self.pixels * 4) as i32;
+        let plane = at.dy_plane;
         // `vectors` steps of 4 pixels from pixel `p`: kb vectors of dy held, one of x at a time.
         let step = |b: &mut FunctionBuilder, p: Value, acc: &[Value], vectors: usize, ty: Type| {
             let bytes = b.ins().ishl_imm_u(p, 2);
@@ -377,7 +521,8 @@ impl PointwiseWeightGradSpec {
         };
         let (rest, acc) = for_loop(b, p_lo, p_hi, 8, acc, &mut |b, p, acc| step(b, p, acc, 2, types::F32X4));
         let (_, acc) = for_loop(b, rest, p_hi, 4, &acc, &mut |b, p, acc| step(b, p, acc, 1, types::F32X4));
-        let tail_pixels = self.pixels % 4;
+        // (A joined row is whole vectors.)
+        let tail_pixels = if self.joined { 0 } else { self.pixels % 4 };
         if tail_pixels == 0 {
             return acc;
         }
@@ -430,12 +575,14 @@ impl PointwiseWeightGradSpec {
     }
 }
 
-/// Where a tile's planes start in this image (pixel 0 of its first output and input channels),
-/// bytes between its x planes, and how many input channels it has.
+/// Where a tile's planes start in this image or joined row (pixel 0 of its first output and input
+/// channels), bytes between its x planes and between its dy planes, and how many input channels
+/// it has.
 struct Planes {
     dy0: Value,
     x0: Value,
     x_plane: i32,
+    dy_plane: i32,
     width: usize,
 }
 
