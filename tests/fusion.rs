@@ -322,6 +322,27 @@ fn inference_blocks_run_one_kernel_per_convolution() {
     assert_close(&got, &outputs(&program, &p.feeds)[0]);
 }
 
+/// Inference pointwise convolutions (direct kernels) whose batch norms' per-channel factors are
+/// computed once per channel into a table in the kernel's scratch: 8 output channels (register
+/// tiles of 6 and 2) on 7-wide rows (a partial tile), matching the reference.
+#[test]
+fn pointwise_inference_blocks_match_the_reference() {
+    let mut p = Params::new(13);
+    let x = p.param("x", &[2, 8, 7, 7], -1.0, 1.0);
+    let mut conv_bn = |name: &str, h: &Var| {
+        let w = p.param(&format!("{name}.weight"), &[8, 8, 1, 1], -0.3, 0.3);
+        let bn = p.batch_norm(&format!("{name}.bn"));
+        h.conv2d(&w, 1, 0).unwrap().batch_norm(&bn, false).unwrap()
+    };
+    let h = conv_bn("conv1", &x).relu();
+    let y = (&conv_bn("conv2", &h) + &x).unwrap().relu();
+    let program = Program { graph: p.tape.graph(), outputs: vec![y.id()] };
+    let after = Pipeline::training().run(program.clone()).unwrap().pop().unwrap().program;
+    let mut compiled = compile(&after.graph, &after.outputs, &CompileOptions::default()).unwrap();
+    let got = compiled.run_tensors(&p.feeds).unwrap().remove(0).to_f64_vec();
+    assert_close(&got, &outputs(&program, &p.feeds)[0]);
+}
+
 /// Pre-activation blocks in inference: `relu(bn(x + conv(...)))` where the sum is also the next
 /// block's shortcut. The sum is an extra output of its group, and a group with extra outputs takes
 /// no convolution (a convolution's kernel writes one value) nor per-channel operands (nor does a

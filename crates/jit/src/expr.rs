@@ -94,6 +94,28 @@ impl Expr {
         }
     }
 
+    /// Appends to `out` the largest sub-expressions that are the same for every element of a
+    /// group (see [`Expr::is_invariant`]): what a kernel can compute once per group.
+    pub(crate) fn invariant_parts(&self, per_element: &dyn Fn(usize) -> bool, out: &mut Vec<Expr>) {
+        if self.is_invariant(per_element) {
+            out.push(self.clone());
+            return;
+        }
+        match self {
+            Expr::Add(a, b) | Expr::Sub(a, b) | Expr::Mul(a, b) | Expr::Div(a, b) => {
+                a.invariant_parts(per_element, out);
+                b.invariant_parts(per_element, out);
+            }
+            Expr::Sqrt(a) => a.invariant_parts(per_element, out),
+            Expr::Select { a, b, then, otherwise, .. } => {
+                for x in [a, b, then, otherwise] {
+                    x.invariant_parts(per_element, out);
+                }
+            }
+            Expr::Load(_) | Expr::Local(_) | Expr::Const(_) | Expr::Acc => {}
+        }
+    }
+
     /// True when the value is the same for every element of a group (no per-element loads).
     pub(crate) fn is_invariant(&self, per_element: &dyn Fn(usize) -> bool) -> bool {
         match self {

@@ -221,7 +221,7 @@ impl NestSpec {
         let per_element = |k: usize| group_values.get(k).is_none_or(|v| v.is_none());
         let mut found = Vec::new();
         for e in exprs {
-            collect_invariants(e, &per_element, &mut found);
+            e.invariant_parts(&per_element, &mut found);
         }
         let scalars: Vec<Value> = locals.iter().map(|l| l.0).collect();
         let (mut s_map, mut v_map) = (HashMap::new(), HashMap::new());
@@ -410,26 +410,6 @@ const CHUNK: usize = 64;
 struct At {
     flat: Value,
     inner: Value,
-}
-
-fn collect_invariants(e: &Expr, per_element: &dyn Fn(usize) -> bool, out: &mut Vec<Expr>) {
-    if e.is_invariant(per_element) {
-        out.push(e.clone());
-        return;
-    }
-    match e {
-        Expr::Add(a, b) | Expr::Sub(a, b) | Expr::Mul(a, b) | Expr::Div(a, b) => {
-            collect_invariants(a, per_element, out);
-            collect_invariants(b, per_element, out);
-        }
-        Expr::Sqrt(a) => collect_invariants(a, per_element, out),
-        Expr::Select { a, b, then, otherwise, .. } => {
-            for x in [a, b, then, otherwise] {
-                collect_invariants(x, per_element, out);
-            }
-        }
-        Expr::Load(_) | Expr::Local(_) | Expr::Const(_) | Expr::Acc => {}
-    }
 }
 
 fn imul(b: &mut FunctionBuilder, v: Value, c: usize) -> Value {

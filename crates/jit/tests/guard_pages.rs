@@ -192,8 +192,9 @@ fn convolution_kernels_stay_inside_their_buffers() {
     }
 }
 
-/// Convolutions with a fused epilogue (a per-element operand and a per-channel one) read their
-/// operands at the output's positions only: `relu(conv(x, w) * scale[k] + r)` at odd widths and
+/// Convolutions with a fused epilogue (a per-element operand and per-channel ones) read their
+/// operands at the output's positions only, and their table of per-channel values inside their
+/// scratch: `relu(batch_norm(conv(x, w)) + r)` (inference, running statistics) at odd widths and
 /// partial tiles, forward and stride-1 and stride-2 input gradients.
 #[test]
 fn fused_convolution_epilogues_stay_inside_their_buffers() {
@@ -227,16 +228,26 @@ fn fused_convolution_epilogues_stay_inside_their_buffers() {
             ),
         ] {
             let mut body = Graph::new();
-            let shapes = [ins[0].clone(), ins[1].clone(), vec![out[1]], out.clone()];
+            let channel = vec![out[1]];
+            let shapes = [
+                ins[0].clone(),
+                ins[1].clone(),
+                channel.clone(),
+                channel.clone(),
+                channel.clone(),
+                channel,
+                out.clone(),
+            ];
             let p: Vec<NodeId> =
                 shapes.iter().enumerate().map(|(i, d)| input(&mut body, &Fused::placeholder(i), d)).collect();
             let y = body.add_node(conv.clone(), &[p[0], p[1]], Role::Forward).unwrap();
-            let scaled = body.add_node(Op::BiasAdd, &[y, p[2]], Role::Forward).unwrap();
-            let sum = body.add_node(Op::Add, &[scaled, p[3]], Role::Forward).unwrap();
+            let bn = Op::BatchNorm { eps: 1e-5, training: false };
+            let normed = body.add_node(bn, &[y, p[2], p[3], p[4], p[5]], Role::Forward).unwrap();
+            let sum = body.add_node(Op::Add, &[normed, p[6]], Role::Forward).unwrap();
             body.add_node(Op::Relu, &[sum], Role::Forward).unwrap();
             let fused = Fused { rule: "conv_epilogue".into(), body: Arc::new(body), covers: vec![], outputs: vec![] };
             let mut g = Graph::new();
-            let names = ["a", "b", "bias", "residual"];
+            let names = ["a", "b", "mean", "var", "gamma", "beta", "residual"];
             let outer: Vec<NodeId> = shapes.iter().zip(names).map(|(d, name)| input(&mut g, name, d)).collect();
             g.add_node(Op::Fused(fused), &outer, Role::Forward).unwrap();
             let lens: Vec<(&str, usize)> =

@@ -154,6 +154,8 @@ pub(crate) struct ConvArgs {
     pub stats: Option<[Value; 4]>,
     pub packed: Value,
     pub y: Value,
+    /// The epilogue's per-channel table in this thread's scratch (see [`Epilogue::channel_parts`]).
+    pub table: Option<Value>,
 }
 
 /// An elementwise expression applied to a convolution's outputs in registers: `Load(0)` is the
@@ -166,6 +168,26 @@ pub struct Epilogue {
     pub expr: Expr,
     /// How each operand is indexed.
     pub operands: Vec<Operand>,
+}
+
+impl Epilogue {
+    /// The sub-expressions worth computing once per output channel (a batch norm's
+    /// `gamma / sqrt(var + eps)`): the largest that read only `Channel` operands and constants,
+    /// other than a lone load or constant. A kernel computes them for every channel into a table
+    /// in its scratch when it starts, and its tiles broadcast them from there, where they cost a
+    /// square root and a division per output vector before (ResNet-50's inference).
+    pub(crate) fn channel_parts(&self) -> Vec<Expr> {
+        let per_element = |k: usize| k == 0 || self.operands[k - 1] != Operand::Channel;
+        let mut found = Vec::new();
+        self.expr.invariant_parts(&per_element, &mut found);
+        let mut parts: Vec<Expr> = Vec::new();
+        for e in found {
+            if !matches!(e, Expr::Load(_) | Expr::Const(_)) && !parts.contains(&e) {
+                parts.push(e);
+            }
+        }
+        parts
+    }
 }
 
 impl ConvSpec {
@@ -222,7 +244,7 @@ impl ConvSpec {
     /// then the per-thread packing scratch ([`ConvSpec::scratch_len`] per thread) and the output.
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
         let (args, begin, end, thread) = entry_with_thread(b);
-        let a = self.load_args(b, ptr, args, thread);
+        let a = self.load_args(b, ptr, mul_add, args, thread);
         if self.winograd.is_some() {
             self.emit_winograd(b, mul_add, &a, begin, end);
         } else {
@@ -249,8 +271,16 @@ impl ConvSpec {
         b.seal_all_blocks();
     }
 
-    /// Loads the kernel's arguments (see [`ConvSpec::build`]).
-    pub(crate) fn load_args(&self, b: &mut FunctionBuilder, ptr: Type, args: Value, thread: Value) -> ConvArgs {
+    /// Loads the kernel's arguments (see [`ConvSpec::build`]) and fills this thread's table of the
+    /// epilogue's per-channel parts.
+    pub(crate) fn load_args(
+        &self,
+        b: &mut FunctionBuilder,
+        ptr: Type,
+        mul_add: MulAdd,
+        args: Value,
+        thread: Value,
+    ) -> ConvArgs {
         let extra = self.epilogue.as_ref().map_or(0, |e| e.operands.len());
         let mut next = 0;
         let mut arg = |b: &mut FunctionBuilder| {
@@ -263,7 +293,80 @@ impl ConvSpec {
         let scratch = arg(b);
         let y = arg(b);
         let packed = thread_share(b, scratch, thread, self.scratch_len());
-        ConvArgs { x, w, operands, stats, packed, y }
+        let table = self.fill_channel_table(b, mul_add, &operands, packed);
+        ConvArgs { x, w, operands, stats, packed, y, table }
+    }
+
+    /// The epilogue's per-channel parts (see [`Epilogue::channel_parts`]).
+    fn channel_parts(&self) -> Vec<Expr> {
+        self.epilogue.as_ref().map_or(vec![], Epilogue::channel_parts)
+    }
+
+    /// Computes the epilogue's per-channel parts for every output channel into the table after
+    /// this thread's work area, `[part][channel]`; returns the table's address (`None` without
+    /// parts).
+    fn fill_channel_table(
+        &self,
+        b: &mut FunctionBuilder,
+        mul_add: MulAdd,
+        operands: &[Value],
+        packed: Value,
+    ) -> Option<Value> {
+        let parts = self.channel_parts();
+        if parts.is_empty() {
+            return None;
+        }
+        let table = b.ins().iadd_imm_s(packed, 4 * self.work_len() as i64);
+        let channels = self.shape.out_channels;
+        let (lo, hi) = (iconst(b, 0), iconst(b, channels as i64));
+        for_loop(b, lo, hi, 1, &[], &mut |b, c, _| {
+            let read = MemFlagsData::new().with_notrap().with_readonly();
+            let mut load = |b: &mut FunctionBuilder, k: usize| {
+                let at = elem_addr(b, operands[k - 1], c);
+                b.ins().load(types::F32, read, at, 0)
+            };
+            let empty = HashMap::new();
+            let at = elem_addr(b, table, c);
+            for (i, part) in parts.iter().enumerate() {
+                let mut env = Env {
+                    width: Width::Scalar,
+                    mul_add,
+                    load: &mut load,
+                    invariants: &empty,
+                    locals: &[],
+                    acc: None,
+                    loaded: HashMap::new(),
+                };
+                let v = part.emit(b, &mut env);
+                b.ins().store(MemFlagsData::new().with_notrap(), v, at, (4 * i * channels) as i32);
+            }
+            vec![]
+        });
+        Some(table)
+    }
+
+    /// The epilogue's per-channel parts of output channel `k` from `table_at` (the table's
+    /// address at a tile's first channel), at `width`, by sub-expression.
+    pub(crate) fn channel_values(
+        &self,
+        b: &mut FunctionBuilder,
+        table_at: Option<Value>,
+        k: usize,
+        width: Width,
+    ) -> HashMap<Expr, Value> {
+        let Some(at) = table_at else { return HashMap::new() };
+        let read = MemFlagsData::new().with_notrap().with_readonly();
+        let channels = self.shape.out_channels;
+        let parts = self.channel_parts();
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, part)| {
+                let v = b.ins().load(types::F32, read, at, (4 * (i * channels + k)) as i32);
+                let v = if width == Width::Vector { b.ins().splat(types::F32X4, v) } else { v };
+                (part, v)
+            })
+            .collect()
     }
 
     /// Emits groups `begin..end`. `image` is the image already packed in this thread's scratch
@@ -281,8 +384,7 @@ impl ConvSpec {
         image: Value,
         odd: Option<&ConvSpec>,
     ) -> Value {
-        let (x, w, y, xp) = (a.x, a.w, a.y, a.packed);
-        let operands = &a.operands;
+        let (x, w, xp) = (a.x, a.w, a.packed);
         let partials = a.stats.map(|s| s[0]);
         let tiles_per_row = self.tiles_per_row();
         // Where tile t of group g writes its statistics.
@@ -375,7 +477,7 @@ impl ConvSpec {
                     _ => None,
                 };
                 let tile = [kb, vb];
-                self.store(b, mul_add, y, operands, st, [y_row, k0], col, tile, valid, &acc, odd.as_deref());
+                self.store(b, mul_add, a, st, [y_row, k0], col, tile, valid, &acc, odd.as_deref());
             };
             // The row's tiles, of `kb` channels.
             let row = |b: &mut FunctionBuilder, kb: usize| {
@@ -405,9 +507,15 @@ impl ConvSpec {
         packed[0]
     }
 
-    /// f32 elements of one thread's scratch: one packed image (none when the input is read in
-    /// place; for Winograd, also the transformed weights, inputs and products of one group).
+    /// f32 elements of one thread's scratch: its work area (see [`ConvSpec::work_len`]), then the
+    /// table of the epilogue's per-channel parts.
     pub fn scratch_len(&self) -> usize {
+        self.work_len() + self.channel_parts().len() * self.shape.out_channels
+    }
+
+    /// f32 elements of one thread's work area: one packed image (none when the input is read in
+    /// place; for Winograd, also the transformed weights, inputs and products of one group).
+    fn work_len(&self) -> usize {
         if self.winograd.is_some() {
             self.winograd_scratch_len()
         } else if self.reads_input_in_place() {
@@ -519,8 +627,7 @@ impl ConvSpec {
         &self,
         b: &mut FunctionBuilder,
         mul_add: MulAdd,
-        y: Value,
-        operands: &[Value],
+        a: &ConvArgs,
         stats_at: Option<Value>,
         [y_row, k0]: [Value; 2],
         col: Value,
@@ -529,6 +636,7 @@ impl ConvSpec {
         acc: &[Value],
         odd: Option<&[Value]>,
     ) {
+        let (y, operands, table) = (a.y, &a.operands, a.table);
         let out_flags = MemFlagsData::new().with_notrap();
         // Interleaved outputs are `step` elements apart and stored lane by lane.
         let (step, plane) = match &self.interleave {
@@ -543,6 +651,7 @@ impl ConvSpec {
         // Epilogue operands: the same element of a Full operand, or output channel k0 + k.
         let full_bases: Vec<Value> = operands.iter().map(|&o| elem_addr(b, o, y_col)).collect();
         let channel_bases: Vec<Value> = operands.iter().map(|&o| elem_addr(b, o, k0)).collect();
+        let table_at = table.map(|t| elem_addr(b, t, k0));
         let epilogue = |b: &mut FunctionBuilder, v: Value, width: Width, k: usize, offset: i32| -> Value {
             let at = EpilogueAt {
                 full: &full_bases,
@@ -550,7 +659,8 @@ impl ConvSpec {
                 channel: &channel_bases,
                 channel_offset: 4 * k as i32,
             };
-            apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, v, width)
+            let parts = self.channel_values(b, table_at, k, width);
+            apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, &parts, v, width)
         };
         for k in 0..kb {
             // Statistics of this channel's stored values: vector and scalar partial sums.
@@ -616,12 +726,14 @@ pub(crate) struct EpilogueAt<'a> {
     pub channel_offset: i32,
 }
 
-/// Applies `epilogue` (if any) to the convolution's value `v` (a vector or a scalar).
+/// Applies `epilogue` (if any) to the convolution's value `v` (a vector or a scalar), its
+/// per-channel parts already computed (`parts`, of this width: see [`ConvSpec::channel_values`]).
 pub(crate) fn apply_epilogue(
     b: &mut FunctionBuilder,
     epilogue: Option<&Epilogue>,
     mul_add: MulAdd,
     at: &EpilogueAt,
+    parts: &HashMap<Expr, Value>,
     v: Value,
     width: Width,
 ) -> Value {
@@ -639,9 +751,8 @@ pub(crate) fn apply_epilogue(
             _ => b.ins().load(width.ty(), read, at.full[i - 1], at.full_offset),
         }
     };
-    let empty = HashMap::new();
     let mut env =
-        Env { width, mul_add, load: &mut load, invariants: &empty, locals: &[], acc: None, loaded: HashMap::new() };
+        Env { width, mul_add, load: &mut load, invariants: parts, locals: &[], acc: None, loaded: HashMap::new() };
     e.expr.emit(b, &mut env)
 }
 

@@ -50,7 +50,7 @@ impl SubPixelSpec {
     /// the packed image carries over between phases, since they pack dy alike.
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
         let (args, begin, end, thread) = entry_with_thread(b);
-        let a = self.phases[0].load_args(b, ptr, args, thread);
+        let a = self.phases[0].load_args(b, ptr, mul_add, args, thread);
         let batch = self.phases[0].shape.batch;
         // A phase's groups run image by image (see `ConvSpec::emit`), as many per image.
         let per_image: Vec<usize> = self.runs().iter().map(|(p, _)| p.groups() / batch).collect();

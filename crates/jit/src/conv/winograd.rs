@@ -590,6 +590,7 @@ impl ConvSpec {
         let first_row = mul(b, block, w.m * w.tile_rows);
         for_loop(b, k0, k_end, 1, &[], &mut |b, k, _| {
             let channel: Vec<Value> = a.operands.iter().map(|&o| elem_addr(b, o, k)).collect();
+            let table_at = a.table.map(|t| elem_addr(b, t, k));
             let plane = {
                 let nk = mul(b, n, kn);
                 let nk = b.ins().iadd(nk, k);
@@ -608,7 +609,7 @@ impl ConvSpec {
                     let m_at = elem_addr(b, m, e);
                     let px = mul(b, tv, w.vector_pixels());
                     let y_at = b.ins().iadd(y_row, px);
-                    self.output_segment(b, mul_add, a, &channel, m_at, y_at, [rows, pixels], s)
+                    self.output_segment(b, mul_add, a, (&channel, table_at), m_at, y_at, [rows, pixels], s)
                 };
                 let (_, s) = for_loop(b, lo, tv_hi, 1, s, &mut |b, tv, s| {
                     segment(b, tv, 4 * w.m, [s[0], s[1], s[2], s[3]]).to_vec()
@@ -645,7 +646,7 @@ impl ConvSpec {
         b: &mut FunctionBuilder,
         mul_add: MulAdd,
         a: &ConvArgs,
-        channel: &[Value],
+        (channel, table_at): (&[Value], Option<Value>),
         m_at: Value,
         y_at: Value,
         [rows, valid]: [usize; 2],
@@ -682,7 +683,8 @@ impl ConvSpec {
                     if lanes == 4 {
                         let offset = w.pixel_vector(h, kn * oh * ow);
                         let at = EpilogueAt { full: &full, full_offset: offset, channel, channel_offset: 0 };
-                        let v = apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, v, Width::Vector);
+                        let parts = self.channel_values(b, table_at, 0, Width::Vector);
+                        let v = apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, &parts, v, Width::Vector);
                         b.ins().store(write, v, y_base, offset);
                         if with_stats {
                             let [s, q] = sum_and_squares(b, mul_add, Some([stats[0], stats[1]]), v);
@@ -693,7 +695,8 @@ impl ConvSpec {
                             let x = b.ins().extractlane(v, lane as u8);
                             let offset = (16 * h + 4 * lane) as i32;
                             let at = EpilogueAt { full: &full, full_offset: offset, channel, channel_offset: 0 };
-                            let x = apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, x, Width::Scalar);
+                            let parts = self.channel_values(b, table_at, 0, Width::Scalar);
+                            let x = apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, &parts, x, Width::Scalar);
                             b.ins().store(write, x, y_base, offset);
                             if with_stats {
                                 let [s, q] = sum_and_squares(b, mul_add, Some([stats[2], stats[3]]), x);

@@ -671,15 +671,27 @@ fn body_id(k: &Fused, i: usize) -> NodeId {
 /// node (its last step, after a Winograd weight transform), which applies it in registers before
 /// its stores.
 fn with_epilogue(lowered: Lowered, label: String, expr: Expr, modes: Vec<Operand>, operands: Vec<NodeId>) -> Lowered {
-    let Lowered::Steps { scratch, mut steps } = lowered else { unreachable!("convolutions lower to steps") };
+    let Lowered::Steps { mut scratch, mut steps } = lowered else { unreachable!("convolutions lower to steps") };
     let Some(Planned { spec, inputs, label: l, .. }) = steps.last_mut() else {
         unreachable!("a convolution lowers to its kernel, last")
     };
     let epilogue = Some(Epilogue { expr, operands: modes });
-    match spec {
-        KernelSpec::Conv(c) => c.epilogue = epilogue,
-        KernelSpec::SubPixel(s) => s.phases.iter_mut().for_each(|p| p.epilogue = epilogue.clone()),
+    // The epilogue may add a table of per-channel values to each thread's scratch.
+    let thread_scratch = match spec {
+        KernelSpec::Conv(c) => {
+            c.epilogue = epilogue;
+            c.scratch_len()
+        }
+        KernelSpec::SubPixel(s) => {
+            s.phases.iter_mut().for_each(|p| p.epilogue = epilogue.clone());
+            s.phases[0].scratch_len()
+        }
         _ => unreachable!("a convolution lowers to a convolution kernel"),
+    };
+    for input in inputs.iter() {
+        if let Buf::PerThread(i) = *input {
+            scratch[i] = scratch[i].max(thread_scratch);
+        }
     }
     // After the input and the weights.
     inputs.splice(2..2, operands.into_iter().map(Buf::Node));
