@@ -17,7 +17,7 @@ use skipgrad::jit::{CompileOptions, WinogradTiles, compile};
 use skipgrad::nn::Checkpoint;
 use skipgrad::prelude::*;
 use skipgrad::reference::kink_distance;
-use skipgrad::testing::{Block, build, degenerate_batch_norm};
+use skipgrad::testing::{Block, build, build_inference, degenerate_batch_norm};
 use std::sync::OnceLock;
 
 /// The IDX reader (gzip-compressed or not) on arbitrary bytes.
@@ -208,6 +208,9 @@ struct Case {
     seed: u64,
     threads: usize,
     winograd: WinogradTiles,
+    /// The network's inference pass (batch norms in the convolutions' epilogues) instead of its
+    /// training step.
+    inference: bool,
 }
 
 impl<'a> Arbitrary<'a> for Case {
@@ -231,17 +234,20 @@ impl<'a> Arbitrary<'a> for Case {
             seed: u.arbitrary()?,
             threads: u.int_in_range(1..=2)?,
             winograd: *u.choose(&[WinogradTiles::Off, WinogradTiles::F2, WinogradTiles::F4])?,
+            inference: u.arbitrary()?,
         })
     }
 }
 
-/// A random training step (loss, every gradient, the running statistics and the SGD update)
-/// evaluated by the reference interpreter and, fused, by the JIT: every output agrees within
+/// A random training step (loss, every gradient, the running statistics and the SGD update), or
+/// inference pass (the logits), evaluated by the reference interpreter and, fused, by the JIT:
+/// every output agrees within
 /// 2e-4 (relative, or absolute below 1). Graphs where f32 rounding alone can change the answer
 /// are skipped: batch norms over fewer than 4 values, and ReLU inputs within 1e-5 of the kink.
 pub fn differential(data: &[u8]) {
     let Ok(case) = Case::arbitrary_take_rest(Unstructured::new(data)) else { return };
-    let Ok(net) = build(&case.blocks, case.batch, case.channels, case.hw, case.seed, DType::F32) else { return };
+    let build_net = if case.inference { build_inference } else { build };
+    let Ok(net) = build_net(&case.blocks, case.batch, case.channels, case.hw, case.seed, DType::F32) else { return };
     let program = Program { graph: net.tape.graph(), outputs: net.outputs.iter().map(|v| v.id()).collect() };
     if degenerate_batch_norm(&program.graph) {
         return;

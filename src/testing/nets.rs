@@ -48,6 +48,8 @@ pub struct Net {
     trainable: Vec<Var>,
     rng: StdRng,
     dtype: DType,
+    /// Batch norms normalize by the batch's statistics (else by the running ones).
+    training: bool,
 }
 
 impl Net {
@@ -88,7 +90,7 @@ impl Net {
             momentum: 0.1,
             eps: 1e-5,
         };
-        x.conv2d(&w, stride, pad)?.batch_norm(&bn, true)
+        x.conv2d(&w, stride, pad)?.batch_norm(&bn, self.training)
     }
 }
 
@@ -97,6 +99,51 @@ impl Net {
 /// gradients, updates). Fails when a block does not fit the image (the errors of the research
 /// API).
 pub fn build(blocks: &[Block], batch: usize, channels: usize, hw: usize, seed: u64, dtype: DType) -> Result<Net> {
+    let (mut net, logits) = forward(blocks, [batch, channels, hw], seed, dtype, true)?;
+    let classes = logits.shape().dims()[1];
+    let labels: Vec<f64> = (0..batch).map(|_| net.rng.random_range(0..classes) as f64).collect();
+    net.feeds.insert("labels".into(), tensor(dtype, &[batch], labels));
+    let y = net.tape.input_spec("labels", dtype, &[batch])?;
+    let loss = logits.cross_entropy(&y)?;
+    let refs: Vec<&Var> = net.trainable.iter().collect();
+    let grads = grad(&loss, &refs)?;
+    // The optimizer step, as training will run it: each parameter and its velocity buffer.
+    let sgd = Sgd { lr: 0.1, momentum: 0.9, weight_decay: 1e-4 };
+    for (p, g) in net.trainable.clone().iter().zip(&grads) {
+        let name = net.tape.graph().source_name(p.id()).expect("a parameter").to_string();
+        let v = net.state(&format!("{name}.momentum"), p.shape().dims(), -0.1, 0.1)?;
+        sgd.update(p, g, &v)?;
+    }
+    net.outputs.push(loss);
+    net.outputs.extend(grads);
+    net.outputs.extend(net.tape.updates().into_iter().map(|(_, new)| new));
+    Ok(net)
+}
+
+/// The same network in inference (batch norms by their running statistics, which convolution
+/// kernels apply in their epilogues): its only output is the logits.
+pub fn build_inference(
+    blocks: &[Block],
+    batch: usize,
+    channels: usize,
+    hw: usize,
+    seed: u64,
+    dtype: DType,
+) -> Result<Net> {
+    let (mut net, logits) = forward(blocks, [batch, channels, hw], seed, dtype, false)?;
+    net.outputs.push(logits);
+    Ok(net)
+}
+
+/// The network's forward pass to its logits (3 classes), with batch norms in `training` mode
+/// or not.
+fn forward(
+    blocks: &[Block],
+    [batch, channels, hw]: [usize; 3],
+    seed: u64,
+    dtype: DType,
+    training: bool,
+) -> Result<(Net, Var)> {
     let mut net = Net {
         tape: Tape::trace(dtype),
         feeds: Feeds::new(),
@@ -104,6 +151,7 @@ pub fn build(blocks: &[Block], batch: usize, channels: usize, hw: usize, seed: u
         trainable: vec![],
         rng: StdRng::seed_from_u64(seed),
         dtype,
+        training,
     };
     let x_values: Vec<f64> = (0..batch * channels * hw * hw).map(|_| net.rng.random_range(-1.0..1.0)).collect();
     net.feeds.insert("images".into(), tensor(dtype, &[batch, channels, hw, hw], x_values));
@@ -145,23 +193,8 @@ pub fn build(blocks: &[Block], batch: usize, channels: usize, hw: usize, seed: u
     let features = h.shape().dims()[1];
     let fc_w = net.param("fc.weight", &[classes, features], -0.5, 0.5)?;
     let fc_b = net.param("fc.bias", &[classes], -0.1, 0.1)?;
-    let labels: Vec<f64> = (0..batch).map(|_| net.rng.random_range(0..classes) as f64).collect();
-    net.feeds.insert("labels".into(), tensor(dtype, &[batch], labels));
-    let y = net.tape.input_spec("labels", dtype, &[batch])?;
-    let loss = h.global_avg_pool()?.linear(&fc_w, &fc_b)?.cross_entropy(&y)?;
-    let refs: Vec<&Var> = net.trainable.iter().collect();
-    let grads = grad(&loss, &refs)?;
-    // The optimizer step, as training will run it: each parameter and its velocity buffer.
-    let sgd = Sgd { lr: 0.1, momentum: 0.9, weight_decay: 1e-4 };
-    for (p, g) in net.trainable.clone().iter().zip(&grads) {
-        let name = net.tape.graph().source_name(p.id()).expect("a parameter").to_string();
-        let v = net.state(&format!("{name}.momentum"), p.shape().dims(), -0.1, 0.1)?;
-        sgd.update(p, g, &v)?;
-    }
-    net.outputs.push(loss);
-    net.outputs.extend(grads);
-    net.outputs.extend(net.tape.updates().into_iter().map(|(_, new)| new));
-    Ok(net)
+    let logits = h.global_avg_pool()?.linear(&fc_w, &fc_b)?;
+    Ok((net, logits))
 }
 
 /// True when some batch norm normalizes fewer than 4 values per channel. With 2 values the input
