@@ -292,6 +292,21 @@ fn assert_close(got: &[f64], want: &[f64]) {
     }
 }
 
+/// A basic block in inference on 2 images of 8 x `hw` x `hw`: `relu(bn(conv(relu(bn(conv(x))))) +
+/// x)`, `kernel` x `kernel` convolutions (padded to keep the size), batch norms by running
+/// statistics.
+fn inference_block(p: &mut Params, hw: usize, kernel: usize) -> Program {
+    let x = p.param("x", &[2, 8, hw, hw], -1.0, 1.0);
+    let mut conv_bn = |name: &str, h: &Var| {
+        let w = p.param(&format!("{name}.weight"), &[8, 8, kernel, kernel], -0.3, 0.3);
+        let bn = p.batch_norm(&format!("{name}.bn"));
+        h.conv2d(&w, 1, kernel / 2).unwrap().batch_norm(&bn, false).unwrap()
+    };
+    let h = conv_bn("conv1", &x).relu();
+    let y = (&conv_bn("conv2", &h) + &x).unwrap().relu();
+    Program { graph: p.tape.graph(), outputs: vec![y.id()] }
+}
+
 /// Inference: convolution, batch norm with running statistics, the residual add and the ReLU run
 /// in the convolution's kernel (which packs its input itself), so a basic block is 2 kernels over
 /// activations (and a transform of each convolution's weights), and its output matches the
@@ -299,15 +314,7 @@ fn assert_close(got: &[f64], want: &[f64]) {
 #[test]
 fn inference_blocks_run_one_kernel_per_convolution() {
     let mut p = Params::new(11);
-    let x = p.param("x", &[2, 8, 6, 6], -1.0, 1.0);
-    let mut conv_bn = |name: &str, h: &Var| {
-        let w = p.param(&format!("{name}.weight"), &[8, 8, 3, 3], -0.3, 0.3);
-        let bn = p.batch_norm(&format!("{name}.bn"));
-        h.conv2d(&w, 1, 1).unwrap().batch_norm(&bn, false).unwrap()
-    };
-    let h = conv_bn("conv1", &x).relu();
-    let y = (&conv_bn("conv2", &h) + &x).unwrap().relu();
-    let program = Program { graph: p.tape.graph(), outputs: vec![y.id()] };
+    let program = inference_block(&mut p, 6, 3);
     let stages = Pipeline::training().run(program.clone()).unwrap();
     assert_eq!(counts(&stages), "elementwise: 0, conv_epilogue: 2, conv_stats: 0, bn_backward: 0, foreach: 0");
     let after = &stages[1].program;
@@ -328,15 +335,7 @@ fn inference_blocks_run_one_kernel_per_convolution() {
 #[test]
 fn pointwise_inference_blocks_match_the_reference() {
     let mut p = Params::new(13);
-    let x = p.param("x", &[2, 8, 7, 7], -1.0, 1.0);
-    let mut conv_bn = |name: &str, h: &Var| {
-        let w = p.param(&format!("{name}.weight"), &[8, 8, 1, 1], -0.3, 0.3);
-        let bn = p.batch_norm(&format!("{name}.bn"));
-        h.conv2d(&w, 1, 0).unwrap().batch_norm(&bn, false).unwrap()
-    };
-    let h = conv_bn("conv1", &x).relu();
-    let y = (&conv_bn("conv2", &h) + &x).unwrap().relu();
-    let program = Program { graph: p.tape.graph(), outputs: vec![y.id()] };
+    let program = inference_block(&mut p, 7, 1);
     let after = Pipeline::training().run(program.clone()).unwrap().pop().unwrap().program;
     let mut compiled = compile(&after.graph, &after.outputs, &CompileOptions::default()).unwrap();
     let got = compiled.run_tensors(&p.feeds).unwrap().remove(0).to_f64_vec();
