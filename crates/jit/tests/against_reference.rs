@@ -410,12 +410,18 @@ fn pointwise_weight_gradients_in_chunks_and_flush_periods() {
     {
         let spec = skipgrad_jit::PointwiseWeightGradSpec::new(n, c, k, [hw, hw], stride);
         assert_eq!((spec.flush, spec.pixels.div_ceil(spec.chunk)), (flush, chunks));
-        let a = Conv2dAttrs::square(stride, 0);
-        let out = (hw - 1) / stride + 1;
-        let x = random(7, &[n, c, hw, hw], -1.0, 1.0);
-        let dy = random(8, &[n, k, out, out], -1.0, 1.0);
-        check_within(&[x, dy], 1e-5, |g, i| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [1, 1] }, i)).unwrap();
+        check_pointwise_weight_gradient([n, c, k, hw, stride], 7);
     }
+}
+
+/// The weight gradient of a 1x1 unpadded convolution from `c` to `k` channels of `n` images
+/// `hw` x `hw` at `stride`, on random values from `seed`, against the reference.
+fn check_pointwise_weight_gradient([n, c, k, hw, stride]: [usize; 5], seed: u64) {
+    let a = Conv2dAttrs::square(stride, 0);
+    let out = (hw - 1) / stride + 1;
+    let x = random(seed, &[n, c, hw, hw], -1.0, 1.0);
+    let dy = random(seed + 1, &[n, k, out, out], -1.0, 1.0);
+    check_within(&[x, dy], 1e-5, |g, i| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [1, 1] }, i)).unwrap();
 }
 
 /// Pointwise weight gradients of small images join sets of images into rows of about 768 pixels
@@ -429,12 +435,8 @@ fn pointwise_weight_gradients_of_small_images_join_sets() {
         assert!(spec.joined && spec.images == images && spec.row() >= 768, "{spec:?}");
     }
     assert!(!Spec::new(16, 512, 128, [28, 28], 1).joined);
-    for (n, c, k, hw, stride) in [(8, 5, 7, 14, 1), (8, 6, 3, 28, 2)] {
-        let a = Conv2dAttrs::square(stride, 0);
-        let out = (hw - 1) / stride + 1;
-        let x = random(9, &[n, c, hw, hw], -1.0, 1.0);
-        let dy = random(10, &[n, k, out, out], -1.0, 1.0);
-        check_within(&[x, dy], 1e-5, |g, i| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [1, 1] }, i)).unwrap();
+    for shape in [[8, 5, 7, 14, 1], [8, 6, 3, 28, 2]] {
+        check_pointwise_weight_gradient(shape, 9);
     }
 }
 
