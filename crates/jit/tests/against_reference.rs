@@ -234,6 +234,18 @@ proptest! {
         check_f4_convolution([n, c, k], [oh, ow], p, seed)?;
     }
 
+    /// Outputs under 4 tiles of 4 wide whose sizes are not multiples of 4, in batches of 4, 8 or
+    /// 12, take cropped F(4x4, 3x3) tiles with lanes across 4 images (ResNet-50's 7x7 stage):
+    /// the last tile row and column partly outside, their outputs there not stored, padding 0
+    /// to 2.
+    #[test]
+    fn winograd_f4_cropped_convolutions_across_images(sets in 1..4usize, c in 8..20usize, k in 8..14usize, oh in prop::sample::select(vec![5usize, 6, 7, 8, 9, 10, 11]), ow in prop::sample::select(vec![5usize, 6, 7, 9, 10, 11]), p in 0..3usize, seed: u64) {
+        let n = 4 * sets;
+        let tiling = Winograd::for_convolution([oh, ow], WinogradTiles::F4, n);
+        prop_assert_eq!(tiling.map(|w| (w.m, w.images, w.tile_rows)), Some((4, 4, oh.div_ceil(4))));
+        check_f4_convolution([n, c, k], [oh, ow], p, seed)?;
+    }
+
     /// At batch 1 a Winograd convolution has fewer blocks of tile rows than 4, so its output
     /// channels are split into parts, a group each (2 to 4, whole register tiles: 8 to 32
     /// channels): the output and the batch statistics that each part writes for its own channels

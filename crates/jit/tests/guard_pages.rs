@@ -171,9 +171,11 @@ fn convolution_kernels_stay_inside_their_buffers() {
         (2, 3, 1024, 9, 7, 1, 2, 0),
         (3, 5, 6, 9, 9, 1, 2, 0),
         (1, 64, 64, 93, 93, 1, 2, 0),
-        // Cropped Winograd tiles (forward and input gradient): F(4x4, 3x3) at 14x14 and 9x9.
+        // Cropped Winograd tiles (forward and input gradient): F(4x4, 3x3) at 14x14 and 9x9,
+        // and at 7x6 with lanes across 4 images.
         (2, 8, 8, 14, 14, 3, 1, 1),
         (1, 8, 12, 9, 9, 3, 1, 1),
+        (4, 8, 12, 7, 6, 3, 1, 1),
         // A last block of output channels smaller than the register tile's (16 = 6 + 6 + 4;
         // the input gradient's pairs of width phases, 16 = 5 x 3 + 1).
         (2, 3, 16, 7, 9, 3, 2, 1),
@@ -212,9 +214,11 @@ fn fused_convolution_epilogues_stay_inside_their_buffers() {
         // A last block of output channels smaller than the register tile's.
         (2, 3, 16, 7, 9, 3, 2, 1),
         (1, 16, 8, 8, 10, 3, 2, 1),
-        // Cropped Winograd tiles: F(2x2, 3x3) at 7x7, F(4x4, 3x3) at 14x10.
+        // Cropped Winograd tiles: F(2x2, 3x3) at 7x7, F(4x4, 3x3) at 14x10, and at 7x5 with
+        // lanes across 4 images.
         (2, 8, 8, 7, 7, 3, 1, 1),
         (1, 8, 8, 14, 10, 3, 1, 1),
+        (4, 8, 8, 7, 5, 3, 1, 1),
     ];
     for (n, c, k, h, w, r, s, p) in cases {
         let [oh, ow] = [(h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1];
@@ -274,9 +278,11 @@ fn convolutions_with_batch_statistics_stay_inside_their_buffers() {
         // A last block of output channels smaller than the register tile's.
         (2, 3, 16, 7, 9, 3, 2, 1),
         (1, 16, 8, 8, 10, 3, 2, 1),
-        // Cropped Winograd tiles: F(2x2, 3x3) at 7x7, F(4x4, 3x3) at 14x10.
+        // Cropped Winograd tiles: F(2x2, 3x3) at 7x7, F(4x4, 3x3) at 14x10, and at 7x5 with
+        // lanes across 4 images.
         (2, 8, 8, 7, 7, 3, 1, 1),
         (1, 8, 8, 14, 10, 3, 1, 1),
+        (4, 8, 8, 7, 5, 3, 1, 1),
     ];
     for (n, c, k, h, w, r, s, p) in cases {
         let [oh, ow] = [(h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1];
