@@ -214,6 +214,24 @@ proptest! {
         check_weight_gradient([n, c, k], [oh, ow], p, seed)?;
     }
 
+    /// With 128 or more channels each way, the Winograd weight gradient splits its output
+    /// channels into parts (4, 2 or 1: as many as divide them into even parts), each over
+    /// every image: exact and cropped tiles, both tile sizes, padding 0 to 2.
+    #[test]
+    fn winograd_weight_gradients_by_output_channels(n in 1..5usize, c4 in 32..35usize, k2 in 64..69usize, oh in 2..10usize, ow in 2..10usize, p in 0..3usize, seed: u64) {
+        let (c, k) = (4 * c4, 2 * k2);
+        prop_assume!(oh + 2 > 2 * p && ow + 2 > 2 * p);
+        let [h, w] = [oh + 2 - 2 * p, ow + 2 - 2 * p];
+        let gradient = |g: &mut Graph, i: &[NodeId]| add(g, Op::Conv2dGradWeight { conv: Conv2dAttrs::square(1, p), kernel_hw: [3, 3] }, i);
+        let x = random(seed, &[n, c, h, w], -1.0, 1.0);
+        let dy = random(seed ^ 2, &[n, k, oh, ow], -1.0, 1.0);
+        if let KernelSpec::WinogradGrad(spec) = kernel_spec(&[&x, &dy], gradient) {
+            let parts = [4, 2, 1].into_iter().find(|p| k.is_multiple_of(2 * p));
+            prop_assert_eq!(spec.channel_parts, parts);
+        }
+        check_within(&[x, dy], 1e-5, gradient)?;
+    }
+
     /// The weight gradient by F(4x4, 3x3) where it multiplies least: widths with whole and
     /// partial vectors of tiles, blocks of tile rows (32 high) or several images per block (at 12
     /// wide, batches of 4 and 8 take lanes across images).
@@ -471,20 +489,23 @@ fn weight_gradients_in_blocks_of_rows() {
     }
 }
 
-/// A Winograd weight gradient whose partials take 1 MB or more a chunk (128 channels each way)
-/// runs in 2 chunks (an odd batch: 2 and 3 images), summed in order.
+/// A Winograd weight gradient whose partials would take 1 MB or more a chunk (128 channels each
+/// way) splits its output channels into 4 parts, each over every image; with more images than
+/// [`WinogradGradSpec`] transforms at once (33 images of 1024 channels), it runs in 2 chunks of
+/// images (16 and 17), summed in order.
 #[test]
 fn winograd_weight_gradients_with_large_partials() {
-    let (n, c, k, hw) = (5, 128, 128, 6);
-    let a = Conv2dAttrs::square(1, 1);
-    let x = random(9, &[n, c, hw, hw], -1.0, 1.0);
-    let dy = random(10, &[n, k, hw, hw], -1.0, 1.0);
-    let gradient = |g: &mut Graph, i: &[NodeId]| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [3, 3] }, i);
-    match kernel_spec(&[&x, &dy], gradient) {
-        KernelSpec::WinogradGrad(spec) => assert_eq!(spec.chunks, 2),
-        other => panic!("{other:?}"),
+    for (n, c, k, hw, parts, chunks) in [(5, 128, 128, 6, Some(4), 1), (33, 1024, 16, 4, None, 2)] {
+        let a = Conv2dAttrs::square(1, 1);
+        let x = random(9, &[n, c, hw, hw], -1.0, 1.0);
+        let dy = random(10, &[n, k, hw, hw], -1.0, 1.0);
+        let gradient = |g: &mut Graph, i: &[NodeId]| add(g, Op::Conv2dGradWeight { conv: a, kernel_hw: [3, 3] }, i);
+        match kernel_spec(&[&x, &dy], gradient) {
+            KernelSpec::WinogradGrad(spec) => assert_eq!((spec.channel_parts, spec.chunks), (parts, chunks)),
+            other => panic!("{other:?}"),
+        }
+        check_within(&[x, dy], 1e-5, gradient).unwrap();
     }
-    check_within(&[x, dy], 1e-5, gradient).unwrap();
 }
 
 proptest! {

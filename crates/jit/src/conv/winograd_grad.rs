@@ -28,6 +28,13 @@ use cranelift_frontend::FunctionBuilder;
 /// [`WinogradGradSpec::blocking`]).
 const LARGE_PARTIALS: usize = 1 << 20;
 
+/// Bytes of every image's transformed x (`V` of the whole batch, in each thread's scratch) up to
+/// which a gradient with large partials splits its output channels instead of its images: each
+/// part reads all of it again. ResNet-50's 28x28 stage (16.5 MB: 128 channels, F(4x4, 3x3))
+/// took 67 ms split against 51 by images; its 14x14 (9.4 MB) and 7x7 (8.4 MB) stages gain
+/// (profiled, batch 16, 2 threads).
+const WHOLE_BATCH: usize = 12 << 20;
+
 /// Output channels per register tile of the products.
 const KB: usize = 2;
 /// Input channels per register tile (one vector of sums).
@@ -55,9 +62,62 @@ pub struct WinogradGradSpec {
     /// together (several when one set has few tiles: each product then runs over at least 64
     /// slots).
     pub sets_per_block: usize,
+    /// With `Some(p)`, the groups are instead `p` equal parts of the output channels, each over
+    /// every image (one chunk, one block of all the sets, whole images): a thread transforms
+    /// every image's x once, then for each of its parts the part's dy, sums the part's products
+    /// over all the tiles, stores them once into its scratch and transforms them into the part's
+    /// rows of dw. No partials are added across groups: where they are large (many channels,
+    /// few tiles) that adding passes over memory.
+    pub channel_parts: Option<usize>,
 }
 
 impl WinogradGradSpec {
+    /// The gradient of a 3x3 stride-1 convolution over `batch` images of `in_hw` padded by `pad`,
+    /// from `in_channels` to `out_channels`, whose output is `out_hw` (sizes
+    /// [`applies`](Self::applies) accepts), with the tiles `tiles` allows: split by parts of the
+    /// output channels where chunks of images would each add partials of 1 MB or more
+    /// ([`LARGE_PARTIALS`]) and every image's transform fits [`WHOLE_BATCH`], on the tiles that
+    /// multiply least; by chunks of images otherwise ([`blocking`](Self::blocking)). Four parts
+    /// (two a thread here) ran ResNet-50's 14x14 and 7x7 gradients in 99 and 76 ms, two parts in
+    /// 99 and 79, eight in 104-113 and 78-84 (profiled, batch 16, 2 threads); on F(2x2, 3x3)
+    /// tiles the 14x14 one ran slower split than by images (its `V` of every image, 14.7 MB,
+    /// passes through memory for each part), on F(4x4, 3x3) tiles cropped to 16x16 faster.
+    pub fn new(
+        batch: usize,
+        [in_channels, out_channels]: [usize; 2],
+        in_hw: [usize; 2],
+        out_hw: [usize; 2],
+        pad: [isize; 2],
+        tiles: WinogradTiles,
+    ) -> Self {
+        let spec = |tiling: Winograd, chunks, sets_per_block, channel_parts| WinogradGradSpec {
+            batch,
+            in_channels,
+            out_channels,
+            out_hw,
+            pack: tiling.pack(in_channels, in_hw, pad, tiling.tiled_hw(out_hw)),
+            tiling,
+            chunks,
+            sets_per_block,
+            channel_parts,
+        };
+        // Whole images in one image's rows (batch 1: see `convolution_tiling`).
+        let whole = Winograd::for_convolution(out_hw, tiles, 1)
+            .map(|w| Winograd { tile_rows: w.tiled_hw(out_hw)[0] / w.m, ..w });
+        if let Some(tiling) = whole {
+            let sets = batch / tiling.images;
+            let partial_bytes = 4 * tiling.positions() * in_channels * out_channels;
+            let transform_bytes = 4 * tiling.positions() * in_channels * sets * tiling.slots();
+            let parts = [4, 2, 1].into_iter().find(|p| out_channels.is_multiple_of(KB * p)).unwrap_or(1);
+            if partial_bytes >= LARGE_PARTIALS && transform_bytes <= WHOLE_BATCH {
+                return spec(tiling, 1, sets, Some(parts));
+            }
+        }
+        let tiling = Self::tiling(out_hw, tiles, batch);
+        let (chunks, sets_per_block) = Self::blocking(out_hw, tiling, batch, [in_channels, out_channels]);
+        spec(tiling, chunks, sets_per_block, None)
+    }
+
     /// Whether the Winograd weight gradient applies to a batch of `batch` outputs of `out_hw`
     /// with the tiles `tiles` allows: 3x3, stride 1, input channels a multiple of 4 (at least 8),
     /// even output channels, and a tiling ([`WinogradGradSpec::convolution_tiling`]): exact, or
@@ -141,9 +201,15 @@ impl WinogradGradSpec {
         self.sets_per_block * self.tiling.slots()
     }
 
-    /// Groups (chunks of images).
+    /// Groups: chunks of images, or parts of the output channels.
     pub fn groups(&self) -> usize {
-        self.chunks
+        self.channel_parts.unwrap_or(self.chunks)
+    }
+
+    /// Output channels whose dy a group transforms and whose sums it computes: all of them, or
+    /// its part's.
+    fn group_channels(&self) -> usize {
+        self.out_channels / self.channel_parts.unwrap_or(1)
     }
 
     /// Floating-point operations of the direct weight gradient (2 per multiply-add), which this
@@ -153,9 +219,10 @@ impl WinogradGradSpec {
         2.0 * (self.batch * self.out_channels * self.in_channels * oh * ow * 9) as f64
     }
 
-    /// f32 elements of the partials scratch: `S[ξ][k][c]` per group.
+    /// f32 elements of the partials scratch: `S[ξ][k][c]` per chunk of images (none when the
+    /// groups are parts of the output channels).
     pub fn partials_len(&self) -> usize {
-        self.chunks * self.partial_len()
+        if self.channel_parts.is_some() { 0 } else { self.chunks * self.partial_len() }
     }
 
     fn partial_len(&self) -> usize {
@@ -163,25 +230,28 @@ impl WinogradGradSpec {
     }
 
     /// f32 elements of one thread's scratch: a packed image, `V[ξ][c][t]` and `DY[ξ][k][t]` of
-    /// one block, and room for the m x n vectors of one dy tile transformed along its rows (and
-    /// for the 3 x n of `Gᵀ S` at the end).
+    /// one block (of a group's output channels), room for the m x n vectors of one dy tile
+    /// transformed along its rows (and for the 3 x n of `Gᵀ S` at the end), and with parts of
+    /// the output channels, a part's sums `S[ξ][k][c]`.
     pub fn thread_scratch_len(&self) -> usize {
-        let (_, _, rows) = self.areas();
-        rows + 4 * self.tiling.m.max(3) * self.tiling.n()
+        let [.., sums] = self.areas();
+        let part_sums = self.tiling.positions() * self.group_channels() * self.in_channels;
+        sums + if self.channel_parts.is_some() { part_sums } else { 0 }
     }
 
     /// Elements between positions of `V` and of `DY`.
     fn position_strides(&self) -> [usize; 2] {
-        [self.in_channels, self.out_channels].map(|c| Winograd::position_stride(c * self.block_slots()))
+        [self.in_channels, self.group_channels()].map(|c| Winograd::position_stride(c * self.block_slots()))
     }
 
-    /// Offsets of `V`, `DY` and the row-transformed dy tile in a thread's scratch.
-    fn areas(&self) -> (usize, usize, usize) {
+    /// Offsets of `V`, `DY`, the row-transformed dy tile and a part's sums in a thread's scratch.
+    fn areas(&self) -> [usize; 4] {
         let positions = self.tiling.positions();
         let [v_position, d_position] = self.position_strides();
         let v = self.pack.len().div_ceil(4) * 4;
         let d = v + positions * v_position;
-        (v, d, d + positions * d_position)
+        let rows = d + positions * d_position;
+        [v, d, rows, rows + 4 * self.tiling.m.max(3) * self.tiling.n()]
     }
 
     /// Kernel body: args are x, dy (both NCHW), the partials scratch, a counter scratch (2 f32
@@ -190,12 +260,14 @@ impl WinogradGradSpec {
         let (args, begin, end, thread) = entry_with_thread(b);
         let [x, dy, partials, counter, scratch, dw] = [0, 1, 2, 3, 4, 5].map(|k| load_arg(b, ptr, args, k));
         let xp = thread_share(b, scratch, thread, self.thread_scratch_len());
-        let (v_at, d_at, rows_at) = self.areas();
-        let v = b.ins().iadd_imm_s(xp, 4 * v_at as i64);
-        let d = b.ins().iadd_imm_s(xp, 4 * d_at as i64);
-        let rows = b.ins().iadd_imm_s(xp, 4 * rows_at as i64);
+        let [v, d, rows, sums] = self.areas().map(|at| b.ins().iadd_imm_s(xp, 4 * at as i64));
+        if self.channel_parts.is_some() {
+            self.build_by_channels(b, mul_add, [x, dy, dw], [xp, v, d, rows, sums], [begin, end]);
+            return;
+        }
         let flags = MemFlagsData::new().with_notrap();
         let blocks = self.tiling.tiled_hw(self.out_hw)[0] / self.tiling.m / self.tiling.tile_rows;
+        let zero_k = iconst(b, 0); // every output channel's dy
         for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
             let part = {
                 let offset = mul(b, g, 4 * self.partial_len());
@@ -232,7 +304,7 @@ impl WinogradGradSpec {
                     let hi = iconst(b, blocks as i64);
                     for_loop(b, lo, hi, 1, &[], &mut |b, block, _| {
                         transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v, strides, block);
-                        self.transform_dy(b, mul_add, dy, d, rows, n, block);
+                        self.transform_dy(b, mul_add, dy, [d, rows], n, block, zero_k);
                         self.products(b, mul_add, v, d, part, per_set);
                         vec![]
                     });
@@ -265,7 +337,7 @@ impl WinogradGradSpec {
                         let offset = mul(b, i, 4 * self.tiling.slots());
                         let (v_i, d_i) = (b.ins().iadd(v, offset), b.ins().iadd(d, offset));
                         transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v_i, strides, lo);
-                        self.transform_dy(b, mul_add, dy, d_i, rows, n, lo);
+                        self.transform_dy(b, mul_add, dy, [d_i, rows], n, lo, zero_k);
                         vec![]
                     });
                     let vectors = b.ins().imul(count, per_set);
@@ -283,13 +355,65 @@ impl WinogradGradSpec {
         if_then(b, finished, &mut |b| {
             let zero = iconst(b, 0);
             b.ins().store(flags, zero, counter, 0);
-            self.finish(b, mul_add, partials, rows, dw);
+            let zero_k = iconst(b, 0);
+            self.finish(b, mul_add, [partials, rows, dw], self.chunks, zero_k);
         });
         b.ins().return_(&[]);
         b.seal_all_blocks();
     }
 
-    /// `DY[ξ][k][t] = (A dy Aᵀ)[ξ]` for each output channel `k` and slot `t` of block `block` of
+    /// Kernel body with groups that are parts of the output channels (see
+    /// [`WinogradGradSpec::channel_parts`]): every image set's x packed and transformed into `V`
+    /// once, before the thread's first part; then per part, every set's dy into `DY`, the
+    /// products over all the slots into `sums`, and the part's rows of dw.
+    fn build_by_channels(
+        &self,
+        b: &mut FunctionBuilder,
+        mul_add: MulAdd,
+        [x, dy, dw]: [Value; 3],
+        [xp, v, d, rows, sums]: [Value; 5],
+        [begin, end]: [Value; 2],
+    ) {
+        let (images, slots) = (self.tiling.images, self.tiling.slots());
+        let sets = self.batch / images;
+        debug_assert!(
+            self.sets_per_block == sets
+                && self.tiling.tile_rows == self.tiling.tiled_hw(self.out_hw)[0] / self.tiling.m
+        );
+        let (lo, sets_hi) = (iconst(b, 0), iconst(b, sets as i64));
+        let strides = [self.block_slots(), self.position_strides()[0]];
+        // Set `set`'s first image, and its slots' offset (bytes) in V and DY.
+        let set_at = |b: &mut FunctionBuilder, set: Value| (mul(b, set, images), mul(b, set, 4 * slots));
+        let any = b.ins().icmp(IntCC::UnsignedLessThan, begin, end);
+        if_then(b, any, &mut |b| {
+            for_loop(b, lo, sets_hi, 1, &[], &mut |b, set, _| {
+                let (n, offset) = set_at(b, set);
+                let first_plane = mul(b, n, self.in_channels);
+                self.pack.emit(b, x, xp, first_plane);
+                let v_set = b.ins().iadd(v, offset);
+                transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v_set, strides, lo);
+                vec![]
+            });
+        });
+        let vectors = iconst(b, (sets * slots / 4) as i64);
+        for_loop(b, begin, end, 1, &[], &mut |b, part, _| {
+            let k_first = mul(b, part, self.group_channels());
+            for_loop(b, lo, sets_hi, 1, &[], &mut |b, set, _| {
+                let (n, offset) = set_at(b, set);
+                let d_set = b.ins().iadd(d, offset);
+                self.transform_dy(b, mul_add, dy, [d_set, rows], n, lo, k_first);
+                vec![]
+            });
+            self.products(b, mul_add, v, d, sums, vectors);
+            self.finish(b, mul_add, [sums, rows, dw], 1, k_first);
+            vec![]
+        });
+        b.ins().return_(&[]);
+        b.seal_all_blocks();
+    }
+
+    /// `DY[ξ][k][t] = (A dy Aᵀ)[ξ]` for each of the group's output channels `k` (from `k_first`;
+    /// `DY` holds them from 0) and slot `t` of block `block` of
     /// image `n` (and the next 3, with lanes across images), four slots per vector: each of the
     /// tiles' m rows is 4m consecutive pixels (or the same m = 4 pixels of 4 images), split into
     /// its m columns (the tiles past the width, in the last vector, are zero), transformed by Aᵀ
@@ -300,10 +424,10 @@ impl WinogradGradSpec {
         b: &mut FunctionBuilder,
         mul_add: MulAdd,
         dy: Value,
-        d: Value,
-        rows: Value,
+        [d, rows]: [Value; 2],
         n: Value,
         block: Value,
+        k_first: Value,
     ) {
         let w = self.tiling;
         let (m, size) = (w.m, w.n());
@@ -322,10 +446,11 @@ impl WinogradGradSpec {
             1 => (ow / (4 * m), ow % (4 * m)),
             _ => ((ow / m) * w.images / 4, m * ((ow / m) * w.images % 4)),
         };
-        let hi = [kn, w.tile_rows, full].map(|n| iconst(b, n as i64));
+        let hi = [self.group_channels(), w.tile_rows, full].map(|n| iconst(b, n as i64));
         for_loop(b, lo, hi[0], 1, &[], &mut |b, k, _| {
             let plane = {
                 let nk = mul(b, n, kn);
+                let nk = b.ins().iadd(nk, k_first);
                 let nk = b.ins().iadd(nk, k);
                 mul(b, nk, oh * ow)
             };
@@ -416,11 +541,13 @@ impl WinogradGradSpec {
         });
     }
 
-    /// `S[ξ][k][c] += Σ_t DY[ξ][k][t] V[ξ][c][t]` over the block's `vectors` vectors of tiles: register tiles of 2
-    /// output channels by 4 input channels, each a vector over 4 tiles, summed across lanes at
-    /// the end (4 sums per vector) and added to the group's partials.
+    /// `S[ξ][k][c] += Σ_t DY[ξ][k][t] V[ξ][c][t]` over the block's `vectors` vectors of tiles, for
+    /// the group's output channels: register tiles of 2 output channels by 4 input channels, each
+    /// a vector over 4 tiles, summed across lanes at the end (4 sums per vector) and added to the
+    /// group's partials (or with parts of the output channels, stored: one block holds every
+    /// slot).
     fn products(&self, b: &mut FunctionBuilder, mul_add: MulAdd, v: Value, d: Value, part: Value, vectors: Value) {
-        let (cn, kn, tiles) = (self.in_channels, self.out_channels, self.block_slots());
+        let (cn, kn, tiles) = (self.in_channels, self.group_channels(), self.block_slots());
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let flags = MemFlagsData::new().with_notrap();
         let lo = iconst(b, 0);
@@ -431,19 +558,22 @@ impl WinogradGradSpec {
             let v_xi = mul(b, xi, v_position);
             let d_xi = mul(b, xi, d_position);
             let p_xi = mul(b, xi, kn * cn);
-            for_loop(b, lo, hi[1], 1, &[], &mut |b, kblock, _| {
-                let k0 = mul(b, kblock, KB);
-                let d0 = {
-                    let e = mul(b, k0, tiles);
-                    let e = b.ins().iadd(d_xi, e);
-                    elem_addr(b, d, e)
+            // Input channels outer: their 4 rows of V stay in the L1 cache while the group's
+            // rows of DY pass (with parts of the output channels, V of every image outgrows
+            // the L2 cache; a part's DY does not).
+            for_loop(b, lo, hi[2], 1, &[], &mut |b, cblock, _| {
+                let c0 = mul(b, cblock, CB);
+                let v0 = {
+                    let e = mul(b, c0, tiles);
+                    let e = b.ins().iadd(v_xi, e);
+                    elem_addr(b, v, e)
                 };
-                for_loop(b, lo, hi[2], 1, &[], &mut |b, cblock, _| {
-                    let c0 = mul(b, cblock, CB);
-                    let v0 = {
-                        let e = mul(b, c0, tiles);
-                        let e = b.ins().iadd(v_xi, e);
-                        elem_addr(b, v, e)
+                for_loop(b, lo, hi[1], 1, &[], &mut |b, kblock, _| {
+                    let k0 = mul(b, kblock, KB);
+                    let d0 = {
+                        let e = mul(b, k0, tiles);
+                        let e = b.ins().iadd(d_xi, e);
+                        elem_addr(b, d, e)
                     };
                     let zero = b.ins().f32const(0.0);
                     let zero = b.ins().splat(types::F32X4, zero);
@@ -474,8 +604,13 @@ impl WinogradGradSpec {
                     for k in 0..KB {
                         let sums = lane_sums(b, [acc[k * CB], acc[k * CB + 1], acc[k * CB + 2], acc[k * CB + 3]]);
                         let offset = (k * cn * 4) as i32;
-                        let old = b.ins().load(types::F32X4, flags, at, offset);
-                        let new = b.ins().fadd(old, sums);
+                        let new = match self.channel_parts {
+                            Some(_) => sums, // every slot's products at once
+                            None => {
+                                let old = b.ins().load(types::F32X4, flags, at, offset);
+                                b.ins().fadd(old, sums)
+                            }
+                        };
                         b.ins().store(flags, new, at, offset);
                     }
                     vec![]
@@ -486,17 +621,25 @@ impl WinogradGradSpec {
         });
     }
 
-    /// Adds the groups' partials in order and writes `dw[k][c] = Gᵀ S G`, four input channels
-    /// at a time (`rows`: this thread's scratch for 3 x n vectors).
-    fn finish(&self, b: &mut FunctionBuilder, mul_add: MulAdd, partials: Value, rows: Value, dw: Value) {
-        let (cn, kn, size) = (self.in_channels, self.out_channels, self.tiling.n());
+    /// Adds `chunks` partials in order and writes `dw[k][c] = Gᵀ S G` for the group's output
+    /// channels (from `k_first`), four input channels at a time (`rows`: this thread's scratch
+    /// for 3 x n vectors).
+    fn finish(
+        &self,
+        b: &mut FunctionBuilder,
+        mul_add: MulAdd,
+        [partials, rows, dw]: [Value; 3],
+        chunks: usize,
+        k_first: Value,
+    ) {
+        let (cn, kn, size) = (self.in_channels, self.group_channels(), self.tiling.n());
         // Gᵀ (row r holds column r of G), factored.
         let gt: Vec<Vec<f32>> = (0..3).map(|r| self.tiling.transform().g.iter().map(|row| row[r]).collect()).collect();
         let gt = Factored::new(&gt.iter().map(Vec::as_slice).collect::<Vec<_>>());
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let write = MemFlagsData::new().with_notrap();
         let lo = iconst(b, 0);
-        let (k_hi, c_hi, g_hi) = (iconst(b, kn as i64), iconst(b, (cn / 4) as i64), iconst(b, self.chunks as i64));
+        let (k_hi, c_hi, g_hi) = (iconst(b, kn as i64), iconst(b, (cn / 4) as i64), iconst(b, chunks as i64));
         for_loop(b, lo, k_hi, 1, &[], &mut |b, k, _| {
             for_loop(b, lo, c_hi, 1, &[], &mut |b, cv, _| {
                 let c0 = mul(b, cv, 4);
@@ -524,6 +667,7 @@ impl WinogradGradSpec {
                     });
                 }
                 let out = {
+                    let k = b.ins().iadd(k_first, k);
                     let e = mul(b, k, cn);
                     let e = b.ins().iadd(e, c0);
                     let e = mul(b, e, 9);

@@ -290,19 +290,8 @@ fn winograd_weight_grad(
     pad: [isize; 2],
     winograd: WinogradTiles,
 ) -> Lowered {
-    let tiling = WinogradGradSpec::tiling(out_hw, winograd, x[0]);
-    let pack = tiling.pack(x[1], [x[2], x[3]], pad, tiling.tiled_hw(out_hw));
-    let (chunks, sets_per_block) = WinogradGradSpec::blocking(out_hw, tiling, x[0], [x[1], k]);
-    let spec = WinogradGradSpec {
-        batch: x[0],
-        in_channels: x[1],
-        out_channels: k,
-        out_hw,
-        pack,
-        tiling,
-        chunks,
-        sets_per_block,
-    };
+    let spec = WinogradGradSpec::new(x[0], [x[1], k], [x[2], x[3]], out_hw, pad, winograd);
+    let tiling = spec.tiling;
     let scratch = vec![spec.partials_len(), 2, spec.thread_scratch_len()];
     let steps = vec![Planned {
         label: format!("{label}_{}", tiling.label()),
