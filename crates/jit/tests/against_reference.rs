@@ -216,9 +216,10 @@ proptest! {
 
     /// With 128 or more channels each way, the Winograd weight gradient splits its output
     /// channels into parts (4, 2 or 1: as many as divide them into even parts), each over
-    /// every image: exact and cropped tiles, both tile sizes, padding 0 to 2.
+    /// every image, on the tiles the convolution takes: exact and cropped, F(2x2) and F(4x4),
+    /// in one image's rows or across 4 images' lanes (batches of 4 and 8), padding 0 to 2.
     #[test]
-    fn winograd_weight_gradients_by_output_channels(n in 1..5usize, c4 in 32..35usize, k2 in 64..69usize, oh in 2..10usize, ow in 2..10usize, p in 0..3usize, seed: u64) {
+    fn winograd_weight_gradients_by_output_channels(n in prop::sample::select(vec![1usize, 2, 3, 4, 8]), c4 in 32..35usize, k2 in 64..69usize, oh in 2..10usize, ow in 2..10usize, p in 0..3usize, seed: u64) {
         let (c, k) = (4 * c4, 2 * k2);
         prop_assume!(oh + 2 > 2 * p && ow + 2 > 2 * p);
         let [h, w] = [oh + 2 - 2 * p, ow + 2 - 2 * p];
@@ -228,6 +229,8 @@ proptest! {
         if let KernelSpec::WinogradGrad(spec) = kernel_spec(&[&x, &dy], gradient) {
             let parts = [4, 2, 1].into_iter().find(|p| k.is_multiple_of(2 * p));
             prop_assert_eq!(spec.channel_parts, parts);
+            let tiles = Winograd::for_convolution([oh, ow], WinogradTiles::F4, n).map(|w| (w.m, w.images));
+            prop_assert_eq!(Some((spec.tiling.m, spec.tiling.images)), tiles);
         }
         check_within(&[x, dy], 1e-5, gradient)?;
     }

@@ -177,9 +177,10 @@ fn convolution_kernels_stay_inside_their_buffers() {
         (1, 8, 12, 9, 9, 3, 1, 1),
         (4, 8, 12, 7, 6, 3, 1, 1),
         // Winograd weight gradients split by output channels (128 each way): F(2x2, 3x3) at
-        // 6x6, F(4x4, 3x3) cropped at 14x14.
+        // 6x6, F(4x4, 3x3) cropped at 14x14 and, across 4 images, at 7x5.
         (2, 128, 128, 6, 6, 3, 1, 1),
         (1, 128, 128, 14, 14, 3, 1, 1),
+        (4, 128, 128, 7, 5, 3, 1, 1),
         // A last block of output channels smaller than the register tile's (16 = 6 + 6 + 4;
         // the input gradient's pairs of width phases, 16 = 5 x 3 + 1).
         (2, 3, 16, 7, 9, 3, 2, 1),

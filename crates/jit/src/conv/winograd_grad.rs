@@ -76,12 +76,14 @@ impl WinogradGradSpec {
     /// from `in_channels` to `out_channels`, whose output is `out_hw` (sizes
     /// [`applies`](Self::applies) accepts), with the tiles `tiles` allows: split by parts of the
     /// output channels where chunks of images would each add partials of 1 MB or more
-    /// ([`LARGE_PARTIALS`]) and every image's transform fits [`WHOLE_BATCH`], on the tiles that
-    /// multiply least; by chunks of images otherwise ([`blocking`](Self::blocking)). Four parts
+    /// ([`LARGE_PARTIALS`]) and every image's transform fits [`WHOLE_BATCH`], on the
+    /// convolution's tiles ([`Winograd::for_convolution`]: at 7x7, F(4x4, 3x3) across 4
+    /// images); by chunks of images otherwise ([`blocking`](Self::blocking)). Four parts
     /// (two a thread here) ran ResNet-50's 14x14 and 7x7 gradients in 99 and 76 ms, two parts in
     /// 99 and 79, eight in 104-113 and 78-84 (profiled, batch 16, 2 threads); on F(2x2, 3x3)
     /// tiles the 14x14 one ran slower split than by images (its `V` of every image, 14.7 MB,
-    /// passes through memory for each part), on F(4x4, 3x3) tiles cropped to 16x16 faster.
+    /// passes through memory for each part), on F(4x4, 3x3) tiles cropped to 16x16 faster; the
+    /// 7x7 one split took 76 ms on F(2x2, 3x3) tiles in rows and 58 across images.
     pub fn new(
         batch: usize,
         [in_channels, out_channels]: [usize; 2],
@@ -101,8 +103,8 @@ impl WinogradGradSpec {
             sets_per_block,
             channel_parts,
         };
-        // Whole images in one image's rows (batch 1: see `convolution_tiling`).
-        let whole = Winograd::for_convolution(out_hw, tiles, 1)
+        // The convolution's tiles, in blocks of whole images (or sets of 4 across the lanes).
+        let whole = Winograd::for_convolution(out_hw, tiles, batch)
             .map(|w| Winograd { tile_rows: w.tiled_hw(out_hw)[0] / w.m, ..w });
         if let Some(tiling) = whole {
             let sets = batch / tiling.images;
@@ -145,9 +147,9 @@ impl WinogradGradSpec {
     /// by cropped F(4x4, 3x3) tiles read 125 and 185 ms against 142 and 151 by F(2x2), 2 pairs
     /// on a noisy machine: not a clear win, so exact tiles come first.)
     fn convolution_tiling(out_hw: [usize; 2], tiles: WinogradTiles, batch: usize) -> Option<Winograd> {
-        // Cropped tiles in one image's rows (batch 1): the dy transform crops no lanes across
-        // images, and at 8x8 with 512 channels F(4x4, 3x3) across images ran no faster than
-        // F(2x2, 3x3) (154-156% of the ceiling against 149-153%, one thread).
+        // Cropped tiles in one image's rows (batch 1): by chunks of images, F(4x4, 3x3) across
+        // images ran no faster than F(2x2, 3x3) at 8x8 with 512 channels (154-156% of the
+        // ceiling against 149-153%, one thread), its partials passing over memory.
         Winograd::for_output(out_hw, tiles, batch).or_else(|| Winograd::for_convolution(out_hw, tiles, 1))
     }
 
@@ -440,11 +442,12 @@ impl WinogradGradSpec {
         let write = MemFlagsData::new().with_notrap();
         let first_row = mul(b, block, m * w.tile_rows);
         let lo = iconst(b, 0);
-        // Whole vectors of slots, then a partial one padded with zeros (the pixels of its tiles
-        // inside the width).
-        let (full, last) = match w.images {
-            1 => (ow / (4 * m), ow % (4 * m)),
-            _ => ((ow / m) * w.images / 4, m * ((ow / m) * w.images % 4)),
+        // Whole vectors of slots, then a partial one padded with zeros: of 4 tiles (the pixels
+        // of its tiles inside the width), or with lanes across images, of one tile (its pixels
+        // inside the width, in each image). `whole`: the pixels of a whole vector's tile row.
+        let (whole, full, last) = match w.images {
+            1 => (4 * m, ow / (4 * m), ow % (4 * m)),
+            _ => (m, ow / m, ow % m),
         };
         let hi = [self.group_channels(), w.tile_rows, full].map(|n| iconst(b, n as i64));
         for_loop(b, lo, hi[0], 1, &[], &mut |b, k, _| {
@@ -465,9 +468,26 @@ impl WinogradGradSpec {
                     // zeros.
                     let columns = |b: &mut FunctionBuilder, i: usize| -> Vec<Value> {
                         let offset = (i * ow * 4) as i32;
-                        if valid == 4 * m {
+                        let image_len = kn * oh * ow;
+                        if valid == whole {
                             let v: Vec<Value> = (0..m)
-                                .map(|h| b.ins().load(types::F32X4, read, at, offset + w.pixel_vector(h, kn * oh * ow)))
+                                .map(|h| b.ins().load(types::F32X4, read, at, offset + w.pixel_vector(h, image_len)))
+                                .collect();
+                            return deinterleave(b, &v);
+                        }
+                        if w.images > 1 {
+                            // Each image's `valid` pixels of the tile, then its columns.
+                            let v: Vec<Value> = (0..m)
+                                .map(|h| {
+                                    let zero = b.ins().f32const(0.0);
+                                    let mut v = b.ins().splat(types::F32X4, zero);
+                                    for lane in 0..valid {
+                                        let at_lane = offset + w.pixel_vector(h, image_len) + 4 * lane as i32;
+                                        let x = b.ins().load(types::F32, read, at, at_lane);
+                                        v = b.ins().insertlane(v, x, lane as u8);
+                                    }
+                                    v
+                                })
                                 .collect();
                             return deinterleave(b, &v);
                         }
@@ -529,7 +549,7 @@ impl WinogradGradSpec {
                     }
                 };
                 for_loop(b, lo, hi[2], 1, &[], &mut |b, tv, _| {
-                    segment(b, tv, 4 * m);
+                    segment(b, tv, whole);
                     vec![]
                 });
                 if last > 0 {
