@@ -43,6 +43,7 @@ impl PoolSpec {
             phases: a.stride[1],
             row_len: ow.div_ceil(4) * 4 + (a.kernel[1] - 1) / a.stride[1],
             images: 1,
+            step: 1,
         }
     }
 

@@ -384,6 +384,21 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config(24))]
+
+    /// Strided pointwise convolutions (1x1, stride 2 or 3, unpadded) run as one row of their
+    /// outputs over every s-th row and column of the input: odd and even sizes (columns left
+    /// after whole shuffles of 4s), partial tiles across row ends, any channel counts.
+    #[test]
+    fn strided_pointwise_convolutions(n in 1..3usize, c in 1..12usize, k in 1..14usize, h in 1..20usize, w in 1..30usize, s in 2..4usize, seed: u64) {
+        let a = Conv2dAttrs::square(s, 0);
+        let x = random(seed, &[n, c, h, w], -1.0, 1.0);
+        let wt = random(seed ^ 1, &[k, c, 1, 1], -1.0, 1.0);
+        check(&[x, wt], |g, i| add(g, Op::Conv2d(a), i))?;
+    }
+}
+
 fn conv_case() -> impl Strategy<Value = (usize, usize, usize, usize, usize, usize, usize, usize, u64)> {
     // (n, c, k, h, w, kernel, stride, pad)
     (

@@ -1,7 +1,8 @@
 //! Packing a convolution's input: a scatter of NCHW planes into a zero-padded layout whose width
 //! is split into stride phases, so every tap reads contiguous f32x4 rows (two and four phases are
 //! split 8 or 16 columns at a time with vector shuffles), or whose elements interleave 4 images
-//! lane by lane, so that a vector holds one pixel of 4 images (4x4 transposes). Convolution
+//! lane by lane, so that a vector holds one pixel of 4 images (4x4 transposes), or that keeps
+//! every s-th row and column, rows end to end (a strided pointwise convolution). Convolution
 //! kernels emit it for one image (or 4) at a time into per-thread scratch, so the packed copy
 //! stays in cache and is never a kernel of its own.
 
@@ -34,6 +35,11 @@ pub struct PackSpec {
     /// Images packed together, interleaved lane by lane: 1, or 4 (then with one phase and no
     /// dilation).
     pub images: usize,
+    /// Source rows and columns packed: every one (1), or every `step`-th, laid end to end in
+    /// the plane's one packed row (a strided pointwise convolution's input: source element
+    /// `(step * h, step * w)` goes to column `h * out_w + w`, `out_w` the packed source columns
+    /// per row; then one phase, no padding or dilation, one image).
+    pub step: usize,
 }
 
 impl PackSpec {
@@ -53,6 +59,7 @@ impl PackSpec {
     /// and row length the source's), so that a kernel can read the source in place.
     pub fn is_identity(&self) -> bool {
         self.images == 1
+            && self.step == 1
             && self.phases == 1
             && self.dilation == [1, 1]
             && self.pad_before == [0, 0]
@@ -124,6 +131,9 @@ impl PackSpec {
 
     /// Emits the packing of plane `src_plane` of `src` into plane `dst_plane` of `dst`.
     fn emit_plane(&self, b: &mut FunctionBuilder, src: Value, dst: Value, src_plane: Value, dst_plane: Value) {
+        if self.step > 1 {
+            return self.emit_subsampled(b, src, dst, src_plane, dst_plane);
+        }
         let rows = self.valid(0, self.rows);
         let cols = self.valid(1, self.phases * self.row_len);
         let [h_in, w_in] = self.in_hw;
@@ -189,6 +199,46 @@ impl PackSpec {
                     let d = b.ins().iadd_imm_s(dst_row, (phase * self.row_len + q) as i64);
                     copy(b, types::F32, src, s, dst, d, zero);
                 }
+            }
+        }
+    }
+}
+
+impl PackSpec {
+    /// Source columns per packed source row, with a `step`: every `step`-th of the width.
+    fn out_w(&self) -> usize {
+        self.in_hw[1].div_ceil(self.step)
+    }
+
+    /// Emits the packing of every `step`-th row and column of plane `src_plane` of `src`, rows
+    /// end to end, into plane `dst_plane` of `dst`: `4 step` source columns at a time split into
+    /// their phases by shuffles (`step` 2 or 4), keeping the first; then a scalar tail.
+    fn emit_subsampled(&self, b: &mut FunctionBuilder, src: Value, dst: Value, src_plane: Value, dst_plane: Value) {
+        debug_assert!(self.rows == 1 && self.phases == 1 && self.images == 1 && self.pad_before == [0, 0]);
+        let ([h_in, w_in], p, out_w) = (self.in_hw, self.step, self.out_w());
+        let flags = MemFlagsData::new().with_notrap();
+        for h in 0..h_in.div_ceil(p) {
+            let src_row = plane_offset(b, src_plane, h_in * w_in, h * p * w_in);
+            let dst_row = plane_offset(b, dst_plane, self.row_len, h * out_w);
+            let mut w = 0;
+            while matches!(p, 2 | 4) && w + 4 * p <= w_in {
+                let src_at = {
+                    let e = b.ins().iadd_imm_s(src_row, w as i64);
+                    elem_addr(b, src, e)
+                };
+                let vectors: Vec<Value> =
+                    (0..p).map(|i| b.ins().load(types::F32X4, flags, src_at, 16 * i as i32)).collect();
+                let kept = deinterleave(b, &vectors)[0]; // columns w, w + p, w + 2p, w + 3p
+                let e = b.ins().iadd_imm_s(dst_row, (w / p) as i64);
+                let at = elem_addr(b, dst, e);
+                b.ins().store(flags, kept, at, 0);
+                w += 4 * p;
+            }
+            for w in (w..w_in).step_by(p) {
+                let zero = iconst(b, 0);
+                let s = b.ins().iadd_imm_s(src_row, w as i64);
+                let d = b.ins().iadd_imm_s(dst_row, (w / p) as i64);
+                copy(b, types::F32, src, s, dst, d, zero);
             }
         }
     }

@@ -258,7 +258,7 @@ impl Winograd {
     pub fn pack(&self, planes: usize, in_hw: [usize; 2], pad_before: [isize; 2], out_hw: [usize; 2]) -> PackSpec {
         let (phases, row_len) = if self.images == 1 { (self.m, self.row_tiles + 1) } else { (1, out_hw[1] + 2) };
         let rows = out_hw[0] + 2;
-        PackSpec { planes, in_hw, dilation: [1, 1], pad_before, rows, phases, row_len, images: self.images }
+        PackSpec { planes, in_hw, dilation: [1, 1], pad_before, rows, phases, row_len, images: self.images, step: 1 }
     }
 
     /// Byte offset, from a tile row's pixel `p`, of the vector `h` of pixels that a vector of

@@ -42,7 +42,7 @@ fn conv_pack(g: &Geometry) -> PackSpec {
     let padded_w = (out_hw[1] - 1) * stride[1] + kernel_w;
     let row_len = padded_w.div_ceil(stride[1]).max(ConvSpec::min_row_len(out_hw[1], kernel_w, stride[1]));
     let (planes, in_hw, dilation, pad_before) = (g.nck[1], g.in_hw, g.dilation, g.pad);
-    PackSpec { planes, in_hw, dilation, pad_before, rows, phases: stride[1], row_len, images: 1 }
+    PackSpec { planes, in_hw, dilation, pad_before, rows, phases: stride[1], row_len, images: 1, step: 1 }
 }
 
 /// A pointwise convolution (1x1, stride 1, unpadded) whose rows would leave lanes of a register
@@ -58,6 +58,32 @@ fn pointwise_as_one_row(g: Geometry) -> Geometry {
     Geometry { in_hw: [1, pixels], out_hw: [1, pixels], ..g }
 }
 
+/// A strided pointwise convolution (1x1, stride s > 1 both ways, unpadded) as a stride-1 one over
+/// one row of its output's pixels, whose packing keeps every s-th row and column of the input,
+/// rows end to end ([`PackSpec::step`]): its tiles then run across the output's row ends
+/// (ResNet-50's 14 and 7 pixels wide), as [`pointwise_as_one_row`]'s do, and it packs a quarter
+/// of the input at stride 2.
+fn strided_pointwise(g: Geometry) -> Option<(Geometry, PackSpec)> {
+    let s = g.stride[0];
+    let strided = g.kernel == [1, 1] && s > 1 && g.stride == [s, s] && g.dilation == [1, 1] && g.pad == [0, 0];
+    if !strided {
+        return None;
+    }
+    let pixels = g.out_hw[0] * g.out_hw[1];
+    let pack = PackSpec {
+        planes: g.nck[1],
+        in_hw: g.in_hw,
+        dilation: [1, 1],
+        pad_before: [0, 0],
+        rows: 1,
+        phases: 1,
+        row_len: ConvSpec::min_row_len(pixels, 1, 1),
+        images: 1,
+        step: s,
+    };
+    Some((Geometry { in_hw: [1, pixels], stride: [1, 1], out_hw: [1, pixels], ..g }, pack))
+}
+
 /// A convolution of `x` with weights `w` (read through `weights`): direct, or by the Winograd
 /// tiling `winograd` chooses when it applies (3x3, stride 1, 8 or more input channels; tiles
 /// past an output size that is not a multiple of theirs are cropped), after a step that
@@ -71,7 +97,8 @@ pub(super) fn conv(
     weights: WeightLayout,
     winograd: WinogradTiles,
 ) -> Lowered {
-    let g = pointwise_as_one_row(g);
+    let strided = strided_pointwise(g);
+    let g = strided.as_ref().map_or_else(|| pointwise_as_one_row(g), |(g, _)| *g);
     let Geometry { nck: [n, c, k], in_hw, kernel, stride, dilation, pad, out_hw } = g;
     // Few output channels leave F(4x4, 3x3)'s larger input transform most of the work: the
     // stem's input gradient (16 -> 3 channels) ran 15% slower by F(4x4) than by F(2x2).
@@ -92,7 +119,8 @@ pub(super) fn conv(
         // Register tile: kb output channels by vb vectors of 4 pixels.
         None => {
             let (kb, vb) = register_tile(k, out_hw[1].div_ceil(4), None, 1, ChannelBlocks::LastPartial);
-            (conv_pack(&g), kb, vb, "conv2d".into())
+            let pack = strided.as_ref().map_or_else(|| conv_pack(&g), |(_, pack)| pack.clone());
+            (pack, kb, vb, "conv2d".into())
         }
     };
     // Fewer than 4 blocks of tile rows in the batch (batch 1): split the output channels into up
@@ -214,6 +242,7 @@ pub(super) fn sub_pixel_grad_input(
         phases: 1,
         row_len,
         images: 1,
+        step: 1,
     };
     let (kh, kw) = (kernel[0], kernel[1]);
     let specs = all
@@ -344,6 +373,7 @@ pub(super) fn weight_grad(
         phases: 1,
         row_len: (out_hw[1] - 1) * stride[1] + kernel[1],
         images: 1,
+        step: 1,
     };
     let spec =
         WeightGradSpec { batch: n, in_channels: c, out_channels: k, dy_row, pack, kernel, stride, out_hw, cb, kv };
