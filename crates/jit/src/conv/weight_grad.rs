@@ -68,6 +68,14 @@ impl WeightGradSpec {
         4 + 12 * self.cb * self.kv
     }
 
+    /// Sets of accumulators a tile sums alternate pixels into: 2 where one set holds fewer than 8
+    /// (the stem's 3 input channels by 2 vectors: 6 chains of multiply-adds, each waiting for
+    /// its last, leave the two pipes idle a quarter of the time) and two fit the registers.
+    fn pixel_sets(&self) -> usize {
+        let one = self.cb * self.kv;
+        if one < 8 && 2 * one + self.kv + 1 <= super::REGISTERS { 2 } else { 1 }
+    }
+
     /// Byte offset of accumulator `i`'s running sums in its tile.
     fn running_at(&self, i: usize) -> i32 {
         (16 + 32 * self.cb * self.kv + 16 * i) as i32
@@ -268,8 +276,13 @@ impl WeightGradSpec {
         let dy_off = b.ins().load(types::I64, flags, tile, 8);
         let x0 = b.ins().iadd(x_image, x_off);
         let dy0 = b.ins().iadd(dy_image, dy_off);
-        let init: Vec<Value> =
-            (0..cb * kv).map(|i| b.ins().load(types::F32X4, flags, tile, self.running_at(i))).collect();
+        // The running sums in the first set of accumulators, zeros in the others.
+        let sets = self.pixel_sets();
+        let zero = b.ins().f32const(0.0);
+        let zero = b.ins().splat(types::F32X4, zero);
+        let init: Vec<Value> = (0..sets * cb * kv)
+            .map(|i| if i < cb * kv { b.ins().load(types::F32X4, flags, tile, self.running_at(i)) } else { zero })
+            .collect();
         let (_, acc) = for_loop(b, h_lo, h_hi, 1, &init, &mut |b, oh, acc| {
             let x_row = b.ins().imul_imm_s(oh, (self.stride[0] * row_len * 4) as i64);
             let x_row = b.ins().iadd(x0, x_row);
@@ -284,6 +297,7 @@ impl WeightGradSpec {
                 let mut acc = carried[1..].to_vec();
                 let read = flags.with_readonly();
                 for p in 0..pixels {
+                    let set = &mut acc[(p % sets) * cb * kv..][..cb * kv];
                     let dy_off = (p as i64 * pixel_bytes) as i32;
                     let dys: Vec<Value> =
                         (0..kv).map(|j| b.ins().load(types::F32X4, read, dy_at, dy_off + 16 * j as i32)).collect();
@@ -293,7 +307,7 @@ impl WeightGradSpec {
                         let x = b.ins().load(types::F32, read, x_at, i as i32 * plane_bytes + p as i32 * x_step);
                         let x = b.ins().splat(types::F32X4, x);
                         for (j, &d) in dys.iter().enumerate() {
-                            acc[i * kv + j] = mul_add_emit(b, mul_add, x, d, acc[i * kv + j]);
+                            set[i * kv + j] = mul_add_emit(b, mul_add, x, d, set[i * kv + j]);
                         }
                     }
                 }
@@ -308,8 +322,9 @@ impl WeightGradSpec {
             let (_, out) = for_loop(b, rest, dy_end, pixel_bytes, &carried, &mut |b, at, c| body(b, at, c, 1));
             out[1..].to_vec()
         });
-        for (i, &a) in acc.iter().enumerate() {
-            b.ins().store(flags, a, tile, self.running_at(i));
+        for i in 0..cb * kv {
+            let sum = (1..sets).fold(acc[i], |sum, set| b.ins().fadd(sum, acc[set * cb * kv + i]));
+            b.ins().store(flags, sum, tile, self.running_at(i));
         }
     }
 }
