@@ -73,7 +73,7 @@ impl WeightGradSpec {
     /// its last, leave the two pipes idle a quarter of the time) and two fit the registers.
     fn pixel_sets(&self) -> usize {
         let one = self.cb * self.kv;
-        if one < 8 && 2 * one + self.kv + 1 <= super::REGISTERS { 2 } else { 1 }
+        if one < 8 && 2 * one + self.kv < super::REGISTERS { 2 } else { 1 }
     }
 
     /// Byte offset of accumulator `i`'s running sums in its tile.
