@@ -216,13 +216,6 @@ impl ConvSpec {
         }
         self.groups() * self.tiles_per_row() * self.kb * 2
     }
-    /// Input channels per iteration of the reduction loop: enough for about 8 taps of work
-    /// (1 for 3x3 kernels), a divisor of the input channels.
-    pub fn channel_unroll(&self) -> usize {
-        let taps = self.shape.kernel[0] * self.shape.kernel[1];
-        let want = (8 / taps.max(1)).max(1);
-        (1..=want).rev().find(|u| self.shape.in_channels.is_multiple_of(*u)).unwrap_or(1)
-    }
     /// Packed row length this spec needs so that every tile's loads stay in the row (a row's
     /// last, partial tile loads only the vectors that hold its pixels).
     pub fn min_row_len(out_w: usize, kernel_w: usize, stride_w: usize) -> usize {
@@ -469,13 +462,13 @@ impl ConvSpec {
             let tile = |b: &mut FunctionBuilder, kb: usize, t: Value, col: Value, vb: usize, valid: Option<usize>| {
                 let st = stats_at(b, partial_row, t);
                 let at = [x_row, w0];
-                let acc = self.accumulate(b, mul_add, [xp, w], at, col, [kb, vb]);
-                let odd = match (odd, x_row_odd, w0_odd) {
-                    (Some(o), Some(x_row), Some(w0)) => {
-                        Some(o.accumulate(b, mul_add, [xp, w], [x_row, w0], col, [kb, vb]))
-                    }
-                    _ => None,
-                };
+                let mut phases = vec![(self, at)];
+                if let (Some(o), Some(x_row), Some(w0)) = (odd, x_row_odd, w0_odd) {
+                    phases.push((o, [x_row, w0]));
+                }
+                let mut sums = accumulate(b, mul_add, [xp, w], &phases, col, [kb, vb]).into_iter();
+                let acc = sums.next().expect("this phase's sums");
+                let odd = sums.next();
                 let tile = [kb, vb];
                 self.store(b, mul_add, a, st, [y_row, k0], col, tile, valid, &acc, odd.as_deref());
             };
@@ -550,71 +543,6 @@ impl ConvSpec {
             tiles: self.tiles_per_row(),
             count: self.shape.batch * oh * ow,
         }
-    }
-
-    /// The accumulators of one register tile, `kb` channels by `vb` vectors starting at output
-    /// column `col` (channel-major): the packed input from element `x_row`, the weights from
-    /// element `w0`.
-    fn accumulate(
-        &self,
-        b: &mut FunctionBuilder,
-        mul_add: MulAdd,
-        [xp, w]: [Value; 2],
-        [x_row, w0]: [Value; 2],
-        col: Value,
-        [kb, vb]: [usize; 2],
-    ) -> Vec<Value> {
-        let [rows, phases, row_len] = self.packed();
-        let [kh, kw] = self.shape.kernel;
-        let flags = MemFlagsData::new().with_notrap().with_readonly();
-        let zero_s = b.ins().f32const(0.0);
-        let zero = b.ins().splat(types::F32X4, zero_s);
-        let acc0 = vec![zero; kb * vb];
-        // Few taps leave little work per channel: unroll over channels so the loop's own
-        // instructions are paid less often.
-        let unroll = self.channel_unroll();
-        // No taps (a sub-pixel phase no window reaches): the outputs are zero.
-        let channels = if kh * kw == 0 { 0 } else { self.shape.in_channels };
-        let (c_lo, c_hi) = (iconst(b, 0), iconst(b, channels as i64));
-        let x_col = b.ins().iadd(x_row, col);
-        let x_channel_bytes = (rows * phases * row_len * 4) as i32;
-        let w_channel_bytes = self.weights.i as i32 * 4;
-        let (_, acc) = for_loop(b, c_lo, c_hi, unroll as i64, &acc0, &mut |b, c, acc| {
-            let x_c = {
-                let off = mul(b, c, rows * phases * row_len);
-                let e = b.ins().iadd(x_col, off);
-                elem_addr(b, xp, e)
-            };
-            let w_c = {
-                let off = b.ins().imul_imm_s(c, self.weights.i as i64);
-                let e = b.ins().iadd(w0, off);
-                elem_addr(b, w, e)
-            };
-            let mut acc = acc.to_vec();
-            for u in 0..unroll as i32 {
-                for r in 0..kh {
-                    for s in 0..kw {
-                        let (phase, q) = (s % self.shape.stride[1], s / self.shape.stride[1]);
-                        let base = ((r * phases + phase) * row_len + q) as i32 * 4 + u * x_channel_bytes;
-                        let xs: Vec<Value> =
-                            (0..vb).map(|j| b.ins().load(types::F32X4, flags, x_c, base + 16 * j as i32)).collect();
-                        for k in 0..kb {
-                            // One broadcast per weight, held for the tile's vectors (the
-                            // multiply-add adds into the accumulator's register).
-                            let offset = (self.weights.at(k, 0, r, s) - self.weights.base) as i32 * 4;
-                            let wk = b.ins().load(types::F32, flags, w_c, offset + u * w_channel_bytes);
-                            let wv = b.ins().splat(types::F32X4, wk);
-                            for (j, &xv) in xs.iter().enumerate() {
-                                let a = &mut acc[k * vb + j];
-                                *a = mul_add_emit(b, mul_add, wv, xv, *a);
-                            }
-                        }
-                    }
-                }
-            }
-            acc
-        });
-        acc
     }
 
     /// Stores a register tile's accumulators `acc` (`kb` channels by `vb` vectors from output
@@ -724,6 +652,91 @@ pub(crate) struct EpilogueAt<'a> {
     pub full_offset: i32,
     pub channel: &'a [Value],
     pub channel_offset: i32,
+}
+
+/// The accumulators of one register tile of each of `phases` (one convolution, or a pair of
+/// sub-pixel width phases computed together), `kb` channels by `vb` vectors starting at output
+/// column `col` (channel-major): each phase's packed input from its element `x_row`, its weights
+/// from its element `w0`. The phases share the packed input, the reduction channels and the
+/// weights' channel stride, and run in one loop over the channels, so that a pair's two sets
+/// of accumulators are live together: apart, each set alone (a 3x3 stride-2 input gradient's
+/// 6 accumulators) left the multiply-add pipes waiting on too few chains.
+fn accumulate(
+    b: &mut FunctionBuilder,
+    mul_add: MulAdd,
+    [xp, w]: [Value; 2],
+    phases: &[(&ConvSpec, [Value; 2])],
+    col: Value,
+    [kb, vb]: [usize; 2],
+) -> Vec<Vec<Value>> {
+    let first = phases[0].0;
+    let [rows, packed_phases, row_len] = first.packed();
+    let flags = MemFlagsData::new().with_notrap().with_readonly();
+    let zero_s = b.ins().f32const(0.0);
+    let zero = b.ins().splat(types::F32X4, zero_s);
+    let taps = |spec: &ConvSpec| spec.shape.kernel[0] * spec.shape.kernel[1];
+    // Few taps leave little work per channel: unroll over channels (about 8 taps of work) so
+    // the loop's own instructions are paid less often.
+    let all_taps: usize = phases.iter().map(|(spec, _)| taps(spec)).sum();
+    let channels = first.shape.in_channels;
+    let unroll = (1..=(8 / all_taps.max(1)).max(1)).rev().find(|u| channels.is_multiple_of(*u)).unwrap_or(1);
+    // Accumulators only for the phases with taps: a phase no window reaches (a sub-pixel phase
+    // of a strided 1x1 convolution's input gradient) stores zeros, and carrying its zeros
+    // through the loop would take registers.
+    let live: Vec<usize> = (0..phases.len()).filter(|&p| taps(phases[p].0) > 0).collect();
+    let acc0 = vec![zero; live.len() * kb * vb];
+    let channels = if live.is_empty() { 0 } else { channels };
+    let (c_lo, c_hi) = (iconst(b, 0), iconst(b, channels as i64));
+    let x_channel_bytes = (rows * packed_phases * row_len * 4) as i32;
+    let w_stride = first.weights.i;
+    debug_assert!(phases.iter().all(|(spec, _)| spec.weights.i == w_stride && spec.packed() == first.packed()));
+    let x_cols: Vec<Value> = phases.iter().map(|(_, [x_row, _])| b.ins().iadd(*x_row, col)).collect();
+    let (_, acc) = for_loop(b, c_lo, c_hi, unroll as i64, &acc0, &mut |b, c, acc| {
+        let x_off = mul(b, c, rows * packed_phases * row_len);
+        let w_off = b.ins().imul_imm_s(c, w_stride as i64);
+        let mut acc = acc.to_vec();
+        for (set, &p) in live.iter().enumerate() {
+            let ((spec, [_, w0]), x_col) = (&phases[p], x_cols[p]);
+            let [kh, kw] = spec.shape.kernel;
+            let x_c = {
+                let e = b.ins().iadd(x_col, x_off);
+                elem_addr(b, xp, e)
+            };
+            let w_c = {
+                let e = b.ins().iadd(*w0, w_off);
+                elem_addr(b, w, e)
+            };
+            let set = &mut acc[set * kb * vb..][..kb * vb];
+            for u in 0..unroll as i32 {
+                for r in 0..kh {
+                    for s in 0..kw {
+                        let (phase, q) = (s % spec.shape.stride[1], s / spec.shape.stride[1]);
+                        let base = ((r * packed_phases + phase) * row_len + q) as i32 * 4 + u * x_channel_bytes;
+                        let xs: Vec<Value> =
+                            (0..vb).map(|j| b.ins().load(types::F32X4, flags, x_c, base + 16 * j as i32)).collect();
+                        for k in 0..kb {
+                            // One broadcast per weight, held for the tile's vectors (the
+                            // multiply-add adds into the accumulator's register).
+                            let offset = (spec.weights.at(k, 0, r, s) - spec.weights.base) as i32 * 4;
+                            let wk = b.ins().load(types::F32, flags, w_c, offset + u * w_stride as i32 * 4);
+                            let wv = b.ins().splat(types::F32X4, wk);
+                            for (j, &xv) in xs.iter().enumerate() {
+                                let a = &mut set[k * vb + j];
+                                *a = mul_add_emit(b, mul_add, wv, xv, *a);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        acc
+    });
+    (0..phases.len())
+        .map(|p| match live.iter().position(|&l| l == p) {
+            Some(set) => acc[set * kb * vb..][..kb * vb].to_vec(),
+            None => vec![zero; kb * vb],
+        })
+        .collect()
 }
 
 /// Applies `epilogue` (if any) to the convolution's value `v` (a vector or a scalar), its
