@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// Which 3x3 stride-1 convolutions use Winograd tiles (to compare whole processes).
     #[arg(long, value_enum, default_value_t = Winograd::F4)]
     winograd: Winograd,
+    /// f32 lanes of the JIT's widest vectors: 4 (128-bit registers) or 8 (256-bit, with AVX2;
+    /// the default where the CPU has it). To compare whole processes.
+    #[arg(long)]
+    lanes: Option<usize>,
 }
 
 /// `--winograd`: the JIT's [`WinogradTiles`].
@@ -92,6 +96,7 @@ pub fn bench(args: BenchArgs) -> Result<String, String> {
     options.optimizer = args.optimizer.build(None);
     options.update_in_place = !args.copy_state;
     options.winograd = args.winograd.tiles();
+    options.lanes = args.lanes;
     if let Some(t) = args.threads {
         options.threads = t as usize;
     }
@@ -144,6 +149,7 @@ pub fn bench(args: BenchArgs) -> Result<String, String> {
             "images_per_s": batch as f64 / median, "gflops": gflops, "compile_s": compile, "peak_rss_mb": peak,
             "optimizer": args.optimizer.build(None).describe(), "updates_in_place": trainer.updates_in_place().map(|(k, _)| k),
             "winograd": clap::ValueEnum::to_possible_value(&args.winograd).map(|v| v.get_name().to_string()),
+            "lanes": args.lanes,
         });
         format!("{value}\n")
     } else {

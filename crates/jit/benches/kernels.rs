@@ -1,7 +1,9 @@
 //! Kernel benchmarks against this machine's measured ceiling.
 //!
 //! `cargo bench -p skipgrad-jit --bench kernels` prints markdown tables:
-//! 1. the f32x4 multiply-add ceiling, from a JIT-emitted loop of independent multiply-adds;
+//! 1. the multiply-add ceiling, from a JIT-emitted loop of independent multiply-adds, in f32x4
+//!    vectors and (with AVX2) f32x8 ones; the kernels below are measured against the ceiling of
+//!    the target's widest vectors;
 //! 2. the copy bandwidth, from the JIT's own copy kernel on 64 MiB;
 //! 3. every distinct convolution of CIFAR ResNet-20 and ResNet-56 at batch 128, forward,
 //!    backward-data and backward-weight, on 1 and 2 threads, as GFLOP/s and fraction of ceiling
@@ -14,6 +16,7 @@
 //!
 //! Times are medians of repeated runs: this thread's CPU time for 1-thread runs (robust to the
 //! shared machine preempting us), wall time for 2 threads. Compare ratios measured in one run. `BENCH_QUICK=1` runs fewer repetitions;
+//! `BENCH_LANES=4` measures the kernels with 4 lanes where the CPU's vectors have 8.
 //! `BENCH_FILTER=text` runs only the convolution and memory-bound rows whose name contains `text`
 //! (for example `BENCH_FILTER=backward-weight`).
 
@@ -57,29 +60,29 @@ struct Calibration {
 
 impl Calibration {
     fn new(target: &Target) -> Self {
-        let spec = PeakSpec { accumulators: 12, iterations: 100_000 };
+        let spec = PeakSpec { accumulators: 12, iterations: 100_000, lanes: target.lanes() };
         let flops = spec.flops_per_group();
         Calibration { kernel: Kernel::compile(&KernelSpec::Peak(spec), target).expect("peak kernel"), flops }
     }
     /// GFLOP/s of one calibration run on this thread.
     fn gflops(&self) -> f64 {
-        let mut out = [0f32; 4];
+        let mut out = [0f32; 8];
         let args = [out.as_mut_ptr()];
         let t = thread_cpu_seconds();
-        // SAFETY: the peak kernel writes one f32x4 to args[0].
+        // SAFETY: the peak kernel writes one vector (at most 8 f32) to args[0].
         unsafe { self.kernel.run(&args, 0, 1) };
         self.flops / (thread_cpu_seconds() - t) / 1e9
     }
 }
 
 /// GFLOP/s of the calibration loop on one thread.
-fn ceiling(target: &Target) -> f64 {
-    let spec = PeakSpec { accumulators: 12, iterations: 2_000_000 };
+fn ceiling(target: &Target, lanes: usize) -> f64 {
+    let spec = PeakSpec { accumulators: 12, iterations: 2_000_000, lanes };
     let kernel = Kernel::compile(&KernelSpec::Peak(spec.clone()), target).expect("peak kernel");
-    let mut out = [0f32; 4];
+    let mut out = [0f32; 8];
     let args = [out.as_mut_ptr()];
     let (min, budget) = reps();
-    // SAFETY: the peak kernel writes one f32x4 to args[0].
+    // SAFETY: the peak kernel writes one vector (at most 8 f32) to args[0].
     let t = median_seconds(|| unsafe { kernel.run(&args, 0, 1) }, min, budget, 1);
     spec.flops_per_group() / t / 1e9
 }
@@ -226,6 +229,8 @@ fn conv_row(
 
 fn main() {
     let target = Target::host().expect("host target");
+    let lanes = std::env::var("BENCH_LANES").ok().and_then(|l| l.parse().ok()).unwrap_or(target.lanes());
+    let target = target.with_lanes(lanes).expect("BENCH_LANES: 4, or 8 with AVX2");
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -241,18 +246,27 @@ fn main() {
     );
 
     // 1. Ceiling.
-    println!("## f32x4 multiply-add ceiling (JIT-emitted, 12 independent accumulators, 1 thread)\n");
+    println!("## multiply-add ceiling (JIT-emitted, 12 independent accumulators, 1 thread)\n");
     println!("| form | GFLOP/s |\n|---|---|");
     let mut ceilings = vec![];
     for form in [MulAdd::Fused, MulAdd::Separate] {
         if let Ok(t) = Target::host_with(form) {
-            let g = ceiling(&t);
-            println!("| {form:?} | {g:.1} |");
-            ceilings.push((form, g));
+            let g = ceiling(&t, 4);
+            println!("| {form:?}, f32x4 | {g:.1} |");
+            ceilings.push((form, 4, g));
         }
     }
-    let peak = ceilings.iter().find(|(f, _)| *f == target.mul_add()).map(|c| c.1).unwrap_or(1.0);
-    println!("\nceiling used below: {peak:.1} GFLOP/s per core ({:?}, the host's default form)\n", target.mul_add());
+    if target.lanes() == 8 {
+        let g = ceiling(&target, 8);
+        println!("| {:?}, f32x8 (256-bit registers) | {g:.1} |", target.mul_add());
+        ceilings.push((target.mul_add(), 8, g));
+    }
+    let peak = ceilings.iter().find(|c| (c.0, c.1) == (target.mul_add(), target.lanes())).map_or(1.0, |c| c.2);
+    println!(
+        "\nceiling used below: {peak:.1} GFLOP/s per core ({:?}, {} lanes: the host's default form and widest vectors)\n",
+        target.mul_add(),
+        target.lanes()
+    );
 
     // 2. Copy bandwidth, from DRAM (64 MiB) and at the activation size the memory-bound kernels use.
     let batch = 128;

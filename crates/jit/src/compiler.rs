@@ -70,6 +70,11 @@ impl Compiler {
         }
     }
 
+    /// The target kernels are compiled for.
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+
     /// The index of the kernel for `spec`, compiling it unless an identical one exists.
     pub(crate) fn kernel(&mut self, label: &str, spec: &KernelSpec) -> Result<usize> {
         let key = (spec.clone(), self.target.mul_add());

@@ -1,27 +1,31 @@
-//! The calibration kernel: independent multiply-adds on register-resident f32x4 accumulators,
-//! with no memory traffic. Its throughput is the ceiling the benchmark reports kernels against.
+//! The calibration kernel: independent multiply-adds on register-resident f32x4 (or f32x8)
+//! accumulators, with no memory traffic. Its throughput is the ceiling the benchmark reports kernels against.
 
 use crate::MulAdd;
 use crate::codegen::for_loop;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, types};
 use cranelift_frontend::FunctionBuilder;
 
-/// `accumulators` independent f32x4 multiply-add chains run for `iterations` per group.
+/// `accumulators` independent multiply-add chains of `lanes` f32 lanes run for `iterations` per
+/// group.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct PeakSpec {
     /// Independent accumulators (enough to cover the FMA latency times the ports: 8 to 12).
     pub accumulators: usize,
     /// Loop iterations per group.
     pub iterations: usize,
+    /// Lanes per vector: 4 (128-bit registers) or 8 (256-bit registers).
+    pub lanes: usize,
 }
 
 impl PeakSpec {
     /// Floating-point operations per group (2 per lane per multiply-add).
     pub fn flops_per_group(&self) -> f64 {
-        (self.iterations * self.accumulators * 4 * 2) as f64
+        (self.iterations * self.accumulators * self.lanes * 2) as f64
     }
 
-    /// Kernel body: args[0] receives the sum of the accumulators (so nothing is dead code).
+    /// Kernel body: args[0] receives the sum of the accumulators, `lanes` f32 (so nothing is dead
+    /// code).
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
@@ -29,7 +33,8 @@ impl PeakSpec {
         let [args, begin, end] = [0, 1, 2].map(|i| b.block_params(entry)[i]);
         let out = b.ins().load(ptr, MemFlagsData::new().with_notrap(), args, 0);
         let (x, y) = (b.ins().f32const(0.999), b.ins().f32const(1e-3));
-        let (xv, yv) = (b.ins().splat(types::F32X4, x), b.ins().splat(types::F32X4, y));
+        let vector = if self.lanes == 8 { types::F32X8 } else { types::F32X4 };
+        let (xv, yv) = (b.ins().splat(vector, x), b.ins().splat(vector, y));
         for_loop(b, begin, end, 1, &[], &mut |b, _, _| {
             let init: Vec<_> = (0..self.accumulators).map(|_| yv).collect();
             let zero = b.ins().iconst(types::I64, 0);

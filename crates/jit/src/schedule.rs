@@ -4,7 +4,7 @@
 //! `memory.rs`'s job; running the calls is `executor.rs`'s.
 
 use crate::compiler::Compiler;
-use crate::lower::{Buf, Lowered, lower};
+use crate::lower::{Buf, Choices, Lowered, lower};
 use crate::{CompileOptions, Result};
 use skipgrad_ir::{Graph, NodeId, Op};
 use std::collections::HashMap;
@@ -97,7 +97,8 @@ pub(crate) fn schedule(
         if !needed[i] {
             continue;
         }
-        match lower(graph, id, options.winograd)? {
+        let choices = Choices { winograd: options.winograd, lanes: compiler.target().lanes() };
+        match lower(graph, id, choices)? {
             Lowered::Feed => {}
             Lowered::Constant(values) => constants.push((i, values)),
             Lowered::Steps { scratch: lengths, steps } => {

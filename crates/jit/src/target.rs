@@ -1,5 +1,6 @@
 //! The machine kernels are generated for: Cranelift's host ISA with the CPU features detected at
-//! start-up, and the choice between fused multiply-add and separate multiply and add.
+//! start-up, the choice between fused multiply-add and separate multiply and add, and the f32
+//! lanes of a vector register (4, or 8 in 256-bit registers).
 
 use crate::{Error, Result};
 use cranelift_codegen::isa::OwnedTargetIsa;
@@ -17,32 +18,52 @@ pub enum MulAdd {
     Separate,
 }
 
-/// A code-generation target: the host ISA with its detected features and a [`MulAdd`] choice.
+/// A code-generation target: the host ISA with its detected features, a [`MulAdd`] choice and
+/// the f32 lanes of the kernels' widest vectors.
 #[derive(Clone)]
 pub struct Target {
     pub(crate) isa: OwnedTargetIsa,
     mul_add: MulAdd,
+    lanes: usize,
 }
 
 impl Target {
     /// The host, with the multiply-add form this CPU prefers: fused when it has FMA, except on
     /// AMD cores without AVX-512 (before Zen 4), where separate multiplies and adds reach the same
     /// peak. (On a Zen 4, with AVX-512, the fused form's ceiling is 25% higher and a training
-    /// step 6-11% faster: BENCHMARKS.md.)
+    /// step 6-11% faster: BENCHMARKS.md.) Its vectors have 8 lanes where the CPU has AVX2.
     pub fn host() -> Result<Self> {
         let isa = host_isa()?;
         let separate_pipes = is_amd() && !has_avx512();
         let fused = if has_flag(&isa, "has_fma") && !separate_pipes { MulAdd::Fused } else { MulAdd::Separate };
-        Ok(Target { isa, mul_add: fused })
+        let lanes = if has_flag(&isa, "has_avx2") { 8 } else { 4 };
+        Ok(Target { isa, mul_add: fused, lanes })
     }
 
-    /// The host with an explicit multiply-add form; `Fused` needs FMA.
+    /// The host with an explicit multiply-add form (`Fused` needs FMA), and its vectors.
     pub fn host_with(mul_add: MulAdd) -> Result<Self> {
         let isa = host_isa()?;
         if mul_add == MulAdd::Fused && !has_flag(&isa, "has_fma") {
             return Err(Error::Target("this CPU has no FMA; use MulAdd::Separate".into()));
         }
-        Ok(Target { isa, mul_add })
+        let lanes = if has_flag(&isa, "has_avx2") { 8 } else { 4 };
+        Ok(Target { isa, mul_add, lanes })
+    }
+
+    /// The same target with vectors of `lanes` f32: 4 (128-bit registers), or 8 (256-bit, which
+    /// needs AVX2).
+    pub fn with_lanes(self, lanes: usize) -> Result<Self> {
+        match lanes {
+            4 => Ok(Target { lanes, ..self }),
+            8 if has_flag(&self.isa, "has_avx2") => Ok(Target { lanes, ..self }),
+            8 => Err(Error::Target("this CPU has no AVX2: 8 lanes need 256-bit registers; use 4".into())),
+            _ => Err(Error::Target(format!("{lanes} lanes: a vector holds 4 or 8 f32"))),
+        }
+    }
+
+    /// f32 lanes of the widest vectors the kernels use: 8 where the CPU has AVX2, else 4.
+    pub fn lanes(&self) -> usize {
+        self.lanes
     }
 
     /// The multiply-add form.
@@ -58,7 +79,8 @@ impl Target {
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} [{}] {:?} multiply-add", self.isa.triple(), self.isa_flags().join(" "), self.mul_add)
+        let (triple, flags) = (self.isa.triple(), self.isa_flags().join(" "));
+        write!(f, "{triple} [{flags}] {:?} multiply-add, {} lanes", self.mul_add, self.lanes)
     }
 }
 
@@ -76,7 +98,13 @@ fn host_isa() -> Result<OwnedTargetIsa> {
     let verify = if cfg!(debug_assertions) { "true" } else { "false" };
     flags.set("enable_verifier", verify).map_err(|e| Error::Target(e.to_string()))?;
     let builder = cranelift_native::builder().map_err(|e| Error::Target(e.to_string()))?;
-    builder.finish(settings::Flags::new(flags)).map_err(|e| Error::Target(e.to_string()))
+    let isa = builder.finish(settings::Flags::new(flags)).map_err(|e| Error::Target(e.to_string()))?;
+    // The vendored Cranelift moves, spills and reloads float registers whole, as 256-bit ymm
+    // registers (vendor/cranelift-codegen/PATCH.md).
+    if isa.name() == "x64" && !has_flag(&isa, "has_avx") {
+        return Err(Error::Target("skipgrad's kernels need AVX (x86-64 CPUs since 2011): this CPU has none".into()));
+    }
+    Ok(isa)
 }
 
 fn has_flag(isa: &OwnedTargetIsa, name: &str) -> bool {
@@ -103,4 +131,20 @@ fn has_avx512() -> bool {
 #[cfg(not(target_arch = "x86_64"))]
 fn has_avx512() -> bool {
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Target;
+
+    /// 4 lanes are always available, 8 where the CPU has AVX2, and nothing else.
+    #[test]
+    fn lanes_are_four_or_the_cpus_eight() {
+        let host = Target::host().unwrap();
+        assert!(host.lanes() == 4 || host.lanes() == 8);
+        assert_eq!(host.clone().with_lanes(4).unwrap().lanes(), 4);
+        assert_eq!(host.clone().with_lanes(8).is_ok(), host.lanes() == 8);
+        let error = host.with_lanes(16).unwrap_err().to_string();
+        assert!(error.contains("16 lanes"), "{error}");
+    }
 }

@@ -38,14 +38,13 @@ pub(crate) enum Executor {
 
 impl Executor {
     /// Prepares `program` on the backend `options` name (on its threads, with its Winograd
-    /// tiles); on the JIT, each of `updates` (an input's name and the output that is its new
+    /// tiles and vector lanes); on the JIT, each of `updates` (an input's name and the output that is its new
     /// value) is written in place where that is safe.
     pub(crate) fn new(program: Program, options: &TrainerOptions, updates: Vec<(String, usize)>) -> Result<Executor> {
         let sources: Vec<(String, NodeId)> = program.graph.sources().map(|(id, name)| (name.to_string(), id)).collect();
         Ok(match options.backend {
             Backend::Jit => {
-                let (threads, winograd) = (options.threads, options.winograd);
-                let options = CompileOptions { threads, updates, winograd, ..CompileOptions::default() };
+                let options = CompileOptions { updates, ..options.compile_options()? };
                 Executor::Jit {
                     compiled: Box::new(compile(&program.graph, &program.outputs, &options)?),
                     ids: sources.into_iter().collect(),

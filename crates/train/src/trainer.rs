@@ -8,7 +8,7 @@ use crate::{Error, Result};
 use skipgrad_autodiff::{Optimizer, Sgd, Tape, Var, grad};
 use skipgrad_fuse::{Pipeline, Program};
 use skipgrad_ir::{DType, Graph, NodeId, Role, Tensor};
-use skipgrad_jit::{CompileOptions, WinogradTiles, compile};
+use skipgrad_jit::{CompileOptions, Target, WinogradTiles, compile};
 use skipgrad_nn::{Checkpoint, Kind, Mode, Model, Scope, TRAINING_STATE};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -37,6 +37,9 @@ pub struct TrainerOptions {
     /// Which 3x3 stride-1 convolutions the JIT computes by Winograd's minimal filtering, and
     /// with which tiles (the default: F(4x4, 3x3) where it multiplies least).
     pub winograd: WinogradTiles,
+    /// f32 lanes of the JIT's widest vectors: `None` for the CPU's (8, in 256-bit registers,
+    /// with AVX2), or `Some(4)` for 128-bit ones (to compare whole processes).
+    pub lanes: Option<usize>,
 }
 
 impl TrainerOptions {
@@ -53,7 +56,14 @@ impl TrainerOptions {
             backend: Backend::Jit,
             update_in_place: true,
             winograd: WinogradTiles::default(),
+            lanes: None,
         }
+    }
+
+    /// The JIT's options for these: threads, Winograd tiles, and the target with `lanes`.
+    pub(crate) fn compile_options(&self) -> Result<CompileOptions> {
+        let target = self.lanes.map(|lanes| Target::host().and_then(|t| t.with_lanes(lanes))).transpose()?;
+        Ok(CompileOptions { threads: self.threads, winograd: self.winograd, target, ..CompileOptions::default() })
     }
 
     /// These options with `optimizer` instead.
@@ -466,8 +476,7 @@ impl Trainer {
     ) -> Result<Option<NonFiniteValue>> {
         self.sync();
         let (program, _) = self.trace_step()?;
-        let (threads, winograd) = (self.options.threads, self.options.winograd);
-        let options = CompileOptions { threads, winograd, plan_memory: false, ..CompileOptions::default() };
+        let options = CompileOptions { plan_memory: false, ..self.options.compile_options()? };
         let mut compiled = compile(&program.graph, &program.outputs, &options)?;
         for (name, value) in self.scalar_feeds(lr, iteration) {
             compiled.set_input(name, &[value])?;

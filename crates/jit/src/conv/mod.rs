@@ -120,6 +120,9 @@ pub struct ConvSpec {
     pub kb: usize,
     /// f32x4 vectors of output pixels per register tile.
     pub vb: usize,
+    /// f32 lanes of the accumulators: 4, or 8 (each pair of the tile's vectors accumulates in a
+    /// 256-bit register, and is split into its two f32x4 halves for the store).
+    pub lanes: usize,
     /// Applied to each output vector while it is in registers, before the store.
     pub epilogue: Option<Epilogue>,
     /// With `Some`, the outputs are one sub-pixel phase of a larger output, stored interleaved
@@ -156,6 +159,8 @@ pub(crate) struct ConvArgs {
     pub y: Value,
     /// The epilogue's per-channel table in this thread's scratch (see [`Epilogue::channel_parts`]).
     pub table: Option<Value>,
+    /// 8 f32 of this thread's scratch through which f32x8 sums are split (see [`f32x4_halves`]).
+    pub halves: Value,
 }
 
 /// An elementwise expression applied to a convolution's outputs in registers: `Load(0)` is the
@@ -287,7 +292,8 @@ impl ConvSpec {
         let y = arg(b);
         let packed = thread_share(b, scratch, thread, self.scratch_len());
         let table = self.fill_channel_table(b, mul_add, &operands, packed);
-        ConvArgs { x, w, operands, stats, packed, y, table }
+        let halves = b.ins().iadd_imm_s(packed, 4 * self.halves_at() as i64);
+        ConvArgs { x, w, operands, stats, packed, y, table, halves }
     }
 
     /// The epilogue's per-channel parts (see [`Epilogue::channel_parts`]).
@@ -500,9 +506,15 @@ impl ConvSpec {
         packed[0]
     }
 
-    /// f32 elements of one thread's scratch: its work area (see [`ConvSpec::work_len`]), then the
-    /// table of the epilogue's per-channel parts.
+    /// f32 elements of one thread's scratch: its work area (see [`ConvSpec::work_len`]), the
+    /// table of the epilogue's per-channel parts, and with 8 lanes the 8 elements through which
+    /// a tile's f32x8 sums are split into f32x4 halves.
     pub fn scratch_len(&self) -> usize {
+        self.halves_at() + if self.lanes == 8 { 8 } else { 0 }
+    }
+
+    /// Element of the thread's scratch where the f32x8 sums are split (see [`accumulate`]).
+    fn halves_at(&self) -> usize {
         self.work_len() + self.channel_parts().len() * self.shape.out_channels
     }
 
@@ -545,8 +557,8 @@ impl ConvSpec {
         }
     }
 
-    /// Stores a register tile's accumulators `acc` (`kb` channels by `vb` vectors from output
-    /// column `col`; with `valid`, only that many pixels) through the epilogue,
+    /// Stores a register tile's accumulators `acc` (`kb` channels by `vb` f32x4 vectors from output
+    /// column `col`, as [`accumulate`] returns them; with `valid`, only that many pixels) through the epilogue,
     /// adding their statistics at `stats_at`. With `odd`, the accumulators of the phase one
     /// column to the right of a stride-2 output: each pair of vectors is interleaved lane by lane
     /// into two whole vectors of consecutive pixels (no statistics).
@@ -590,7 +602,10 @@ impl ConvSpec {
             let parts = self.channel_values(b, table_at, k, width);
             apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, &parts, v, width)
         };
+        let sums = acc.len() / kb;
         for k in 0..kb {
+            let acc = f32x4_halves(b, a.halves, &acc[k * sums..][..sums]);
+            let odd = odd.map(|odd| f32x4_halves(b, a.halves, &odd[k * sums..][..sums]));
             // Statistics of this channel's stored values: vector and scalar partial sums.
             let (mut vector, mut scalar): (Option<[Value; 2]>, Option<[Value; 2]>) = (None, None);
             for j in 0..vb {
@@ -598,10 +613,10 @@ impl ConvSpec {
                 let lanes = valid.map_or(4, |n| n.saturating_sub(4 * j).min(4));
                 // What to store from `offset`: (vector, byte offset, valid lanes, bytes between
                 // lanes): this tile's vector, or the pair interleaved into consecutive pixels.
-                let stores: Vec<(Value, i32, usize, usize)> = match odd {
-                    None => vec![(acc[k * vb + j], offset, lanes, 4 * step)],
+                let stores: Vec<(Value, i32, usize, usize)> = match &odd {
+                    None => vec![(acc[j], offset, lanes, 4 * step)],
                     Some(odd) => {
-                        let zipped = interleave(b, &[acc[k * vb + j], odd[k * vb + j]]);
+                        let zipped = interleave(b, &[acc[j], odd[j]]);
                         vec![
                             (zipped[0], offset, (2 * lanes).min(4), 4),
                             (zipped[1], offset + 16, (2 * lanes).saturating_sub(4), 4),
@@ -655,9 +670,10 @@ pub(crate) struct EpilogueAt<'a> {
 }
 
 /// The accumulators of one register tile of each of `phases` (one convolution, or a pair of
-/// sub-pixel width phases computed together), `kb` channels by `vb` vectors starting at output
-/// column `col` (channel-major): each phase's packed input from its element `x_row`, its weights
-/// from its element `w0`. The phases share the packed input, the reduction channels and the
+/// sub-pixel width phases computed together), `kb` channels by `vb` f32x4 vectors starting at
+/// output column `col` (channel-major): each phase's packed input from its element `x_row`, its
+/// weights from its element `w0`. With 8 lanes, each pair of vectors accumulates as one f32x8
+/// (and the sums of a channel are its f32x8 sums, then an f32x4 one when `vb` is odd). The phases share the packed input, the reduction channels and the
 /// weights' channel stride, and run in one loop over the channels, so that a pair's two sets
 /// of accumulators are live together: apart, each set alone (a 3x3 stride-2 input gradient's
 /// 6 accumulators) left the multiply-add pipes waiting on too few chains.
@@ -674,6 +690,15 @@ fn accumulate(
     let flags = MemFlagsData::new().with_notrap().with_readonly();
     let zero_s = b.ins().f32const(0.0);
     let zero = b.ins().splat(types::F32X4, zero_s);
+    // The tile's vectors as loaded and accumulated: with 8 lanes, each pair of f32x4 vectors as
+    // one f32x8 (and a last f32x4 when `vb` is odd), as (first f32x4 vector, type).
+    let slots: Vec<(usize, Type)> = (0..vb)
+        .step_by(first.lanes / 4)
+        .map(|j| (j, if j + 1 < vb && first.lanes == 8 { types::F32X8 } else { types::F32X4 }))
+        .collect();
+    let per_set = kb * slots.len();
+    let zero8 = b.ins().splat(types::F32X8, zero_s);
+    let zeros: Vec<Value> = slots.iter().map(|&(_, ty)| if ty == types::F32X4 { zero } else { zero8 }).collect();
     let taps = |spec: &ConvSpec| spec.shape.kernel[0] * spec.shape.kernel[1];
     // Few taps leave little work per channel: unroll over channels (about 8 taps of work) so
     // the loop's own instructions are paid less often.
@@ -684,7 +709,7 @@ fn accumulate(
     // of a strided 1x1 convolution's input gradient) stores zeros, and carrying its zeros
     // through the loop would take registers.
     let live: Vec<usize> = (0..phases.len()).filter(|&p| taps(phases[p].0) > 0).collect();
-    let acc0 = vec![zero; live.len() * kb * vb];
+    let acc0: Vec<Value> = (0..live.len() * kb).flat_map(|_| zeros.iter().copied()).collect();
     let channels = if live.is_empty() { 0 } else { channels };
     let (c_lo, c_hi) = (iconst(b, 0), iconst(b, channels as i64));
     let x_channel_bytes = (rows * packed_phases * row_len * 4) as i32;
@@ -706,22 +731,27 @@ fn accumulate(
                 let e = b.ins().iadd(*w0, w_off);
                 elem_addr(b, w, e)
             };
-            let set = &mut acc[set * kb * vb..][..kb * vb];
+            let set = &mut acc[set * per_set..][..per_set];
             for u in 0..unroll as i32 {
                 for r in 0..kh {
                     for s in 0..kw {
                         let (phase, q) = (s % spec.shape.stride[1], s / spec.shape.stride[1]);
                         let base = ((r * packed_phases + phase) * row_len + q) as i32 * 4 + u * x_channel_bytes;
                         let xs: Vec<Value> =
-                            (0..vb).map(|j| b.ins().load(types::F32X4, flags, x_c, base + 16 * j as i32)).collect();
+                            slots.iter().map(|&(j, ty)| b.ins().load(ty, flags, x_c, base + 16 * j as i32)).collect();
                         for k in 0..kb {
-                            // One broadcast per weight, held for the tile's vectors (the
-                            // multiply-add adds into the accumulator's register).
+                            // One broadcast per weight (and vector width), held for the tile's
+                            // vectors (the multiply-add adds into the accumulator's register).
                             let offset = (spec.weights.at(k, 0, r, s) - spec.weights.base) as i32 * 4;
-                            let wk = b.ins().load(types::F32, flags, w_c, offset + u * w_stride as i32 * 4);
-                            let wv = b.ins().splat(types::F32X4, wk);
-                            for (j, &xv) in xs.iter().enumerate() {
-                                let a = &mut set[k * vb + j];
+                            let offset = offset + u * w_stride as i32 * 4;
+                            let mut broadcast = HashMap::new();
+                            for (i, (&xv, &(_, ty))) in xs.iter().zip(&slots).enumerate() {
+                                let wv = *broadcast.entry(ty).or_insert_with(|| {
+                                    // A load of its own for each broadcast, which takes it from memory.
+                                    let wk = b.ins().load(types::F32, flags, w_c, offset);
+                                    b.ins().splat(ty, wk)
+                                });
+                                let a = &mut set[k * slots.len() + i];
                                 *a = mul_add_emit(b, mul_add, wv, xv, *a);
                             }
                         }
@@ -733,10 +763,29 @@ fn accumulate(
     });
     (0..phases.len())
         .map(|p| match live.iter().position(|&l| l == p) {
-            Some(set) => acc[set * kb * vb..][..kb * vb].to_vec(),
+            Some(set) => acc[set * per_set..][..per_set].to_vec(),
             None => vec![zero; kb * vb],
         })
         .collect()
+}
+
+/// `sums` (f32x8 and f32x4 vectors) as f32x4 vectors: each f32x8 is stored to `halves` (8 f32 of
+/// the thread's scratch) and its halves loaded back, since Cranelift's IR has no instruction that
+/// takes half of a vector. A store splits one channel's sums at a time, so that few halves are
+/// live at once.
+fn f32x4_halves(b: &mut FunctionBuilder, halves: Value, sums: &[Value]) -> Vec<Value> {
+    let scratch = MemFlagsData::new().with_notrap();
+    let mut out = Vec::with_capacity(2 * sums.len());
+    for &v in sums {
+        if b.func.dfg.value_type(v) == types::F32X8 {
+            b.ins().store(scratch, v, halves, 0);
+            out.push(b.ins().load(types::F32X4, scratch, halves, 0));
+            out.push(b.ins().load(types::F32X4, scratch, halves, 16));
+        } else {
+            out.push(v);
+        }
+    }
+    out
 }
 
 /// Applies `epilogue` (if any) to the convolution's value `v` (a vector or a scalar), its

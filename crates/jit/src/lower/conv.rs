@@ -2,7 +2,7 @@
 //! into per-thread scratch): a direct convolution, the sub-pixel phases of strided backward-data,
 //! or a weight gradient.
 
-use super::{Buf, Lowered, Planned};
+use super::{Buf, Choices, Lowered, Planned};
 use crate::conv::pack::PackSpec;
 use crate::conv::pointwise_grad::PointwiseWeightGradSpec;
 use crate::conv::relayout::WeightRelayoutSpec;
@@ -45,13 +45,15 @@ fn conv_pack(g: &Geometry) -> PackSpec {
     PackSpec { planes, in_hw, dilation, pad_before, rows, phases: stride[1], row_len, images: 1, step: 1 }
 }
 
-/// A pointwise convolution (1x1, stride 1, unpadded) whose rows would leave lanes of a register
-/// tile idle (14 or 7 pixels wide: 16 or 8 lanes) as one row of all its pixels: its planes are
-/// contiguous, so the packed image holds the same data, and the tiles run across row ends.
-fn pointwise_as_one_row(g: Geometry) -> Geometry {
+/// A pointwise convolution (1x1, stride 1, unpadded) whose rows end in a partial vector of
+/// `lanes` (ResNet-50's 28, 14 and 7 pixels wide, at 8 lanes) as one row of all its pixels: its planes are
+/// contiguous, so the packed image holds the same data, and the tiles run across row ends. Rows
+/// of whole vectors stay rows, whose tiles read from L1 (at 56x56, one row streams the image
+/// from L2 for every block of channels: 56-72% of the ceiling against 72-81% by rows; at 8
+/// lanes, 90-115% against 106-143%, a partial last tile included).
+fn pointwise_as_one_row(g: Geometry, lanes: usize) -> Geometry {
     let pointwise = g.kernel == [1, 1] && g.stride == [1, 1] && g.dilation == [1, 1] && g.pad == [0, 0];
-    let (_, vb) = register_tile(g.nck[2], g.out_hw[1].div_ceil(4), None, 1, ChannelBlocks::LastPartial);
-    if !pointwise || g.out_hw[1].is_multiple_of(4 * vb) {
+    if !pointwise || g.out_hw[1].is_multiple_of(lanes) {
         return g;
     }
     let pixels = g.out_hw[0] * g.out_hw[1];
@@ -90,37 +92,34 @@ fn strided_pointwise(g: Geometry) -> Option<(Geometry, PackSpec)> {
 /// transforms the weights into a kept scratch area.
 /// The convolution step (the last) reads `x`, `w` (or the transformed weights), then the
 /// per-thread scratch: epilogue operands and statistics go before the scratch.
-pub(super) fn conv(
-    id: NodeId,
-    [x, w]: [NodeId; 2],
-    g: Geometry,
-    weights: WeightLayout,
-    winograd: WinogradTiles,
-) -> Lowered {
+pub(super) fn conv(id: NodeId, [x, w]: [NodeId; 2], g: Geometry, weights: WeightLayout, choices: Choices) -> Lowered {
     let strided = strided_pointwise(g);
-    let g = strided.as_ref().map_or_else(|| pointwise_as_one_row(g), |(g, _)| *g);
+    let g = strided.as_ref().map_or_else(|| pointwise_as_one_row(g, choices.lanes), |(g, _)| *g);
     let Geometry { nck: [n, c, k], in_hw, kernel, stride, dilation, pad, out_hw } = g;
     // Few output channels leave F(4x4, 3x3)'s larger input transform most of the work: the
     // stem's input gradient (16 -> 3 channels) ran 15% slower by F(4x4) than by F(2x2).
-    let winograd = if k < 8 { winograd.min(WinogradTiles::F2) } else { winograd };
+    let winograd = if k < 8 { choices.winograd.min(WinogradTiles::F2) } else { choices.winograd };
     let tiling = Winograd::for_convolution(out_hw, winograd, n).filter(|_| {
         // Few input channels leave the transforms most of the work (the 3-channel stem).
         kernel == [3, 3] && stride == [1, 1] && dilation == [1, 1] && c >= 8
     });
-    let (pack, kb, vb, label) = match tiling {
+    let (pack, kb, vb, lanes, label) = match tiling {
         // Products: kb output channels by vb vectors of 4 slots, vb dividing the group's vectors.
         Some(tiling) => {
             let vectors = tiling.slots() / 4;
             let (kb, vb) = register_tile(k, vectors, None, 1, ChannelBlocks::Dividing);
             let vb = (1..=vb).rev().find(|v| vectors.is_multiple_of(*v)).unwrap_or(1);
             let tiled_hw = tiling.tiled_hw(out_hw);
-            (tiling.pack(c, in_hw, pad, tiled_hw), kb, vb, format!("conv2d_{}", tiling.label()))
+            (tiling.pack(c, in_hw, pad, tiled_hw), kb, vb, 4, format!("conv2d_{}", tiling.label()))
         }
-        // Register tile: kb output channels by vb vectors of 4 pixels.
+        // Register tile: kb output channels by vb vectors of 4 pixels, accumulated in pairs
+        // (vectors of 8 pixels) with 8 lanes.
         None => {
-            let (kb, vb) = register_tile(k, out_hw[1].div_ceil(4), None, 1, ChannelBlocks::LastPartial);
+            let pair = choices.lanes / 4;
+            let (kb, n) = register_tile(k, out_hw[1].div_ceil(choices.lanes), None, 1, ChannelBlocks::LastPartial);
+            let vb = n * pair;
             let pack = strided.as_ref().map_or_else(|| conv_pack(&g), |(_, pack)| pack.clone());
-            (pack, kb, vb, "conv2d".into())
+            (pack, kb, vb, choices.lanes, "conv2d".into())
         }
     };
     // Fewer than 4 blocks of tile rows in the batch (batch 1): split the output channels into up
@@ -143,6 +142,7 @@ pub(super) fn conv(
         weights: relayout.as_ref().map_or(weights, WeightRelayoutSpec::to),
         kb,
         vb,
+        lanes,
         epilogue: None,
         interleave: None,
         stats: false,
@@ -281,6 +281,7 @@ pub(super) fn sub_pixel_grad_input(
                 weights,
                 kb,
                 vb,
+                lanes: 4,
                 epilogue: None,
                 interleave,
                 stats: false,

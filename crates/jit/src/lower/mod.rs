@@ -64,9 +64,19 @@ impl Lowered {
     }
 }
 
-/// Lowers node `id` of `graph`.
-/// `winograd` chooses which 3x3 stride-1 convolutions use Winograd tiles, and which tiles.
-pub(crate) fn lower(graph: &Graph, id: NodeId, winograd: WinogradTiles) -> Result<Lowered> {
+/// What the compile options and the target decide about a lowering.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Choices {
+    /// Which 3x3 stride-1 convolutions use Winograd tiles, and which tiles.
+    pub winograd: WinogradTiles,
+    /// f32 lanes of a direct convolution's accumulators: 4, or 8 where the target has 256-bit
+    /// registers ([`Target::lanes`](crate::Target::lanes)).
+    pub lanes: usize,
+}
+
+/// Lowers node `id` of `graph`, as `choices` say.
+pub(crate) fn lower(graph: &Graph, id: NodeId, choices: Choices) -> Result<Lowered> {
+    let winograd = choices.winograd;
     let node = graph.node(id)?;
     let unsupported =
         |reason: &str| Error::Unsupported { op: node.op.to_string(), node: id.index(), reason: reason.into() };
@@ -129,7 +139,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId, winograd: WinogradTiles) -> Resul
             let value = &k.body.nodes()[k.output_nodes()[0]];
             match value.op {
                 Op::BatchNormGradInput { .. } => bn_backward(graph, id, k, &inputs).map_err(|e| unsupported(&e))?,
-                Op::Conv2d(_) => conv_with_stats(graph, id, k, &inputs, winograd).map_err(|e| unsupported(&e))?,
+                Op::Conv2d(_) => conv_with_stats(graph, id, k, &inputs, choices).map_err(|e| unsupported(&e))?,
                 _ => elementwise_outputs(graph, id, k, &inputs).map_err(|e| unsupported(&e))?,
             }
         }
@@ -157,7 +167,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId, winograd: WinogradTiles) -> Resul
                         [outer(0), outer(1)],
                         [&dims_of(0), &dims_of(1)],
                         conv.ty.shape.dims(),
-                        winograd,
+                        choices,
                     );
                     with_epilogue(lowered, label, expr, modes, operand_nodes)
                 }
@@ -246,7 +256,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId, winograd: WinogradTiles) -> Resul
             Lowered::nest(label(), spec, inputs, id)
         }
         Op::Conv2d(_) | Op::Conv2dGradInput { .. } => {
-            lower_conv(&node.op, id, [inputs[0], inputs[1]], [&dims(0)?, &dims(1)?], node.ty.shape.dims(), winograd)
+            lower_conv(&node.op, id, [inputs[0], inputs[1]], [&dims(0)?, &dims(1)?], node.ty.shape.dims(), choices)
         }
         Op::Conv2dGradWeight { conv: a, kernel_hw } => {
             let (x, dy) = (dims(0)?, dims(1)?);
@@ -416,7 +426,7 @@ fn lower_conv(
     inputs: [NodeId; 2],
     dims: [&[usize]; 2],
     out: &[usize],
-    winograd: WinogradTiles,
+    choices: Choices,
 ) -> Lowered {
     let [x, w] = dims;
     let (r, s) = (w[2], w[3]);
@@ -433,7 +443,7 @@ fn lower_conv(
                 pad,
                 out_hw: [out[2], out[3]],
             };
-            conv(id, inputs, g, kcrs, winograd)
+            conv(id, inputs, g, kcrs, choices)
         }
         Op::Conv2dGradInput { conv: a, input_hw } => {
             let dy = x;
@@ -453,7 +463,7 @@ fn lower_conv(
                 pad,
                 out_hw: *input_hw,
             };
-            conv(id, inputs, g, layout, winograd)
+            conv(id, inputs, g, layout, choices)
         }
         _ => unreachable!("lower_conv is called for convolutions"),
     }
@@ -467,7 +477,7 @@ fn conv_with_stats(
     id: NodeId,
     k: &Fused,
     inputs: &[NodeId],
-    winograd: WinogradTiles,
+    choices: Choices,
 ) -> std::result::Result<Lowered, String> {
     let body = k.body.nodes();
     let outputs = k.output_nodes();
@@ -485,7 +495,7 @@ fn conv_with_stats(
     let outer = |j: usize| inputs[conv.inputs[j].index()];
     let dims_of = |j: usize| body[conv.inputs[j].index()].ty.shape.dims().to_vec();
     let Lowered::Steps { mut scratch, mut steps } =
-        lower_conv(&conv.op, id, [outer(0), outer(1)], [&dims_of(0), &dims_of(1)], conv.ty.shape.dims(), winograd)
+        lower_conv(&conv.op, id, [outer(0), outer(1)], [&dims_of(0), &dims_of(1)], conv.ty.shape.dims(), choices)
     else {
         unreachable!("convolutions lower to steps")
     };

@@ -591,9 +591,15 @@ impl ABIMachineSpec for X64ABIMachineSpec {
 
     fn gen_return(
         call_conv: CallConv,
-        _isa_flags: &x64_settings::Flags,
+        isa_flags: &x64_settings::Flags,
         frame_layout: &FrameLayout,
     ) -> SmallInstVec<Self::I> {
+        // skipgrad patch (see PATCH.md): ymm registers' upper halves are cleared
+        // before returning, so that the caller's SSE code does not pay for them.
+        let mut insts = SmallInstVec::new();
+        if isa_flags.has_avx() {
+            insts.push(Inst::External { inst: asm::inst::vzeroupper_zo::new().into() });
+        }
         // Emit return instruction.
         let stack_bytes_to_pop = if call_conv == CallConv::Tail {
             frame_layout.tail_args_size
@@ -606,7 +612,8 @@ impl ABIMachineSpec for X64ABIMachineSpec {
             let stack_bytes_to_pop = u16::try_from(stack_bytes_to_pop).unwrap();
             asm::inst::retq_i::new(stack_bytes_to_pop).into()
         };
-        smallvec![Inst::External { inst }]
+        insts.push(Inst::External { inst });
+        insts
     }
 
     fn gen_probestack(insts: &mut SmallInstVec<Self::I>, frame_size: u32) {
@@ -867,7 +874,8 @@ impl ABIMachineSpec for X64ABIMachineSpec {
         // We allocate in terms of 8-byte slots.
         match rc {
             RegClass::Int => 1,
-            RegClass::Float => vector_scale / 8,
+            // skipgrad patch (see PATCH.md): a spilled float register keeps 256 bits.
+            RegClass::Float => (vector_scale / 8).max(4),
             RegClass::Vector => unreachable!(),
         }
     }

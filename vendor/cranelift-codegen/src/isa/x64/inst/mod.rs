@@ -321,6 +321,10 @@ impl Inst {
                     _ if (ty.is_float() || ty.is_vector()) && ty.bits() == 128 => {
                         asm::inst::movdqu_a::new(to_reg, from_addr).into()
                     }
+                    // skipgrad patch (see PATCH.md).
+                    _ if ty.is_vector() && ty.bits() == 256 => {
+                        asm::inst::vmovups_y_load::new(to_reg, from_addr).into()
+                    }
                     _ => unimplemented!("unable to load type: {}", ty),
                 };
                 Inst::External { inst }
@@ -360,6 +364,10 @@ impl Inst {
                     types::F64X2 => asm::inst::movupd_b::new(to_addr, from_reg).into(),
                     _ if (ty.is_float() || ty.is_vector()) && ty.bits() == 128 => {
                         asm::inst::movdqu_b::new(to_addr, from_reg).into()
+                    }
+                    // skipgrad patch (see PATCH.md).
+                    _ if ty.is_vector() && ty.bits() == 256 => {
+                        asm::inst::vmovups_y_store::new(to_addr, from_reg).into()
                     }
                     _ => unimplemented!("unable to store type: {}", ty),
                 }
@@ -1386,6 +1394,10 @@ impl MachInst for Inst {
                     _ if (ty.is_float() || ty.is_vector()) && ty.bits() <= 128 => {
                         asm::inst::movdqa_a::new(dst_reg, src_reg).into()
                     }
+                    // skipgrad patch (see PATCH.md).
+                    _ if ty.is_vector() && ty.bits() == 256 => {
+                        asm::inst::vmovaps_y::new(dst_reg, src_reg).into()
+                    }
                     _ => unimplemented!("unable to move type: {}", ty),
                 }
             }
@@ -1425,6 +1437,8 @@ impl MachInst for Inst {
                     slice::from_ref(&types[ty.bytes().ilog2() as usize - 1]),
                 ))
             }
+            // skipgrad patch (see PATCH.md): 256-bit vectors in whole ymm registers.
+            _ if ty.is_vector() && ty.bits() == 256 => Ok((&[RegClass::Float], &[types::I8X32])),
             _ => Err(CodegenError::Unsupported(format!(
                 "Unexpected SSA-value type: {ty}"
             ))),
@@ -1433,7 +1447,9 @@ impl MachInst for Inst {
 
     fn canonical_type_for_rc(rc: RegClass) -> Type {
         match rc {
-            RegClass::Float => types::I8X16,
+            // skipgrad patch (see PATCH.md): the register allocator's moves, spills and
+            // reloads keep all 256 bits, since any value may be a 256-bit vector.
+            RegClass::Float => types::I8X32,
             RegClass::Int => types::I64,
             RegClass::Vector => unreachable!(),
         }
