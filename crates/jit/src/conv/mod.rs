@@ -121,7 +121,8 @@ pub struct ConvSpec {
     /// f32x4 vectors of output pixels per register tile.
     pub vb: usize,
     /// f32 lanes of the accumulators: 4, or 8 (each pair of the tile's vectors accumulates in a
-    /// 256-bit register, and is split into its two f32x4 halves for the store).
+    /// 256-bit register; a direct kernel splits it into its two f32x4 halves for the store,
+    /// Winograd's products store it whole).
     pub lanes: usize,
     /// Applied to each output vector while it is in registers, before the store.
     pub epilogue: Option<Epilogue>,

@@ -499,7 +499,7 @@ impl ConvSpec {
 
     /// `M[ξ][k][t] = Σ_c U[ξ][c][k] V[ξ][c][t]` for the output channels `k0..k_end` (whole
     /// register tiles): per position, register tiles of `kb` output channels by `vb` vectors of
-    /// slots.
+    /// 4 slots (with 8 lanes, each pair of them in one f32x8 accumulator).
     fn products(
         &self,
         b: &mut FunctionBuilder,
@@ -511,6 +511,9 @@ impl ConvSpec {
     ) {
         let (cn, kn, tiles) = (self.shape.in_channels, self.shape.out_channels, self.tiling().slots());
         let (kb, vb, positions) = (self.kb, self.vb, self.tiling().positions());
+        // Slots per accumulator, its type, and accumulators per output channel.
+        let (lanes, ty) = if self.lanes == 8 { (8, types::F32X8) } else { (4, types::F32X4) };
+        let n = 4 * vb / lanes;
         let Areas { v_position, m_position, .. } = self.areas();
         let u_position = Winograd::position_stride(cn * kn);
         let unroll = (1..=4).rev().find(|d| cn.is_multiple_of(*d)).unwrap_or(1);
@@ -528,8 +531,8 @@ impl ConvSpec {
                     let t0 = mul(b, tb, 4 * vb);
                     let v0 = b.ins().iadd(v_xi, t0);
                     let zero = b.ins().f32const(0.0);
-                    let zero = b.ins().splat(types::F32X4, zero);
-                    let (_, acc) = for_loop(b, lo, hi[2], unroll as i64, &vec![zero; kb * vb], &mut |b, c, acc| {
+                    let zero = b.ins().splat(ty, zero);
+                    let (_, acc) = for_loop(b, lo, hi[2], unroll as i64, &vec![zero; kb * n], &mut |b, c, acc| {
                         let u_c = {
                             let e = mul(b, c, kn);
                             let e = b.ins().iadd(u0, e);
@@ -542,17 +545,17 @@ impl ConvSpec {
                         };
                         let mut acc = acc.to_vec();
                         for step in 0..unroll {
-                            let xs: Vec<Value> = (0..vb)
-                                .map(|j| b.ins().load(types::F32X4, read, v_c, ((step * tiles + 4 * j) * 4) as i32))
+                            let xs: Vec<Value> = (0..n)
+                                .map(|j| b.ins().load(ty, read, v_c, ((step * tiles + lanes * j) * 4) as i32))
                                 .collect();
                             for k in 0..kb {
                                 // One broadcast per weight, held for the tile's vectors: the
                                 // multiply-add adds into the accumulator's register
                                 // (vfmadd231ps), leaving the weight as it is.
                                 let wk = b.ins().load(types::F32, read, u_c, ((step * kn + k) * 4) as i32);
-                                let wv = b.ins().splat(types::F32X4, wk);
+                                let wv = b.ins().splat(ty, wk);
                                 for (j, &x) in xs.iter().enumerate() {
-                                    acc[k * vb + j] = mul_add_emit(b, mul_add, wv, x, acc[k * vb + j]);
+                                    acc[k * n + j] = mul_add_emit(b, mul_add, wv, x, acc[k * n + j]);
                                 }
                             }
                         }
@@ -563,8 +566,8 @@ impl ConvSpec {
                     let e = b.ins().iadd(e, t0);
                     let m_at = elem_addr(b, m, e);
                     for k in 0..kb {
-                        for j in 0..vb {
-                            b.ins().store(write, acc[k * vb + j], m_at, ((k * tiles + 4 * j) * 4) as i32);
+                        for j in 0..n {
+                            b.ins().store(write, acc[k * n + j], m_at, ((k * tiles + lanes * j) * 4) as i32);
                         }
                     }
                     vec![]

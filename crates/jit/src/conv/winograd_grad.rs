@@ -69,6 +69,9 @@ pub struct WinogradGradSpec {
     /// rows of dw. No partials are added across groups: where they are large (many channels,
     /// few tiles) that adding passes over memory.
     pub channel_parts: Option<usize>,
+    /// f32 lanes of the products' accumulators: 4, or 8 (pairs of vectors of tiles, where the
+    /// unrolled loop takes them in pairs; each f32x8's halves are added before the lane sums).
+    pub lanes: usize,
 }
 
 impl WinogradGradSpec {
@@ -102,6 +105,7 @@ impl WinogradGradSpec {
             chunks,
             sets_per_block,
             channel_parts,
+            lanes: 4,
         };
         // The convolution's tiles, in blocks of whole images (or sets of 4 across the lanes).
         let whole = Winograd::for_convolution(out_hw, tiles, batch)
@@ -307,7 +311,7 @@ impl WinogradGradSpec {
                     for_loop(b, lo, hi, 1, &[], &mut |b, block, _| {
                         transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v, strides, block);
                         self.transform_dy(b, mul_add, dy, [d, rows], n, block, zero_k);
-                        self.products(b, mul_add, v, d, part, per_set);
+                        self.products(b, mul_add, [v, d, rows], part, per_set);
                         vec![]
                     });
                     vec![]
@@ -343,7 +347,7 @@ impl WinogradGradSpec {
                         vec![]
                     });
                     let vectors = b.ins().imul(count, per_set);
-                    self.products(b, mul_add, v, d, part, vectors);
+                    self.products(b, mul_add, [v, d, rows], part, vectors);
                     vec![]
                 });
             }
@@ -406,7 +410,7 @@ impl WinogradGradSpec {
                 self.transform_dy(b, mul_add, dy, [d_set, rows], n, lo, k_first);
                 vec![]
             });
-            self.products(b, mul_add, v, d, sums, vectors);
+            self.products(b, mul_add, [v, d, rows], sums, vectors);
             self.finish(b, mul_add, [sums, rows, dw], 1, k_first);
             vec![]
         });
@@ -565,14 +569,24 @@ impl WinogradGradSpec {
     /// the group's output channels: register tiles of 2 output channels by 4 input channels, each
     /// a vector over 4 tiles, summed across lanes at the end (4 sums per vector) and added to the
     /// group's partials (or with parts of the output channels, stored: one block holds every
-    /// slot).
-    fn products(&self, b: &mut FunctionBuilder, mul_add: MulAdd, v: Value, d: Value, part: Value, vectors: Value) {
+    /// slot). With 8 lanes, each accumulator is an f32x8 over 8 tiles, whose halves are added
+    /// through the first 8 f32 of `rows` before the lane sums.
+    fn products(
+        &self,
+        b: &mut FunctionBuilder,
+        mul_add: MulAdd,
+        [v, d, rows]: [Value; 3],
+        part: Value,
+        vectors: Value,
+    ) {
         let (cn, kn, tiles) = (self.in_channels, self.group_channels(), self.block_slots());
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let flags = MemFlagsData::new().with_notrap();
         let lo = iconst(b, 0);
         let hi = [self.tiling.positions(), kn / KB, cn / CB].map(|n| iconst(b, n as i64));
         let unroll = [4, 2, 1].into_iter().find(|u| (self.tiling.slots() / 4).is_multiple_of(*u)).unwrap_or(1);
+        // Vectors of 4 tiles per accumulator, and its type.
+        let (pair, ty) = if self.lanes == 8 && unroll >= 2 { (2, types::F32X8) } else { (1, types::F32X4) };
         let [v_position, d_position] = self.position_strides();
         for_loop(b, lo, hi[0], 1, &[], &mut |b, xi, _| {
             let v_xi = mul(b, xi, v_position);
@@ -596,18 +610,17 @@ impl WinogradGradSpec {
                         elem_addr(b, d, e)
                     };
                     let zero = b.ins().f32const(0.0);
-                    let zero = b.ins().splat(types::F32X4, zero);
+                    let zero = b.ins().splat(ty, zero);
                     // Unrolled: the loop's own instructions paid once per `unroll` vectors of tiles.
                     let (_, acc) = for_loop(b, lo, vectors, unroll as i64, &[zero; KB * CB], &mut |b, tv, acc| {
                         let offset = mul(b, tv, 16);
                         let (d_t, v_t) = (b.ins().iadd(d0, offset), b.ins().iadd(v0, offset));
                         let mut acc = acc.to_vec();
-                        for u in 0..unroll {
+                        for u in (0..unroll).step_by(pair) {
                             let at = |k: usize| ((k * tiles + 4 * u) * 4) as i32;
-                            let dys: Vec<Value> =
-                                (0..KB).map(|k| b.ins().load(types::F32X4, read, d_t, at(k))).collect();
+                            let dys: Vec<Value> = (0..KB).map(|k| b.ins().load(ty, read, d_t, at(k))).collect();
                             for c in 0..CB {
-                                let x = b.ins().load(types::F32X4, read, v_t, at(c));
+                                let x = b.ins().load(ty, read, v_t, at(c));
                                 for (k, &dy) in dys.iter().enumerate() {
                                     acc[k * CB + c] = mul_add_emit(b, mul_add, dy, x, acc[k * CB + c]);
                                 }
@@ -621,6 +634,17 @@ impl WinogradGradSpec {
                         let e = b.ins().iadd(p_xi, e);
                         elem_addr(b, part, e)
                     };
+                    let acc: Vec<Value> = acc
+                        .iter()
+                        .map(|&a| {
+                            if ty == types::F32X4 {
+                                return a;
+                            }
+                            b.ins().store(flags, a, rows, 0);
+                            let [low, high] = [0, 16].map(|at| b.ins().load(types::F32X4, flags, rows, at));
+                            b.ins().fadd(low, high)
+                        })
+                        .collect();
                     for k in 0..KB {
                         let sums = lane_sums(b, [acc[k * CB], acc[k * CB + 1], acc[k * CB + 2], acc[k * CB + 3]]);
                         let offset = (k * cn * 4) as i32;

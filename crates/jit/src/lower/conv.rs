@@ -104,13 +104,15 @@ pub(super) fn conv(id: NodeId, [x, w]: [NodeId; 2], g: Geometry, weights: Weight
         kernel == [3, 3] && stride == [1, 1] && dilation == [1, 1] && c >= 8
     });
     let (pack, kb, vb, lanes, label) = match tiling {
-        // Products: kb output channels by vb vectors of 4 slots, vb dividing the group's vectors.
+        // Products: kb output channels by vb vectors of 4 slots, vb dividing the group's vectors
+        // (with 8 lanes, pairs of them: an even number of vectors).
         Some(tiling) => {
             let vectors = tiling.slots() / 4;
-            let (kb, vb) = register_tile(k, vectors, None, 1, ChannelBlocks::Dividing);
-            let vb = (1..=vb).rev().find(|v| vectors.is_multiple_of(*v)).unwrap_or(1);
+            let pair = if choices.lanes == 8 && vectors.is_multiple_of(2) { 2 } else { 1 };
+            let (kb, n) = register_tile(k, vectors / pair, None, 1, ChannelBlocks::Dividing);
+            let n = (1..=n).rev().find(|v| (vectors / pair).is_multiple_of(*v)).unwrap_or(1);
             let tiled_hw = tiling.tiled_hw(out_hw);
-            (tiling.pack(c, in_hw, pad, tiled_hw), kb, vb, 4, format!("conv2d_{}", tiling.label()))
+            (tiling.pack(c, in_hw, pad, tiled_hw), kb, n * pair, 4 * pair, format!("conv2d_{}", tiling.label()))
         }
         // Register tile: kb output channels by vb vectors of 4 pixels, accumulated in pairs
         // (vectors of 8 pixels) with 8 lanes.
@@ -318,9 +320,10 @@ fn winograd_weight_grad(
     out_hw: [usize; 2],
     k: usize,
     pad: [isize; 2],
-    winograd: WinogradTiles,
+    choices: Choices,
 ) -> Lowered {
-    let spec = WinogradGradSpec::new(x[0], [x[1], k], [x[2], x[3]], out_hw, pad, winograd);
+    let spec = WinogradGradSpec::new(x[0], [x[1], k], [x[2], x[3]], out_hw, pad, choices.winograd);
+    let spec = WinogradGradSpec { lanes: choices.lanes, ..spec };
     let tiling = spec.tiling;
     let scratch = vec![spec.partials_len(), 2, spec.thread_scratch_len()];
     let steps = vec![Planned {
@@ -345,12 +348,13 @@ pub(super) fn weight_grad(
     kernel: [usize; 2],
     stride: [usize; 2],
     pad: [isize; 2],
-    winograd: WinogradTiles,
+    choices: Choices,
 ) -> Lowered {
     let (n, c, k) = (x[0], x[1], dy[1]);
+    let winograd = choices.winograd;
     let out_hw = [dy[2], dy[3]];
     if winograd != WinogradTiles::Off && WinogradGradSpec::applies(kernel, stride, out_hw, [c, k], winograd, n) {
-        return winograd_weight_grad(label, [id, x_id, dy_id], x, out_hw, k, pad, winograd);
+        return winograd_weight_grad(label, [id, x_id, dy_id], x, out_hw, k, pad, choices);
     }
     if kernel == [1, 1] && stride[0] == stride[1] && pad == [0, 0] {
         let spec = PointwiseWeightGradSpec::new(n, c, k, [x[2], x[3]], stride[0]);

@@ -76,7 +76,6 @@ pub(crate) struct Choices {
 
 /// Lowers node `id` of `graph`, as `choices` say.
 pub(crate) fn lower(graph: &Graph, id: NodeId, choices: Choices) -> Result<Lowered> {
-    let winograd = choices.winograd;
     let node = graph.node(id)?;
     let unsupported =
         |reason: &str| Error::Unsupported { op: node.op.to_string(), node: id.index(), reason: reason.into() };
@@ -261,7 +260,7 @@ pub(crate) fn lower(graph: &Graph, id: NodeId, choices: Choices) -> Result<Lower
         Op::Conv2dGradWeight { conv: a, kernel_hw } => {
             let (x, dy) = (dims(0)?, dims(1)?);
             let pad = [a.pad[0] as isize, a.pad[1] as isize];
-            weight_grad(label(), [id, inputs[0], inputs[1]], [&x, &dy], *kernel_hw, a.stride, pad, winograd)
+            weight_grad(label(), [id, inputs[0], inputs[1]], [&x, &dy], *kernel_hw, a.stride, pad, choices)
         }
         Op::ShortcutA(a) => {
             let (x, y) = (dims(0)?, node.ty.shape.dims().to_vec());
