@@ -461,7 +461,8 @@ fn pointwise_weight_gradients_in_chunks_and_flush_periods() {
     for (n, c, k, hw, stride, flush, chunks) in
         [(3, 5, 4, 37, 1, 2, 1), (1, 64, 64, 47, 1, 1, 2), (2, 64, 64, 93, 2, 1, 2)]
     {
-        let spec = skipgrad_jit::PointwiseWeightGradSpec::new(n, c, k, [hw, hw], stride);
+        let lanes = Target::host().unwrap().lanes();
+        let spec = skipgrad_jit::PointwiseWeightGradSpec::new(n, c, k, [hw, hw], stride, lanes);
         assert_eq!((spec.flush, spec.pixels.div_ceil(spec.chunk)), (flush, chunks));
         check_pointwise_weight_gradient([n, c, k, hw, stride], 7);
     }
@@ -484,10 +485,13 @@ fn check_pointwise_weight_gradient([n, c, k, hw, stride]: [usize; 5], seed: u64)
 fn pointwise_weight_gradients_of_small_images_join_sets() {
     use skipgrad_jit::PointwiseWeightGradSpec as Spec;
     for (n, c, k, hw, stride, images) in [(16, 2048, 512, 7, 1, 16), (16, 1024, 2048, 28, 2, 4), (8, 5, 7, 14, 1, 4)] {
-        let spec = Spec::new(n, c, k, [hw, hw], stride);
-        assert!(spec.joined && spec.images == images && spec.row() >= 768, "{spec:?}");
+        for lanes in [4, 8] {
+            let spec = Spec::new(n, c, k, [hw, hw], stride, lanes);
+            assert!(spec.joined && spec.images == images && spec.row() >= 768, "{spec:?}");
+            assert!(spec.row().is_multiple_of(lanes) && spec.chunk.is_multiple_of(lanes), "{spec:?}");
+        }
     }
-    assert!(!Spec::new(16, 512, 128, [28, 28], 1).joined);
+    assert!(!Spec::new(16, 512, 128, [28, 28], 1, 8).joined);
     for shape in [[8, 5, 7, 14, 1], [8, 6, 3, 28, 2]] {
         check_pointwise_weight_gradient(shape, 9);
     }

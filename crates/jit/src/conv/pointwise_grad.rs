@@ -68,6 +68,9 @@ pub struct PointwiseWeightGradSpec {
     pub by_output_channels: bool,
     /// Sets of images laid end to end in gathered rows of x and dy (see above).
     pub joined: bool,
+    /// f32 lanes of the accumulators: 4, or 8 (f32x8 sums of 8 pixels; chunks and joined rows
+    /// are then whole f32x8 vectors, and each running sum's halves go into the f64 totals).
+    pub lanes: usize,
 }
 
 /// Images of fewer pixels than this are `joined` (14x14 and 7x7 are; 28x28 is not).
@@ -82,8 +85,8 @@ const MIN_ROW: usize = 768;
 /// The most bytes of a chunk of the operand every tile reads in turn (so kept in L2).
 pub const CHUNK_BYTES: usize = 512 << 10;
 
-/// Bytes of an accumulator's running f32x4 sums (a tile's come first in its scratch).
-const RUNNING: usize = 16;
+/// Bytes of an accumulator's running sums (a tile's come first in its scratch), at most an f32x8.
+const RUNNING: usize = 32;
 /// Bytes of an accumulator's two f64x2 totals (after the tile's running sums).
 const TOTALS: usize = 32;
 
@@ -93,7 +96,15 @@ impl PointwiseWeightGradSpec {
     /// fewer channels of at most [`CHUNK_BYTES`] in equal parts (joined, sets of a divisor of the
     /// batch), flushes after about 1024 products per lane; for x of
     /// `[batch][in_channels][in_hw]` at `stride`.
-    pub fn new(batch: usize, in_channels: usize, out_channels: usize, in_hw: [usize; 2], stride: usize) -> Self {
+    /// `lanes` f32 per accumulator (4, or 8).
+    pub fn new(
+        batch: usize,
+        in_channels: usize,
+        out_channels: usize,
+        in_hw: [usize; 2],
+        stride: usize,
+        lanes: usize,
+    ) -> Self {
         let kb = if out_channels.is_multiple_of(2) { 2 } else { 1 };
         let cb = (12 / kb).min(in_channels);
         let by_output_channels = out_channels > in_channels;
@@ -101,9 +112,9 @@ impl PointwiseWeightGradSpec {
         let pixels = oh * ow;
         let image_bytes = 4 * out_channels.min(in_channels) * pixels;
         let chunks = image_bytes.div_ceil(CHUNK_BYTES);
-        let chunk = pixels.div_ceil(chunks).div_ceil(4) * 4;
+        let chunk = pixels.div_ceil(chunks).div_ceil(lanes) * lanes;
         // Gathered chunks are whole output rows, and whole vectors.
-        let rows_step = if stride > 1 { 4 / gcd(ow, 4) } else { 1 };
+        let rows_step = if stride > 1 { lanes / gcd(ow, lanes) } else { 1 };
         let chunk = if stride > 1 { chunk.div_ceil(ow).div_ceil(rows_step) * rows_step * ow } else { chunk };
         let flush = (4096 / pixels).clamp(1, batch);
         let images = (CHUNK_BYTES / image_bytes).clamp(1, flush);
@@ -118,7 +129,7 @@ impl PointwiseWeightGradSpec {
             images
         };
         // Joined, a chunk is every pixel of the set's images.
-        let chunk = if joined { pixels.div_ceil(4) * 4 } else { chunk };
+        let chunk = if joined { pixels.div_ceil(lanes) * lanes } else { chunk };
         let flush = flush / images * images;
         PointwiseWeightGradSpec {
             batch,
@@ -135,13 +146,14 @@ impl PointwiseWeightGradSpec {
             flush,
             by_output_channels,
             joined,
+            lanes,
         }
     }
 
     /// Elements of a joined kernel's gathered row per channel: a set's pixels, rounded up to
     /// whole vectors.
     pub fn row(&self) -> usize {
-        (self.images * self.pixels).div_ceil(4) * 4
+        (self.images * self.pixels).div_ceil(self.lanes) * self.lanes
     }
 
     /// Groups: one per tile (block of input channels, block of output channels).
@@ -260,7 +272,7 @@ impl PointwiseWeightGradSpec {
                     by_width(b, partial, &mut |b, width| {
                         let running: Vec<Value> = self
                             .slots(width)
-                            .map(|i| b.ins().load(types::F32X4, flags, tile, (RUNNING * i) as i32))
+                            .map(|i| b.ins().load(self.vector(), flags, tile, (RUNNING * i) as i32))
                             .collect();
                         if self.joined {
                             // The tile's rows of the set, x's first, then dy's.
@@ -481,7 +493,7 @@ impl PointwiseWeightGradSpec {
 
     /// The tile's accumulators `acc` (`kb` by `at.width`, index `k * at.width + c`) after adding
     /// pixels `p_lo..p_hi` (whole vectors), and with `tail` (the last chunk) the last
-    /// `pixels % 4` pixels one by one into lane 0.
+    /// `pixels % lanes` pixels one by one into lane 0.
     fn sweep(
         &self,
         b: &mut FunctionBuilder,
@@ -493,20 +505,22 @@ impl PointwiseWeightGradSpec {
     ) -> Vec<Value> {
         let read = MemFlagsData::new().with_notrap().with_readonly();
         let plane = at.dy_plane;
-        // `vectors` steps of 4 pixels from pixel `p`: kb vectors of dy held, one of x at a time.
+        // `vectors` steps of a vector of pixels from pixel `p` (`ty`: the vector type, or `F32`
+        // for steps of one pixel in lane 0): kb vectors of dy held, one of x at a time.
+        let vector = self.vector();
         let step = |b: &mut FunctionBuilder, p: Value, acc: &[Value], vectors: usize, ty: Type| {
             let bytes = b.ins().ishl_imm_u(p, 2);
             let (dy_at, x_at) = (b.ins().iadd(at.dy0, bytes), b.ins().iadd(at.x0, bytes));
             let mut acc = acc.to_vec();
             let lane = |b: &mut FunctionBuilder, base: Value, offset: i32| {
-                if ty == types::F32X4 {
+                if ty == vector {
                     b.ins().load(ty, read, base, offset)
                 } else {
                     let s = b.ins().load(types::F32, read, base, offset);
-                    b.ins().scalar_to_vector(types::F32X4, s)
+                    b.ins().scalar_to_vector(vector, s)
                 }
             };
-            let bytes_per = if ty == types::F32X4 { 16 } else { 4 };
+            let bytes_per = ty.bytes() as i32;
             for v in 0..vectors as i32 {
                 let dys: Vec<Value> = (0..self.kb as i32).map(|k| lane(b, dy_at, k * plane + v * bytes_per)).collect();
                 for c in 0..at.width {
@@ -519,10 +533,11 @@ impl PointwiseWeightGradSpec {
             }
             acc
         };
-        let (rest, acc) = for_loop(b, p_lo, p_hi, 8, acc, &mut |b, p, acc| step(b, p, acc, 2, types::F32X4));
-        let (_, acc) = for_loop(b, rest, p_hi, 4, &acc, &mut |b, p, acc| step(b, p, acc, 1, types::F32X4));
+        let lanes = self.lanes as i64;
+        let (rest, acc) = for_loop(b, p_lo, p_hi, 2 * lanes, acc, &mut |b, p, acc| step(b, p, acc, 2, vector));
+        let (_, acc) = for_loop(b, rest, p_hi, lanes, &acc, &mut |b, p, acc| step(b, p, acc, 1, vector));
         // (A joined row is whole vectors.)
-        let tail_pixels = if self.joined { 0 } else { self.pixels % 4 };
+        let tail_pixels = if self.joined { 0 } else { self.pixels % self.lanes };
         if tail_pixels == 0 {
             return acc;
         }
@@ -536,7 +551,7 @@ impl PointwiseWeightGradSpec {
         // either (and the multiply-adds add into their registers, as in `for_loop`).
         let (with_tail, done) = (b.create_block(), b.create_block());
         for &a in &acc {
-            b.append_block_param(with_tail, types::F32X4);
+            b.append_block_param(with_tail, vector);
             b.append_block_param(done, b.func.dfg.value_type(a));
         }
         let pass: Vec<_> = acc.iter().map(|&a| a.into()).collect();
@@ -551,7 +566,7 @@ impl PointwiseWeightGradSpec {
     }
 
     /// Stores the tile's running sums `acc`; with `flush`, adds them, widened, to the totals and
-    /// restarts them at zero.
+    /// restarts them at zero (an f32x8 sum in its two f32x4 halves, read back from the store).
     fn keep(&self, b: &mut FunctionBuilder, tile: Value, width: usize, acc: &[Value], flush: Value) {
         let flags = MemFlagsData::new().with_notrap();
         for (i, &a) in self.slots(width).zip(acc) {
@@ -559,19 +574,27 @@ impl PointwiseWeightGradSpec {
         }
         if_then(b, flush, &mut |b| {
             let zero = b.ins().f32const(0.0);
-            let zero = b.ins().splat(types::F32X4, zero);
-            for (i, &a) in self.slots(width).zip(acc) {
-                let high = shuffle32(b, a, a, [2, 3, 6, 7]);
-                for (half, v) in [a, high].into_iter().enumerate() {
-                    let offset = self.totals_at(i) + 16 * half as i32;
-                    let wide = b.ins().fvpromote_low(v);
-                    let total = b.ins().load(types::F64X2, flags, tile, offset);
-                    let total = b.ins().fadd(total, wide);
-                    b.ins().store(flags, total, tile, offset);
+            let zero = b.ins().splat(self.vector(), zero);
+            for i in self.slots(width) {
+                for quad in 0..self.lanes / 4 {
+                    let a = b.ins().load(types::F32X4, flags, tile, (RUNNING * i + 16 * quad) as i32);
+                    let high = shuffle32(b, a, a, [2, 3, 6, 7]);
+                    for (half, v) in [a, high].into_iter().enumerate() {
+                        let offset = self.totals_at(i) + 16 * half as i32;
+                        let wide = b.ins().fvpromote_low(v);
+                        let total = b.ins().load(types::F64X2, flags, tile, offset);
+                        let total = b.ins().fadd(total, wide);
+                        b.ins().store(flags, total, tile, offset);
+                    }
                 }
                 b.ins().store(flags, zero, tile, (RUNNING * i) as i32);
             }
         });
+    }
+
+    /// The accumulators' vector type.
+    fn vector(&self) -> Type {
+        if self.lanes == 8 { types::F32X8 } else { types::F32X4 }
     }
 }
 

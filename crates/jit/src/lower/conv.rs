@@ -357,7 +357,7 @@ pub(super) fn weight_grad(
         return winograd_weight_grad(label, [id, x_id, dy_id], x, out_hw, k, pad, choices);
     }
     if kernel == [1, 1] && stride[0] == stride[1] && pad == [0, 0] {
-        let spec = PointwiseWeightGradSpec::new(n, c, k, [x[2], x[3]], stride[0]);
+        let spec = PointwiseWeightGradSpec::new(n, c, k, [x[2], x[3]], stride[0], choices.lanes);
         let steps = vec![Planned {
             label,
             spec: KernelSpec::PointwiseWeightGrad(spec.clone()),
