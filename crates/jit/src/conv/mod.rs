@@ -603,10 +603,14 @@ impl ConvSpec {
             let parts = self.channel_values(b, table_at, k, width);
             apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, &parts, v, width)
         };
-        let sums = acc.len() / kb;
+        // Channel k's f32x4 vectors of `sums` (each channel's sums are alike: f32x8 and f32x4).
+        let channel = |b: &mut FunctionBuilder, sums: &[Value], k: usize| {
+            let per_channel = sums.len() / kb;
+            f32x4_halves(b, a.halves, &sums[k * per_channel..][..per_channel])
+        };
         for k in 0..kb {
-            let acc = f32x4_halves(b, a.halves, &acc[k * sums..][..sums]);
-            let odd = odd.map(|odd| f32x4_halves(b, a.halves, &odd[k * sums..][..sums]));
+            let acc = channel(b, acc, k);
+            let odd = odd.map(|odd| channel(b, odd, k));
             // Statistics of this channel's stored values: vector and scalar partial sums.
             let (mut vector, mut scalar): (Option<[Value; 2]>, Option<[Value; 2]>) = (None, None);
             for j in 0..vb {

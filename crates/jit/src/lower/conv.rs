@@ -192,6 +192,7 @@ pub(super) fn sub_pixel_grad_input(
     stride: usize,
     pad: [usize; 2],
     input_hw: [usize; 2],
+    lanes: usize,
 ) -> Lowered {
     let (n, k, c) = (dy[0], dy[1], w[1]);
     let kernel = [w[2], w[3]];
@@ -219,7 +220,8 @@ pub(super) fn sub_pixel_grad_input(
     let tiles: Vec<(usize, usize)> = (0..all.len())
         .map(|i| {
             let sets = if paired { [i, i ^ 1].iter().filter(|&&j| has_taps(&all[j].1)).count() } else { 1 };
-            register_tile(c, all[i].1[1].3.div_ceil(4), None, sets.max(1), ChannelBlocks::LastPartial)
+            let (kb, n) = register_tile(c, all[i].1[1].3.div_ceil(lanes), None, sets.max(1), ChannelBlocks::LastPartial);
+            (kb, n * lanes / 4)
         })
         .collect();
     // One packed dy serves every phase: pad so that each phase's first window starts inside it.
@@ -247,7 +249,7 @@ pub(super) fn sub_pixel_grad_input(
         step: 1,
     };
     let (kh, kw) = (kernel[0], kernel[1]);
-    let specs = all
+    let specs: Vec<ConvSpec> = all
         .iter()
         .zip(&tiles)
         .map(|((at, p), &(kb, vb))| {
@@ -283,7 +285,7 @@ pub(super) fn sub_pixel_grad_input(
                 weights,
                 kb,
                 vb,
-                lanes: 4,
+                lanes,
                 epilogue: None,
                 interleave,
                 stats: false,
@@ -301,13 +303,15 @@ pub(super) fn sub_pixel_grad_input(
     };
     let len = relayout.len();
     let weights_step = kept_weights("conv2d_weights", KernelSpec::WeightRelayout(relayout), w_id);
+    // Each thread's scratch: the packed dy, and what the first phase's arguments take after it.
+    let thread_len = specs[0].scratch_len();
     let step = Planned {
         label: "conv2d_grad_input_sub_pixel".into(),
         spec: KernelSpec::SubPixel(SubPixelSpec { phases: specs, paired }),
         inputs: vec![Buf::Node(dy_id), Buf::Kept(0), Buf::PerThread(1)],
         output: Buf::Node(id),
     };
-    Lowered::Steps { scratch: vec![len, pack.len()], steps: vec![weights_step, step] }
+    Lowered::Steps { scratch: vec![len, thread_len], steps: vec![weights_step, step] }
 }
 
 /// The weight gradient by Winograd F(m x m, 3x3) (the tile `winograd` chooses for the output):

@@ -447,7 +447,7 @@ fn lower_conv(
         Op::Conv2dGradInput { conv: a, input_hw } => {
             let dy = x;
             if a.stride != [1, 1] && a.stride[0] == a.stride[1] {
-                return sub_pixel_grad_input(id, inputs, [dy, w], a.stride[0], a.pad, *input_hw);
+                return sub_pixel_grad_input(id, inputs, [dy, w], a.stride[0], a.pad, *input_hw, choices.lanes);
             }
             // Stride 1 (or unequal strides): dx is the stride-1 convolution of dy, dilated by the
             // stride and padded by R-1-P, with the weights transposed and flipped.
