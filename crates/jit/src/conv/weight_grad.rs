@@ -49,6 +49,9 @@ pub struct WeightGradSpec {
     pub cb: usize,
     /// f32x4 vectors of output channels per tile (`4 * kv` divides `dy_row`).
     pub kv: usize,
+    /// f32 lanes of the accumulators: 4, or 8 (each pair of the `kv` vectors in one f32x8; `kv`
+    /// is then even).
+    pub lanes: usize,
 }
 
 impl WeightGradSpec {
@@ -72,8 +75,9 @@ impl WeightGradSpec {
     /// (the stem's 3 input channels by 2 vectors: 6 chains of multiply-adds, each waiting for
     /// its last, leave the two pipes idle a quarter of the time) and two fit the registers.
     fn pixel_sets(&self) -> usize {
-        let one = self.cb * self.kv;
-        if one < 8 && 2 * one + self.kv < super::REGISTERS { 2 } else { 1 }
+        let vectors = self.kv * 4 / self.lanes;
+        let one = self.cb * vectors;
+        if one < 8 && 2 * one + vectors < super::REGISTERS { 2 } else { 1 }
     }
 
     /// Byte offset of accumulator `i`'s running sums in its tile.
@@ -268,6 +272,10 @@ impl WeightGradSpec {
         [h_lo, h_hi]: [Value; 2],
     ) {
         let (cb, kv) = (self.cb, self.kv);
+        // With 8 lanes, each pair of the kv vectors as one f32x8: accumulator (i, j) holds the
+        // running sums of vectors 2j and 2j + 1 of input channel i.
+        let (ty, pair) = if self.lanes == 8 { (types::F32X8, 2) } else { (types::F32X4, 1) };
+        let kv = kv / pair;
         let [rows, row_len] = [self.pack.rows, self.pack.row_len];
         let ow_n = self.out_hw[1];
         let plane_bytes = (rows * row_len * 4) as i32;
@@ -279,9 +287,9 @@ impl WeightGradSpec {
         // The running sums in the first set of accumulators, zeros in the others.
         let sets = self.pixel_sets();
         let zero = b.ins().f32const(0.0);
-        let zero = b.ins().splat(types::F32X4, zero);
+        let zero = b.ins().splat(ty, zero);
         let init: Vec<Value> = (0..sets * cb * kv)
-            .map(|i| if i < cb * kv { b.ins().load(types::F32X4, flags, tile, self.running_at(i)) } else { zero })
+            .map(|i| if i < cb * kv { b.ins().load(ty, flags, tile, self.running_at(pair * i)) } else { zero })
             .collect();
         let (_, acc) = for_loop(b, h_lo, h_hi, 1, &init, &mut |b, oh, acc| {
             let x_row = b.ins().imul_imm_s(oh, (self.stride[0] * row_len * 4) as i64);
@@ -300,12 +308,12 @@ impl WeightGradSpec {
                     let set = &mut acc[(p % sets) * cb * kv..][..cb * kv];
                     let dy_off = (p as i64 * pixel_bytes) as i32;
                     let dys: Vec<Value> =
-                        (0..kv).map(|j| b.ins().load(types::F32X4, read, dy_at, dy_off + 16 * j as i32)).collect();
+                        (0..kv).map(|j| b.ins().load(ty, read, dy_at, dy_off + (16 * pair * j) as i32)).collect();
                     for i in 0..cb {
                         // One broadcast per input pixel, held for the tile's vectors (see
                         // the convolution's products).
                         let x = b.ins().load(types::F32, read, x_at, i as i32 * plane_bytes + p as i32 * x_step);
-                        let x = b.ins().splat(types::F32X4, x);
+                        let x = b.ins().splat(ty, x);
                         for (j, &d) in dys.iter().enumerate() {
                             set[i * kv + j] = mul_add_emit(b, mul_add, x, d, set[i * kv + j]);
                         }
@@ -324,7 +332,7 @@ impl WeightGradSpec {
         });
         for i in 0..cb * kv {
             let sum = (1..sets).fold(acc[i], |sum, set| b.ins().fadd(sum, acc[set * cb * kv + i]));
-            b.ins().store(flags, sum, tile, self.running_at(i));
+            b.ins().store(flags, sum, tile, self.running_at(pair * i));
         }
     }
 }

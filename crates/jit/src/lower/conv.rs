@@ -220,7 +220,8 @@ pub(super) fn sub_pixel_grad_input(
     let tiles: Vec<(usize, usize)> = (0..all.len())
         .map(|i| {
             let sets = if paired { [i, i ^ 1].iter().filter(|&&j| has_taps(&all[j].1)).count() } else { 1 };
-            let (kb, n) = register_tile(c, all[i].1[1].3.div_ceil(lanes), None, sets.max(1), ChannelBlocks::LastPartial);
+            let (kb, n) =
+                register_tile(c, all[i].1[1].3.div_ceil(lanes), None, sets.max(1), ChannelBlocks::LastPartial);
             (kb, n * lanes / 4)
         })
         .collect();
@@ -370,9 +371,18 @@ pub(super) fn weight_grad(
         }];
         return Lowered::Steps { scratch: vec![spec.scratch_len(), spec.thread_scratch_len()], steps };
     }
-    let kv = if k > 4 { 2 } else { 1 };
+    // f32x4 vectors of output channels per tile: with 8 lanes, two f32x8 above 8 channels.
+    let kv: usize = if choices.lanes == 8 && k > 8 {
+        4
+    } else if k > 4 {
+        2
+    } else {
+        1
+    };
+    let lanes = if kv.is_multiple_of(2) { choices.lanes } else { 4 };
     let dy_row = k.div_ceil(4 * kv) * 4 * kv;
-    let (cb, _) = register_tile(c, kv, Some(kv), 1, ChannelBlocks::Dividing);
+    let inputs = kv * 4 / lanes; // vectors of dy loaded per pixel
+    let (cb, _) = register_tile(c, inputs, Some(inputs), 1, ChannelBlocks::Dividing);
     let pack = PackSpec {
         planes: c,
         in_hw: [x[2], x[3]],
@@ -384,8 +394,19 @@ pub(super) fn weight_grad(
         images: 1,
         step: 1,
     };
-    let spec =
-        WeightGradSpec { batch: n, in_channels: c, out_channels: k, dy_row, pack, kernel, stride, out_hw, cb, kv };
+    let spec = WeightGradSpec {
+        batch: n,
+        in_channels: c,
+        out_channels: k,
+        dy_row,
+        pack,
+        kernel,
+        stride,
+        out_hw,
+        cb,
+        kv,
+        lanes,
+    };
     let scratch = vec![spec.scratch_len(), spec.thread_scratch_len()];
     let steps = vec![Planned {
         label,
