@@ -85,8 +85,6 @@ const MIN_ROW: usize = 768;
 /// The most bytes of a chunk of the operand every tile reads in turn (so kept in L2).
 pub const CHUNK_BYTES: usize = 512 << 10;
 
-/// Bytes of an accumulator's running sums (a tile's come first in its scratch), at most an f32x8.
-const RUNNING: usize = 32;
 /// Bytes of an accumulator's two f64x2 totals (after the tile's running sums).
 const TOTALS: usize = 32;
 
@@ -179,7 +177,7 @@ impl PointwiseWeightGradSpec {
     }
 
     fn tile_bytes(&self) -> usize {
-        self.kb * self.cb * (RUNNING + TOTALS)
+        self.kb * self.cb * (self.running() + TOTALS)
     }
 
     /// Floating-point operations of one pass (2 per multiply-add).
@@ -272,7 +270,7 @@ impl PointwiseWeightGradSpec {
                     by_width(b, partial, &mut |b, width| {
                         let running: Vec<Value> = self
                             .slots(width)
-                            .map(|i| b.ins().load(self.vector(), flags, tile, (RUNNING * i) as i32))
+                            .map(|i| b.ins().load(self.vector(), flags, tile, (self.running() * i) as i32))
                             .collect();
                         if self.joined {
                             // The tile's rows of the set, x's first, then dy's.
@@ -481,7 +479,7 @@ impl PointwiseWeightGradSpec {
 
     /// Byte offset of accumulator `i`'s f64 totals in its tile.
     fn totals_at(&self, i: usize) -> i32 {
-        (self.kb * self.cb * RUNNING + i * TOTALS) as i32
+        (self.kb * self.cb * self.running() + i * TOTALS) as i32
     }
 
     /// Slots of a tile's scratch that a tile `width` input channels wide uses, in the order of
@@ -570,14 +568,14 @@ impl PointwiseWeightGradSpec {
     fn keep(&self, b: &mut FunctionBuilder, tile: Value, width: usize, acc: &[Value], flush: Value) {
         let flags = MemFlagsData::new().with_notrap();
         for (i, &a) in self.slots(width).zip(acc) {
-            b.ins().store(flags, a, tile, (RUNNING * i) as i32);
+            b.ins().store(flags, a, tile, (self.running() * i) as i32);
         }
         if_then(b, flush, &mut |b| {
             let zero = b.ins().f32const(0.0);
             let zero = b.ins().splat(self.vector(), zero);
             for i in self.slots(width) {
                 for quad in 0..self.lanes / 4 {
-                    let a = b.ins().load(types::F32X4, flags, tile, (RUNNING * i + 16 * quad) as i32);
+                    let a = b.ins().load(types::F32X4, flags, tile, (self.running() * i + 16 * quad) as i32);
                     let high = shuffle32(b, a, a, [2, 3, 6, 7]);
                     for (half, v) in [a, high].into_iter().enumerate() {
                         let offset = self.totals_at(i) + 16 * half as i32;
@@ -587,9 +585,14 @@ impl PointwiseWeightGradSpec {
                         b.ins().store(flags, total, tile, offset);
                     }
                 }
-                b.ins().store(flags, zero, tile, (RUNNING * i) as i32);
+                b.ins().store(flags, zero, tile, (self.running() * i) as i32);
             }
         });
+    }
+
+    /// Bytes of an accumulator's running sums (a tile's come first in its scratch): one vector.
+    fn running(&self) -> usize {
+        4 * self.lanes
     }
 
     /// The accumulators' vector type.
