@@ -558,9 +558,9 @@ impl ConvSpec {
         }
     }
 
-    /// Stores a register tile's accumulators `acc` (`kb` channels by `vb` f32x4 vectors from output
-    /// column `col`, as [`accumulate`] returns them; with `valid`, only that many pixels) through the epilogue,
-    /// adding their statistics at `stats_at`. With `odd`, the accumulators of the phase one
+    /// Stores a register tile's accumulators `acc` (`kb` channels by `vb` f32x4 vectors from
+    /// output column `col`, as [`accumulate`] returns them; with `valid`, only that many pixels)
+    /// through the epilogue, adding their statistics at `stats_at`. With `odd`, the accumulators of the phase one
     /// column to the right of a stride-2 output: each pair of vectors is interleaved lane by lane
     /// into two whole vectors of consecutive pixels (no statistics).
     #[allow(clippy::too_many_arguments)]
@@ -678,10 +678,11 @@ pub(crate) struct EpilogueAt<'a> {
 /// sub-pixel width phases computed together), `kb` channels by `vb` f32x4 vectors starting at
 /// output column `col` (channel-major): each phase's packed input from its element `x_row`, its
 /// weights from its element `w0`. With 8 lanes, each pair of vectors accumulates as one f32x8
-/// (and the sums of a channel are its f32x8 sums, then an f32x4 one when `vb` is odd). The phases share the packed input, the reduction channels and the
-/// weights' channel stride, and run in one loop over the channels, so that a pair's two sets
-/// of accumulators are live together: apart, each set alone (a 3x3 stride-2 input gradient's
-/// 6 accumulators) left the multiply-add pipes waiting on too few chains.
+/// (a channel's sums are then its f32x8 sums, and an f32x4 one when `vb` is odd). The phases
+/// share the packed input, the reduction channels and the weights' channel stride, and run in
+/// one loop over the channels, so that a pair's two sets of accumulators are live together:
+/// apart, each set alone (a 3x3 stride-2 input gradient's 6 accumulators) left the multiply-add
+/// pipes waiting on too few chains.
 fn accumulate(
     b: &mut FunctionBuilder,
     mul_add: MulAdd,
@@ -702,8 +703,11 @@ fn accumulate(
         .map(|j| (j, if j + 1 < vb && first.lanes == 8 { types::F32X8 } else { types::F32X4 }))
         .collect();
     let per_set = kb * slots.len();
-    let zero8 = b.ins().splat(types::F32X8, zero_s);
-    let zeros: Vec<Value> = slots.iter().map(|&(_, ty)| if ty == types::F32X4 { zero } else { zero8 }).collect();
+    let zero8 = (first.lanes == 8).then(|| b.ins().splat(types::F32X8, zero_s));
+    let zeros: Vec<Value> = slots
+        .iter()
+        .map(|&(_, ty)| if ty == types::F32X8 { zero8.expect("f32x8 slots only at 8 lanes") } else { zero })
+        .collect();
     let taps = |spec: &ConvSpec| spec.shape.kernel[0] * spec.shape.kernel[1];
     // Few taps leave little work per channel: unroll over channels (about 8 taps of work) so
     // the loop's own instructions are paid less often.

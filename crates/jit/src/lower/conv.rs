@@ -46,11 +46,11 @@ fn conv_pack(g: &Geometry) -> PackSpec {
 }
 
 /// A pointwise convolution (1x1, stride 1, unpadded) whose rows end in a partial vector of
-/// `lanes` (ResNet-50's 28, 14 and 7 pixels wide, at 8 lanes) as one row of all its pixels: its planes are
-/// contiguous, so the packed image holds the same data, and the tiles run across row ends. Rows
-/// of whole vectors stay rows, whose tiles read from L1 (at 56x56, one row streams the image
-/// from L2 for every block of channels: 56-72% of the ceiling against 72-81% by rows; at 8
-/// lanes, 90-115% against 106-143%, a partial last tile included).
+/// `lanes` (ResNet-50's 28, 14 and 7 pixels wide, at 8 lanes) as one row of all its pixels: its
+/// planes are contiguous, so the packed image holds the same data, and the tiles run across row
+/// ends. Rows of whole vectors stay rows, whose tiles read from L1 (at 56x56, one row streams
+/// the image from L2 for every block of channels: 56-72% of the ceiling against 72-81% by rows;
+/// at 8 lanes, 90-115% against 106-143%, a partial last tile included).
 fn pointwise_as_one_row(g: Geometry, lanes: usize) -> Geometry {
     let pointwise = g.kernel == [1, 1] && g.stride == [1, 1] && g.dilation == [1, 1] && g.pad == [0, 0];
     if !pointwise || g.out_hw[1].is_multiple_of(lanes) {
