@@ -3,10 +3,11 @@
 //! never moves an xmm register to or from the stack, never copies a register only for a
 //! multiply-add to overwrite it (the multiply-adds add into their accumulators), and broadcasts
 //! each weight straight from memory, not through a register and a shuffle
-//! (vendor/cranelift-codegen/PATCH.md has both patches).
+//! (vendor/cranelift-codegen/PATCH.md has both patches); and where the CPU has AVX2 they compute
+//! in 256-bit registers.
 
 use skipgrad_ir::{Conv2dAttrs, DType, Graph, NodeId, Op, Role, TensorType};
-use skipgrad_jit::{CompileOptions, compile};
+use skipgrad_jit::{CompileOptions, Target, compile};
 
 fn input(g: &mut Graph, name: &str, dims: &[usize]) -> NodeId {
     g.add_source(Op::Input { name: name.into() }, TensorType::new(DType::F32, dims), Role::Forward).unwrap()
@@ -124,4 +125,48 @@ fn pointwise_convolutions_keep_values_in_registers() {
         ],
         1,
     );
+}
+
+/// Whether disassembly multiplies or adds in ymm registers (register moves and spills are ymm
+/// in every kernel: vendor/cranelift-codegen/PATCH.md).
+fn arithmetic_on_ymm(asm: &str) -> bool {
+    let arithmetic = ["vfmadd", "vmulps", "vaddps"];
+    asm.lines().any(|l| l.contains("ymm") && arithmetic.iter().any(|op| l.contains(op)))
+}
+
+#[test]
+fn the_ymm_finder_tells_arithmetic_from_moves() {
+    assert!(!arithmetic_on_ymm("vmovaps ymm1, ymm2\nvfmadd231ps xmm0, xmm1, xmm2"));
+    assert!(arithmetic_on_ymm("vmovaps ymm1, ymm2\nvfmadd231ps ymm0, ymm1, ymmword ptr [rax]"));
+}
+
+/// Where the CPU has AVX2, every pass of these convolutions (direct, Winograd, sub-pixel,
+/// pointwise and direct weight gradients) computes in f32x8 vectors, in 256-bit registers (its
+/// disassembly multiplies and adds in ymm registers, with the `disas` feature); at
+/// `Target::with_lanes(4)` none does.
+#[test]
+fn convolutions_compute_in_256_bit_vectors_where_the_cpu_has_them() {
+    let host = Target::host().unwrap();
+    if host.lanes() != 8 {
+        eprintln!("skipped: this CPU has no AVX2, so its vectors have 4 lanes");
+        return;
+    }
+    for (shape, kernel) in [([64, 256, 56, 1], 1), ([512, 1024, 28, 2], 1), ([16, 16, 32, 1], 3), ([16, 32, 32, 2], 3)]
+    {
+        for (target, wide) in [(host.clone(), true), (host.clone().with_lanes(4).unwrap(), false)] {
+            let mut g = Graph::new();
+            let nodes = convolution_passes(&mut g, shape, kernel);
+            let options = CompileOptions { target: Some(target), ..CompileOptions::default() };
+            let compiled = compile(&g, &nodes.map(|n| n.1), &options).unwrap();
+            for (pass, id) in nodes {
+                let code = compiled.kernel_for(id).unwrap();
+                let [c, k, hw, s] = shape;
+                let what = format!("{kernel}x{kernel} {c}->{k} {hw}x{hw} stride {s} {pass} ({})", code.name);
+                assert_eq!(code.ir.contains("f32x8"), wide, "{what}: f32x8 in its IR");
+                if let Some(asm) = &code.disassembly {
+                    assert_eq!(arithmetic_on_ymm(asm), wide, "{what}: arithmetic on ymm registers");
+                }
+            }
+        }
+    }
 }
