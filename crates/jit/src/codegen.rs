@@ -156,3 +156,8 @@ pub(crate) fn fill(b: &mut FunctionBuilder, at: Value, len: usize, value: Value)
         vec![]
     });
 }
+
+/// The f32 vector type of `lanes` lanes: f32x4, or f32x8 (in a 256-bit register).
+pub(crate) fn f32_vector(lanes: usize) -> Type {
+    if lanes == 8 { types::F32X8 } else { types::F32X4 }
+}

@@ -2,7 +2,7 @@
 //! accumulators, with no memory traffic. Its throughput is the ceiling the benchmark reports kernels against.
 
 use crate::MulAdd;
-use crate::codegen::for_loop;
+use crate::codegen::{f32_vector, for_loop};
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, types};
 use cranelift_frontend::FunctionBuilder;
 
@@ -33,7 +33,7 @@ impl PeakSpec {
         let [args, begin, end] = [0, 1, 2].map(|i| b.block_params(entry)[i]);
         let out = b.ins().load(ptr, MemFlagsData::new().with_notrap(), args, 0);
         let (x, y) = (b.ins().f32const(0.999), b.ins().f32const(1e-3));
-        let vector = if self.lanes == 8 { types::F32X8 } else { types::F32X4 };
+        let vector = f32_vector(self.lanes);
         let (xv, yv) = (b.ins().splat(vector, x), b.ins().splat(vector, y));
         for_loop(b, begin, end, 1, &[], &mut |b, _, _| {
             let init: Vec<_> = (0..self.accumulators).map(|_| yv).collect();

@@ -36,7 +36,7 @@ impl Target {
         let isa = host_isa()?;
         let separate_pipes = is_amd() && !has_avx512();
         let fused = if has_flag(&isa, "has_fma") && !separate_pipes { MulAdd::Fused } else { MulAdd::Separate };
-        let lanes = if has_flag(&isa, "has_avx2") { 8 } else { 4 };
+        let lanes = widest_lanes(&isa);
         Ok(Target { isa, mul_add: fused, lanes })
     }
 
@@ -46,7 +46,7 @@ impl Target {
         if mul_add == MulAdd::Fused && !has_flag(&isa, "has_fma") {
             return Err(Error::Target("this CPU has no FMA; use MulAdd::Separate".into()));
         }
-        let lanes = if has_flag(&isa, "has_avx2") { 8 } else { 4 };
+        let lanes = widest_lanes(&isa);
         Ok(Target { isa, mul_add, lanes })
     }
 
@@ -105,6 +105,11 @@ fn host_isa() -> Result<OwnedTargetIsa> {
         return Err(Error::Target("skipgrad's kernels need AVX (x86-64 CPUs since 2011): this CPU has none".into()));
     }
     Ok(isa)
+}
+
+/// f32 lanes of the widest vectors the kernels take on `isa`: 8 with AVX2, else 4.
+fn widest_lanes(isa: &OwnedTargetIsa) -> usize {
+    if has_flag(isa, "has_avx2") { 8 } else { 4 }
 }
 
 fn has_flag(isa: &OwnedTargetIsa, name: &str) -> bool {

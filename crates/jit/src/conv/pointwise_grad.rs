@@ -6,7 +6,7 @@
 
 use crate::MulAdd;
 use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, if_then, load_arg, mul, mul_add_emit};
-use crate::codegen::{shuffle32, thread_share};
+use crate::codegen::{f32_vector, shuffle32, thread_share};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
@@ -597,7 +597,7 @@ impl PointwiseWeightGradSpec {
 
     /// The accumulators' vector type.
     fn vector(&self) -> Type {
-        if self.lanes == 8 { types::F32X8 } else { types::F32X4 }
+        f32_vector(self.lanes)
     }
 }
 

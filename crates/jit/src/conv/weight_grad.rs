@@ -3,7 +3,7 @@
 use crate::MulAdd;
 use crate::codegen::shuffle32;
 use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, load_arg, thread_share};
-use crate::codegen::{mul, mul_add_emit};
+use crate::codegen::{f32_vector, mul, mul_add_emit};
 use crate::conv::pack::PackSpec;
 use crate::conv::transpose::TransposeSpec;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -274,7 +274,7 @@ impl WeightGradSpec {
         let (cb, kv) = (self.cb, self.kv);
         // With 8 lanes, each pair of the kv vectors as one f32x8: accumulator (i, j) holds the
         // running sums of vectors 2j and 2j + 1 of input channel i.
-        let (ty, pair) = if self.lanes == 8 { (types::F32X8, 2) } else { (types::F32X4, 1) };
+        let (ty, pair) = (f32_vector(self.lanes), self.lanes / 4);
         let kv = kv / pair;
         let [rows, row_len] = [self.pack.rows, self.pack.row_len];
         let ow_n = self.out_hw[1];

@@ -24,7 +24,7 @@
 
 use crate::MulAdd;
 use crate::codegen::{elem_addr, entry, for_loop, iconst, if_then, load_arg};
-use crate::codegen::{mul, mul_add_emit};
+use crate::codegen::{f32_vector, mul, mul_add_emit};
 use crate::conv::factored::Factored;
 use crate::conv::pack::PackSpec;
 use crate::conv::transpose::interleave;
@@ -512,7 +512,7 @@ impl ConvSpec {
         let (cn, kn, tiles) = (self.shape.in_channels, self.shape.out_channels, self.tiling().slots());
         let (kb, vb, positions) = (self.kb, self.vb, self.tiling().positions());
         // Slots per accumulator, its type, and accumulators per output channel.
-        let (lanes, ty) = if self.lanes == 8 { (8, types::F32X8) } else { (4, types::F32X4) };
+        let (lanes, ty) = (self.lanes, f32_vector(self.lanes));
         let n = 4 * vb / lanes;
         let Areas { v_position, m_position, .. } = self.areas();
         let u_position = Winograd::position_stride(cn * kn);

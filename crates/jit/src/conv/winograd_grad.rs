@@ -14,7 +14,7 @@
 use crate::MulAdd;
 use crate::codegen::shuffle32;
 use crate::codegen::{elem_addr, entry_with_thread, for_loop, iconst, if_then, load_arg, thread_share};
-use crate::codegen::{mul, mul_add_emit};
+use crate::codegen::{f32_vector, mul, mul_add_emit};
 use crate::conv::factored::Factored;
 use crate::conv::pack::PackSpec;
 use crate::conv::transpose::deinterleave;
@@ -586,7 +586,8 @@ impl WinogradGradSpec {
         let hi = [self.tiling.positions(), kn / KB, cn / CB].map(|n| iconst(b, n as i64));
         let unroll = [4, 2, 1].into_iter().find(|u| (self.tiling.slots() / 4).is_multiple_of(*u)).unwrap_or(1);
         // Vectors of 4 tiles per accumulator, and its type.
-        let (pair, ty) = if self.lanes == 8 && unroll >= 2 { (2, types::F32X8) } else { (1, types::F32X4) };
+        let lanes = if unroll >= 2 { self.lanes } else { 4 };
+        let (pair, ty) = (lanes / 4, f32_vector(lanes));
         let [v_position, d_position] = self.position_strides();
         for_loop(b, lo, hi[0], 1, &[], &mut |b, xi, _| {
             let v_xi = mul(b, xi, v_position);
