@@ -185,6 +185,9 @@ fn convolution_kernels_stay_inside_their_buffers() {
         // the input gradient's pairs of width phases, 16 = 5 x 3 + 1).
         (2, 3, 16, 7, 9, 3, 2, 1),
         (1, 16, 8, 8, 10, 3, 2, 1),
+        // Pointwise rows past half of L2 (1089 pixels of 130 channels; the input gradient's, of
+        // 130 dy channels): groups take blocks of tiles.
+        (1, 130, 130, 33, 33, 1, 1, 0),
     ] {
         let mut g = Graph::new();
         let x = input(&mut g, "x", &[n, c, h, w]);
@@ -216,6 +219,9 @@ fn fused_convolution_epilogues_stay_inside_their_buffers() {
         (2, 3, 4, 8, 10, 3, 2, 1),
         // A pointwise convolution 7 wide, run as one row of its 49 pixels.
         (2, 3, 5, 7, 7, 1, 1, 0),
+        // One whose row (1089 pixels of 130 channels) outgrows half of L2: blocks of tiles, the
+        // last ending in a partial tile.
+        (2, 130, 7, 33, 33, 1, 1, 0),
         // A last block of output channels smaller than the register tile's.
         (2, 3, 16, 7, 9, 3, 2, 1),
         (1, 16, 8, 8, 10, 3, 2, 1),
@@ -280,6 +286,9 @@ fn convolutions_with_batch_statistics_stay_inside_their_buffers() {
         (1, 8, 16, 16, 16, 3, 1, 1),
         // A pointwise convolution 7 wide, run as one row of its 49 pixels.
         (2, 3, 5, 7, 7, 1, 1, 0),
+        // One whose row (1089 pixels of 130 channels) outgrows half of L2: blocks of tiles, the
+        // last ending in a partial tile.
+        (2, 130, 7, 33, 33, 1, 1, 0),
         // A last block of output channels smaller than the register tile's.
         (2, 3, 16, 7, 9, 3, 2, 1),
         (1, 16, 8, 8, 10, 3, 2, 1),

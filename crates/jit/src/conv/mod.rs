@@ -120,6 +120,10 @@ pub struct ConvSpec {
     pub kb: usize,
     /// f32x4 vectors of output pixels per register tile.
     pub vb: usize,
+    /// Tiles of an output row per group of a direct kernel (the row's last group may hold
+    /// fewer): a group computes every block of output channels over its tiles in turn, while
+    /// their input stays in cache.
+    pub block_tiles: usize,
     /// f32 lanes of the accumulators: 4, or 8 (each pair of the tile's vectors accumulates in a
     /// 256-bit register; a direct kernel splits it into its two f32x4 halves for the store,
     /// Winograd's products store it whole).
@@ -197,13 +201,13 @@ impl Epilogue {
 }
 
 impl ConvSpec {
-    /// Groups: one per (image, output row, block of `kb` output channels), or for Winograd, one
-    /// per block of tile rows of each image (or set of images across the lanes).
+    /// Groups: one per (image, output row, block of [`ConvSpec::block_tiles`] tiles), or for
+    /// Winograd, one per block of tile rows of each image (or set of images across the lanes).
     pub fn groups(&self) -> usize {
         if let Some(w) = self.winograd {
             return self.shape.batch / w.images * self.winograd_blocks_per_set() * w.channel_parts;
         }
-        self.shape.batch * self.kblocks() * self.shape.out_hw[0]
+        self.shape.batch * self.shape.out_hw[0] * self.blocks_per_row()
     }
     /// Blocks of output channels: of `kb` each, the last holding the rest (a direct kernel's
     /// `kb` need not divide the channels; Winograd's does).
@@ -220,7 +224,7 @@ impl ConvSpec {
         if let Some(w) = self.winograd {
             return self.groups() / w.channel_parts * self.shape.out_channels * 2;
         }
-        self.groups() * self.tiles_per_row() * self.kb * 2
+        self.shape.batch * self.kblocks() * self.shape.out_hw[0] * self.tiles_per_row() * self.kb * 2
     }
     /// Packed row length this spec needs so that every tile's loads stay in the row (a row's
     /// last, partial tile loads only the vectors that hold its pixels).
@@ -410,20 +414,22 @@ impl ConvSpec {
             None => (oh_n, ow_n, 1, [0, 0]),
         };
 
+        let block_tiles = self.block_tiles;
+        let blocks_per_row = self.blocks_per_row();
+        // Full-tile blocks of a row whose channel blocks are whole (`kb`), and the last one.
+        let full_kblocks = if last_kb == self.kb { kblocks } else { kblocks - 1 };
+
         let (_, packed) = for_loop(b, begin, end, 1, &[image], &mut |b, g, packed| {
-            // Groups run (image, output row, channel block): consecutive groups read the same
-            // input rows while they are in cache. Statistics partials stay laid out by (image,
-            // channel block, row), the order the reduction reads.
-            let kblock = b.ins().urem_imm_u(g, kblocks as i64);
-            let t = b.ins().udiv_imm_u(g, kblocks as i64);
+            // Groups run (image, output row, block of tiles); each runs every block of output
+            // channels over its tiles, so its input is read from cache while they take turns.
+            // Statistics partials stay laid out by (image, channel block, row, tile), the order
+            // the reduction reads.
+            let (block, t) = match blocks_per_row {
+                1 => (iconst(b, 0), g),
+                _ => (b.ins().urem_imm_u(g, blocks_per_row as i64), b.ins().udiv_imm_u(g, blocks_per_row as i64)),
+            };
             let oh = b.ins().urem_imm_u(t, oh_n as i64);
             let n = b.ins().udiv_imm_u(t, oh_n as i64);
-            let partial_row = {
-                let e = mul(b, n, kblocks);
-                let e = b.ins().iadd(e, kblock);
-                let e = mul(b, e, oh_n);
-                b.ins().iadd(e, oh)
-            };
             // A new image: pack it into this thread's scratch (or read it where it is).
             let xp = if self.reads_input_in_place() {
                 let first = mul(b, n, self.pack.len());
@@ -436,28 +442,18 @@ impl ConvSpec {
                 });
                 xp
             };
-            // Element offsets: the packed input row for this output row (channel 0); the first
-            // weight of this channel block; the output row of channel kblock * self.kb. (The odd
-            // phase's, by its own origin and weights.)
+            // Element offsets: the packed input row for this output row (channel 0); the output
+            // row of channel 0. (The odd phase's, by its own origin.)
             let x_row = |b: &mut FunctionBuilder, spec: &ConvSpec| {
                 let r0 = mul(b, oh, spec.shape.stride[0]);
                 let row = b.ins().iadd_imm_s(r0, spec.origin[0] as i64);
                 let e = mul(b, row, phases * row_len);
                 b.ins().iadd_imm_s(e, spec.origin[1] as i64)
             };
-            let k0 = mul(b, kblock, self.kb);
-            let w0 = |b: &mut FunctionBuilder, spec: &ConvSpec| {
-                let scaled = b.ins().imul_imm_s(k0, spec.weights.o as i64);
-                b.ins().iadd_imm_s(scaled, spec.weights.base as i64)
-            };
-            let (x_row_odd, w0_odd) = match odd {
-                Some(o) => (Some(x_row(b, o)), Some(w0(b, o))),
-                None => (None, None),
-            };
-            let (x_row, w0) = (x_row(b, self), w0(b, self));
-            let y_row = {
-                let nk = mul(b, n, self.shape.out_channels);
-                let plane = b.ins().iadd(nk, k0);
+            let x_row_odd = odd.map(|o| x_row(b, o));
+            let x_row = x_row(b, self);
+            let y_row0 = {
+                let plane = mul(b, n, self.shape.out_channels);
                 let plane = mul(b, plane, y_rows);
                 let r = mul(b, oh, y_step);
                 let row = b.ins().iadd(plane, r);
@@ -465,46 +461,78 @@ impl ConvSpec {
                 let e = mul(b, row, y_row_len);
                 b.ins().iadd_imm_s(e, col0 as i64)
             };
-            // A tile of `kb` channels by `vb` vectors from column `col` (index `t` in its row).
-            let tile = |b: &mut FunctionBuilder, kb: usize, t: Value, col: Value, vb: usize, valid: Option<usize>| {
-                let st = stats_at(b, partial_row, t);
-                let at = [x_row, w0];
-                let mut phases = vec![(self, at)];
-                if let (Some(o), Some(x_row), Some(w0)) = (odd, x_row_odd, w0_odd) {
-                    phases.push((o, [x_row, w0]));
-                }
-                let mut sums = accumulate(b, mul_add, [xp, w], &phases, col, [kb, vb]).into_iter();
-                let acc = sums.next().expect("this phase's sums");
-                let odd = sums.next();
-                let tile = [kb, vb];
-                self.store(b, mul_add, a, st, [y_row, k0], col, tile, valid, &acc, odd.as_deref());
+            // This block's full tiles, `t_lo..t_hi`, and whether it ends the row (and holds the
+            // partial tile).
+            let t_lo = mul(b, block, block_tiles);
+            let t_hi = {
+                let e = b.ins().iadd_imm_s(t_lo, block_tiles as i64);
+                let full = iconst(b, full_tiles as i64);
+                b.ins().umin(e, full)
             };
-            // The row's tiles, of `kb` channels.
-            let row = |b: &mut FunctionBuilder, kb: usize| {
-                let tiles = iconst(b, full_tiles as i64);
-                let zero = iconst(b, 0);
-                for_loop(b, zero, tiles, 1, &[], &mut |b, t, _| {
+            let ends_row = b.ins().icmp_imm_u(IntCC::Equal, block, blocks_per_row as i64 - 1);
+            // The block's tiles for the `kb` output channels from `kblock * self.kb`.
+            let channels = |b: &mut FunctionBuilder, kblock: Value, kb: usize| {
+                let k0 = mul(b, kblock, self.kb);
+                let w0 = |b: &mut FunctionBuilder, spec: &ConvSpec| {
+                    let scaled = b.ins().imul_imm_s(k0, spec.weights.o as i64);
+                    b.ins().iadd_imm_s(scaled, spec.weights.base as i64)
+                };
+                let w0_odd = odd.map(|o| w0(b, o));
+                let w0 = w0(b, self);
+                let y_row = {
+                    let e = mul(b, k0, y_rows * y_row_len);
+                    b.ins().iadd(y_row0, e)
+                };
+                let partial_row = {
+                    let e = mul(b, n, kblocks);
+                    let e = b.ins().iadd(e, kblock);
+                    let e = mul(b, e, oh_n);
+                    b.ins().iadd(e, oh)
+                };
+                // A tile of `kb` channels by `vb` vectors from column `col` (index `t` in its row).
+                let tile = |b: &mut FunctionBuilder, t: Value, col: Value, vb: usize, valid: Option<usize>| {
+                    let st = stats_at(b, partial_row, t);
+                    let mut phases = vec![(self, [x_row, w0])];
+                    if let (Some(o), Some(x_row), Some(w0)) = (odd, x_row_odd, w0_odd) {
+                        phases.push((o, [x_row, w0]));
+                    }
+                    let mut sums = accumulate(b, mul_add, [xp, w], &phases, col, [kb, vb]).into_iter();
+                    let acc = sums.next().expect("this phase's sums");
+                    let odd = sums.next();
+                    let tile = [kb, vb];
+                    self.store(b, mul_add, a, st, [y_row, k0], col, tile, valid, &acc, odd.as_deref());
+                };
+                for_loop(b, t_lo, t_hi, 1, &[], &mut |b, t, _| {
                     let col = mul(b, t, tile_w);
-                    tile(b, kb, t, col, self.vb, None);
+                    tile(b, t, col, self.vb, None);
                     vec![]
                 });
                 if last > 0 {
-                    let col = iconst(b, (full_tiles * tile_w) as i64);
-                    let t = iconst(b, full_tiles as i64);
-                    tile(b, kb, t, col, last.div_ceil(4), Some(last));
+                    if_then(b, ends_row, &mut |b| {
+                        let col = iconst(b, (full_tiles * tile_w) as i64);
+                        let t = iconst(b, full_tiles as i64);
+                        tile(b, t, col, last.div_ceil(4), Some(last));
+                    });
                 }
             };
-            if last_kb == self.kb {
-                row(b, self.kb);
-            } else {
-                let is_last = b.ins().icmp_imm_u(IntCC::Equal, kblock, kblocks as i64 - 1);
-                let not_last = b.ins().icmp_imm_u(IntCC::NotEqual, kblock, kblocks as i64 - 1);
-                if_then(b, not_last, &mut |b| row(b, self.kb));
-                if_then(b, is_last, &mut |b| row(b, last_kb));
+            let (zero, whole) = (iconst(b, 0), iconst(b, full_kblocks as i64));
+            for_loop(b, zero, whole, 1, &[], &mut |b, kblock, _| {
+                channels(b, kblock, self.kb);
+                vec![]
+            });
+            if full_kblocks < kblocks {
+                let kblock = iconst(b, full_kblocks as i64);
+                channels(b, kblock, last_kb);
             }
             vec![n]
         });
         packed[0]
+    }
+
+    /// Groups per output row and image: blocks of [`ConvSpec::block_tiles`] tiles (the last
+    /// may hold fewer).
+    fn blocks_per_row(&self) -> usize {
+        self.tiles_per_row().div_ceil(self.block_tiles)
     }
 
     /// f32 elements of one thread's scratch: its work area (see [`ConvSpec::work_len`]), the
@@ -838,6 +866,27 @@ pub(crate) fn sum_and_squares(
         None => [v, b.ins().fmul(v, v)],
         Some([s, q]) => [b.ins().fadd(s, v), mul_add_emit(b, mul_add, v, v, q)],
     }
+}
+
+/// Tiles of an output row per group (see [`ConvSpec::block_tiles`]). A whole row while the input
+/// rows its tiles read fit half of a 1 MiB L2 cache: each block of output channels then keeps
+/// its weights in L1 over the row and reads the row from L2. Past that, the row would stream
+/// from L3 for every block of channels, so a group takes as many tiles as keep their input within
+/// half of a 32 KiB L1 data cache (at least one), and the channel blocks take turns on it.
+/// (ResNet-50's 1x1 convolutions, as one row of an image's pixels: 256->64 at 56x56 ran at
+/// 46-47% of the ceiling by whole rows against 74-75% by tiles of 16 KiB; 128->512 at 28x28, a
+/// 400 KiB row, 85-89% by rows against 78-79%. BENCHMARKS.md.)
+pub(crate) fn block_tiles(shape: &ConvShape, vb: usize) -> usize {
+    const L2_SHARE: usize = 512 << 10;
+    const L1_SHARE: usize = 16 << 10;
+    let [kh, kw] = shape.kernel;
+    let tile_w = 4 * vb;
+    let input_bytes = |pixels: usize| 4 * shape.in_channels * kh * (pixels * shape.stride[1] + kw.saturating_sub(1));
+    let tiles = shape.out_hw[1].div_ceil(tile_w).max(1);
+    if input_bytes(shape.out_hw[1]) <= L2_SHARE {
+        return tiles;
+    }
+    (L1_SHARE / input_bytes(tile_w)).clamp(1, tiles)
 }
 
 /// xmm registers a register tile may take (see [`register_tile`]).

@@ -10,7 +10,7 @@ use crate::conv::sub_pixel::SubPixelSpec;
 use crate::conv::weight_grad::WeightGradSpec;
 use crate::conv::winograd::{Winograd, WinogradTiles, WinogradWeightsSpec};
 use crate::conv::winograd_grad::WinogradGradSpec;
-use crate::conv::{ChannelBlocks, ConvShape, ConvSpec, Interleave, WeightLayout, register_tile};
+use crate::conv::{ChannelBlocks, ConvShape, ConvSpec, Interleave, WeightLayout, block_tiles, register_tile};
 use crate::spec::KernelSpec;
 use skipgrad_ir::NodeId;
 
@@ -45,15 +45,14 @@ fn conv_pack(g: &Geometry) -> PackSpec {
     PackSpec { planes, in_hw, dilation, pad_before, rows, phases: stride[1], row_len, images: 1, step: 1 }
 }
 
-/// A pointwise convolution (1x1, stride 1, unpadded) whose rows end in a partial vector of
-/// `lanes` (ResNet-50's 28, 14 and 7 pixels wide, at 8 lanes) as one row of all its pixels: its
-/// planes are contiguous, so the packed image holds the same data, and the tiles run across row
-/// ends. Rows of whole vectors stay rows, whose tiles read from L1 (at 56x56, one row streams
-/// the image from L2 for every block of channels: 56-72% of the ceiling against 72-81% by rows;
-/// at 8 lanes, 90-115% against 106-143%, a partial last tile included).
-fn pointwise_as_one_row(g: Geometry, lanes: usize) -> Geometry {
+/// A pointwise convolution (1x1, stride 1, unpadded) as one row of all its pixels: its planes
+/// are contiguous, so the packed image holds the same data, and the tiles run across row ends,
+/// so that only an image's last tile is partial (ResNet-50's 56-pixel rows were 3.5 tiles of 16
+/// pixels at 8 lanes). Its groups take a few tiles each ([`block_tiles`]), so the input stays in
+/// cache while the blocks of output channels take turns.
+fn pointwise_as_one_row(g: Geometry) -> Geometry {
     let pointwise = g.kernel == [1, 1] && g.stride == [1, 1] && g.dilation == [1, 1] && g.pad == [0, 0];
-    if !pointwise || g.out_hw[1].is_multiple_of(lanes) {
+    if !pointwise {
         return g;
     }
     let pixels = g.out_hw[0] * g.out_hw[1];
@@ -94,7 +93,7 @@ fn strided_pointwise(g: Geometry) -> Option<(Geometry, PackSpec)> {
 /// per-thread scratch: epilogue operands and statistics go before the scratch.
 pub(super) fn conv(id: NodeId, [x, w]: [NodeId; 2], g: Geometry, weights: WeightLayout, choices: Choices) -> Lowered {
     let strided = strided_pointwise(g);
-    let g = strided.as_ref().map_or_else(|| pointwise_as_one_row(g, choices.lanes), |(g, _)| *g);
+    let g = strided.as_ref().map_or_else(|| pointwise_as_one_row(g), |(g, _)| *g);
     let Geometry { nck: [n, c, k], in_hw, kernel, stride, dilation, pad, out_hw } = g;
     // Few output channels leave F(4x4, 3x3)'s larger input transform most of the work: the
     // stem's input gradient (16 -> 3 channels) ran 15% slower by F(4x4) than by F(2x2).
@@ -138,6 +137,7 @@ pub(super) fn conv(id: NodeId, [x, w]: [NodeId; 2], g: Geometry, weights: Weight
         .then_some(WeightRelayoutSpec { from: weights, out_channels: k, in_channels: c, kernel });
     let shape = ConvShape { batch: n, in_channels: c, out_channels: k, kernel, stride, out_hw };
     let spec = ConvSpec {
+        block_tiles: block_tiles(&shape, vb),
         shape,
         pack,
         origin: [0, 0],
@@ -280,6 +280,7 @@ pub(super) fn sub_pixel_grad_input(
                 (shape([0, 0]), [0, 0], WeightLayout::kcrs(c, kh, kw))
             };
             ConvSpec {
+                block_tiles: block_tiles(&shape, vb),
                 shape,
                 pack: pack.clone(),
                 origin,
