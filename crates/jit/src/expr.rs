@@ -116,6 +116,21 @@ impl Expr {
         }
     }
 
+    /// Whether the expression reads a per-group local numbered `first` or above.
+    pub(crate) fn reads_locals_from(&self, first: usize) -> bool {
+        match self {
+            Expr::Local(k) => *k >= first,
+            Expr::Load(_) | Expr::Const(_) | Expr::Acc => false,
+            Expr::Add(a, b) | Expr::Sub(a, b) | Expr::Mul(a, b) | Expr::Div(a, b) => {
+                a.reads_locals_from(first) || b.reads_locals_from(first)
+            }
+            Expr::Sqrt(a) => a.reads_locals_from(first),
+            Expr::Select { a, b, then, otherwise, .. } => {
+                [a, b, then, otherwise].iter().any(|e| e.reads_locals_from(first))
+            }
+        }
+    }
+
     /// True when the value is the same for every element of a group (no per-element loads).
     pub(crate) fn is_invariant(&self, per_element: &dyn Fn(usize) -> bool) -> bool {
         match self {

@@ -127,6 +127,31 @@ impl NestSpec {
         last_maps.iter().any(writes) && !before.iter().any(writes)
     }
 
+    /// The passes as the walks over a group's elements run them, by index: consecutive maps
+    /// share one walk (see [`Pass::Map`]), and so do consecutive reductions whose expressions
+    /// read no local the others produce (batch-norm backward's sums of dy and dy * x-hat); a
+    /// store is a walk of its own, over nothing.
+    pub fn runs(&self) -> Vec<std::ops::Range<usize>> {
+        let mut runs = vec![];
+        let (mut first, mut locals) = (0, 0);
+        while first < self.passes.len() {
+            let rest = &self.passes[first..];
+            let len = match &rest[0] {
+                Pass::Map { .. } => rest.iter().take_while(|p| matches!(p, Pass::Map { .. })).count(),
+                Pass::Reduce { .. } => rest
+                    .iter()
+                    .take_while(|p| matches!(p, Pass::Reduce { expr, .. } if !expr.reads_locals_from(locals)))
+                    .count()
+                    .max(1),
+                Pass::Store { .. } => 1,
+            };
+            locals += rest[..len].iter().filter(|p| matches!(p, Pass::Reduce { .. })).count();
+            runs.push(first..first + len);
+            first += len;
+        }
+        runs
+    }
+
     /// Emits the kernel's body into `b`, whose function has the signature described above.
     pub(crate) fn build(&self, b: &mut FunctionBuilder, ptr: Type, mul_add: MulAdd) {
         let (args, begin, end) = entry(b);
@@ -158,32 +183,34 @@ impl NestSpec {
                 })
                 .collect();
             let mut locals: Vec<(Value, Value)> = Vec::new();
-            let mut passes = self.passes.as_slice();
-            while let Some(pass) = passes.first() {
-                // Consecutive maps share one walk over the elements (see `Pass::Map`).
-                let maps = passes.iter().take_while(|p| matches!(p, Pass::Map { .. })).count().max(1);
-                let (now, rest) = passes.split_at(maps);
-                passes = rest;
+            for run in self.runs() {
+                let now = &self.passes[run];
+                let pass = &now[0];
+                // Hoisted: the invariant parts of the elementwise expressions (a reduction's
+                // `finish` may read the locals the run's earlier reductions produce).
                 let exprs: Vec<&Expr> = now
                     .iter()
-                    .flat_map(|p| match p {
-                        Pass::Reduce { expr, finish } => vec![expr, finish],
-                        Pass::Map { expr, .. } | Pass::Store { expr, .. } => vec![expr],
+                    .map(|p| match p {
+                        Pass::Reduce { expr, .. } | Pass::Map { expr, .. } | Pass::Store { expr, .. } => expr,
                     })
                     .collect();
                 let invariants = self.hoist(b, &exprs, &group_values, &locals, mul_add);
                 let scalars: Vec<Value> = locals.iter().map(|l| l.0).collect();
                 let vectors: Vec<Value> = locals.iter().map(|l| l.1).collect();
                 match pass {
-                    Pass::Reduce { expr, finish } => {
-                        let sum = self.sum(b, group_base, partial, &mut |b, w, at| {
+                    Pass::Reduce { .. } => {
+                        let sums = self.sums(b, group_base, partial, exprs.len(), &mut |b, w, at| {
                             let mut load = |b: &mut FunctionBuilder, k: usize| self.load(b, w, operands, at, k);
                             let mut env = element_env(w, mul_add, &mut load, &invariants, &scalars, &vectors);
-                            expr.emit(b, &mut env)
+                            exprs.iter().map(|e| e.emit(b, &mut env)).collect()
                         });
-                        let local = group_scalar(b, finish, mul_add, &invariants.0, &scalars, Some(sum));
-                        let splat = b.ins().splat(types::F32X4, local);
-                        locals.push((local, splat));
+                        for (reduce, sum) in now.iter().zip(sums) {
+                            let Pass::Reduce { finish, .. } = reduce else { unreachable!("a run of reductions") };
+                            let scalars: Vec<Value> = locals.iter().map(|l| l.0).collect();
+                            let local = group_scalar(b, finish, mul_add, &invariants.0, &scalars, Some(sum));
+                            let splat = b.ins().splat(types::F32X4, local);
+                            locals.push((local, splat));
+                        }
                     }
                     Pass::Map { .. } => {
                         self.for_elements(b, group_base, partial, &mut |b, w, at| {
@@ -248,54 +275,96 @@ impl NestSpec {
         (s_map, v_map)
     }
 
-    /// Sums `value` (an f32x4 or an f32 at each element) over the group's elements, returned
-    /// rounded to f32: each segment in chunks of [`CHUNK`] elements summed in an f32x4, whose
-    /// lanes are then added in f64, so a sum of 32,768 values is about as accurate as its f32
-    /// rounding (one f32 accumulator per lane lost up to 1e-5 of a batch-norm gradient:
-    /// `tests/numerics.rs`). The order is fixed, so results do not depend on threads.
-    fn sum(
+    /// Sums each of the `n` values `value` gives (f32x4s or f32s at each element) over the
+    /// group's elements, returned rounded to f32: each segment in chunks of [`CHUNK`] elements
+    /// summed in f32, [`UNROLL`] vectors at a time into as many f32x4 accumulators per value (so
+    /// that the adds do not wait on one another), whose lanes are then added in f64; so a sum of
+    /// 32,768 values is about as accurate as its f32 rounding (one f32 accumulator per lane lost
+    /// up to 1e-5 of a batch-norm gradient: `tests/numerics.rs`). The order is fixed, so results
+    /// do not depend on threads.
+    fn sums(
         &self,
         b: &mut FunctionBuilder,
         group_base: Value,
         partial: bool,
-        value: &mut dyn FnMut(&mut FunctionBuilder, Width, At) -> Value,
-    ) -> Value {
+        n: usize,
+        value: &mut dyn FnMut(&mut FunctionBuilder, Width, At) -> Vec<Value>,
+    ) -> Vec<Value> {
         let zero = b.ins().f64const(0.0);
         let zeros = b.ins().splat(types::F64X2, zero);
-        let acc = self.for_segments(b, group_base, partial, &[zeros, zeros, zero], &mut |b, base, len, acc| {
+        // Per value: its f64 totals (two f64x2 of the f32x4 lanes, and the scalar tail's f64).
+        let totals: Vec<Value> = (0..n).flat_map(|_| [zeros, zeros, zero]).collect();
+        let totals = self.for_segments(b, group_base, partial, &totals, &mut |b, base, len, totals| {
             let zero = iconst(b, 0);
             let last = b.ins().iadd_imm_s(len, CHUNK as i64 - 1);
-            let (_, acc) = for_loop(b, zero, last, CHUNK as i64, acc, &mut |b, first, acc| {
+            let (_, totals) = for_loop(b, zero, last, CHUNK as i64, totals, &mut |b, first, totals| {
                 let end = b.ins().iadd_imm_s(first, CHUNK as i64);
                 let end = b.ins().umin(end, len);
                 let zero = b.ins().f32const(0.0);
                 let zero = b.ins().splat(types::F32X4, zero);
-                let (tail, chunk) = for_loop(b, first, end, 4, &[zero], &mut |b, i, c| {
+                // Accumulator u of value e at index e * UNROLL + u; a vector past the unrolled
+                // steps goes into accumulator 0.
+                let chunk = vec![zero; n * UNROLL];
+                let mut add = |b: &mut FunctionBuilder, i: Value, u: usize, chunk: &mut [Value]| {
+                    let i = b.ins().iadd_imm_s(i, 4 * u as i64);
                     let at = At { flat: b.ins().iadd(base, i), inner: i };
-                    let v = value(b, Width::Vector, at);
-                    vec![b.ins().fadd(c[0], v)]
+                    for (e, v) in value(b, Width::Vector, at).into_iter().enumerate() {
+                        chunk[e * UNROLL + u] = b.ins().fadd(chunk[e * UNROLL + u], v);
+                    }
+                };
+                let (rest, chunk) = for_loop(b, first, end, 4 * UNROLL as i64, &chunk, &mut |b, i, chunk| {
+                    let mut chunk = chunk.to_vec();
+                    for u in 0..UNROLL {
+                        add(b, i, u, &mut chunk);
+                    }
+                    chunk
                 });
-                let high = shuffle32(b, chunk[0], chunk[0], [2, 3, 6, 7]);
-                let (lo, hi) = (b.ins().fvpromote_low(chunk[0]), b.ins().fvpromote_low(high));
-                let (lo, hi) = (b.ins().fadd(acc[0], lo), b.ins().fadd(acc[1], hi));
+                let (tail, chunk) = for_loop(b, rest, end, 4, &chunk, &mut |b, i, chunk| {
+                    let mut chunk = chunk.to_vec();
+                    add(b, i, 0, &mut chunk);
+                    chunk
+                });
+                let mut totals = totals.to_vec();
+                for (e, parts) in chunk.chunks(UNROLL).enumerate() {
+                    let (a, z) = (b.ins().fadd(parts[0], parts[1]), b.ins().fadd(parts[2], parts[3]));
+                    let sum = b.ins().fadd(a, z);
+                    let high = shuffle32(b, sum, sum, [2, 3, 6, 7]);
+                    let (lo, hi) = (b.ins().fvpromote_low(sum), b.ins().fvpromote_low(high));
+                    totals[3 * e] = b.ins().fadd(totals[3 * e], lo);
+                    totals[3 * e + 1] = b.ins().fadd(totals[3 * e + 1], hi);
+                }
                 // The scalar tail: only the segment's last chunk can have one (CHUNK is a multiple of 4).
-                let (_, scalar) = for_loop(b, tail, end, 1, &acc[2..], &mut |b, i, c| {
+                let scalars: Vec<Value> = (0..n).map(|e| totals[3 * e + 2]).collect();
+                let (_, scalars) = for_loop(b, tail, end, 1, &scalars, &mut |b, i, s| {
                     let at = At { flat: b.ins().iadd(base, i), inner: i };
-                    let v = value(b, Width::Scalar, at);
-                    let v = b.ins().fpromote(types::F64, v);
-                    vec![b.ins().fadd(c[0], v)]
+                    let values = value(b, Width::Scalar, at);
+                    s.iter()
+                        .zip(values)
+                        .map(|(&s, v)| {
+                            let v = b.ins().fpromote(types::F64, v);
+                            b.ins().fadd(s, v)
+                        })
+                        .collect()
                 });
-                vec![lo, hi, scalar[0]]
+                for (e, s) in scalars.into_iter().enumerate() {
+                    totals[3 * e + 2] = s;
+                }
+                totals
             });
-            acc
+            totals
         });
-        let pairs = b.ins().fadd(acc[0], acc[1]);
-        let mut sum = acc[2];
-        for lane in 0..2 {
-            let l = b.ins().extractlane(pairs, lane);
-            sum = b.ins().fadd(sum, l);
-        }
-        b.ins().fdemote(types::F32, sum)
+        totals
+            .chunks(3)
+            .map(|t| {
+                let pairs = b.ins().fadd(t[0], t[1]);
+                let mut sum = t[2];
+                for lane in 0..2 {
+                    let l = b.ins().extractlane(pairs, lane);
+                    sum = b.ins().fadd(sum, l);
+                }
+                b.ins().fdemote(types::F32, sum)
+            })
+            .collect()
     }
 
     /// Loads operand `k` at element `at`, `width` lanes wide.
@@ -402,8 +471,12 @@ type SegmentBody<'a> = dyn FnMut(&mut FunctionBuilder, Value, Value, &[Value]) -
 /// The body run at each element: (builder, width, position).
 type ElementBody<'a> = dyn FnMut(&mut FunctionBuilder, Width, At) + 'a;
 
-/// Elements a reduction sums in f32 before adding them in f64: 16 vectors, so 16 terms per lane.
+/// Elements a reduction sums in f32 before adding them in f64: 16 vectors, so 4 terms per lane
+/// of each of its [`UNROLL`] accumulators.
 const CHUNK: usize = 64;
+
+/// f32x4 accumulators per reduced value (the vectors a reduction's loop adds per step).
+const UNROLL: usize = 4;
 
 /// Where an element is: its flat index and its position within the segment.
 #[derive(Clone, Copy)]

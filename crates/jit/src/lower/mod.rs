@@ -820,6 +820,22 @@ mod tests {
     use super::*;
     use skipgrad_ir::{Conv2dAttrs, Shape};
 
+    /// Batch-norm backward walks a channel's elements twice: once for both of its sums (dy and
+    /// dy * x-hat read no local of each other), once for the input gradient. A variance's
+    /// squared deviations read the mean, so they take a walk after the mean's.
+    #[test]
+    fn independent_reductions_share_a_walk() {
+        let d = [2, 3, 4, 5];
+        let nest = |passes| NestSpec { nest: channel_nest(&d), operands: vec![Operand::Full; 5], outputs: 3, passes };
+        assert_eq!(nest(bn_backward_passes(1e-5, &d, true)).runs(), [0..2, 2..3, 3..4, 4..5]);
+        let dev = Expr::load(0).sub(Expr::Local(0));
+        let variance = vec![
+            Pass::Reduce { expr: Expr::load(0), finish: Expr::Acc },
+            Pass::Reduce { expr: dev.clone().mul(dev), finish: Expr::Acc },
+        ];
+        assert_eq!(nest(variance).runs(), [0..1, 1..2]);
+    }
+
     /// The IR's elementwise ops (what fusion merges) and the JIT's elementwise rules (what a fused
     /// kernel can compute) are one set.
     #[test]
