@@ -32,7 +32,7 @@ pub enum KernelSpec {
     SubPixel(SubPixelSpec),
     /// Convolution weight gradient: channel tiles over channels-last dy.
     WeightGrad(WeightGradSpec),
-    /// Weight gradient of a 1x1, unpadded convolution: dot products along pixels.
+    /// Weight gradient of a 1x1, unpadded convolution: outer products over transposed x.
     PointwiseWeightGrad(PointwiseWeightGradSpec),
     /// Convolution weight gradient by Winograd F(m x m, 3x3) (3x3, stride 1).
     WinogradGrad(WinogradGradSpec),

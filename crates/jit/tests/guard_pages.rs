@@ -157,17 +157,18 @@ fn convolution_kernels_stay_inside_their_buffers() {
         // at 10 wide; 1x1, whose odd phases have no taps).
         (2, 3, 4, 8, 10, 3, 2, 1),
         (1, 4, 8, 6, 6, 1, 2, 0),
-        // 1x1 weight gradients as dot products: small images joined into rows of whole sets
-        // (a partial tile of input channels, odd output channels, more output channels than
-        // input; 3 images of 49 pixels padded to 148); large ones in two chunks of pixels with
-        // a tail of 3.
+        // 1x1 weight gradients as outer products: small images in sets (a partial panel of
+        // input channels, a partial last block of output channels, more output channels than
+        // input; 3 images of 49 pixels in one set); large ones in chunks of pixels (2209 in 8,
+        // the last shorter); 20 input channels in a full panel and a partial one.
         (2, 8, 6, 3, 5, 1, 1, 0),
         (1, 7, 3, 5, 5, 1, 1, 0),
         (2, 2, 1024, 9, 9, 1, 1, 0),
         (3, 6, 10, 7, 7, 1, 1, 0),
         (1, 64, 64, 47, 47, 1, 1, 0),
-        // At stride 2, x gathered: joined (3 images of 25 pixels), or a chunk of output rows at
-        // a time (odd sizes, two chunks).
+        (2, 20, 7, 9, 9, 1, 1, 0),
+        // At stride 2, x transposed from every other row and column: in sets (3 images of 25
+        // pixels), or chunks of whole output rows (odd sizes, 8 chunks).
         (2, 3, 1024, 9, 7, 1, 2, 0),
         (3, 5, 6, 9, 9, 1, 2, 0),
         (1, 64, 64, 93, 93, 1, 2, 0),

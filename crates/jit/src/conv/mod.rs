@@ -1,7 +1,7 @@
 //! Convolution kernels on NCHW tensors: the direct kernel and the framework every convolution
 //! kernel shares (this file), and in this folder the image packing (`pack`), Winograd forward and
 //! backward-data (`winograd`) and weight gradients (`winograd_grad`), the direct weight gradient
-//! (`weight_grad`) and the pointwise one's as dot products (`pointwise_grad`), stride-2 backward-data by phases (`sub_pixel`), the channels-last transposes
+//! (`weight_grad`) and the pointwise one's as outer products over transposed x (`pointwise_grad`), stride-2 backward-data by phases (`sub_pixel`), the channels-last transposes
 //! (`transpose`), the weights rewritten into PyTorch's layout for a direct kernel (`relayout`)
 //! and the batch statistics' serial tail (`stats`). Emission helpers any kernel uses
 //! (loops, multiply-add, lane shuffles) are in `codegen`.

@@ -343,9 +343,9 @@ fn winograd_weight_grad(
 
 /// The weight gradient as channel tiles: one [`WeightGradSpec`] kernel, with its accumulator
 /// scratch and a per-thread scratch for each image's packed x and channels-last dy; a pointwise
-/// convolution's (1x1, unpadded) as dot products along pixels, reading dy as it is stored, and x
-/// too at stride 1 ([`PointwiseWeightGradSpec`], with its accumulator scratch and a per-thread
-/// scratch for the gathered x at a stride).
+/// convolution's (1x1, unpadded) as outer products over chunks of x transposed to channels-last
+/// by panels of input channels, broadcasting dy as it is stored ([`PointwiseWeightGradSpec`],
+/// with its accumulator scratch and a per-thread scratch for a transposed chunk).
 /// `[id, x_id, dy_id]` are the gradient's node and its operands' (x and dy, of dims `[x, dy]`).
 pub(super) fn weight_grad(
     label: String,
