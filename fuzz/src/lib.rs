@@ -13,7 +13,7 @@
 
 use arbitrary::{Arbitrary, Result as Parsed, Unstructured};
 use skipgrad::fuse::{Pipeline, Program};
-use skipgrad::jit::{CompileOptions, WinogradTiles, compile};
+use skipgrad::jit::{CompileOptions, Target, WinogradTiles, compile};
 use skipgrad::nn::Checkpoint;
 use skipgrad::prelude::*;
 use skipgrad::reference::kink_distance;
@@ -215,6 +215,9 @@ struct Case {
     /// way split their output channels, which smaller nets never reach. One case in 8; drawn
     /// last, so earlier corpora decode as before.
     wide: bool,
+    /// f32 lanes of the JIT's widest vectors (4, 8 or 16), when the CPU has them (else the
+    /// host's); drawn after `wide`, so earlier corpora decode as before (at the host's).
+    lanes: Option<usize>,
 }
 
 impl<'a> Arbitrary<'a> for Case {
@@ -240,6 +243,7 @@ impl<'a> Arbitrary<'a> for Case {
             winograd: *u.choose(&[WinogradTiles::Off, WinogradTiles::F2, WinogradTiles::F4])?,
             inference: u.arbitrary()?,
             wide: u.ratio(1u8, 8u8)?,
+            lanes: if u.is_empty() { None } else { Some(*u.choose(&[4, 8, 16])?) },
         })
     }
 }
@@ -267,7 +271,14 @@ pub fn differential(data: &[u8]) {
         }
     }
     let fused = Pipeline::training().run(program.clone()).expect("fusion of a valid graph").pop().expect("a stage");
-    let options = CompileOptions { threads: case.threads, winograd: case.winograd, ..CompileOptions::default() };
+    let host = Target::host().expect("the host target");
+    let target = case.lanes.and_then(|lanes| host.clone().with_lanes(lanes).ok()).unwrap_or(host);
+    let options = CompileOptions {
+        threads: case.threads,
+        winograd: case.winograd,
+        target: Some(target),
+        ..CompileOptions::default()
+    };
     let mut compiled = compile(&fused.program.graph, &fused.program.outputs, &options)
         .unwrap_or_else(|e| panic!("the fused graph does not compile: {e}\n{case:?}"));
     let got = compiled.run_tensors(&net.feeds).expect("the compiled step runs");

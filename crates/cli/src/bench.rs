@@ -55,8 +55,8 @@ pub struct BenchArgs {
     /// Which 3x3 stride-1 convolutions use Winograd tiles (to compare whole processes).
     #[arg(long, value_enum, default_value_t = Winograd::F4)]
     winograd: Winograd,
-    /// f32 lanes of the JIT's widest vectors: 4 (128-bit registers) or 8 (256-bit, with AVX2;
-    /// the default where the CPU has it). To compare whole processes.
+    /// f32 lanes of the JIT's widest vectors: 4 (128-bit registers), 8 (256-bit, with AVX2) or
+    /// 16 (512-bit, with AVX-512F); the default is the CPU's. To compare whole processes.
     #[arg(long)]
     lanes: Option<usize>,
 }

@@ -66,10 +66,10 @@ impl Calibration {
     }
     /// GFLOP/s of one calibration run on this thread.
     fn gflops(&self) -> f64 {
-        let mut out = [0f32; 8];
+        let mut out = [0f32; 16];
         let args = [out.as_mut_ptr()];
         let t = thread_cpu_seconds();
-        // SAFETY: the peak kernel writes one vector (at most 8 f32) to args[0].
+        // SAFETY: the peak kernel writes one vector (at most 16 f32) to args[0].
         unsafe { self.kernel.run(&args, 0, 1) };
         self.flops / (thread_cpu_seconds() - t) / 1e9
     }
@@ -79,10 +79,10 @@ impl Calibration {
 fn ceiling(target: &Target, lanes: usize) -> f64 {
     let spec = PeakSpec { accumulators: 12, iterations: 2_000_000, lanes };
     let kernel = Kernel::compile(&KernelSpec::Peak(spec.clone()), target).expect("peak kernel");
-    let mut out = [0f32; 8];
+    let mut out = [0f32; 16];
     let args = [out.as_mut_ptr()];
     let (min, budget) = reps();
-    // SAFETY: the peak kernel writes one vector (at most 8 f32) to args[0].
+    // SAFETY: the peak kernel writes one vector (at most 16 f32) to args[0].
     let t = median_seconds(|| unsafe { kernel.run(&args, 0, 1) }, min, budget, 1);
     spec.flops_per_group() / t / 1e9
 }
@@ -230,7 +230,7 @@ fn conv_row(
 fn main() {
     let target = Target::host().expect("host target");
     let lanes = std::env::var("BENCH_LANES").ok().and_then(|l| l.parse().ok()).unwrap_or(target.lanes());
-    let target = target.with_lanes(lanes).expect("BENCH_LANES: 4, or 8 with AVX2");
+    let target = target.with_lanes(lanes).expect("BENCH_LANES: 4, 8 with AVX2, or 16 with AVX-512F");
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -256,10 +256,12 @@ fn main() {
             ceilings.push((form, 4, g));
         }
     }
-    if target.lanes() == 8 {
-        let g = ceiling(&target, 8);
-        println!("| {:?}, f32x8 (256-bit registers) | {g:.1} |", target.mul_add());
-        ceilings.push((target.mul_add(), 8, g));
+    for (lanes, registers) in [(8, "256-bit"), (16, "512-bit")] {
+        if let Ok(t) = target.clone().with_lanes(lanes) {
+            let g = ceiling(&t, lanes);
+            println!("| {:?}, f32x{lanes} ({registers} registers) | {g:.1} |", target.mul_add());
+            ceilings.push((target.mul_add(), lanes, g));
+        }
     }
     let peak = ceilings.iter().find(|c| (c.0, c.1) == (target.mul_add(), target.lanes())).map_or(1.0, |c| c.2);
     println!(

@@ -157,7 +157,12 @@ pub(crate) fn fill(b: &mut FunctionBuilder, at: Value, len: usize, value: Value)
     });
 }
 
-/// The f32 vector type of `lanes` lanes: f32x4, or f32x8 (in a 256-bit register).
+/// The f32 vector type of `lanes` lanes: f32x4, f32x8 (in a 256-bit register) or f32x16 (in a
+/// 512-bit register).
 pub(crate) fn f32_vector(lanes: usize) -> Type {
-    if lanes == 8 { types::F32X8 } else { types::F32X4 }
+    match lanes {
+        16 => types::F32X16,
+        8 => types::F32X8,
+        _ => types::F32X4,
+    }
 }

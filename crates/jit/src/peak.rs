@@ -1,4 +1,4 @@
-//! The calibration kernel: independent multiply-adds on register-resident f32x4 (or f32x8)
+//! The calibration kernel: independent multiply-adds on register-resident f32x4 (or f32x8, f32x16)
 //! accumulators, with no memory traffic. Its throughput is the ceiling the benchmark reports kernels against.
 
 use crate::MulAdd;
@@ -14,7 +14,7 @@ pub struct PeakSpec {
     pub accumulators: usize,
     /// Loop iterations per group.
     pub iterations: usize,
-    /// Lanes per vector: 4 (128-bit registers) or 8 (256-bit registers).
+    /// Lanes per vector: 4 (128-bit registers), 8 (256-bit) or 16 (512-bit).
     pub lanes: usize,
 }
 

@@ -1,6 +1,6 @@
 //! The machine kernels are generated for: Cranelift's host ISA with the CPU features detected at
 //! start-up, the choice between fused multiply-add and separate multiply and add, and the f32
-//! lanes of a vector register (4, or 8 in 256-bit registers).
+//! lanes of a vector register (4, 8 in 256-bit registers, or 16 in 512-bit ones).
 
 use crate::{Error, Result};
 use cranelift_codegen::isa::OwnedTargetIsa;
@@ -31,7 +31,8 @@ impl Target {
     /// The host, with the multiply-add form this CPU prefers: fused when it has FMA, except on
     /// AMD cores without AVX-512 (before Zen 4), where separate multiplies and adds reach the same
     /// peak. (On a Zen 4, with AVX-512, the fused form's ceiling is 25% higher and a training
-    /// step 6-11% faster: BENCHMARKS.md.) Its vectors have 8 lanes where the CPU has AVX2.
+    /// step 6-11% faster: BENCHMARKS.md.) Its vectors have 16 lanes on an Intel CPU with AVX-512F,
+    /// else 8 where the CPU has AVX2.
     pub fn host() -> Result<Self> {
         let isa = host_isa()?;
         let separate_pipes = is_amd() && !has_avx512();
@@ -50,14 +51,16 @@ impl Target {
         Ok(Target { isa, mul_add, lanes })
     }
 
-    /// The same target with vectors of `lanes` f32: 4 (128-bit registers), or 8 (256-bit, which
-    /// needs AVX2).
+    /// The same target with vectors of `lanes` f32: 4 (128-bit registers), 8 (256-bit, which
+    /// needs AVX2) or 16 (512-bit, which needs AVX-512F).
     pub fn with_lanes(self, lanes: usize) -> Result<Self> {
         match lanes {
             4 => Ok(Target { lanes, ..self }),
             8 if has_flag(&self.isa, "has_avx2") => Ok(Target { lanes, ..self }),
             8 => Err(Error::Target("this CPU has no AVX2: 8 lanes need 256-bit registers; use 4".into())),
-            _ => Err(Error::Target(format!("{lanes} lanes: a vector holds 4 or 8 f32"))),
+            16 if has_flag(&self.isa, "has_avx512f") && has_flag(&self.isa, "has_avx2") => Ok(Target { lanes, ..self }),
+            16 => Err(Error::Target("this CPU has no AVX-512F: 16 lanes need 512-bit registers; use 4 or 8".into())),
+            _ => Err(Error::Target(format!("{lanes} lanes: a vector holds 4, 8 or 16 f32"))),
         }
     }
 
@@ -99,17 +102,26 @@ fn host_isa() -> Result<OwnedTargetIsa> {
     flags.set("enable_verifier", verify).map_err(|e| Error::Target(e.to_string()))?;
     let builder = cranelift_native::builder().map_err(|e| Error::Target(e.to_string()))?;
     let isa = builder.finish(settings::Flags::new(flags)).map_err(|e| Error::Target(e.to_string()))?;
-    // The vendored Cranelift moves, spills and reloads float registers whole, as 256-bit ymm
-    // registers (vendor/cranelift-codegen/PATCH.md).
+    // The vendored Cranelift's 256-bit vectors (and its moves, spills and reloads of them) are
+    // VEX-encoded (vendor/cranelift-codegen/PATCH.md).
     if isa.name() == "x64" && !has_flag(&isa, "has_avx") {
         return Err(Error::Target("skipgrad's kernels need AVX (x86-64 CPUs since 2011): this CPU has none".into()));
     }
     Ok(isa)
 }
 
-/// f32 lanes of the widest vectors the kernels take on `isa`: 8 with AVX2, else 4.
+/// f32 lanes of the widest vectors the kernels take on `isa`: 16 on an Intel CPU with AVX-512F
+/// (two 512-bit multiply-add units: the ceiling is 1.8x the 256-bit one's, BENCHMARKS.md), 8 with
+/// AVX2, else 4. An AMD Zen 4 splits 512-bit operations in two, so its vectors stay at 8 lanes
+/// (16 are not measured there; [`Target::with_lanes`] takes them).
 fn widest_lanes(isa: &OwnedTargetIsa) -> usize {
-    if has_flag(isa, "has_avx2") { 8 } else { 4 }
+    if has_flag(isa, "has_avx512f") && has_flag(isa, "has_avx2") && !is_amd() {
+        16
+    } else if has_flag(isa, "has_avx2") {
+        8
+    } else {
+        4
+    }
 }
 
 fn has_flag(isa: &OwnedTargetIsa, name: &str) -> bool {
@@ -142,14 +154,18 @@ fn has_avx512() -> bool {
 mod tests {
     use super::Target;
 
-    /// 4 lanes are always available, 8 where the CPU has AVX2, and nothing else.
+    /// 4 lanes are always available, 8 where the CPU has AVX2, 16 where it has AVX-512F, and
+    /// nothing else; the host's default is one of them.
     #[test]
-    fn lanes_are_four_or_the_cpus_eight() {
+    fn lanes_are_four_eight_or_sixteen() {
         let host = Target::host().unwrap();
-        assert!(host.lanes() == 4 || host.lanes() == 8);
+        assert!([4, 8, 16].contains(&host.lanes()));
         assert_eq!(host.clone().with_lanes(4).unwrap().lanes(), 4);
-        assert_eq!(host.clone().with_lanes(8).is_ok(), host.lanes() == 8);
-        let error = host.with_lanes(16).unwrap_err().to_string();
-        assert!(error.contains("16 lanes"), "{error}");
+        let avx2 = super::has_flag(&host.isa, "has_avx2");
+        let avx512 = avx2 && super::has_flag(&host.isa, "has_avx512f");
+        assert_eq!(host.clone().with_lanes(8).is_ok(), avx2);
+        assert_eq!(host.clone().with_lanes(16).is_ok(), avx512);
+        let error = host.with_lanes(12).unwrap_err().to_string();
+        assert!(error.contains("12 lanes"), "{error}");
     }
 }

@@ -21,16 +21,20 @@ fn random(seed: u64, dims: &[usize], lo: f32, hi: f32) -> Tensor {
     Tensor::f32(dims, (0..n).map(|_| rng.random_range(lo..hi)).collect()).unwrap()
 }
 
-/// The targets to test on this machine: both multiply-add forms where the CPU has FMA, and the
-/// last of them also with 4 lanes where the CPU's vectors have 8.
+/// The targets to test on this machine: both multiply-add forms where the CPU has FMA, at the
+/// host's lanes, and the last of them also at every other width the CPU has (16, 8, 4).
 fn targets() -> Vec<Target> {
     let mut t = vec![Target::host_with(MulAdd::Separate).unwrap()];
     if let Ok(fused) = Target::host_with(MulAdd::Fused) {
         t.push(fused);
     }
     let last = t[t.len() - 1].clone();
-    if last.lanes() == 8 {
-        t.push(last.with_lanes(4).unwrap());
+    for lanes in [16, 8, 4] {
+        if lanes != last.lanes()
+            && let Ok(other) = last.clone().with_lanes(lanes)
+        {
+            t.push(other);
+        }
     }
     t
 }

@@ -4,7 +4,7 @@
 //! multiply-add to overwrite it (the multiply-adds add into their accumulators), and broadcasts
 //! each weight straight from memory, not through a register and a shuffle
 //! (vendor/cranelift-codegen/PATCH.md has both patches); and where the CPU has AVX2 they compute
-//! in 256-bit registers.
+//! in 256-bit registers, the direct ones in 512-bit registers at 16 lanes (AVX-512F).
 
 use skipgrad_ir::{Conv2dAttrs, DType, Graph, NodeId, Op, Role, TensorType};
 use skipgrad_jit::{CompileOptions, Target, compile};
@@ -80,12 +80,17 @@ fn convolution_passes(g: &mut Graph, [c, k, hw, s]: [usize; 4], kernel: usize) -
     ]
 }
 
-/// Compiles every pass of each convolution `[in, out, size, stride]` and checks its kernel's code.
+/// Compiles every pass of each convolution `[in, out, size, stride]` and checks its kernel's
+/// code, at the host's vectors and at every other width of 8 lanes or more the CPU has.
 fn check_convolutions(shapes: &[[usize; 4]], kernel: usize) {
-    for &shape in shapes {
+    let host = Target::host().unwrap();
+    let mut targets = vec![host.clone()];
+    targets.extend([8, 16].into_iter().filter(|&l| l != host.lanes()).filter_map(|l| host.clone().with_lanes(l).ok()));
+    for (&shape, target) in shapes.iter().flat_map(|s| targets.iter().map(move |t| (s, t))) {
         let mut g = Graph::new();
         let nodes = convolution_passes(&mut g, shape, kernel);
-        let compiled = compile(&g, &nodes.map(|n| n.1), &CompileOptions::default()).unwrap();
+        let options = CompileOptions { target: Some(target.clone()), ..CompileOptions::default() };
+        let compiled = compile(&g, &nodes.map(|n| n.1), &options).unwrap();
         for (pass, id) in nodes {
             let code = compiled.kernel_for(id).unwrap();
             for (what, lines) in shortfalls(&code.vcode) {
@@ -127,17 +132,44 @@ fn pointwise_convolutions_keep_values_in_registers() {
     );
 }
 
-/// Whether disassembly multiplies or adds in ymm registers (register moves and spills are ymm
-/// in every kernel: vendor/cranelift-codegen/PATCH.md).
+/// Whether disassembly multiplies or adds in ymm registers (register moves and spills may be
+/// ymm in any kernel that holds an f32x8: vendor/cranelift-codegen/PATCH.md).
 fn arithmetic_on_ymm(asm: &str) -> bool {
+    arithmetic_on(asm, "ymm")
+}
+
+/// Whether disassembly multiplies or adds in `registers` ("ymm", "zmm").
+fn arithmetic_on(asm: &str, registers: &str) -> bool {
     let arithmetic = ["vfmadd", "vmulps", "vaddps"];
-    asm.lines().any(|l| l.contains("ymm") && arithmetic.iter().any(|op| l.contains(op)))
+    asm.lines().any(|l| l.contains(registers) && arithmetic.iter().any(|op| l.contains(op)))
 }
 
 #[test]
 fn the_ymm_finder_tells_arithmetic_from_moves() {
     assert!(!arithmetic_on_ymm("vmovaps ymm1, ymm2\nvfmadd231ps xmm0, xmm1, xmm2"));
     assert!(arithmetic_on_ymm("vmovaps ymm1, ymm2\nvfmadd231ps ymm0, ymm1, ymmword ptr [rax]"));
+}
+
+/// The convolutions these tests compile: ResNet-50's first pointwise shapes (stride 1 and 2) and
+/// CIFAR's 3x3 ones (Winograd at stride 1, direct and sub-pixel at stride 2).
+const WIDE_CASES: [([usize; 4], usize); 4] =
+    [([64, 256, 56, 1], 1), ([512, 1024, 28, 2], 1), ([16, 16, 32, 1], 3), ([16, 32, 32, 2], 3)];
+
+/// The kernels of every pass of [`WIDE_CASES`] at `target`, each with its description.
+fn wide_case_kernels(target: &Target) -> Vec<(String, skipgrad_jit::KernelCode)> {
+    let mut out = vec![];
+    for (shape, kernel) in WIDE_CASES {
+        let mut g = Graph::new();
+        let nodes = convolution_passes(&mut g, shape, kernel);
+        let options = CompileOptions { target: Some(target.clone()), ..CompileOptions::default() };
+        let compiled = compile(&g, &nodes.map(|n| n.1), &options).unwrap();
+        for (pass, id) in nodes {
+            let code = compiled.kernel_for(id).unwrap().clone();
+            let [c, k, hw, s] = shape;
+            out.push((format!("{kernel}x{kernel} {c}->{k} {hw}x{hw} stride {s} {pass} ({})", code.name), code));
+        }
+    }
+    out
 }
 
 /// Where the CPU has AVX2, every pass of these convolutions (direct, Winograd, sub-pixel,
@@ -147,26 +179,40 @@ fn the_ymm_finder_tells_arithmetic_from_moves() {
 #[test]
 fn convolutions_compute_in_256_bit_vectors_where_the_cpu_has_them() {
     let host = Target::host().unwrap();
-    if host.lanes() != 8 {
+    let Ok(eight) = host.clone().with_lanes(8) else {
         eprintln!("skipped: this CPU has no AVX2, so its vectors have 4 lanes");
         return;
-    }
-    for (shape, kernel) in [([64, 256, 56, 1], 1), ([512, 1024, 28, 2], 1), ([16, 16, 32, 1], 3), ([16, 32, 32, 2], 3)]
-    {
-        for (target, wide) in [(host.clone(), true), (host.clone().with_lanes(4).unwrap(), false)] {
-            let mut g = Graph::new();
-            let nodes = convolution_passes(&mut g, shape, kernel);
-            let options = CompileOptions { target: Some(target), ..CompileOptions::default() };
-            let compiled = compile(&g, &nodes.map(|n| n.1), &options).unwrap();
-            for (pass, id) in nodes {
-                let code = compiled.kernel_for(id).unwrap();
-                let [c, k, hw, s] = shape;
-                let what = format!("{kernel}x{kernel} {c}->{k} {hw}x{hw} stride {s} {pass} ({})", code.name);
-                assert_eq!(code.ir.contains("f32x8"), wide, "{what}: f32x8 in its IR");
-                if let Some(asm) = &code.disassembly {
-                    assert_eq!(arithmetic_on_ymm(asm), wide, "{what}: arithmetic on ymm registers");
-                }
+    };
+    for (target, wide) in [(eight, true), (host.with_lanes(4).unwrap(), false)] {
+        for (what, code) in wide_case_kernels(&target) {
+            assert_eq!(code.ir.contains("f32x8"), wide, "{what}: f32x8 in its IR");
+            if let Some(asm) = &code.disassembly {
+                assert_eq!(arithmetic_on_ymm(asm), wide, "{what}: arithmetic on ymm registers");
             }
         }
     }
+}
+
+/// Where the CPU has AVX-512F, at 16 lanes the direct convolutions whose output rows hold two
+/// vectors of 16 (here the pointwise ones, each image's pixels one row) compute in f32x16
+/// vectors, in 512-bit registers, and every other convolution kernel (the 3x3 stride-2 forward
+/// pass's rows are 16 wide) in f32x8 ones.
+#[test]
+fn direct_convolutions_compute_in_512_bit_vectors_where_the_cpu_has_them() {
+    let Ok(sixteen) = Target::host().unwrap().with_lanes(16) else {
+        eprintln!("skipped: this CPU has no AVX-512F");
+        return;
+    };
+    let mut direct = 0;
+    for (what, code) in wide_case_kernels(&sixteen) {
+        let is_direct = matches!(&code.spec,
+            skipgrad_jit::KernelSpec::Conv(c) if c.winograd.is_none() && c.shape.out_hw[1] >= 32);
+        direct += usize::from(is_direct);
+        assert_eq!(code.ir.contains("f32x16"), is_direct, "{what}: f32x16 in its IR");
+        assert_eq!(code.ir.contains("f32x8"), !is_direct, "{what}: f32x8 in its IR");
+        if let Some(asm) = &code.disassembly {
+            assert_eq!(arithmetic_on(asm, "zmm"), is_direct, "{what}: arithmetic on zmm registers");
+        }
+    }
+    assert_eq!(direct, 3, "1x1 forward and input gradient at stride 1, forward at stride 2");
 }

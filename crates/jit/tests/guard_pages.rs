@@ -4,7 +4,7 @@
 //! A stray access kills the test process; the guarded results must equal the unguarded ones.
 
 use skipgrad_ir::{Axes, Conv2dAttrs, DType, Fused, Graph, NodeId, Op, Role, Shape, TensorType};
-use skipgrad_jit::{CompileOptions, Guard, compile};
+use skipgrad_jit::{CompileOptions, Guard, Target, compile};
 use std::sync::Arc;
 
 fn input(g: &mut Graph, name: &str, dims: &[usize]) -> NodeId {
@@ -23,13 +23,17 @@ fn guard_page_tests_run_with_debug_assertions() {
 
 /// Runs every node of `g` as an output with each guard placement and compares with no guard, on
 /// one thread (whose per-thread scratch is the whole buffer, so any overrun of its share meets a
-/// guard) and on two.
+/// guard) and on two; at the host's vectors, and at 16 lanes too where the CPU has them.
 fn run_guarded(g: &Graph, inputs: &[(&str, usize)]) {
     let outputs: Vec<NodeId> = g.ids().filter(|&id| !g.node(id).unwrap().op.is_source()).collect();
-    for threads in [1, 2] {
+    let host = Target::host().unwrap();
+    let mut targets = vec![host.clone()];
+    targets.extend(host.clone().with_lanes(16).ok().filter(|_| host.lanes() != 16));
+    for (target, threads) in targets.iter().flat_map(|t| [(t, 1), (t, 2)]) {
         let mut results = vec![];
         for guard in [Guard::None, Guard::After, Guard::Before] {
-            let options = CompileOptions { threads, guard, ..CompileOptions::default() };
+            let target = Some(target.clone());
+            let options = CompileOptions { threads, guard, target, ..CompileOptions::default() };
             let mut c = compile(g, &outputs, &options).unwrap();
             for &(name, len) in inputs {
                 let values: Vec<f32> = (0..len).map(|i| ((i * 37 % 11) as f32) * 0.2 + 0.1).collect();
@@ -38,8 +42,8 @@ fn run_guarded(g: &Graph, inputs: &[(&str, usize)]) {
             c.run();
             results.push((0..outputs.len()).map(|k| c.output(k).unwrap().to_vec()).collect::<Vec<_>>());
         }
-        assert_eq!(results[0], results[1], "guard after, {threads} threads");
-        assert_eq!(results[0], results[2], "guard before, {threads} threads");
+        assert_eq!(results[0], results[1], "guard after, {threads} threads, {target}");
+        assert_eq!(results[0], results[2], "guard before, {threads} threads, {target}");
     }
 }
 

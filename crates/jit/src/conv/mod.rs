@@ -34,7 +34,7 @@ pub(crate) mod winograd_grad;
 
 use crate::MulAdd;
 use crate::codegen::{
-    elem_addr, entry_with_thread, for_loop, iconst, if_then, load_arg, mul, mul_add_emit, thread_share,
+    elem_addr, entry_with_thread, f32_vector, for_loop, iconst, if_then, load_arg, mul, mul_add_emit, thread_share,
 };
 use crate::expr::{Env, Expr, Width};
 use crate::nest::Operand;
@@ -124,9 +124,10 @@ pub struct ConvSpec {
     /// fewer): a group computes every block of output channels over its tiles in turn, while
     /// their input stays in cache.
     pub block_tiles: usize,
-    /// f32 lanes of the accumulators: 4, or 8 (each pair of the tile's vectors accumulates in a
+    /// f32 lanes of the accumulators: 4, 8 (each pair of the tile's vectors accumulates in a
     /// 256-bit register; a direct kernel splits it into its two f32x4 halves for the store,
-    /// Winograd's products store it whole).
+    /// Winograd's products store it whole), or for a direct kernel 16 (each four of them in a
+    /// 512-bit register).
     pub lanes: usize,
     /// Applied to each output vector while it is in registers, before the store.
     pub epilogue: Option<Epilogue>,
@@ -164,7 +165,7 @@ pub(crate) struct ConvArgs {
     pub y: Value,
     /// The epilogue's per-channel table in this thread's scratch (see [`Epilogue::channel_parts`]).
     pub table: Option<Value>,
-    /// 8 f32 of this thread's scratch through which f32x8 sums are split (see [`f32x4_halves`]).
+    /// f32 of this thread's scratch through which wide sums are split (see [`f32x4_halves`]).
     pub halves: Value,
 }
 
@@ -536,13 +537,13 @@ impl ConvSpec {
     }
 
     /// f32 elements of one thread's scratch: its work area (see [`ConvSpec::work_len`]), the
-    /// table of the epilogue's per-channel parts, and with 8 lanes the 8 elements through which
-    /// a tile's f32x8 sums are split into f32x4 halves.
+    /// table of the epilogue's per-channel parts, and with 8 or 16 lanes the elements through
+    /// which a tile's wide sums are split into f32x4 parts.
     pub fn scratch_len(&self) -> usize {
-        self.halves_at() + if self.lanes == 8 { 8 } else { 0 }
+        self.halves_at() + if self.lanes > 4 { self.lanes } else { 0 }
     }
 
-    /// Element of the thread's scratch where the f32x8 sums are split (see [`accumulate`]).
+    /// Element of the thread's scratch where the wide sums are split (see [`accumulate`]).
     fn halves_at(&self) -> usize {
         self.work_len() + self.channel_parts().len() * self.shape.out_channels
     }
@@ -631,25 +632,64 @@ impl ConvSpec {
             let parts = self.channel_values(b, table_at, k, width);
             apply_epilogue(b, self.epilogue.as_ref(), mul_add, &at, &parts, v, width)
         };
-        // Channel k's f32x4 vectors of `sums` (each channel's sums are alike: f32x8 and f32x4).
-        let channel = |b: &mut FunctionBuilder, sums: &[Value], k: usize| {
+        // Channel k's sums (each channel's are alike: f32x16, f32x8 and f32x4 vectors) are split
+        // into f32x4 vectors one sum at a time as the stores reach it, so that few parts are
+        // live at once (all of a channel's, with 16 lanes, outnumbered the registers).
+        let sum_at = |b: &FunctionBuilder, sums: &[Value], k: usize, j: usize| -> Option<Value> {
             let per_channel = sums.len() / kb;
-            f32x4_halves(b, a.halves, &sums[k * per_channel..][..per_channel])
+            let mut first = 0;
+            for &v in &sums[k * per_channel..][..per_channel] {
+                if first == j {
+                    return Some(v);
+                }
+                first += b.func.dfg.value_type(v).lane_count() as usize / 4;
+            }
+            None
         };
         for k in 0..kb {
-            let acc = channel(b, acc, k);
-            let odd = odd.map(|odd| channel(b, odd, k));
-            // Statistics of this channel's stored values: vector and scalar partial sums.
+            let (mut acc_parts, mut odd_parts) = (Vec::new(), Vec::new());
+            // Statistics of this channel's stored values: vector and scalar partial sums, and
+            // those of the sums stored whole, by vector type.
             let (mut vector, mut scalar): (Option<[Value; 2]>, Option<[Value; 2]>) = (None, None);
+            let mut whole_stats: Vec<(Type, [Value; 2])> = Vec::new();
+            // Vectors before this one were stored with a whole sum.
+            let mut stored_to = 0;
             for j in 0..vb {
+                if j < stored_to {
+                    continue;
+                }
+                if let Some(v) = sum_at(b, acc, k, j) {
+                    // A wide sum of contiguous outputs with nothing to apply is stored as it is
+                    // (splitting it through memory cost the stem 6% of ResNet-56's step).
+                    let ty = b.func.dfg.value_type(v);
+                    let parts = ty.lane_count() as usize / 4;
+                    let contiguous = self.epilogue.is_none() && odd.is_none() && step == 1;
+                    if parts > 1 && contiguous && valid.is_none_or(|n| n >= 4 * (j + parts)) {
+                        b.ins().store(out_flags, v, y_base, k as i32 * plane + 16 * j as i32);
+                        if stats_at.is_some() {
+                            match whole_stats.iter_mut().find(|(t, _)| *t == ty) {
+                                Some((_, running)) => *running = sum_and_squares(b, mul_add, Some(*running), v),
+                                None => whole_stats.push((ty, sum_and_squares(b, mul_add, None, v))),
+                            }
+                        }
+                        stored_to = j + parts;
+                        continue;
+                    }
+                    acc_parts = f32x4_halves(b, a.halves, &[v]);
+                }
+                if let Some(v) = odd.and_then(|odd| sum_at(b, odd, k, j)) {
+                    odd_parts = f32x4_halves(b, a.halves, &[v]);
+                }
+                let acc_j = acc_parts.remove(0);
+                let odd_j = odd.map(|_| odd_parts.remove(0));
                 let offset = k as i32 * plane + (16 * step * j) as i32;
                 let lanes = valid.map_or(4, |n| n.saturating_sub(4 * j).min(4));
                 // What to store from `offset`: (vector, byte offset, valid lanes, bytes between
                 // lanes): this tile's vector, or the pair interleaved into consecutive pixels.
-                let stores: Vec<(Value, i32, usize, usize)> = match &odd {
-                    None => vec![(acc[j], offset, lanes, 4 * step)],
-                    Some(odd) => {
-                        let zipped = interleave(b, &[acc[j], odd[j]]);
+                let stores: Vec<(Value, i32, usize, usize)> = match odd_j {
+                    None => vec![(acc_j, offset, lanes, 4 * step)],
+                    Some(odd_j) => {
+                        let zipped = interleave(b, &[acc_j, odd_j]);
                         vec![
                             (zipped[0], offset, (2 * lanes).min(4), 4),
                             (zipped[1], offset + 16, (2 * lanes).saturating_sub(4), 4),
@@ -677,6 +717,15 @@ impl ConvSpec {
                 }
             }
             if let Some(at) = stats_at {
+                for (_, [s, q]) in whole_stats {
+                    let [s, q] = [s, q].map(|v| f32x4_halves(b, a.halves, &[v]));
+                    for (s, q) in s.into_iter().zip(q) {
+                        vector = Some(match vector {
+                            None => [s, q],
+                            Some([vs, vq]) => [b.ins().fadd(vs, s), b.ins().fadd(vq, q)],
+                        });
+                    }
+                }
                 let zero = b.ins().f32const(0.0);
                 let [mut sum, mut squares] = scalar.unwrap_or([zero, zero]);
                 if let Some([vs, vq]) = vector {
@@ -724,18 +773,14 @@ fn accumulate(
     let flags = MemFlagsData::new().with_notrap().with_readonly();
     let zero_s = b.ins().f32const(0.0);
     let zero = b.ins().splat(types::F32X4, zero_s);
-    // The tile's vectors as loaded and accumulated: with 8 lanes, each pair of f32x4 vectors as
-    // one f32x8 (and a last f32x4 when `vb` is odd), as (first f32x4 vector, type).
-    let slots: Vec<(usize, Type)> = (0..vb)
-        .step_by(first.lanes / 4)
-        .map(|j| (j, if j + 1 < vb && first.lanes == 8 { types::F32X8 } else { types::F32X4 }))
-        .collect();
+    // The tile's vectors as loaded and accumulated, as (first f32x4 vector, type): each `lanes /
+    // 4` f32x4 vectors as one vector of `lanes`, and the rest in the widest that fit (with 16
+    // lanes and 7 vectors: one f32x16, one f32x8, one f32x4).
+    let slots = vector_slots(vb, first.lanes);
     let per_set = kb * slots.len();
-    let zero8 = (first.lanes == 8).then(|| b.ins().splat(types::F32X8, zero_s));
-    let zeros: Vec<Value> = slots
-        .iter()
-        .map(|&(_, ty)| if ty == types::F32X8 { zero8.expect("f32x8 slots only at 8 lanes") } else { zero })
-        .collect();
+    let mut zero_of = HashMap::from([(types::F32X4, zero)]);
+    let zeros: Vec<Value> =
+        slots.iter().map(|&(_, ty)| *zero_of.entry(ty).or_insert_with(|| b.ins().splat(ty, zero_s))).collect();
     let taps = |spec: &ConvSpec| spec.shape.kernel[0] * spec.shape.kernel[1];
     // Few taps leave little work per channel: unroll over channels (about 8 taps of work) so
     // the loop's own instructions are paid less often.
@@ -806,23 +851,35 @@ fn accumulate(
         .collect()
 }
 
-/// `sums` (f32x8 and f32x4 vectors) as f32x4 vectors: each f32x8 is stored to `halves` (8 f32 of
-/// the thread's scratch) and its halves loaded back, since Cranelift's IR has no instruction that
-/// takes half of a vector. A store splits one channel's sums at a time, so that few halves are
-/// live at once.
+/// `sums` (f32x16, f32x8 and f32x4 vectors) as f32x4 vectors: each wider one is stored to
+/// `halves` (as many f32 of the thread's scratch as the widest has lanes) and its f32x4 parts
+/// loaded back, since Cranelift's IR has no instruction that takes part of a vector.
 fn f32x4_halves(b: &mut FunctionBuilder, halves: Value, sums: &[Value]) -> Vec<Value> {
     let scratch = MemFlagsData::new().with_notrap();
-    let mut out = Vec::with_capacity(2 * sums.len());
+    let mut out = Vec::with_capacity(4 * sums.len());
     for &v in sums {
-        if b.func.dfg.value_type(v) == types::F32X8 {
+        let parts = b.func.dfg.value_type(v).lane_count() / 4;
+        if parts > 1 {
             b.ins().store(scratch, v, halves, 0);
-            out.push(b.ins().load(types::F32X4, scratch, halves, 0));
-            out.push(b.ins().load(types::F32X4, scratch, halves, 16));
+            out.extend((0..parts as i32).map(|i| b.ins().load(types::F32X4, scratch, halves, 16 * i)));
         } else {
             out.push(v);
         }
     }
     out
+}
+
+/// The vectors of a tile of `vb` f32x4 vectors at `lanes` lanes, as (first f32x4 vector, type):
+/// every `lanes / 4` as one vector of `lanes`, the rest in the widest vectors that fit.
+fn vector_slots(vb: usize, lanes: usize) -> Vec<(usize, Type)> {
+    let mut slots = Vec::new();
+    let mut j = 0;
+    while j < vb {
+        let quads = [4, 2, 1].into_iter().find(|&q| q <= lanes / 4 && j + q <= vb).expect("1 always fits");
+        slots.push((j, f32_vector(4 * quads)));
+        j += quads;
+    }
+    slots
 }
 
 /// Applies `epilogue` (if any) to the convolution's value `v` (a vector or a scalar), its

@@ -107,20 +107,22 @@ pub(super) fn conv(id: NodeId, [x, w]: [NodeId; 2], g: Geometry, weights: Weight
         // (with 8 lanes, pairs of them: an even number of vectors).
         Some(tiling) => {
             let vectors = tiling.slots() / 4;
-            let pair = if choices.lanes == 8 && vectors.is_multiple_of(2) { 2 } else { 1 };
+            let pair = if choices.lanes >= 8 && vectors.is_multiple_of(2) { 2 } else { 1 };
             let (kb, n) = register_tile(k, vectors / pair, None, 1, ChannelBlocks::Dividing);
             let n = (1..=n).rev().find(|v| (vectors / pair).is_multiple_of(*v)).unwrap_or(1);
             let tiled_hw = tiling.tiled_hw(out_hw);
             (tiling.pack(c, in_hw, pad, tiled_hw), kb, n * pair, 4 * pair, format!("conv2d_{}", tiling.label()))
         }
-        // Register tile: kb output channels by vb vectors of 4 pixels, accumulated in pairs
-        // (vectors of 8 pixels) with 8 lanes.
+        // Register tile: kb output channels by vb vectors of 4 pixels, accumulated by `lanes /
+        // 4` (vectors of 8 or 16 pixels). 16 lanes only where a row holds two such vectors: a
+        // tile of one vector has too few accumulators to hide the multiply-add's latency (CIFAR's
+        // 16-pixel stride-2 rows ran at 0.8x their 8-lane speed).
         None => {
-            let pair = choices.lanes / 4;
-            let (kb, n) = register_tile(k, out_hw[1].div_ceil(choices.lanes), None, 1, ChannelBlocks::LastPartial);
-            let vb = n * pair;
+            let lanes = if out_hw[1] >= 32 { choices.lanes } else { choices.lanes_up_to_8() };
+            let (kb, n) = register_tile(k, out_hw[1].div_ceil(lanes), None, 1, ChannelBlocks::LastPartial);
+            let vb = n * lanes / 4;
             let pack = strided.as_ref().map_or_else(|| conv_pack(&g), |(_, pack)| pack.clone());
-            (pack, kb, vb, choices.lanes, "conv2d".into())
+            (pack, kb, vb, lanes, "conv2d".into())
         }
     };
     // Fewer than 4 blocks of tile rows in the batch (batch 1): split the output channels into up
@@ -329,7 +331,7 @@ fn winograd_weight_grad(
     choices: Choices,
 ) -> Lowered {
     let spec = WinogradGradSpec::new(x[0], [x[1], k], [x[2], x[3]], out_hw, pad, choices.winograd);
-    let spec = WinogradGradSpec { lanes: choices.lanes, ..spec };
+    let spec = WinogradGradSpec { lanes: choices.lanes_up_to_8(), ..spec };
     let tiling = spec.tiling;
     let scratch = vec![spec.partials_len(), 2, spec.thread_scratch_len()];
     let steps = vec![Planned {
@@ -363,7 +365,7 @@ pub(super) fn weight_grad(
         return winograd_weight_grad(label, [id, x_id, dy_id], x, out_hw, k, pad, choices);
     }
     if kernel == [1, 1] && stride[0] == stride[1] && pad == [0, 0] {
-        let spec = PointwiseWeightGradSpec::new(n, c, k, [x[2], x[3]], stride[0], choices.lanes);
+        let spec = PointwiseWeightGradSpec::new(n, c, k, [x[2], x[3]], stride[0], choices.lanes_up_to_8());
         let steps = vec![Planned {
             label,
             spec: KernelSpec::PointwiseWeightGrad(spec.clone()),
@@ -373,14 +375,14 @@ pub(super) fn weight_grad(
         return Lowered::Steps { scratch: vec![spec.scratch_len(), spec.thread_scratch_len()], steps };
     }
     // f32x4 vectors of output channels per tile: with 8 lanes, two f32x8 above 8 channels.
-    let kv: usize = if choices.lanes == 8 && k > 8 {
+    let kv: usize = if choices.lanes >= 8 && k > 8 {
         4
     } else if k > 4 {
         2
     } else {
         1
     };
-    let lanes = if kv.is_multiple_of(2) { choices.lanes } else { 4 };
+    let lanes = if kv.is_multiple_of(2) { choices.lanes_up_to_8() } else { 4 };
     let dy_row = k.div_ceil(4 * kv) * 4 * kv;
     let inputs = kv * 4 / lanes; // vectors of dy loaded per pixel
     let (cb, _) = register_tile(c, inputs, Some(inputs), 1, ChannelBlocks::Dividing);

@@ -69,9 +69,18 @@ impl Lowered {
 pub(crate) struct Choices {
     /// Which 3x3 stride-1 convolutions use Winograd tiles, and which tiles.
     pub winograd: WinogradTiles,
-    /// f32 lanes of a direct convolution's accumulators: 4, or 8 where the target has 256-bit
-    /// registers ([`Target::lanes`](crate::Target::lanes)).
+    /// f32 lanes of the target's widest vectors ([`Target::lanes`](crate::Target::lanes)): 4, 8
+    /// with 256-bit registers, 16 with 512-bit ones. Direct convolutions take them all; the
+    /// other kernels at most [`Choices::lanes_up_to_8`].
     pub lanes: usize,
+}
+
+impl Choices {
+    /// The lanes of the kernels written for 4 or 8 (Winograd's, the weight gradients', the
+    /// sub-pixel input gradients').
+    pub(crate) fn lanes_up_to_8(&self) -> usize {
+        self.lanes.min(8)
+    }
 }
 
 /// Lowers node `id` of `graph`, as `choices` say.
@@ -447,7 +456,15 @@ fn lower_conv(
         Op::Conv2dGradInput { conv: a, input_hw } => {
             let dy = x;
             if a.stride != [1, 1] && a.stride[0] == a.stride[1] {
-                return sub_pixel_grad_input(id, inputs, [dy, w], a.stride[0], a.pad, *input_hw, choices.lanes);
+                return sub_pixel_grad_input(
+                    id,
+                    inputs,
+                    [dy, w],
+                    a.stride[0],
+                    a.pad,
+                    *input_hw,
+                    choices.lanes_up_to_8(),
+                );
             }
             // Stride 1 (or unequal strides): dx is the stride-1 convolution of dy, dilated by the
             // stride and padded by R-1-P, with the weights transposed and flipped.

@@ -286,7 +286,15 @@ impl dsl::Format {
             // FIXME: according to table 2-35 this needs to take into account
             // "InputSize" which isn't accounted for in our `Evex` structure at
             // this time.
-            dsl::TupleType::Tuple1Scalar => unimplemented!(),
+            // skipgrad patch: a scalar of the instruction's element size (W selects 64
+            // bits), as every instruction defined with this tuple type has.
+            dsl::TupleType::Tuple1Scalar => {
+                if evex.w.as_bool() {
+                    8
+                } else {
+                    4
+                }
+            }
             dsl::TupleType::Tuple1Fixed => unimplemented!(),
             dsl::TupleType::Tuple2 => unimplemented!(),
             dsl::TupleType::Tuple4 => unimplemented!(),

@@ -1147,6 +1147,10 @@ pub struct Callee<M: ABIMachineSpec> {
     sig: Sig,
     /// Defined dynamic types.
     dynamic_type_sizes: HashMap<Type, u32>,
+    /// skipgrad patch (see PATCH.md): bytes of the widest vector value of the
+    /// function (at least 16): the register allocator's moves, spills and
+    /// reloads of a float register keep that many bytes.
+    widest_vector_bytes: u32,
     /// Offsets to each dynamic stackslot.
     dynamic_stackslots: PrimaryMap<DynamicStackSlot, u32>,
     /// Offsets to each sized stackslot.
@@ -1301,6 +1305,15 @@ impl<M: ABIMachineSpec> Callee<M> {
             dynamic_type_sizes.insert(ty, size);
         }
 
+        // skipgrad patch (see PATCH.md).
+        let widest_vector_bytes = f
+            .dfg
+            .values()
+            .map(|v| f.dfg.value_type(v))
+            .filter(|ty| ty.is_vector())
+            .map(|ty| ty.bytes())
+            .fold(16, u32::max);
+
         // Figure out what instructions, if any, will be needed to check the
         // stack limit. This can either be specified as a special-purpose
         // argument or as a global value which often calculates the stack limit
@@ -1316,6 +1329,7 @@ impl<M: ABIMachineSpec> Callee<M> {
             sig,
             dynamic_stackslots,
             dynamic_type_sizes,
+            widest_vector_bytes,
             sized_stackslots,
             sized_stackslot_keys,
             stackslots_size,
@@ -2405,7 +2419,22 @@ impl<M: ABIMachineSpec> Callee<M> {
                 .map(|(_k, v)| v)
                 .unwrap()
         };
+        // skipgrad patch (see PATCH.md): room for the widest vector.
+        let max = max.max(self.widest_vector_bytes);
         M::get_number_of_spillslots_for_value(rc, max, &self.isa_flags)
+    }
+
+    /// skipgrad patch (see PATCH.md): the type in which the register allocator
+    /// moves, spills and reloads registers of class `rc`: the machine's
+    /// canonical type, or for float registers of a function holding vectors
+    /// wider than 128 bits, a vector of that width.
+    pub fn canonical_type_for_rc(&self, rc: RegClass) -> Type {
+        match rc {
+            RegClass::Float if self.widest_vector_bytes > 16 => I8
+                .by(self.widest_vector_bytes)
+                .expect("a vector type of the widest vector's bytes"),
+            _ => M::I::canonical_type_for_rc(rc),
+        }
     }
 
     /// Get the spill slot offset relative to the fixed allocation area start.
@@ -2415,7 +2444,7 @@ impl<M: ABIMachineSpec> Callee<M> {
 
     /// Generate a spill.
     pub fn gen_spill(&self, to_slot: SpillSlot, from_reg: RealReg) -> M::I {
-        let ty = M::I::canonical_type_for_rc(from_reg.class());
+        let ty = self.canonical_type_for_rc(from_reg.class()); // skipgrad patch
         debug_assert_eq!(<M>::I::rc_for_type(ty).unwrap().1, &[ty]);
 
         let sp_off = self.get_spillslot_offset(to_slot);
@@ -2427,7 +2456,7 @@ impl<M: ABIMachineSpec> Callee<M> {
 
     /// Generate a reload (fill).
     pub fn gen_reload(&self, to_reg: Writable<RealReg>, from_slot: SpillSlot) -> M::I {
-        let ty = M::I::canonical_type_for_rc(to_reg.to_reg().class());
+        let ty = self.canonical_type_for_rc(to_reg.to_reg().class()); // skipgrad patch
         debug_assert_eq!(<M>::I::rc_for_type(ty).unwrap().1, &[ty]);
 
         let sp_off = self.get_spillslot_offset(from_slot);

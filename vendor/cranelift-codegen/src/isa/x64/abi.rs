@@ -874,8 +874,9 @@ impl ABIMachineSpec for X64ABIMachineSpec {
         // We allocate in terms of 8-byte slots.
         match rc {
             RegClass::Int => 1,
-            // skipgrad patch (see PATCH.md): a spilled float register keeps 256 bits.
-            RegClass::Float => (vector_scale / 8).max(4),
+            // skipgrad patch (see PATCH.md): `vector_scale` counts the function's
+            // widest vector, whose bits a spilled float register keeps.
+            RegClass::Float => vector_scale / 8,
             RegClass::Vector => unreachable!(),
         }
     }

@@ -325,6 +325,9 @@ impl Inst {
                     _ if ty.is_vector() && ty.bits() == 256 => {
                         asm::inst::vmovups_y_load::new(to_reg, from_addr).into()
                     }
+                    _ if ty.is_vector() && ty.bits() == 512 => {
+                        asm::inst::vmovups_z_load::new(to_reg, from_addr).into()
+                    }
                     _ => unimplemented!("unable to load type: {}", ty),
                 };
                 Inst::External { inst }
@@ -368,6 +371,9 @@ impl Inst {
                     // skipgrad patch (see PATCH.md).
                     _ if ty.is_vector() && ty.bits() == 256 => {
                         asm::inst::vmovups_y_store::new(to_addr, from_reg).into()
+                    }
+                    _ if ty.is_vector() && ty.bits() == 512 => {
+                        asm::inst::vmovups_z_store::new(to_addr, from_reg).into()
                     }
                     _ => unimplemented!("unable to store type: {}", ty),
                 }
@@ -1398,6 +1404,9 @@ impl MachInst for Inst {
                     _ if ty.is_vector() && ty.bits() == 256 => {
                         asm::inst::vmovaps_y::new(dst_reg, src_reg).into()
                     }
+                    _ if ty.is_vector() && ty.bits() == 512 => {
+                        asm::inst::vmovaps_z::new(dst_reg, src_reg).into()
+                    }
                     _ => unimplemented!("unable to move type: {}", ty),
                 }
             }
@@ -1437,8 +1446,10 @@ impl MachInst for Inst {
                     slice::from_ref(&types[ty.bytes().ilog2() as usize - 1]),
                 ))
             }
-            // skipgrad patch (see PATCH.md): 256-bit vectors in whole ymm registers.
+            // skipgrad patch (see PATCH.md): 256- and 512-bit vectors in whole ymm and
+            // zmm registers.
             _ if ty.is_vector() && ty.bits() == 256 => Ok((&[RegClass::Float], &[types::I8X32])),
+            _ if ty.is_vector() && ty.bits() == 512 => Ok((&[RegClass::Float], &[types::I8X64])),
             _ => Err(CodegenError::Unsupported(format!(
                 "Unexpected SSA-value type: {ty}"
             ))),
@@ -1447,9 +1458,9 @@ impl MachInst for Inst {
 
     fn canonical_type_for_rc(rc: RegClass) -> Type {
         match rc {
-            // skipgrad patch (see PATCH.md): the register allocator's moves, spills and
-            // reloads keep all 256 bits, since any value may be a 256-bit vector.
-            RegClass::Float => types::I8X32,
+            // The register allocator moves, spills and reloads wider float registers
+            // in a function holding wider vectors (skipgrad patch: `Callee::canonical_type_for_rc`).
+            RegClass::Float => types::I8X16,
             RegClass::Int => types::I64,
             RegClass::Vector => unreachable!(),
         }

@@ -435,6 +435,14 @@ impl Context for IsleContext<'_, '_, MInst, X64Backend> {
         XmmMem128::unwrap_new(self.put_in_xmm_mem(val).to_reg_mem())
     }
 
+    /// skipgrad patch (see PATCH.md): a 512-bit value in a register, or its load
+    /// sunk as a 64-byte memory operand.
+    fn put_in_xmm_mem_512(&mut self, val: Value) -> XmmMem128 {
+        let ty = self.lower_ctx.dfg().value_type(val);
+        assert_eq!(ty.bits(), 512, "put_in_xmm_mem_512: got a value of type {ty}");
+        XmmMem128::unwrap_new(self.put_in_xmm_mem(val).to_reg_mem())
+    }
+
     fn put_in_reg_mem(&mut self, val: Value) -> RegMem {
         let inputs = self.lower_ctx.get_value_as_source_or_const(val);
 
