@@ -45,20 +45,7 @@ impl Buffer {
     pub(crate) fn zeroed(len: usize, guard: Guard) -> Buffer {
         if guard == Guard::None && 4 * len >= MAP_FROM {
             let size = (4 * len).div_ceil(PAGE) * PAGE;
-            // SAFETY: a fresh anonymous mapping (zero-filled by the kernel), unmapped on drop.
-            let base = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    size,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if base == libc::MAP_FAILED {
-                std::alloc::handle_alloc_error(std::alloc::Layout::from_size_align(size, PAGE).expect("a page layout"));
-            }
+            let base = map_zeroed(size);
             return Buffer { ptr: base as *mut f32, len, storage: Storage::Mapped { base, size } };
         }
         if guard == Guard::None {
@@ -72,18 +59,10 @@ impl Buffer {
         }
         let bytes = len * 4;
         let size = (bytes.div_ceil(PAGE) + 2) * PAGE;
-        // SAFETY: a fresh anonymous mapping (zero-filled by the kernel); the pointer arithmetic
-        // stays inside it and the guard pages are the first and last page.
+        let base = map_zeroed(size);
+        // SAFETY: the pointer arithmetic stays inside the mapping, and the guard pages are its
+        // first and last page.
         unsafe {
-            let base = libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert!(base != libc::MAP_FAILED, "mmap of a guarded buffer failed");
             let bytes_ptr = base as *mut u8;
             assert_eq!(libc::mprotect(base, PAGE, libc::PROT_NONE), 0);
             assert_eq!(libc::mprotect(bytes_ptr.add(size - PAGE) as *mut libc::c_void, PAGE, libc::PROT_NONE), 0);
@@ -110,6 +89,26 @@ impl Buffer {
         // SAFETY: as above, and `&mut self` makes the access unique.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
+}
+
+/// A fresh anonymous mapping of `size` bytes (a multiple of the page), zero-filled by the kernel
+/// as its pages are first touched; the buffer holding it unmaps it when dropped.
+fn map_zeroed(size: usize) -> *mut libc::c_void {
+    // SAFETY: a new private anonymous mapping aliases nothing.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        std::alloc::handle_alloc_error(std::alloc::Layout::from_size_align(size, PAGE).expect("a page layout"));
+    }
+    base
 }
 
 impl Drop for Buffer {
