@@ -20,17 +20,30 @@ pub(crate) fn compute(op: &Op, node: usize, x: &[&[f64]], s: &[&Shape], out: &Sh
         Op::Output { .. } => unreachable!("outputs of fused nodes are evaluated by evaluate"),
         Op::Conv2d(c) => {
             let mut y = vec![0.0; n_out];
-            conv_taps(d(0), d(1), c, |xi, wi, yi| y[yi] += x[0][xi] * x[1][wi]);
+            conv_runs(d(0), d(1), c, |r| {
+                let (input, weight) = (&x[0][r.x..], x[1][r.w]);
+                for (j, y) in y[r.y..r.y + r.len].iter_mut().enumerate() {
+                    *y += input[j * r.step] * weight;
+                }
+            });
             y
         }
         Op::Conv2dGradInput { conv, .. } => {
             let mut dx = vec![0.0; n_out];
-            conv_taps(out.dims(), d(1), conv, |xi, wi, yi| dx[xi] += x[0][yi] * x[1][wi]);
+            conv_runs(out.dims(), d(1), conv, |r| {
+                let (dy, weight) = (&x[0][r.y..r.y + r.len], x[1][r.w]);
+                for (j, &g) in dy.iter().enumerate() {
+                    dx[r.x + j * r.step] += g * weight;
+                }
+            });
             dx
         }
         Op::Conv2dGradWeight { conv, .. } => {
             let mut dw = vec![0.0; n_out];
-            conv_taps(d(0), out.dims(), conv, |xi, wi, yi| dw[wi] += x[0][xi] * x[1][yi]);
+            conv_runs(d(0), out.dims(), conv, |r| {
+                let (input, dy) = (&x[0][r.x..], &x[1][r.y..r.y + r.len]);
+                dw[r.w] += dy.iter().enumerate().map(|(j, &g)| input[j * r.step] * g).sum::<f64>();
+            });
             dw
         }
         Op::BiasAdd => {
@@ -267,34 +280,49 @@ fn inv_std(var: &[f64], eps: f64) -> Vec<f64> {
     var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect()
 }
 
-/// Calls `tap(x_index, w_index, y_index)` for every product of a convolution of an input of
-/// shape `x` with weights of shape `w`: `y[n,k,oh,ow] += x[n,c,ih,iw] * w[k,c,r,s]`. The
+/// One run of a convolution's products: `y[y + j] += x[x + j * step] * w[w]` for `j` in `0..len`.
+struct Run {
+    x: usize,
+    step: usize,
+    w: usize,
+    y: usize,
+    len: usize,
+}
+
+/// Calls `run` for every run of products of a convolution of an input of shape `x` with weights
+/// of shape `w`: `y[n,k,oh,ow] += x[n,c,ih,iw] * w[k,c,r,s]`, a run being one weight tap's
+/// products along an output row (the output pixels whose input pixel lies inside the input). The
 /// convolution and both of its gradients are this one sum read three ways.
-fn conv_taps(x: &[usize], w: &[usize], a: &Conv2dAttrs, mut tap: impl FnMut(usize, usize, usize)) {
-    let (n, c, h, wd) = (x[0], x[1], x[2] as isize, x[3] as isize);
+fn conv_runs(x: &[usize], w: &[usize], a: &Conv2dAttrs, mut run: impl FnMut(Run)) {
+    let (n, c, h, wd) = (x[0], x[1], x[2], x[3]);
     let (k, r, s) = (w[0], w[2], w[3]);
-    let oh = (x[2] + 2 * a.pad[0] - r) / a.stride[0] + 1;
-    let ow = (x[3] + 2 * a.pad[1] - s) / a.stride[1] + 1;
+    let oh = (h + 2 * a.pad[0] - r) / a.stride[0] + 1;
+    let ow = (wd + 2 * a.pad[1] - s) / a.stride[1] + 1;
+    // Output columns whose input column `o * stride + si - pad` lies in `0..wd`.
+    let columns = |si: usize| {
+        let first = a.pad[1].saturating_sub(si).div_ceil(a.stride[1]);
+        let end = (wd + a.pad[1]).saturating_sub(si).div_ceil(a.stride[1]).min(ow);
+        (first < end).then_some((first, end))
+    };
     for ni in 0..n {
         for ki in 0..k {
-            for y in 0..oh {
-                for xo in 0..ow {
-                    let yi = ((ni * k + ki) * oh + y) * ow + xo;
-                    for ci in 0..c {
-                        for ri in 0..r {
-                            let ih = (y * a.stride[0] + ri) as isize - a.pad[0] as isize;
-                            if ih < 0 || ih >= h {
+            for ci in 0..c {
+                for ri in 0..r {
+                    for si in 0..s {
+                        let wi = ((ki * c + ci) * r + ri) * s + si;
+                        let Some((first, end)) = columns(si) else { continue };
+                        for y in 0..oh {
+                            let Some(ih) = (y * a.stride[0] + ri).checked_sub(a.pad[0]).filter(|&ih| ih < h) else {
                                 continue;
-                            }
-                            for si in 0..s {
-                                let iw = (xo * a.stride[1] + si) as isize - a.pad[1] as isize;
-                                if iw < 0 || iw >= wd {
-                                    continue;
-                                }
-                                let xi = ((ni * c + ci) * x[2] + ih as usize) * x[3] + iw as usize;
-                                let wi = ((ki * c + ci) * r + ri) * s + si;
-                                tap(xi, wi, yi);
-                            }
+                            };
+                            let iw = first * a.stride[1] + si - a.pad[1];
+                            run(Run {
+                                x: ((ni * c + ci) * h + ih) * wd + iw,
+                                step: a.stride[1],
+                                w: wi,
+                                y: ((ni * k + ki) * oh + y) * ow + first,
+                                len: end - first,
+                            });
                         }
                     }
                 }
