@@ -18,7 +18,9 @@
 //! shared machine preempting us), wall time for 2 threads. Compare ratios measured in one run. `BENCH_QUICK=1` runs fewer repetitions;
 //! `BENCH_LANES=4` measures the kernels with 4 lanes where the CPU's vectors have 8.
 //! `BENCH_FILTER=text` runs only the convolution and memory-bound rows whose name contains `text`
-//! (for example `BENCH_FILTER=backward-weight`).
+//! (for example `BENCH_FILTER=backward-weight`). `BENCH_COLD=1` writes 64 MiB before each timed
+//! run, so the kernels read their operands from memory as they do inside a training step (each
+//! kernel's operands were written many kernels earlier) rather than from the caches.
 
 use skipgrad_ir::{Conv2dAttrs, DType, Graph, NodeId, Op, Role, TensorType};
 use skipgrad_jit::{CompileOptions, Kernel, KernelSpec, MulAdd, PeakSpec, Target, Winograd, WinogradTiles, compile};
@@ -36,9 +38,15 @@ fn thread_cpu_seconds() -> f64 {
 /// Median seconds per run: thread CPU time on 1 thread, wall time otherwise.
 fn median_seconds(mut run: impl FnMut(), min_reps: usize, budget: f64, threads: usize) -> f64 {
     run(); // warm up: page in buffers, fill caches
+    let mut evict = std::env::var_os("BENCH_COLD").map(|_| vec![0u8; 64 << 20]);
     let mut times = Vec::new();
     let start = Instant::now();
     while times.len() < min_reps || (start.elapsed().as_secs_f64() < budget && times.len() < 50) {
+        if let Some(junk) = &mut evict {
+            // Every cache line of 64 MiB written (more than the last-level cache holds).
+            junk.iter_mut().step_by(64).for_each(|b| *b = b.wrapping_add(1));
+            std::hint::black_box(&junk);
+        }
         let (wall, cpu) = (Instant::now(), thread_cpu_seconds());
         run();
         times.push(if threads == 1 { thread_cpu_seconds() - cpu } else { wall.elapsed().as_secs_f64() });
