@@ -1,7 +1,7 @@
 //! The collective operations data-parallel training needs, behind one trait: [`Collective`]. A
 //! world of processes (ranks) sums buffers across every rank, broadcasts one rank's buffer to
 //! all, waits at a barrier, and stops every rank when one fails. [`Single`] is the world of one
-//! process, always built; [`Mpi`] (cargo feature `mpi`) is a world launched by `mpirun`, on one
+//! process, always built; `Mpi` (cargo feature `mpi`) is a world launched by `mpirun`, on one
 //! machine or many.
 //!
 //! Every operation is collective: every rank calls the same operations in the same order with

@@ -125,9 +125,9 @@ pub struct ConvSpec {
     /// their input stays in cache.
     pub block_tiles: usize,
     /// f32 lanes of the accumulators: 4, 8 (each pair of the tile's vectors accumulates in a
-    /// 256-bit register; a direct kernel splits it into its two f32x4 halves for the store,
-    /// Winograd's products store it whole), or for a direct kernel 16 (each four of them in a
-    /// 512-bit register).
+    /// 256-bit register), or for a direct kernel 16 (each four of them in a 512-bit register). A
+    /// wide sum is stored whole where no epilogue applies to it (Winograd's products always) and
+    /// split into its f32x4 parts otherwise (`f32x4_parts`).
     pub lanes: usize,
     /// Applied to each output vector while it is in registers, before the store.
     pub epilogue: Option<Epilogue>,
@@ -165,8 +165,8 @@ pub(crate) struct ConvArgs {
     pub y: Value,
     /// The epilogue's per-channel table in this thread's scratch (see [`Epilogue::channel_parts`]).
     pub table: Option<Value>,
-    /// f32 of this thread's scratch through which wide sums are split (see [`f32x4_halves`]).
-    pub halves: Value,
+    /// f32 of this thread's scratch through which wide sums are split (see [`f32x4_parts`]).
+    pub parts: Value,
 }
 
 /// An elementwise expression applied to a convolution's outputs in registers: `Load(0)` is the
@@ -298,8 +298,8 @@ impl ConvSpec {
         let y = arg(b);
         let packed = thread_share(b, scratch, thread, self.scratch_len());
         let table = self.fill_channel_table(b, mul_add, &operands, packed);
-        let halves = b.ins().iadd_imm_s(packed, 4 * self.halves_at() as i64);
-        ConvArgs { x, w, operands, stats, packed, y, table, halves }
+        let parts = b.ins().iadd_imm_s(packed, 4 * self.parts_at() as i64);
+        ConvArgs { x, w, operands, stats, packed, y, table, parts }
     }
 
     /// The epilogue's per-channel parts (see [`Epilogue::channel_parts`]).
@@ -536,15 +536,15 @@ impl ConvSpec {
         self.tiles_per_row().div_ceil(self.block_tiles)
     }
 
-    /// f32 elements of one thread's scratch: its work area (see [`ConvSpec::work_len`]), the
+    /// f32 elements of one thread's scratch: its work area (see `ConvSpec::work_len`), the
     /// table of the epilogue's per-channel parts, and with 8 or 16 lanes the elements through
     /// which a tile's wide sums are split into f32x4 parts.
     pub fn scratch_len(&self) -> usize {
-        self.halves_at() + if self.lanes > 4 { self.lanes } else { 0 }
+        self.parts_at() + if self.lanes > 4 { self.lanes } else { 0 }
     }
 
     /// Element of the thread's scratch where the wide sums are split (see [`accumulate`]).
-    fn halves_at(&self) -> usize {
+    fn parts_at(&self) -> usize {
         self.work_len() + self.channel_parts().len() * self.shape.out_channels
     }
 
@@ -675,10 +675,10 @@ impl ConvSpec {
                         stored_to = j + parts;
                         continue;
                     }
-                    acc_parts = f32x4_halves(b, a.halves, &[v]);
+                    acc_parts = f32x4_parts(b, a.parts, &[v]);
                 }
                 if let Some(v) = odd.and_then(|odd| sum_at(b, odd, k, j)) {
-                    odd_parts = f32x4_halves(b, a.halves, &[v]);
+                    odd_parts = f32x4_parts(b, a.parts, &[v]);
                 }
                 let acc_j = acc_parts.remove(0);
                 let odd_j = odd.map(|_| odd_parts.remove(0));
@@ -718,7 +718,7 @@ impl ConvSpec {
             }
             if let Some(at) = stats_at {
                 for (_, [s, q]) in whole_stats {
-                    let [s, q] = [s, q].map(|v| f32x4_halves(b, a.halves, &[v]));
+                    let [s, q] = [s, q].map(|v| f32x4_parts(b, a.parts, &[v]));
                     for (s, q) in s.into_iter().zip(q) {
                         vector = Some(match vector {
                             None => [s, q],
@@ -852,16 +852,16 @@ fn accumulate(
 }
 
 /// `sums` (f32x16, f32x8 and f32x4 vectors) as f32x4 vectors: each wider one is stored to
-/// `halves` (as many f32 of the thread's scratch as the widest has lanes) and its f32x4 parts
+/// `parts_area` (as many f32 of the thread's scratch as the widest has lanes) and its f32x4 parts
 /// loaded back, since Cranelift's IR has no instruction that takes part of a vector.
-fn f32x4_halves(b: &mut FunctionBuilder, halves: Value, sums: &[Value]) -> Vec<Value> {
+fn f32x4_parts(b: &mut FunctionBuilder, parts_area: Value, sums: &[Value]) -> Vec<Value> {
     let scratch = MemFlagsData::new().with_notrap();
     let mut out = Vec::with_capacity(4 * sums.len());
     for &v in sums {
         let parts = b.func.dfg.value_type(v).lane_count() / 4;
         if parts > 1 {
-            b.ins().store(scratch, v, halves, 0);
-            out.extend((0..parts as i32).map(|i| b.ins().load(types::F32X4, scratch, halves, 16 * i)));
+            b.ins().store(scratch, v, parts_area, 0);
+            out.extend((0..parts as i32).map(|i| b.ins().load(types::F32X4, scratch, parts_area, 16 * i)));
         } else {
             out.push(v);
         }

@@ -20,7 +20,7 @@ use cranelift_frontend::FunctionBuilder;
 /// of one panel follow one another.
 ///
 /// The batch is swept in chunks: `images` whole images, or `chunk` pixels (whole output rows at
-/// a stride) of one image, about [`CHUNK_PIXELS`] in all. For each chunk, a thread transposes the
+/// a stride) of one image, about `CHUNK_PIXELS` in all. For each chunk, a thread transposes the
 /// chunk of x of each panel its tiles need when it reaches the panel's first tile (4 channels by
 /// 4 pixels at a time at stride 1), into its scratch, where the panel's tiles read it from L1
 /// while they sweep dy's rows. A tile keeps its running f32 sums in the accumulator scratch
@@ -70,7 +70,7 @@ const UNROLL: usize = 2;
 impl PointwiseWeightGradSpec {
     /// The tiling for x of `[batch][in_channels][in_hw]` at `stride`, dy of `out_channels`
     /// channels: tiles of 6 output channels by 2 vectors of `lanes` input channels (12
-    /// accumulators, 15 registers with the loads), chunks of about [`CHUNK_PIXELS`] pixels.
+    /// accumulators, 15 registers with the loads), chunks of about `CHUNK_PIXELS` pixels.
     pub fn new(
         batch: usize,
         in_channels: usize,

@@ -29,7 +29,7 @@ pub struct WeightRelayoutSpec {
 }
 
 impl WeightRelayoutSpec {
-    /// Groups: blocks of [`BLOCK`] output channels (the last may hold fewer).
+    /// Groups: blocks of `BLOCK` output channels (the last may hold fewer).
     pub fn groups(&self) -> usize {
         self.out_channels.div_ceil(BLOCK)
     }

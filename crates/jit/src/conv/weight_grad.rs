@@ -20,7 +20,7 @@ use cranelift_frontend::FunctionBuilder;
 /// transposes dy to channels-last rows ([`TransposeSpec`](crate::TransposeSpec)) into its share
 /// of a per-thread scratch (each thread prepares every image: the result does not depend on the
 /// thread count); every tile then sweeps one block of rows ([`WeightGradSpec::block_rows`], at
-/// most [`BLOCK_BYTES`] of transposed dy, so that it stays in cache) before the next block. A
+/// most `BLOCK_BYTES` of transposed dy, so that it stays in cache) before the next block. A
 /// tile sums one image in f32, in registers within a block and in its running sums between
 /// blocks, then adds the sums, widened, to its f64 totals (a scratch buffer of
 /// `[offsets: 2 x i64][cb * kv x 2 f64x2 totals][cb * kv f32x4 running sums]` per tile), so a
@@ -85,7 +85,7 @@ impl WeightGradSpec {
         (16 + 32 * self.cb * self.kv + 16 * i) as i32
     }
 
-    /// Output rows per block: as many as keep a block's transposed dy within [`BLOCK_BYTES`]
+    /// Output rows per block: as many as keep a block's transposed dy within `BLOCK_BYTES`
     /// (the 7x7 stem's 112 rows of 64 channels, 28 KB each: 9).
     pub fn block_rows(&self) -> usize {
         let row_bytes = 4 * self.out_hw[1] * self.dy_row;

@@ -309,7 +309,7 @@ pub struct WinogradWeightsSpec {
 }
 
 impl WinogradWeightsSpec {
-    /// Groups: one per [`C_PER_GROUP`] input channels (the last may hold fewer).
+    /// Groups: one per `C_PER_GROUP` input channels (the last may hold fewer).
     pub fn groups(&self) -> usize {
         self.in_channels.div_ceil(C_PER_GROUP)
     }

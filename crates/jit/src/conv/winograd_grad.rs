@@ -79,7 +79,7 @@ impl WinogradGradSpec {
     /// from `in_channels` to `out_channels`, whose output is `out_hw` (sizes
     /// [`applies`](Self::applies) accepts), with the tiles `tiles` allows: split by parts of the
     /// output channels where chunks of images would each add partials of 1 MB or more
-    /// ([`LARGE_PARTIALS`]) and every image's transform fits [`WHOLE_BATCH`], on the
+    /// (`LARGE_PARTIALS`) and every image's transform fits `WHOLE_BATCH`, on the
     /// convolution's tiles ([`Winograd::for_convolution`]: at 7x7, F(4x4, 3x3) across 4
     /// images); by chunks of images otherwise ([`blocking`](Self::blocking)). Four parts
     /// (two a thread here) ran ResNet-50's 14x14 and 7x7 gradients in 99 and 76 ms, two parts in
@@ -126,7 +126,7 @@ impl WinogradGradSpec {
 
     /// Whether the Winograd weight gradient applies to a batch of `batch` outputs of `out_hw`
     /// with the tiles `tiles` allows: 3x3, stride 1, input channels a multiple of 4 (at least 8),
-    /// even output channels, and a tiling ([`WinogradGradSpec::convolution_tiling`]): exact, or
+    /// even output channels, and a tiling (`WinogradGradSpec::convolution_tiling`): exact, or
     /// cropped (the last row and column of tiles partly outside, read as zeros of dy) where that
     /// multiplies at most 6 times per output against the direct gradient's 9 (7x7 by F(2x2):
     /// 5.2).
@@ -174,7 +174,7 @@ impl WinogradGradSpec {
     /// adding them stays small; a constant, so that the result does not depend on the thread
     /// count. Blocks: at least 64 slots, one set when a set has several blocks of tile rows.
     ///
-    /// Partials of [`LARGE_PARTIALS`] bytes or more a chunk take 2 chunks: ResNet-50's 14x14
+    /// Partials of `LARGE_PARTIALS` bytes or more a chunk take 2 chunks: ResNet-50's 14x14
     /// stage (256 channels, 4 MB a chunk) took 224 ms in 8 chunks and 130-134 in 2 (6 calls), the
     /// 28x28 stage (128 channels, 2.4 MB) 88 ms in 8, 62 in 4, 56-60 in 2, and 71-80 in 3 (one
     /// thread then has twice the other's work); the 56x56 stage (0.6 MB) 44-46 ms either way
