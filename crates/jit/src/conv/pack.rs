@@ -83,6 +83,19 @@ impl PackSpec {
     /// scratch), and with several images, of the next images' planes into the following lanes.
     pub(crate) fn emit(&self, b: &mut FunctionBuilder, src: Value, dst: Value, src_plane: Value) {
         let (lo, hi) = (iconst(b, 0), iconst(b, self.planes as i64));
+        self.emit_planes(b, src, dst, src_plane, [lo, hi]);
+    }
+
+    /// [`emit`](Self::emit) for planes `lo..hi` only (of the `planes` from `src_plane`), each to
+    /// its own place in `dst`; the other planes of `dst` are left as they are.
+    pub(crate) fn emit_planes(
+        &self,
+        b: &mut FunctionBuilder,
+        src: Value,
+        dst: Value,
+        src_plane: Value,
+        [lo, hi]: [Value; 2],
+    ) {
         for_loop(b, lo, hi, 1, &[], &mut |b, plane, _| {
             let from = b.ins().iadd(src_plane, plane);
             if self.images == 1 {

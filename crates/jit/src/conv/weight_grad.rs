@@ -16,10 +16,10 @@ use cranelift_frontend::FunctionBuilder;
 /// output pixel, broadcasting x and reading dy channels-last.
 ///
 /// Loop order: images outermost, then blocks of output rows, then this thread's tiles, then the
-/// block's pixels. For each image, the thread first packs x (zero-padded, [`PackSpec`]) and
-/// transposes dy to channels-last rows ([`TransposeSpec`](crate::TransposeSpec)) into its share
-/// of a per-thread scratch (each thread prepares every image: the result does not depend on the
-/// thread count); every tile then sweeps one block of rows ([`WeightGradSpec::block_rows`], at
+/// block's pixels. For each image, the thread first packs the planes of x its tiles read
+/// (zero-padded, [`PackSpec`]) and transposes dy to channels-last rows
+/// ([`TransposeSpec`](crate::TransposeSpec)) into its share of a per-thread scratch (each
+/// thread prepares every image: the result does not depend on the thread count); every tile then sweeps one block of rows ([`WeightGradSpec::block_rows`], at
 /// most `BLOCK_BYTES` of transposed dy, so that it stays in cache) before the next block. A
 /// tile sums one image in f32, in registers within a block and in its running sums between
 /// blocks, then adds the sums, widened, to its f64 totals (a scratch buffer of
@@ -55,7 +55,7 @@ pub struct WeightGradSpec {
 }
 
 impl WeightGradSpec {
-    /// Groups: one per tile (block of output channels, block of input channels, tap).
+    /// Groups: one per tile (block of input channels, block of output channels, tap).
     pub fn groups(&self) -> usize {
         (self.dy_row / (4 * self.kv)) * (self.in_channels / self.cb) * self.kernel[0] * self.kernel[1]
     }
@@ -128,22 +128,34 @@ impl WeightGradSpec {
         let [rows, row_len] = [self.pack.rows, self.pack.row_len];
         let [oh_n, ow_n] = self.out_hw;
         let (cb, kv) = (self.cb, self.kv);
-        let cblocks = self.in_channels / cb;
         let tile_bytes = (self.tile_floats() * 4) as i64;
         let flags = MemFlagsData::new().with_notrap();
         let tile_addr = |b: &mut FunctionBuilder, g: Value| {
             let off = b.ins().imul_imm_s(g, tile_bytes);
             b.ins().iadd(acc_buf, off)
         };
-        // (first output channel, first input channel, r, s) of tile g.
+        // (first output channel, first input channel, r, s) of tile g: blocks of input channels
+        // outermost, so that a thread's tiles need few of them (see below).
+        let kblocks = self.dy_row / (4 * kv);
         let decode = |b: &mut FunctionBuilder, g: Value| {
             let s = b.ins().urem_imm_u(g, kw as i64);
             let t = b.ins().udiv_imm_u(g, kw as i64);
             let r = b.ins().urem_imm_u(t, kh as i64);
             let t = b.ins().udiv_imm_u(t, kh as i64);
-            let cblk = b.ins().urem_imm_u(t, cblocks as i64);
-            let kblk = b.ins().udiv_imm_u(t, cblocks as i64);
+            let kblk = b.ins().urem_imm_u(t, kblocks as i64);
+            let cblk = b.ins().udiv_imm_u(t, kblocks as i64);
             (mul(b, kblk, 4 * kv), mul(b, cblk, cb), r, s)
+        };
+        // The input channels this thread's tiles read: it packs only their planes of x (the
+        // packing was most of the 2-thread time of CIFAR's stride-2 gradients, every thread
+        // packing every plane).
+        let planes = {
+            let per_block = (kblocks * kh * kw) as i64;
+            let first = b.ins().udiv_imm_u(begin, per_block);
+            let last = b.ins().iadd_imm_s(end, -1);
+            let last = b.ins().udiv_imm_u(last, per_block);
+            let after = b.ins().iadd_imm_s(last, 1);
+            [first, after].map(|block| mul(b, block, cb))
         };
         // Zero this thread's tiles and record each tile's byte offsets into an image of x and dy.
         for_loop(b, begin, end, 1, &[], &mut |b, g, _| {
@@ -171,7 +183,7 @@ impl WeightGradSpec {
         let (n_lo, n_hi) = (iconst(b, 0), iconst(b, self.batch as i64));
         for_loop(b, n_lo, n_hi, 1, &[], &mut |b, n, _| {
             let first_plane = mul(b, n, self.in_channels);
-            self.pack.emit(b, x, x_image, first_plane);
+            self.pack.emit_planes(b, x, x_image, first_plane, planes);
             let dy_planes = {
                 let e = mul(b, n, self.out_channels * oh_n * ow_n);
                 elem_addr(b, dy, e)
