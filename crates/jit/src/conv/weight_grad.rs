@@ -57,7 +57,13 @@ pub struct WeightGradSpec {
 impl WeightGradSpec {
     /// Groups: one per tile (block of input channels, block of output channels, tap).
     pub fn groups(&self) -> usize {
-        (self.dy_row / (4 * self.kv)) * (self.in_channels / self.cb) * self.kernel[0] * self.kernel[1]
+        let [kblocks, cblocks] = self.channel_blocks();
+        kblocks * cblocks * self.kernel[0] * self.kernel[1]
+    }
+
+    /// Blocks of output channels (of `4 * kv`) and of input channels (of `cb`) of the tiles.
+    fn channel_blocks(&self) -> [usize; 2] {
+        [self.dy_row / (4 * self.kv), self.in_channels / self.cb]
     }
 
     /// f32 elements of the accumulator scratch.
@@ -136,7 +142,7 @@ impl WeightGradSpec {
         };
         // (first output channel, first input channel, r, s) of tile g: blocks of input channels
         // outermost, so that a thread's tiles need few of them (see below).
-        let kblocks = self.dy_row / (4 * kv);
+        let [kblocks, _] = self.channel_blocks();
         let decode = |b: &mut FunctionBuilder, g: Value| {
             let s = b.ins().urem_imm_u(g, kw as i64);
             let t = b.ins().udiv_imm_u(g, kw as i64);
