@@ -24,9 +24,13 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{AtomicRmwOp, InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
 
-/// Bytes of one chunk's partials from which a gradient takes 2 chunks (see
-/// [`WinogradGradSpec::blocking`]).
+/// Bytes of one chunk's partials from which a gradient may split its output channels instead of
+/// its images (see [`WinogradGradSpec::new`]).
 const LARGE_PARTIALS: usize = 1 << 20;
+
+/// Bytes of one chunk's partials from which a gradient takes 2 chunks instead of 8 (see
+/// [`WinogradGradSpec::blocking`]): 8 chunks' partials then outgrow the L2 cache.
+const CHUNKED_PARTIALS: usize = 1 << 19;
 
 /// Bytes of every image's transformed x (`V` of the whole batch, in each thread's scratch) up to
 /// which a gradient with large partials splits its output channels instead of its images: each
@@ -174,11 +178,13 @@ impl WinogradGradSpec {
     /// adding them stays small; a constant, so that the result does not depend on the thread
     /// count. Blocks: at least 64 slots, one set when a set has several blocks of tile rows.
     ///
-    /// Partials of `LARGE_PARTIALS` bytes or more a chunk take 2 chunks: ResNet-50's 14x14
+    /// Partials of `CHUNKED_PARTIALS` bytes or more a chunk take 2 chunks: ResNet-50's 14x14
     /// stage (256 channels, 4 MB a chunk) took 224 ms in 8 chunks and 130-134 in 2 (6 calls), the
     /// 28x28 stage (128 channels, 2.4 MB) 88 ms in 8, 62 in 4, 56-60 in 2, and 71-80 in 3 (one
     /// thread then has twice the other's work); the 56x56 stage (0.6 MB) 44-46 ms either way
-    /// (profiled, batch 16, 2 threads).
+    /// (profiled, batch 16, 2 threads). CIFAR's 64-channel 8x8 stage (0.6 MB, one block of 64
+    /// slots a chunk) ran 100-102 GFLOP/s in 8 chunks, 176-178 in 2 (kernels bench, batch 128,
+    /// 2 threads, Intel Xeon).
     ///
     /// Cropped tilings (ResNet-50's 7x7 stage, 512 channels) take blocks of 128 slots or more, at most
     /// half the sets each, and a chunk per block: with many channels, the partials a block adds
@@ -198,7 +204,7 @@ impl WinogradGradSpec {
         }
         let whole_images = tiling.tile_rows == tiled[0] / tiling.m;
         let partial_bytes = 4 * tiling.positions() * in_channels * out_channels;
-        let chunks = if partial_bytes >= LARGE_PARTIALS { 2 } else { 8 };
+        let chunks = if partial_bytes >= CHUNKED_PARTIALS { 2 } else { 8 };
         (sets.min(chunks), if whole_images { 64usize.div_ceil(tiling.slots()) } else { 1 })
     }
 
