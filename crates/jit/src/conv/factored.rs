@@ -14,8 +14,7 @@
 
 use crate::MulAdd;
 use crate::codegen::mul_add_emit;
-use crate::expr::Width;
-use cranelift_codegen::ir::{InstBuilder, Value, types};
+use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
 /// What a coefficient multiplies: an input, or the sum or difference of a column pair.
@@ -119,13 +118,13 @@ impl Factored {
         Factored { groups, rows: a.len() }
     }
 
-    /// The values of group `g`'s rows (in `groups[g].rows` order) of `width`-wide inputs: `x(b,
-    /// j)` emits input `j`, at most once per call.
+    /// The values of group `g`'s rows (in `groups[g].rows` order) of inputs of type `ty` (f32 or
+    /// a vector of them): `x(b, j)` emits input `j`, at most once per call.
     pub(crate) fn emit_group(
         &self,
         b: &mut FunctionBuilder,
         mul_add: MulAdd,
-        width: Width,
+        ty: Type,
         g: usize,
         x: &mut dyn FnMut(&mut FunctionBuilder, usize) -> Value,
     ) -> Vec<Value> {
@@ -157,18 +156,18 @@ impl Factored {
             }
         };
         match &self.groups[g].form {
-            Form::Rows(rows) => rows.iter().map(|t| sum(b, mul_add, width, t, &mut operand)).collect(),
+            Form::Rows(rows) => rows.iter().map(|t| sum(b, mul_add, ty, t, &mut operand)).collect(),
             Form::Pair { even, odd, k } => {
-                let o = sum(b, mul_add, width, odd, &mut operand);
+                let o = sum(b, mul_add, ty, odd, &mut operand);
                 if even.is_empty() {
-                    let first = scale(b, width, *k, o);
-                    return vec![first, b.ins().fneg(first)];
+                    let first = scale(b, ty, *k, o);
+                    return vec![first, negate(b, ty, first)];
                 }
-                let e = sum(b, mul_add, width, even, &mut operand);
+                let e = sum(b, mul_add, ty, even, &mut operand);
                 if *k == 1.0 {
                     return vec![b.ins().fadd(e, o), b.ins().fsub(e, o)];
                 }
-                let (plus, minus) = (constant(b, width, *k), constant(b, width, -*k));
+                let (plus, minus) = (constant(b, ty, *k), constant(b, ty, -*k));
                 vec![mul_add_emit(b, mul_add, plus, o, e), mul_add_emit(b, mul_add, minus, o, e)]
             }
         }
@@ -180,11 +179,11 @@ impl Factored {
         &self,
         b: &mut FunctionBuilder,
         mul_add: MulAdd,
-        width: Width,
+        ty: Type,
         x: &mut dyn FnMut(&mut FunctionBuilder, usize) -> Value,
     ) -> Vec<Value> {
         let mut y: Vec<Option<Value>> = vec![None; self.rows];
-        self.emit_each(b, mul_add, width, x, &mut |_, r, v| y[r] = Some(v));
+        self.emit_each(b, mul_add, ty, x, &mut |_, r, v| y[r] = Some(v));
         y.into_iter().map(|v| v.expect("every row is in a group")).collect()
     }
 
@@ -194,12 +193,12 @@ impl Factored {
         &self,
         b: &mut FunctionBuilder,
         mul_add: MulAdd,
-        width: Width,
+        ty: Type,
         x: &mut dyn FnMut(&mut FunctionBuilder, usize) -> Value,
         row: &mut dyn FnMut(&mut FunctionBuilder, usize, Value),
     ) {
         for (g, group) in self.groups.iter().enumerate() {
-            for (&r, v) in group.rows.iter().zip(self.emit_group(b, mul_add, width, g, x)) {
+            for (&r, v) in group.rows.iter().zip(self.emit_group(b, mul_add, ty, g, x)) {
                 row(b, r, v);
             }
         }
@@ -234,21 +233,21 @@ fn pair(t1: &Terms, t2: &Terms) -> Option<Form> {
 fn sum(
     b: &mut FunctionBuilder,
     mul_add: MulAdd,
-    width: Width,
+    ty: Type,
     terms: &Terms,
     operand: &mut dyn FnMut(&mut FunctionBuilder, Operand) -> Value,
 ) -> Value {
     let first = terms.iter().position(|t| t.0 == 1.0).unwrap_or(0);
-    let Some(&(c, o)) = terms.get(first) else { return constant(b, width, 0.0) };
+    let Some(&(c, o)) = terms.get(first) else { return constant(b, ty, 0.0) };
     let x0 = operand(b, o);
-    let mut acc = scale(b, width, c, x0);
+    let mut acc = scale(b, ty, c, x0);
     for (_, &(c, o)) in terms.iter().enumerate().filter(|(k, _)| *k != first) {
         let x = operand(b, o);
         acc = match c {
             1.0 => b.ins().fadd(acc, x),
             -1.0 => b.ins().fsub(acc, x),
             _ => {
-                let c = constant(b, width, c);
+                let c = constant(b, ty, c);
                 mul_add_emit(b, mul_add, c, x, acc)
             }
         };
@@ -257,24 +256,31 @@ fn sum(
 }
 
 /// `c x`: `x` itself for 1, a negation for -1.
-fn scale(b: &mut FunctionBuilder, width: Width, c: f32, x: Value) -> Value {
+fn scale(b: &mut FunctionBuilder, ty: Type, c: f32, x: Value) -> Value {
     match c {
         1.0 => x,
-        -1.0 => b.ins().fneg(x),
+        -1.0 => negate(b, ty, x),
         _ => {
-            let c = constant(b, width, c);
+            let c = constant(b, ty, c);
             b.ins().fmul(c, x)
         }
     }
 }
 
 /// The constant `c`, splatted for vectors.
-fn constant(b: &mut FunctionBuilder, width: Width, c: f32) -> Value {
+fn constant(b: &mut FunctionBuilder, ty: Type, c: f32) -> Value {
     let c = b.ins().f32const(c);
-    match width {
-        Width::Scalar => c,
-        Width::Vector => b.ins().splat(types::F32X4, c),
+    if ty.is_vector() { b.ins().splat(ty, c) } else { c }
+}
+
+/// `-x`: a negation, or for the vectors wider than 128 bits (which have no negation on x64 here),
+/// `0 - x` (the same but for the sign of a zero).
+fn negate(b: &mut FunctionBuilder, ty: Type, x: Value) -> Value {
+    if ty.bits() <= 128 {
+        return b.ins().fneg(x);
     }
+    let zero = constant(b, ty, 0.0);
+    b.ins().fsub(zero, x)
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@ use crate::conv::factored::Factored;
 use crate::conv::pack::PackSpec;
 use crate::conv::transpose::deinterleave;
 use crate::conv::winograd::{Winograd, WinogradTiles, tile_row, transform_inputs};
-use crate::expr::Width;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{AtomicRmwOp, InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
@@ -315,7 +314,7 @@ impl WinogradGradSpec {
                     self.pack.emit(b, x, xp, first_plane);
                     let hi = iconst(b, blocks as i64);
                     for_loop(b, lo, hi, 1, &[], &mut |b, block, _| {
-                        transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v, strides, block);
+                        transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v, strides, block, self.lanes);
                         self.transform_dy(b, mul_add, dy, [d, rows], n, block, zero_k);
                         self.products(b, mul_add, [v, d, rows], part, per_set);
                         vec![]
@@ -348,7 +347,7 @@ impl WinogradGradSpec {
                         self.pack.emit(b, x, xp, first_plane);
                         let offset = mul(b, i, 4 * self.tiling.slots());
                         let (v_i, d_i) = (b.ins().iadd(v, offset), b.ins().iadd(d, offset));
-                        transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v_i, strides, lo);
+                        transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v_i, strides, lo, self.lanes);
                         self.transform_dy(b, mul_add, dy, [d_i, rows], n, lo, zero_k);
                         vec![]
                     });
@@ -403,7 +402,7 @@ impl WinogradGradSpec {
                 let first_plane = mul(b, n, self.in_channels);
                 self.pack.emit(b, x, xp, first_plane);
                 let v_set = b.ins().iadd(v, offset);
-                transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v_set, strides, lo);
+                transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v_set, strides, lo, self.lanes);
                 vec![]
             });
         });
@@ -540,7 +539,7 @@ impl WinogradGradSpec {
                             b.switch_to_block(done);
                             b.block_params(done).to_vec()
                         };
-                        a_matrix.emit_each(b, mul_add, Width::Vector, &mut |_, c| cols[c], &mut |b, j, value| {
+                        a_matrix.emit_each(b, mul_add, types::F32X4, &mut |_, c| cols[c], &mut |b, j, value| {
                             b.ins().store(write, value, rows, ((i * size + j) * 16) as i32);
                         });
                     }
@@ -552,7 +551,7 @@ impl WinogradGradSpec {
                         let load = &mut |b: &mut FunctionBuilder, r: usize| {
                             b.ins().load(types::F32X4, read, rows, ((r * size + j) * 16) as i32)
                         };
-                        a_matrix.emit_each(b, mul_add, Width::Vector, load, &mut |b, i, value| {
+                        a_matrix.emit_each(b, mul_add, types::F32X4, load, &mut |b, i, value| {
                             let position = size * i + j;
                             b.ins().store(write, value, out, (position * d_position * 4) as i32);
                         });
@@ -713,7 +712,7 @@ impl WinogradGradSpec {
                 // Gᵀ S, column by column (3 x n, kept in `rows`), then times G, row by row (3 x 3).
                 for j in 0..size {
                     let s: Vec<Value> = (0..size).map(|i| sum(b, size * i + j)).collect();
-                    gt.emit_each(b, mul_add, Width::Vector, &mut |_, i| s[i], &mut |b, r, value| {
+                    gt.emit_each(b, mul_add, types::F32X4, &mut |_, i| s[i], &mut |b, r, value| {
                         b.ins().store(write, value, rows, ((r * size + j) * 16) as i32);
                     });
                 }
@@ -725,7 +724,7 @@ impl WinogradGradSpec {
                     elem_addr(b, dw, e)
                 };
                 for r in 0..3 {
-                    let row = gt.emit(b, mul_add, Width::Vector, &mut |b, j| {
+                    let row = gt.emit(b, mul_add, types::F32X4, &mut |b, j| {
                         b.ins().load(types::F32X4, read, rows, ((r * size + j) * 16) as i32)
                     });
                     for (s, value) in row.into_iter().enumerate() {
