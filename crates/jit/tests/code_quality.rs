@@ -194,25 +194,33 @@ fn convolutions_compute_in_256_bit_vectors_where_the_cpu_has_them() {
 }
 
 /// Where the CPU has AVX-512F, at 16 lanes the direct convolutions whose output rows hold two
-/// vectors of 16 (here the pointwise ones, each image's pixels one row) compute in f32x16
+/// vectors of 16 (here the pointwise ones, each image's pixels one row) and the Winograd ones
+/// whose blocks hold 32 tiles or more (3x3 at 32x32: 4 rows of 8 tiles) compute in f32x16
 /// vectors, in 512-bit registers, and every other convolution kernel (the 3x3 stride-2 forward
-/// pass's rows are 16 wide) in f32x8 ones.
+/// pass's rows are 16 wide) in f32x8 ones only.
 #[test]
-fn direct_convolutions_compute_in_512_bit_vectors_where_the_cpu_has_them() {
+fn convolutions_compute_in_512_bit_vectors_where_the_cpu_has_them() {
     let Ok(sixteen) = Target::host().unwrap().with_lanes(16) else {
         eprintln!("skipped: this CPU has no AVX-512F");
         return;
     };
-    let mut direct = 0;
+    let (mut direct, mut winograd) = (0, 0);
     for (what, code) in wide_case_kernels(&sixteen) {
-        let is_direct = matches!(&code.spec,
-            skipgrad_jit::KernelSpec::Conv(c) if c.winograd.is_none() && c.shape.out_hw[1] >= 32);
-        direct += usize::from(is_direct);
-        assert_eq!(code.ir.contains("f32x16"), is_direct, "{what}: f32x16 in its IR");
-        assert_eq!(code.ir.contains("f32x8"), !is_direct, "{what}: f32x8 in its IR");
+        let (is_direct, is_winograd) = match &code.spec {
+            skipgrad_jit::KernelSpec::Conv(c) => match c.winograd {
+                None => (c.shape.out_hw[1] >= 32, false),
+                Some(w) => (false, w.slots() >= 32),
+            },
+            _ => (false, false),
+        };
+        let wide = is_direct || is_winograd;
+        (direct, winograd) = (direct + usize::from(is_direct), winograd + usize::from(is_winograd));
+        assert_eq!(code.ir.contains("f32x16"), wide, "{what}: f32x16 in its IR");
+        assert!(wide || code.ir.contains("f32x8"), "{what}: f32x8 in its IR");
         if let Some(asm) = &code.disassembly {
-            assert_eq!(arithmetic_on(asm, "zmm"), is_direct, "{what}: arithmetic on zmm registers");
+            assert_eq!(arithmetic_on(asm, "zmm"), wide, "{what}: arithmetic on zmm registers");
         }
     }
     assert_eq!(direct, 3, "1x1 forward and input gradient at stride 1, forward at stride 2");
+    assert_eq!(winograd, 2, "3x3 forward and input gradient at 32x32");
 }

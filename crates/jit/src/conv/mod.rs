@@ -125,7 +125,8 @@ pub struct ConvSpec {
     /// their input stays in cache.
     pub block_tiles: usize,
     /// f32 lanes of the accumulators: 4, 8 (each pair of the tile's vectors accumulates in a
-    /// 256-bit register), or for a direct kernel 16 (each four of them in a 512-bit register). A
+    /// 256-bit register), or 16 (each four of them in a 512-bit register: a direct kernel, or
+    /// Winograd's products over blocks of 32 tiles or more). A
     /// wide sum is stored whole where no epilogue applies to it (Winograd's products always) and
     /// split into its f32x4 parts otherwise (`f32x4_parts`).
     pub lanes: usize,

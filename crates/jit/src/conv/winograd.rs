@@ -143,8 +143,16 @@ impl Winograd {
         }
         let (th, tw) = (h / m, w / m);
         let row_tiles = if images == 1 { tw.div_ceil(4) * 4 } else { tw };
-        let tile_rows = (1..=th).find(|r| th.is_multiple_of(*r) && r * row_tiles * images >= 16).unwrap_or(th);
-        Some(Winograd { m, tile_rows, row_tiles, images, channel_parts: 1 })
+        let tiling = Winograd { m, tile_rows: th, row_tiles, images, channel_parts: 1 };
+        Some(tiling.with_block_slots(out_hw, 16))
+    }
+
+    /// This tiling with blocks of the fewest whole tile rows of an image (or set of 4) that
+    /// hold at least `slots` tiles (the whole image, when it holds fewer).
+    pub fn with_block_slots(self, out_hw: [usize; 2], slots: usize) -> Self {
+        let th = self.tiled_hw(out_hw)[0] / self.m;
+        let tile_rows = (1..=th).find(|r| th.is_multiple_of(*r) && r * self.row_slots() >= slots).unwrap_or(th);
+        Winograd { tile_rows, ..self }
     }
 
     /// The tiling of an output of `out_hw` that is not a multiple of `m` in tiles of the next
