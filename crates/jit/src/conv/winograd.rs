@@ -755,7 +755,7 @@ fn table(m: usize) -> &'static Transform {
 
 /// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for each channel `c` of a packed image `xp` (m width phases, or 4
 /// images in the lanes) and each slot `t` of tile-row block `block` of `w`, four per vector, or
-/// with `lanes` of 8 up to 8 where a tile row has whole vectors of 8 tiles (CIFAR's 32x32 stage:
+/// eight where `lanes` allows 8 and a tile row has whole vectors of 8 tiles (CIFAR's 32x32 stage:
 /// its 16-channel convolutions ran 8-13% faster in ResNet-20's step); `V` has `strides[0]`
 /// elements per channel (at least `w.slots()`: the gradient puts several images side by side)
 /// and `strides[1]` per position ([`Winograd::position_stride`]).

@@ -166,9 +166,7 @@ impl WinogradGradSpec {
     /// (or the whole image).
     pub fn tiling(out_hw: [usize; 2], tiles: WinogradTiles, batch: usize) -> Winograd {
         let w = Self::convolution_tiling(out_hw, tiles, batch).expect("a tiling, where the gradient applies");
-        let th = w.tiled_hw(out_hw)[0] / w.m;
-        let tile_rows = (1..=th).find(|r| th.is_multiple_of(*r) && r * w.row_slots() >= 64).unwrap_or(th);
-        Winograd { tile_rows, ..w }
+        w.with_block_slots(out_hw, 64)
     }
 
     /// Chunks of image sets (the groups) and image sets per block of products, for a batch of
