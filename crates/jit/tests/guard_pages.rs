@@ -143,7 +143,9 @@ fn convolution_kernels_stay_inside_their_buffers() {
         (2, 8, 8, 6, 10, 3, 1, 1),
         (3, 12, 16, 14, 14, 3, 1, 1),
         (2, 8, 4, 10, 18, 3, 1, 0),
-        // F(4x4, 3x3): a partial vector of tiles, several images per block; blocks of tile rows.
+        // F(4x4, 3x3): a partial vector of tiles, several images per block; blocks of tile rows
+        // (the last two 8 tiles a row: input transforms in f32x8, and with 16 lanes, products in
+        // f32x16 over blocks of 4 tile rows).
         (2, 8, 8, 12, 12, 3, 1, 1),
         (1, 8, 4, 16, 28, 3, 1, 1),
         (1, 8, 8, 34, 34, 3, 1, 0),
@@ -235,6 +237,9 @@ fn fused_convolution_epilogues_stay_inside_their_buffers() {
         (2, 8, 8, 7, 7, 3, 1, 1),
         (1, 8, 8, 14, 10, 3, 1, 1),
         (4, 8, 8, 7, 5, 3, 1, 1),
+        // F(4x4, 3x3) 32 wide, 8 tiles a row: input transforms in f32x8 and, with 16 lanes,
+        // products in f32x16 over blocks of 4 tile rows.
+        (1, 8, 8, 32, 32, 3, 1, 1),
     ];
     for (n, c, k, h, w, r, s, p) in cases {
         let [oh, ow] = [(h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1];
@@ -302,6 +307,9 @@ fn convolutions_with_batch_statistics_stay_inside_their_buffers() {
         (2, 8, 8, 7, 7, 3, 1, 1),
         (1, 8, 8, 14, 10, 3, 1, 1),
         (4, 8, 8, 7, 5, 3, 1, 1),
+        // F(4x4, 3x3) 32 wide, 8 tiles a row: input transforms in f32x8 and, with 16 lanes,
+        // products in f32x16 over blocks of 4 tile rows.
+        (1, 8, 8, 32, 32, 3, 1, 1),
     ];
     for (n, c, k, h, w, r, s, p) in cases {
         let [oh, ow] = [(h + 2 * p - r) / s + 1, (w + 2 * p - r) / s + 1];
