@@ -58,6 +58,29 @@ fn the_differential_corpus_replays() {
     assert!(replay("differential", targets::differential) > 0, "no corpus for differential");
 }
 
+/// The differential check on 32x32 images, whose Winograd rows of 8 tiles transform in f32x8
+/// and, with 16 lanes, multiply in f32x16 over blocks of 32 tiles (the corpus's random cases are
+/// rarely that large): a residual block's training step at 8 and 16 lanes and its inference
+/// pass, each compared (none skipped for a ReLU input at the kink).
+#[test]
+fn winograd_rows_of_8_tiles_compile_to_what_the_reference_computes() {
+    for (lanes, inference) in [(8, false), (16, false), (16, true)] {
+        let case = targets::Case {
+            blocks: vec![skipgrad::testing::Block::Residual { stride: 1 }],
+            batch: 2,
+            channels: 8,
+            hw: 32,
+            seed: 0,
+            threads: 2,
+            winograd: skipgrad::jit::WinogradTiles::F4,
+            inference,
+            wide: false,
+            lanes: Some(lanes),
+        };
+        assert!(targets::differential_case(&case), "skipped: {case:?}");
+    }
+}
+
 proptest! {
     #![proptest_config(config(256))]
 
