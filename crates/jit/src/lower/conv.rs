@@ -105,8 +105,8 @@ pub(super) fn conv(id: NodeId, [x, w]: [NodeId; 2], g: Geometry, weights: Weight
     // With 16 lanes, blocks of at least 32 tiles where an image has them (CIFAR's 32x32 stage), so
     // that the products accumulate two f32x16 vectors per output channel: its 16-channel
     // forward and input-gradient kernels ran 16-20% faster in ResNet-20's step than in f32x8
-    // over blocks of 16 (3 profiled runs each, Intel Xeon). A cropped tiling's block stays its
-    // whole image.
+    // over blocks of 16 with the machine slow, level with it fast (3 profiled runs each, Intel
+    // Xeon). A cropped tiling's block stays its whole image.
     let exact = |t: &Winograd| t.tiled_hw(out_hw) == out_hw;
     let tiling = tiling.map(|t| if choices.lanes >= 16 && exact(&t) { t.with_block_slots(out_hw, 32) } else { t });
     let (pack, kb, vb, lanes, label) = match tiling {
