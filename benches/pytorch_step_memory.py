@@ -130,7 +130,7 @@ def main():
         times.append(time.perf_counter() - start)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(f"PyTorch {torch.__version__}, {name} {args.mode}, batch {args.batch}, {args.threads} threads"
-          f"{', channels-last' if args.channels_last else ''}{', compiled' if args.compile else ''}")
+          f"{', channels-last' if args.channels_last else ''}{', compiled' if args.compile else ''}, ATen's {torch.backends.cpu.get_cpu_capability()} kernels")
     median = statistics.median(times[warmup:])
     print(f"median step {median:.6f} s = {1000 * median:.3f} ms (first step {times[0]:.3f} s)")
     print(f"peak resident memory {peak_kb / 1000:.0f} MB")

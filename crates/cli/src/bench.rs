@@ -4,7 +4,7 @@
 use crate::train::OptimizerName;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
-use skipgrad_jit::WinogradTiles;
+use skipgrad_jit::{MulAdd, WinogradTiles};
 use skipgrad_nn::{Config, summary};
 use skipgrad_train::{Trainer, TrainerOptions};
 use std::time::Instant;
@@ -59,6 +59,29 @@ pub struct BenchArgs {
     /// 16 (512-bit, with AVX-512F); the default is the CPU's. To compare whole processes.
     #[arg(long)]
     lanes: Option<usize>,
+    /// The kernels' multiply-add form; the default is the one the CPU prefers (separate on AMD
+    /// cores without AVX-512, fused elsewhere). With `--lanes 8 --mul-add separate` an AMD Zen 4
+    /// runs the code an earlier Zen would.
+    #[arg(long, value_enum)]
+    mul_add: Option<MulAddForm>,
+}
+
+/// `--mul-add`: the JIT's [`MulAdd`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MulAddForm {
+    /// One fused multiply-add instruction (needs FMA).
+    Fused,
+    /// A multiply, then an add.
+    Separate,
+}
+
+impl MulAddForm {
+    fn form(self) -> MulAdd {
+        match self {
+            MulAddForm::Fused => MulAdd::Fused,
+            MulAddForm::Separate => MulAdd::Separate,
+        }
+    }
 }
 
 /// `--winograd`: the JIT's [`WinogradTiles`].
@@ -97,6 +120,7 @@ pub fn bench(args: BenchArgs) -> Result<String, String> {
     options.update_in_place = !args.copy_state;
     options.winograd = args.winograd.tiles();
     options.lanes = args.lanes;
+    options.mul_add = args.mul_add.map(MulAddForm::form);
     if let Some(t) = args.threads {
         options.threads = t as usize;
     }
@@ -150,6 +174,7 @@ pub fn bench(args: BenchArgs) -> Result<String, String> {
             "optimizer": args.optimizer.build(None).describe(), "updates_in_place": trainer.updates_in_place().map(|(k, _)| k),
             "winograd": clap::ValueEnum::to_possible_value(&args.winograd).map(|v| v.get_name().to_string()),
             "lanes": args.lanes,
+            "mul_add": args.mul_add.and_then(|m| clap::ValueEnum::to_possible_value(&m)).map(|v| v.get_name().to_string()),
         });
         format!("{value}\n")
     } else {

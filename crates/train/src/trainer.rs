@@ -8,7 +8,7 @@ use crate::{Error, Result};
 use skipgrad_autodiff::{Optimizer, Sgd, Tape, Var, grad};
 use skipgrad_fuse::{Pipeline, Program};
 use skipgrad_ir::{DType, Graph, NodeId, Role, Tensor};
-use skipgrad_jit::{CompileOptions, Target, WinogradTiles, compile};
+use skipgrad_jit::{CompileOptions, MulAdd, Target, WinogradTiles, compile};
 use skipgrad_nn::{Checkpoint, Kind, Mode, Model, Scope, TRAINING_STATE};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -37,9 +37,12 @@ pub struct TrainerOptions {
     /// Which 3x3 stride-1 convolutions the JIT computes by Winograd's minimal filtering, and
     /// with which tiles (the default: F(4x4, 3x3) where it multiplies least).
     pub winograd: WinogradTiles,
-    /// f32 lanes of the JIT's widest vectors: `None` for the CPU's (8, in 256-bit registers,
-    /// with AVX2), or `Some(4)` for 128-bit ones (to compare whole processes).
+    /// f32 lanes of the JIT's widest vectors: `None` for the CPU's (16 on an Intel CPU with
+    /// AVX-512F, 8 with AVX2), or `Some(4)`, `Some(8)`, `Some(16)` (to compare whole processes).
     pub lanes: Option<usize>,
+    /// The kernels' multiply-add form: `None` for the one the CPU prefers, or an explicit one
+    /// (to compare whole processes, or to run the code another CPU would get).
+    pub mul_add: Option<MulAdd>,
 }
 
 impl TrainerOptions {
@@ -57,12 +60,26 @@ impl TrainerOptions {
             update_in_place: true,
             winograd: WinogradTiles::default(),
             lanes: None,
+            mul_add: None,
         }
     }
 
-    /// The JIT's options for these: threads, Winograd tiles, and the target with `lanes`.
+    /// The JIT's options for these: threads, Winograd tiles, and the target with `mul_add` and
+    /// `lanes` (the host's own where both are `None`).
     pub(crate) fn compile_options(&self) -> Result<CompileOptions> {
-        let target = self.lanes.map(|lanes| Target::host().and_then(|t| t.with_lanes(lanes))).transpose()?;
+        let target = match (self.mul_add, self.lanes) {
+            (None, None) => None,
+            (mul_add, lanes) => {
+                let host = match mul_add {
+                    Some(form) => Target::host_with(form)?,
+                    None => Target::host()?,
+                };
+                Some(match lanes {
+                    Some(lanes) => host.with_lanes(lanes)?,
+                    None => host,
+                })
+            }
+        };
         Ok(CompileOptions { threads: self.threads, winograd: self.winograd, target, ..CompileOptions::default() })
     }
 
