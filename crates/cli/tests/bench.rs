@@ -45,6 +45,29 @@ fn bench_reports_step_times_throughput_and_memory() {
     assert!(!ok && err.contains("--winograd"), "{err}");
     let (ok, out, _) = skipgrad(&["bench", "--model", "resnet8", "--batch", "2", "--input", "3x8x8", "--steps", "1"]);
     assert!(ok && out.starts_with("resnet8 train, batch 2 of 3x8x8") && out.contains("images/s"), "{out}");
+    // So are the vectors and the multiply-add form; what the CPU cannot run is an error.
+    let args = [
+        "bench",
+        "--model",
+        "resnet8",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--lanes",
+        "4",
+        "--mul-add",
+        "separate",
+        "--json",
+    ];
+    let (ok, out, err) = skipgrad(&args);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["lanes"].as_u64(), v["mul_add"].as_str()), (Some(4), Some("separate")), "{out}");
+    let (ok, _, err) = skipgrad(&["bench", "--model", "resnet8", "--steps", "1", "--lanes", "5"]);
+    assert!(!ok && err.contains("5 lanes"), "{err}");
+    let (ok, _, err) = skipgrad(&["bench", "--model", "resnet8", "--mul-add", "fma"]);
+    assert!(!ok && err.contains("--mul-add"), "{err}");
     let (ok, _, err) = skipgrad(&["bench", "--model", "resnet8", "--steps", "0"]);
     assert!(!ok && err.contains("--steps"), "{err}");
 }

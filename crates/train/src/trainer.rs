@@ -641,3 +641,22 @@ fn tensor_for(tensors: &BTreeMap<String, Tensor>, name: &str, dims: &[usize]) ->
 fn name_of(graph: &Graph, v: &Var) -> String {
     graph.source_name(v.id()).expect("scope tensors are parameters").to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lanes_and_multiply_add_choose_the_target_and_neither_keeps_the_host() {
+        let options = TrainerOptions::paper(2, [3, 8, 8], 0);
+        assert!(options.compile_options().unwrap().target.is_none());
+        let separate = TrainerOptions { mul_add: Some(MulAdd::Separate), ..options.clone() };
+        let target = separate.compile_options().unwrap().target.unwrap();
+        assert_eq!((target.mul_add(), target.lanes()), (MulAdd::Separate, Target::host().unwrap().lanes()));
+        let narrow = TrainerOptions { mul_add: Some(MulAdd::Separate), lanes: Some(4), ..options.clone() };
+        let target = narrow.compile_options().unwrap().target.unwrap();
+        assert_eq!((target.mul_add(), target.lanes()), (MulAdd::Separate, 4));
+        let odd = TrainerOptions { lanes: Some(5), ..options };
+        assert!(odd.compile_options().unwrap_err().to_string().contains("5 lanes"));
+    }
+}
