@@ -492,7 +492,8 @@ impl ConvSpec {
             let new_block = b.ins().icmp(IntCC::NotEqual, row, done[1]);
             if_then(b, new_block, &mut |b| {
                 let strides = [tiling.slots(), areas.v_position];
-                transform_inputs(b, mul_add, &self.pack, tiling, a.packed, v, strides, block, self.lanes);
+                InputTransform { pack: &self.pack, tiling, strides, lanes: self.lanes }
+                    .emit(b, mul_add, a.packed, v, block);
             });
             let k0 = mul(b, part, part_len);
             let k_end = b.ins().iadd_imm_s(k0, part_len as i64);
@@ -753,79 +754,88 @@ fn table(m: usize) -> &'static Transform {
     }
 }
 
-/// `V[ξ][c][t] = (Bᵀ d B)[ξ]` for each channel `c` of a packed image `xp` (m width phases, or 4
-/// images in the lanes) and each slot `t` of tile-row block `block` of `w`, four per vector, or
-/// eight where `lanes` allows 8 and a tile row has whole vectors of 8 tiles (CIFAR's 32x32 stage:
-/// its 16-channel convolutions ran 8-13% faster in ResNet-20's step); `V` has `strides[0]`
-/// elements per channel (at least `w.slots()`: the gradient puts several images side by side)
-/// and `strides[1]` per position ([`Winograd::position_stride`]).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn transform_inputs(
-    b: &mut FunctionBuilder,
-    mul_add: MulAdd,
-    pack: &PackSpec,
-    w: Winograd,
-    xp: Value,
-    v: Value,
-    [stride, position_stride]: [usize; 2],
-    block: Value,
-    lanes: usize,
-) {
-    let cn = pack.planes;
-    // Vectors of up to `lanes` consecutive tiles of a row (in the packed row of each width
-    // phase, they are consecutive values).
-    let lanes = match w.images {
-        1 => [8, 4].into_iter().find(|&l| l <= lanes && w.row_slots().is_multiple_of(l)).unwrap_or(4),
-        _ => 4,
-    };
-    let ty = f32_vector(lanes);
-    debug_assert_eq!((pack.images, pack.phases), (w.images, if w.images == 1 { w.m } else { 1 }), "packed as `w.pack`");
-    let (bt, n) = (Factored::new(w.transform().bt), w.n());
-    let (rows, line) = (pack.rows, pack.line()); // packed rows, elements per packed row
-    let read = MemFlagsData::new().with_notrap().with_readonly();
-    let write = MemFlagsData::new().with_notrap();
-    let first_row = mul(b, block, w.m * w.tile_rows); // padded row of the block's first tile
-    let (lo, c_hi, r_hi, tv_hi) =
-        (iconst(b, 0), iconst(b, cn as i64), iconst(b, w.tile_rows as i64), iconst(b, (w.row_slots() / lanes) as i64));
-    for_loop(b, lo, c_hi, 1, &[], &mut |b, c, _| {
-        let plane = mul(b, c, rows * line);
-        let v_plane = mul(b, c, stride);
-        for_loop(b, lo, r_hi, 1, &[], &mut |b, r, _| {
-            let (row, v_row) = tile_row(b, w, [first_row, r], [plane, v_plane], line);
-            for_loop(b, lo, tv_hi, 1, &[], &mut |b, tv, _| {
-                let col = mul(b, tv, pack.column(w.vector_pixels() * lanes / 4));
-                let e = b.ins().iadd(row, col);
-                let d_at = elem_addr(b, xp, e);
-                let slot = mul(b, tv, lanes);
-                let e = b.ins().iadd(v_row, slot);
-                let v_at = elem_addr(b, v, e);
-                // The rows of Bᵀ d of one group of Bᵀ (rows computed together: see
-                // `Factored`), column by column from the rows of d they read (column m tx + j of
-                // the padded input is phase j % m, position tx + j / m, or with 4 images in the
-                // lanes, column m tx + j); then each row times B, stored. Loading d's rows again
-                // for each group keeps few vectors live.
-                for g in 0..bt.groups.len() {
-                    let columns: Vec<Vec<Value>> = (0..n)
-                        .map(|j| {
-                            bt.emit_group(b, mul_add, ty, g, &mut |b, r| {
-                                let offset = (r * line + pack.column(j)) as i32 * 4;
-                                b.ins().load(ty, read, d_at, offset)
+/// The input transform `V[ξ][c][t] = (Bᵀ d B)[ξ]` of tiling `tiling` over the channels of
+/// images packed as `pack`: `V` has `strides[0]` elements per channel (at least
+/// `tiling.slots()`: the gradient puts several images side by side) and `strides[1]` per position
+/// ([`Winograd::position_stride`]). Its vectors hold four tiles, or eight where `lanes` allows 8
+/// and a tile row has whole vectors of 8 tiles (CIFAR's 32x32 stage: its 16-channel convolutions
+/// ran 8-13% faster in ResNet-20's step).
+pub(crate) struct InputTransform<'a> {
+    pub pack: &'a PackSpec,
+    pub tiling: Winograd,
+    pub strides: [usize; 2],
+    pub lanes: usize,
+}
+
+impl InputTransform<'_> {
+    /// Transforms each channel of packed image `xp` (m width phases, or 4 images in the lanes)
+    /// for each slot of tile-row block `block`, into `v`.
+    pub(crate) fn emit(&self, b: &mut FunctionBuilder, mul_add: MulAdd, xp: Value, v: Value, block: Value) {
+        let InputTransform { pack, tiling: w, strides: [stride, position_stride], lanes } = *self;
+        let cn = pack.planes;
+        // Vectors of up to `lanes` consecutive tiles of a row (in the packed row of each width
+        // phase, they are consecutive values).
+        let lanes = match w.images {
+            1 => [8, 4].into_iter().find(|&l| l <= lanes && w.row_slots().is_multiple_of(l)).unwrap_or(4),
+            _ => 4,
+        };
+        let ty = f32_vector(lanes);
+        debug_assert_eq!(
+            (pack.images, pack.phases),
+            (w.images, if w.images == 1 { w.m } else { 1 }),
+            "packed as `w.pack`"
+        );
+        let (bt, n) = (Factored::new(w.transform().bt), w.n());
+        let (rows, line) = (pack.rows, pack.line()); // packed rows, elements per packed row
+        let read = MemFlagsData::new().with_notrap().with_readonly();
+        let write = MemFlagsData::new().with_notrap();
+        let first_row = mul(b, block, w.m * w.tile_rows); // padded row of the block's first tile
+        let (lo, c_hi, r_hi, tv_hi) = (
+            iconst(b, 0),
+            iconst(b, cn as i64),
+            iconst(b, w.tile_rows as i64),
+            iconst(b, (w.row_slots() / lanes) as i64),
+        );
+        for_loop(b, lo, c_hi, 1, &[], &mut |b, c, _| {
+            let plane = mul(b, c, rows * line);
+            let v_plane = mul(b, c, stride);
+            for_loop(b, lo, r_hi, 1, &[], &mut |b, r, _| {
+                let (row, v_row) = tile_row(b, w, [first_row, r], [plane, v_plane], line);
+                for_loop(b, lo, tv_hi, 1, &[], &mut |b, tv, _| {
+                    let col = mul(b, tv, pack.column(w.vector_pixels() * lanes / 4));
+                    let e = b.ins().iadd(row, col);
+                    let d_at = elem_addr(b, xp, e);
+                    let slot = mul(b, tv, lanes);
+                    let e = b.ins().iadd(v_row, slot);
+                    let v_at = elem_addr(b, v, e);
+                    // The rows of Bᵀ d of one group of Bᵀ (rows computed together: see
+                    // `Factored`), column by column from the rows of d they read (column m tx + j of
+                    // the padded input is phase j % m, position tx + j / m, or with 4 images in the
+                    // lanes, column m tx + j); then each row times B, stored. Loading d's rows again
+                    // for each group keeps few vectors live.
+                    for g in 0..bt.groups.len() {
+                        let columns: Vec<Vec<Value>> = (0..n)
+                            .map(|j| {
+                                bt.emit_group(b, mul_add, ty, g, &mut |b, r| {
+                                    let offset = (r * line + pack.column(j)) as i32 * 4;
+                                    b.ins().load(ty, read, d_at, offset)
+                                })
                             })
-                        })
-                        .collect();
-                    for (k, &i) in bt.groups[g].rows.iter().enumerate() {
-                        bt.emit_each(b, mul_add, ty, &mut |_, s| columns[s][k], &mut |b, j, value| {
-                            let position = n * i + j;
-                            b.ins().store(write, value, v_at, (position * position_stride * 4) as i32);
-                        });
+                            .collect();
+                        for (k, &i) in bt.groups[g].rows.iter().enumerate() {
+                            bt.emit_each(b, mul_add, ty, &mut |_, s| columns[s][k], &mut |b, j, value| {
+                                let position = n * i + j;
+                                b.ins().store(write, value, v_at, (position * position_stride * 4) as i32);
+                            });
+                        }
                     }
-                }
+                    vec![]
+                });
                 vec![]
             });
             vec![]
         });
-        vec![]
-    });
+    }
 }
 
 /// Where tile row `r` of a block whose first tile row starts at image row `first_row` is: the

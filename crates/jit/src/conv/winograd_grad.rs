@@ -18,7 +18,7 @@ use crate::codegen::{f32_vector, mul, mul_add_emit};
 use crate::conv::factored::Factored;
 use crate::conv::pack::PackSpec;
 use crate::conv::transpose::deinterleave;
-use crate::conv::winograd::{Winograd, WinogradTiles, tile_row, transform_inputs};
+use crate::conv::winograd::{InputTransform, Winograd, WinogradTiles, tile_row};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{AtomicRmwOp, InstBuilder, MemFlagsData, Type, Value, types};
 use cranelift_frontend::FunctionBuilder;
@@ -304,6 +304,7 @@ impl WinogradGradSpec {
             };
             let (lo, per_set) = (iconst(b, 0), iconst(b, (self.tiling.slots() / 4) as i64));
             let strides = [self.block_slots(), self.position_strides()[0]];
+            let inputs = InputTransform { pack: &self.pack, tiling: self.tiling, strides, lanes: self.lanes };
             if blocks > 1 {
                 // Each set in blocks of tile rows (one set per block).
                 for_loop(b, first, last, 1, &[], &mut |b, set, _| {
@@ -312,7 +313,7 @@ impl WinogradGradSpec {
                     self.pack.emit(b, x, xp, first_plane);
                     let hi = iconst(b, blocks as i64);
                     for_loop(b, lo, hi, 1, &[], &mut |b, block, _| {
-                        transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v, strides, block, self.lanes);
+                        inputs.emit(b, mul_add, xp, v, block);
                         self.transform_dy(b, mul_add, dy, [d, rows], n, block, zero_k);
                         self.products(b, mul_add, [v, d, rows], part, per_set);
                         vec![]
@@ -345,7 +346,7 @@ impl WinogradGradSpec {
                         self.pack.emit(b, x, xp, first_plane);
                         let offset = mul(b, i, 4 * self.tiling.slots());
                         let (v_i, d_i) = (b.ins().iadd(v, offset), b.ins().iadd(d, offset));
-                        transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v_i, strides, lo, self.lanes);
+                        inputs.emit(b, mul_add, xp, v_i, lo);
                         self.transform_dy(b, mul_add, dy, [d_i, rows], n, lo, zero_k);
                         vec![]
                     });
@@ -391,6 +392,7 @@ impl WinogradGradSpec {
         );
         let (lo, sets_hi) = (iconst(b, 0), iconst(b, sets as i64));
         let strides = [self.block_slots(), self.position_strides()[0]];
+        let inputs = InputTransform { pack: &self.pack, tiling: self.tiling, strides, lanes: self.lanes };
         // Set `set`'s first image, and its slots' offset (bytes) in V and DY.
         let set_at = |b: &mut FunctionBuilder, set: Value| (mul(b, set, images), mul(b, set, 4 * slots));
         let any = b.ins().icmp(IntCC::UnsignedLessThan, begin, end);
@@ -400,7 +402,7 @@ impl WinogradGradSpec {
                 let first_plane = mul(b, n, self.in_channels);
                 self.pack.emit(b, x, xp, first_plane);
                 let v_set = b.ins().iadd(v, offset);
-                transform_inputs(b, mul_add, &self.pack, self.tiling, xp, v_set, strides, lo, self.lanes);
+                inputs.emit(b, mul_add, xp, v_set, lo);
                 vec![]
             });
         });
