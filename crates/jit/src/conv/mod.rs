@@ -254,7 +254,7 @@ impl ConvSpec {
             self.emit_winograd(b, mul_add, &a, begin, end);
         } else {
             let no_image = iconst(b, -1);
-            self.emit(b, mul_add, &a, begin, end, no_image, None);
+            self.emit(b, mul_add, &a, [begin, end], no_image, None);
         }
         let stats = a.stats;
         if let Some([partials, counter, mean, var]) = stats {
@@ -379,14 +379,12 @@ impl ConvSpec {
     /// (-1 for none); returns the image packed at the end. With `odd`, a sub-pixel phase of the
     /// same rows and width one column to the right of this one (stride 2): each tile computes
     /// both and stores them interleaved ([`ConvSpec::store`]).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn emit(
         &self,
         b: &mut FunctionBuilder,
         mul_add: MulAdd,
         a: &ConvArgs,
-        begin: Value,
-        end: Value,
+        [begin, end]: [Value; 2],
         image: Value,
         odd: Option<&ConvSpec>,
     ) -> Value {
@@ -501,8 +499,8 @@ impl ConvSpec {
                     let mut sums = accumulate(b, mul_add, [xp, w], &phases, col, [kb, vb]).into_iter();
                     let acc = sums.next().expect("this phase's sums");
                     let odd = sums.next();
-                    let tile = [kb, vb];
-                    self.store(b, mul_add, a, st, [y_row, k0], col, tile, valid, &acc, odd.as_deref());
+                    let at = TileAt { y_row, k0, col, kb, vb, valid, stats_at: st };
+                    self.store(b, mul_add, a, at, &acc, odd.as_deref());
                 };
                 for_loop(b, t_lo, t_hi, 1, &[], &mut |b, t, _| {
                     let col = mul(b, t, tile_w);
@@ -588,25 +586,21 @@ impl ConvSpec {
         }
     }
 
-    /// Stores a register tile's accumulators `acc` (`kb` channels by `vb` f32x4 vectors from
-    /// output column `col`, as [`accumulate`] returns them; with `valid`, only that many pixels)
-    /// through the epilogue, adding their statistics at `stats_at`. With `odd`, the accumulators of the phase one
-    /// column to the right of a stride-2 output: each pair of vectors is interleaved lane by lane
-    /// into two whole vectors of consecutive pixels (no statistics).
-    #[allow(clippy::too_many_arguments)]
+    /// Stores a register tile's accumulators `acc` (as [`accumulate`] returns them) at `at`
+    /// through the epilogue, adding their statistics at `at.stats_at`. With `odd`, the
+    /// accumulators of the phase one column to the right of a stride-2 output: each pair of
+    /// vectors is interleaved lane by lane into two whole vectors of consecutive pixels (no
+    /// statistics).
     fn store(
         &self,
         b: &mut FunctionBuilder,
         mul_add: MulAdd,
         a: &ConvArgs,
-        stats_at: Option<Value>,
-        [y_row, k0]: [Value; 2],
-        col: Value,
-        [kb, vb]: [usize; 2],
-        valid: Option<usize>,
+        at: TileAt,
         acc: &[Value],
         odd: Option<&[Value]>,
     ) {
+        let TileAt { y_row, k0, col, kb, vb, valid, stats_at } = at;
         let (y, operands, table) = (a.y, &a.operands, a.table);
         let out_flags = MemFlagsData::new().with_notrap();
         // Interleaved outputs are `step` elements apart and stored lane by lane.
@@ -924,6 +918,20 @@ pub(crate) fn sum_and_squares(
         None => [v, b.ins().fmul(v, v)],
         Some([s, q]) => [b.ins().fadd(s, v), mul_add_emit(b, mul_add, v, v, q)],
     }
+}
+
+/// Where a register tile of a direct convolution goes: `kb` output channels from `k0` by `vb`
+/// f32x4 vectors from output column `col` of row `y_row` (the element of channel 0's row), only
+/// `valid` pixels of them where the tile is partial, its statistics added at `stats_at`.
+#[derive(Clone, Copy)]
+struct TileAt {
+    y_row: Value,
+    k0: Value,
+    col: Value,
+    kb: usize,
+    vb: usize,
+    valid: Option<usize>,
+    stats_at: Option<Value>,
 }
 
 /// Tiles of an output row per group (see [`ConvSpec::block_tiles`]). A whole row while the input

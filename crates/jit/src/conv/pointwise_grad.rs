@@ -218,6 +218,7 @@ impl PointwiseWeightGradSpec {
                     let all = iconst(b, pixels as i64);
                     b.ins().umin(e, all)
                 };
+                let chunk = Chunk { images: [n0, n1], pixels: [p_lo, p_hi] };
                 // Flush after every `flush` chunks, and after the last.
                 let flush_now = {
                     let index = mul(b, set, chunks);
@@ -237,13 +238,13 @@ impl PointwiseWeightGradSpec {
                     let last_panel = b.ins().icmp_imm_u(IntCC::Equal, panel, panels as i64 - 1);
                     if_then(b, new_panel, &mut |b| {
                         split(b, last_panel, [width, last_width], &mut |b, valid| {
-                            self.transpose(b, x, panel_x, c0, valid, [n0, n1], [p_lo, p_hi]);
+                            self.transpose(b, x, panel_x, c0, valid, chunk);
                         });
                     });
                     let tile = tile_addr(b, g);
                     let last_kblock = b.ins().icmp_imm_u(IntCC::Equal, kblock, kblocks as i64 - 1);
                     split(b, last_kblock, [self.kb, last_kb], &mut |b, kb| {
-                        self.sweep(b, mul_add, [dy, panel_x, tile], k0, kb, [n0, n1], [p_lo, p_hi]);
+                        self.sweep(b, mul_add, [dy, panel_x, tile], k0, kb, chunk);
                         if_then(b, flush_now, &mut |b| self.flush_into_totals(b, tile, kb));
                     });
                     vec![panel]
@@ -283,20 +284,11 @@ impl PointwiseWeightGradSpec {
         b.seal_all_blocks();
     }
 
-    /// Transposes input channels `c0..c0 + valid` of images `n0..n1`, output pixels `p_lo..p_hi`
-    /// of each, into `to` as `[image - n0][pixel - p_lo][panel channel]` (`chunk` pixels per
+    /// Transposes input channels `c0..c0 + valid` of the chunk's images `n0..n1`, output pixels
+    /// `p_lo..p_hi` of each, into `to` as `[image - n0][pixel - p_lo][panel channel]` (`chunk` pixels per
     /// image), zeros in the panel's channels past `valid`.
-    #[allow(clippy::too_many_arguments)]
-    fn transpose(
-        &self,
-        b: &mut FunctionBuilder,
-        x: Value,
-        to: Value,
-        c0: Value,
-        valid: usize,
-        [n0, n1]: [Value; 2],
-        [p_lo, p_hi]: [Value; 2],
-    ) {
+    fn transpose(&self, b: &mut FunctionBuilder, x: Value, to: Value, c0: Value, valid: usize, chunk: Chunk) {
+        let Chunk { images: [n0, n1], pixels: [p_lo, p_hi] } = chunk;
         let flags = MemFlagsData::new().with_notrap();
         let read = flags.with_readonly();
         let width = self.panel();
@@ -396,9 +388,8 @@ impl PointwiseWeightGradSpec {
     }
 
     /// Adds to the running sums of the tile at `tile` (`kb` output channels from `k0`) the
-    /// products of pixels `p_lo..p_hi` of images `n0..n1`: dy broadcast from its planes, x from
+    /// products of the chunk's pixels `p_lo..p_hi` of images `n0..n1`: dy broadcast from its planes, x from
     /// the panel's transposed chunk.
-    #[allow(clippy::too_many_arguments)]
     fn sweep(
         &self,
         b: &mut FunctionBuilder,
@@ -406,9 +397,9 @@ impl PointwiseWeightGradSpec {
         [dy, panel_x, tile]: [Value; 3],
         k0: Value,
         kb: usize,
-        [n0, n1]: [Value; 2],
-        [p_lo, p_hi]: [Value; 2],
+        chunk: Chunk,
     ) {
+        let Chunk { images: [n0, n1], pixels: [p_lo, p_hi] } = chunk;
         let flags = MemFlagsData::new().with_notrap();
         let read = flags.with_readonly();
         let ty = f32_vector(self.lanes);
@@ -489,4 +480,12 @@ impl PointwiseWeightGradSpec {
             }
         }
     }
+}
+
+/// One chunk of a pointwise weight gradient's reduction: images `n0..n1` (`images`) and output
+/// pixels `p_lo..p_hi` (`pixels`) of each.
+#[derive(Clone, Copy)]
+struct Chunk {
+    images: [Value; 2],
+    pixels: [Value; 2],
 }

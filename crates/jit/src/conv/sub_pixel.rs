@@ -74,7 +74,7 @@ impl SubPixelSpec {
                 let own = mul(b, n, groups);
                 let shift = b.ins().isub(own, lo);
                 let (from, to) = (b.ins().iadd(from, shift), b.ins().iadd(to, shift));
-                image = phase.emit(b, mul_add, &a, from, to, image, odd);
+                image = phase.emit(b, mul_add, &a, [from, to], image, odd);
                 first += groups;
             }
             vec![image]

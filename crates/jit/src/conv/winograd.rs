@@ -473,7 +473,7 @@ impl ConvSpec {
         let at = |b: &mut FunctionBuilder, offset: usize| b.ins().iadd_imm_s(a.packed, 4 * offset as i64);
         let (u, v, m) = (a.w, at(b, areas.v), at(b, areas.m));
         let tiling = self.tiling();
-        let (per_set, parts) = (self.winograd_blocks_per_set(), tiling.channel_parts);
+        let parts = tiling.channel_parts;
         let part_len = self.shape.out_channels / parts; // output channels per part
         let none = iconst(b, -1);
         // Carried: the image packed, and the block (of every set) whose inputs V holds.
@@ -481,9 +481,7 @@ impl ConvSpec {
             // The set's first image, the block of tile rows, the part of the output channels.
             let row = b.ins().udiv_imm_u(g, parts as i64);
             let part = b.ins().urem_imm_u(g, parts as i64);
-            let set = b.ins().udiv_imm_u(row, per_set as i64);
-            let n = mul(b, set, tiling.images);
-            let block = b.ins().urem_imm_u(row, per_set as i64);
+            let [n, block] = self.block_at(b, row);
             let new_image = b.ins().icmp(IntCC::NotEqual, n, done[0]);
             if_then(b, new_image, &mut |b| {
                 let first_plane = mul(b, n, self.shape.in_channels);
@@ -498,13 +496,17 @@ impl ConvSpec {
             let k0 = mul(b, part, part_len);
             let k_end = b.ins().iadd_imm_s(k0, part_len as i64);
             self.products(b, mul_add, u, v, m, [k0, k_end]);
-            let partials = a.stats.map(|s| {
-                let offset = b.ins().imul_imm_s(row, (self.shape.out_channels * 2 * 4) as i64);
-                b.ins().iadd(s[0], offset)
-            });
-            self.output_transform(b, mul_add, a, m, partials, n, block, [k0, k_end]);
+            self.output_transform(b, mul_add, a, m, row, [k0, k_end]);
             vec![n, row]
         });
+    }
+
+    /// The first image and the block of tile rows of block `row` of all the sets' blocks (a
+    /// set is one image, or 4 with lanes across images).
+    fn block_at(&self, b: &mut FunctionBuilder, row: Value) -> [Value; 2] {
+        let per_set = self.winograd_blocks_per_set() as i64;
+        let set = b.ins().udiv_imm_u(row, per_set);
+        [mul(b, set, self.tiling().images), b.ins().urem_imm_u(row, per_set)]
     }
 
     /// `M[ξ][k][t] = Σ_c U[ξ][c][k] V[ξ][c][t]` for the output channels `k0..k_end` (whole
@@ -588,23 +590,26 @@ impl ConvSpec {
         });
     }
 
-    /// `Y = Aᵀ M A` for output channels `k0..k_end` and every tile of block `block` of image `n`
-    /// (and the next 3, with lanes across images): m output
-    /// rows of 4m pixels per vector of 4 tiles, interleaved from the tiles' columns, through the
-    /// epilogue into the output, with each channel's sum and sum of squares written to
-    /// `partials` (when computing statistics).
-    #[allow(clippy::too_many_arguments)]
+    /// `Y = Aᵀ M A` for output channels `k0..k_end` and every tile of block `row` of all the
+    /// sets' blocks (see `block_at`): m output rows of 4m pixels per vector of 4 tiles,
+    /// interleaved from the tiles' columns, through the epilogue into the output, with each
+    /// channel's sum and sum of squares written to the block's statistics partials (when
+    /// computing statistics).
     fn output_transform(
         &self,
         b: &mut FunctionBuilder,
         mul_add: MulAdd,
         a: &ConvArgs,
         m: Value,
-        partials: Option<Value>,
-        n: Value,
-        block: Value,
+        row: Value,
         [k0, k_end]: [Value; 2],
     ) {
+        let [n, block] = self.block_at(b, row);
+        // This block's statistics partials: 2 f32 per output channel.
+        let partials = a.stats.map(|s| {
+            let offset = b.ins().imul_imm_s(row, (self.shape.out_channels * 2 * 4) as i64);
+            b.ins().iadd(s[0], offset)
+        });
         let w = self.tiling();
         let kn = self.shape.out_channels;
         let [oh, ow] = self.shape.out_hw;
@@ -641,7 +646,8 @@ impl ConvSpec {
                     let m_at = elem_addr(b, m, e);
                     let px = mul(b, tv, w.vector_pixels());
                     let y_at = b.ins().iadd(y_row, px);
-                    self.output_segment(b, mul_add, a, (&channel, table_at), m_at, y_at, [rows, pixels], s)
+                    let segment = Segment { m_at, y_at, rows, pixels };
+                    self.output_segment(b, mul_add, a, (&channel, table_at), segment, s)
                 };
                 let (_, s) = for_loop(b, lo, tv_hi, 1, s, &mut |b, tv, s| {
                     segment(b, tv, 4 * w.m, [s[0], s[1], s[2], s[3]]).to_vec()
@@ -668,22 +674,19 @@ impl ConvSpec {
         });
     }
 
-    /// One vector of slots (products at `m_at`) to the `rows` x `pixels` output pixels starting
-    /// at element `y_at` of the output (`rows` of the tiles' m, each from `y_at` on; with lanes
-    /// across images, in each of the 4 images), updating the statistics `[vector sum, vector
-    /// squares, scalar sum, scalar squares]`.
-    #[allow(clippy::too_many_arguments)]
+    /// One vector of slots to its output pixels (`segment`), through the epilogue with output
+    /// channel `k`'s operands and table, updating the statistics `[vector sum, vector squares,
+    /// scalar sum, scalar squares]`.
     fn output_segment(
         &self,
         b: &mut FunctionBuilder,
         mul_add: MulAdd,
         a: &ConvArgs,
         (channel, table_at): (&[Value], Option<Value>),
-        m_at: Value,
-        y_at: Value,
-        [rows, valid]: [usize; 2],
+        segment: Segment,
         mut stats: [Value; 4],
     ) -> [Value; 4] {
+        let Segment { m_at, y_at, rows, pixels: valid } = segment;
         let w = self.tiling();
         let (at, n) = (Factored::new(w.transform().at), w.n());
         let (kn, [oh, ow]) = (self.shape.out_channels, self.shape.out_hw);
@@ -836,6 +839,17 @@ impl InputTransform<'_> {
             vec![]
         });
     }
+}
+
+/// One vector of a Winograd output's slots: its products at `m_at`, to `rows` x `pixels` output
+/// pixels from element `y_at` of the output (`rows` of the tiles' m, each from `y_at` on; with
+/// lanes across images, in each of the 4 images).
+#[derive(Clone, Copy)]
+struct Segment {
+    m_at: Value,
+    y_at: Value,
+    rows: usize,
+    pixels: usize,
 }
 
 /// Where tile row `r` of a block whose first tile row starts at image row `first_row` is: the

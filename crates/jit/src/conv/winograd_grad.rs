@@ -314,7 +314,7 @@ impl WinogradGradSpec {
                     let hi = iconst(b, blocks as i64);
                     for_loop(b, lo, hi, 1, &[], &mut |b, block, _| {
                         inputs.emit(b, mul_add, xp, v, block);
-                        self.transform_dy(b, mul_add, dy, [d, rows], n, block, zero_k);
+                        self.transform_dy(b, mul_add, [dy, d, rows], n, block, zero_k);
                         self.products(b, mul_add, [v, d, rows], part, per_set);
                         vec![]
                     });
@@ -347,7 +347,7 @@ impl WinogradGradSpec {
                         let offset = mul(b, i, 4 * self.tiling.slots());
                         let (v_i, d_i) = (b.ins().iadd(v, offset), b.ins().iadd(d, offset));
                         inputs.emit(b, mul_add, xp, v_i, lo);
-                        self.transform_dy(b, mul_add, dy, [d_i, rows], n, lo, zero_k);
+                        self.transform_dy(b, mul_add, [dy, d_i, rows], n, lo, zero_k);
                         vec![]
                     });
                     let vectors = b.ins().imul(count, per_set);
@@ -412,7 +412,7 @@ impl WinogradGradSpec {
             for_loop(b, lo, sets_hi, 1, &[], &mut |b, set, _| {
                 let (n, offset) = set_at(b, set);
                 let d_set = b.ins().iadd(d, offset);
-                self.transform_dy(b, mul_add, dy, [d_set, rows], n, lo, k_first);
+                self.transform_dy(b, mul_add, [dy, d_set, rows], n, lo, k_first);
                 vec![]
             });
             self.products(b, mul_add, [v, d, rows], sums, vectors);
@@ -423,19 +423,17 @@ impl WinogradGradSpec {
         b.seal_all_blocks();
     }
 
-    /// `DY[ξ][k][t] = (A dy Aᵀ)[ξ]` for each of the group's output channels `k` (from `k_first`;
-    /// `DY` holds them from 0) and slot `t` of block `block` of
-    /// image `n` (and the next 3, with lanes across images), four slots per vector: each of the
-    /// tiles' m rows is 4m consecutive pixels (or the same m = 4 pixels of 4 images), split into
-    /// its m columns (the tiles past the width, in the last vector, are zero), transformed by Aᵀ
-    /// on the right into `rows` (m x n vectors of scratch), then by A on the left.
-    #[allow(clippy::too_many_arguments)]
+    /// `DY[ξ][k][t] = (A dy Aᵀ)[ξ]` into `d` for each of the group's output channels `k` (from
+    /// `k_first`; `DY` holds them from 0) and slot `t` of block `block` of image `n` (and the next
+    /// 3, with lanes across images), four slots per vector: each of the tiles' m rows is 4m
+    /// consecutive pixels (or the same m = 4 pixels of 4 images), split into its m columns (the
+    /// tiles past the width, in the last vector, are zero), transformed by Aᵀ on the right into
+    /// `rows` (m x n vectors of scratch), then by A on the left.
     fn transform_dy(
         &self,
         b: &mut FunctionBuilder,
         mul_add: MulAdd,
-        dy: Value,
-        [d, rows]: [Value; 2],
+        [dy, d, rows]: [Value; 3],
         n: Value,
         block: Value,
         k_first: Value,
