@@ -23,12 +23,12 @@ fn guard_page_tests_run_with_debug_assertions() {
 
 /// Runs every node of `g` as an output with each guard placement and compares with no guard, on
 /// one thread (whose per-thread scratch is the whole buffer, so any overrun of its share meets a
-/// guard) and on two; at the host's vectors, and at 16 lanes too where the CPU has them.
+/// guard) and on two; at the host's vectors, and at 8 and 16 lanes too where the CPU has them.
 fn run_guarded(g: &Graph, inputs: &[(&str, usize)]) {
     let outputs: Vec<NodeId> = g.ids().filter(|&id| !g.node(id).unwrap().op.is_source()).collect();
     let host = Target::host().unwrap();
     let mut targets = vec![host.clone()];
-    targets.extend(host.clone().with_lanes(16).ok().filter(|_| host.lanes() != 16));
+    targets.extend([8, 16].into_iter().filter(|&l| l != host.lanes()).filter_map(|l| host.clone().with_lanes(l).ok()));
     for (target, threads) in targets.iter().flat_map(|t| [(t, 1), (t, 2)]) {
         let mut results = vec![];
         for guard in [Guard::None, Guard::After, Guard::Before] {

@@ -37,8 +37,8 @@ pub struct TrainerOptions {
     /// Which 3x3 stride-1 convolutions the JIT computes by Winograd's minimal filtering, and
     /// with which tiles (the default: F(4x4, 3x3) where it multiplies least).
     pub winograd: WinogradTiles,
-    /// f32 lanes of the JIT's widest vectors: `None` for the CPU's (16 on an Intel CPU with
-    /// AVX-512F, 8 with AVX2), or `Some(4)`, `Some(8)`, `Some(16)` (to compare whole processes).
+    /// f32 lanes of the JIT's widest vectors: `None` for the CPU's (16 with AVX-512F, 8 with
+    /// AVX2), or `Some(4)`, `Some(8)`, `Some(16)` (to compare whole processes).
     pub lanes: Option<usize>,
     /// The kernels' multiply-add form: `None` for the one the CPU prefers, or an explicit one
     /// (to compare whole processes, or to run the code another CPU would get).
