@@ -3,7 +3,7 @@
 //! and, separately, before it, for sizes that are not multiples of the vector width or the tiles.
 //! A stray access kills the test process; the guarded results must equal the unguarded ones.
 
-use skipgrad_ir::{Axes, Conv2dAttrs, DType, Fused, Graph, NodeId, Op, Role, Shape, TensorType};
+use skipgrad_ir::{Axes, Conv2dAttrs, DType, Fused, Graph, NodeId, Op, Role, Shape, ShortcutAttrs, TensorType};
 use skipgrad_jit::{CompileOptions, Guard, Target, compile};
 use std::sync::Arc;
 
@@ -59,6 +59,7 @@ fn elementwise_reduction_and_batch_norm_kernels_stay_inside_their_buffers() {
         vec![2, 3, 9, 13],
         vec![2, 4, 2, 2],
         vec![2, 3, 1, 1],
+        vec![1, 2, 16, 17],
     ] {
         let mut g = Graph::new();
         let a = input(&mut g, "a", &dims);
@@ -90,6 +91,12 @@ fn elementwise_reduction_and_batch_norm_kernels_stay_inside_their_buffers() {
                 let y = g.add_node(Op::MaxPool(pool), &[a], Role::Forward).unwrap();
                 g.add_node(Op::MaxPoolGrad(pool), &[a, y], Role::Backward).unwrap();
             }
+            // The option-A shortcut and its gradient copy rows in vectors of 4 where they fit
+            // (widths 16 and 17: whole rows; 13: a vector and a tail) and element by element.
+            let shortcut = ShortcutAttrs { stride: 2, pad_before: 1, pad_after: 2 };
+            let y = g.add_node(Op::ShortcutA(shortcut), &[a], Role::Forward).unwrap();
+            let input_hw = [dims[2], dims[3]];
+            g.add_node(Op::ShortcutAGrad { shortcut, input_hw }, &[y], Role::Backward).unwrap();
         }
         if rank >= 2 {
             let c = dims[1];
