@@ -285,8 +285,8 @@ impl PointwiseWeightGradSpec {
     }
 
     /// Transposes input channels `c0..c0 + valid` of the chunk's images `n0..n1`, output pixels
-    /// `p_lo..p_hi` of each, into `to` as `[image - n0][pixel - p_lo][panel channel]` (`chunk` pixels per
-    /// image), zeros in the panel's channels past `valid`.
+    /// `p_lo..p_hi` of each, into `to` as `[image - n0][pixel - p_lo][panel channel]` (`chunk`
+    /// pixels per image), zeros in the panel's channels past `valid`.
     fn transpose(&self, b: &mut FunctionBuilder, x: Value, to: Value, c0: Value, valid: usize, chunk: Chunk) {
         let Chunk { images: [n0, n1], pixels: [p_lo, p_hi] } = chunk;
         let flags = MemFlagsData::new().with_notrap();
@@ -388,8 +388,8 @@ impl PointwiseWeightGradSpec {
     }
 
     /// Adds to the running sums of the tile at `tile` (`kb` output channels from `k0`) the
-    /// products of the chunk's pixels `p_lo..p_hi` of images `n0..n1`: dy broadcast from its planes, x from
-    /// the panel's transposed chunk.
+    /// products of the chunk's pixels `p_lo..p_hi` of images `n0..n1`: dy broadcast from its
+    /// planes, x from the panel's transposed chunk.
     fn sweep(
         &self,
         b: &mut FunctionBuilder,

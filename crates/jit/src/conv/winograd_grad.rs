@@ -253,6 +253,12 @@ impl WinogradGradSpec {
         [self.in_channels, self.group_channels()].map(|c| Winograd::position_stride(c * self.block_slots()))
     }
 
+    /// The input transform into `V`: a block's slots per channel, [`Self::position_strides`]'s.
+    fn input_transform(&self) -> InputTransform<'_> {
+        let strides = [self.block_slots(), self.position_strides()[0]];
+        InputTransform { pack: &self.pack, tiling: self.tiling, strides, lanes: self.lanes }
+    }
+
     /// Offsets of `V`, `DY`, the row-transformed dy tile and a part's sums in a thread's scratch.
     fn areas(&self) -> [usize; 4] {
         let positions = self.tiling.positions();
@@ -303,8 +309,7 @@ impl WinogradGradSpec {
                 b.ins().udiv_imm_u(e, self.chunks as i64)
             };
             let (lo, per_set) = (iconst(b, 0), iconst(b, (self.tiling.slots() / 4) as i64));
-            let strides = [self.block_slots(), self.position_strides()[0]];
-            let inputs = InputTransform { pack: &self.pack, tiling: self.tiling, strides, lanes: self.lanes };
+            let inputs = self.input_transform();
             if blocks > 1 {
                 // Each set in blocks of tile rows (one set per block).
                 for_loop(b, first, last, 1, &[], &mut |b, set, _| {
@@ -391,8 +396,7 @@ impl WinogradGradSpec {
                 && self.tiling.tile_rows == self.tiling.tiled_hw(self.out_hw)[0] / self.tiling.m
         );
         let (lo, sets_hi) = (iconst(b, 0), iconst(b, sets as i64));
-        let strides = [self.block_slots(), self.position_strides()[0]];
-        let inputs = InputTransform { pack: &self.pack, tiling: self.tiling, strides, lanes: self.lanes };
+        let inputs = self.input_transform();
         // Set `set`'s first image, and its slots' offset (bytes) in V and DY.
         let set_at = |b: &mut FunctionBuilder, set: Value| (mul(b, set, images), mul(b, set, 4 * slots));
         let any = b.ins().icmp(IntCC::UnsignedLessThan, begin, end);
